@@ -1,0 +1,25 @@
+import h5py
+import numpy as np
+import pytest
+
+from fixtures import make_raw_arrays, write_raw_sim
+from voxel_ode import schema
+
+
+def test_channel_counts_match_the_seed():
+    assert schema.N_STATIC == 11
+    assert schema.N_INPUT_CHANNELS == 13
+    assert schema.N_PARAMS == 26
+    assert schema.N_SCALARS == 5
+    assert len(set(schema.INPUT_CHANNELS)) == schema.N_INPUT_CHANNELS
+    assert schema.INPUT_CHANNELS[-2:] == ("Pressure", "Temperature")
+
+
+def test_raw_paths_round_trip(tmp_path):
+    arrays = make_raw_arrays(grid=(4, 3, 2), n_t=3)
+    path = write_raw_sim(tmp_path / "v2.4_0001.h5", arrays)
+    with h5py.File(path, "r") as f:
+        for name, value in arrays.items():
+            np.testing.assert_array_equal(f[schema.raw_path(name)][()], value)
+    with pytest.raises(KeyError):
+        schema.raw_path("NotADataset")

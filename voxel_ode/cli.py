@@ -1,0 +1,77 @@
+"""`voxel-ode` console command: one subcommand per pipeline stage.
+
+Each stage module owns its flags: it exposes an ``add_<fn>`` function that
+fills an argparse parser and a ``run_<fn>`` function that takes the parsed
+namespace. Only the chosen stage is imported, so `voxel-ode --help` and light
+commands stay fast (no torch import for `inspect`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from voxel_ode.utils import UserError
+
+# name -> (module, add-arguments function, run function, one-line help)
+COMMANDS = {
+    "synth": ("voxel_ode.synth", "add_synth_args", "run_synth", "generate synthetic v2.4 simulations"),
+    "inspect": ("voxel_ode.data_prep", "add_inspect_args", "run_inspect", "print a file's layout, ranges and problems"),
+    "prep": ("voxel_ode.data_prep", "add_prep_args", "run_prep", "raw v2.4 HDF5 -> packed files, stats.json, patch index"),
+    "train": ("voxel_ode.train", "add_train_args", "run_train", "train VoxelAutoRegressor (one process or torchrun)"),
+    "rollout": ("voxel_ode.rollout", "add_rollout_args", "run_rollout", "autoregressive prediction of one simulation"),
+    "evaluate": ("voxel_ode.rollout", "add_evaluate_args", "run_evaluate", "rollouts + metrics + pictures over a split"),
+    "demo": ("voxel_ode.demo", "add_demo_args", "run_demo", "synth -> prep -> train -> evaluate on this machine"),
+}
+
+
+def _top_help() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = ["usage: voxel-ode COMMAND [options]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {spec[3]}" for name, spec in COMMANDS.items()]
+    lines += ["", "`voxel-ode COMMAND --help` explains each command's options."]
+    return "\n".join(lines)
+
+
+def build_parser(command: str) -> tuple[argparse.ArgumentParser, callable]:
+    module_name, add_name, run_name, help_text = COMMANDS[command]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(
+        prog=f"voxel-ode {command}",
+        description=help_text,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    getattr(module, add_name)(parser)
+    return parser, getattr(module, run_name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_top_help())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from voxel_ode import __version__
+
+        print(__version__)
+        return 0
+    command = argv[0]
+    if command not in COMMANDS:
+        print(f"voxel-ode: unknown command {command!r}\n\n{_top_help()}", file=sys.stderr)
+        return 2
+    parser, run = build_parser(command)
+    args = parser.parse_args(argv[1:])
+    try:
+        result = run(args)
+    except UserError as err:  # bad input: one clear line, no traceback
+        print(f"voxel-ode {command}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"voxel-ode {command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
