@@ -149,7 +149,7 @@ PREPPED_SUFFIX = ".prepped.h5"
 PREPPED_STATIC = "static"  # (N_STATIC, Z, Y, X) float32, inactive cells = 0
 PREPPED_PARAMS = "params_scalar"  # (N_PARAMS,) float32
 PREPPED_OUTPUTS_GRID = "outputs_grid"  # (T, N_DYNAMIC, Z, Y, X) float32, physical units
-PREPPED_OUTPUTS_SCALAR = "outputs_scalar"  # (T, N_SCALARS) float32, physical units
+PREPPED_OUTPUTS_SCALAR = "outputs_scalar"  # (T, N_SCALARS) float64 (energy totals reach ~1e17 J), physical units
 STATS_FILE = "stats.json"
 INDEX_FILE = "index_{split}.jsonl"  # one patch per line
 SPLITS = ("train", "test")
