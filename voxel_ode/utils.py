@@ -49,3 +49,31 @@ def seed_everything(seed: int) -> None:
         torch.manual_seed(seed)
     except ImportError:  # torch is a dependency, but keep light tools importable without it
         pass
+
+
+def coarsen(x, active, factor: int = 4):
+    """Masked average pooling of a field onto a grid ``factor`` times coarser.
+
+    ``x`` [..., C, D, H, W] (torch), ``active`` [..., 1, D, H, W] (1 = active cell).
+    The grid is zero-padded at the far end to a multiple of ``factor`` (padding
+    counts as inactive), so coarse cell c always covers fine cells
+    [c*factor, (c+1)*factor) along each axis. Returns ``(x_coarse, active_frac)``:
+    the mean of ``x`` over the active cells of each block (0 where a block has
+    none) and the fraction of active cells in the block. Used by the dataset and
+    by the model, so both see exactly the same whole-field context.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    lead = x.shape[:-4]
+    c, d, h, w = x.shape[-4:]
+    x = x.reshape(-1, c, d, h, w)
+    active = active.reshape(-1, 1, d, h, w).to(x.dtype)
+    pad = [(-n) % factor for n in (w, h, d)]  # F.pad order: last axis first
+    if any(pad):
+        x = F.pad(x, (0, pad[0], 0, pad[1], 0, pad[2]))
+        active = F.pad(active, (0, pad[0], 0, pad[1], 0, pad[2]))
+    weighted = F.avg_pool3d(x * active, factor)
+    frac = F.avg_pool3d(active, factor)
+    mean = torch.where(frac > 0, weighted / frac.clamp_min(1e-12), torch.zeros_like(weighted))
+    return mean.reshape(*lead, c, *mean.shape[-3:]), frac.reshape(*lead, 1, *frac.shape[-3:])

@@ -1,0 +1,189 @@
+#!/usr/bin/env python
+"""Rollout speed and peak memory on the full 326x70x76 grid (CPU by default).
+
+Each configuration runs in its own process so its peak resident memory
+(ru_maxrss) is its own. The model has random weights (speed does not depend on
+them); the simulation is synthetic: a dipping reservoir layer of active cells
+(~30 % of the grid) inside inactive rock, the injector in the middle.
+
+    python benchmarks/bench_rollout.py --base_channels 16 --depth 4 --steps 4 \
+        --configs full tile:96,70,76 --synth
+
+Prints a markdown table. With --synth it first times `voxel_ode.synth` at the
+same grid (``--synth_years`` simulated years, s/year reported) and runs the
+rollouts on that simulation's own fields, so the speed-up is measured on one
+simulation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def make_sim(grid, n_steps, seed=0):
+    from voxel_ode import schema
+
+    rng = np.random.default_rng(seed)
+    nz, ny, nx = grid
+    z = np.arange(nz)[:, None, None]
+    top = (0.35 * nz + 0.1 * nz * np.arange(nx)[None, None, :] / nx).astype(int)
+    active = ((z >= top) & (z < top + 0.3 * nz)) * np.ones(grid, bool)
+    static = {n: np.zeros(grid, np.float32) for n in schema.STATIC_NAMES}
+    static["IsActive"] = active.astype(np.float32)
+    for n in ("PermX", "PermY", "PermZ"):
+        static[n] = (10 ** rng.normal(-13, 0.5, grid)).astype(np.float32)
+    static["Porosity"] = rng.uniform(0.05, 0.3, grid).astype(np.float32)
+    static["Pressure0"] = (1e7 + 1e4 * z * np.ones(grid)).astype(np.float32)
+    static["Temperature0"] = (300 + 0.1 * z * np.ones(grid)).astype(np.float32)
+    static["InjRate"][int(0.5 * nz), ny // 2, nx // 2] = 10.0
+    stack = np.stack([static[n] for n in schema.STATIC_NAMES])
+    stack *= np.where(np.arange(schema.N_STATIC)[:, None, None, None] == 1, 1, active[None])
+    state0 = np.stack([static["Pressure0"], static["Temperature0"]])
+    return {"static": stack, "params_scalar": rng.normal(0, 1, schema.N_PARAMS).astype(np.float32),
+            "outputs_grid": np.repeat(state0[None], n_steps + 1, axis=0)}
+
+
+def fake_stats():
+    from voxel_ode import schema
+
+    return {
+        "static": {"names": list(schema.STATIC_NAMES),
+                   "transform": ["log10" if n.startswith("Perm") else "none" for n in schema.STATIC_NAMES],
+                   "mean": [0.0] * 4 + [-13.0] * 3 + [0.15, 1.1e7, 320.0, 0.0],
+                   "std": [1.0] * 4 + [0.5] * 3 + [0.07, 1e6, 10.0, 1.0]},
+        "dynamic": {"names": list(schema.DYNAMIC_NAMES), "mean": [1.1e7, 320.0], "std": [1e6, 10.0]},
+        "delta": {"names": list(schema.DYNAMIC_NAMES), "mean": [0.0, 0.0], "std": [1e4, 0.1],
+                  "abs_quantiles": {"0.5": [1e3, 0.01]}, "per_sim_rms": [[1e4, 0.1]]},
+        "params": {"names": list(schema.PARAM_NAMES), "transform": ["none"] * 26, "mean": [0.0] * 26,
+                   "std": [1.0] * 26},
+        "scalars": {"names": list(schema.SCALAR_NAMES), "transform": ["signed_log1p"] * 5, "mean": [10.0] * 5,
+                    "std": [2.0] * 5},
+        "scalar_increments": {"names": ["FieldEnergyProductionTotal"], "transform": ["signed_log1p"],
+                              "mean": [20.0], "std": [2.0]},
+    }
+
+
+def run_one(cfg: dict) -> dict:
+    """One configuration in this process: returns timings and peak RSS."""
+    import torch
+
+    from voxel_ode import rollout
+    from voxel_ode.dataset import Normalizer
+    from voxel_ode.model import ModelConfig, VoxelAutoRegressor, count_parameters
+
+    torch.manual_seed(0)
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg["threads"])
+    model = VoxelAutoRegressor(ModelConfig(base_channels=cfg["base_channels"], depth=cfg["depth"],
+                                           receptive_field_radius=cfg["radius"])).eval()
+    if cfg.get("raw"):  # the simulator's own full-size run: same geology as the synth timing
+        loaded = rollout.load_sim(cfg["raw"])
+        state0 = loaded["outputs_grid"][0]
+        sim = {"static": loaded["static"], "params_scalar": loaded["params_scalar"],
+               "outputs_grid": np.repeat(state0[None], cfg["steps"] + 1, axis=0)}
+    else:
+        sim = make_sim(tuple(cfg["grid"]), cfg["steps"])
+    norm = Normalizer(fake_stats())
+    stepper = rollout.ModelStepper(model, norm, device="cpu", tile=cfg.get("tile"))
+    times = []
+    step = stepper.step
+
+    def timed_step(*a):  # per-step wall time; the first step includes one-off allocations
+        t0 = time.perf_counter()
+        out = step(*a)
+        times.append(time.perf_counter() - t0)
+        return out
+
+    stepper.step = timed_step
+    rollout.run_stepper(stepper, sim, progress=False)
+    later = times[1:] or times
+    return {
+        "name": cfg["name"], "params": count_parameters(model), "receptive_field": model.receptive_field,
+        "steps": len(times), "s_per_step": sum(later) / len(later), "first_step_s": times[0],
+        "active_frac": float(sim["static"][1].mean()),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def run_synth(cfg: dict) -> dict:
+    """Time `synth.simulate` at full size for ``years`` simulated years; save the run for the rollouts."""
+    from voxel_ode import synth
+
+    t0 = time.perf_counter()
+    arrays = synth.simulate(tuple(cfg["grid"]), seed=cfg["seed"], n_steps=cfg["years"] + 1)
+    dt = time.perf_counter() - t0
+    synth.write_simulation(cfg["raw"], arrays)
+    return {"name": "synth", "years": cfg["years"], "s_per_year": dt / cfg["years"],
+            "active_frac": float(arrays["IsActive"].mean()),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--grid", type=int, nargs=3, default=[326, 70, 76])
+    ap.add_argument("--base_channels", type=int, default=16)
+    ap.add_argument("--depth", type=int, default=4)
+    ap.add_argument("--radius", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=4, help="timed steps per configuration; s/step averages all but the first")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--configs", nargs="+", default=["full", "tile:96,70,76"],
+                    help="'full' or 'tile:Z,Y,X'")
+    ap.add_argument("--synth", action="store_true",
+                    help="also time voxel_ode.synth on the same grid and roll out on that simulation's fields")
+    ap.add_argument("--synth_years", type=int, default=1, help="simulated years to time (s/year is reported)")
+    ap.add_argument("--raw_path", default="/tmp/bench_rollout_synth.h5", help="where --synth keeps its run")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one JSON config in this process
+    ap.add_argument("--one_synth", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(run_one(json.loads(args.one))))
+        return
+    if args.one_synth:
+        print(json.dumps(run_synth(json.loads(args.one_synth))))
+        return
+
+    def child(flag, cfg):  # one process per measurement, so ru_maxrss is that measurement's peak
+        out = subprocess.run([sys.executable, __file__, flag, json.dumps(cfg)], check=True,
+                             capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        print(result, file=sys.stderr)
+        return result
+
+    synth_row = None
+    if args.synth:
+        synth_row = child("--one_synth", {"grid": args.grid, "seed": 0, "years": args.synth_years,
+                                          "raw": args.raw_path})
+    rows = []
+    for c in args.configs:
+        tile = None if c == "full" else [int(v) for v in c.split(":")[1].split(",")]
+        cfg = {"name": c, "grid": args.grid, "base_channels": args.base_channels, "depth": args.depth,
+               "radius": args.radius, "steps": args.steps, "tile": tile, "threads": args.threads,
+               "raw": args.raw_path if args.synth else None}
+        rows.append(child("--one", cfg))
+    r0 = rows[0]
+    print(f"\ngrid {tuple(args.grid)}, model base_channels={args.base_channels} depth={args.depth} "
+          f"r={args.radius}: {r0['params']:,} parameters, receptive field {r0['receptive_field']} cells, "
+          f"active fraction {r0['active_frac']:.2f}\n")
+    print("| configuration | steps timed | s / step (after the first) | 29 steps (s, estimate) | first step (s) | peak RSS (MB) |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['name']} | {r['steps']} | {r['s_per_step']:.2f} | {29 * r['s_per_step']:.0f} | {r['first_step_s']:.2f} "
+              f"| {r['peak_rss_mb']:.0f} |")
+    if synth_row:
+        y = synth_row["s_per_year"]
+        print(f"| voxel_ode.synth (simulator) | {synth_row['years']} year(s) | {y:.2f} | {29 * y:.0f} | - "
+              f"| {synth_row['peak_rss_mb']:.0f} |")
+        print("\nspeed-up of the surrogate over the simulator, per step: "
+              + ", ".join(f"{r['name']} {y / r['s_per_step']:.1f}x" for r in rows))
+
+
+if __name__ == "__main__":
+    main()

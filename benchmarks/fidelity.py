@@ -1,0 +1,120 @@
+"""Fidelity benchmark: does the trained surrogate predict what the simulator does?
+
+A fixed synthetic dataset (seed 1234, 40 train + 5 test simulations, the seed's
+split) and a fixed CPU budget per trained configuration. On the 5 test
+simulations it reports, at the last step and averaged over steps, the relative
+error of the change since t=0 (persistence = 1.0 exactly), accuracy within
++/-5 bar / +/-5 K, the seed's +/-5 % accuracy and the normalized MSE, for:
+
+  persistence   the state never changes
+  linear        per-voxel least squares on the 13 inputs + 26 params
+  seed          the seed's configuration: purely local model, spatial norm,
+                pooled z-score targets, one-step training on patches
+  default       this project's defaults: whole-field path, per-voxel norm,
+                robust (asinh) change targets, rollout training on whole grids
+
+The two trained configurations run at the same time, one core each
+(torch.set_num_threads(1)), so each gets the same CPU budget.
+
+    python benchmarks/fidelity.py --out bench_out/fidelity --minutes 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+CONFIGS = {
+    "seed": ["--sample_mode", "patch", "--norm", "spatial", "--no_global_context", "--delta_norm", "zscore",
+             "--rollout_steps", "1", "--noise_std", "0.01"],
+    "default": ["--sample_mode", "full", "--rollout_steps", "3", "--rollout_curriculum_steps", "300",
+                "--noise_std", "0.0"],
+}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="bench_out/fidelity")
+    ap.add_argument("--minutes", type=float, default=60.0, help="training budget per configuration")
+    ap.add_argument("--n_sims", type=int, default=45)
+    ap.add_argument("--grid", type=int, nargs=3, default=(32, 16, 16))
+    ap.add_argument("--base_channels", type=int, default=24)
+    ap.add_argument("--depth", type=int, default=4)
+    ap.add_argument("--configs", nargs="+", default=list(CONFIGS))
+    args = ap.parse_args()
+
+    from voxel_ode.data_prep import prep
+    from voxel_ode.rollout import evaluate, format_table
+    from voxel_ode.synth import generate_dataset
+
+    out = Path(args.out)
+    raw, prepped = out / "raw", out / "prepped"
+    grid = tuple(args.grid)
+    t0 = time.time()
+    if not (prepped / "stats.json").exists():
+        generate_dataset(raw, args.n_sims, grid=grid, seed=1234, workers=2)
+        print(f"synth: {time.time() - t0:.0f} s", flush=True)
+        # patches of half the grid's depth for the seed's patch training (stride = half a patch)
+        patch = (grid[0] // 2, grid[1], grid[2])
+        stride = (max(1, patch[0] // 2), grid[1], grid[2])
+        prep(raw, prepped, patch_size=patch, stride=stride, n_test=5, min_active_frac=0.05, workers=2)
+
+    procs = {}
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    for name in args.configs:
+        cmd = [sys.executable, str(REPO / "scripts" / "train_ddp.py"), "--prepped_root", str(prepped),
+               "--save_dir", str(out / f"ckpt_{name}"), "--base_channels", str(args.base_channels),
+               "--depth", str(args.depth), "--receptive_field_radius", "2", "--batch_size", "4",
+               "--lr", "2e-3", "--warmup_steps", "100", "--max_steps", "1000000", "--eval_every", "500",
+               "--log_every", "100", "--ckpt_every", "100000", "--aug_xy_rot", "--aug_flip",
+               "--time_budget_min", str(args.minutes), "--device", "cpu", "--quiet", *CONFIGS[name]]
+        log = open(out / f"train_{name}.log", "w")
+        procs[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
+        print("started:", " ".join(cmd), flush=True)
+    for name, (proc, log) in procs.items():
+        if proc.wait() != 0:
+            print(f"training {name} failed, see {log.name}")
+            return 1
+
+    results = {}
+    for name in args.configs:
+        ckpts = sorted((out / f"ckpt_{name}").glob("best_step*.pt"), key=lambda p: p.stat().st_mtime)
+        summary = evaluate(prepped, ckpts[-1], out / f"eval_{name}", split="test", device="cpu", plots=True,
+                           linear_baseline=(name == args.configs[0]))
+        results[name] = summary
+        print(f"\n== {name} ({ckpts[-1].name})\n{format_table(summary)}", flush=True)
+
+    table = {"persistence": results[args.configs[0]]["persistence"]}
+    if "linear" in results[args.configs[0]]:
+        table["linear"] = results[args.configs[0]]["linear"]
+    for name in args.configs:
+        table[name] = results[name]["model"]
+    (out / "fidelity.json").write_text(json.dumps(table, indent=2))
+    print("\n" + markdown_table(table))
+    return 0
+
+
+def markdown_table(table: dict) -> str:
+    methods = list(table)
+    metrics = list(next(iter(table.values())))
+    lines = ["| metric | " + " | ".join(f"{m} (last / mean)" for m in methods) + " |",
+             "|---|" + "---|" * len(methods)]
+    for metric in metrics:
+        cells = []
+        for m in methods:
+            v = table[m].get(metric, {})
+            cells.append(f"{v.get('last', float('nan')):.3g} / {v.get('mean', float('nan')):.3g}")
+        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

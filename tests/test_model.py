@@ -1,0 +1,227 @@
+"""VoxelAutoRegressor: shapes, locality (patch == full grid), FiLM, the whole-field
+path, masking of inactive cells, checkpoint loading, and that it can learn."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from voxel_ode import schema
+from voxel_ode.model import ModelConfig, VoxelAutoRegressor, count_parameters, crop_upsample, load_model
+from voxel_ode.utils import UserError, coarsen
+
+SMALL = dict(base_channels=8, depth=2, receptive_field_radius=1, context_channels=8, global_dim=16)
+
+
+def make(seed=0, randomize=True, **overrides):
+    """A small model; FiLM and heads start at the identity/zero, so randomize them for the tests."""
+    torch.manual_seed(seed)
+    model = VoxelAutoRegressor(ModelConfig(**{**SMALL, **overrides})).eval()
+    if randomize:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "film" in name or "grid_head" in name:
+                    p.normal_(0, 0.3)
+    return model
+
+
+def inputs(shape, batch=1, seed=0, inactive=0.2):
+    g = torch.Generator().manual_seed(seed)
+    active = (torch.rand(batch, 1, *shape, generator=g) > inactive).float()
+    x = torch.randn(batch, schema.N_INPUT_CHANNELS, *shape, generator=g) * active
+    params = torch.randn(batch, schema.N_PARAMS, generator=g)
+    return x, params, active
+
+
+@pytest.mark.parametrize("global_context", [True, False])
+@pytest.mark.parametrize("shape", [(5, 7, 9), (8, 8, 8), (13, 6, 11)])
+def test_forward_shapes_any_grid(shape, global_context):
+    model = make(global_context=global_context)
+    x, p, a = inputs(shape, batch=2)
+    delta, scalars = model(x, p, a)
+    assert delta.shape == (2, schema.N_DYNAMIC, *shape)
+    assert scalars.shape == (2, schema.N_SCALARS)
+    assert torch.isfinite(delta).all() and torch.isfinite(scalars).all()
+
+
+def test_default_size_matches_the_seed_count():
+    model = VoxelAutoRegressor(ModelConfig())
+    n = count_parameters(model)
+    print(f"default VoxelAutoRegressor: {n / 1e6:.1f}M parameters, receptive field {model.receptive_field}")
+    assert 10e6 <= n <= 15e6
+    assert model.receptive_field == 3 + 12 * 2
+    local = VoxelAutoRegressor(ModelConfig(global_context=False))
+    assert 10e6 <= count_parameters(local) < n
+
+
+def _patch_vs_full(norm):
+    model = make(norm=norm)
+    shape = (24, 22, 22)
+    x, p, a = inputs(shape)
+    x_coarse, active_coarse = coarsen(x, a, model.context_factor)
+    context = model.compute_context(x_coarse, p, active_coarse)
+    with torch.no_grad():
+        full, _ = model(x, p, a, context=context)
+        o = (4, 3, 5)
+        size = (14, 14, 13)
+        sl = (..., slice(o[0], o[0] + size[0]), slice(o[1], o[1] + size[1]), slice(o[2], o[2] + size[2]))
+        patch, _ = model(x[sl], p, a[sl], context=context, origin=torch.tensor([o]))
+    rf = model.receptive_field
+    assert rf == 5
+    # cells at least rf away from the patch border (the patch does not touch the grid edge)
+    inner = (..., slice(rf, size[0] - rf), slice(rf, size[1] - rf), slice(rf, size[2] - rf))
+    return (full[sl][inner] - patch[inner]).abs().max().item(), full[sl][inner].abs().max().item()
+
+
+def test_full_grid_equals_patch_away_from_border_channel_norm():
+    diff, scale = _patch_vs_full("channel")
+    assert scale > 1e-2  # the comparison is not between zeros
+    assert diff < 1e-5 * max(1.0, scale)
+
+
+def test_spatial_norm_breaks_patch_full_consistency():
+    diff, scale = _patch_vs_full("spatial")
+    assert diff > 1e-3 * scale
+
+
+def test_crop_upsample_equals_interpolate_then_crop():
+    coarse = torch.randn(2, 3, 4, 5, 3)
+    full = F.interpolate(coarse, scale_factor=4, mode="trilinear", align_corners=False)
+    origin = torch.tensor([[1, 0, 3], [5, 7, 2]])
+    got = crop_upsample(coarse, origin, (6, 9, 7), 4)
+    for b in range(2):
+        z, y, x = origin[b].tolist()
+        torch.testing.assert_close(got[b], full[b, :, z:z + 6, y:y + 9, x:x + 7], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("global_context", [True, False])
+def test_film_params_change_the_output(global_context):
+    model = make(global_context=global_context)
+    x, p, a = inputs((8, 8, 8))
+    with torch.no_grad():
+        d1, s1 = model(x, p, a)
+        d2, s2 = model(x, p + 1.0, a)
+    assert (d1 - d2).abs().max() > 1e-3
+    assert (s1 - s2).abs().max() > 1e-3
+    # FiLM starts as the identity but still learns: its weights get a gradient at init
+    fresh = make(randomize=False, global_context=global_context)
+    fresh.grid_head.weight.data.normal_(0, 0.3)
+    d, _ = fresh(x, p, a)
+    d.pow(2).sum().backward()
+    assert fresh.blocks[0].films[0].linear.weight.grad.abs().max() > 0
+
+
+@pytest.mark.parametrize("global_context", [True, False])
+def test_whole_field_path_reaches_beyond_the_receptive_field(global_context):
+    model = make(global_context=global_context)
+    shape = (24, 24, 24)
+    x, p, a = inputs(shape, inactive=0.0)
+    x2 = x.clone()
+    x2[:, schema.N_STATIC :, :4, :4, :4] += 3.0  # perturb P, T in one corner
+    with torch.no_grad():
+        d1, s1 = model(x, p, a)
+        d2, s2 = model(x2, p, a)
+    far = (..., slice(16, None), slice(16, None), slice(16, None))  # > receptive field (5) away
+    change = (d1[far] - d2[far]).abs().max().item()
+    if global_context:
+        assert change > 1e-4
+        assert (s1 - s2).abs().max() > 1e-5  # scalars see the whole field
+    else:
+        assert change == 0.0
+
+
+@pytest.mark.parametrize("global_context", [True, False])
+def test_inactive_cells_get_exactly_zero_change(global_context):
+    model = make(global_context=global_context)
+    x, p, a = inputs((9, 8, 7), batch=2, inactive=0.4)
+    delta, _ = model(x, p, a)
+    assert (delta * (1 - a)).abs().max() == 0.0
+    assert (delta * a).abs().max() > 0
+
+
+def test_collate_padding_changes_nothing():
+    """Padding added by collate is inactive, and masked features make it equal to no padding."""
+    model = make()
+    x, p, a = inputs((9, 7, 6))
+    pad = (0, 3, 0, 2, 0, 1)
+    with torch.no_grad():
+        d1, s1 = model(x, p, a)
+        d2, s2 = model(F.pad(x, pad), p, F.pad(a, pad))
+    torch.testing.assert_close(d2[..., :9, :7, :6], d1, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(s2, s1, rtol=1e-4, atol=1e-5)
+
+
+def test_context_of_batch_one_serves_a_batch_of_tiles():
+    model = make()
+    x, p, a = inputs((12, 12, 12))
+    x_coarse, active_coarse = coarsen(x, a, 4)
+    ctx = model.compute_context(x_coarse, p, active_coarse)
+    tiles = torch.cat([x[..., :8, :8, :8], x[..., 4:, 4:, 4:]])
+    act = torch.cat([a[..., :8, :8, :8], a[..., 4:, 4:, 4:]])
+    with torch.no_grad():
+        both, _ = model(tiles, p.expand(2, -1), act, context=ctx, origin=torch.tensor([[0, 0, 0], [4, 4, 4]]))
+        one, _ = model(x[..., 4:, 4:, 4:], p, a[..., 4:, 4:, 4:], context=ctx, origin=(4, 4, 4))
+    torch.testing.assert_close(both[1:], one)
+
+
+def test_load_model_roundtrip_and_refuses_pickles(tmp_path):
+    from dataclasses import asdict
+
+    model = make(global_context=True)
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": model.state_dict(), "model_config": asdict(model.config), "step": 3}, path)
+    loaded, ckpt = load_model(path)
+    assert ckpt["step"] == 3 and loaded.config == model.config
+    x, p, a = inputs((6, 6, 6))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, p, a)[0], model(x, p, a)[0])
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    bad = tmp_path / "bad.pt"
+    with open(bad, "wb") as f:
+        pickle.dump({"model": Evil(), "model_config": {}}, f, protocol=2)
+    with pytest.raises(UserError, match="cannot load safely"):
+        load_model(bad)
+    with pytest.raises(UserError, match="not found"):
+        load_model(tmp_path / "missing.pt")
+
+
+def test_loss_decreases_when_overfitting_a_tiny_batch(tmp_path):
+    from fixtures import write_raw_dir
+    from voxel_ode.data_prep import prep
+    from voxel_ode.dataset import PatchDataset, collate
+
+    write_raw_dir(tmp_path / "raw", n=3, grid=(10, 10, 8), n_t=4)
+    prep(tmp_path / "raw", tmp_path / "prepped", patch_size=(8, 8, 8), stride=(4, 4, 4), n_test=1, progress=False)
+    ds = PatchDataset(tmp_path / "prepped", "train")
+    batch = collate([ds[i] for i in range(4)])
+    torch.manual_seed(0)
+    model = VoxelAutoRegressor(ModelConfig(**SMALL)).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+
+    def loss_fn():
+        delta, scalars = model(batch["x"], batch["params"], batch["active"], origin=batch["origin"],
+                               context_x=batch["context_x"], context_active=batch["context_active"])
+        m = batch["active"]
+        grid = ((delta - batch["target_delta"][:, 0]) ** 2 * m).sum() / (m.sum() * 2)
+        return grid + F.mse_loss(scalars, batch["target_scalars"][:, 0])
+
+    losses = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convolutions: one thread is fastest, and robust on a busy machine
+    try:
+        for _ in range(25):
+            opt.zero_grad()
+            loss = loss_fn()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    finally:
+        torch.set_num_threads(threads)
+    assert losses[-1] < 0.3 * losses[0], losses[::5]

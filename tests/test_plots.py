@@ -1,0 +1,104 @@
+"""Pictures are written, slices mask inactive cells, and the XDMF points at real datasets."""
+
+import xml.etree.ElementTree as ET
+
+import h5py
+import numpy as np
+
+from test_rollout import GRID, N_T, prepped_arrays
+from voxel_ode import plots, rollout, schema
+
+
+def _write(tmp_path, truth=True):
+    sim = prepped_arrays(seed=3)
+    pred = sim["outputs_grid"] + 1.0
+    path = rollout.write_predictions(
+        tmp_path / "predictions.h5", pred, sim["outputs_scalar"], sim["static"][1], {"source": "x"},
+        truth=(sim["outputs_grid"], sim["outputs_scalar"]) if truth else None, xdmf=True)
+    return sim, pred, path
+
+
+def _resolve(xdmf_dir, text):
+    fname, dset = text.strip().split(":")
+    return xdmf_dir / fname, dset
+
+
+def test_xdmf_is_valid_and_points_at_existing_datasets(tmp_path):
+    _, _, h5 = _write(tmp_path)
+    xdmf = h5.with_suffix(".xdmf")
+    root = ET.parse(xdmf).getroot()  # raises if not well-formed XML
+    assert root.tag == "Xdmf" and root.get("Version") == "3.0"
+    collection = root.find("Domain/Grid")
+    assert collection.get("CollectionType") == "Temporal"
+    steps = collection.findall("Grid")
+    assert len(steps) == N_T
+    assert [float(g.find("Time").get("Value")) for g in steps] == list(range(N_T))
+    nz, ny, nx = GRID
+    n_checked = 0
+    with h5py.File(h5) as f:
+        for t, grid in enumerate(steps):
+            topo = grid.find("Topology")
+            assert topo.get("TopologyType") == "3DCoRectMesh"
+            assert topo.get("Dimensions") == f"{nz + 1} {ny + 1} {nx + 1}"  # nodes, for cell data
+            names = {a.get("Name") for a in grid.findall("Attribute")}
+            assert names == {"Pressure", "Temperature", "TruePressure", "TrueTemperature", "IsActive"}
+            for attr in grid.findall("Attribute"):
+                assert attr.get("Center") == "Cell"
+                item = attr.find("DataItem")
+                if item.get("ItemType") == "HyperSlab":
+                    assert item.get("Dimensions") == f"{nz} {ny} {nx}"
+                    sel, src = item.findall("DataItem")
+                    start, stride, count = np.array(sel.text.split(), int).reshape(3, 5)
+                    _, dset = _resolve(tmp_path, src.text)
+                    ds = f[dset]
+                    assert tuple(int(v) for v in src.get("Dimensions").split()) == ds.shape
+                    assert start[0] == t and tuple(count[2:]) == GRID and np.all(stride == 1)
+                    channel = schema.DYNAMIC_NAMES.index(attr.get("Name").removeprefix("True"))
+                    assert start[1] == channel
+                else:
+                    fname, dset = _resolve(tmp_path, item.text)
+                    assert fname.exists()
+                    assert tuple(int(v) for v in item.get("Dimensions").split()) == f[dset].shape == GRID
+                n_checked += 1
+    assert n_checked == N_T * 5
+
+
+def test_xdmf_without_truth_has_only_predictions(tmp_path):
+    _write(tmp_path, truth=False)
+    root = ET.parse(tmp_path / "predictions.xdmf").getroot()
+    names = {a.get("Name") for a in root.iter("Attribute")}
+    assert names == {"Pressure", "Temperature", "IsActive"}
+
+
+def test_injector_cell_is_largest_positive_rate():
+    sim = prepped_arrays()
+    static = sim["static"].copy()
+    inj = schema.STATIC_NAMES.index("InjRate")
+    static[inj, 4, 2, 3] = 99.0
+    assert plots.injector_cell(static) == (4, 2, 3)
+    static[inj] = -1.0  # producers only: fall back to the centre
+    assert plots.injector_cell(static) == tuple(n // 2 for n in GRID)
+
+
+def test_pictures_are_written_and_inactive_cells_blank(tmp_path, monkeypatch):
+    sim = prepped_arrays(seed=1)
+    pred = sim["outputs_grid"] + 1.0
+    shown = []
+    real_imshow = plots.plt.Axes.imshow
+
+    def spy(self, img, *a, **k):
+        shown.append(img)
+        return real_imshow(self, img, *a, **k)
+
+    monkeypatch.setattr(plots.plt.Axes, "imshow", spy)
+    files = plots.plot_simulation(tmp_path, sim, {"model": (pred, sim["outputs_scalar"]),
+                                                  "persistence": (np.repeat(sim["outputs_grid"][:1], N_T, 0),
+                                                                  sim["outputs_scalar"])}, steps=[2])
+    assert [f.name for f in files] == ["slices_step02.png", "scalars.png", "error_curves.png"]
+    for f in files:
+        assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f.stat().st_size > 5000
+    z, y, x = plots.injector_cell(sim["static"])
+    inactive_zx = sim["static"][1][:, y, :] < 0.5
+    assert len(shown) == 12  # 2 variables x 2 sections x (truth, prediction, error)
+    assert np.array_equal(np.ma.getmaskarray(shown[0]), inactive_zx)  # truth, Z-X: inactive = masked
+    np.testing.assert_allclose(shown[2].compressed(), 1.0)  # error panel: pred - truth over active cells

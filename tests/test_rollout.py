@@ -1,0 +1,425 @@
+"""Rollout: zero change == persistence, inactive cells untouched, tiled == full, files, CLI, evaluation."""
+
+import argparse
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import fixtures
+from voxel_ode import rollout as R
+from voxel_ode import schema
+from voxel_ode.dataset import Normalizer
+from voxel_ode.utils import UserError
+
+GRID = (12, 10, 8)
+N_T = 5
+
+
+# ---------------------------------------------------------------------------
+# tiny prepped data written directly (independent of data_prep), and its stats
+# ---------------------------------------------------------------------------
+def prepped_arrays(seed=0, grid=GRID, n_t=N_T):
+    raw = fixtures.make_raw_arrays(grid=grid, n_t=n_t, seed=seed)
+    fault = raw["FaultId"]
+    boundary = np.zeros_like(fault)
+    for axis in range(3):  # FaultId differs from a face neighbour
+        d = np.diff(fault, axis=axis) != 0
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
+        boundary[tuple(lo)] += d
+        boundary[tuple(hi)] += d
+    raw["FaultBoundary"] = (boundary > 0).astype(np.float32)
+    return {
+        "static": np.stack([raw[n] for n in schema.STATIC_NAMES]).astype(np.float32),
+        "params_scalar": raw["ParamsScalar"].astype(np.float32),
+        "outputs_grid": np.stack([raw["Pressure"], raw["Temperature"]], axis=1).astype(np.float32),
+        "outputs_scalar": np.stack([raw[n] for n in schema.SCALAR_NAMES], axis=1).astype(np.float64),
+    }
+
+
+def _slp(x):
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
+def make_stats(sims):
+    act = [s["static"][1] > 0.5 for s in sims]
+    transforms = ["log10" if n.startswith("Perm") else "none" for n in schema.STATIC_NAMES]
+    static_vals = []
+    for c, tr in enumerate(transforms):
+        v = np.concatenate([s["static"][c][a] for s, a in zip(sims, act)]).astype(np.float64)
+        static_vals.append(np.log10(v) if tr == "log10" else v)
+    dyn = [np.concatenate([s["outputs_grid"][:, c][:, a].ravel() for s, a in zip(sims, act)]) for c in range(2)]
+    dl = [np.concatenate([np.diff(s["outputs_grid"][:, c], axis=0)[:, a].ravel() for s, a in zip(sims, act)])
+          for c in range(2)]
+    rms = [[float(np.sqrt(np.mean(np.diff(s["outputs_grid"][:, c], axis=0)[:, a] ** 2))) for c in range(2)]
+           for s, a in zip(sims, act)]
+    params = np.stack([s["params_scalar"] for s in sims]).astype(np.float64)
+    scal = _slp(np.concatenate([s["outputs_scalar"] for s in sims]))
+    inc = _slp(np.concatenate([np.diff(s["outputs_scalar"][:, 2]) for s in sims]))
+
+    def std(v):
+        s = float(np.std(v))
+        return s if s > 1e-12 else 1.0
+
+    return {
+        "format": 1, "schema_version": "v2.4", "grid_shape": list(GRID), "n_timesteps": N_T,
+        "static": {"names": list(schema.STATIC_NAMES), "transform": transforms,
+                   "mean": [float(np.mean(v)) for v in static_vals], "std": [std(v) for v in static_vals]},
+        "dynamic": {"names": list(schema.DYNAMIC_NAMES), "mean": [float(np.mean(v)) for v in dyn],
+                    "std": [std(v) for v in dyn]},
+        "delta": {"names": list(schema.DYNAMIC_NAMES), "mean": [float(np.mean(v)) for v in dl],
+                  "std": [std(v) for v in dl],
+                  "abs_quantiles": {"0.5": [float(np.median(np.abs(v))) for v in dl]}, "per_sim_rms": rms},
+        "params": {"names": list(schema.PARAM_NAMES), "transform": ["none"] * schema.N_PARAMS,
+                   "mean": params.mean(0).tolist(), "std": [std(v) for v in params.T]},
+        "scalars": {"names": list(schema.SCALAR_NAMES), "transform": ["signed_log1p"] * 5,
+                    "mean": scal.mean(0).tolist(), "std": [std(v) for v in scal.T]},
+        "scalar_increments": {"names": list(schema.CUMULATIVE_SCALARS), "transform": ["signed_log1p"],
+                              "mean": [float(inc.mean())], "std": [std(inc)]},
+    }
+
+
+def write_prepped(path, sim):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f[schema.PREPPED_STATIC] = sim["static"]
+        f[schema.PREPPED_PARAMS] = sim["params_scalar"]
+        f[schema.PREPPED_OUTPUTS_GRID] = sim["outputs_grid"]
+        f[schema.PREPPED_OUTPUTS_SCALAR] = sim["outputs_scalar"]
+    return path
+
+
+def make_prepped_root(root, n_train=2, n_test=1):
+    root = Path(root)
+    sims = [prepped_arrays(seed=i) for i in range(n_train + n_test)]
+    for i, sim in enumerate(sims):
+        split = "test" if i < n_test else "train"
+        write_prepped(root / split / f"v2.4_{i + 1:04d}{schema.PREPPED_SUFFIX}", sim)
+    stats = make_stats(sims[n_test:])
+    (root / schema.STATS_FILE).write_text(json.dumps(stats))
+    return root, sims, stats
+
+
+# ---------------------------------------------------------------------------
+# tiny models with the VoxelAutoRegressor interface
+# ---------------------------------------------------------------------------
+class ZeroModel(torch.nn.Module):
+    receptive_field = 0
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    compute_context = None
+
+    def forward(self, x, params, active, context=None, origin=None):
+        b, _, d, h, w = x.shape
+        return x.new_zeros(b, 2, d, h, w), x.new_zeros(b, 5)
+
+
+class LocalGlobalModel(torch.nn.Module):
+    """Two 3^3 convs (receptive field 2) + a whole-field context added everywhere (like the real model)."""
+
+    receptive_field = 2
+    context_factor = 4
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1 = torch.nn.Conv3d(13, 4, 3, padding=1)
+        self.c2 = torch.nn.Conv3d(4, 2, 3, padding=1)
+        self.ctx = torch.nn.Linear(13 + 26, 4)
+        self.head = torch.nn.Linear(4, 5)
+
+    def compute_context(self, x_coarse, params, active_coarse):
+        pooled = (x_coarse * active_coarse).sum((2, 3, 4)) / active_coarse.sum((2, 3, 4)).clamp_min(1e-6)
+        return torch.tanh(self.ctx(torch.cat([pooled, params], 1)))
+
+    def forward(self, x, params, active, context=None, origin=None):
+        h = torch.tanh(self.c1(x)) + context[:, :, None, None, None]
+        return 0.1 * self.c2(h) * active, 0.1 * self.head(context)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root, sims, stats = make_prepped_root(tmp_path_factory.mktemp("prepped"))
+    return root, sims, stats, Normalizer(stats)
+
+
+def test_zero_change_model_equals_persistence_exactly(data):
+    _, sims, _, norm = data
+    sim = sims[0]
+    grid, scalar = R.rollout(ZeroModel(), norm, sim, progress=False)
+    persist, _ = R.run_stepper(R.PersistenceStepper(), sim, progress=False)
+    assert grid.shape == sim["outputs_grid"].shape and grid.dtype == np.float32
+    assert np.array_equal(grid, persist)
+    assert np.array_equal(grid[-1], sim["outputs_grid"][0])
+    np.testing.assert_array_equal(scalar[0], sim["outputs_scalar"][0])  # t=0 copied from the truth
+    assert scalar.shape == (N_T, schema.N_SCALARS) and np.all(np.isfinite(scalar))
+    # a zero normalized increment denormalizes to the (positive) mean yearly production: the total grows
+    total = scalar[:, schema.SCALAR_NAMES.index("FieldEnergyProductionTotal")]
+    assert np.all(np.diff(total) > 0)
+
+
+def test_inactive_cells_untouched_and_scalars_nan_without_truth(data):
+    _, sims, _, norm = data
+    sim = dict(sims[0])
+    sim.pop("outputs_scalar")
+    sim["outputs_grid"] = sim["outputs_grid"].copy()
+    inactive = sim["static"][1] < 0.5
+    sim["outputs_grid"][0][:, inactive] = 123.0  # any value at inactive cells must survive the rollout
+    grid, scalar = R.rollout(LocalGlobalModel(), norm, sim, progress=False)
+    assert np.all(grid[:, :, inactive] == 123.0)
+    assert not np.array_equal(grid[-1][:, ~inactive], grid[0][:, ~inactive])  # active cells did move
+    assert np.all(np.isnan(scalar[0])) and np.all(np.isfinite(scalar[1:]))
+
+
+def test_rollout_from_initial_fields_without_outputs(data):
+    _, sims, _, norm = data
+    sim = {"static": sims[0]["static"], "params_scalar": sims[0]["params_scalar"]}
+    grid, _ = R.rollout(ZeroModel(), norm, sim, progress=False)
+    assert grid.shape[0] == schema.N_TIMESTEPS
+    np.testing.assert_array_equal(grid[0, 0], sims[0]["static"][schema.STATIC_NAMES.index("Pressure0")])
+
+
+@pytest.mark.parametrize("tile", [(5, 4, 3), (12, 10, 8), (1, 10, 8)])
+def test_tiled_equals_full_with_global_context(data, tile):
+    _, sims, _, norm = data
+    model = LocalGlobalModel()
+    full, full_s = R.rollout(model, norm, sims[1], progress=False)
+    tiled, tiled_s = R.rollout(model, norm, sims[1], tile=tile, progress=False)
+    np.testing.assert_allclose(tiled, full, rtol=0, atol=1e-3)  # Pa / K on ~1e7 Pa fields: float32 noise
+    np.testing.assert_allclose(tiled_s, full_s, rtol=1e-6)
+
+
+def test_too_small_halo_is_detected_by_the_tiled_test(data):
+    # guard that the tiled==full test can fail: a model lying about its receptive field differs
+    _, sims, _, norm = data
+    model = LocalGlobalModel()
+    model.receptive_field = 0
+    full, _ = R.rollout(model, norm, sims[1], progress=False)
+    tiled, _ = R.rollout(model, norm, sims[1], tile=(5, 4, 3), progress=False)
+    assert np.abs(tiled - full).max() > 1e-2
+
+
+def test_tiles_without_active_cells_are_skipped(data, monkeypatch):
+    _, sims, _, norm = data
+    sim = dict(sims[0])
+    sim["static"] = sim["static"].copy()
+    sim["static"][1, :6] = 0.0  # top half inactive
+    calls = []
+    model = LocalGlobalModel()
+    orig = model.forward
+
+    def counting(*a, **k):
+        calls.append(k.get("origin"))
+        return orig(*a, **k)
+
+    monkeypatch.setattr(model, "forward", counting)
+    R.rollout(model, norm, sim, tile=(6, 10, 8), progress=False)
+    assert len(calls) == N_T - 1  # one tile per step: the inactive top tile is skipped
+    assert all(int(o[0, 0]) == 6 - model.receptive_field for o in calls)
+
+
+def test_predictions_layout_and_xdmf(data, tmp_path):
+    _, sims, _, norm = data
+    sim = sims[0]
+    grid, scalar = R.rollout(LocalGlobalModel(), norm, sim, progress=False)
+    out = R.write_predictions(tmp_path / "predictions.h5", grid, scalar, sim["static"][1],
+                              {"checkpoint": "c.pt", "stats": "s.json", "source": "x.h5", "model_config": {"depth": 2}},
+                              truth=(sim["outputs_grid"], sim["outputs_scalar"]))
+    with h5py.File(out) as f:
+        assert f["predicted/outputs_grid"].shape == (N_T, 2) + GRID
+        assert f["predicted/outputs_grid"].dtype == np.float32
+        assert f["predicted/outputs_scalar"].shape == (N_T, 5)
+        assert f["truth/outputs_grid"].shape == (N_T, 2) + GRID
+        assert f.attrs["checkpoint"] == "c.pt" and f.attrs["source"] == "x.h5" and f.attrs["stats"] == "s.json"
+        assert json.loads(f.attrs["model_config"]) == {"depth": 2}
+        np.testing.assert_array_equal(f["predicted/outputs_grid"][()], grid)
+    assert (tmp_path / "predictions.xdmf").exists()
+    assert not list(tmp_path.glob(".*tmp*"))  # atomic: no temp file left
+
+
+# ---------------------------------------------------------------------------
+# checkpoint-level: CLI flags, evaluation
+# ---------------------------------------------------------------------------
+def real_model_ckpt(path, stats, **cfg_kwargs):
+    """A tiny real VoxelAutoRegressor with random weights, saved like train.py does."""
+    from dataclasses import asdict
+
+    from voxel_ode.model import ModelConfig, VoxelAutoRegressor
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{"base_channels": 4, "depth": 1, "receptive_field_radius": 1, "context_channels": 4,
+                         "context_stages": 1, "global_dim": 8, **cfg_kwargs})
+    model = VoxelAutoRegressor(cfg).eval()
+    with torch.no_grad():  # random weights give tiny changes; make them visible in Pa / K
+        model.grid_head.weight.mul_(50.0)
+    torch.save({"model": model.state_dict(), "model_config": asdict(cfg), "stats": stats, "step": 0}, path)
+    return Path(path), model
+
+
+@pytest.mark.parametrize("global_context", [True, False])
+def test_tiled_equals_full_real_model(data, tmp_path, global_context):
+    _, sims, stats, norm = data
+    _, model = real_model_ckpt(tmp_path / "m.pt", stats, global_context=global_context)
+    full, full_s = R.rollout(model, norm, sims[1], progress=False)
+    tiled, tiled_s = R.rollout(model, norm, sims[1], tile=(5, 3, 6), progress=False)
+    assert np.abs(full[-1] - full[0]).max() > 1.0  # the model does change the state
+    np.testing.assert_allclose(tiled, full, rtol=0, atol=1e-2)  # Pa on ~1e7 Pa: float32 summation order
+    if global_context:
+        np.testing.assert_allclose(tiled_s, full_s, rtol=1e-5)
+    else:  # the pooled scalar head of a local model is not defined per tile
+        assert np.all(np.isnan(tiled_s[1:])) and np.all(np.isfinite(full_s))
+
+
+def test_cli_rollout_writes_predictions(data, tmp_path, capsys):
+    root, sims, stats, _ = data
+    ckpt, model = real_model_ckpt(tmp_path / "m.pt", stats)
+    from voxel_ode.cli import main
+
+    sim_path = root / "test" / f"v2.4_0001{schema.PREPPED_SUFFIX}"
+    out = tmp_path / "pred.h5"
+    rc = main(["rollout", "--prepped_sim_path", str(sim_path), "--stats_path", str(root / "stats.json"),
+               "--ckpt_path", str(ckpt), "--save_path", str(out), "--device", "cpu", "--depth", "1",
+               "--tile", "6", "10", "8", "--plots", str(tmp_path / "pics"), "--no_progress"])
+    assert rc == 0
+    assert f"receptive field: {model.receptive_field}" in capsys.readouterr().out
+    with h5py.File(out) as f:
+        assert f["predicted/outputs_grid"].shape == (N_T, 2) + GRID
+        assert f.attrs["source"] == str(sim_path.resolve())
+        assert json.loads(f.attrs["model_config"])["depth"] == 1
+        assert "truth" not in f
+    assert (tmp_path / "pred.xdmf").exists()
+    assert len(list((tmp_path / "pics").glob("*.png"))) >= 3
+    # an architecture flag that disagrees with the checkpoint: one line, exit 1
+    rc = main(["rollout", "--prepped_sim_path", str(sim_path), "--ckpt_path", str(ckpt),
+               "--save_path", str(tmp_path / "x.h5"), "--base_channels", "128", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "base_channels" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_evaluate_table_on_tiny_fixtures(data, tmp_path, capsys):
+    root, sims, stats, _ = data
+    ckpt, _ = real_model_ckpt(tmp_path / "m.pt", stats)
+    out = tmp_path / "eval"
+    summary = R.evaluate(root, ckpt, out, split="test", device="cpu", plots=True, linear_baseline=True,
+                         progress=False)
+    printed = capsys.readouterr().out
+    assert "rel. change error P" in printed and "persistence last" in printed
+    assert set(summary) == {"model", "persistence", "linear"}
+    assert summary["linear"]["acc +/-5% scalars"]["last"] is None  # not predicted: null, shown as "-"
+    assert "rel. change error P" in R.format_table(summary)  # the demo prints the returned summary
+    # persistence's change error is exactly 1 at every step
+    assert summary["persistence"]["rel. change error P"]["last"] == pytest.approx(1.0)
+    assert summary["persistence"]["rel. change error T"]["mean"] == pytest.approx(1.0)
+    report = json.loads((out / "metrics.json").read_text())
+    assert set(report["per_sim"]) == {"v2.4_0001"}
+    p_err = report["per_sim"]["v2.4_0001"]["model"]["grid"]["Pressure"]["rel_change_err"]
+    assert len(p_err) == N_T
+    lines = (out / "metrics_per_step.csv").read_text().splitlines()
+    assert lines[0].startswith("sim,method,variable,step")
+    # 3 methods x 2 grid variables x N_T steps + 2 methods with scalars x 5 scalars x N_T steps
+    assert len(lines) - 1 == 3 * 2 * N_T + 2 * 5 * N_T
+    assert (out / "linear_baseline.npz").exists()
+    assert (out / "predictions" / "v2.4_0001.h5").exists() and (out / "predictions" / "v2.4_0001.xdmf").exists()
+    assert (out / "plots" / "error_curves.png").exists()
+    assert (out / "plots" / "v2.4_0001" / "scalars.png").exists()
+
+
+def test_arch_flag_mismatch_is_a_user_error():
+    args = argparse.Namespace(receptive_field_radius=3, base_channels=None, depth=12)
+    R.check_arch_flags(args, {"receptive_field_radius": 3, "base_channels": 16, "depth": 12}, "c.pt")  # agrees
+    with pytest.raises(UserError, match="depth: checkpoint has 4, --depth says 12"):
+        R.check_arch_flags(args, {"receptive_field_radius": 3, "base_channels": 16, "depth": 4}, "c.pt")
+
+
+def test_stats_path_must_match_checkpoint(tmp_path, data):
+    _, _, stats, _ = data
+    other = json.loads(json.dumps(stats))
+    other["dynamic"]["std"][0] *= 2
+    p = tmp_path / "stats.json"
+    p.write_text(json.dumps(other))
+    with pytest.raises(UserError, match="differ from the stats"):
+        R.resolve_stats(p, {"stats": stats}, "c.pt")
+    p.write_text(json.dumps(stats))
+    assert R.resolve_stats(p, {"stats": stats}, "c.pt")["dynamic"] == stats["dynamic"]
+
+
+def test_linear_baseline_fits_a_linear_truth(data, tmp_path):
+    root, sims, stats, norm = data
+    w = R.fit_linear_baseline(root, stats, norm, save_path=tmp_path / "lin.npz", progress=False)
+    assert w.shape == (2, schema.N_INPUT_CHANNELS + schema.N_PARAMS + 1)
+    np.testing.assert_array_equal(R.load_linear_baseline(tmp_path / "lin.npz", stats), w)
+    other = json.loads(json.dumps(stats))
+    other["dynamic"]["mean"][0] += 1.0
+    assert R.load_linear_baseline(tmp_path / "lin.npz", other) is None  # fitted with other stats: refit
+    grid, scalar = R.run_stepper(R.LinearStepper(w, norm), sims[1], progress=False)
+    inactive = sims[1]["static"][1] < 0.5
+    assert np.array_equal(grid[:, :, inactive], np.repeat(grid[:1, :, inactive], N_T, 0))
+    assert np.all(np.isnan(scalar[1:]))
+    # the rollout applies exactly the model that was fitted (same features at t = 0)
+    idx = np.flatnonzero(~inactive.ravel())[:20]
+    static_norm = np.asarray(norm.normalize_static(sims[1]["static"]), np.float64).reshape(schema.N_STATIC, -1)
+    feats = R._linear_features(norm, static_norm, sims[1]["outputs_grid"][0],
+                               np.asarray(norm.normalize_params(sims[1]["params_scalar"]), np.float64), idx)
+    step1 = (grid[1] - grid[0]).reshape(2, -1)[:, idx].T
+    np.testing.assert_allclose(step1, feats @ w.T, rtol=1e-3, atol=0.05)
+    # fitted on the train sims, it must beat persistence on them (the fixture's change is ~linear in t)
+    from voxel_ode import metrics as M
+
+    err = M.relative_change_error(grid[:, 0], sims[1]["outputs_grid"][:, 0], sims[1]["static"][1])
+    assert np.nanmean(err[1:]) < 0.9
+
+
+def test_raw_file_gives_the_same_arrays_as_prep(tmp_path):
+    raw = fixtures.write_raw_sim(tmp_path / "v2.4_0001.h5", grid=GRID, n_t=N_T, seed=0)
+    sim = R.load_sim(raw)  # detected as raw by its layout
+    ref = prepped_arrays(seed=0)
+    np.testing.assert_array_equal(sim["static"], ref["static"])
+    np.testing.assert_array_equal(sim["outputs_grid"], ref["outputs_grid"])
+    assert sim["source"] == str(raw)
+    bad = fixtures.write_raw_sim(tmp_path / "v2.4_0002.h5", grid=GRID, n_t=N_T, skip=("Porosity",))
+    with pytest.raises(UserError, match="Porosity"):
+        R.load_sim(bad)
+
+
+def test_cli_raw_input_and_evaluate_command(data, tmp_path):
+    root, sims, stats, _ = data
+    ckpt, _ = real_model_ckpt(tmp_path / "m.pt", stats)
+    from voxel_ode.cli import main
+
+    # a raw v2.4 file that was never prepped, normalized with the checkpoint's stats
+    raw = fixtures.write_raw_sim(tmp_path / "new.h5", grid=GRID, n_t=N_T, seed=7)
+    out = tmp_path / "raw_pred.h5"
+    assert main(["rollout", "--raw_sim_path", str(raw), "--ckpt_path", str(ckpt), "--save_path", str(out),
+                 "--device", "cpu", "--save_truth", "--no-xdmf", "--amp", "bf16", "--no_progress"]) == 0
+    with h5py.File(out) as f:
+        truth = f["truth/outputs_grid"][()]
+        np.testing.assert_array_equal(f["predicted/outputs_grid"][0], truth[0])
+        assert f.attrs["stats"] == "checkpoint"
+    assert not out.with_suffix(".xdmf").exists()
+    # `voxel-ode evaluate` from the command line, with other tolerances
+    ev = tmp_path / "ev"
+    assert main(["evaluate", "--prepped_root", str(root), "--ckpt_path", str(ckpt), "--out", str(ev),
+                 "--device", "cpu", "--no_predictions", "--tol_pressure", "1e9", "--no_progress"]) == 0
+    report = json.loads((ev / "metrics.json").read_text())
+    assert report["config"]["tol_pressure"] == 1e9
+    assert report["summary"]["model"]["acc +/-tol P"]["last"] == 1.0  # every cell is within 1e9 Pa
+    assert not (ev / "predictions").exists() and not (ev / "plots").exists()
+
+
+def test_linear_baseline_ridge_shrinks_weights(data):
+    # the ridge is what keeps the fit usable when params / permeabilities are collinear
+    # (few training simulations): it must shrink the penalized weights (all but the bias)
+    root, _, stats, norm = data
+    plain = R.fit_linear_baseline(root, stats, norm, ridge=0.0, cells_per_step=300, progress=False)
+    ridge = R.fit_linear_baseline(root, stats, norm, ridge=1.0, cells_per_step=300, progress=False)
+    assert np.linalg.norm(ridge[:, :-1]) < 0.9 * np.linalg.norm(plain[:, :-1])

@@ -1,0 +1,512 @@
+"""Normalization and training samples read from the prepped files.
+
+API (see docs/design.md for the file layouts)
+---------------------------------------------
+``Normalizer(stats, delta_mode="asinh")``  (``Normalizer.from_file(path)``)
+    Built from the stats.json dict. All grid methods take torch tensors with the
+    channel axis at dim -4 ([C,D,H,W] or [B,C,D,H,W]); numpy arrays are accepted.
+    normalize_static(static[11], active)      -> [11]  transform (log10) + z-score, 0 at inactive
+    normalize_state(state[2]) / denormalize_state(state_norm[2])       z-score of (P, T)
+    normalize_params(params[..., 26])         -> z-score (constant params -> 0)
+    normalize_input(static[11], state[2], active=None) -> x [13] in schema.INPUT_CHANNELS order,
+                                                 0 at inactive cells (active from IsActive if None)
+    normalize_delta(delta[2]) / denormalize_delta(delta_norm[2])
+        per-step change of (P, T) <-> model target. Default "asinh":
+        asinh(delta / s_c), s_c = delta_scale[c] = 10 % quantile over train sims
+        of the per-simulation RMS change (stats["delta"]["per_sim_rms"]). Errors
+        in this space are absolute (in units of s_c) for small changes and
+        relative for large ones, so a simulation whose pressure moves by bars
+        per year does not drown one that moves by hundreds of Pa.
+        delta_mode="zscore" is the seed's pooled (delta - mean) / std, for comparison.
+    update_input(x[13], delta_norm[2], active) -> x at t+1 (dynamic channels advanced in
+                                                 normalized space; inactive cells unchanged = 0)
+    normalize_scalars(next[..., 5], prev[..., 5]) -> [..., 5]: signed_log1p + z-score; the
+        cumulative FieldEnergyProductionTotal slot holds its per-step increment
+        (next - prev), normalized with stats["scalar_increments"].
+    denormalize_scalars(norm[..., 5], prev[..., 5]) -> physical [..., 5] (float64);
+        total = prev total + denormalized increment.
+
+``PatchDataset(prepped_root, split, stats=None, mode="patch"|"full", rollout_steps=1,
+               aug_xy_rot=False, aug_flip=False, noise_std=0.0, seed=0, context_factor=4,
+               delta_mode="asinh")``
+    mode="patch": one sample per line of index_{split}.jsonl; rollout_steps must be 1.
+    mode="full":  one sample per (simulation, t) with the whole grid, t = 0..T-1-K.
+    Sample (dict of tensors):
+      "x"             [13,d,h,w] float32  normalized input at t, 0 at inactive cells
+      "active"        [1,d,h,w]  float32  1 = active cell
+      "params"        [26]       float32  normalized ParamsScalar
+      "target_delta"  [K,2,d,h,w] float32 normalized change of (P, T), steps t->t+1 .. t+K-1->t+K; 0 at inactive
+      "target_scalars"[K,5]      float32  normalized scalars at t+1..t+K (increment for the total)
+      "scalars_prev"  [5]        float64  physical scalars at t (to denormalize the total)
+      "origin"        [3]        int64    position of the patch's first cell in the coarse-aligned
+                                          frame of the (augmented) whole field: coarse cell c covers
+                                          fine cells [c*F, (c+1)*F). Without augmentation this is the
+                                          patch origin (z0, y0, x0) in the full grid. Zeros in full mode.
+      "context_x"     [13,Dc,Hc,Wc] float32  (patch mode only) whole field at t, utils.coarsen by
+      "context_active"[1,Dc,Hc,Wc]  float32   context_factor F, augmented like the patch
+      "sim", "t"      int64      index of the simulation in ``dataset.sim_paths`` and the input step
+    In full mode there is no context_x: the model computes the context from x itself.
+    Augmentations act in the XY plane only (never Z) and identically on every grid of a
+    sample; a 90 degree turn swaps the PermX and PermY channels. They are drawn from
+    (seed, epoch, index), so a run is reproducible; call set_epoch(e) every epoch.
+    h5py files are opened lazily in each worker process (safe with num_workers > 0);
+    each worker caches per simulation the normalized params, scalars and the coarse
+    whole-field context of every t (about 1 MB per simulation at full size).
+
+``collate(samples) -> batch``: stacks; grids whose shapes differ (turned non-cubic
+patches) are zero-padded at the far end, so padding is inactive (active=0, x=0, targets=0).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from voxel_ode import schema
+from voxel_ode.utils import UserError, coarsen
+
+STATIC_ACTIVE = schema.STATIC_NAMES.index("IsActive")
+STATIC_PERM_X = schema.STATIC_NAMES.index("PermX")
+STATIC_PERM_Y = schema.STATIC_NAMES.index("PermY")
+INCREMENT_SLOTS = tuple(schema.SCALAR_NAMES.index(n) for n in schema.CUMULATIVE_SCALARS)
+DELTA_SCALE_QUANTILE = 0.1  # of the per-simulation RMS change over train sims
+
+
+def _as_tensor(a, dtype=torch.float32):
+    if isinstance(a, torch.Tensor):
+        return a.to(dtype)
+    return torch.as_tensor(np.asarray(a), dtype=dtype)
+
+
+def signed_log1p(v):
+    return torch.sign(v) * torch.log1p(torch.abs(v))
+
+
+def signed_expm1(v):
+    return torch.sign(v) * torch.expm1(torch.abs(v))
+
+
+def _bcast(values, ndim_after: int, like: torch.Tensor):
+    """Per-channel vector shaped to broadcast against a [..., C, *spatial] tensor."""
+    v = torch.as_tensor(values, dtype=like.dtype, device=like.device)
+    return v.reshape(-1, *([1] * ndim_after))
+
+
+def _apply_transform(v: torch.Tensor, transforms, channel_dim: int) -> torch.Tensor:
+    """Apply the per-channel transforms recorded in stats.json along ``channel_dim``."""
+    if all(t == "none" for t in transforms):
+        return v
+    parts = list(torch.unbind(v, dim=channel_dim))
+    for i, t in enumerate(transforms):
+        if t == "log10":
+            parts[i] = torch.log10(parts[i].clamp_min(1e-30))  # inactive cells may hold 0
+        elif t == "signed_log1p":
+            parts[i] = signed_log1p(parts[i])
+        elif t != "none":
+            raise UserError(f"stats.json: transform: unknown transform {t!r}")
+    return torch.stack(parts, dim=channel_dim)
+
+
+def delta_scales_from_stats(stats: dict) -> np.ndarray:
+    """The per-channel scale s_c of the asinh change normalization (see module doc)."""
+    delta = stats["delta"]
+    scales = []
+    rms = np.asarray(delta.get("per_sim_rms") or [], dtype=np.float64).reshape(-1, schema.N_DYNAMIC)
+    for c in range(schema.N_DYNAMIC):
+        col = rms[:, c]
+        col = col[np.isfinite(col) & (col > 0)]  # a run without injection has zero T change
+        s = float(np.quantile(col, DELTA_SCALE_QUANTILE)) if col.size else 0.0
+        if not s > 0:  # fall back to the pooled median |delta|, then the std
+            s = float(delta.get("abs_quantiles", {}).get("0.5", [0.0] * 2)[c])
+        if not s > 0:
+            s = float(delta["std"][c])
+        scales.append(s if s > 0 else 1.0)
+    return np.asarray(scales, dtype=np.float64)
+
+
+class Normalizer:
+    """Physical <-> normalized values, from the stats.json dict (module doc lists the methods)."""
+
+    def __init__(self, stats: dict, delta_mode: str = "asinh"):
+        if delta_mode not in ("asinh", "zscore"):
+            raise ValueError(f"delta_mode must be 'asinh' or 'zscore', not {delta_mode!r}")
+        try:
+            names = tuple(stats["static"]["names"])
+            if names != schema.STATIC_NAMES:
+                raise UserError(f"stats.json: static/names: {names} != schema {schema.STATIC_NAMES}")
+            self.static_transform = list(stats["static"]["transform"])
+            self.static_mean = np.asarray(stats["static"]["mean"], np.float64)
+            self.static_std = np.asarray(stats["static"]["std"], np.float64)
+            self.state_mean = np.asarray(stats["dynamic"]["mean"], np.float64)
+            self.state_std = np.asarray(stats["dynamic"]["std"], np.float64)
+            self.delta_mean = np.asarray(stats["delta"]["mean"], np.float64)
+            self.delta_std = np.asarray(stats["delta"]["std"], np.float64)
+            self.params_transform = list(stats["params"].get("transform", ["none"] * schema.N_PARAMS))
+            self.params_mean = np.asarray(stats["params"]["mean"], np.float64)
+            self.params_std = np.asarray(stats["params"]["std"], np.float64)
+            self.scalar_transform = list(stats["scalars"]["transform"])
+            self.scalar_mean = np.asarray(stats["scalars"]["mean"], np.float64)
+            self.scalar_std = np.asarray(stats["scalars"]["std"], np.float64)
+            inc = stats["scalar_increments"]
+            self.increment_transform = list(inc["transform"])
+            self.increment_mean = np.asarray(inc["mean"], np.float64)
+            self.increment_std = np.asarray(inc["std"], np.float64)
+        except KeyError as err:
+            raise UserError(f"stats.json: {err.args[0]}: missing key") from None
+        self.delta_mode = delta_mode
+        self.delta_scale = delta_scales_from_stats(stats)
+        self.stats = stats
+
+    @classmethod
+    def from_file(cls, path, **kwargs) -> "Normalizer":
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"{path}: stats.json: file not found (run `voxel-ode prep` first)")
+        with open(path) as f:
+            return cls(json.load(f), **kwargs)
+
+    # ---- grids ------------------------------------------------------------
+    def normalize_static(self, static, active=None) -> torch.Tensor:
+        s = _as_tensor(static)
+        s = _apply_transform(s, self.static_transform, channel_dim=-4)
+        s = (s - _bcast(self.static_mean, 3, s)) / _bcast(self.static_std, 3, s)
+        if active is None:
+            active = _as_tensor(static)[..., STATIC_ACTIVE : STATIC_ACTIVE + 1, :, :, :]
+        return s * (_as_tensor(active) > 0.5)
+
+    def normalize_state(self, state) -> torch.Tensor:
+        s = _as_tensor(state)
+        return (s - _bcast(self.state_mean, 3, s)) / _bcast(self.state_std, 3, s)
+
+    def denormalize_state(self, state_norm) -> torch.Tensor:
+        s = _as_tensor(state_norm, torch.float64)
+        return s * _bcast(self.state_std, 3, s) + _bcast(self.state_mean, 3, s)
+
+    def normalize_input(self, static, state, active=None) -> torch.Tensor:
+        static = _as_tensor(static)
+        if active is None:
+            active = static[..., STATIC_ACTIVE : STATIC_ACTIVE + 1, :, :, :]
+        mask = _as_tensor(active) > 0.5
+        x = torch.cat([self.normalize_static(static, mask), self.normalize_state(state)], dim=-4)
+        return x * mask
+
+    def normalize_delta(self, delta) -> torch.Tensor:
+        d = _as_tensor(delta, torch.float64)
+        if self.delta_mode == "asinh":
+            out = torch.asinh(d / _bcast(self.delta_scale, 3, d))
+        else:
+            out = (d - _bcast(self.delta_mean, 3, d)) / _bcast(self.delta_std, 3, d)
+        return out.to(torch.float32)
+
+    def denormalize_delta(self, delta_norm) -> torch.Tensor:
+        """Normalized change -> change in Pa and K (float64; callers apply it at active cells only)."""
+        d = _as_tensor(delta_norm, torch.float64)
+        if self.delta_mode == "asinh":
+            return torch.sinh(d) * _bcast(self.delta_scale, 3, d)
+        return d * _bcast(self.delta_std, 3, d) + _bcast(self.delta_mean, 3, d)
+
+    def update_input(self, x, delta_norm, active) -> torch.Tensor:
+        """Advance the normalized input by one predicted step (used for multi-step training)."""
+        dyn = slice(schema.N_STATIC, schema.N_INPUT_CHANNELS)
+        d = delta_norm.float()  # differentiable: multi-step training backpropagates through it
+        if self.delta_mode == "asinh":
+            change = torch.sinh(d) * _bcast(self.delta_scale, 3, d)
+        else:
+            change = d * _bcast(self.delta_std, 3, d) + _bcast(self.delta_mean, 3, d)
+        change = change / _bcast(self.state_std, 3, change)
+        new_dyn = x[..., dyn, :, :, :] + (change.to(x.dtype) * (active > 0.5))
+        return torch.cat([x[..., : schema.N_STATIC, :, :, :], new_dyn], dim=-4)
+
+    # ---- vectors ----------------------------------------------------------
+    def normalize_params(self, params) -> torch.Tensor:
+        p = _apply_transform(_as_tensor(params, torch.float64), self.params_transform, channel_dim=-1)
+        p = (p - torch.as_tensor(self.params_mean)) / torch.as_tensor(self.params_std)
+        return p.to(torch.float32)
+
+    def normalize_scalars(self, values_next, values_prev) -> torch.Tensor:
+        nxt = _as_tensor(values_next, torch.float64)
+        prev = _as_tensor(values_prev, torch.float64)
+        out = _apply_transform(nxt, self.scalar_transform, channel_dim=-1)
+        out = (out - torch.as_tensor(self.scalar_mean)) / torch.as_tensor(self.scalar_std)
+        for j, slot in enumerate(INCREMENT_SLOTS):
+            inc = _apply_transform((nxt[..., slot] - prev[..., slot]).unsqueeze(-1), [self.increment_transform[j]], -1)
+            out[..., slot] = (inc[..., 0] - self.increment_mean[j]) / self.increment_std[j]
+        return out.to(torch.float32)
+
+    def denormalize_scalars(self, scalars_norm, values_prev) -> torch.Tensor:
+        z = _as_tensor(scalars_norm, torch.float64)
+        prev = _as_tensor(values_prev, torch.float64)
+        out = z * torch.as_tensor(self.scalar_std) + torch.as_tensor(self.scalar_mean)
+        out = torch.stack(
+            [signed_expm1(out[..., i]) if t == "signed_log1p" else out[..., i] for i, t in enumerate(self.scalar_transform)],
+            dim=-1,
+        )
+        for j, slot in enumerate(INCREMENT_SLOTS):
+            inc = z[..., slot] * self.increment_std[j] + self.increment_mean[j]
+            if self.increment_transform[j] == "signed_log1p":
+                inc = signed_expm1(inc)
+            out[..., slot] = prev[..., slot] + inc
+        return out
+
+
+# ---------------------------------------------------------------------------
+# XY augmentations, as sequences of three primitive operations on the last two
+# axes (Y, X): "flip_y", "flip_x", "transpose". A 90 degree turn (np.rot90 with
+# axes (Y, X)) is flip_x followed by transpose.
+# ---------------------------------------------------------------------------
+def augmentation_ops(turns: int, flip_y: bool, flip_x: bool) -> list[str]:
+    ops = ["flip_x", "transpose"] * (turns % 4)
+    if flip_y:
+        ops.append("flip_y")
+    if flip_x:
+        ops.append("flip_x")
+    return ops
+
+
+def apply_ops(grid: torch.Tensor, ops, perm_channels: tuple[int, int] | None = None) -> torch.Tensor:
+    """Apply XY ops to a [..., C, D, H, W] grid; a transpose swaps the two permeability channels."""
+    for op in ops:
+        if op == "flip_y":
+            grid = torch.flip(grid, dims=(-2,))
+        elif op == "flip_x":
+            grid = torch.flip(grid, dims=(-1,))
+        else:
+            grid = grid.transpose(-2, -1)
+            if perm_channels is not None:  # the X permeability now lies along Y and vice versa
+                i, j = perm_channels
+                idx = list(range(grid.shape[-4]))
+                idx[i], idx[j] = j, i
+                grid = grid[..., idx, :, :, :]
+    return grid.contiguous()
+
+
+def apply_ops_box(box, extent, ops):
+    """Move a patch box ((y0, y1), (x0, x1)) inside a frame of size (H, W) along with the ops."""
+    (y0, y1), (x0, x1) = box
+    h, w = extent
+    for op in ops:
+        if op == "flip_y":
+            y0, y1 = h - y1, h - y0
+        elif op == "flip_x":
+            x0, x1 = w - x1, w - x0
+        else:
+            y0, y1, x0, x1, h, w = x0, x1, y0, y1, w, h
+    return ((y0, y1), (x0, x1)), (h, w)
+
+
+class PatchDataset(torch.utils.data.Dataset):
+    """Training samples from a prepped root (see the module doc for the sample layout)."""
+
+    def __init__(
+        self,
+        prepped_root,
+        split: str,
+        stats: dict | None = None,
+        mode: str = "patch",
+        rollout_steps: int = 1,
+        aug_xy_rot: bool = False,
+        aug_flip: bool = False,
+        noise_std: float = 0.0,
+        seed: int = 0,
+        context_factor: int = 4,
+        delta_mode: str = "asinh",
+    ):
+        self.root = Path(prepped_root)
+        if split not in schema.SPLITS:
+            raise UserError(f"{self.root}: split: {split!r} is not one of {schema.SPLITS}")
+        if mode not in ("patch", "full"):
+            raise ValueError(f"mode must be 'patch' or 'full', not {mode!r}")
+        if rollout_steps < 1 or (mode == "patch" and rollout_steps != 1):
+            raise UserError(f"{self.root}: rollout_steps: {rollout_steps} (patch mode needs 1; use mode='full' for K > 1)")
+        if stats is None:
+            stats_path = self.root / schema.STATS_FILE
+            if not stats_path.is_file():
+                raise UserError(f"{stats_path}: stats.json: file not found (run `voxel-ode prep` first)")
+            stats = json.loads(stats_path.read_text())
+        self.stats = stats
+        self.normalizer = Normalizer(stats, delta_mode=delta_mode)
+        self.split, self.mode, self.K = split, mode, rollout_steps
+        self.aug_xy_rot, self.aug_flip, self.noise_std = aug_xy_rot, aug_flip, float(noise_std)
+        self.seed, self.epoch, self.factor = int(seed), 0, int(context_factor)
+
+        if mode == "patch":
+            self._read_index()
+        else:
+            self.sim_paths = sorted(
+                str(p.relative_to(self.root)) for p in (self.root / split).glob(f"*{schema.PREPPED_SUFFIX}")
+            )
+            if not self.sim_paths:
+                raise UserError(f"{self.root / split}: *{schema.PREPPED_SUFFIX}: no prepped simulations")
+            n_t = self._n_timesteps(self.sim_paths[0])
+            steps = range(0, n_t - self.K)
+            self.samples = np.asarray([(s, t) for s in range(len(self.sim_paths)) for t in steps], np.int64).reshape(-1, 2)
+        # per-process state, created lazily (never shared by forked DataLoader workers)
+        self._pid = None
+        self._files: dict[int, h5py.File] = {}
+        self._sim_cache: dict[int, dict] = {}
+
+    def _read_index(self):
+        path = self.root / schema.INDEX_FILE.format(split=self.split)
+        if not path.is_file():
+            raise UserError(f"{path}: {path.name}: file not found (run `voxel-ode prep` first)")
+        sims: dict[str, int] = {}
+        rows = []
+        with open(path) as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    e = json.loads(line)
+                    sim = sims.setdefault(e["sim_path"], len(sims))
+                    rows.append((sim, e["t"], e["z0"], e["z1"], e["y0"], e["y1"], e["x0"], e["x1"]))
+                except (ValueError, KeyError) as err:
+                    raise UserError(f"{path}: line {line_no}: bad patch entry ({err})") from None
+        if not rows:
+            raise UserError(f"{path}: {path.name}: no patches")
+        self.sim_paths = list(sims)
+        self.samples = np.asarray(rows, np.int64)
+
+    def _n_timesteps(self, rel_path: str) -> int:
+        with h5py.File(self.root / rel_path, "r") as f:
+            return f[schema.PREPPED_OUTPUTS_GRID].shape[0]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    # ---- per-worker file handles and caches -------------------------------
+    def _file(self, sim: int) -> h5py.File:
+        if self._pid != os.getpid():  # first use in this process: drop anything inherited
+            self._pid, self._files, self._sim_cache = os.getpid(), {}, {}
+        if sim not in self._files:
+            path = self.root / self.sim_paths[sim]
+            try:
+                self._files[sim] = h5py.File(path, "r")
+            except OSError as err:
+                raise UserError(f"{path}: file: cannot open ({err})") from None
+        return self._files[sim]
+
+    def _sim(self, sim: int) -> dict:
+        f = self._file(sim)
+        if sim in self._sim_cache:
+            return self._sim_cache[sim]
+        nrm = self.normalizer
+        static = torch.from_numpy(f[schema.PREPPED_STATIC][...].astype(np.float32))
+        active = static[STATIC_ACTIVE : STATIC_ACTIVE + 1] > 0.5
+        static_norm = nrm.normalize_static(static, active)
+        grids = f[schema.PREPPED_OUTPUTS_GRID]
+        n_t = grids.shape[0]
+        entry = {
+            "params": nrm.normalize_params(f[schema.PREPPED_PARAMS][...]),
+            "scalars": np.asarray(f[schema.PREPPED_OUTPUTS_SCALAR][...], np.float64),
+            "grid_shape": tuple(static.shape[-3:]),
+        }
+        if self.mode == "patch":
+            # The whole-field context of every t, coarsened once (static part shared by all t).
+            static_c, frac = coarsen(static_norm, active.float(), self.factor)
+            dyn_c = []
+            for t in range(n_t):
+                state = nrm.normalize_state(torch.from_numpy(grids[t].astype(np.float32))) * active
+                dyn_c.append(coarsen(state, active.float(), self.factor)[0])
+            entry["context_static"] = static_c
+            entry["context_dynamic"] = torch.stack(dyn_c)
+            entry["context_active"] = frac
+        self._sim_cache[sim] = entry
+        return entry
+
+    def __del__(self):
+        for f in getattr(self, "_files", {}).values():
+            try:
+                f.close()
+            except Exception:
+                pass
+
+    # ---- samples -----------------------------------------------------------
+    def _draw_ops(self, index: int):
+        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        turns = int(rng.integers(4)) if self.aug_xy_rot else 0
+        flips = rng.random(2) < 0.5 if self.aug_flip else (False, False)
+        return augmentation_ops(turns, bool(flips[0]), bool(flips[1])), rng
+
+    def __getitem__(self, index: int) -> dict:
+        nrm, K = self.normalizer, self.K
+        if self.mode == "patch":
+            sim, t, z0, z1, y0, y1, x0, x1 = (int(v) for v in self.samples[index])
+        else:
+            sim, t = (int(v) for v in self.samples[index])
+        f = self._file(sim)
+        cache = self._sim(sim)
+        if self.mode == "full":
+            (z0, z1), (y0, y1), (x0, x1) = ((0, n) for n in cache["grid_shape"])
+        box = (slice(z0, z1), slice(y0, y1), slice(x0, x1))
+        static = f[schema.PREPPED_STATIC][(slice(None),) + box].astype(np.float32)
+        grids = f[schema.PREPPED_OUTPUTS_GRID][(slice(t, t + K + 1), slice(None)) + box]
+        active = torch.from_numpy(static[STATIC_ACTIVE : STATIC_ACTIVE + 1] > 0.5)
+        x = nrm.normalize_input(static, grids[0].astype(np.float32), active)
+        delta = np.diff(grids.astype(np.float64), axis=0)  # exact differences of the stored values
+        target_delta = nrm.normalize_delta(delta) * active
+        scalars = cache["scalars"]
+        target_scalars = nrm.normalize_scalars(scalars[t + 1 : t + K + 1], scalars[t:t + K])
+        active = active.float()
+
+        ops, rng = self._draw_ops(index)
+        perm = (STATIC_PERM_X, STATIC_PERM_Y)
+        x = apply_ops(x, ops, perm)
+        active = apply_ops(active, ops)
+        target_delta = apply_ops(target_delta, ops)
+        if self.noise_std > 0:  # on the dynamic inputs (P, T at t) only, at active cells
+            gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+            noise = torch.randn(x[schema.N_STATIC :].shape, generator=gen) * self.noise_std
+            x[schema.N_STATIC :] += noise * active
+        sample = {
+            "x": x,
+            "active": active,
+            "params": cache["params"],
+            "target_delta": target_delta,
+            "target_scalars": target_scalars,
+            "scalars_prev": torch.from_numpy(scalars[t].copy()),
+            "origin": torch.zeros(3, dtype=torch.int64),
+            "sim": torch.tensor(sim),
+            "t": torch.tensor(t),
+        }
+        if self.mode == "patch":
+            # Whole field at t, coarse; the patch box moves in the padded (coarse-aligned) frame.
+            ctx_x = torch.cat([cache["context_static"], cache["context_dynamic"][t]], dim=0)
+            ctx_active = cache["context_active"]
+            padded = tuple(c * self.factor for c in ctx_active.shape[-2:])
+            ((y0, _), (x0, _)), _ = apply_ops_box(((y0, y1), (x0, x1)), padded, ops)
+            sample["origin"] = torch.tensor([z0, y0, x0], dtype=torch.int64)
+            sample["context_x"] = apply_ops(ctx_x, ops, perm)
+            sample["context_active"] = apply_ops(ctx_active, ops)
+        return sample
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack samples; grids of different shapes are zero-padded at the far end (= inactive)."""
+    batch = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        shapes = {tuple(v.shape) for v in values}
+        if len(shapes) > 1:
+            target = [max(n) for n in zip(*shapes)]
+            padded = []
+            for v in values:
+                pad = []
+                for have, want in zip(reversed(v.shape), reversed(target)):
+                    pad += [0, want - have]
+                padded.append(torch.nn.functional.pad(v, pad))
+            values = padded
+        batch[key] = torch.stack(values)
+    return batch
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """Keep each DataLoader worker on one thread: the 3D convolutions want the cores."""
+    torch.set_num_threads(1)

@@ -1,0 +1,355 @@
+"""VoxelAutoRegressor: a 3D ResNet with FiLM conditioning and a whole-field context path.
+
+API
+---
+``ModelConfig`` (dataclass; ``asdict(config)`` is what checkpoints store as "model_config")
+    base_channels=128, depth=12, receptive_field_radius=3 (stem kernel 2r+1),
+    block_kernel=3, convs_per_block=2, norm="channel"|"spatial", global_context=True,
+    context_factor=4, context_channels=32, context_stages=3, global_dim=128,
+    mask_features=True, channels_last=True (+ channel counts from schema).
+``VoxelAutoRegressor(config)``
+    .receptive_field -> int: halo of the local path in cells (r + convs_per_block*depth*(k//2);
+        27 for the defaults). For a FIXED context the output at a voxel depends only on inputs
+        within this distance, so the full grid can be tiled with this overlap.
+    .compute_context(context_x [B,13,Dc,Hc,Wc], params [B,26], context_active [B,1,Dc,Hc,Wc])
+        -> context = (coarse_map [B,Cc,Dc,Hc,Wc], global_vector [B,G], coarse_mask [B,1,Dc,Hc,Wc]); None if
+        global_context=False. context_x/context_active = utils.coarsen(x_full, active_full, F)
+        of the WHOLE field (the dataset's "context_x"/"context_active").
+    .forward(x [B,13,D,H,W], params [B,26], active [B,1,D,H,W], context=None, origin=None,
+             context_x=None, context_active=None) -> (delta_norm [B,2,D,H,W], scalars_norm [B,5])
+        delta_norm is the normalized change of (P, T) (dataset.Normalizer.denormalize_delta),
+        exactly 0 at inactive cells. origin [B,3] (long) = position of x's first cell in the
+        coarse-aligned frame of the field the context was computed from (coarse cell c covers
+        fine cells [cF, (c+1)F)); the tile origin in the full grid for un-augmented data.
+        Context precedence: ``context`` (precomputed, batch 1 broadcasts over B) >
+        ``context_x``/``context_active`` (computed here; use this form under DDP) > x itself
+        (x is then taken to be the whole field and origin is 0).
+        scalars_norm comes from the global vector only (field sums need the whole field);
+        with global_context=False it comes from a masked mean of the local features.
+``count_parameters(model) -> int``
+``load_model(ckpt_path, map_location="cpu") -> (model, ckpt)``  torch.load(weights_only=True)
+
+Design
+------
+* Stem Conv3d(k=2r+1) then residual blocks of two 3^3 convolutions, each followed by
+  norm -> FiLM -> SiLU. r=3, base 128, depth 12 gives ~12M parameters, the seed's
+  "~10-15M" (7^3 convolutions everywhere would be ~70M).
+* norm="channel": per-voxel LayerNorm over channels (computed in fp32), so a voxel's
+  output never depends on far-away parts of the patch: training on patches and
+  inference on the full grid agree. norm="spatial" (GroupNorm(1, C): statistics
+  over the whole patch) is the seed's literal "LayerNorm over spatial dims", kept
+  for comparison; it breaks that agreement.
+* mask_features: features are zeroed at inactive cells after every layer, so an
+  inactive cell acts like the zero padding outside the grid. Padding added by
+  ``dataset.collate`` then changes nothing, and no information flows through rock
+  that the simulator does not model.
+* Whole-field path (global_context=True): pressure diffuses kilometres per yearly
+  step, so a local CNN cannot know the field-wide pressure level. A small CNN on
+  the whole field pooled by F=4 (13 channels + active fraction) with strided
+  stages (a small U-Net) gives a coarse map, added (trilinearly upsampled, cropped
+  to the patch via origin) after the stem and before the grid head, and a global
+  vector used with the params in every FiLM and by the scalar head.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from voxel_ode import schema
+from voxel_ode.utils import UserError, coarsen
+
+
+@dataclass
+class ModelConfig:
+    in_channels: int = schema.N_INPUT_CHANNELS
+    n_params: int = schema.N_PARAMS
+    out_channels: int = schema.N_DYNAMIC
+    n_scalars: int = schema.N_SCALARS
+    base_channels: int = 128
+    depth: int = 12
+    receptive_field_radius: int = 3  # stem kernel 2r+1
+    block_kernel: int = 3
+    convs_per_block: int = 2
+    norm: str = "channel"  # "channel" (per-voxel LayerNorm) or "spatial" (GroupNorm(1, C))
+    global_context: bool = True
+    context_factor: int = 4
+    context_channels: int = 32
+    context_stages: int = 3
+    global_dim: int = 128
+    mask_features: bool = True
+    channels_last: bool = True  # channels_last_3d memory format (faster 3D convs on CPU)
+
+    def __post_init__(self):
+        if self.norm not in ("channel", "spatial"):
+            raise UserError(f"model config: norm: {self.norm!r} is not 'channel' or 'spatial'")
+        if self.block_kernel % 2 != 1 or self.receptive_field_radius < 0 or self.depth < 0:
+            raise UserError("model config: block_kernel must be odd, receptive_field_radius and depth >= 0")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise UserError(f"model_config: unknown keys {sorted(unknown)} (checkpoint from a newer version?)")
+        return cls(**d)
+
+
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over the channel axis of [B,C,D,H,W], per voxel, computed in fp32 (AMP-safe)."""
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x):
+        # movedim on a channels_last_3d tensor is a free, contiguous view
+        y = F.layer_norm(x.float().movedim(1, -1), x.shape[1:2], self.weight.float(), self.bias.float(), self.eps)
+        return y.movedim(-1, 1).to(x.dtype)
+
+
+class SpatialNorm(nn.GroupNorm):
+    """The seed's norm: statistics over all channels and the whole patch (GroupNorm(1, C)), in fp32."""
+
+    def __init__(self, channels: int):
+        super().__init__(1, channels)
+
+    def forward(self, x):
+        return F.group_norm(x.float(), 1, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
+
+
+def make_norm(kind: str, channels: int) -> nn.Module:
+    return ChannelLayerNorm(channels) if kind == "channel" else SpatialNorm(channels)
+
+
+class FiLM(nn.Module):
+    """Per-channel scale and shift from a conditioning vector; starts as the identity."""
+
+    def __init__(self, cond_dim: int, channels: int):
+        super().__init__()
+        self.linear = nn.Linear(cond_dim, 2 * channels)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, h, cond):
+        scale, shift = self.linear(cond).to(h.dtype)[:, :, None, None, None].chunk(2, dim=1)
+        return h * (1 + scale) + shift
+
+
+class ResBlock(nn.Module):
+    """x + [conv k^3 -> norm -> FiLM -> SiLU] x n, features zeroed at inactive cells."""
+
+    def __init__(self, channels: int, cond_dim: int, kernel: int, n_convs: int, norm: str):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv3d(channels, channels, kernel, padding=kernel // 2) for _ in range(n_convs))
+        self.norms = nn.ModuleList(make_norm(norm, channels) for _ in range(n_convs))
+        self.films = nn.ModuleList(FiLM(cond_dim, channels) for _ in range(n_convs))
+
+    def forward(self, h, cond, mask):
+        y = h
+        for conv, norm, film in zip(self.convs, self.norms, self.films):
+            y = F.silu(film(norm(conv(y)), cond))
+            if mask is not None:
+                y = y * mask
+        return h + y
+
+
+def _pad_to_even(t):
+    pad = []
+    for n in reversed(t.shape[-3:]):
+        pad += [0, n % 2]
+    return F.pad(t, pad) if any(pad) else t
+
+
+class ContextNet(nn.Module):
+    """Whole-field path: a small masked U-Net on the coarse field -> (coarse map, global vector)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        c = cfg.context_channels
+        self.level0 = nn.ModuleList(
+            [nn.Conv3d(cfg.in_channels + 1, c, 3, padding=1)] + [nn.Conv3d(c, c, 3, padding=1) for _ in range(3)]
+        )
+        self.norm0 = nn.ModuleList(ChannelLayerNorm(c) for _ in range(4))
+        chans = [c * 2 ** min(i, 2) for i in range(cfg.context_stages + 1)]
+        # non-overlapping stride-2 convolutions after padding to even sizes: zero padding
+        # added by collate at the far end then yields the same features (see tests)
+        self.down = nn.ModuleList(nn.Conv3d(chans[i], chans[i + 1], 2, stride=2) for i in range(cfg.context_stages))
+        self.down_norm = nn.ModuleList(ChannelLayerNorm(chans[i + 1]) for i in range(cfg.context_stages))
+        self.up = nn.ModuleList(nn.Conv3d(chans[i + 1], chans[i], 1) for i in range(cfg.context_stages))
+        self.global_mlp = nn.Sequential(
+            nn.Linear(chans[-1] + cfg.n_params, cfg.global_dim), nn.SiLU(), nn.Linear(cfg.global_dim, cfg.global_dim)
+        )
+        self.film = FiLM(cfg.global_dim, c)
+        self.out = nn.Conv3d(c, c, 1)
+
+    def forward(self, context_x, params, context_active):
+        mask = (context_active > 0).to(context_x.dtype)
+        h = torch.cat([context_x, context_active.to(context_x.dtype)], dim=1) * mask
+        for i, (conv, norm) in enumerate(zip(self.level0, self.norm0)):
+            y = F.silu(norm(conv(h))) * mask
+            h = y if i == 0 else h + y
+        levels, masks = [h], [mask]
+        for conv, norm in zip(self.down, self.down_norm):
+            mask = F.max_pool3d(_pad_to_even(mask), 2)
+            h = F.silu(norm(conv(_pad_to_even(h)))) * mask
+            levels.append(h)
+            masks.append(mask)
+        pooled = (h * mask).sum(dim=(2, 3, 4)) / mask.sum(dim=(2, 3, 4)).clamp_min(1.0)
+        g = self.global_mlp(torch.cat([pooled.float(), params.float()], dim=1))
+        for i in reversed(range(len(self.up))):  # decoder: coarse-to-fine skip sums
+            up = F.interpolate(self.up[i](h), scale_factor=2, mode="nearest")
+            d, hh, w = levels[i].shape[-3:]
+            h = (levels[i] + up[..., :d, :hh, :w]) * masks[i]
+        coarse = self.out(F.silu(self.film(h, g))) * masks[0]
+        return coarse, g, masks[0]
+
+
+def crop_upsample(coarse: torch.Tensor, origin: torch.Tensor, size, factor: int) -> torch.Tensor:
+    """Trilinear upsampling (align_corners=False, edge-clamped) of ``coarse`` by ``factor``,
+    evaluated only on the fine cells [origin, origin + size) of each sample.
+
+    Equal, value for value, to cropping ``F.interpolate(coarse, scale_factor=factor,
+    mode="trilinear")``, but never builds the full-resolution map.
+    """
+    padded = F.pad(coarse, (1, 1, 1, 1, 1, 1), mode="replicate")  # = edge clamping
+    out = []
+    for b in range(coarse.shape[0]):
+        v = padded[b]
+        for axis, n in enumerate(size):
+            fine = torch.arange(n, device=coarse.device, dtype=torch.float64) + float(origin[b, axis])
+            u = (fine + 0.5) / factor - 0.5
+            lo = torch.floor(u)
+            w = (u - lo).to(v.dtype)
+            limit = v.shape[1 + axis] - 1
+            i0 = (lo.long() + 1).clamp(0, limit)
+            i1 = (lo.long() + 2).clamp(0, limit)
+            shape = [1, 1, 1]
+            shape[axis] = n
+            a, c = v.index_select(1 + axis, i0), v.index_select(1 + axis, i1)
+            v = a + (c - a) * w.reshape(1, *shape)
+        out.append(v)
+    return torch.stack(out)
+
+
+class VoxelAutoRegressor(nn.Module):
+    def __init__(self, config: ModelConfig | None = None):
+        super().__init__()
+        cfg = self.config = config or ModelConfig()
+        c, r = cfg.base_channels, cfg.receptive_field_radius
+        cond_dim = cfg.n_params + (cfg.global_dim if cfg.global_context else 0)
+        self.stem = nn.Conv3d(cfg.in_channels, c, 2 * r + 1, padding=r)
+        self.blocks = nn.ModuleList(
+            ResBlock(c, cond_dim, cfg.block_kernel, cfg.convs_per_block, cfg.norm) for _ in range(cfg.depth)
+        )
+        self.out_norm = make_norm(cfg.norm, c)
+        self.grid_head = nn.Conv3d(c, cfg.out_channels, 1)
+        with torch.no_grad():  # start near "no change" (persistence)
+            self.grid_head.weight.mul_(0.1)
+            self.grid_head.bias.zero_()
+        if cfg.global_context:
+            self.context_net = ContextNet(cfg)
+            self.context_in = nn.Conv3d(cfg.context_channels, c, 1)
+            self.context_head = nn.Conv3d(cfg.context_channels, c, 1)
+            scalar_in = cfg.global_dim + cfg.n_params
+        else:
+            scalar_in = c + cfg.n_params
+        self.scalar_head = nn.Sequential(nn.Linear(scalar_in, 128), nn.SiLU(), nn.Linear(128, cfg.n_scalars))
+
+    @property
+    def receptive_field(self) -> int:
+        cfg = self.config
+        return cfg.receptive_field_radius + cfg.depth * cfg.convs_per_block * (cfg.block_kernel // 2)
+
+    @property
+    def context_factor(self) -> int:
+        return self.config.context_factor
+
+    def compute_context(self, context_x, params, context_active):
+        if not self.config.global_context:
+            return None
+        return self.context_net(context_x, params, context_active)
+
+    def _format(self, t):
+        return t.contiguous(memory_format=torch.channels_last_3d) if self.config.channels_last else t
+
+    def forward(self, x, params, active, context=None, origin=None, context_x=None, context_active=None):
+        cfg = self.config
+        batch = x.shape[0]
+        mask = (active > 0.5).to(x.dtype) if cfg.mask_features else None
+        ctx_fine = g = None
+        if cfg.global_context:
+            if context is None:
+                if context_x is None:  # x is the whole field
+                    context_x, context_active = coarsen(x, active, cfg.context_factor)
+                    origin = None
+                context = self.compute_context(context_x, params, context_active)
+            coarse, g, coarse_mask = context
+            if coarse.shape[0] != batch:  # one field's context shared by a batch of its tiles
+                coarse, g = coarse.expand(batch, *coarse.shape[1:]), g.expand(batch, -1)
+                coarse_mask = coarse_mask.expand(batch, *coarse_mask.shape[1:])
+            origin = torch.zeros(3, dtype=torch.long) if origin is None else torch.as_tensor(origin).cpu()
+            origin = origin.reshape(-1, 3).expand(batch, 3)  # one origin may serve the whole batch
+            # masked (normalized) trilinear upsampling: inactive coarse cells, including any
+            # padding, never leak into their neighbours, so padding changes nothing
+            up = crop_upsample(torch.cat([coarse, coarse_mask], 1), origin, x.shape[-3:], cfg.context_factor)
+            weight = up[:, -1:]
+            ctx_fine = up[:, :-1] / weight.clamp_min(1e-6) * (weight > 1e-6)
+            ctx_fine = self._format(ctx_fine)
+            cond = torch.cat([params.to(g.dtype), g], dim=1)
+        else:
+            cond = params
+
+        h = self.stem(self._format(x))
+        if ctx_fine is not None:
+            h = h + self.context_in(ctx_fine)
+        if mask is not None:
+            h = h * mask
+        for block in self.blocks:
+            h = block(h, cond, mask)
+        h = F.silu(self.out_norm(h))
+        if ctx_fine is not None:
+            h = h + self.context_head(ctx_fine)
+        delta = self.grid_head(h) * (active > 0.5).to(h.dtype)  # inactive cells never change
+
+        if cfg.global_context:
+            scalars = self.scalar_head(torch.cat([g.float(), params.float()], dim=1))
+        else:  # the seed's pooled head: ill-posed on patches that contain no well
+            m = (active > 0.5).to(h.dtype)
+            pooled = (h * m).sum(dim=(2, 3, 4)) / m.sum(dim=(2, 3, 4)).clamp_min(1.0)
+            scalars = self.scalar_head(torch.cat([pooled.float(), params.float()], dim=1))
+        return delta.contiguous(), scalars
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def load_model(ckpt_path, map_location="cpu"):
+    """Rebuild a model from a checkpoint (no code from the file is executed)."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint: file not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # corrupt file or one holding arbitrary objects
+        raise UserError(f"{path}: checkpoint: cannot load safely ({str(err).splitlines()[0]})") from None
+    if "model" not in ckpt or "model_config" not in ckpt:
+        raise UserError(f"{path}: checkpoint: missing 'model' or 'model_config'")
+    model = VoxelAutoRegressor(ModelConfig.from_dict(dict(ckpt["model_config"])))
+    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}
+    model.load_state_dict(state)
+    model.eval()
+    return model, ckpt
+
+
+def config_dict(model: VoxelAutoRegressor) -> dict:
+    """What a checkpoint stores under "model_config"."""
+    return asdict(model.config)

@@ -1,0 +1,217 @@
+"""Pictures (matplotlib, Agg, PNG) and the ParaView XDMF of a rollout.
+
+* ``plot_error_curves``: per-step relative change error and abs-tol accuracy,
+  model vs baselines, averaged over simulations.
+* ``plot_slices``: truth / prediction / error of Pressure and Temperature on a
+  Z-X and an X-Y section through the injector (the cell with the largest
+  positive InjRate), inactive cells blank.
+* ``plot_scalars``: the 5 field scalars over time, truth vs predictions.
+* ``write_xdmf``: an Xdmf3 temporal collection of 3D CoRectMesh grids whose
+  cell-centred attributes are hyperslabs of predictions.h5 (no data copied).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from voxel_ode import schema
+from voxel_ode.utils import atomic_path
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+UNITS = {f.name: f.unit for f in schema.DYNAMIC_FIELDS + schema.SCALAR_FIELDS}
+METHOD_STYLE = {"model": "C0", "persistence": "C7", "linear": "C2"}
+METHOD_LINE = {"model": "-", "persistence": "--", "linear": ":"}  # baselines often overlap: keep both visible
+METHOD_ORDER = ("model", "persistence", "linear")
+
+
+def _method_rank(method: str):
+    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def injector_cell(static: np.ndarray) -> tuple[int, int, int]:
+    """(z, y, x) of the largest positive InjRate; the grid centre if there is no injector."""
+    inj = static[schema.STATIC_NAMES.index("InjRate")]
+    if not np.any(inj > 0):
+        return tuple(n // 2 for n in inj.shape)
+    return tuple(int(i) for i in np.unravel_index(np.argmax(inj), inj.shape))
+
+
+def default_steps(n_t: int) -> list[int]:
+    """A few steps to picture: first predicted, middle, last."""
+    return sorted({1, n_t // 2, n_t - 1} & set(range(1, n_t))) or [0]
+
+
+def plot_error_curves(per_sim: dict, path) -> Path:
+    """Mean over simulations of rel. change error and abs-tol accuracy per step, one line per method."""
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True, layout="constrained")
+    for col, var in enumerate(schema.DYNAMIC_NAMES):
+        for row, (metric, label) in enumerate((("rel_change_err", "relative change error"),
+                                               ("acc_abs", "accuracy within tolerance"))):
+            ax = axes[row, col]
+            methods = sorted({m for s in per_sim.values() for m in s}, key=_method_rank)
+            for method in methods:
+                curves = [np.asarray(s[method]["grid"][var][metric], float) for s in per_sim.values() if method in s]
+                with warnings.catch_warnings():  # all-NaN steps (t = 0 of rel. error) stay NaN quietly
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    curve = np.nanmean(np.vstack(curves), axis=0) if curves else None
+                if curve is not None:
+                    ax.plot(np.arange(1, len(curve)), curve[1:], METHOD_LINE.get(method, "-"), label=method,
+                            color=METHOD_STYLE.get(method))
+            ax.set_title(f"{var}: {label}")
+            ax.grid(alpha=0.3)
+            if row == 1:
+                ax.set_xlabel("step (years)")
+    axes[0, 0].legend()
+    fig.suptitle(f"rollout error, mean over {len(per_sim)} simulation(s); persistence change error = 1")
+    return _save(fig, path)
+
+
+def plot_slices(sim: dict, pred_grid: np.ndarray, path, step: int, cell=None) -> Path:
+    """Truth / prediction / error of P and T at ``step``: Z-X (through the injector's y) and X-Y (its z)."""
+    static = sim["static"]
+    active = static[schema.STATIC_NAMES.index("IsActive")] > 0.5
+    z, y, x = cell if cell is not None else injector_cell(static)
+    truth = sim["outputs_grid"][step]
+    pred = pred_grid[step]
+    fig, axes = plt.subplots(4, 3, figsize=(13, 14), layout="constrained")
+    for v, var in enumerate(schema.DYNAMIC_NAMES):
+        for s, (section, take) in enumerate((
+            (f"Z-X at y={y}", lambda a: a[:, y, :]),
+            (f"X-Y at z={z}", lambda a: a[z, :, :]),
+        )):
+            mask = ~take(active)
+            tr = np.ma.array(take(truth[v]), mask=mask)
+            pr = np.ma.array(take(pred[v]), mask=mask)
+            err = pr - tr
+            row = 2 * v + s
+            vmin, vmax = (float(tr.min()), float(tr.max())) if tr.count() else (0.0, 1.0)
+            lim = float(np.abs(err).max()) if err.count() else 1.0
+            for c, (img, title, kw) in enumerate((
+                (tr, "truth", dict(vmin=vmin, vmax=vmax, cmap="viridis")),
+                (pr, "prediction", dict(vmin=vmin, vmax=vmax, cmap="viridis")),
+                (err, "prediction - truth", dict(vmin=-lim or -1, vmax=lim or 1, cmap="RdBu_r")),
+            )):
+                ax = axes[row, c]
+                im = ax.imshow(img, origin="upper", aspect="auto", interpolation="nearest", **kw)
+                ax.set_title(f"{var} {title}, {section}", fontsize=9)
+                ax.set_xlabel("X")
+                ax.set_ylabel("Z (down)" if s == 0 else "Y")
+                fig.colorbar(im, ax=ax, label=UNITS[var])
+    fig.suptitle(f"step {step}: sections through the injector cell (z, y, x) = ({z}, {y}, {x}); blank = inactive")
+    return _save(fig, path)
+
+
+def plot_scalars(true_scalar, preds: dict, path) -> Path:
+    """The 5 field scalars over time: truth (black) vs each method that predicts them."""
+    fig, axes = plt.subplots(1, schema.N_SCALARS, figsize=(4 * schema.N_SCALARS, 3.5), layout="constrained")
+    for i, name in enumerate(schema.SCALAR_NAMES):
+        ax = axes[i]
+        if true_scalar is not None:
+            ax.plot(np.asarray(true_scalar)[:, i], "k-", label="truth")
+        for method, scalar in preds.items():
+            s = np.asarray(scalar)[:, i]
+            if np.isfinite(s[1:]).any():
+                ax.plot(s, "--", color=METHOD_STYLE.get(method), label=method)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step (years)")
+        ax.set_ylabel(UNITS[name])
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    return _save(fig, path)
+
+
+def plot_simulation(out_dir, sim: dict, preds: dict, stats=None, sim_metrics=None, steps=None) -> list[Path]:
+    """All pictures of one simulation: slices of the model at a few steps, scalars, and error curves."""
+    out_dir = Path(out_dir)
+    grid = preds["model"][0]
+    steps = default_steps(len(grid)) if steps is None else steps
+    written = [plot_slices(sim, grid, out_dir / f"slices_step{t:02d}.png", t) for t in steps]
+    written.append(plot_scalars(sim.get("outputs_scalar"), {m: p[1] for m, p in preds.items()},
+                                out_dir / "scalars.png"))
+    if sim_metrics is None:
+        from voxel_ode import metrics as M
+
+        std = stats["dynamic"]["std"] if stats else [1.0] * schema.N_DYNAMIC
+        sim_metrics = {m: {"grid": M.grid_metrics(g, sim["outputs_grid"],
+                                                   sim["static"][schema.STATIC_NAMES.index("IsActive")], std)}
+                       for m, (g, _) in preds.items()}
+    written.append(plot_error_curves({"sim": sim_metrics}, out_dir / "error_curves.png"))
+    return written
+
+
+# ---------------------------------------------------------------------------
+# ParaView
+# ---------------------------------------------------------------------------
+def _data_item(parent, text, dims, fmt="XML", **attrs):
+    item = ET.SubElement(parent, "DataItem", Dimensions=" ".join(map(str, dims)), Format=fmt, **attrs)
+    item.text = text
+    return item
+
+
+def _hyperslab(parent, h5_name, dataset, full_shape, t, channel):
+    """Cell attribute = one (t, channel) 3D block of a (T, C, Z, Y, X) dataset."""
+    nz, ny, nx = full_shape[2:]
+    slab = ET.SubElement(parent, "DataItem", ItemType="HyperSlab", Dimensions=f"{nz} {ny} {nx}", Type="HyperSlab")
+    # rows: start, stride, count over the 5 dimensions
+    _data_item(slab, f"{t} {channel} 0 0 0  1 1 1 1 1  1 1 {nz} {ny} {nx}", (3, 5))
+    _data_item(slab, f"{h5_name}:/{dataset}", full_shape, fmt="HDF", NumberType="Float", Precision="4")
+
+
+def write_xdmf(h5_path, xdmf_path=None, spacing=(1.0, 1.0, 1.0)) -> Path:
+    """XDMF next to predictions.h5: a time series of the predicted (and, if stored, true) P and T.
+
+    Z Y X cells -> a CoRectMesh of (Z+1, Y+1, X+1) nodes with Center="Cell"
+    attributes; ``spacing`` is (dz, dy, dx), in cell units by default. The h5
+    file is referenced by its name, so the pair can be moved together.
+    """
+    h5_path = Path(h5_path)
+    xdmf_path = Path(xdmf_path) if xdmf_path else h5_path.with_suffix(".xdmf")
+    with h5py.File(h5_path, "r") as f:
+        series = [(g, f[f"{g}/outputs_grid"].shape) for g in ("predicted", "truth") if f"{g}/outputs_grid" in f]
+        has_active = "static/IsActive" in f
+    shape = series[0][1]
+    nz, ny, nx = shape[2:]
+    root = ET.Element("Xdmf", Version="3.0")
+    domain = ET.SubElement(root, "Domain")
+    collection = ET.SubElement(domain, "Grid", Name="rollout", GridType="Collection", CollectionType="Temporal")
+    for t in range(shape[0]):
+        grid = ET.SubElement(collection, "Grid", Name=f"step{t:02d}", GridType="Uniform")
+        ET.SubElement(grid, "Time", Value=str(t))
+        ET.SubElement(grid, "Topology", TopologyType="3DCoRectMesh", Dimensions=f"{nz + 1} {ny + 1} {nx + 1}")
+        geo = ET.SubElement(grid, "Geometry", GeometryType="ORIGIN_DXDYDZ")
+        _data_item(geo, "0 0 0", (3,), NumberType="Float", Precision="8")
+        _data_item(geo, " ".join(str(float(s)) for s in spacing), (3,), NumberType="Float", Precision="8")
+        for group, gshape in series:
+            prefix = "" if group == "predicted" else "True"
+            for c, var in enumerate(schema.DYNAMIC_NAMES):
+                attr = ET.SubElement(grid, "Attribute", Name=prefix + var, AttributeType="Scalar", Center="Cell")
+                _hyperslab(attr, h5_path.name, f"{group}/outputs_grid", gshape, t, c)
+        if has_active:
+            attr = ET.SubElement(grid, "Attribute", Name="IsActive", AttributeType="Scalar", Center="Cell")
+            _data_item(attr, f"{h5_path.name}:/static/IsActive", (nz, ny, nx), fmt="HDF",
+                       NumberType="UChar", Precision="1")
+    ET.indent(root)
+    with atomic_path(xdmf_path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(b'<?xml version="1.0" ?>\n<!DOCTYPE Xdmf SYSTEM "Xdmf.dtd" []>\n')
+            ET.ElementTree(root).write(f, encoding="utf-8", xml_declaration=False)
+    return xdmf_path

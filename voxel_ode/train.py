@@ -1,0 +1,716 @@
+"""Training: `voxel-ode train` == `python scripts/train_ddp.py` == `torchrun ... scripts/train_ddp.py`.
+
+Read top to bottom: arguments -> distributed setup -> data -> model ->
+optimizer/schedule -> resume -> the loop (train step, log, eval, checkpoint,
+time budget) -> summary.
+
+* One process when not under torchrun; DDP when torchrun sets WORLD_SIZE > 1
+  (NCCL on CUDA, gloo on CPU). Only rank 0 logs and writes files.
+* Data order is a deterministic function of (seed, epoch): every epoch uses
+  ``DistributedSampler(seed=seed).set_epoch(epoch)`` and a resumed run skips
+  the batches already seen, so a resumed loss curve equals the uninterrupted one.
+* The loss is the seed's "MSE for grids + MSE for scalars, weighted equally":
+  masked MSE over active cells of the normalized change of (P, T) plus MSE of
+  the normalized field scalars. The scalars are only trained where they are
+  well-posed: when the model has a whole-field path, or on full-grid samples.
+* ``--rollout_steps K`` (full-grid samples) feeds the model its own
+  predictions for K steps. ``--rollout_grad pushforward`` detaches each
+  step's input (gradients never flow through earlier steps, the pushforward
+  trick); ``full`` backpropagates through the whole unroll.
+* Checkpoints hold only tensors and plain Python types, so they load with
+  ``torch.load(weights_only=True)``. Besides design.md's keys they carry
+  ``delta_mode`` (the change normalization, "asinh" or "zscore") and ``best_path``.
+* Multi-GPU: NCCL peer-to-peer is left on (the seed disabled it, which slows
+  NVLink machines). On a PCIe box where NCCL hangs, opt in with
+  ``export NCCL_P2P_DISABLE=1`` before torchrun.
+* Library use: ``train(prepped_root=..., max_steps=..., ...)`` (CLI option
+  names) returns a summary dict; the demo calls it in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from voxel_ode import schema
+from voxel_ode.schedulers import warmup_cosine
+from voxel_ode.utils import UserError, atomic_path
+
+# ---------------------------------------------------------------------------
+# Arguments
+# ---------------------------------------------------------------------------
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--prepped_root", default=None, help="folder written by `voxel-ode prep` (stats.json, index_*.jsonl, train/, test/)")
+    g.add_argument("--sample_mode", choices=("patch", "full"), default="patch",
+                   help="patch: patches from the index (the seed); full: whole-grid samples, needed for the "
+                        "whole-field path to learn and for --rollout_steps > 1")
+    g.add_argument("--batch_size", type=int, default=16, help="samples per process per step")
+    g.add_argument("--num_workers", type=int, default=0,
+                   help="DataLoader worker processes (each opens its own HDF5 handles, so >0 works). "
+                        "0 is the default: on the 2-core CPU machine workers compete with the training "
+                        "threads and were not faster (benchmarks/bench_train.py)")
+    g.add_argument("--aug_xy_rot", action="store_true", help="random 90 degree turns in the XY plane (never Z); PermX/PermY swap with the turn")
+    g.add_argument("--aug_flip", action="store_true", help="random X and Y flips")
+    g.add_argument("--noise_std", type=float, default=0.01, help="Gaussian noise (normalized units) on the dynamic inputs")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--receptive_field_radius", type=int, default=3, help="stem kernel = 2r+1 (residual blocks use 3^3)")
+    g.add_argument("--base_channels", type=int, default=128, help="feature width")
+    g.add_argument("--depth", type=int, default=12, help="number of residual blocks")
+    g.add_argument("--norm", choices=("channel", "spatial"), default="channel",
+                   help="channel: per-voxel LayerNorm over channels (patch and full-grid outputs agree); "
+                        "spatial: the seed's norm over the patch")
+    g.add_argument("--no_global_context", action="store_true", help="the seed's purely local model (no whole-field path)")
+    g.add_argument("--delta_norm", choices=("asinh", "zscore"), default="asinh",
+                   help="normalization of the change targets: asinh(delta/s) with a robust per-simulation "
+                        "scale (dataset.Normalizer), or the seed's pooled z-score")
+
+    g = p.add_argument_group("optimization")
+    g.add_argument("--max_steps", type=int, default=200_000, help="optimizer steps; also the cosine horizon")
+    g.add_argument("--lr", type=float, default=3e-4, help="peak AdamW learning rate")
+    g.add_argument("--min_lr_ratio", type=float, default=0.1, help="cosine decays to lr * this at max_steps")
+    g.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay (weights of convolutions/linears only)")
+    g.add_argument("--warmup_steps", type=int, default=1000, help="linear LR warmup steps (may exceed max_steps)")
+    g.add_argument("--grad_clip", type=float, default=1.0, help="clip the global gradient norm (0 = off)")
+    g.add_argument("--rollout_steps", type=int, default=1,
+                   help="train through K autoregressive steps on the model's own predictions (K > 1 needs --sample_mode full)")
+    g.add_argument("--rollout_grad", choices=("pushforward", "full"), default="pushforward",
+                   help="pushforward: each step's input is detached (cheap, stable); full: backprop through all K steps")
+    g.add_argument("--rollout_curriculum_steps", type=int, default=0,
+                   help="grow K linearly from 1 to --rollout_steps over this many steps (0 = use K from the start)")
+    g.add_argument("--use_amp", action="store_true",
+                   help="CUDA: bf16 autocast where supported, else fp16 + GradScaler. CPU: ignored with a message "
+                        "(runs fp32): bf16 on CPUs without AVX512-BF16/AMX is hundreds of times slower")
+    g.add_argument("--time_budget_min", type=float, default=0.0,
+                   help="stop cleanly (final eval + checkpoint) after this many minutes of wall time (0 = no limit)")
+    g.add_argument("--seed", type=int, default=0, help="seed of weights, data order and augmentation")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda when available")
+    g.add_argument("--num_threads", type=int, default=0,
+                   help="CPU threads per process (0 = torch's default). On a CPU shared with other jobs, "
+                        "fewer threads than cores avoids OpenMP spin contention (10x slowdowns seen)")
+
+    g = p.add_argument_group("logging and checkpoints")
+    g.add_argument("--log_every", type=int, default=100, help="steps between training log lines")
+    g.add_argument("--eval_every", type=int, default=1000, help="steps between evaluations on the test split")
+    g.add_argument("--eval_max_batches", type=int, default=50, help="batches per evaluation (0 = the whole test split)")
+    g.add_argument("--ckpt_every", type=int, default=10_000, help="steps between periodic checkpoints step{N}.pt")
+    g.add_argument("--save_dir", default="./checkpoints", help="checkpoints and metrics.jsonl go here")
+    g.add_argument("--resume", default=None, metavar="PATH", help="checkpoint to continue (same LR position, same next batches)")
+    g.add_argument("--use_wandb", action="store_true", help="also log to Weights & Biases (WANDB_PROJECT, WANDB_MODE=offline work)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    train(args)
+    return 0
+
+
+def default_args(**overrides) -> argparse.Namespace:
+    """The CLI defaults, with ``overrides`` applied (for in-process callers such as the demo)."""
+    p = argparse.ArgumentParser()
+    add_train_args(p)
+    args = p.parse_args([])
+    for key, value in overrides.items():
+        if not hasattr(args, key):
+            raise TypeError(f"unknown training option: {key}")
+        setattr(args, key, value)
+    return args
+
+
+def _check_args(a: argparse.Namespace) -> None:
+    if not a.prepped_root:
+        raise UserError("--prepped_root: missing: give the folder written by `voxel-ode prep`")
+    for name in ("batch_size", "max_steps", "log_every", "eval_every", "ckpt_every", "rollout_steps"):
+        if getattr(a, name) < 1:
+            raise UserError(f"--{name}: must be >= 1, got {getattr(a, name)}")
+    if a.rollout_steps > 1 and a.sample_mode != "full":
+        raise UserError("--rollout_steps: training through K > 1 steps needs whole grids: add --sample_mode full")
+    if a.num_workers < 0 or a.warmup_steps < 0:
+        raise UserError("--num_workers/--warmup_steps: must be >= 0")
+
+
+# ---------------------------------------------------------------------------
+# Distributed setup, device and precision
+# ---------------------------------------------------------------------------
+
+
+class Dist:
+    """Rank/world of this process; single process when not launched by torchrun."""
+
+    def __init__(self, device_flag: str):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        use_cuda = torch.cuda.is_available() if device_flag == "auto" else device_flag == "cuda"
+        if use_cuda and not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA device is visible to torch")
+        if use_cuda:
+            torch.cuda.set_device(self.local_rank)
+            self.device = torch.device("cuda", self.local_rank)
+        else:
+            self.device = torch.device("cpu")
+        self.enabled = self.world > 1
+        self.owns_group = False
+        if self.enabled and not dist.is_initialized():
+            # NCCL for GPUs, gloo for CPU. NCCL_P2P_DISABLE is NOT forced (it slows
+            # NVLink machines); set NCCL_P2P_DISABLE=1 yourself on PCIe boxes that hang.
+            dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+            self.owns_group = True
+        self.is_main = self.rank == 0
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    def any_flag(self, flag: bool) -> bool:
+        """True on every rank when any rank says True (used to stop all ranks together)."""
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        return bool(self.all_reduce_sum(t).item() > 0)
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.owns_group and dist.is_initialized():  # leave a caller's process group alone
+            dist.destroy_process_group()
+
+
+def amp_policy(use_amp: bool, device: torch.device, log=print) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, use a GradScaler)."""
+    if not use_amp:
+        return None, False
+    if device.type != "cuda":
+        # Reduced precision is a CUDA feature here: on CPUs without AVX512-BF16/AMX, bf16 matmuls run
+        # hundreds of times slower than fp32 (seed notes). This project trains fp32 on every CPU.
+        log("--use_amp ignored on CPU: training in fp32 (bf16 on CPUs without AVX512-BF16/AMX runs hundreds "
+            "of times slower than fp32; AMP is used on CUDA only)")
+        return None, False
+    if torch.cuda.is_bf16_supported():
+        return torch.bfloat16, False  # bf16 has fp32's range: no loss scaling needed
+    return torch.float16, True
+
+
+# ---------------------------------------------------------------------------
+# RNG state (as tensors / lists, so checkpoints load with weights_only=True)
+# ---------------------------------------------------------------------------
+
+
+def get_rng_state() -> dict:
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------
+# Logging: tqdm on rank 0, metrics.jsonl always, wandb on request
+# ---------------------------------------------------------------------------
+
+
+class Logger:
+    def __init__(self, save_dir: Path, is_main: bool, use_wandb: bool, config: dict, resume: bool):
+        self.is_main = is_main
+        self.path = save_dir / "metrics.jsonl"
+        self.wandb = None
+        if not is_main:
+            return
+        save_dir.mkdir(parents=True, exist_ok=True)
+        if not resume and self.path.exists():
+            self.path.unlink()  # a fresh run starts a fresh metrics file
+        if use_wandb:
+            try:
+                import wandb
+            except ImportError:
+                raise UserError("--use_wandb: wandb is not importable: `pip install wandb` or drop --use_wandb") from None
+            self.wandb = wandb.init(project=os.environ.get("WANDB_PROJECT", "voxel-ode"), config=config,
+                                    dir=str(save_dir))
+
+    def log(self, record: dict) -> None:
+        if not self.is_main:
+            return
+        # appended line by line: a crash loses at most the last record, never the file
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["step"])
+
+    def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------
+
+
+def _plain(value):
+    """argparse values -> plain types that weights_only loading accepts."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint: no such file")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # corrupt file or one holding arbitrary objects
+        raise UserError(f"{path}: checkpoint: cannot load with weights_only=True ({type(err).__name__})") from None
+
+
+def param_checksum(model: torch.nn.Module) -> str:
+    """sha256 over all parameters (name order), to compare weights across DDP ranks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# Loss: one module whose forward runs the whole K-step unroll, so DDP sees one
+# forward per backward even when the model is applied K times.
+# ---------------------------------------------------------------------------
+
+
+def masked_channel_mse(pred: torch.Tensor, target: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    """Per-channel MSE over active cells of [B,C,D,H,W] tensors -> [C]."""
+    m = (active > 0.5).to(pred.dtype)
+    se = ((pred - target) ** 2 * m).sum(dim=(0, 2, 3, 4))
+    return se / m.sum().clamp_min(1.0)
+
+
+class Unroll(torch.nn.Module):
+    """Applies the model for K steps and returns the training loss and its parts."""
+
+    def __init__(self, model: torch.nn.Module, normalizer, train_scalars: bool, amp_dtype):
+        super().__init__()
+        self.model = model
+        self.normalizer = normalizer
+        self.train_scalars = train_scalars
+        self.amp_dtype = amp_dtype
+
+    def forward(self, batch: dict, k_steps: int, detach_between: bool):
+        x, active, params = batch["x"], batch["active"], batch["params"]
+        extra = {}
+        if "context_x" in batch:  # patch mode: whole-field context from the dataset, computed in forward
+            extra = dict(origin=batch["origin"], context_x=batch["context_x"], context_active=batch["context_active"])
+        grid_losses, scalar_losses = [], []
+        for k in range(k_steps):
+            with _autocast(x.device, self.amp_dtype):
+                delta, scalars = self.model(x, params, active, **extra)
+            delta, scalars = delta.float(), scalars.float()
+            grid_losses.append(masked_channel_mse(delta, batch["target_delta"][:, k], active))
+            scalar_losses.append(((scalars - batch["target_scalars"][:, k]) ** 2).mean(dim=0))
+            if k + 1 < k_steps:  # feed the model its own prediction
+                x = self.normalizer.update_input(x, delta.detach() if detach_between else delta, active)
+        grid = torch.stack(grid_losses).mean(dim=0)  # [2]
+        scalar = torch.stack(scalar_losses).mean(dim=0)  # [5]
+        # the seed: MSE for grids + MSE for scalars, weighted equally. Without a trained
+        # scalar path the term is multiplied by 0 (keeps every parameter in the graph for DDP).
+        loss = grid.mean() + (scalar.mean() if self.train_scalars else 0.0 * scalar.sum())
+        return loss, grid.detach(), scalar.detach()
+
+
+def _autocast(device: torch.device, dtype):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def rollout_k(step: int, args) -> int:
+    """Number of unrolled steps at ``step`` (curriculum grows it linearly from 1)."""
+    if args.rollout_curriculum_steps <= 0 or args.rollout_steps <= 1:
+        return args.rollout_steps
+    frac = min(1.0, step / args.rollout_curriculum_steps)
+    return 1 + int(frac * (args.rollout_steps - 1))
+
+
+# ---------------------------------------------------------------------------
+# Evaluation on the test split: one-step errors per output variable
+# ---------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(model, loader, normalizer, device, amp_dtype, ddp: Dist, eval_scalars: bool) -> dict:
+    """Masked MSE in normalized space, the seed's +/-5% accuracy and +/-5 bar / 5 K accuracy (physical)."""
+    model.eval()
+    nd, ns = schema.N_DYNAMIC, schema.N_SCALARS
+    sums = torch.zeros(4 * nd + 1 + 2 * ns + 1, dtype=torch.float64, device=device)
+    tol = torch.tensor([schema.DEFAULT_PRESSURE_TOL_PA, schema.DEFAULT_TEMPERATURE_TOL_K], dtype=torch.float64,
+                       device=device).reshape(1, nd, 1, 1, 1)
+    for batch in loader:
+        batch = _to_device(batch, device)
+        extra = {}
+        if "context_x" in batch:
+            extra = dict(origin=batch["origin"], context_x=batch["context_x"], context_active=batch["context_active"])
+        with _autocast(device, amp_dtype):
+            delta, scalars = model(batch["x"], batch["params"], batch["active"], **extra)
+        delta, scalars = delta.float(), scalars.float()
+        target, active = batch["target_delta"][:, 0], batch["active"]
+        m = (active > 0.5).double()
+        n_active = m.sum()
+        err2 = ((delta - target).double() ** 2 * m).sum(dim=(0, 2, 3, 4))
+        persist2 = (target.double() ** 2 * m).sum(dim=(0, 2, 3, 4))  # "no change" baseline
+        # physical next state: state(t) + change, at active cells
+        state = normalizer.denormalize_state(batch["x"][:, schema.N_STATIC:])
+        true_next = state + normalizer.denormalize_delta(target)
+        pred_next = state + normalizer.denormalize_delta(delta)
+        diff = (pred_next - true_next).abs()
+        acc_pct = ((diff <= 0.05 * true_next.abs()).double() * m).sum(dim=(0, 2, 3, 4))
+        acc_abs = ((diff <= tol).double() * m).sum(dim=(0, 2, 3, 4))
+        s_err2 = ((scalars - batch["target_scalars"][:, 0]).double() ** 2).sum(dim=0)
+        prev = batch["scalars_prev"].double()
+        s_true = normalizer.denormalize_scalars(batch["target_scalars"][:, 0], prev)
+        s_pred = normalizer.denormalize_scalars(scalars, prev)
+        s_acc = ((s_pred - s_true).abs() <= 0.05 * s_true.abs()).double().sum(dim=0)
+        n_samples = torch.tensor([float(len(scalars))], dtype=torch.float64, device=device)
+        sums += torch.cat([err2, persist2, acc_pct, acc_abs, n_active.reshape(1), s_err2, s_acc, n_samples])
+    ddp.all_reduce_sum(sums)
+    parts = sums.split([nd, nd, nd, nd, 1, ns, ns, 1])
+    n_act, n_smp = max(parts[4].item(), 1.0), max(parts[7].item(), 1.0)
+    out = {}
+    for c, name in enumerate(schema.DYNAMIC_NAMES):
+        out[f"mse_{name}"] = parts[0][c].item() / n_act
+        out[f"persist_mse_{name}"] = parts[1][c].item() / n_act
+        out[f"acc5pct_{name}"] = parts[2][c].item() / n_act
+        out[f"acc_abs_{name}"] = parts[3][c].item() / n_act
+    for j, name in enumerate(schema.SCALAR_NAMES):
+        out[f"mse_{name}"] = parts[5][j].item() / n_smp
+        out[f"acc5pct_{name}"] = parts[6][j].item() / n_smp
+    grid = np.mean([out[f"mse_{n}"] for n in schema.DYNAMIC_NAMES])
+    scal = np.mean([out[f"mse_{n}"] for n in schema.SCALAR_NAMES])
+    # same weighting as the training loss: the scalar term only where it is trained
+    out["loss"] = float(grid + (scal if eval_scalars else 0.0))
+    out["samples"] = int(n_smp)
+    model.train()
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Data order: a deterministic function of (seed, epoch), so resume can skip ahead
+# ---------------------------------------------------------------------------
+
+
+def epoch_batches(n_items: int, batch_size: int, seed: int, epoch: int, ddp: Dist) -> list[list[int]]:
+    """This rank's batches (lists of dataset indices) of ``epoch``; every rank gets the same count."""
+    from torch.utils.data.distributed import DistributedSampler
+
+    sampler = DistributedSampler(range(n_items), num_replicas=ddp.world, rank=ddp.rank, shuffle=True, seed=seed)
+    sampler.set_epoch(epoch)
+    idx = list(sampler)
+    n_batches = max(1, len(idx) // batch_size)  # tiny data: one (smaller) batch per epoch
+    return [idx[i * batch_size:(i + 1) * batch_size] for i in range(n_batches)]
+
+
+def _loader(dataset, batch_sampler, args, collate):
+    from voxel_ode.dataset import worker_init_fn
+
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=batch_sampler, num_workers=args.num_workers, collate_fn=collate,
+        worker_init_fn=worker_init_fn if args.num_workers > 0 else None,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+# ---------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------
+
+
+def _as_args(args=None, **kwargs) -> argparse.Namespace:
+    if args is None:
+        return default_args(**kwargs)
+    if isinstance(args, dict):
+        return default_args(**{**args, **kwargs})
+    merged = default_args(**vars(args))
+    for key, value in kwargs.items():
+        setattr(merged, key, value)
+    return merged
+
+
+def train(args=None, **kwargs) -> dict:
+    """Train; returns a summary dict (best/last checkpoint paths, final eval metrics, steps, timing).
+
+    ``args`` is an argparse namespace or a dict of CLI option names; ``kwargs`` override it.
+    """
+    from tqdm import tqdm
+
+    from voxel_ode.data_prep import load_stats
+    from voxel_ode.dataset import Normalizer, PatchDataset, collate
+    from voxel_ode.model import ModelConfig, VoxelAutoRegressor, config_dict, count_parameters
+
+    args = _as_args(args, **kwargs)
+    _check_args(args)
+    t_start = time.time()
+    threads_before = torch.get_num_threads()
+    if args.num_threads > 0:
+        torch.set_num_threads(args.num_threads)
+    ddp = Dist(args.device)
+    log = print if ddp.is_main else (lambda *a, **k: None)
+    try:
+        root, save_dir = Path(args.prepped_root), Path(args.save_dir)
+        stats = load_stats(root)
+        ckpt = load_checkpoint(args.resume) if args.resume else None
+
+        # ---- model (architecture from the checkpoint when resuming) ---------
+        if ckpt is not None:
+            config = ModelConfig.from_dict(dict(ckpt["model_config"]))
+        else:
+            config = ModelConfig(base_channels=args.base_channels, depth=args.depth,
+                                 receptive_field_radius=args.receptive_field_radius, norm=args.norm,
+                                 global_context=not args.no_global_context)
+        torch.manual_seed(args.seed)  # same initial weights on every rank
+        model = VoxelAutoRegressor(config).to(ddp.device)
+        log(f"model: {count_parameters(model):,} parameters, local receptive field {model.receptive_field} cells, "
+            f"norm={config.norm}, whole-field path={'yes' if config.global_context else 'no'}")
+
+        # ---- data -------------------------------------------------------------
+        delta_mode = ckpt.get("delta_mode", args.delta_norm) if ckpt is not None else args.delta_norm
+        normalizer = Normalizer(stats, delta_mode=delta_mode)
+        common = dict(stats=stats, mode=args.sample_mode, seed=args.seed,
+                      context_factor=config.context_factor, delta_mode=delta_mode)
+        train_ds = PatchDataset(root, "train", rollout_steps=args.rollout_steps, aug_xy_rot=args.aug_xy_rot,
+                                aug_flip=args.aug_flip, noise_std=args.noise_std, **common)
+        try:
+            test_ds = PatchDataset(root, "test", **common)
+        except UserError as err:
+            test_ds = None
+            log(f"note: no evaluation ({err})")
+        # scalars are field sums: trainable from the whole-field path or from whole grids only
+        train_scalars = config.global_context or args.sample_mode == "full"
+        n_local = math.ceil(len(train_ds) / ddp.world)
+        log(f"data: {len(train_ds):,} train samples ({args.sample_mode}), "
+            f"{len(test_ds) if test_ds is not None else 0:,} test; "
+            f"{max(1, n_local // args.batch_size)} batches/epoch/process, {ddp.world} process(es) on {ddp.device}")
+
+        # ---- optimizer, schedule, precision ---------------------------------
+        decay = [p for p in model.parameters() if p.dim() >= 2]  # conv/linear weights
+        no_decay = [p for p in model.parameters() if p.dim() < 2]  # biases, norm gains
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}], lr=args.lr,
+                                      fused=ddp.device.type == "cuda")
+        scheduler = warmup_cosine(optimizer, args.warmup_steps, args.max_steps, args.min_lr_ratio)
+        amp_dtype, use_scaler = amp_policy(args.use_amp, ddp.device, log)
+        scaler = torch.amp.GradScaler(ddp.device.type, enabled=use_scaler)
+
+        step, best_metric, best_path = 0, float("inf"), None
+        if ckpt is not None:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            # keep the schedule of THIS invocation's flags (e.g. a longer --max_steps)
+            from voxel_ode.schedulers import WarmupCosine
+
+            scheduler.lr_lambdas[0] = WarmupCosine(args.warmup_steps, args.max_steps, args.min_lr_ratio)
+            if ckpt.get("scaler"):
+                scaler.load_state_dict(ckpt["scaler"])
+            step = int(ckpt["step"])
+            best_metric = float(ckpt.get("best_metric", float("inf")))
+            best_path = ckpt.get("best_path")
+            rng = ckpt.get("rng") or []
+            if rng:
+                set_rng_state(rng[ddp.rank] if ddp.rank < len(rng) else rng[0])
+            log(f"resumed from {args.resume} at step {step}")
+
+        unroll = Unroll(model, normalizer, train_scalars, amp_dtype)
+        if ddp.enabled:
+            unroll = torch.nn.parallel.DistributedDataParallel(
+                unroll, device_ids=[ddp.local_rank] if ddp.device.type == "cuda" else None)
+
+        train_args = {k: _plain(v) for k, v in vars(args).items()}
+        logger = Logger(save_dir, ddp.is_main, args.use_wandb, train_args, resume=ckpt is not None)
+
+        def checkpoint(name: str) -> Path:
+            """Gather every rank's RNG state, then rank 0 writes ``name`` atomically."""
+            rng = [get_rng_state()]
+            if ddp.enabled:
+                rng = [None] * ddp.world
+                dist.all_gather_object(rng, get_rng_state())
+            path = save_dir / name
+            if ddp.is_main:
+                save_checkpoint(path, {
+                    "model": model.state_dict(), "model_config": config_dict(model),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(), "step": step, "best_metric": best_metric,
+                    "best_path": str(best_path) if best_path else None, "rng": rng, "stats": stats,
+                    "train_args": train_args, "delta_mode": delta_mode,
+                })
+            return path
+
+        eval_loader = None
+        if test_ds is not None:
+            # a fixed random subset of the test split (the index is ordered by sim and t)
+            order = torch.randperm(len(test_ds), generator=torch.Generator().manual_seed(1234)).tolist()
+            if args.eval_max_batches > 0:
+                order = order[: args.eval_max_batches * args.batch_size * ddp.world]
+            mine = order[ddp.rank:: ddp.world]
+            eval_loader = _loader(test_ds, [mine[i:i + args.batch_size] for i in range(0, len(mine), args.batch_size)],
+                                  args, collate)
+
+        def run_eval() -> dict | None:
+            nonlocal best_metric, best_path
+            if eval_loader is None:
+                return None
+            t0 = time.time()
+            res = evaluate(model, eval_loader, normalizer, ddp.device, amp_dtype, ddp, train_scalars)
+            res = {"event": "eval", "step": step, **res, "eval_s": time.time() - t0}
+            logger.log(res)
+            if ddp.is_main:
+                tqdm.write(f"eval step {step}: loss {res['loss']:.4g} | P mse {res['mse_Pressure']:.3g} "
+                           f"(no-change {res['persist_mse_Pressure']:.3g}) | T mse {res['mse_Temperature']:.3g} "
+                           f"(no-change {res['persist_mse_Temperature']:.3g}) | +/-5 bar {res['acc_abs_Pressure']:.3f} "
+                           f"+/-5 K {res['acc_abs_Temperature']:.3f}")
+            if res["loss"] < best_metric:
+                best_metric = res["loss"]
+                old = best_path
+                best_path = checkpoint(f"best_step{step}.pt")
+                # keep only the best one, and never delete files of another run's folder
+                if (ddp.is_main and old is not None and Path(old) != best_path and Path(old).exists()
+                        and Path(old).parent.resolve() == save_dir.resolve()):
+                    Path(old).unlink()
+            return res
+
+        # ---- the loop -------------------------------------------------------------
+        n_batches = len(epoch_batches(len(train_ds), args.batch_size, args.seed, 0, ddp))
+        epoch, offset = divmod(step, n_batches)
+        batches_iter = None
+        start_step, last_eval, stopped_by_budget = step, None, False
+        window = {"t": time.time(), "samples": 0, "voxels": 0, "loss": 0.0, "n": 0,
+                  "grid": torch.zeros(schema.N_DYNAMIC), "scalar": torch.zeros(schema.N_SCALARS)}
+        bar = tqdm(total=args.max_steps, initial=step, disable=not ddp.is_main or args.quiet,
+                   desc="train", dynamic_ncols=True)
+        model.train()
+        while step < args.max_steps:
+            if batches_iter is None:
+                train_ds.set_epoch(epoch)  # augmentations are drawn from (seed, epoch, index)
+                batches = epoch_batches(len(train_ds), args.batch_size, args.seed, epoch, ddp)[offset:]
+                batches_iter = iter(_loader(train_ds, batches, args, collate))
+            try:
+                batch = next(batches_iter)
+            except StopIteration:
+                epoch, offset, batches_iter = epoch + 1, 0, None
+                continue
+            batch = _to_device(batch, ddp.device)
+            k_steps = rollout_k(step, args)
+            loss, grid_parts, scalar_parts = unroll(batch, k_steps, args.rollout_grad == "pushforward")
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"loss is {loss.item()} at step {step}: lower --lr or check the data")
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip if args.grad_clip > 0 else float("inf"))
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            step += 1
+            bar.update(1)
+
+            window["samples"] += batch["x"].shape[0] * ddp.world
+            window["voxels"] += batch["x"][:, 0].numel() * ddp.world * k_steps
+            window["loss"] += loss.item()
+            window["grid"] += grid_parts.cpu()
+            window["scalar"] += scalar_parts.cpu()
+            window["n"] += 1
+            if step % args.log_every == 0 or step == args.max_steps:
+                dt = max(time.time() - window["t"], 1e-9)
+                n = window["n"]
+                rec = {"event": "train", "step": step, "epoch": epoch, "lr": lr, "loss": window["loss"] / n,
+                       "grad_norm": float(grad_norm), "rollout_steps": k_steps,
+                       **{f"loss_{name}": float(window["grid"][c] / n) for c, name in enumerate(schema.DYNAMIC_NAMES)},
+                       **{f"loss_{name}": float(window["scalar"][j] / n) for j, name in enumerate(schema.SCALAR_NAMES)},
+                       "patches_per_s": window["samples"] / dt, "voxels_per_s": window["voxels"] / dt,
+                       "elapsed_s": time.time() - t_start}
+                logger.log(rec)
+                bar.set_postfix(loss=f"{rec['loss']:.4g}", lr=f"{lr:.2e}", pps=f"{rec['patches_per_s']:.1f}")
+                window.update(t=time.time(), samples=0, voxels=0, loss=0.0, n=0,
+                              grid=torch.zeros(schema.N_DYNAMIC), scalar=torch.zeros(schema.N_SCALARS))
+            if step % args.eval_every == 0:
+                last_eval = run_eval()
+            if step % args.ckpt_every == 0:
+                checkpoint(f"step{step}.pt")
+            if args.time_budget_min > 0:
+                over = time.time() - t_start > args.time_budget_min * 60
+                if ddp.any_flag(over):  # every rank stops at the same step
+                    stopped_by_budget = True
+                    log(f"\ntime budget of {args.time_budget_min} min reached at step {step}: stopping")
+                    break
+        bar.close()
+
+        if step > start_step and (last_eval is None or last_eval["step"] != step):
+            last_eval = run_eval()
+        last_path = checkpoint("last.pt")
+        if os.environ.get("VOXEL_ODE_PARAM_CHECKSUM_DIR"):  # tests: compare weights across DDP ranks
+            out = Path(os.environ["VOXEL_ODE_PARAM_CHECKSUM_DIR"]) / f"rank{ddp.rank}.txt"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(param_checksum(model) + "\n")
+        ddp.barrier()
+        logger.close()
+        summary = {
+            "best_checkpoint": str(best_path) if best_path else None,
+            "last_checkpoint": str(last_path),
+            "best_metric": best_metric if math.isfinite(best_metric) else None,
+            "final_eval": last_eval,
+            "steps": step, "start_step": start_step,
+            "stopped_by_time_budget": stopped_by_budget,
+            "elapsed_s": time.time() - t_start,
+            "metrics_path": str(save_dir / "metrics.jsonl"),
+        }
+        if ddp.is_main:
+            log(f"done: {step} steps in {summary['elapsed_s']:.0f} s; best {summary['best_checkpoint']}, "
+                f"last {last_path}; metrics in {summary['metrics_path']}")
+        return summary
+    finally:
+        ddp.close()
+        torch.set_num_threads(threads_before)  # an in-process caller keeps its own setting
