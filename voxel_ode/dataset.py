@@ -12,7 +12,7 @@ API (see docs/design.md for the file layouts)
                                                  0 at inactive cells (active from IsActive if None)
     normalize_delta(delta[2]) / denormalize_delta(delta_norm[2])
         per-step change of (P, T) <-> model target. Default "asinh":
-        asinh(delta / s_c), s_c = delta_scale[c] = 10 % quantile over train sims
+        asinh(delta / s_c), s_c = delta_scale[c] = median over train sims
         of the per-simulation RMS change (stats["delta"]["per_sim_rms"]). Errors
         in this space are absolute (in units of s_c) for small changes and
         relative for large ones, so a simulation whose pressure moves by bars
@@ -74,7 +74,7 @@ STATIC_ACTIVE = schema.STATIC_NAMES.index("IsActive")
 STATIC_PERM_X = schema.STATIC_NAMES.index("PermX")
 STATIC_PERM_Y = schema.STATIC_NAMES.index("PermY")
 INCREMENT_SLOTS = tuple(schema.SCALAR_NAMES.index(n) for n in schema.CUMULATIVE_SCALARS)
-DELTA_SCALE_QUANTILE = 0.1  # of the per-simulation RMS change over train sims
+DELTA_SCALE_QUANTILE = 0.5  # of the per-simulation RMS change over train sims
 
 
 def _as_tensor(a, dtype=torch.float32):
