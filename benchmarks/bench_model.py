@@ -46,7 +46,7 @@ def normalization_table(root: Path) -> str:
     rows.sort(key=lambda r: r[1])
     s = modes["asinh"].delta_scale
     out = [
-        f"asinh scales s = 10% quantile of per-sim RMS change: s_P = {s[0]:.4g} Pa, s_T = {s[1]:.4g} K; "
+        f"asinh scales s = median of the per-sim RMS change: s_P = {s[0]:.4g} Pa, s_T = {s[1]:.4g} K; "
         f"pooled std: {stats['delta']['std'][0]:.4g} Pa, {stats['delta']['std'][1]:.4g} K; "
         f"pooled median |delta|: {stats['delta']['abs_quantiles']['0.5'][0]:.4g} Pa, "
         f"{stats['delta']['abs_quantiles']['0.5'][1]:.4g} K",
@@ -79,7 +79,7 @@ def speed_table(sizes, steps, batch) -> str:
                 model = VoxelAutoRegressor(cfg).train()
                 x = torch.randn(batch, schema.N_INPUT_CHANNELS, n, n, n)
                 a = torch.ones(batch, 1, n, n, n)
-                p = torch.randn(batch, schema.N_PARAMS)
+                p = torch.randn(batch, schema.N_CONDITIONING)
                 times = []
                 for _ in range(steps + 1):  # first step builds oneDNN primitives
                     t0 = time.perf_counter()

@@ -7,9 +7,11 @@ error of the change since t=0 (persistence = 1.0 exactly), accuracy within
 +/-5 bar / +/-5 K, the seed's +/-5 % accuracy and the normalized MSE, for:
 
   persistence   the state never changes
-  linear        per-voxel least squares on the 13 inputs + 26 params
+  linear        per-voxel ridge least squares on the 14 inputs + 26 params
   seed          the seed's configuration: purely local model, spatial norm,
-                pooled z-score targets, one-step training on patches
+                pooled z-score targets, one-step training on patches (it shares
+                this version's inputs: pressure-change channel, time feature,
+                scalar targets as ratios)
   default       this project's defaults: whole-field path, per-voxel norm,
                 robust (asinh) change targets, rollout training on whole grids
 
@@ -86,11 +88,11 @@ def main() -> int:
 
     results = {}
     for name in args.configs:
-        ckpts = sorted((out / f"ckpt_{name}").glob("best_step*.pt"), key=lambda p: p.stat().st_mtime)
-        summary = evaluate(prepped, ckpts[-1], out / f"eval_{name}", split="test", device="cpu", plots=True,
+        ckpt = out / f"ckpt_{name}" / "last.pt"  # not best_step*: that one is chosen on the test split
+        summary = evaluate(prepped, ckpt, out / f"eval_{name}", split="test", device="cpu", plots=True,
                            linear_baseline=(name == args.configs[0]))
         results[name] = summary
-        print(f"\n== {name} ({ckpts[-1].name})\n{format_table(summary)}", flush=True)
+        print(f"\n== {name} ({ckpt})\n{format_table(summary)}", flush=True)
 
     table = {"persistence": results[args.configs[0]]["persistence"]}
     if "linear" in results[args.configs[0]]:

@@ -50,6 +50,9 @@ def _expected_patch(root, stats, entry):
         static = f["static"][(slice(None),) + box].astype(np.float64)
         grid = f["outputs_grid"][(slice(entry["t"], entry["t"] + 2), slice(None)) + box].astype(np.float64)
         scalars = f["outputs_scalar"][...].astype(np.float64)
+        # producers of the whole field (not only the patch) and their temperatures at t, t+1
+        whole = f["static"][...].astype(np.float64)
+        temps = f["outputs_grid"][entry["t"]:entry["t"] + 2, 1].astype(np.float64)
         params = f["params_scalar"][...].astype(np.float64)
     active = static[schema.STATIC_NAMES.index("IsActive")] > 0.5
     st = stats["static"]
@@ -61,17 +64,27 @@ def _expected_patch(root, stats, entry):
         chans.append((v - st["mean"][c]) / st["std"][c])
     for c in range(2):
         chans.append((grid[0, c] - stats["dynamic"]["mean"][c]) / stats["dynamic"]["std"][c])
-    x = np.stack(chans) * active
-    s = delta_scales_from_stats(stats)
-    delta = np.stack([np.arcsinh((grid[1, c] - grid[0, c]) / s[c]) for c in range(2)]) * active
     t = entry["t"]
-    sc = stats["scalars"]
-    z = (np.sign(scalars[t + 1]) * np.log1p(np.abs(scalars[t + 1])) - sc["mean"]) / np.asarray(sc["std"])
+    s = delta_scales_from_stats(stats)
+    # pressure change since the initial state
+    chans.append(np.arcsinh((grid[0, 0] - static[schema.STATIC_NAMES.index("Pressure0")]) / s[0]))
+    x = np.stack(chans) * active
+    delta = np.stack([np.arcsinh((grid[1, c] - grid[0, c]) / s[c]) for c in range(2)]) * active
+    # scalars: log of next / previous in units of 0.1 %; the total's increment against rate x 1 year
     k = schema.SCALAR_NAMES.index("FieldEnergyProductionTotal")
-    inc = scalars[t + 1, k] - scalars[t, k]
-    si = stats["scalar_increments"]
-    z[k] = (np.sign(inc) * np.log1p(abs(inc)) - si["mean"][0]) / si["std"][0]
+    rate = schema.SCALAR_NAMES.index("FieldEnergyProductionRate")
+    with np.errstate(divide="ignore", invalid="ignore"):  # the total is 0 at t = 0: replaced below
+        ratio = scalars[t + 1] / scalars[t]
+    inj = whole[schema.STATIC_NAMES.index("InjRate")]
+    prod = (inj < 0) & (whole[schema.STATIC_NAMES.index("IsActive")] > 0.5)
+    h = temps[:, prod] - 273.15
+    enthalpy_ratio = np.sum(-inj[prod] * h[1]) / np.sum(-inj[prod] * h[0])
+    ratio[rate] /= enthalpy_ratio  # relative to what the producers' temperature change explains
+    trapezoid = scalars[t, rate] * (1 + enthalpy_ratio) / 2 * 365.25 * 86400
+    ratio[k] = (scalars[t + 1, k] - scalars[t, k]) / trapezoid
+    z = np.arcsinh(np.log(ratio) / 1e-3)
     p = (params - stats["params"]["mean"]) / np.asarray(stats["params"]["std"])
+    p = np.append(p, np.log1p(t) / np.log1p(schema.N_TIMESTEPS - 1))  # + time since the start
     return x, active, delta, z, p
 
 
@@ -225,3 +238,22 @@ def test_user_errors(root, tmp_path):
         PatchDataset(root, "train", rollout_steps=2)
     with pytest.raises(UserError, match="stats.json"):
         PatchDataset(tmp_path, "train")
+
+
+def test_change_channels_hold_the_change_since_the_initial_state(root):
+    """Channel PressureChange = asinh((P_t - P_0) / s_P), 0 at inactive cells."""
+    ds = PatchDataset(root, "train", mode="full")
+    nrm = ds.normalizer
+    for index in (0, 5):
+        sample = ds[index]
+        sim, t = sample["sim"].item(), sample["t"].item()
+        with h5py.File(ds.root / ds.sim_paths[sim]) as f:
+            static = f[schema.PREPPED_STATIC][...].astype(np.float64)
+            state = f[schema.PREPPED_OUTPUTS_GRID][t].astype(np.float64)
+        active = static[schema.STATIC_NAMES.index("IsActive")] > 0.5
+        initial = static[list(schema.INITIAL_STATE_STATIC)]
+        expect = (np.arcsinh((state - initial) / nrm.delta_scale[:, None, None, None]) * active)[:1]
+        got = sample["x"][schema.CHANGE_CHANNELS].numpy()
+        np.testing.assert_allclose(got, expect, atol=1e-5)
+        if t > 0:  # something moved: the channel is not trivially zero
+            assert np.abs(got[0][active]).max() > 0.1

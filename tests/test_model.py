@@ -32,7 +32,7 @@ def inputs(shape, batch=1, seed=0, inactive=0.2):
     g = torch.Generator().manual_seed(seed)
     active = (torch.rand(batch, 1, *shape, generator=g) > inactive).float()
     x = torch.randn(batch, schema.N_INPUT_CHANNELS, *shape, generator=g) * active
-    params = torch.randn(batch, schema.N_PARAMS, generator=g)
+    params = torch.randn(batch, schema.N_CONDITIONING, generator=g)
     return x, params, active
 
 

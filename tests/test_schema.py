@@ -8,11 +8,13 @@ from voxel_ode import schema
 
 def test_channel_counts_match_the_seed():
     assert schema.N_STATIC == 11
-    assert schema.N_INPUT_CHANNELS == 13
+    assert schema.N_INPUT_CHANNELS == 14
     assert schema.N_PARAMS == 26
     assert schema.N_SCALARS == 5
     assert len(set(schema.INPUT_CHANNELS)) == schema.N_INPUT_CHANNELS
-    assert schema.INPUT_CHANNELS[-2:] == ("Pressure", "Temperature")
+    assert schema.INPUT_CHANNELS[schema.STATE_CHANNELS] == ("Pressure", "Temperature")
+    assert schema.INPUT_CHANNELS[schema.CHANGE_CHANNELS] == ("PressureChange",)
+    assert [schema.STATIC_NAMES[i] for i in schema.INITIAL_STATE_STATIC] == ["Pressure0", "Temperature0"]
 
 
 def test_raw_paths_round_trip(tmp_path):

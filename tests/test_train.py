@@ -157,9 +157,14 @@ def test_rollout_training_full_grid(prepped, tmp_path, grad_mode):
 
 
 def test_time_budget_stops_cleanly(prepped, tmp_path):
-    summary = train(prepped_root=str(prepped), save_dir=str(tmp_path), max_steps=10_000, time_budget_min=0.02,
-                    batch_size=2, log_every=1000, eval_every=10_000, ckpt_every=10_000, **TINY)
+    summary = train(prepped_root=str(prepped), save_dir=str(tmp_path), max_steps=10_000, time_budget_min=0.1,
+                    batch_size=2, log_every=2, eval_every=10_000, ckpt_every=10_000, warmup_steps=5,
+                    min_lr_ratio=0.1, **TINY)
     assert summary["stopped_by_time_budget"] and 0 < summary["steps"] < 10_000
+    # the cosine ends with the budget, not at max_steps: the LR has decayed by the end
+    lrs = [r["lr"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
+           if r.get("event") == "train"]
+    assert lrs[-1] < 0.5 * max(lrs), lrs
     assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == summary["steps"]
     assert summary["final_eval"] is not None  # the stop still evaluates and keeps a best checkpoint
     assert Path(summary["best_checkpoint"]).is_file()

@@ -8,7 +8,11 @@ API (see docs/design.md for the file layouts)
     normalize_static(static[11], active)      -> [11]  transform (log10) + z-score, 0 at inactive
     normalize_state(state[2]) / denormalize_state(state_norm[2])       z-score of (P, T)
     normalize_params(params[..., 26])         -> z-score (constant params -> 0)
-    normalize_input(static[11], state[2], active=None) -> x [13] in schema.INPUT_CHANNELS order,
+    conditioning(params_norm[..., 26], t)     -> [..., 27]: + time_feature(t) = log1p(t)/log1p(29), what the model takes
+    normalize_change(state[2], initial[2]) -> [1]  asinh((P - P0) / s_P): the pressure change since
+                                                 t = 0 (initial = Pressure0/Temperature0), scaled like the targets
+    normalize_dynamic(state[2], initial[2]) -> [3]  normalize_state + normalize_change
+    normalize_input(static[11], state[2], active=None) -> x [14] in schema.INPUT_CHANNELS order,
                                                  0 at inactive cells (active from IsActive if None)
     normalize_delta(delta[2]) / denormalize_delta(delta_norm[2])
         per-step change of (P, T) <-> model target. Default "asinh":
@@ -16,15 +20,25 @@ API (see docs/design.md for the file layouts)
         of the per-simulation RMS change (stats["delta"]["per_sim_rms"]). Errors
         in this space are absolute (in units of s_c) for small changes and
         relative for large ones, so a simulation whose pressure moves by bars
-        per year does not drown one that moves by hundreds of Pa.
+        per year does not drown one that moves by hundreds of Pa. (A scale per
+        step, to lift the late years' small changes, was tried and measured
+        worse: docs/benchmarks.md, "Demo and fidelity".)
         delta_mode="zscore" is the seed's pooled (delta - mean) / std, for comparison.
-    update_input(x[13], delta_norm[2], active) -> x at t+1 (dynamic channels advanced in
-                                                 normalized space; inactive cells unchanged = 0)
-    normalize_scalars(next[..., 5], prev[..., 5]) -> [..., 5]: signed_log1p + z-score; the
-        cumulative FieldEnergyProductionTotal slot holds its per-step increment
-        (next - prev), normalized with stats["scalar_increments"].
-    denormalize_scalars(norm[..., 5], prev[..., 5]) -> physical [..., 5] (float64);
-        total = prev total + denormalized increment.
+    update_input(x[14], delta_norm[2], active) -> x at t+1 (state and change channels advanced by
+                                                 the predicted change; inactive cells unchanged = 0)
+    normalize_scalars(next[..., 5], prev[..., 5], production_ratio=None) -> [..., 5]:
+        asinh(log(next / ref) / 0.1 %). ref is the previous value, for FieldEnergyProductionRate
+        times production_ratio (production_enthalpy_ratio() of the step: what the producers'
+        temperature change alone does to it), and for the running total the step's trapezoid of
+        that rate x 1 year. Field scalars are well terms: under rate control they hardly move
+        from one report to the next, and what moves (produced energy as the producers cool)
+        follows the temperature at the producers, which the grid model predicts. So the scalar
+        head learns only what the bookkeeping misses (0 for `voxel-ode synth`, a few % for a
+        simulator with real steam tables), "no change" is its zero, and units and magnitudes
+        (W, kg/s, J ~ 1e17) stay out of it. A tiny floor (1e-6 of the typical value in
+        stats.json) keeps 0 -> 0 finite.
+    denormalize_scalars(norm[..., 5], prev[..., 5], production_ratio=None) -> physical [..., 5]
+        (float64, >= 0 magnitudes; total = prev total + predicted increment).
 
 ``PatchDataset(prepped_root, split, stats=None, mode="patch"|"full", rollout_steps=1,
                aug_xy_rot=False, aug_flip=False, noise_std=0.0, seed=0, context_factor=4,
@@ -32,17 +46,18 @@ API (see docs/design.md for the file layouts)
     mode="patch": one sample per line of index_{split}.jsonl; rollout_steps must be 1.
     mode="full":  one sample per (simulation, t) with the whole grid, t = 0..T-1-K.
     Sample (dict of tensors):
-      "x"             [13,d,h,w] float32  normalized input at t, 0 at inactive cells
+      "x"             [14,d,h,w] float32  normalized input at t, 0 at inactive cells
       "active"        [1,d,h,w]  float32  1 = active cell
-      "params"        [26]       float32  normalized ParamsScalar
+      "params"        [27]       float32  normalized ParamsScalar + time feature of t (Normalizer.conditioning)
       "target_delta"  [K,2,d,h,w] float32 normalized change of (P, T), steps t->t+1 .. t+K-1->t+K; 0 at inactive
       "target_scalars"[K,5]      float32  normalized scalars at t+1..t+K (increment for the total)
       "scalars_prev"  [5]        float64  physical scalars at t (to denormalize the total)
+      "production_ratio" [K]     float64  production_enthalpy_ratio of steps t..t+K-1 (scalar references)
       "origin"        [3]        int64    position of the patch's first cell in the coarse-aligned
                                           frame of the (augmented) whole field: coarse cell c covers
                                           fine cells [c*F, (c+1)*F). Without augmentation this is the
                                           patch origin (z0, y0, x0) in the full grid. Zeros in full mode.
-      "context_x"     [13,Dc,Hc,Wc] float32  (patch mode only) whole field at t, utils.coarsen by
+      "context_x"     [14,Dc,Hc,Wc] float32  (patch mode only) whole field at t, utils.coarsen by
       "context_active"[1,Dc,Hc,Wc]  float32   context_factor F, augmented like the patch
       "sim", "t"      int64      index of the simulation in ``dataset.sim_paths`` and the input step
     In full mode there is no context_x: the model computes the context from x itself.
@@ -74,6 +89,9 @@ STATIC_ACTIVE = schema.STATIC_NAMES.index("IsActive")
 STATIC_PERM_X = schema.STATIC_NAMES.index("PermX")
 STATIC_PERM_Y = schema.STATIC_NAMES.index("PermY")
 INCREMENT_SLOTS = tuple(schema.SCALAR_NAMES.index(n) for n in schema.CUMULATIVE_SCALARS)
+RATE_SLOTS = tuple(schema.SCALAR_NAMES.index(n) for n in schema.CUMULATIVE_RATES)
+SCALAR_LOG_UNIT = 1e-3  # scalar targets are log-ratios in units of 0.1 %, asinh-squeezed beyond
+MAX_LOG_RATIO = 20.0  # a predicted ratio is kept within e^-20 .. e^20 (no overflow in a rollout)
 DELTA_SCALE_QUANTILE = 0.5  # of the per-simulation RMS change over train sims
 
 
@@ -127,6 +145,29 @@ def delta_scales_from_stats(stats: dict) -> np.ndarray:
             s = float(delta["std"][c])
         scales.append(s if s > 0 else 1.0)
     return np.asarray(scales, dtype=np.float64)
+
+
+PRODUCTION_RATE_SLOT = schema.SCALAR_NAMES.index("FieldEnergyProductionRate")
+STATIC_INJ_RATE = schema.STATIC_NAMES.index("InjRate")
+
+
+def production_enthalpy_ratio(static, temp_now, temp_next) -> float:
+    """sum(q_prod h(T_next)) / sum(q_prod h(T_now)) over producer cells (InjRate < 0, active).
+
+    The physics part of the change of FieldEnergyProductionRate over a step: producers
+    deliver their fixed mass rate at the enthalpy of the water in their cells
+    (liquid water, h = c_w (T - 273.15)). 1.0 without producers. numpy or torch inputs,
+    static (11, Z, Y, X) physical and temperatures (Z, Y, X).
+    """
+    static = np.asarray(static)
+    producer = (static[STATIC_INJ_RATE] < 0) & (static[STATIC_ACTIVE] > 0.5)
+    if not producer.any():
+        return 1.0
+    q = -static[STATIC_INJ_RATE][producer].astype(np.float64)
+    h_now = np.asarray(temp_now)[producer].astype(np.float64) - schema.ENTHALPY_ZERO_T
+    h_next = np.asarray(temp_next)[producer].astype(np.float64) - schema.ENTHALPY_ZERO_T
+    now = float(np.sum(q * h_now))
+    return float(np.sum(q * h_next)) / now if now > 0 else 1.0
 
 
 class Normalizer:
@@ -187,15 +228,28 @@ class Normalizer:
         s = _as_tensor(state_norm, torch.float64)
         return s * _bcast(self.state_std, 3, s) + _bcast(self.state_mean, 3, s)
 
+    def normalize_change(self, state, initial) -> torch.Tensor:
+        """Change since t = 0 of schema.CHANGE_VARIABLES, asinh-scaled with the target scale s_c
+        (float64 difference: a 100 Pa change of a 2e7 Pa pressure is near float32's resolution)."""
+        idx = list(schema.CHANGE_OF_DYNAMIC)
+        change = _as_tensor(state, torch.float64)[..., idx, :, :, :] - _as_tensor(initial, torch.float64)[..., idx, :, :, :]
+        return torch.asinh(change / _bcast(self.delta_scale[idx], 3, change)).to(torch.float32)
+
+    def normalize_dynamic(self, state, initial) -> torch.Tensor:
+        """The time-dependent input channels (schema.DYNAMIC_CHANNELS) at one t."""
+        return torch.cat([self.normalize_state(state), self.normalize_change(state, initial)], dim=-4)
+
     def normalize_input(self, static, state, active=None) -> torch.Tensor:
         static = _as_tensor(static)
         if active is None:
             active = static[..., STATIC_ACTIVE : STATIC_ACTIVE + 1, :, :, :]
         mask = _as_tensor(active) > 0.5
-        x = torch.cat([self.normalize_static(static, mask), self.normalize_state(state)], dim=-4)
+        initial = static[..., list(schema.INITIAL_STATE_STATIC), :, :, :]
+        x = torch.cat([self.normalize_static(static, mask), self.normalize_dynamic(state, initial)], dim=-4)
         return x * mask
 
     def normalize_delta(self, delta) -> torch.Tensor:
+        """Change of (P, T) over one step -> model target."""
         d = _as_tensor(delta, torch.float64)
         if self.delta_mode == "asinh":
             out = torch.asinh(d / _bcast(self.delta_scale, 3, d))
@@ -211,46 +265,79 @@ class Normalizer:
         return d * _bcast(self.delta_std, 3, d) + _bcast(self.delta_mean, 3, d)
 
     def update_input(self, x, delta_norm, active) -> torch.Tensor:
-        """Advance the normalized input by one predicted step (used for multi-step training)."""
-        dyn = slice(schema.N_STATIC, schema.N_INPUT_CHANNELS)
+        """Advance the normalized input by one predicted step (multi-step training)."""
         d = delta_norm.float()  # differentiable: multi-step training backpropagates through it
+        scale = _bcast(self.delta_scale, 3, d)
         if self.delta_mode == "asinh":
-            change = torch.sinh(d) * _bcast(self.delta_scale, 3, d)
+            change = torch.sinh(d) * scale
         else:
             change = d * _bcast(self.delta_std, 3, d) + _bcast(self.delta_mean, 3, d)
-        change = change / _bcast(self.state_std, 3, change)
-        new_dyn = x[..., dyn, :, :, :] + (change.to(x.dtype) * (active > 0.5))
-        return torch.cat([x[..., : schema.N_STATIC, :, :, :], new_dyn], dim=-4)
+        mask = active > 0.5
+        state = x[..., schema.STATE_CHANNELS, :, :, :]
+        state = state + change / _bcast(self.state_std, 3, d) * mask
+        idx = list(schema.CHANGE_OF_DYNAMIC)
+        since_start = x[..., schema.CHANGE_CHANNELS, :, :, :]
+        step = (change / scale)[..., idx, :, :, :]
+        since_start = torch.where(mask, torch.asinh(torch.sinh(since_start) + step), since_start)
+        return torch.cat([x[..., : schema.N_STATIC, :, :, :], state.to(x.dtype), since_start.to(x.dtype)], dim=-4)
 
     # ---- vectors ----------------------------------------------------------
+    @staticmethod
+    def time_feature(t) -> torch.Tensor:
+        """The conditioning entry for input step t (schema.CONDITIONING_NAMES[-1]); t: int or tensor."""
+        t = torch.as_tensor(t, dtype=torch.float32)
+        return torch.log1p(t) / float(np.log1p(schema.N_TIMESTEPS - 1))
+
+    def conditioning(self, params_norm, t) -> torch.Tensor:
+        """[..., 26] normalized params + time feature of step t -> [..., 27] (what the model takes)."""
+        params_norm = _as_tensor(params_norm)
+        feature = self.time_feature(t).to(params_norm.device).expand(params_norm.shape[:-1])
+        return torch.cat([params_norm, feature.unsqueeze(-1)], dim=-1)
+
     def normalize_params(self, params) -> torch.Tensor:
         p = _apply_transform(_as_tensor(params, torch.float64), self.params_transform, channel_dim=-1)
         p = (p - torch.as_tensor(self.params_mean)) / torch.as_tensor(self.params_std)
         return p.to(torch.float32)
 
-    def normalize_scalars(self, values_next, values_prev) -> torch.Tensor:
+    def _scalar_floor(self) -> np.ndarray:
+        """A magnitude far below any meaningful value of each scalar (keeps 0 -> 0 finite)."""
+        typical = np.expm1(np.abs(self.scalar_mean)) if all(t == "signed_log1p" for t in self.scalar_transform) \
+            else np.abs(self.scalar_mean)
+        return 1e-6 * typical + 1e-30
+
+    def _scalar_refs(self, prev: torch.Tensor, production_ratio) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per slot, the magnitude a scalar is compared with and its floor (module doc)."""
+        floor = torch.as_tensor(self._scalar_floor(), dtype=torch.float64)
+        ref = prev.abs().clone()
+        floor = floor.expand_as(ref).clone()
+        ratio = torch.as_tensor(1.0 if production_ratio is None else production_ratio, dtype=torch.float64)
+        ref[..., PRODUCTION_RATE_SLOT] = ref[..., PRODUCTION_RATE_SLOT] * ratio
+        for slot, rate in zip(INCREMENT_SLOTS, RATE_SLOTS):
+            # trapezoid over the step, between the rate now and its reference at t+1
+            ref[..., slot] = (prev[..., rate].abs() + ref[..., rate]) / 2 * schema.STEP_SECONDS
+            floor[..., slot] = floor[..., rate] * schema.STEP_SECONDS
+        return ref, floor
+
+    def normalize_scalars(self, values_next, values_prev, production_ratio=None) -> torch.Tensor:
+        """asinh(log(next / reference) / 0.1 %) per slot (see the module doc)."""
         nxt = _as_tensor(values_next, torch.float64)
         prev = _as_tensor(values_prev, torch.float64)
-        out = _apply_transform(nxt, self.scalar_transform, channel_dim=-1)
-        out = (out - torch.as_tensor(self.scalar_mean)) / torch.as_tensor(self.scalar_std)
-        for j, slot in enumerate(INCREMENT_SLOTS):
-            inc = _apply_transform((nxt[..., slot] - prev[..., slot]).unsqueeze(-1), [self.increment_transform[j]], -1)
-            out[..., slot] = (inc[..., 0] - self.increment_mean[j]) / self.increment_std[j]
-        return out.to(torch.float32)
+        ref, floor = self._scalar_refs(prev, production_ratio)
+        value = nxt.abs().clone()
+        for slot in INCREMENT_SLOTS:
+            value[..., slot] = (nxt[..., slot] - prev[..., slot]).abs()
+        log_ratio = torch.log((value + floor) / (ref + floor))
+        return torch.asinh(log_ratio / SCALAR_LOG_UNIT).to(torch.float32)
 
-    def denormalize_scalars(self, scalars_norm, values_prev) -> torch.Tensor:
+    def denormalize_scalars(self, scalars_norm, values_prev, production_ratio=None) -> torch.Tensor:
         z = _as_tensor(scalars_norm, torch.float64)
         prev = _as_tensor(values_prev, torch.float64)
-        out = z * torch.as_tensor(self.scalar_std) + torch.as_tensor(self.scalar_mean)
-        out = torch.stack(
-            [signed_expm1(out[..., i]) if t == "signed_log1p" else out[..., i] for i, t in enumerate(self.scalar_transform)],
-            dim=-1,
-        )
-        for j, slot in enumerate(INCREMENT_SLOTS):
-            inc = z[..., slot] * self.increment_std[j] + self.increment_mean[j]
-            if self.increment_transform[j] == "signed_log1p":
-                inc = signed_expm1(inc)
-            out[..., slot] = prev[..., slot] + inc
+        ref, floor = self._scalar_refs(prev, production_ratio)
+        log_ratio = (torch.sinh(z) * SCALAR_LOG_UNIT).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
+        value = ((ref + floor) * torch.exp(log_ratio) - floor).clamp_min(0.0)
+        out = torch.where(prev < 0, -value, value)  # rates keep their sign (positive in v2.4)
+        for slot in INCREMENT_SLOTS:
+            out[..., slot] = prev[..., slot] + value[..., slot]
         return out
 
 
@@ -408,13 +495,22 @@ class PatchDataset(torch.utils.data.Dataset):
             "scalars": np.asarray(f[schema.PREPPED_OUTPUTS_SCALAR][...], np.float64),
             "grid_shape": tuple(static.shape[-3:]),
         }
-        if self.mode == "patch":
-            # The whole-field context of every t, coarsened once (static part shared by all t).
-            static_c, frac = coarsen(static_norm, active.float(), self.factor)
-            dyn_c = []
-            for t in range(n_t):
-                state = nrm.normalize_state(torch.from_numpy(grids[t].astype(np.float32))) * active
+        # One pass over the steps: the producers' enthalpy ratio of every step (scalar
+        # targets) and, in patch mode, the whole-field context of every t, coarsened once.
+        static_np = static.numpy()
+        initial = static[list(schema.INITIAL_STATE_STATIC)]
+        dyn_c, ratios, temp_prev = [], [], None
+        for t in range(n_t):
+            grid_t = grids[t].astype(np.float32)
+            if temp_prev is not None:
+                ratios.append(production_enthalpy_ratio(static_np, temp_prev, grid_t[1]))
+            temp_prev = grid_t[1]
+            if self.mode == "patch":
+                state = nrm.normalize_dynamic(torch.from_numpy(grid_t), initial) * active
                 dyn_c.append(coarsen(state, active.float(), self.factor)[0])
+        entry["production_ratio"] = np.asarray(ratios, np.float64)
+        if self.mode == "patch":
+            static_c, frac = coarsen(static_norm, active.float(), self.factor)
             entry["context_static"] = static_c
             entry["context_dynamic"] = torch.stack(dyn_c)
             entry["context_active"] = frac
@@ -453,7 +549,8 @@ class PatchDataset(torch.utils.data.Dataset):
         delta = np.diff(grids.astype(np.float64), axis=0)  # exact differences of the stored values
         target_delta = nrm.normalize_delta(delta) * active
         scalars = cache["scalars"]
-        target_scalars = nrm.normalize_scalars(scalars[t + 1 : t + K + 1], scalars[t:t + K])
+        production_ratio = cache["production_ratio"][t:t + K]
+        target_scalars = nrm.normalize_scalars(scalars[t + 1 : t + K + 1], scalars[t:t + K], production_ratio)
         active = active.float()
 
         ops, rng = self._draw_ops(index)
@@ -461,17 +558,18 @@ class PatchDataset(torch.utils.data.Dataset):
         x = apply_ops(x, ops, perm)
         active = apply_ops(active, ops)
         target_delta = apply_ops(target_delta, ops)
-        if self.noise_std > 0:  # on the dynamic inputs (P, T at t) only, at active cells
+        if self.noise_std > 0:  # on the time-dependent inputs only, at active cells
             gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-            noise = torch.randn(x[schema.N_STATIC :].shape, generator=gen) * self.noise_std
-            x[schema.N_STATIC :] += noise * active
+            noise = torch.randn(x[schema.DYNAMIC_CHANNELS].shape, generator=gen) * self.noise_std
+            x[schema.DYNAMIC_CHANNELS] += noise * active
         sample = {
             "x": x,
             "active": active,
-            "params": cache["params"],
+            "params": nrm.conditioning(cache["params"], t),
             "target_delta": target_delta,
             "target_scalars": target_scalars,
             "scalars_prev": torch.from_numpy(scalars[t].copy()),
+            "production_ratio": torch.from_numpy(production_ratio.copy()),
             "origin": torch.zeros(3, dtype=torch.int64),
             "sim": torch.tensor(sim),
             "t": torch.tensor(t),

@@ -11,11 +11,11 @@ API
     .receptive_field -> int: halo of the local path in cells (r + convs_per_block*depth*(k//2);
         27 for the defaults). For a FIXED context the output at a voxel depends only on inputs
         within this distance, so the full grid can be tiled with this overlap.
-    .compute_context(context_x [B,13,Dc,Hc,Wc], params [B,26], context_active [B,1,Dc,Hc,Wc])
+    .compute_context(context_x [B,14,Dc,Hc,Wc], params [B,27], context_active [B,1,Dc,Hc,Wc])
         -> context = (coarse_map [B,Cc,Dc,Hc,Wc], global_vector [B,G], coarse_mask [B,1,Dc,Hc,Wc]); None if
         global_context=False. context_x/context_active = utils.coarsen(x_full, active_full, F)
         of the WHOLE field (the dataset's "context_x"/"context_active").
-    .forward(x [B,13,D,H,W], params [B,26], active [B,1,D,H,W], context=None, origin=None,
+    .forward(x [B,14,D,H,W], params [B,27], active [B,1,D,H,W], context=None, origin=None,
              context_x=None, context_active=None) -> (delta_norm [B,2,D,H,W], scalars_norm [B,5])
         delta_norm is the normalized change of (P, T) (dataset.Normalizer.denormalize_delta),
         exactly 0 at inactive cells. origin [B,3] (long) = position of x's first cell in the
@@ -68,7 +68,7 @@ from voxel_ode.utils import UserError, coarsen
 @dataclass
 class ModelConfig:
     in_channels: int = schema.N_INPUT_CHANNELS
-    n_params: int = schema.N_PARAMS
+    n_params: int = schema.N_CONDITIONING  # normalized params + time feature
     out_channels: int = schema.N_DYNAMIC
     n_scalars: int = schema.N_SCALARS
     base_channels: int = 128
@@ -343,7 +343,12 @@ def load_model(ckpt_path, map_location="cpu"):
         raise UserError(f"{path}: checkpoint: cannot load safely ({str(err).splitlines()[0]})") from None
     if "model" not in ckpt or "model_config" not in ckpt:
         raise UserError(f"{path}: checkpoint: missing 'model' or 'model_config'")
-    model = VoxelAutoRegressor(ModelConfig.from_dict(dict(ckpt["model_config"])))
+    config = ModelConfig.from_dict(dict(ckpt["model_config"]))
+    if (config.in_channels, config.n_params) != (schema.N_INPUT_CHANNELS, schema.N_CONDITIONING):
+        raise UserError(f"{path}: checkpoint: model takes {config.in_channels} input channels and "
+                        f"{config.n_params} conditioning values, this version builds {schema.N_INPUT_CHANNELS} "
+                        f"and {schema.N_CONDITIONING}: it was made by an older voxel-ode, retrain it")
+    model = VoxelAutoRegressor(config)
     state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}
     model.load_state_dict(state)
     model.eval()

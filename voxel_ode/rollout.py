@@ -28,7 +28,7 @@ the train split), prints a summary table and writes metrics.json, a per-step
 CSV, predictions (+ XDMF) and PNG pictures.
 
 The linear baseline predicts the physical change of P and T at a voxel as
-W @ [13 normalized inputs, 26 normalized params, 1], fitted by ridge least
+W @ [14 normalized inputs, 26 normalized params, 1], fitted by ridge least
 squares on subsampled active cells of the train split (one-step targets) and
 rolled out like the model; it has no notion of time, so it cannot follow a
 large first-year transient that then decays, and its rollouts drift.
@@ -51,7 +51,6 @@ from voxel_ode import metrics as M
 from voxel_ode import schema
 from voxel_ode.utils import UserError, atomic_path, write_json_atomic
 
-CUMULATIVE_INDEX = tuple(schema.SCALAR_NAMES.index(n) for n in schema.CUMULATIVE_SCALARS)
 ACTIVE_STATIC = schema.STATIC_NAMES.index("IsActive")
 
 
@@ -128,6 +127,32 @@ def initial_state(sim: dict) -> np.ndarray:
     return sim["static"][idx].astype(np.float32).copy()
 
 
+def initial_scalars(sim: dict) -> np.ndarray:
+    """(5,) field scalars at t = 0: outputs_scalar[0], else an estimate from the inputs.
+
+    The model predicts each scalar relative to its previous value, so a rollout needs a
+    start. Without the t = 0 report: water rates = sums of InjRate (+ injection,
+    - production), energy rates = those rates x liquid-water enthalpy c_w (T - 273.15)
+    at Temperature0 (producers) and at ParamsScalar InjectionTemperature (injectors,
+    the synth's meaning of that slot), total = 0. Exact for `voxel-ode synth` runs; for
+    a simulator with other enthalpies give the t = 0 report instead.
+    """
+    if "outputs_scalar" in sim and np.all(np.isfinite(sim["outputs_scalar"][0])):
+        return np.asarray(sim["outputs_scalar"][0], np.float64).copy()
+    static = sim["static"]
+    active = static[ACTIVE_STATIC] > 0.5
+    rate = np.where(active, static[schema.STATIC_NAMES.index("InjRate")], 0.0).astype(np.float64)
+    t0 = static[schema.STATIC_NAMES.index("Temperature0")].astype(np.float64)
+    t_inj = float(sim["params_scalar"][schema.PARAM_NAMES.index("InjectionTemperature")])
+    enthalpy = lambda temp: schema.WATER_HEAT_CAPACITY * (temp - schema.ENTHALPY_ZERO_T)  # noqa: E731
+    inj, prod = np.maximum(rate, 0.0), np.maximum(-rate, 0.0)
+    values = {"FieldEnergyInjectionRate": inj.sum() * enthalpy(t_inj),
+              "FieldEnergyProductionRate": float(np.sum(prod * enthalpy(t0))),
+              "FieldEnergyProductionTotal": 0.0,
+              "FieldWaterInjectionRate": inj.sum(), "FieldWaterProductionRate": prod.sum()}
+    return np.asarray([values[n] for n in schema.SCALAR_NAMES], np.float64)
+
+
 # ---------------------------------------------------------------------------
 # Steppers: state (physical) -> change (physical) + scalars (physical)
 # ---------------------------------------------------------------------------
@@ -180,8 +205,8 @@ class ModelStepper:
         torch = self.torch
         self.static = sim["static"]
         self.active_np = self.static[ACTIVE_STATIC] > 0.5
-        params = self.normalizer.normalize_params(sim["params_scalar"])
-        self.params = torch.as_tensor(np.asarray(params, np.float32)[None], device=self.device)
+        self.params_norm = torch.as_tensor(np.asarray(self.normalizer.normalize_params(sim["params_scalar"]), np.float32))
+        self.t = 0  # input step of the next call to step()
         self.active = torch.as_tensor(self.active_np[None, None].astype(np.float32), device=self.device)
         # the static channels never change: normalize them once (same result as normalize_input)
         self.static_norm = torch.as_tensor(self.normalizer.normalize_static(self.static), dtype=torch.float32)
@@ -229,15 +254,22 @@ class ModelStepper:
 
     def step(self, state, prev_scalars):
         torch = self.torch
-        state_norm = torch.as_tensor(self.normalizer.normalize_state(state), dtype=torch.float32)
-        x = torch.cat([self.static_norm, state_norm]) * torch.as_tensor(self.active_np)  # 0 at inactive cells
+        dynamic = self.normalizer.normalize_dynamic(state, self.static[list(schema.INITIAL_STATE_STATIC)])
+        x = torch.cat([self.static_norm, dynamic.float()]) * torch.as_tensor(self.active_np)  # 0 at inactive cells
         x = x[None].to(self.device)
+        t = self.t
+        self.params = self.normalizer.conditioning(self.params_norm, t)[None].to(self.device)
+        self.t += 1
         with torch.no_grad():
             delta_norm, scalars_norm = self._predict_norm(x)
         delta = np.asarray(self.normalizer.denormalize_delta(delta_norm[0].cpu().numpy()), np.float32)
         scalars = None
         if scalars_norm is not None:
-            scalars = self.normalizer.denormalize_scalars(scalars_norm[0].cpu().numpy(), prev_scalars)
+            from voxel_ode.dataset import production_enthalpy_ratio
+
+            # the producers' share of the change comes from the predicted temperature
+            ratio = production_enthalpy_ratio(self.static, state[1], state[1] + delta[1])
+            scalars = self.normalizer.denormalize_scalars(scalars_norm[0].cpu().numpy(), prev_scalars, ratio)
             scalars = np.asarray(scalars, np.float64)
         return delta, scalars
 
@@ -251,12 +283,9 @@ def run_stepper(stepper, sim: dict, n_steps: int | None = None, progress=True, d
     grid = np.empty((n_steps,) + state.shape, np.float32)
     scalar = np.full((n_steps, schema.N_SCALARS), np.nan)
     grid[0] = state
-    if "outputs_scalar" in sim:
-        scalar[0] = sim["outputs_scalar"][0]
+    scalar[0] = initial_scalars(sim)  # the t = 0 report, or an estimate from the inputs
     stepper.start(sim)
     prev = scalar[0].copy()
-    for i in CUMULATIVE_INDEX:  # a total "since t = 0" is 0 at t = 0 even when the truth is unknown
-        prev[i] = 0.0 if np.isnan(prev[i]) else prev[i]
     for t in tqdm(range(1, n_steps), desc=desc, disable=not progress, leave=False):
         delta, scalars = stepper.step(state, prev)
         # inactive cells keep their values: the change is applied to active cells only
@@ -286,13 +315,13 @@ def rollout(model, normalizer, sim_arrays, device="cpu", tile=None, amp_dtype=No
 # Linear per-voxel baseline
 # ---------------------------------------------------------------------------
 class LinearStepper:
-    """Change of P and T at a voxel = W @ [13 normalized inputs, 26 normalized params, 1]."""
+    """Change of P and T at a voxel = W @ [14 normalized inputs, 26 normalized params, 1]."""
 
     name = "linear"
     receptive_field = 0
 
     def __init__(self, weights: np.ndarray, normalizer):
-        self.weights = np.asarray(weights, np.float64)  # (2, 13 + 26 + 1), physical change per feature
+        self.weights = np.asarray(weights, np.float64)  # (2, 14 + 26 + 1), physical change per feature
         self.normalizer = normalizer
 
     def start(self, sim):
@@ -312,11 +341,12 @@ class LinearStepper:
 LINEAR_RIDGE = 1.0  # ridge strength on z-scored features (see fit_linear_baseline)
 
 
-def _linear_features(normalizer, static_norm_flat, state, params_norm, idx):
-    """Rows [13 normalized inputs, 26 normalized params, 1] at flat cell indices ``idx`` (all active)."""
+def _linear_features(normalizer, static_flat, static_norm_flat, state, params_norm, idx):
+    """Rows [14 normalized inputs, 26 normalized params, 1] at flat cell indices ``idx`` (all active)."""
     values = state.reshape(schema.N_DYNAMIC, -1)[:, idx][:, :, None, None]  # [2, n, 1, 1]: channel at dim -4
-    dyn = np.asarray(normalizer.normalize_state(values), np.float64)[:, :, 0, 0]
-    cols = np.vstack([static_norm_flat[:, idx], dyn]).T  # (n, 13)
+    initial = static_flat[list(schema.INITIAL_STATE_STATIC)][:, idx][:, :, None, None]
+    dyn = np.asarray(normalizer.normalize_dynamic(values, initial), np.float64)[:, :, 0, 0]
+    cols = np.vstack([static_norm_flat[:, idx], dyn]).T  # (n, 14)
     p = np.broadcast_to(params_norm, (len(idx), schema.N_PARAMS))
     return np.hstack([cols, p, np.ones((len(idx), 1))])
 
@@ -326,7 +356,7 @@ def fit_linear_baseline(prepped_root, stats, normalizer=None, split="train", cel
     """Ridge least-squares fit of the linear per-voxel model on a split's active cells, subsampled.
 
     For every simulation and step t -> t+1, ``cells_per_step`` random active
-    cells give one row each. Returns weights (2, 40); saved as .npz when
+    cells give one row each. Returns weights (2, 41); saved as .npz when
     ``save_path`` is given (keys ``weights``, ``feature_names``).
     """
     if normalizer is None:
@@ -341,12 +371,13 @@ def fit_linear_baseline(prepped_root, stats, normalizer=None, split="train", cel
     for path in tqdm(paths, desc="fit linear baseline", disable=not progress, leave=False):
         sim = load_prepped_sim(path)
         flat_active = np.flatnonzero(sim["static"][ACTIVE_STATIC].ravel() > 0.5)
+        static_flat = sim["static"].reshape(schema.N_STATIC, -1)
         static_norm = np.asarray(normalizer.normalize_static(sim["static"]), np.float64).reshape(schema.N_STATIC, -1)
         params_norm = np.asarray(normalizer.normalize_params(sim["params_scalar"]), np.float64)
         grid = sim["outputs_grid"]
         for t in range(len(grid) - 1):
             idx = rng.choice(flat_active, size=min(cells_per_step, flat_active.size), replace=False)
-            rows.append(_linear_features(normalizer, static_norm, grid[t], params_norm, idx))
+            rows.append(_linear_features(normalizer, static_flat, static_norm, grid[t], params_norm, idx))
             change = (grid[t + 1] - grid[t]).reshape(schema.N_DYNAMIC, -1)[:, idx].T
             targets.append(change.astype(np.float64))
     a, b = np.vstack(rows), np.vstack(targets)
@@ -358,7 +389,7 @@ def fit_linear_baseline(prepped_root, stats, normalizer=None, split="train", cel
     penalty = np.full(a.shape[1], float(ridge))
     penalty[-1] = 0.0
     if ridge > 0:
-        weights = np.linalg.solve(gram + np.diag(penalty), a.T @ b / len(a)).T  # (2, 40)
+        weights = np.linalg.solve(gram + np.diag(penalty), a.T @ b / len(a)).T  # (2, 41)
     else:  # plain (min-norm) least squares, for comparison
         weights = np.linalg.lstsq(a, b, rcond=None)[0].T
     if save_path is not None:

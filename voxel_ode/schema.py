@@ -97,6 +97,14 @@ SCALAR_NAMES = tuple(f.name for f in SCALAR_FIELDS)
 N_SCALARS = len(SCALAR_NAMES)  # 5
 # Scalars that are running sums: a model predicts their per-step increment.
 CUMULATIVE_SCALARS = ("FieldEnergyProductionTotal",)
+# ... and the rate each one accumulates (same order): its increment over a step is
+# compared with rate x STEP_SECONDS.
+CUMULATIVE_RATES = ("FieldEnergyProductionRate",)
+STEP_SECONDS = 365.25 * 86400.0  # reports are yearly
+# Liquid-water enthalpy h = c_w (T - 273.15), used by `voxel-ode synth` and to
+# estimate the t = 0 field scalars of a run given without its t = 0 report.
+WATER_HEAT_CAPACITY = 4200.0  # J/(kg K)
+ENTHALPY_ZERO_T = 273.15  # K
 
 # The 26 global parameters, Input/ParamsScalar, in order. A real export may
 # use other meanings; the model only needs 26 numbers that are constant over
@@ -131,6 +139,12 @@ PARAM_FIELDS = (
 )
 PARAM_NAMES = tuple(f.name for f in PARAM_FIELDS)
 N_PARAMS = len(PARAM_NAMES)  # 26
+# The model is conditioned on the normalized params plus the time since the start:
+# a reservoir's response to wells that switch on at t = 0 decays with time (the
+# first year's pressure jump, then ever smaller changes), which the state alone
+# does not tell. Feature = log1p(t) / log1p(N_TIMESTEPS - 1), t in yearly steps.
+CONDITIONING_NAMES = PARAM_NAMES + ("YearsSinceStart",)
+N_CONDITIONING = len(CONDITIONING_NAMES)  # 27
 
 
 def raw_path(name: str) -> str:
@@ -157,9 +171,23 @@ SPLITS = ("train", "test")
 # ---------------------------------------------------------------------------
 # Model channels
 # ---------------------------------------------------------------------------
-# Input = the 11 static channels, then the state at t (Pressure, Temperature).
-INPUT_CHANNELS = STATIC_NAMES + DYNAMIC_NAMES
-N_INPUT_CHANNELS = len(INPUT_CHANNELS)  # 13
+# Input = the 11 static channels, the state at t (Pressure, Temperature), then the
+# change of the pressure since t = 0 (Pressure minus Pressure0). Pressure is z-scored
+# over the whole depth range (std ~ 50 bar), so the 0.1-20 bar a reservoir moves under
+# production is ~1e-3 of a unit in its state channel, invisible to the network; scaled
+# on its own the change shows whether the wells have built their pressure cone yet.
+# Temperature needs no such channel: a cold plume (10-100 K) is plain in its state
+# channel (std ~ 35 K), and a TemperatureChange channel measured worse (T rollout
+# error 0.78 vs 0.60-0.63, docs/benchmarks.md "Demo and fidelity").
+CHANGE_VARIABLES = ("Pressure",)
+CHANGE_NAMES = tuple(v + "Change" for v in CHANGE_VARIABLES)
+CHANGE_OF_DYNAMIC = tuple(DYNAMIC_NAMES.index(v) for v in CHANGE_VARIABLES)  # their index in the state
+INPUT_CHANNELS = STATIC_NAMES + DYNAMIC_NAMES + CHANGE_NAMES
+N_INPUT_CHANNELS = len(INPUT_CHANNELS)  # 14
+STATE_CHANNELS = slice(N_STATIC, N_STATIC + N_DYNAMIC)  # z-scored (P, T) at t
+CHANGE_CHANNELS = slice(N_STATIC + N_DYNAMIC, N_INPUT_CHANNELS)  # scaled P at t minus P at t = 0
+DYNAMIC_CHANNELS = slice(N_STATIC, N_INPUT_CHANNELS)  # everything that changes with t
+INITIAL_STATE_STATIC = tuple(STATIC_NAMES.index(n + "0") for n in DYNAMIC_NAMES)  # Pressure0, Temperature0
 # The grid head predicts the change of (Pressure, Temperature) from t to t+1.
 OUTPUT_CHANNELS = DYNAMIC_NAMES
 

@@ -104,8 +104,8 @@ from voxel_ode.utils import UserError, atomic_path
 SECONDS_PER_YEAR = 365.25 * 86400.0
 GRAVITY = 9.80665  # m/s^2
 ATMOSPHERIC_PRESSURE = 101325.0  # Pa
-WATER_HEAT_CAPACITY = 4200.0  # J/(kg K), liquid water
-ENTHALPY_ZERO_T = 273.15  # K: enthalpy (and internal energy) of water is 0 here
+WATER_HEAT_CAPACITY = schema.WATER_HEAT_CAPACITY  # J/(kg K), liquid water
+ENTHALPY_ZERO_T = schema.ENTHALPY_ZERO_T  # K: enthalpy (and internal energy) of water is 0 here
 WELL_RADIUS = 0.1  # m, for the injectivity estimate that sets the rates
 MAX_TEMPERATURE = 523.15  # K: keep water liquid and inside the density correlation
 MIN_GRID = (4, 5, 5)

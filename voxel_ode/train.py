@@ -97,7 +97,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="CUDA: bf16 autocast where supported, else fp16 + GradScaler. CPU: ignored with a message "
                         "(runs fp32): bf16 on CPUs without AVX512-BF16/AMX is hundreds of times slower")
     g.add_argument("--time_budget_min", type=float, default=0.0,
-                   help="stop cleanly (final eval + checkpoint) after this many minutes of wall time (0 = no limit)")
+                   help="stop cleanly (final eval + checkpoint) after this many minutes of wall time (0 = no limit); "
+                        "the LR cosine then ends with the budget (re-estimated at every log line)")
     g.add_argument("--seed", type=int, default=0, help="seed of weights, data order and augmentation")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda when available")
     g.add_argument("--num_threads", type=int, default=0,
@@ -338,6 +339,7 @@ class Unroll(torch.nn.Module):
 
     def forward(self, batch: dict, k_steps: int, detach_between: bool):
         x, active, params = batch["x"], batch["active"], batch["params"]
+        t = batch["t"]
         extra = {}
         if "context_x" in batch:  # patch mode: whole-field context from the dataset, computed in forward
             extra = dict(origin=batch["origin"], context_x=batch["context_x"], context_active=batch["context_active"])
@@ -348,8 +350,9 @@ class Unroll(torch.nn.Module):
             delta, scalars = delta.float(), scalars.float()
             grid_losses.append(masked_channel_mse(delta, batch["target_delta"][:, k], active))
             scalar_losses.append(((scalars - batch["target_scalars"][:, k]) ** 2).mean(dim=0))
-            if k + 1 < k_steps:  # feed the model its own prediction
+            if k + 1 < k_steps:  # feed the model its own prediction, one step later
                 x = self.normalizer.update_input(x, delta.detach() if detach_between else delta, active)
+                params = self.normalizer.conditioning(params[:, :-1], t + k + 1)
         grid = torch.stack(grid_losses).mean(dim=0)  # [2]
         scalar = torch.stack(scalar_losses).mean(dim=0)  # [5]
         # the seed: MSE for grids + MSE for scalars, weighted equally. Without a trained
@@ -366,6 +369,23 @@ def _autocast(device: torch.device, dtype):
 
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def fit_schedule_to_budget(scheduler, step: int, start_step: int, t_start: float, args, ddp: Dist) -> None:
+    """With --time_budget_min, end the cosine where the budget ends, not at --max_steps.
+
+    The horizon is re-estimated at every log line from the steps per second so far
+    (evaluations included), averaged over ranks so every rank keeps the same LR.
+    Otherwise a time-limited run with a large --max_steps never decays its LR.
+    """
+    elapsed = time.time() - t_start
+    if step - start_step < 10 or elapsed <= 0:
+        return
+    rate = (step - start_step) / elapsed
+    estimate = torch.tensor([step + rate * max(args.time_budget_min * 60 - elapsed, 0.0)], dtype=torch.float64,
+                            device=ddp.device)
+    estimate = ddp.all_reduce_sum(estimate).item() / ddp.world
+    scheduler.lr_lambdas[0].max_steps = int(min(args.max_steps, max(step + 1, estimate)))
 
 
 def rollout_k(step: int, args) -> int:
@@ -403,7 +423,7 @@ def evaluate(model, loader, normalizer, device, amp_dtype, ddp: Dist, eval_scala
         err2 = ((delta - target).double() ** 2 * m).sum(dim=(0, 2, 3, 4))
         persist2 = (target.double() ** 2 * m).sum(dim=(0, 2, 3, 4))  # "no change" baseline
         # physical next state: state(t) + change, at active cells
-        state = normalizer.denormalize_state(batch["x"][:, schema.N_STATIC:])
+        state = normalizer.denormalize_state(batch["x"][:, schema.STATE_CHANNELS])
         true_next = state + normalizer.denormalize_delta(target)
         pred_next = state + normalizer.denormalize_delta(delta)
         diff = (pred_next - true_next).abs()
@@ -411,8 +431,9 @@ def evaluate(model, loader, normalizer, device, amp_dtype, ddp: Dist, eval_scala
         acc_abs = ((diff <= tol).double() * m).sum(dim=(0, 2, 3, 4))
         s_err2 = ((scalars - batch["target_scalars"][:, 0]).double() ** 2).sum(dim=0)
         prev = batch["scalars_prev"].double()
-        s_true = normalizer.denormalize_scalars(batch["target_scalars"][:, 0], prev)
-        s_pred = normalizer.denormalize_scalars(scalars, prev)
+        ratio = batch["production_ratio"][:, 0]
+        s_true = normalizer.denormalize_scalars(batch["target_scalars"][:, 0], prev, ratio)
+        s_pred = normalizer.denormalize_scalars(scalars, prev, ratio)
         s_acc = ((s_pred - s_true).abs() <= 0.05 * s_true.abs()).double().sum(dim=0)
         n_samples = torch.tensor([float(len(scalars))], dtype=torch.float64, device=device)
         sums += torch.cat([err2, persist2, acc_pct, acc_abs, n_active.reshape(1), s_err2, s_acc, n_samples])
@@ -676,6 +697,8 @@ def train(args=None, **kwargs) -> dict:
                 bar.set_postfix(loss=f"{rec['loss']:.4g}", lr=f"{lr:.2e}", pps=f"{rec['patches_per_s']:.1f}")
                 window.update(t=time.time(), samples=0, voxels=0, loss=0.0, n=0,
                               grid=torch.zeros(schema.N_DYNAMIC), scalar=torch.zeros(schema.N_SCALARS))
+                if args.time_budget_min > 0:
+                    fit_schedule_to_budget(scheduler, step, start_step, t_start, args, ddp)
             if step % args.eval_every == 0:
                 last_eval = run_eval()
             if step % args.ckpt_every == 0:
