@@ -105,10 +105,6 @@ def signed_log1p(v):
     return torch.sign(v) * torch.log1p(torch.abs(v))
 
 
-def signed_expm1(v):
-    return torch.sign(v) * torch.expm1(torch.abs(v))
-
-
 def _bcast(values, ndim_after: int, like: torch.Tensor):
     """Per-channel vector shaped to broadcast against a [..., C, *spatial] tensor."""
     v = torch.as_tensor(values, dtype=like.dtype, device=like.device)
@@ -191,12 +187,7 @@ class Normalizer:
             self.params_mean = np.asarray(stats["params"]["mean"], np.float64)
             self.params_std = np.asarray(stats["params"]["std"], np.float64)
             self.scalar_transform = list(stats["scalars"]["transform"])
-            self.scalar_mean = np.asarray(stats["scalars"]["mean"], np.float64)
-            self.scalar_std = np.asarray(stats["scalars"]["std"], np.float64)
-            inc = stats["scalar_increments"]
-            self.increment_transform = list(inc["transform"])
-            self.increment_mean = np.asarray(inc["mean"], np.float64)
-            self.increment_std = np.asarray(inc["std"], np.float64)
+            self.scalar_mean = np.asarray(stats["scalars"]["mean"], np.float64)  # sets the floor of the scalars
         except KeyError as err:
             raise UserError(f"stats.json: {err.args[0]}: missing key") from None
         self.delta_mode = delta_mode
