@@ -51,7 +51,11 @@ def main() -> int:
     ap.add_argument("--base_channels", type=int, default=24)
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS))
+    ap.add_argument("--report", action="store_true", help="only print the table of an earlier run's fidelity.json")
     args = ap.parse_args()
+    if args.report:
+        print(markdown_table(json.loads((Path(args.out) / "fidelity.json").read_text())))
+        return 0
 
     from voxel_ode.data_prep import prep
     from voxel_ode.rollout import evaluate, format_table
@@ -112,8 +116,8 @@ def markdown_table(table: dict) -> str:
     for metric in metrics:
         cells = []
         for m in methods:
-            v = table[m].get(metric, {})
-            cells.append(f"{v.get('last', float('nan')):.3g} / {v.get('mean', float('nan')):.3g}")
+            v = table[m].get(metric) or {}
+            cells.append(" / ".join("-" if v.get(k) is None else f"{v[k]:.3g}" for k in ("last", "mean")))
         lines.append(f"| {metric} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -16,12 +16,15 @@ def test_quick_demo_beats_persistence(tmp_path):
         assert abs(persistence["last"] - 1.0) < 1e-6  # the metric's anchor
         model = summary["model"][f"rel. change error {var}"]
         assert math.isfinite(model["last"]) and math.isfinite(model["mean"]), (var, model)
-    # Temperature: the trained model predicts the change better than no change at all.
-    model_t = summary["model"]["rel. change error T"]
-    assert model_t["last"] < 1.0 and model_t["mean"] < 1.0, model_t
-    # Pressure does NOT yet beat persistence in the quick demo (issue 6 stays open, see
-    # docs/benchmarks.md "Demo"); this only guards against a rollout that blows up.
-    assert summary["model"]["rel. change error P"]["last"] < 100.0
+    # The trained model predicts the change since t = 0 better than no change at all, for
+    # pressure and temperature (quick demo, seed 0: P 0.90, T 0.65 at year 29, the same with 1
+    # or 2 threads). This is a real bar, not a formality: with --seed 1 the same quick demo
+    # scores P 1.88, T 1.00 (docs/benchmarks.md, "Demo and fidelity").
+    for var in ("P", "T"):
+        model = summary["model"][f"rel. change error {var}"]
+        assert model["last"] < 1.0 and model["mean"] < 1.0, (var, model)
+    # field scalars: better than keeping the t = 0 values
+    assert summary["model"]["acc +/-5% scalars"]["mean"] > summary["persistence"]["acc +/-5% scalars"]["mean"]
 
     # everything a user is told to look at is there
     ev = out / "eval"
