@@ -147,21 +147,26 @@ PRODUCTION_RATE_SLOT = schema.SCALAR_NAMES.index("FieldEnergyProductionRate")
 STATIC_INJ_RATE = schema.STATIC_NAMES.index("InjRate")
 
 
-def production_enthalpy_ratio(static, temp_now, temp_next) -> float:
-    """sum(q_prod h(T_next)) / sum(q_prod h(T_now)) over producer cells (InjRate < 0, active).
+def producer_cells(static) -> tuple[np.ndarray, np.ndarray]:
+    """(flat indices of the active producer cells (InjRate < 0), their mass rates > 0 in kg/s);
+    static (11, Z, Y, X) physical. Computed once per simulation."""
+    static = np.asarray(static)
+    idx = np.flatnonzero((static[STATIC_INJ_RATE] < 0) & (static[STATIC_ACTIVE] > 0.5))
+    return idx, -static[STATIC_INJ_RATE].ravel()[idx].astype(np.float64)
+
+
+def production_enthalpy_ratio(producers, temp_now, temp_next) -> float:
+    """sum(q_prod h(T_next)) / sum(q_prod h(T_now)) over ``producers`` (from producer_cells).
 
     The physics part of the change of FieldEnergyProductionRate over a step: producers
     deliver their fixed mass rate at the enthalpy of the water in their cells
-    (liquid water, h = c_w (T - 273.15)). 1.0 without producers. numpy or torch inputs,
-    static (11, Z, Y, X) physical and temperatures (Z, Y, X).
+    (liquid water, h = c_w (T - 273.15)). 1.0 without producers. Temperatures (Z, Y, X).
     """
-    static = np.asarray(static)
-    producer = (static[STATIC_INJ_RATE] < 0) & (static[STATIC_ACTIVE] > 0.5)
-    if not producer.any():
+    idx, q = producers
+    if not idx.size:
         return 1.0
-    q = -static[STATIC_INJ_RATE][producer].astype(np.float64)
-    h_now = np.asarray(temp_now)[producer].astype(np.float64) - schema.ENTHALPY_ZERO_T
-    h_next = np.asarray(temp_next)[producer].astype(np.float64) - schema.ENTHALPY_ZERO_T
+    h_now = np.asarray(temp_now).ravel()[idx].astype(np.float64) - schema.ENTHALPY_ZERO_T
+    h_next = np.asarray(temp_next).ravel()[idx].astype(np.float64) - schema.ENTHALPY_ZERO_T
     now = float(np.sum(q * h_now))
     return float(np.sum(q * h_next)) / now if now > 0 else 1.0
 
@@ -488,13 +493,13 @@ class PatchDataset(torch.utils.data.Dataset):
         }
         # One pass over the steps: the producers' enthalpy ratio of every step (scalar
         # targets) and, in patch mode, the whole-field context of every t, coarsened once.
-        static_np = static.numpy()
+        producers = producer_cells(static.numpy())
         initial = static[list(schema.INITIAL_STATE_STATIC)]
         dyn_c, ratios, temp_prev = [], [], None
         for t in range(n_t):
             grid_t = grids[t].astype(np.float32)
             if temp_prev is not None:
-                ratios.append(production_enthalpy_ratio(static_np, temp_prev, grid_t[1]))
+                ratios.append(production_enthalpy_ratio(producers, temp_prev, grid_t[1]))
             temp_prev = grid_t[1]
             if self.mode == "patch":
                 state = nrm.normalize_dynamic(torch.from_numpy(grid_t), initial) * active

@@ -123,8 +123,7 @@ def initial_state(sim: dict) -> np.ndarray:
     """(2, Z, Y, X) state at t = 0: outputs_grid[0], else Pressure0/Temperature0."""
     if "outputs_grid" in sim:
         return sim["outputs_grid"][0].astype(np.float32).copy()
-    idx = [schema.STATIC_NAMES.index(n + "0") for n in schema.DYNAMIC_NAMES]
-    return sim["static"][idx].astype(np.float32).copy()
+    return sim["static"][list(schema.INITIAL_STATE_STATIC)].astype(np.float32)
 
 
 def initial_scalars(sim: dict) -> np.ndarray:
@@ -210,6 +209,10 @@ class ModelStepper:
         self.active = torch.as_tensor(self.active_np[None, None].astype(np.float32), device=self.device)
         # the static channels never change: normalize them once (same result as normalize_input)
         self.static_norm = torch.as_tensor(self.normalizer.normalize_static(self.static), dtype=torch.float32)
+        from voxel_ode.dataset import producer_cells
+
+        self.initial = self.static[list(schema.INITIAL_STATE_STATIC)]  # Pressure0, Temperature0
+        self.producers = producer_cells(self.static)
 
     def _forward(self, x, context, origin, active):
         torch = self.torch
@@ -254,7 +257,7 @@ class ModelStepper:
 
     def step(self, state, prev_scalars):
         torch = self.torch
-        dynamic = self.normalizer.normalize_dynamic(state, self.static[list(schema.INITIAL_STATE_STATIC)])
+        dynamic = self.normalizer.normalize_dynamic(state, self.initial)
         x = torch.cat([self.static_norm, dynamic.float()]) * torch.as_tensor(self.active_np)  # 0 at inactive cells
         x = x[None].to(self.device)
         t = self.t
@@ -268,7 +271,7 @@ class ModelStepper:
             from voxel_ode.dataset import production_enthalpy_ratio
 
             # the producers' share of the change comes from the predicted temperature
-            ratio = production_enthalpy_ratio(self.static, state[1], state[1] + delta[1])
+            ratio = production_enthalpy_ratio(self.producers, state[1], state[1] + delta[1])
             scalars = self.normalizer.denormalize_scalars(scalars_norm[0].cpu().numpy(), prev_scalars, ratio)
             scalars = np.asarray(scalars, np.float64)
         return delta, scalars
