@@ -35,6 +35,8 @@ def make_raw_arrays(grid=(12, 10, 8), n_t=6, seed=0, inactive_frac=0.3):
         "Temperature0": t0,
         "ParamsScalar": rng.normal(0, 1, schema.N_PARAMS).astype(np.float32),
     }
+    for name, size in zip(schema.CELL_SIZE_PARAMS, (100.0, 80.0, 10.0)):  # prep derives the well responses from them
+        arrays["ParamsScalar"][schema.PARAM_NAMES.index(name)] = size
     arrays["FaultId"][:, :, nx // 2] = 1
     arrays["IsWell"][:, 1, 1] = 1
     arrays["InjRate"][:, 1, 1] = 2.0

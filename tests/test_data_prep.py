@@ -104,7 +104,9 @@ def test_prepped_arrays_equal_raw(prepped):
             for c, name in enumerate(schema.RAW_STATIC_NAMES):
                 expected = mask.astype(np.float32) if name == "IsActive" else a[name]
                 np.testing.assert_array_equal(static[c], expected, err_msg=name)
-            np.testing.assert_array_equal(static[-1], dp.fault_boundary(a["FaultId"]))
+            np.testing.assert_array_equal(static[schema.STATIC_NAMES.index("FaultBoundary")], dp.fault_boundary(a["FaultId"]))
+            for c in (schema.STATIC_NAMES.index(n) for n in schema.RESPONSE_NAMES):
+                assert np.all(static[c][~mask] == 0) and np.abs(static[c][mask]).max() > 0
             grid = f[schema.PREPPED_OUTPUTS_GRID]
             assert grid.chunks == (1, 2, 12, 10, 8)  # chunk edge 16 clipped to the tiny grid
             np.testing.assert_array_equal(grid[:, 0], a["Pressure"])

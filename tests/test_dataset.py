@@ -61,6 +61,8 @@ def _expected_patch(root, stats, entry):
         v = static[c]
         if st["transform"][c] == "log10":
             v = np.log10(np.where(active, v, 1.0))
+        elif st["transform"][c] == "asinh":  # the well-response channels
+            v = np.arcsinh(v / delta_scales_from_stats(stats)[0])
         chans.append((v - st["mean"][c]) / st["std"][c])
     for c in range(2):
         chans.append((grid[0, c] - stats["dynamic"]["mean"][c]) / stats["dynamic"]["std"][c])

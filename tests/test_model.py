@@ -23,7 +23,7 @@ def make(seed=0, randomize=True, **overrides):
     if randomize:
         with torch.no_grad():
             for name, p in model.named_parameters():
-                if "film" in name or "grid_head" in name:
+                if "film" in name or "grid_head" in name or "response_head" in name:
                     p.normal_(0, 0.3)
     return model
 
@@ -225,3 +225,23 @@ def test_loss_decreases_when_overfitting_a_tiny_batch(tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert losses[-1] < 0.3 * losses[0], losses[::5]
+
+
+def test_response_mix_sets_the_pressure_change_to_the_weighted_responses():
+    """Pressure target = asinh(sum_k a_k sinh(x_k) - sinh(x_change) + sinh(grid head)); T untouched."""
+    model = make(global_context=False)
+    x, p, a = inputs((6, 7, 8), batch=2)
+    r = [x[:, schema.channel_index(n)] for n in schema.RESPONSE_NAMES]
+    change = x[:, schema.channel_index("PressureChange")]
+    with torch.no_grad():
+        plain = model(x, p, a)[0]
+        model.grid_head.weight[0].zero_()  # no pressure residual
+        model.grid_head.bias[0] = 0.0
+        model.response_head[-1].weight.zero_()
+        model.response_head[-1].bias.copy_(torch.tensor([0.7, -1.3]))
+        delta = model(x, p, a)[0]
+    expected = torch.asinh(0.7 * torch.sinh(r[0]) - 1.3 * torch.sinh(r[1]) - torch.sinh(change)) * a[:, 0]
+    torch.testing.assert_close(delta[:, 0], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(delta[:, 1], plain[:, 1])  # temperature does not see the mix
+    off = make(global_context=False, response_mix=False)
+    assert not hasattr(off, "response_head")

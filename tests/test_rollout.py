@@ -11,7 +11,7 @@ import torch
 
 import fixtures
 from voxel_ode import rollout as R
-from voxel_ode import schema
+from voxel_ode import schema, well_response
 from voxel_ode.dataset import Normalizer
 from voxel_ode.utils import UserError
 
@@ -34,6 +34,10 @@ def prepped_arrays(seed=0, grid=GRID, n_t=N_T):
         boundary[tuple(lo)] += d
         boundary[tuple(hi)] += d
     raw["FaultBoundary"] = (boundary > 0).astype(np.float32)
+    cell = [raw["ParamsScalar"][schema.PARAM_NAMES.index(n)] for n in schema.CELL_SIZE_PARAMS]
+    responses = well_response.pressure_responses(raw["IsActive"] > 0.5, [raw["PermX"], raw["PermY"], raw["PermZ"]],
+                                                 raw["Porosity"], raw["Temperature0"], raw["InjRate"], cell)
+    raw.update(zip(schema.RESPONSE_NAMES, responses))
     return {
         "static": np.stack([raw[n] for n in schema.STATIC_NAMES]).astype(np.float32),
         "params_scalar": raw["ParamsScalar"].astype(np.float32),

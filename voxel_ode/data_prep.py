@@ -42,7 +42,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from voxel_ode import schema
+from voxel_ode import schema, well_response
 from voxel_ode.utils import UserError, atomic_path, write_json_atomic
 
 STATS_FORMAT = 1
@@ -289,7 +289,8 @@ def _compression_opts(compression) -> dict:
 
 
 def _scan_sim(path, *, fill_value=None, n_timesteps=None, out_path=None, patch=DEFAULT_PATCH,
-              stride=DEFAULT_STRIDE, chunk_edge=DEFAULT_CHUNK_EDGE, compression=None) -> tuple[list[str], dict | None]:
+              stride=DEFAULT_STRIDE, chunk_edge=DEFAULT_CHUNK_EDGE, compression=None,
+              cell_size=None) -> tuple[list[str], dict | None]:
     """Validate one raw file while streaming it; optionally pack it to ``out_path``.
 
     Returns (problems as one-line strings, summary dict or None). Nothing under
@@ -306,9 +307,11 @@ def _scan_sim(path, *, fill_value=None, n_timesteps=None, out_path=None, patch=D
             if structure:
                 return [f"{path}: {d}: {w}" for d, w in structure], None
             if out_path is None or isinstance(out_path, h5py.File):
-                return [], _scan_values(f, path, grid, n_t, fill_value, out_path, patch, stride, chunk_edge, compression)
+                return [], _scan_values(f, path, grid, n_t, fill_value, out_path, patch, stride, chunk_edge,
+                                        compression, cell_size)
             with atomic_path(out_path) as tmp:
-                summary = _scan_values(f, path, grid, n_t, fill_value, tmp, patch, stride, chunk_edge, compression)
+                summary = _scan_values(f, path, grid, n_t, fill_value, tmp, patch, stride, chunk_edge, compression,
+                                       cell_size)
             return [], summary
     except _Problem as err:
         return [f"{path}: {err.dataset}: {err.what}"], None
@@ -330,7 +333,20 @@ def _read(ds: h5py.Dataset, sel=()):
         raise _Problem(ds.name.lstrip("/"), f"read error, file truncated or corrupt? ({_one_line(err)})") from None
 
 
-def _scan_values(f, path, grid, n_t, fill_value, out_path, patch, stride, chunk_edge, compression) -> dict:
+def cell_size_of(params, cell_size=None) -> tuple[float, float, float]:
+    """(dx, dy, dz) in m: ``cell_size`` if given, else the schema.CELL_SIZE_PARAMS entries of ParamsScalar."""
+    if cell_size is None:
+        cell_size = [params[schema.PARAM_NAMES.index(n)] for n in schema.CELL_SIZE_PARAMS]
+    cell_size = tuple(float(v) for v in cell_size)
+    if len(cell_size) != 3 or not all(math.isfinite(v) and v > 0 for v in cell_size):
+        raise _Problem(schema.raw_path(schema.PARAMS_SCALAR),
+                       f"cell sizes {schema.CELL_SIZE_PARAMS} = {cell_size} are not positive; "
+                       "give them with prep --cell_size DX DY DZ")
+    return cell_size
+
+
+def _scan_values(f, path, grid, n_t, fill_value, out_path, patch, stride, chunk_edge, compression,
+                 cell_size=None) -> dict:
     # --- statics ---------------------------------------------------------
     statics, bad_static = {}, np.zeros(grid, bool)
     raw_active_values = _read(f[schema.raw_path("IsActive")]).astype(np.float32)
@@ -403,6 +419,10 @@ def _scan_values(f, path, grid, n_t, fill_value, out_path, patch, stride, chunk_
 
         statics["IsActive"] = mask.astype(np.float32)
         statics["FaultBoundary"] = fault_boundary(statics["FaultId"])
+        responses = well_response.pressure_responses(
+            mask, [statics[n] for n in ("PermX", "PermY", "PermZ")], statics["Porosity"], statics["Temperature0"],
+            statics["InjRate"], cell_size_of(params, cell_size))
+        statics.update(zip(schema.RESPONSE_NAMES, responses))
         static_stack = np.stack([statics[n] for n in schema.STATIC_NAMES])
         del statics
         static_raw, static_log = [], []
@@ -456,7 +476,7 @@ def validate_raw(path, fill_value=None, n_timesteps=None) -> list[str]:
     return problems
 
 
-def prepare_arrays(path, fill_value=None, n_timesteps=None) -> dict:
+def prepare_arrays(path, fill_value=None, n_timesteps=None, cell_size=None) -> dict:
     """One raw v2.4 file -> the arrays prep would pack, in memory (no file written).
 
     Keys: static (11, Z, Y, X) float32, params_scalar (26,) float32,
@@ -464,7 +484,7 @@ def prepare_arrays(path, fill_value=None, n_timesteps=None) -> dict:
     Raises UserError with the first problem of a bad file.
     """
     with h5py.File(f"prepare-arrays-{os.getpid()}-{id(path)}", "w", driver="core", backing_store=False) as mem:
-        problems, _ = _scan_sim(path, fill_value=fill_value, n_timesteps=n_timesteps, out_path=mem)
+        problems, _ = _scan_sim(path, fill_value=fill_value, n_timesteps=n_timesteps, out_path=mem, cell_size=cell_size)
         if problems:
             more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
             raise UserError(problems[0] + more)
@@ -481,6 +501,7 @@ def _process_sim(job: dict) -> tuple[str, list[str], dict | None]:
     problems, summary = _scan_sim(
         job["path"], fill_value=job["fill_value"], n_timesteps=job["n_timesteps"], out_path=job["out_path"],
         patch=job["patch"], stride=job["stride"], chunk_edge=job["chunk_edge"], compression=job["compression"],
+        cell_size=job["cell_size"],
     )
     return job["path"], problems, summary
 
@@ -518,6 +539,12 @@ def compute_stats(train: list[dict], rel_train: list[str], rel_test: list[str], 
         raise UserError("stats: training split has no active cells")
     static = {"names": list(schema.STATIC_NAMES), "transform": [], "mean": [], "std": []}
     for c, name in enumerate(schema.STATIC_NAMES):
+        if name in schema.RESPONSE_NAMES:
+            # Signed and heavy-tailed (0.01-100 bar): the Normalizer scales them like the pressure target.
+            static["transform"].append("asinh")
+            static["mean"].append(0.0)
+            static["std"].append(1.0)
+            continue
         raw = _merged(s["static_raw"][c] for s in train)
         log = _merged(s["static_log"][c] for s in train)
         tr = _transform_for(name, raw, log)
@@ -603,7 +630,7 @@ def _refuse_or_skip(problems: list[str], skip_bad: bool, skipped: list[str]) -> 
 
 def prep(input_root, out_root, patch_size=DEFAULT_PATCH, stride=DEFAULT_STRIDE, n_test=DEFAULT_N_TEST,
          min_active_frac=DEFAULT_MIN_ACTIVE_FRAC, fill_value=None, skip_bad=False, workers=1,
-         n_timesteps=None, chunk_edge=DEFAULT_CHUNK_EDGE, compression=None, progress=True) -> dict:
+         n_timesteps=None, chunk_edge=DEFAULT_CHUNK_EDGE, compression=None, progress=True, cell_size=None) -> dict:
     """Raw v2.4 files in ``input_root`` -> packed files, stats.json and indices in ``out_root``.
 
     Returns a summary dict (sims per split, skipped files, patch counts, throughput).
@@ -618,6 +645,10 @@ def prep(input_root, out_root, patch_size=DEFAULT_PATCH, stride=DEFAULT_STRIDE, 
     if n_test < 0 or workers < 1 or chunk_edge < 1:
         raise UserError("prep: --n_test must be >= 0, --workers and --chunk_edge >= 1")
     compression = None if compression in (None, "none") else compression
+    if cell_size is not None:
+        cell_size = tuple(float(v) for v in cell_size)
+        if len(cell_size) != 3 or not all(math.isfinite(v) and v > 0 for v in cell_size):
+            raise UserError(f"prep: --cell_size needs 3 positive numbers (m), got {cell_size}")
     if compression is not None and compression not in COMPRESSIONS:
         raise UserError(f"prep: --compression must be one of {COMPRESSIONS}, got {compression!r}")
     if not input_root.is_dir():
@@ -650,7 +681,8 @@ def prep(input_root, out_root, patch_size=DEFAULT_PATCH, stride=DEFAULT_STRIDE, 
     partial = out_root / f".partial-{os.getpid()}"
     out_paths = {str(p): str(partial / (_run_name(p) + schema.PREPPED_SUFFIX)) for p in candidates}
     jobs = [{"path": str(p), "out_path": out_paths[str(p)], "fill_value": fill_value, "n_timesteps": n_timesteps,
-             "patch": patch_size, "stride": stride, "chunk_edge": chunk_edge, "compression": compression}
+             "patch": patch_size, "stride": stride, "chunk_edge": chunk_edge, "compression": compression,
+             "cell_size": cell_size}
             for p in candidates]
     good = {}
 
@@ -714,6 +746,7 @@ def prep(input_root, out_root, patch_size=DEFAULT_PATCH, stride=DEFAULT_STRIDE, 
         stats = compute_stats([good[p] for p in splits["train"]], [rel[p] for p in splits["train"]],
                               [rel[p] for p in splits["test"]], fill_value, patches)
         stats["skipped"] = skipped
+        stats["cell_size"] = list(cell_size) if cell_size is not None else None  # None: from ParamsScalar
         write_json_atomic(out_root / schema.STATS_FILE, stats)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
@@ -773,13 +806,16 @@ def add_prep_args(parser: argparse.ArgumentParser) -> None:
                         help=f"expected T (default: from the first file; the real data has {schema.N_TIMESTEPS})")
     parser.add_argument("--chunk_edge", type=int, default=DEFAULT_CHUNK_EDGE, help="HDF5 chunk edge (cells) of packed grids")
     parser.add_argument("--compression", choices=COMPRESSIONS, default="none", help="HDF5 compression of packed grids")
+    parser.add_argument("--cell_size", type=float, nargs=3, default=None, metavar=("DX", "DY", "DZ"),
+                        help="cell sizes in m for the well-response channels (default: the ParamsScalar entries "
+                             + ", ".join(schema.CELL_SIZE_PARAMS) + ")")
 
 
 def run_prep(args) -> int:
     summary = prep(args.input_root, args.out_root, patch_size=args.patch_size, stride=args.stride,
                    n_test=args.n_test, min_active_frac=args.min_active_frac, fill_value=args.fill_value,
                    skip_bad=args.skip_bad, workers=args.workers, n_timesteps=args.n_timesteps,
-                   chunk_edge=args.chunk_edge, compression=args.compression)
+                   chunk_edge=args.chunk_edge, compression=args.compression, cell_size=args.cell_size)
     p = summary["patches"]
     print(f"prep: {len(summary['train'])} train, {len(summary['test'])} test simulations, "
           f"{len(summary['skipped'])} skipped -> {summary['out_root']}")

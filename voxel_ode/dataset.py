@@ -5,14 +5,15 @@ API (see docs/design.md for the file layouts)
 ``Normalizer(stats, delta_mode="asinh")``  (``Normalizer.from_file(path)``)
     Built from the stats.json dict. All grid methods take torch tensors with the
     channel axis at dim -4 ([C,D,H,W] or [B,C,D,H,W]); numpy arrays are accepted.
-    normalize_static(static[11], active)      -> [11]  transform (log10) + z-score, 0 at inactive
+    normalize_static(static[13], active)      -> [13]  transform (log10) + z-score, 0 at inactive;
+        the well responses (Pa): asinh(x / s_P), the pressure target's scale
     normalize_state(state[2]) / denormalize_state(state_norm[2])       z-score of (P, T)
     normalize_params(params[..., 26])         -> z-score (constant params -> 0)
     conditioning(params_norm[..., 26], t)     -> [..., 27]: + time_feature(t) = log1p(t)/log1p(29), what the model takes
     normalize_change(state[2], initial[2]) -> [1]  asinh((P - P0) / s_P): the pressure change since
                                                  t = 0 (initial = Pressure0/Temperature0), scaled like the targets
     normalize_dynamic(state[2], initial[2]) -> [3]  normalize_state + normalize_change
-    normalize_input(static[11], state[2], active=None) -> x [14] in schema.INPUT_CHANNELS order,
+    normalize_input(static[13], state[2], active=None) -> x [16] in schema.INPUT_CHANNELS order,
                                                  0 at inactive cells (active from IsActive if None)
     normalize_delta(delta[2]) / denormalize_delta(delta_norm[2])
         per-step change of (P, T) <-> model target. Default "asinh":
@@ -111,7 +112,7 @@ def _bcast(values, ndim_after: int, like: torch.Tensor):
     return v.reshape(-1, *([1] * ndim_after))
 
 
-def _apply_transform(v: torch.Tensor, transforms, channel_dim: int) -> torch.Tensor:
+def _apply_transform(v: torch.Tensor, transforms, channel_dim: int, scales=None) -> torch.Tensor:
     """Apply the per-channel transforms recorded in stats.json along ``channel_dim``."""
     if all(t == "none" for t in transforms):
         return v
@@ -121,6 +122,8 @@ def _apply_transform(v: torch.Tensor, transforms, channel_dim: int) -> torch.Ten
             parts[i] = torch.log10(parts[i].clamp_min(1e-30))  # inactive cells may hold 0
         elif t == "signed_log1p":
             parts[i] = signed_log1p(parts[i])
+        elif t == "asinh":
+            parts[i] = torch.asinh(parts[i] / float(scales[i]))
         elif t != "none":
             raise UserError(f"stats.json: transform: unknown transform {t!r}")
     return torch.stack(parts, dim=channel_dim)
@@ -197,6 +200,9 @@ class Normalizer:
             raise UserError(f"stats.json: {err.args[0]}: missing key") from None
         self.delta_mode = delta_mode
         self.delta_scale = delta_scales_from_stats(stats)
+        # "asinh" static channels (the well responses, Pa) share the pressure target's scale: the
+        # first year's target asinh(dp / s_P) and a response that predicts it then read alike.
+        self.static_scale = [self.delta_scale[schema.DYNAMIC_NAMES.index("Pressure")]] * schema.N_STATIC
         self.stats = stats
 
     @classmethod
@@ -210,7 +216,7 @@ class Normalizer:
     # ---- grids ------------------------------------------------------------
     def normalize_static(self, static, active=None) -> torch.Tensor:
         s = _as_tensor(static)
-        s = _apply_transform(s, self.static_transform, channel_dim=-4)
+        s = _apply_transform(s, self.static_transform, channel_dim=-4, scales=self.static_scale)
         s = (s - _bcast(self.static_mean, 3, s)) / _bcast(self.static_std, 3, s)
         if active is None:
             active = _as_tensor(static)[..., STATIC_ACTIVE : STATIC_ACTIVE + 1, :, :, :]

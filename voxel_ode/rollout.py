@@ -80,7 +80,7 @@ def load_prepped_sim(path) -> dict:
     return sim
 
 
-def load_raw_sim(path, fill_value=None) -> dict:
+def load_raw_sim(path, fill_value=None, cell_size=None) -> dict:
     """A raw v2.4 file -> the same arrays prep would write (mask, FaultBoundary, fill values).
 
     Prep logic is not re-implemented here: the file is validated and packed by
@@ -93,12 +93,12 @@ def load_raw_sim(path, fill_value=None) -> dict:
     from voxel_ode import data_prep
 
     if hasattr(data_prep, "prepare_arrays"):
-        sim = dict(data_prep.prepare_arrays(path, fill_value=fill_value))
+        sim = dict(data_prep.prepare_arrays(path, fill_value=fill_value, cell_size=cell_size))
         sim["source"] = str(path)
         return sim
     with tempfile.TemporaryDirectory(prefix="voxel-ode-rollout-") as tmp:
         packed = Path(tmp) / ("sim" + schema.PREPPED_SUFFIX)
-        problems, _ = data_prep._scan_sim(path, fill_value=fill_value, out_path=packed)
+        problems, _ = data_prep._scan_sim(path, fill_value=fill_value, out_path=packed, cell_size=cell_size)
         if problems:
             raise UserError(problems[0] + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
         sim = load_prepped_sim(packed)
@@ -106,7 +106,7 @@ def load_raw_sim(path, fill_value=None) -> dict:
     return sim
 
 
-def load_sim(path, fill_value=None) -> dict:
+def load_sim(path, fill_value=None, cell_size=None) -> dict:
     """Prepped or raw v2.4 file, told apart by layout."""
     path = Path(path)
     if not path.exists():
@@ -116,7 +116,7 @@ def load_sim(path, fill_value=None) -> dict:
             is_raw = schema.INPUT_GROUP in f
     except OSError as err:
         raise UserError(f"{path}: -: cannot open as HDF5 ({err})") from None
-    return load_raw_sim(path, fill_value) if is_raw else load_prepped_sim(path)
+    return load_raw_sim(path, fill_value, cell_size) if is_raw else load_prepped_sim(path)
 
 
 def initial_state(sim: dict) -> np.ndarray:
@@ -562,7 +562,7 @@ def run_rollout(args) -> int:
     model, normalizer, stats, config = load_model_and_normalizer(args.ckpt_path, args.stats_path, device, args)
     amp = amp_dtype_for(args.amp, device)
     src = args.raw_sim_path or args.prepped_sim_path
-    sim = load_sim(src, fill_value=args.fill_value)
+    sim = load_sim(src, fill_value=args.fill_value, cell_size=stats.get("cell_size"))  # as prep derived them
     print(f"receptive field: {model.receptive_field} cells (tile halo)" + (f", tiles {tuple(args.tile)}" if args.tile else ""))
     t0 = time.perf_counter()
     grid, scalar = rollout(model, normalizer, sim, device=device, tile=args.tile, amp_dtype=amp,

@@ -68,12 +68,25 @@ RAW_STATIC_NAMES = tuple(f.name for f in RAW_STATIC_FIELDS)
 # face neighbours. It marks faults whether FaultId labels fault planes (ids on
 # the plane cells) or fault blocks (ids on whole compartments), so the model
 # gets a geometric signal instead of an arbitrary categorical number.
+#
+# Two more are physics features (voxel_ode/well_response.py): the pressure change
+# after one year of the wells' rates, from one linear solve over the whole grid, with
+# full and with weak pressure support at the lateral sides of the box. They give the
+# network the field-wide shape of the pressure cones that its local view cannot see.
 DERIVED_STATIC_FIELDS = (
     Field("FaultBoundary", "-", "binary", "1 where FaultId changes to a face neighbour (derived in prep)"),
+    Field("PressureResponseOpen", "Pa", "continuous",
+          "1-year pressure change from the wells, lateral sides held at initial pressure (derived in prep)"),
+    Field("PressureResponseWeak", "Pa", "continuous",
+          "the same with 1 % lateral support (derived in prep)"),
 )
+RESPONSE_NAMES = ("PressureResponseOpen", "PressureResponseWeak")  # well_response.SUPPORT_STRENGTHS order
+# Params that give the cell sizes (m) the responses need; `voxel-ode prep --cell_size`
+# overrides them for an export whose ParamsScalar means something else.
+CELL_SIZE_PARAMS = ("CellSizeX", "CellSizeY", "CellSizeZ")
 STATIC_FIELDS = RAW_STATIC_FIELDS + DERIVED_STATIC_FIELDS
 STATIC_NAMES = tuple(f.name for f in STATIC_FIELDS)  # order of /static in prepped files
-N_STATIC = len(STATIC_NAMES)  # 11
+N_STATIC = len(STATIC_NAMES)  # 13
 
 PARAMS_SCALAR = "ParamsScalar"  # Input/ParamsScalar, shape (26,)
 
@@ -171,7 +184,7 @@ SPLITS = ("train", "test")
 # ---------------------------------------------------------------------------
 # Model channels
 # ---------------------------------------------------------------------------
-# Input = the 11 static channels, the state at t (Pressure, Temperature), then the
+# Input = the 13 static channels, the state at t (Pressure, Temperature), then the
 # change of the pressure since t = 0 (Pressure minus Pressure0). Pressure is z-scored
 # over the whole depth range (std ~ 50 bar), so the 0.1-20 bar a reservoir moves under
 # production is ~1e-3 of a unit in its state channel, invisible to the network; scaled
@@ -183,7 +196,7 @@ CHANGE_VARIABLES = ("Pressure",)
 CHANGE_NAMES = tuple(v + "Change" for v in CHANGE_VARIABLES)
 CHANGE_OF_DYNAMIC = tuple(DYNAMIC_NAMES.index(v) for v in CHANGE_VARIABLES)  # their index in the state
 INPUT_CHANNELS = STATIC_NAMES + DYNAMIC_NAMES + CHANGE_NAMES
-N_INPUT_CHANNELS = len(INPUT_CHANNELS)  # 14
+N_INPUT_CHANNELS = len(INPUT_CHANNELS)  # 16
 STATE_CHANNELS = slice(N_STATIC, N_STATIC + N_DYNAMIC)  # z-scored (P, T) at t
 CHANGE_CHANNELS = slice(N_STATIC + N_DYNAMIC, N_INPUT_CHANNELS)  # scaled P at t minus P at t = 0
 DYNAMIC_CHANNELS = slice(N_STATIC, N_INPUT_CHANNELS)  # everything that changes with t

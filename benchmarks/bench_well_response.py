@@ -1,0 +1,52 @@
+"""Benchmark of the well-response feature prep derives per simulation (two linear solves).
+
+    python benchmarks/bench_well_response.py [--grid 326 70 76] [--repeats 2]
+
+Builds a synthetic geology on the grid (synth's draw, no time stepping), then
+times well_response.pressure_responses and reports the peak memory it added.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from voxel_ode import synth, well_response  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--grid", type=int, nargs=3, default=(326, 70, 76))
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    grid = tuple(args.grid)
+    rng = synth._sim_rng(args.seed, 0)
+    params = synth.sample_params(rng, grid)
+    res = synth.build_geology(grid, params, rng)
+    inj = synth._well_rates(res, params, grid)
+    print(f"grid {grid}: {int(res.active.sum()):,} active cells, {int((inj != 0).sum())} well cells")
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        out = well_response.pressure_responses(res.active, list(res.perm), res.porosity, res.temperature0, inj,
+                                               params.cell_size)
+        times.append(time.perf_counter() - t0)
+    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    for name, r in zip(("open", "weak"), out):
+        print(f"{name}: max |dp| {np.abs(r).max() / 1e5:.2f} bar")
+    print(f"pressure_responses: best {min(times):.2f} s of {len(times)}, peak RSS +{rss1 - rss0:.0f} MB "
+          f"(process peak {rss1:.0f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
