@@ -240,3 +240,51 @@ def test_missing_wandb_is_a_clear_error(prepped, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # makes `import wandb` raise ImportError
     with pytest.raises(UserError, match="wandb is not importable"):
         train(prepped_root=str(prepped), save_dir=str(tmp_path), use_wandb=True, max_steps=1, **TINY)
+
+
+def test_pressure_loss_with_the_response_mix_compares_the_change_since_start(prepped, monkeypatch):
+    """A first step that is wrong by e and a second step that corrects it: with the response mix
+    the second step's pressure loss is 0 (the change since t = 0 is right again); the increment
+    loss of the plain head is not. Temperature is compared step by step either way."""
+    from voxel_ode import train as train_module
+    from voxel_ode.dataset import Normalizer
+    from voxel_ode.model import ModelConfig
+    from voxel_ode.train import Unroll
+
+    norm = Normalizer(json.loads((prepped / schema.STATS_FILE).read_text()))
+    shape = (1, 1, 3, 4, 5)
+    active = torch.ones(shape)
+    x = torch.zeros(1, schema.N_INPUT_CHANNELS, *shape[2:])
+    x[:, schema.channel_index("PressureChange")] = 0.8  # true change so far: sinh(0.8) s_P
+    target = torch.full((1, 2, schema.N_DYNAMIC, *shape[2:]), 0.3)  # two true steps
+    err = 0.5
+    # predicted increments in target units: step 1 off by +err, step 2 takes it back
+    steps = [torch.asinh(torch.sinh(target[:, 0]) + torch.tensor([err, 0.0]).view(1, 2, 1, 1, 1)),
+             torch.asinh(torch.sinh(target[:, 1]) - torch.tensor([err, 0.0]).view(1, 2, 1, 1, 1))]
+
+    class Scripted(torch.nn.Module):
+        def __init__(self, response_mix):
+            super().__init__()
+            self.config = ModelConfig(response_mix=response_mix)
+            self.calls = 0
+
+        def forward(self, x, params, active):
+            self.calls += 1
+            return steps[self.calls - 1].clone(), torch.zeros(1, schema.N_SCALARS)
+
+    batch = {"x": x, "active": active, "params": torch.zeros(1, schema.N_CONDITIONING), "t": torch.tensor([0]),
+             "target_delta": target, "target_scalars": torch.zeros(1, 2, schema.N_SCALARS)}
+    for response_mix in (True, False):
+        unroll = Unroll(Scripted(response_mix), norm, train_scalars=False, amp_dtype=None)
+        step_losses = []
+        mse = train_module.masked_channel_mse
+        monkeypatch.setattr(train_module, "masked_channel_mse",  # record the per-step [P, T] losses
+                            lambda p, t, a: step_losses.append(mse(p, t, a)) or step_losses[-1])
+        unroll(batch, k_steps=2, detach_between=True)
+        monkeypatch.undo()
+        first, second = step_losses
+        assert first[0] > 1e-3 and first[1] == 0 and second[1] == 0
+        if response_mix:
+            assert second[0] < 1e-10  # the change since t = 0 is right again after step 2
+        else:
+            assert second[0] > 1e-3  # the increment of step 2 is off by -err

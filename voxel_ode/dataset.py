@@ -152,7 +152,7 @@ STATIC_INJ_RATE = schema.STATIC_NAMES.index("InjRate")
 
 def producer_cells(static) -> tuple[np.ndarray, np.ndarray]:
     """(flat indices of the active producer cells (InjRate < 0), their mass rates > 0 in kg/s);
-    static (11, Z, Y, X) physical. Computed once per simulation."""
+    static (13, Z, Y, X) physical. Computed once per simulation."""
     static = np.asarray(static)
     idx = np.flatnonzero((static[STATIC_INJ_RATE] < 0) & (static[STATIC_ACTIVE] > 0.5))
     return idx, -static[STATIC_INJ_RATE].ravel()[idx].astype(np.float64)

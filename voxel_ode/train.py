@@ -339,6 +339,22 @@ class Unroll(torch.nn.Module):
         self.normalizer = normalizer
         self.train_scalars = train_scalars
         self.amp_dtype = amp_dtype
+        # With the response mix each step sets the pressure change since t = 0, so the pressure
+        # loss compares that (asinh-scaled) instead of the step's increment: an error of the mix
+        # then weighs what it does in a rollout, and the small yearly increments after the first
+        # year no longer make the pressure term dwarf the temperature term.
+        self.pressure_since_start = bool(getattr(model.config, "response_mix", False))
+        self.p = schema.OUTPUT_CHANNELS.index("Pressure")
+        self.change = schema.channel_index("PressureChange")
+
+    def _pressure_since_start(self, delta, target, x, true_so_far):
+        """Swap the pressure channel of (prediction, target) for asinh(change since t = 0 / s_P)."""
+        p, c = self.p, self.change
+        true_next = true_so_far + torch.sinh(target[:, p:p + 1])
+        pred_next = torch.sinh(x[:, c:c + 1].float()) + torch.sinh(delta[:, p:p + 1])
+        delta = torch.cat([delta[:, :p], torch.asinh(pred_next), delta[:, p + 1:]], dim=1)
+        target = torch.cat([target[:, :p], torch.asinh(true_next), target[:, p + 1:]], dim=1)
+        return delta, target, true_next
 
     def forward(self, batch: dict, k_steps: int, detach_between: bool):
         x, active, params = batch["x"], batch["active"], batch["params"]
@@ -347,11 +363,15 @@ class Unroll(torch.nn.Module):
         if "context_x" in batch:  # patch mode: whole-field context from the dataset, computed in forward
             extra = dict(origin=batch["origin"], context_x=batch["context_x"], context_active=batch["context_active"])
         grid_losses, scalar_losses = [], []
+        true_so_far = torch.sinh(x[:, self.change:self.change + 1].float())  # true (P - P0) / s_P at t
         for k in range(k_steps):
             with _autocast(x.device, self.amp_dtype):
                 delta, scalars = self.model(x, params, active, **extra)
             delta, scalars = delta.float(), scalars.float()
-            grid_losses.append(masked_channel_mse(delta, batch["target_delta"][:, k], active))
+            pred, target = delta, batch["target_delta"][:, k]
+            if self.pressure_since_start:
+                pred, target, true_so_far = self._pressure_since_start(pred, target, x, true_so_far)
+            grid_losses.append(masked_channel_mse(pred, target, active))
             scalar_losses.append(((scalars - batch["target_scalars"][:, k]) ** 2).mean(dim=0))
             if k + 1 < k_steps:  # feed the model its own prediction, one step later
                 x = self.normalizer.update_input(x, delta.detach() if detach_between else delta, active)
