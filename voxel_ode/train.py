@@ -330,6 +330,25 @@ def masked_channel_mse(pred: torch.Tensor, target: torch.Tensor, active: torch.T
     return se / m.sum().clamp_min(1.0)
 
 
+PRESSURE_OUT = schema.OUTPUT_CHANNELS.index("Pressure")
+PRESSURE_CHANGE_IN = schema.channel_index("PressureChange")
+
+
+def pressure_since_start(delta, target, x, true_so_far):
+    """Swap the pressure channel of (prediction, target) [B,2,...] for asinh(change since t = 0 / s_P).
+
+    x: the step's input (its PressureChange channel is the change so far, the model's own after
+    the first unrolled step); true_so_far: the true (P - P0) / s_P at the input step.
+    Returns (prediction, target, true change / s_P at the next step).
+    """
+    p, c = PRESSURE_OUT, PRESSURE_CHANGE_IN
+    true_next = true_so_far + torch.sinh(target[:, p:p + 1])
+    pred_next = torch.sinh(x[:, c:c + 1].float()) + torch.sinh(delta[:, p:p + 1])
+    delta = torch.cat([delta[:, :p], torch.asinh(pred_next), delta[:, p + 1:]], dim=1)
+    target = torch.cat([target[:, :p], torch.asinh(true_next), target[:, p + 1:]], dim=1)
+    return delta, target, true_next
+
+
 class Unroll(torch.nn.Module):
     """Applies the model for K steps and returns the training loss and its parts."""
 
@@ -344,17 +363,6 @@ class Unroll(torch.nn.Module):
         # then weighs what it does in a rollout, and the small yearly increments after the first
         # year no longer make the pressure term dwarf the temperature term.
         self.pressure_since_start = bool(getattr(model.config, "response_mix", False))
-        self.p = schema.OUTPUT_CHANNELS.index("Pressure")
-        self.change = schema.channel_index("PressureChange")
-
-    def _pressure_since_start(self, delta, target, x, true_so_far):
-        """Swap the pressure channel of (prediction, target) for asinh(change since t = 0 / s_P)."""
-        p, c = self.p, self.change
-        true_next = true_so_far + torch.sinh(target[:, p:p + 1])
-        pred_next = torch.sinh(x[:, c:c + 1].float()) + torch.sinh(delta[:, p:p + 1])
-        delta = torch.cat([delta[:, :p], torch.asinh(pred_next), delta[:, p + 1:]], dim=1)
-        target = torch.cat([target[:, :p], torch.asinh(true_next), target[:, p + 1:]], dim=1)
-        return delta, target, true_next
 
     def forward(self, batch: dict, k_steps: int, detach_between: bool):
         x, active, params = batch["x"], batch["active"], batch["params"]
@@ -363,14 +371,14 @@ class Unroll(torch.nn.Module):
         if "context_x" in batch:  # patch mode: whole-field context from the dataset, computed in forward
             extra = dict(origin=batch["origin"], context_x=batch["context_x"], context_active=batch["context_active"])
         grid_losses, scalar_losses = [], []
-        true_so_far = torch.sinh(x[:, self.change:self.change + 1].float())  # true (P - P0) / s_P at t
+        true_so_far = torch.sinh(x[:, PRESSURE_CHANGE_IN:PRESSURE_CHANGE_IN + 1].float())  # true (P - P0) / s_P
         for k in range(k_steps):
             with _autocast(x.device, self.amp_dtype):
                 delta, scalars = self.model(x, params, active, **extra)
             delta, scalars = delta.float(), scalars.float()
             pred, target = delta, batch["target_delta"][:, k]
             if self.pressure_since_start:
-                pred, target, true_so_far = self._pressure_since_start(pred, target, x, true_so_far)
+                pred, target, true_so_far = pressure_since_start(pred, target, x, true_so_far)
             grid_losses.append(masked_channel_mse(pred, target, active))
             scalar_losses.append(((scalars - batch["target_scalars"][:, k]) ** 2).mean(dim=0))
             if k + 1 < k_steps:  # feed the model its own prediction, one step later
@@ -426,7 +434,12 @@ def rollout_k(step: int, args) -> int:
 
 @torch.no_grad()
 def evaluate(model, loader, normalizer, device, amp_dtype, ddp: Dist, eval_scalars: bool) -> dict:
-    """Masked MSE in normalized space, the seed's +/-5% accuracy and +/-5 bar / 5 K accuracy (physical)."""
+    """Masked MSE in normalized space, the seed's +/-5% accuracy and +/-5 bar / 5 K accuracy (physical).
+
+    The MSE compares what the training loss compares: with the response mix, the pressure
+    change since t = 0 (asinh-scaled); the "no change" baseline is then the change so far.
+    """
+    since_start = bool(getattr(getattr(model, "module", model).config, "response_mix", False))
     model.eval()
     nd, ns = schema.N_DYNAMIC, schema.N_SCALARS
     sums = torch.zeros(4 * nd + 1 + 2 * ns + 1, dtype=torch.float64, device=device)
@@ -443,8 +456,13 @@ def evaluate(model, loader, normalizer, device, amp_dtype, ddp: Dist, eval_scala
         target, active = batch["target_delta"][:, 0], batch["active"]
         m = (active > 0.5).double()
         n_active = m.sum()
-        err2 = ((delta - target).double() ** 2 * m).sum(dim=(0, 2, 3, 4))
-        persist2 = (target.double() ** 2 * m).sum(dim=(0, 2, 3, 4))  # "no change" baseline
+        pred_cmp, target_cmp, no_change = delta, target, torch.zeros_like(delta)
+        if since_start:
+            so_far = torch.sinh(batch["x"][:, PRESSURE_CHANGE_IN:PRESSURE_CHANGE_IN + 1].float())
+            pred_cmp, target_cmp, _ = pressure_since_start(delta, target, batch["x"], so_far)
+            no_change, _, _ = pressure_since_start(no_change, target, batch["x"], so_far)
+        err2 = ((pred_cmp - target_cmp).double() ** 2 * m).sum(dim=(0, 2, 3, 4))
+        persist2 = ((no_change - target_cmp).double() ** 2 * m).sum(dim=(0, 2, 3, 4))  # "no change" baseline
         # physical next state: state(t) + change, at active cells
         state = normalizer.denormalize_state(batch["x"][:, schema.STATE_CHANNELS])
         true_next = state + normalizer.denormalize_delta(target)
