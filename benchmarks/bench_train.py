@@ -33,6 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
+from voxel_ode import schema  # noqa: E402
+
 
 def make_data(root: Path, grid=(40, 40, 40)) -> Path:
     from fixtures import write_raw_dir
@@ -53,14 +55,14 @@ def conv_flops_per_sample(model, patch: int, context_shape) -> float:
         total[0] += 2.0 * k * (mod.in_channels // mod.groups) * out.numel()
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv3d)]
-    x = torch.randn(1, 13, patch, patch, patch)
+    x = torch.randn(1, schema.N_INPUT_CHANNELS, patch, patch, patch)
     active = torch.ones(1, 1, patch, patch, patch)
     extra = {}
     if model.config.global_context:
-        extra = dict(origin=torch.zeros(1, 3, dtype=torch.long), context_x=torch.randn(1, 13, *context_shape),
+        extra = dict(origin=torch.zeros(1, 3, dtype=torch.long), context_x=torch.randn(1, schema.N_INPUT_CHANNELS, *context_shape),
                      context_active=torch.ones(1, 1, *context_shape))
     with torch.no_grad():
-        model(x, torch.randn(1, 26), active, **extra)
+        model(x, torch.randn(1, schema.N_CONDITIONING), active, **extra)
     for h in handles:
         h.remove()
     return total[0]
