@@ -333,12 +333,16 @@ def _read(ds: h5py.Dataset, sel=()):
         raise _Problem(ds.name.lstrip("/"), f"read error, file truncated or corrupt? ({_one_line(err)})") from None
 
 
+def _valid_cell_size(values) -> bool:
+    return len(values) == 3 and all(math.isfinite(v) and v > 0 for v in values)
+
+
 def cell_size_of(params, cell_size=None) -> tuple[float, float, float]:
     """(dx, dy, dz) in m: ``cell_size`` if given, else the schema.CELL_SIZE_PARAMS entries of ParamsScalar."""
     if cell_size is None:
         cell_size = [params[schema.PARAM_NAMES.index(n)] for n in schema.CELL_SIZE_PARAMS]
     cell_size = tuple(float(v) for v in cell_size)
-    if len(cell_size) != 3 or not all(math.isfinite(v) and v > 0 for v in cell_size):
+    if not _valid_cell_size(cell_size):
         raise _Problem(schema.raw_path(schema.PARAMS_SCALAR),
                        f"cell sizes {schema.CELL_SIZE_PARAMS} = {cell_size} are not positive; "
                        "give them with prep --cell_size DX DY DZ")
@@ -647,7 +651,7 @@ def prep(input_root, out_root, patch_size=DEFAULT_PATCH, stride=DEFAULT_STRIDE, 
     compression = None if compression in (None, "none") else compression
     if cell_size is not None:
         cell_size = tuple(float(v) for v in cell_size)
-        if len(cell_size) != 3 or not all(math.isfinite(v) and v > 0 for v in cell_size):
+        if not _valid_cell_size(cell_size):
             raise UserError(f"prep: --cell_size needs 3 positive numbers (m), got {cell_size}")
     if compression is not None and compression not in COMPRESSIONS:
         raise UserError(f"prep: --compression must be one of {COMPRESSIONS}, got {compression!r}")

@@ -345,7 +345,6 @@ class VoxelAutoRegressor(nn.Module):
             scalars = self.scalar_head(torch.cat([pooled.float(), params.float()], dim=1))
         return delta.contiguous(), scalars
 
-
     def _mix_responses(self, delta, x, cond):
         """Pressure target = asinh(sum_k a_k r_k / s_P - (P - P0) / s_P + sinh(grid head)).
 

@@ -81,27 +81,15 @@ def load_prepped_sim(path) -> dict:
 
 
 def load_raw_sim(path, fill_value=None, cell_size=None) -> dict:
-    """A raw v2.4 file -> the same arrays prep would write (mask, FaultBoundary, fill values).
+    """A raw v2.4 file -> the same arrays prep would write (mask, derived channels, fill values).
 
-    Prep logic is not re-implemented here: the file is validated and packed by
-    data_prep (into a temporary prepped file, removed afterwards) and read back.
-    data_prep has no public "raw file -> arrays in memory" function yet; when
-    it gets one (``prepare_arrays``) it is used instead.
+    Prep logic is not re-implemented here: data_prep.prepare_arrays validates and packs the
+    file in memory. ``cell_size``: as given to prep (stats.json "cell_size"), for the
+    well-response channels.
     """
-    import tempfile
-
     from voxel_ode import data_prep
 
-    if hasattr(data_prep, "prepare_arrays"):
-        sim = dict(data_prep.prepare_arrays(path, fill_value=fill_value, cell_size=cell_size))
-        sim["source"] = str(path)
-        return sim
-    with tempfile.TemporaryDirectory(prefix="voxel-ode-rollout-") as tmp:
-        packed = Path(tmp) / ("sim" + schema.PREPPED_SUFFIX)
-        problems, _ = data_prep._scan_sim(path, fill_value=fill_value, out_path=packed, cell_size=cell_size)
-        if problems:
-            raise UserError(problems[0] + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
-        sim = load_prepped_sim(packed)
+    sim = dict(data_prep.prepare_arrays(path, fill_value=fill_value, cell_size=cell_size))
     sim["source"] = str(path)
     return sim
 
