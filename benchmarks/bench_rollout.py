@@ -56,10 +56,13 @@ def fake_stats():
 
     return {
         "static": {"names": list(schema.STATIC_NAMES),
-                   "transform": ["log10" if n.startswith("Perm") else "asinh" if n in schema.RESPONSE_NAMES
-                                 else "none" for n in schema.STATIC_NAMES],
-                   "mean": [0.0] * 4 + [-13.0] * 3 + [0.15, 1.1e7, 320.0, 0.0] + [0.0] * len(schema.RESPONSE_NAMES),
-                   "std": [1.0] * 4 + [0.5] * 3 + [0.07, 1e6, 10.0, 1.0] + [1.0] * len(schema.RESPONSE_NAMES)},
+                   "transform": ["log10" if n.startswith("Perm") or n == schema.THERMAL_ARRIVAL
+                                 else "asinh" if n in schema.RESPONSE_NAMES + (schema.INJECTION_GAP,) else "none"
+                                 for n in schema.STATIC_NAMES],
+                   "mean": [0.0] * 4 + [-13.0] * 3 + [0.15, 1.1e7, 320.0, 0.0] + [0.0] * len(schema.RESPONSE_NAMES)
+                           + [2.0, 0.0],
+                   "std": [1.0] * 4 + [0.5] * 3 + [0.07, 1e6, 10.0, 1.0] + [1.0] * len(schema.RESPONSE_NAMES)
+                          + [1.0, 1.0]},
         "dynamic": {"names": list(schema.DYNAMIC_NAMES), "mean": [1.1e7, 320.0], "std": [1e6, 10.0]},
         "delta": {"names": list(schema.DYNAMIC_NAMES), "mean": [0.0, 0.0], "std": [1e4, 0.1],
                   "abs_quantiles": {"0.5": [1e3, 0.01]}, "per_sim_rms": [[1e4, 0.1]]},

@@ -408,3 +408,35 @@ def test_inspect_raw_prepped_and_bad(tmp_path, capsys):
     bad = write_raw_sim(tmp_path / "bad.h5", a)
     assert cli.main(["inspect", str(bad)]) == 1
     assert "Input/IsActive" in capsys.readouterr().out
+
+
+def test_scale_like_params_are_log_scaled_with_a_floor_for_zeros():
+    from voxel_ode.dataset import Normalizer
+
+    rng = np.random.default_rng(0)
+    n = 12
+    values = np.stack([rng.uniform(10.0, 20.0, n),  # narrow: linear
+                       10 ** rng.uniform(-3.0, 0.0, n),  # log-uniform over 3 decades: log10
+                       np.r_[0.0, 10 ** rng.uniform(-2.5, 0.0, n - 1)],  # closed runs (0) among them: log10 + floor
+                       rng.uniform(-1.0, 1.0, n)], axis=1)  # signed: linear
+    st = dp._vector_stats(values, ["a", "b", "c", "d"], allow_log=True)
+    assert st["transform"] == ["none", "log10", "log10", "none"]
+    floor = values[values[:, 2] > 0, 2].min() / 2
+    assert st["floor"][0] is None and st["floor"][2] == pytest.approx(floor)
+    logged = np.log10(np.maximum(values[:, 2], floor))
+    assert st["mean"][2] == pytest.approx(logged.mean()) and st["std"][2] == pytest.approx(logged.std())
+    # the Normalizer applies the same: a strength of 0 lands just below the weakest positive one
+    full = {k: v * 7 for k, v in st.items()}  # 28 columns >= N_PARAMS: only the first N_PARAMS are used
+    full = {k: v[: schema.N_PARAMS] for k, v in full.items()}
+    stats = {"static": {"names": list(schema.STATIC_NAMES), "transform": ["none"] * schema.N_STATIC,
+                        "mean": [0.0] * schema.N_STATIC, "std": [1.0] * schema.N_STATIC},
+             "dynamic": {"mean": [0.0, 0.0], "std": [1.0, 1.0]},
+             "delta": {"mean": [0.0, 0.0], "std": [1.0, 1.0], "per_sim_rms": [[1.0, 1.0]]},
+             "params": full, "scalars": {"transform": ["signed_log1p"] * 5, "mean": [0.0] * 5, "std": [1.0] * 5}}
+    norm = Normalizer(stats)
+    p = np.tile(values[:, :4], (1, 7))[:, : schema.N_PARAMS]
+    got = norm.normalize_params(p).numpy()
+    expected = (logged - st["mean"][2]) / st["std"][2]
+    np.testing.assert_allclose(got[:, 2], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got[:, 1], (np.log10(values[:, 1]) - st["mean"][1]) / st["std"][1], rtol=1e-5, atol=1e-5)
+    assert got[0, 2] < got[1:, 2].min()  # closed (0) sits below every supported run

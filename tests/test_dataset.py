@@ -61,8 +61,8 @@ def _expected_patch(root, stats, entry):
         v = static[c]
         if st["transform"][c] == "log10":
             v = np.log10(np.where(active, v, 1.0))
-        elif st["transform"][c] == "asinh":  # the well-response channels
-            v = np.arcsinh(v / delta_scales_from_stats(stats)[0])
+        elif st["transform"][c] == "asinh":  # the well responses (pressure's scale), the gap (temperature's)
+            v = np.arcsinh(v / delta_scales_from_stats(stats)[int(schema.STATIC_NAMES[c] == schema.INJECTION_GAP)])
         chans.append((v - st["mean"][c]) / st["std"][c])
     for c in range(2):
         chans.append((grid[0, c] - stats["dynamic"]["mean"][c]) / stats["dynamic"]["std"][c])
@@ -85,6 +85,10 @@ def _expected_patch(root, stats, entry):
     trapezoid = scalars[t, rate] * (1 + enthalpy_ratio) / 2 * 365.25 * 86400
     ratio[k] = (scalars[t + 1, k] - scalars[t, k]) / trapezoid
     z = np.arcsinh(np.log(ratio) / 1e-3)
+    floor = np.array([-np.inf if f is None else f for f in stats["params"]["floor"]])
+    logged = np.array(stats["params"]["transform"]) == "log10"
+    params = np.asarray(params, np.float64).copy()
+    params[logged] = np.log10(np.maximum(params, floor)[logged])
     p = (params - stats["params"]["mean"]) / np.asarray(stats["params"]["std"])
     p = np.append(p, np.log1p(t) / np.log1p(schema.N_TIMESTEPS - 1))  # + time since the start
     return x, active, delta, z, p

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,7 @@ def make(seed=0, randomize=True, **overrides):
     if randomize:
         with torch.no_grad():
             for name, p in model.named_parameters():
-                if "film" in name or "grid_head" in name or "response_head" in name:
+                if "film" in name or "grid_head" in name or "response_head" in name or "front_head" in name:
                     p.normal_(0, 0.3)
     return model
 
@@ -238,10 +239,45 @@ def test_response_mix_sets_the_pressure_change_to_the_weighted_responses():
         model.grid_head.weight[0].zero_()  # no pressure residual
         model.grid_head.bias[0] = 0.0
         model.response_head[-1].weight.zero_()
-        model.response_head[-1].bias.copy_(torch.tensor([0.7, -1.3]))
+        weights = torch.tensor([0.7, -1.3, 0.4])[: len(r)]
+        model.response_head[-1].bias.copy_(weights)
         delta = model(x, p, a)[0]
-    expected = torch.asinh(0.7 * torch.sinh(r[0]) - 1.3 * torch.sinh(r[1]) - torch.sinh(change)) * a[:, 0]
+    mix = sum(w * torch.sinh(rk) for w, rk in zip(weights, r))
+    expected = torch.asinh(mix - torch.sinh(change)) * a[:, 0]
     torch.testing.assert_close(delta[:, 0], expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(delta[:, 1], plain[:, 1])  # temperature does not see the mix
     off = make(global_context=False, response_mix=False)
     assert not hasattr(off, "response_head")
+
+
+def test_front_mix_moves_the_temperature_by_the_gap_as_the_front_passes():
+    """Temperature target = asinh(g * sinh(x_gap) * (w(t+1) - w(t)) + sinh(grid head)), w(t) =
+    sigmoid(s (ln t - c - a ln(10) z_arrival)), w(0) = 0; pressure untouched."""
+    model = make(global_context=False)
+    x, p, a = inputs((6, 7, 8), batch=2)
+    gap = x[:, schema.channel_index(schema.INJECTION_GAP)]
+    z = x[:, schema.channel_index(schema.THERMAL_ARRIVAL)]
+    temp = schema.OUTPUT_CHANNELS.index("Temperature")
+    g, s, c, w = 1.7, 0.8, 0.3, -0.6
+    for t in (0, 1, 12):
+        p = p.clone()
+        p[:, -1] = float(np.log1p(t) / np.log1p(schema.N_TIMESTEPS - 1))  # the time feature of step t
+        with torch.no_grad():
+            plain = model(x, p, a)[0]
+            model.grid_head.weight[temp].zero_()  # no temperature residual
+            model.grid_head.bias[temp] = 0.0
+            model.front_head[-1].weight.zero_()
+            model.front_head[-1].bias.copy_(torch.tensor([g, s, c, w]))
+            delta = model(x, p, a)[0]
+
+        def reached(years):
+            if years == 0:
+                return torch.zeros_like(z)
+            return torch.sigmoid(s * (np.log(years) - c - w * np.log(10.0) * z))
+
+        expected = torch.asinh(g * torch.sinh(gap) * (reached(t + 1) - reached(t))) * a[:, 0]
+        torch.testing.assert_close(delta[:, temp], expected, rtol=1e-4, atol=1e-5)
+        assert expected.abs().max() > 0.05  # the front does move the temperature
+        torch.testing.assert_close(delta[:, 1 - temp], plain[:, 1 - temp])  # pressure does not see it
+        model = make(global_context=False)
+    assert not hasattr(make(front_mix=False), "front_head")

@@ -35,9 +35,9 @@ def prepped_arrays(seed=0, grid=GRID, n_t=N_T):
         boundary[tuple(hi)] += d
     raw["FaultBoundary"] = (boundary > 0).astype(np.float32)
     cell = [raw["ParamsScalar"][schema.PARAM_NAMES.index(n)] for n in schema.CELL_SIZE_PARAMS]
-    responses = well_response.pressure_responses(raw["IsActive"] > 0.5, [raw["PermX"], raw["PermY"], raw["PermZ"]],
-                                                 raw["Porosity"], raw["Temperature0"], raw["InjRate"], cell)
-    raw.update(zip(schema.RESPONSE_NAMES, responses))
+    raw.update(well_response.well_fields(raw["IsActive"] > 0.5, [raw["PermX"], raw["PermY"], raw["PermZ"]],
+                                         raw["Porosity"], raw["Temperature0"], raw["InjRate"], cell,
+                                         np.stack([raw[n] for n in schema.SCALAR_NAMES], axis=1)))
     return {
         "static": np.stack([raw[n] for n in schema.STATIC_NAMES]).astype(np.float32),
         "params_scalar": raw["ParamsScalar"].astype(np.float32),
@@ -284,8 +284,9 @@ def test_tiled_equals_full_real_model(data, tmp_path, global_context):
     tiled, tiled_s = R.rollout(model, norm, sims[1], tile=(5, 3, 6), progress=False)
     assert np.abs(full[-1] - full[0]).max() > 1e3  # the model does change the state
     # the rollout state is float32: 1 Pa is one unit in the last place at ~1e7 Pa, so a different
-    # summation order in a tile may round a cell to the neighbouring float (a wrong halo is off by far more)
-    np.testing.assert_allclose(tiled, full, rtol=0, atol=2.0)
+    # summation order in a tile may round a cell to a neighbouring float, and the steps carry that
+    # on (seen: 4 Pa in one of 9,600 values); a wrong halo is off by far more
+    np.testing.assert_allclose(tiled, full, rtol=0, atol=8.0)
     if global_context:
         np.testing.assert_allclose(tiled_s, full_s, rtol=1e-5)
     else:  # the pooled scalar head of a local model is not defined per tile

@@ -7,8 +7,8 @@ from voxel_ode import schema
 
 
 def test_channel_counts_match_the_seed():
-    assert schema.N_STATIC == 13
-    assert schema.N_INPUT_CHANNELS == 16
+    assert schema.N_STATIC == 16
+    assert schema.N_INPUT_CHANNELS == 19
     assert schema.N_PARAMS == 26
     assert schema.N_SCALARS == 5
     assert len(set(schema.INPUT_CHANNELS)) == schema.N_INPUT_CHANNELS

@@ -27,7 +27,7 @@ def test_line_matches_the_steady_state_solution():
     # Half the rate flows to each end through m faces and the half cell to the boundary.
     n, k, rate, dx, dy, dz = 21, 1e-13, 5.0, 100.0, 50.0, 10.0
     active, perm, poro, temp, inj = _line(n, k, rate)
-    open_, weak = well_response.pressure_responses(active, perm, poro, temp, inj, (dx, dy, dz))
+    open_, weak, closed = well_response.pressure_responses(active, perm, poro, temp, inj, (dx, dy, dz))
     mob = 1.0 / well_response.water_viscosity(350.0)
     t_face = dy * dz * k / dx * mob
     q = rate / well_response.WATER_DENSITY
@@ -38,6 +38,8 @@ def test_line_matches_the_steady_state_solution():
         np.testing.assert_allclose(dp[0, 0, ::-1], dp[0, 0], rtol=1e-6)  # symmetric about the well
         assert np.all(np.diff(dp[0, 0, n // 2:]) < 0)  # falls off towards the supported ends
     assert weak.max() > 4 * open_.max()  # weak support: a far larger buildup
+    # closed sides: only storage takes the water, so the buildup is larger still and spreads to the ends
+    assert closed.max() > 4 * weak.max() and closed[0, 0, 0] > 0.5 * closed.max()
 
 
 def _box(seed=0, grid=(8, 12, 14)):
@@ -95,3 +97,59 @@ def test_prep_reads_cell_sizes_from_params_or_the_override(tmp_path):
         assert stats["static"]["transform"][schema.STATIC_NAMES.index(name)] == "asinh"
     with pytest.raises(UserError, match="--cell_size"):
         data_prep.prep(raw, tmp_path / "out2", n_test=1, progress=False, cell_size=(100.0, 0.0, 10.0))
+
+
+def test_heat_front_arrival_on_a_line_follows_the_heated_volume():
+    # A vertical line (no box sides on Z) with a falling pressure: uniform flux F from the top
+    # cell, where the injector adds F. The front needs one cell's heated volume / F per cell.
+    n, k, dx, dy, dz, poro = 12, 1e-13, 50.0, 50.0, 10.0, 0.2
+    active = np.ones((n, 1, 1), bool)
+    perm = [np.full(active.shape, k)] * 3
+    temp = np.full(active.shape, 350.0)
+    response = np.linspace(2e5, 1e5, n).reshape(active.shape)  # Pa, > 0: nothing flows in from the sides
+    mob = 1.0 / well_response.water_viscosity(350.0)
+    flux = dx * dy * k / dz * mob * (response[0, 0, 0] - response[1, 0, 0])  # m^3/s per face
+    inj = np.zeros(active.shape)
+    inj[0] = flux * well_response.WATER_DENSITY
+    tau = well_response.thermal_arrival(active, perm, np.full(active.shape, poro), temp, inj, (dx, dy, dz), response)
+    heated = dx * dy * dz * (poro + (1 - poro) * well_response.ROCK_HEAT_PER_VOLUME
+                             / well_response.WATER_HEAT_PER_VOLUME)
+    expected = np.arange(1, n + 1) * heated / flux / well_response.YEAR_SECONDS
+    assert expected[-1] < 0.1 * well_response.ARRIVAL_CAP_YEARS  # far from the cap: the leak term is negligible
+    np.testing.assert_allclose(tau[:, 0, 0], expected, rtol=0.02)
+    # reversed flow: the injector's cell is now downstream of everything, the rest is never reached
+    tau_rev = well_response.thermal_arrival(active, perm, np.full(active.shape, poro), temp, inj, (dx, dy, dz),
+                                            response[::-1].copy())
+    assert np.all(tau_rev[1:] > 0.9 * well_response.ARRIVAL_CAP_YEARS)
+
+
+def test_heat_front_reaches_the_injectors_first():
+    active, perm, poro, temp, inj = _box(seed=1)
+    cell = (100.0, 80.0, 10.0)
+    weak = well_response.pressure_responses(active, perm, poro, temp, inj, cell)[1]
+    tau = well_response.thermal_arrival(active, perm, poro, temp, inj, cell, weak)
+    assert tau.dtype == np.float32 and np.all(tau[~active] == 0)
+    assert np.all(tau[active] > 0) and np.all(tau[active] <= well_response.ARRIVAL_CAP_YEARS * 1.0001)
+    injector = inj > 0
+    assert tau[injector].max() < np.median(tau[active])  # the wells' own cells are reached first
+    faster = well_response.thermal_arrival(active, perm, poro, temp, 2 * inj, cell, 2 * weak)
+    near = tau < 0.01 * well_response.ARRIVAL_CAP_YEARS
+    np.testing.assert_allclose(faster[near], tau[near] / 2, rtol=0.05)  # twice the rate: half the time
+
+
+def test_injection_gap_comes_from_the_field_injection_enthalpy():
+    active, perm, poro, temp, inj = _box(seed=2)
+    t_inj = 310.0
+    scalars = np.zeros((4, schema.N_SCALARS))
+    water = schema.SCALAR_NAMES.index("FieldWaterInjectionRate")
+    energy = schema.SCALAR_NAMES.index("FieldEnergyInjectionRate")
+    scalars[1:, water] = 12.0  # a first report before the wells start is ignored
+    scalars[1:, energy] = 12.0 * schema.WATER_HEAT_CAPACITY * (t_inj - schema.ENTHALPY_ZERO_T)
+    assert well_response.injection_temperature(scalars) == pytest.approx(t_inj)
+    fields = well_response.well_fields(active, perm, poro, temp, inj, (100.0, 80.0, 10.0), scalars)
+    assert list(fields) == list(schema.DERIVED_STATIC_FIELDS[i].name for i in range(1, len(schema.DERIVED_STATIC_FIELDS)))
+    gap = fields[schema.INJECTION_GAP]
+    np.testing.assert_allclose(gap[active], t_inj - temp[active], rtol=1e-5)
+    assert np.all(gap[~active] == 0)
+    no_injection = well_response.well_fields(active, perm, poro, temp, inj, (100.0, 80.0, 10.0), np.zeros_like(scalars))
+    assert np.all(no_injection[schema.INJECTION_GAP] == 0)

@@ -62,6 +62,12 @@ LOG_CANDIDATES = tuple(
     if f.kind == "continuous" and f.name not in ("Pressure0", "Temperature0")
 )
 LOG_DECADES = 3.0
+# Params that are >= 0 with positive values over more than a factor 100 are scale-like
+# (support strengths, compressibilities): equal ratios should be equal steps. Linear
+# z-scoring put a log-uniform boundary-support strength of 0.001-0.013 all within 0.05
+# standard deviations, so the network could not tell closed from weakly supported runs
+# (docs/benchmarks.md, "Demo and fidelity").
+PARAM_LOG_DECADES = 2.0
 MIN_STD = 1e-12
 
 
@@ -423,10 +429,9 @@ def _scan_values(f, path, grid, n_t, fill_value, out_path, patch, stride, chunk_
 
         statics["IsActive"] = mask.astype(np.float32)
         statics["FaultBoundary"] = fault_boundary(statics["FaultId"])
-        responses = well_response.pressure_responses(
+        statics.update(well_response.well_fields(
             mask, [statics[n] for n in ("PermX", "PermY", "PermZ")], statics["Porosity"], statics["Temperature0"],
-            statics["InjRate"], cell_size_of(params, cell_size))
-        statics.update(zip(schema.RESPONSE_NAMES, responses))
+            statics["InjRate"], cell_size_of(params, cell_size), scalars))
         static_stack = np.stack([statics[n] for n in schema.STATIC_NAMES])
         del statics
         static_raw, static_log = [], []
@@ -518,16 +523,24 @@ def _transform_for(name: str, raw: Moments, log: Moments) -> str:
 
 
 def _vector_stats(values: np.ndarray, names: Sequence[str], allow_log: bool) -> dict:
-    """mean/std per column of a (n, C) array, log10 for strictly positive columns spanning > 3 decades."""
-    transforms, means, stds = [], [], []
+    """mean/std per column of a (n, C) array; log10 for scale-like columns (see PARAM_LOG_DECADES).
+
+    A log column's "floor" (half its smallest positive value) stands in for zeros, so a
+    run with e.g. closed boundaries (strength 0) sits just below the weakest positive one.
+    """
+    transforms, floors, means, stds = [], [], [], []
     for c in range(values.shape[1]):
         col = values[:, c].astype(np.float64)
-        use_log = allow_log and col.min() > 0 and math.log10(col.max() / col.min()) > LOG_DECADES
-        x = np.log10(col) if use_log else col
+        positive = col[col > 0]
+        use_log = (allow_log and col.min() >= 0 and positive.size >= 2
+                   and math.log10(positive.max() / positive.min()) > PARAM_LOG_DECADES)
+        floor = float(positive.min()) / 2 if use_log else None
+        x = np.log10(np.maximum(col, floor)) if use_log else col
         transforms.append("log10" if use_log else "none")
+        floors.append(floor)
         means.append(float(x.mean()))
         stds.append(_safe_std(float(x.std())))
-    return {"names": list(names), "transform": transforms, "mean": means, "std": stds}
+    return {"names": list(names), "transform": transforms, "floor": floors, "mean": means, "std": stds}
 
 
 def _signed_log1p_stats(values: np.ndarray, names: Sequence[str]) -> dict:
@@ -543,9 +556,17 @@ def compute_stats(train: list[dict], rel_train: list[str], rel_test: list[str], 
         raise UserError("stats: training split has no active cells")
     static = {"names": list(schema.STATIC_NAMES), "transform": [], "mean": [], "std": []}
     for c, name in enumerate(schema.STATIC_NAMES):
-        if name in schema.RESPONSE_NAMES:
-            # Signed and heavy-tailed (0.01-100 bar): the Normalizer scales them like the pressure target.
+        if name in schema.RESPONSE_NAMES or name == schema.INJECTION_GAP:
+            # Signed and heavy-tailed (0.01-100 bar; 0-150 K): the Normalizer scales them like the
+            # pressure / temperature target.
             static["transform"].append("asinh")
+            static["mean"].append(0.0)
+            static["std"].append(1.0)
+            continue
+        if name == schema.THERMAL_ARRIVAL:
+            # Hours near an injector to "never" (the cap): log10 of the years, not z-scored, so the
+            # model's heat-front step reads the arrival time itself (model._mix_front).
+            static["transform"].append("log10")
             static["mean"].append(0.0)
             static["std"].append(1.0)
             continue

@@ -5,15 +5,16 @@ API (see docs/design.md for the file layouts)
 ``Normalizer(stats, delta_mode="asinh")``  (``Normalizer.from_file(path)``)
     Built from the stats.json dict. All grid methods take torch tensors with the
     channel axis at dim -4 ([C,D,H,W] or [B,C,D,H,W]); numpy arrays are accepted.
-    normalize_static(static[13], active)      -> [13]  transform (log10) + z-score, 0 at inactive;
-        the well responses (Pa): asinh(x / s_P), the pressure target's scale
+    normalize_static(static[14], active)      -> [14]  transform (log10) + z-score, 0 at inactive;
+        the well responses (Pa): asinh(x / s_P), the pressure target's scale;
+        the injection temperature gap (K): asinh(x / s_T)
     normalize_state(state[2]) / denormalize_state(state_norm[2])       z-score of (P, T)
-    normalize_params(params[..., 26])         -> z-score (constant params -> 0)
+    normalize_params(params[..., 26])         -> z-score, log10 (zeros at a floor) for scale-like params
     conditioning(params_norm[..., 26], t)     -> [..., 27]: + time_feature(t) = log1p(t)/log1p(29), what the model takes
     normalize_change(state[2], initial[2]) -> [1]  asinh((P - P0) / s_P): the pressure change since
                                                  t = 0 (initial = Pressure0/Temperature0), scaled like the targets
     normalize_dynamic(state[2], initial[2]) -> [3]  normalize_state + normalize_change
-    normalize_input(static[13], state[2], active=None) -> x [16] in schema.INPUT_CHANNELS order,
+    normalize_input(static[14], state[2], active=None) -> x [17] in schema.INPUT_CHANNELS order,
                                                  0 at inactive cells (active from IsActive if None)
     normalize_delta(delta[2]) / denormalize_delta(delta_norm[2])
         per-step change of (P, T) <-> model target. Default "asinh":
@@ -94,6 +95,8 @@ RATE_SLOTS = tuple(schema.SCALAR_NAMES.index(n) for n in schema.CUMULATIVE_RATES
 SCALAR_LOG_UNIT = 1e-3  # scalar targets are log-ratios in units of 0.1 %, asinh-squeezed beyond
 MAX_LOG_RATIO = 20.0  # a predicted ratio is kept within e^-20 .. e^20 (no overflow in a rollout)
 DELTA_SCALE_QUANTILE = 0.5  # of the per-simulation RMS change over train sims
+FRONT_SCALED = ("Temperature",)
+FRONT_QUANTILE = "0.99"
 
 
 def _as_tensor(a, dtype=torch.float32):
@@ -138,6 +141,8 @@ def delta_scales_from_stats(stats: dict) -> np.ndarray:
         col = rms[:, c]
         col = col[np.isfinite(col) & (col > 0)]  # a run without injection has zero T change
         s = float(np.quantile(col, DELTA_SCALE_QUANTILE)) if col.size else 0.0
+        if schema.DYNAMIC_NAMES[c] in FRONT_SCALED:
+            s = float(delta.get("abs_quantiles", {}).get(FRONT_QUANTILE, [0.0] * 2)[c]) or s
         if not s > 0:  # fall back to the pooled median |delta|, then the std
             s = float(delta.get("abs_quantiles", {}).get("0.5", [0.0] * 2)[c])
         if not s > 0:
@@ -194,15 +199,20 @@ class Normalizer:
             self.params_transform = list(stats["params"].get("transform", ["none"] * schema.N_PARAMS))
             self.params_mean = np.asarray(stats["params"]["mean"], np.float64)
             self.params_std = np.asarray(stats["params"]["std"], np.float64)
+            floors = stats["params"].get("floor") or [None] * schema.N_PARAMS
+            self.params_floor = np.array([-np.inf if f is None else f for f in floors], np.float64)
             self.scalar_transform = list(stats["scalars"]["transform"])
             self.scalar_mean = np.asarray(stats["scalars"]["mean"], np.float64)  # sets the floor of the scalars
         except KeyError as err:
             raise UserError(f"stats.json: {err.args[0]}: missing key") from None
         self.delta_mode = delta_mode
         self.delta_scale = delta_scales_from_stats(stats)
-        # "asinh" static channels (the well responses, Pa) share the pressure target's scale: the
-        # first year's target asinh(dp / s_P) and a response that predicts it then read alike.
+        # "asinh" static channels share a target's scale, so the channel and the change it predicts
+        # read alike: the well responses (Pa) the pressure's, the injection temperature gap (K)
+        # the temperature's.
         self.static_scale = [self.delta_scale[schema.DYNAMIC_NAMES.index("Pressure")]] * schema.N_STATIC
+        self.static_scale[schema.STATIC_NAMES.index(schema.INJECTION_GAP)] = \
+            self.delta_scale[schema.DYNAMIC_NAMES.index("Temperature")]
         self.stats = stats
 
     @classmethod
@@ -297,7 +307,8 @@ class Normalizer:
         return torch.cat([params_norm, feature.unsqueeze(-1)], dim=-1)
 
     def normalize_params(self, params) -> torch.Tensor:
-        p = _apply_transform(_as_tensor(params, torch.float64), self.params_transform, channel_dim=-1)
+        p = torch.maximum(_as_tensor(params, torch.float64), torch.as_tensor(self.params_floor))
+        p = _apply_transform(p, self.params_transform, channel_dim=-1)
         p = (p - torch.as_tensor(self.params_mean)) / torch.as_tensor(self.params_std)
         return p.to(torch.float32)
 

@@ -69,24 +69,38 @@ RAW_STATIC_NAMES = tuple(f.name for f in RAW_STATIC_FIELDS)
 # the plane cells) or fault blocks (ids on whole compartments), so the model
 # gets a geometric signal instead of an arbitrary categorical number.
 #
-# Two more are physics features (voxel_ode/well_response.py): the pressure change
+# Five more are physics features (voxel_ode/well_response.py): the pressure change
 # after one year of the wells' rates, from one linear solve over the whole grid, with
-# full and with weak pressure support at the lateral sides of the box. They give the
-# network the field-wide shape of the pressure cones that its local view cannot see.
+# full, weak and no pressure support at the lateral sides of the box; the years the
+# injected water's heat front takes to reach each cell along that flow; and how much
+# colder the injected water is than each cell (its temperature follows from the field
+# scalars: injected energy rate / water rate = enthalpy, see WATER_HEAT_CAPACITY).
+# They give the network the field-wide shape of the pressure cones and of the cold
+# plumes' paths, which its local view cannot see.
 DERIVED_STATIC_FIELDS = (
     Field("FaultBoundary", "-", "binary", "1 where FaultId changes to a face neighbour (derived in prep)"),
     Field("PressureResponseOpen", "Pa", "continuous",
           "1-year pressure change from the wells, lateral sides held at initial pressure (derived in prep)"),
     Field("PressureResponseWeak", "Pa", "continuous",
           "the same with 1 % lateral support (derived in prep)"),
+    Field("PressureResponseClosed", "Pa", "continuous",
+          "the same with closed lateral sides (derived in prep)"),
+    Field("ThermalArrival", "yr", "continuous",
+          "years until injected water's heat front arrives, on the weak-support flow field (derived in prep)"),
+    Field("InjectionTemperatureGap", "K", "continuous",
+          "injected water's temperature (from the field injection scalars) minus Temperature0 (derived in prep)"),
 )
-RESPONSE_NAMES = ("PressureResponseOpen", "PressureResponseWeak")  # well_response.SUPPORT_STRENGTHS order
+# well_response.SUPPORT_STRENGTHS order
+RESPONSE_NAMES = ("PressureResponseOpen", "PressureResponseWeak", "PressureResponseClosed")
+THERMAL_ARRIVAL = "ThermalArrival"
+INJECTION_GAP = "InjectionTemperatureGap"
+ARRIVAL_FLOW_RESPONSE = "PressureResponseWeak"  # the flow field the heat front follows
 # Params that give the cell sizes (m) the responses need; `voxel-ode prep --cell_size`
 # overrides them for an export whose ParamsScalar means something else.
 CELL_SIZE_PARAMS = ("CellSizeX", "CellSizeY", "CellSizeZ")
 STATIC_FIELDS = RAW_STATIC_FIELDS + DERIVED_STATIC_FIELDS
 STATIC_NAMES = tuple(f.name for f in STATIC_FIELDS)  # order of /static in prepped files
-N_STATIC = len(STATIC_NAMES)  # 13
+N_STATIC = len(STATIC_NAMES)  # 16
 
 PARAMS_SCALAR = "ParamsScalar"  # Input/ParamsScalar, shape (26,)
 
@@ -184,7 +198,7 @@ SPLITS = ("train", "test")
 # ---------------------------------------------------------------------------
 # Model channels
 # ---------------------------------------------------------------------------
-# Input = the 13 static channels, the state at t (Pressure, Temperature), then the
+# Input = the 16 static channels, the state at t (Pressure, Temperature), then the
 # change of the pressure since t = 0 (Pressure minus Pressure0). Pressure is z-scored
 # over the whole depth range (std ~ 50 bar), so the 0.1-20 bar a reservoir moves under
 # production is ~1e-3 of a unit in its state channel, invisible to the network; scaled
@@ -196,7 +210,7 @@ CHANGE_VARIABLES = ("Pressure",)
 CHANGE_NAMES = tuple(v + "Change" for v in CHANGE_VARIABLES)
 CHANGE_OF_DYNAMIC = tuple(DYNAMIC_NAMES.index(v) for v in CHANGE_VARIABLES)  # their index in the state
 INPUT_CHANNELS = STATIC_NAMES + DYNAMIC_NAMES + CHANGE_NAMES
-N_INPUT_CHANNELS = len(INPUT_CHANNELS)  # 16
+N_INPUT_CHANNELS = len(INPUT_CHANNELS)  # 19
 STATE_CHANNELS = slice(N_STATIC, N_STATIC + N_DYNAMIC)  # z-scored (P, T) at t
 CHANGE_CHANNELS = slice(N_STATIC + N_DYNAMIC, N_INPUT_CHANNELS)  # scaled P at t minus P at t = 0
 DYNAMIC_CHANNELS = slice(N_STATIC, N_INPUT_CHANNELS)  # everything that changes with t

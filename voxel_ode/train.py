@@ -79,6 +79,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no_response_mix", action="store_true",
                    help="predict the pressure change without the learned mix of the well-response channels "
                         "(the seed's plain grid head; required with --delta_norm zscore)")
+    g.add_argument("--no_front_mix", action="store_true",
+                   help="predict the temperature change without the learned heat-front step (ThermalArrival "
+                        "and InjectionTemperatureGap channels; required with --delta_norm zscore)")
     g.add_argument("--delta_norm", choices=("asinh", "zscore"), default="asinh",
                    help="normalization of the change targets: asinh(delta/s) with a robust per-simulation "
                         "scale (dataset.Normalizer), or the seed's pooled z-score")
@@ -572,17 +575,18 @@ def train(args=None, **kwargs) -> dict:
             config = ModelConfig(base_channels=args.base_channels, depth=args.depth,
                                  receptive_field_radius=args.receptive_field_radius, norm=args.norm,
                                  global_context=not args.no_global_context,
-                                 response_mix=not args.no_response_mix)
+                                 response_mix=not args.no_response_mix, front_mix=not args.no_front_mix)
         torch.manual_seed(args.seed)  # same initial weights on every rank
         model = VoxelAutoRegressor(config).to(ddp.device)
         log(f"model: {count_parameters(model):,} parameters, local receptive field {model.receptive_field} cells, "
             f"norm={config.norm}, whole-field path={'yes' if config.global_context else 'no'}, "
-            f"response mix={'yes' if config.response_mix else 'no'}")
+            f"response mix={'yes' if config.response_mix else 'no'}, front mix={'yes' if config.front_mix else 'no'}")
 
         # ---- data -------------------------------------------------------------
         delta_mode = ckpt.get("delta_mode", args.delta_norm) if ckpt is not None else args.delta_norm
-        if config.response_mix and delta_mode != "asinh":
-            raise UserError("train: the response mix needs --delta_norm asinh (add --no_response_mix for zscore)")
+        if (config.response_mix or config.front_mix) and delta_mode != "asinh":
+            raise UserError("train: the response and front mixes need --delta_norm asinh "
+                            "(add --no_response_mix --no_front_mix for zscore)")
         normalizer = Normalizer(stats, delta_mode=delta_mode)
         common = dict(stats=stats, mode=args.sample_mode, seed=args.seed,
                       context_factor=config.context_factor, delta_mode=delta_mode)
