@@ -7,7 +7,7 @@ error of the change since t=0 (persistence = 1.0 exactly), accuracy within
 +/-5 bar / +/-5 K, the seed's +/-5 % accuracy and the normalized MSE, for:
 
   persistence   the state never changes
-  linear        per-voxel ridge least squares on the 16 inputs + 26 params
+  linear        per-voxel ridge least squares on the model inputs + 26 params
   seed          the seed's configuration: purely local model, spatial norm,
                 pooled z-score targets, one-step training on patches (it shares
                 this version's inputs: pressure-change channel, time feature,

@@ -110,12 +110,14 @@ def test_sample_equals_direct_normalization(root, stats):
         assert (s["x"][:, ~torch.from_numpy(active)] == 0).all()
 
 
-def test_delta_scale_is_the_median_of_per_sim_rms():
+def test_delta_scale_is_the_median_of_per_sim_rms_for_pressure_and_a_high_quantile_for_temperature():
     stats_like = {"delta": {"per_sim_rms": [[1e2, 0.0], [1e3, 0.1], [1e4, 0.2], [1e5, 0.3]],
-                            "abs_quantiles": {"0.5": [5.0, 0.05]}, "std": [3e4, 0.1]}}
+                            "abs_quantiles": {"0.5": [5.0, 0.05], "0.99": [9e4, 4.0]}, "std": [3e4, 0.1]}}
     s = delta_scales_from_stats(stats_like)
     assert s[0] == pytest.approx(np.median([1e2, 1e3, 1e4, 1e5]))
-    assert s[1] == pytest.approx(np.median([0.1, 0.2, 0.3]))  # the zero-change sim is ignored
+    assert s[1] == pytest.approx(4.0)  # temperature moves at fronts: the 99 % quantile of |dT|
+    del stats_like["delta"]["abs_quantiles"]["0.99"]  # stats without it: the per-run median RMS
+    assert delta_scales_from_stats(stats_like)[1] == pytest.approx(np.median([0.1, 0.2, 0.3]))  # 0-change run ignored
 
 
 def test_normalizer_roundtrips(stats):

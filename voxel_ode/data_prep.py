@@ -488,7 +488,7 @@ def validate_raw(path, fill_value=None, n_timesteps=None) -> list[str]:
 def prepare_arrays(path, fill_value=None, n_timesteps=None, cell_size=None) -> dict:
     """One raw v2.4 file -> the arrays prep would pack, in memory (no file written).
 
-    Keys: static (13, Z, Y, X) float32, params_scalar (26,) float32,
+    Keys: static (N_STATIC, Z, Y, X) float32, params_scalar (26,) float32,
     outputs_grid (T, 2, Z, Y, X) float32, outputs_scalar (T, 5) float64.
     Raises UserError with the first problem of a bad file.
     """

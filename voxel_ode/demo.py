@@ -21,6 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from voxel_ode import schema
 from voxel_ode.utils import UserError, write_json_atomic
 
 
@@ -110,7 +111,8 @@ def run_demo(args) -> int:
         generate_dataset(raw, cfg.n_sims, grid=cfg.grid, seed=cfg.seed, workers=args.workers)
         write_json_atomic(raw / ".demo_done.json", settings)
 
-    settings = {**settings, "n_test": cfg.n_test}
+    # the channel list too: prepped data of an older version (other derived channels) is redone
+    settings = {**settings, "n_test": cfg.n_test, "static_channels": list(schema.STATIC_NAMES)}
     _banner(f"2/4 prep -> {prepped}/")
     if _stage_done(prepped / ".demo_done.json", settings):
         print("reusing the prepped data already there")

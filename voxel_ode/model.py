@@ -6,7 +6,7 @@ API
     base_channels=128, depth=12, receptive_field_radius=3 (stem kernel 2r+1),
     block_kernel=3, convs_per_block=2, norm="channel"|"spatial", global_context=True,
     context_factor=4, context_channels=32, context_stages=3, global_dim=128,
-    mask_features=True, channels_last=True, response_mix=True (+ channel counts from schema).
+    mask_features=True, channels_last=True, response_mix=True, front_mix=True (+ channel counts from schema).
 ``VoxelAutoRegressor(config)``
     .receptive_field -> int: halo of the local path in cells (r + convs_per_block*depth*(k//2);
         27 for the defaults). For a FIXED context the output at a voxel depends only on inputs
@@ -44,14 +44,18 @@ Design
   ``dataset.collate`` then changes nothing, and no information flows through rock
   that the simulator does not model.
 * Response mix (response_mix=True): each step sets the pressure change since t = 0 to a
-  mix of the two well-response channels (one-year linear pressure responses over the
+  mix of the three well-response channels (one-year linear pressure responses over the
   whole field, computed in prep: well_response.py) plus the grid head's residual; the
   mix weights come from the conditioning (params, time, global vector) through a small
   MLP. Needs asinh change targets (the channels share the pressure target's scale).
   The pressure path then does not start at persistence (zero weights = back to P0).
+* Front mix (front_mix=True): each step moves the temperature by the injection gap
+  (InjectionTemperatureGap) times the step's change of a sigmoid in log time around the
+  cell's ThermalArrival (both derived in prep), with gain, slope and position from the
+  conditioning, plus the grid head's residual; starts at the physical front (FRONT_INIT).
 * Whole-field path (global_context=True): pressure diffuses kilometres per yearly
   step, so a local CNN cannot know the field-wide pressure level. A small CNN on
-  the whole field pooled by F=4 (13 channels + active fraction) with strided
+  the whole field pooled by F=4 (all input channels + active fraction) with strided
   stages (a small U-Net) gives a coarse map, added (trilinearly upsampled, cropped
   to the patch via origin) after the stem and before the grid head, and a global
   vector used with the params in every FiLM and by the scalar head.

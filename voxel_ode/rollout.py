@@ -28,7 +28,7 @@ the train split), prints a summary table and writes metrics.json, a per-step
 CSV, predictions (+ XDMF) and PNG pictures.
 
 The linear baseline predicts the physical change of P and T at a voxel as
-W @ [16 normalized inputs, 26 normalized params, 1], fitted by ridge least
+W @ [normalized inputs, normalized params, 1], fitted by ridge least
 squares on subsampled active cells of the train split (one-step targets) and
 rolled out like the model; it has no notion of time, so it cannot follow a
 large first-year transient that then decays, and its rollouts drift.
@@ -292,7 +292,7 @@ def run_stepper(stepper, sim: dict, n_steps: int | None = None, progress=True, d
 def rollout(model, normalizer, sim_arrays, device="cpu", tile=None, amp_dtype=None, progress=True):
     """Predict a whole simulation from its initial state; physical units.
 
-    ``sim_arrays``: dict with ``static`` (13,Z,Y,X), ``params_scalar`` (26,),
+    ``sim_arrays``: dict with ``static`` (N_STATIC,Z,Y,X), ``params_scalar`` (26,),
     optionally ``outputs_grid`` (T,2,Z,Y,X) (its [0] is the initial state, its
     length the number of steps; without it Pressure0/Temperature0 and
     schema.N_TIMESTEPS) and ``outputs_scalar`` (T,5) (its [0] is copied to
@@ -306,13 +306,13 @@ def rollout(model, normalizer, sim_arrays, device="cpu", tile=None, amp_dtype=No
 # Linear per-voxel baseline
 # ---------------------------------------------------------------------------
 class LinearStepper:
-    """Change of P and T at a voxel = W @ [16 normalized inputs, 26 normalized params, 1]."""
+    """Change of P and T at a voxel = W @ [normalized inputs, normalized params, 1]."""
 
     name = "linear"
     receptive_field = 0
 
     def __init__(self, weights: np.ndarray, normalizer):
-        self.weights = np.asarray(weights, np.float64)  # (2, 16 + 26 + 1), physical change per feature
+        self.weights = np.asarray(weights, np.float64)  # (2, N_INPUT_CHANNELS + N_PARAMS + 1), physical change per feature
         self.normalizer = normalizer
 
     def start(self, sim):
@@ -333,7 +333,7 @@ LINEAR_RIDGE = 1.0  # ridge strength on z-scored features (see fit_linear_baseli
 
 
 def _linear_features(normalizer, static_flat, static_norm_flat, state, params_norm, idx):
-    """Rows [16 normalized inputs, 26 normalized params, 1] at flat cell indices ``idx`` (all active)."""
+    """Rows [normalized inputs, normalized params, 1] at flat cell indices ``idx`` (all active)."""
     values = state.reshape(schema.N_DYNAMIC, -1)[:, idx][:, :, None, None]  # [2, n, 1, 1]: channel at dim -4
     initial = static_flat[list(schema.INITIAL_STATE_STATIC)][:, idx][:, :, None, None]
     dyn = np.asarray(normalizer.normalize_dynamic(values, initial), np.float64)[:, :, 0, 0]
