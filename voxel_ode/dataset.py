@@ -5,7 +5,7 @@ API (see docs/design.md for the file layouts)
 ``Normalizer(stats, delta_mode="asinh")``  (``Normalizer.from_file(path)``)
     Built from the stats.json dict. All grid methods take torch tensors with the
     channel axis at dim -4 ([C,D,H,W] or [B,C,D,H,W]); numpy arrays are accepted.
-    normalize_static(static[14], active)      -> [14]  transform (log10) + z-score, 0 at inactive;
+    normalize_static(static[16], active)      -> [16]  transform (log10) + z-score, 0 at inactive;
         the well responses (Pa): asinh(x / s_P), the pressure target's scale;
         the injection temperature gap (K): asinh(x / s_T)
     normalize_state(state[2]) / denormalize_state(state_norm[2])       z-score of (P, T)
@@ -14,7 +14,7 @@ API (see docs/design.md for the file layouts)
     normalize_change(state[2], initial[2]) -> [1]  asinh((P - P0) / s_P): the pressure change since
                                                  t = 0 (initial = Pressure0/Temperature0), scaled like the targets
     normalize_dynamic(state[2], initial[2]) -> [3]  normalize_state + normalize_change
-    normalize_input(static[14], state[2], active=None) -> x [17] in schema.INPUT_CHANNELS order,
+    normalize_input(static[16], state[2], active=None) -> x [19] in schema.INPUT_CHANNELS order,
                                                  0 at inactive cells (active from IsActive if None)
     normalize_delta(delta[2]) / denormalize_delta(delta_norm[2])
         per-step change of (P, T) <-> model target. Default "asinh":

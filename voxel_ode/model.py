@@ -115,9 +115,9 @@ class ModelConfig:
 # Initial (gain, slope, offset, arrival weight) of the heat-front step: the cell moves by the
 # whole injection gap as the front passes ln t = ln(ThermalArrival), over about a factor e^1.5
 # in time each side (alone, untrained, this scored a year-29 temperature change error of
-# 0.31-0.49 on the demo's test runs, slope 3: 0.37-0.54). A start far from that (front at t = e^z of a z-scored arrival, slope 1)
-# cooled most of the field at once; training then shut the front off (gain 0.01, slope 0.08)
-# and the first-year drop at the injectors was lost.
+# 0.31-0.49 on the demo's test runs, slope 3: 0.37-0.54). A start far from that (front at
+# t = e^z of a z-scored arrival, slope 1) cooled most of the field at once; training then
+# shut the front off (gain 0.01, slope 0.08) and the first-year drop at the injectors was lost.
 FRONT_INIT = (1.0, 1.5, 0.0, 1.0)
 
 
@@ -388,10 +388,7 @@ class VoxelAutoRegressor(nn.Module):
         responses = torch.sinh(x[:, self.response_channels].float())  # [B, R, D, H, W]
         change = torch.sinh(x[:, self.change_channel:self.change_channel + 1].float())  # [B, 1, D, H, W]
         mix = torch.einsum("br,brdhw->bdhw", weights, responses).unsqueeze(1) - change
-        residual = torch.sinh(delta[:, p:p + 1].float().clamp(-30.0, 30.0))
-        pressure = torch.asinh(residual + mix).to(delta.dtype)
-        return torch.cat([delta[:, :p], pressure, delta[:, p + 1:]], dim=1)
-
+        return _add_to_target(delta, p, mix)
 
     def _mix_front(self, delta, x, cond, time_feature):
         """Temperature target = asinh(g * gap / s_T * (w(t + 1) - w(t)) + sinh(grid head)).
@@ -419,9 +416,15 @@ class VoxelAutoRegressor(nn.Module):
             return w * (t > 0.5).to(w.dtype)[expand]  # nothing is reached at t = 0
 
         front = gain[expand] * gap * (reached(years + 1.0) - reached(years))
-        residual = torch.sinh(delta[:, temp:temp + 1].float().clamp(-30.0, 30.0))
-        temperature = torch.asinh(residual + front.unsqueeze(1)).to(delta.dtype)
-        return torch.cat([delta[:, :temp], temperature, delta[:, temp + 1:]], dim=1)
+        return _add_to_target(delta, temp, front.unsqueeze(1))
+
+
+def _add_to_target(delta, channel, prior):
+    """delta with channel c = asinh(prior + sinh(head_c)): a physics prior (in target units
+    before the asinh, [B, 1, D, H, W]) plus the grid head's residual. fp32: sinh overflows fp16."""
+    residual = torch.sinh(delta[:, channel:channel + 1].float().clamp(-30.0, 30.0))
+    mixed = torch.asinh(residual + prior).to(delta.dtype)
+    return torch.cat([delta[:, :channel], mixed, delta[:, channel + 1:]], dim=1)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -50,6 +50,8 @@ TOTAL_COMPRESSIBILITY = 1e-9  # 1/Pa, rock + water, typical of consolidated rese
 # Lateral support multipliers on the half-cell transmissibility to the box side,
 # one response channel each (schema.RESPONSE_NAMES, same order).
 SUPPORT_STRENGTHS = (1.0, 0.01, 0.0)
+# the support of the response whose flow field the heat front follows (thermal_arrival)
+ARRIVAL_SUPPORT = SUPPORT_STRENGTHS[schema.RESPONSE_NAMES.index(schema.ARRIVAL_FLOW_RESPONSE)]
 DIRECT_SOLVE_MAX_CELLS = 60_000
 # Heat front (thermal_arrival): generic volumetric heat capacities, J/(m^3 K).
 ROCK_HEAT_PER_VOLUME = 2.3e6  # grain density x specific heat of common reservoir rocks (2.0-2.6e6)
@@ -109,13 +111,14 @@ class _Faces:
         return out
 
 
-def pressure_responses(active, perm_xyz, porosity, temperature0, inj_rate, cell_size) -> list[np.ndarray]:
+def pressure_responses(active, perm_xyz, porosity, temperature0, inj_rate, cell_size,
+                       faces: _Faces | None = None) -> list[np.ndarray]:
     """One-year pressure change (Pa, float32 grids, 0 outside ``active``) per support strength.
 
     active: bool (Z, Y, X); perm_xyz: PermX, PermY, PermZ (m^2); porosity (-);
     temperature0 (K); inj_rate (kg/s per cell, + injection); cell_size: (dx, dy, dz) in m.
     """
-    faces = _Faces(active, perm_xyz, temperature0, cell_size)
+    faces = faces or _Faces(active, perm_xyz, temperature0, cell_size)
     n, a, b, t = faces.n, faces.a, faces.b, faces.trans
     q = np.asarray(inj_rate, np.float64).ravel()[faces.cells] / WATER_DENSITY
     if n == 0 or not np.any(q):
@@ -131,7 +134,8 @@ def pressure_responses(active, perm_xyz, porosity, temperature0, inj_rate, cell_
     return out
 
 
-def thermal_arrival(active, perm_xyz, porosity, temperature0, inj_rate, cell_size, response) -> np.ndarray:
+def thermal_arrival(active, perm_xyz, porosity, temperature0, inj_rate, cell_size, response,
+                    faces: _Faces | None = None) -> np.ndarray:
     """Years until injected water's heat front reaches each cell (float32 grid, 0 outside ``active``).
 
     The flow field is the one of ``response`` (a one-year pressure response of
@@ -141,7 +145,7 @@ def thermal_arrival(active, perm_xyz, porosity, temperature0, inj_rate, cell_siz
     inflow. Water from the box sides and cells without inflow count as never
     reached: tau is capped at ARRIVAL_CAP_YEARS.
     """
-    faces = _Faces(active, perm_xyz, temperature0, cell_size)
+    faces = faces or _Faces(active, perm_xyz, temperature0, cell_size)
     n, cells = faces.n, faces.cells
     if n == 0:
         return faces.to_grid(0.0)
@@ -151,7 +155,7 @@ def thermal_arrival(active, perm_xyz, porosity, temperature0, inj_rate, cell_siz
     downstream = np.where(flux > 0, faces.b, faces.a)
     flux = np.abs(flux)
     q = np.asarray(inj_rate, np.float64).ravel()[cells] / WATER_DENSITY
-    side_inflow = np.maximum(-SUPPORT_STRENGTHS[1] * faces.boundary * pressure, 0.0)
+    side_inflow = np.maximum(-ARRIVAL_SUPPORT * faces.boundary * pressure, 0.0)
     porosity = np.asarray(porosity, np.float64).ravel()[cells].clip(0.0, 1.0)
     heated = faces.volume * (porosity + (1 - porosity) * ROCK_HEAT_PER_VOLUME / WATER_HEAT_PER_VOLUME)
     cap = ARRIVAL_CAP_YEARS * YEAR_SECONDS
@@ -186,10 +190,11 @@ def injection_temperature(scalars) -> float | None:
 def well_fields(active, perm_xyz, porosity, temperature0, inj_rate, cell_size, scalars) -> dict[str, np.ndarray]:
     """The derived static grids of this module by schema name: the pressure responses, the heat
     front's arrival and the injection temperature gap (scalars: the run's field scalars [T, 5])."""
-    responses = pressure_responses(active, perm_xyz, porosity, temperature0, inj_rate, cell_size)
+    faces = _Faces(active, perm_xyz, temperature0, cell_size)  # shared: assembling it is ~1 s on the full grid
+    responses = pressure_responses(active, perm_xyz, porosity, temperature0, inj_rate, cell_size, faces)
     fields = dict(zip(schema.RESPONSE_NAMES, responses))
     fields[schema.THERMAL_ARRIVAL] = thermal_arrival(active, perm_xyz, porosity, temperature0, inj_rate, cell_size,
-                                                     fields[schema.ARRIVAL_FLOW_RESPONSE])
+                                                     fields[schema.ARRIVAL_FLOW_RESPONSE], faces)
     t_inj = injection_temperature(scalars)
     gap = np.zeros(active.shape, np.float32)
     if t_inj is not None:
