@@ -133,6 +133,22 @@ def test_normalizer_roundtrips(stats):
     np.testing.assert_allclose(nrm.denormalize_state(nrm.normalize_state(state)).numpy(), state.numpy(), rtol=1e-6)
 
 
+def test_normalizer_keeps_tensors_on_their_device(stats):
+    # training and evaluation call these on GPU batches: a constant made on the CPU inside
+    # them breaks CUDA runs only. "meta" tensors raise on any such CPU/device mix, on any machine.
+    nrm = Normalizer(stats)
+    meta = dict(device="meta")
+    grid = torch.zeros(2, schema.N_DYNAMIC, 3, 4, 5, **meta)
+    x = torch.zeros(2, schema.N_INPUT_CHANNELS, 3, 4, 5, **meta)
+    scalars = torch.zeros(2, schema.N_SCALARS, **meta)
+    outs = [nrm.denormalize_state(grid), nrm.denormalize_delta(grid), nrm.normalize_delta(grid),
+            nrm.update_input(x, grid, torch.ones(2, 1, 3, 4, 5, **meta)),
+            nrm.conditioning(torch.zeros(2, schema.N_PARAMS, **meta), torch.zeros(2, dtype=torch.long, **meta)),
+            nrm.normalize_scalars(scalars, scalars.double(), torch.ones(2, **meta)),
+            nrm.denormalize_scalars(scalars, scalars.double(), torch.ones(2, **meta))]
+    assert all(o.device.type == "meta" for o in outs)
+
+
 def test_update_input_advances_state_like_the_data(root):
     """x(t) + predicted change (= the true change) gives x(t+1); multi-step targets line up."""
     ds = PatchDataset(root, "train", mode="full", rollout_steps=2)

@@ -224,6 +224,29 @@ def test_torchrun_two_processes_hold_identical_weights(prepped, tmp_path):
     assert any(not torch.equal(init[k], v) for k, v in model.state_dict().items())
 
 
+def test_torchrun_one_process_runs_the_distributed_path(prepped, tmp_path):
+    # a one-GPU torchrun job must take the process-group path (NCCL/DDP are then exercised on
+    # one GPU as on many) and train exactly like a plain run
+    run = ["--base_channels", "8", "--depth", "2", "--receptive_field_radius", "1", "--batch_size", "4",
+           "--max_steps", "3", "--log_every", "1", "--eval_every", "100", "--ckpt_every", "100", "--quiet",
+           "--prepped_root", str(prepped)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+           str(REPO / "scripts" / "train_ddp.py"), *run, "--save_dir", str(tmp_path / "ddp")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=_env())
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "1 process(es) on cpu (torch.distributed, gloo)" in out.stdout
+    plain = subprocess.run([sys.executable, str(REPO / "scripts" / "train_ddp.py"), *run,
+                            "--save_dir", str(tmp_path / "plain")], capture_output=True, text=True, timeout=180,
+                           env=_env())
+    assert plain.returncode == 0 and "torch.distributed" not in plain.stdout
+    from voxel_ode.model import load_model
+
+    assert param_checksum(load_model(tmp_path / "ddp" / "last.pt")[0]) == \
+        param_checksum(load_model(tmp_path / "plain" / "last.pt")[0])
+    assert [r["loss"] for r in _records(tmp_path / "ddp", "train")] == \
+        [r["loss"] for r in _records(tmp_path / "plain", "train")]
+
+
 def test_workers_give_the_same_batches(prepped, tmp_path):
     # num_workers > 0 works (each worker opens its own HDF5 handles) and, because the data
     # order and augmentations are functions of (seed, epoch, index), trains identically

@@ -326,10 +326,11 @@ class Normalizer:
 
     def _scalar_refs(self, prev: torch.Tensor, production_ratio) -> tuple[torch.Tensor, torch.Tensor]:
         """Per slot, the magnitude a scalar is compared with and its floor (module doc)."""
-        floor = torch.as_tensor(self._scalar_floor(), dtype=torch.float64)
+        floor = torch.as_tensor(self._scalar_floor(), dtype=torch.float64, device=prev.device)
         ref = prev.abs().clone()
         floor = floor.expand_as(ref).clone()
-        ratio = torch.as_tensor(1.0 if production_ratio is None else production_ratio, dtype=torch.float64)
+        ratio = torch.as_tensor(1.0 if production_ratio is None else production_ratio, dtype=torch.float64,
+                                device=prev.device)
         ref[..., PRODUCTION_RATE_SLOT] = ref[..., PRODUCTION_RATE_SLOT] * ratio
         for slot, rate in zip(INCREMENT_SLOTS, RATE_SLOTS):
             # trapezoid over the step, between the rate now and its reference at t+1

@@ -171,7 +171,9 @@ class Dist:
             self.device = torch.device("cuda", self.local_rank)
         else:
             self.device = torch.device("cpu")
-        self.enabled = self.world > 1
+        # launched by torchrun (even with one process): run the process-group code path, so a
+        # one-GPU torchrun job exercises NCCL, DDP and the RNG gather exactly as N GPUs do
+        self.enabled = self.world > 1 or all(k in os.environ for k in ("MASTER_ADDR", "RANK", "WORLD_SIZE"))
         self.owns_group = False
         if self.enabled and not dist.is_initialized():
             # NCCL for GPUs, gloo for CPU. NCCL_P2P_DISABLE is NOT forced (it slows
@@ -602,7 +604,8 @@ def train(args=None, **kwargs) -> dict:
         n_local = math.ceil(len(train_ds) / ddp.world)
         log(f"data: {len(train_ds):,} train samples ({args.sample_mode}), "
             f"{len(test_ds) if test_ds is not None else 0:,} test; "
-            f"{max(1, n_local // args.batch_size)} batches/epoch/process, {ddp.world} process(es) on {ddp.device}")
+            f"{max(1, n_local // args.batch_size)} batches/epoch/process, {ddp.world} process(es) on {ddp.device}"
+            + (f" (torch.distributed, {dist.get_backend()})" if ddp.enabled else ""))
 
         # ---- optimizer, schedule, precision ---------------------------------
         decay = [p for p in model.parameters() if p.dim() >= 2]  # conv/linear weights
