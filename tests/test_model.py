@@ -96,6 +96,12 @@ def test_crop_upsample_equals_interpolate_then_crop():
     for b in range(2):
         z, y, x = origin[b].tolist()
         torch.testing.assert_close(got[b], full[b, :, z:z + 6, y:y + 9, x:x + 7], rtol=1e-5, atol=1e-6)
+    # the whole field (origin 0, a size needing every coarse cell; 15 is not a multiple of 4)
+    # takes the one-pass path: same values, and the per-axis path agrees on it too
+    whole = crop_upsample(coarse, torch.zeros(2, 3, dtype=torch.long), (15, 20, 10), 4)
+    torch.testing.assert_close(whole, full[..., :15, :20, :10], rtol=1e-5, atol=1e-6)
+    shifted = crop_upsample(coarse, torch.tensor([[0, 0, 1]] * 2), (15, 20, 9), 4)  # per-axis path
+    torch.testing.assert_close(shifted, whole[..., 1:], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("global_context", [True, False])
