@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Model and target-normalization figures for docs/bench_sections/model.md.
+"""Model and target-normalization figures for docs/benchmarks.md ("Model and change normalization").
 
     python benchmarks/bench_model.py --prepped_root PREPPED [--sizes 16 32] [--steps 3]
 

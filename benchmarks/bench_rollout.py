@@ -9,6 +9,9 @@ them); the simulation is synthetic: a dipping reservoir layer of active cells
     python benchmarks/bench_rollout.py --base_channels 16 --depth 4 --steps 4 \
         --configs full tile:96,70,76 --synth
 
+On a GPU: ``--device cuda --amp none bf16 fp16`` times each configuration per
+precision and adds the peak GPU memory (torch.cuda.max_memory_allocated).
+
 Prints a markdown table. With --synth it first times `voxel_ode.synth` at the
 same grid (``--synth_years`` simulated years, s/year reported) and runs the
 rollouts on that simulation's own fields, so the speed-up is measured on one
@@ -86,8 +89,10 @@ def run_one(cfg: dict) -> dict:
     torch.manual_seed(0)
     if cfg.get("threads"):
         torch.set_num_threads(cfg["threads"])
+    device = torch.device(cfg.get("device") or "cpu")
+    amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.get("amp") or "none"]
     model = VoxelAutoRegressor(ModelConfig(base_channels=cfg["base_channels"], depth=cfg["depth"],
-                                           receptive_field_radius=cfg["radius"])).eval()
+                                           receptive_field_radius=cfg["radius"])).eval().to(device)
     if cfg.get("raw"):  # the simulator's own full-size run: same geology as the synth timing
         loaded = rollout.load_sim(cfg["raw"])
         state0 = loaded["outputs_grid"][0]
@@ -96,7 +101,7 @@ def run_one(cfg: dict) -> dict:
     else:
         sim = make_sim(tuple(cfg["grid"]), cfg["steps"])
     norm = Normalizer(fake_stats())
-    stepper = rollout.ModelStepper(model, norm, device="cpu", tile=cfg.get("tile"))
+    stepper = rollout.ModelStepper(model, norm, device=device, tile=cfg.get("tile"), amp_dtype=amp_dtype)
     times = []
     step = stepper.step
 
@@ -114,6 +119,7 @@ def run_one(cfg: dict) -> dict:
         "steps": len(times), "s_per_step": sum(later) / len(later), "first_step_s": times[0],
         "active_frac": float(sim["static"][1].mean()),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_gpu_gb": torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None,
     }
 
 
@@ -138,6 +144,9 @@ def main():
     ap.add_argument("--radius", type=int, default=3)
     ap.add_argument("--steps", type=int, default=4, help="timed steps per configuration; s/step averages all but the first")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--amp", nargs="+", choices=("none", "bf16", "fp16"), default=["none"],
+                    help="CUDA: autocast precisions to time (each configuration once per precision)")
     ap.add_argument("--configs", nargs="+", default=["full", "tile:96,70,76"],
                     help="'full' or 'tile:Z,Y,X'")
     ap.add_argument("--synth", action="store_true",
@@ -167,20 +176,25 @@ def main():
                                           "raw": args.raw_path})
     rows = []
     for c in args.configs:
-        tile = None if c == "full" else [int(v) for v in c.split(":")[1].split(",")]
-        cfg = {"name": c, "grid": args.grid, "base_channels": args.base_channels, "depth": args.depth,
-               "radius": args.radius, "steps": args.steps, "tile": tile, "threads": args.threads,
-               "raw": args.raw_path if args.synth else None}
-        rows.append(child("--one", cfg))
+        for amp in (args.amp if args.device == "cuda" else ["none"]):
+            tile = None if c == "full" else [int(v) for v in c.split(":")[1].split(",")]
+            cfg = {"name": c if amp == "none" else f"{c}, {amp}", "grid": args.grid,
+                   "base_channels": args.base_channels, "depth": args.depth, "radius": args.radius,
+                   "steps": args.steps, "tile": tile, "threads": args.threads, "device": args.device, "amp": amp,
+                   "raw": args.raw_path if args.synth else None}
+            rows.append(child("--one", cfg))
     r0 = rows[0]
     print(f"\ngrid {tuple(args.grid)}, model base_channels={args.base_channels} depth={args.depth} "
           f"r={args.radius}: {r0['params']:,} parameters, receptive field {r0['receptive_field']} cells, "
           f"active fraction {r0['active_frac']:.2f}\n")
-    print("| configuration | steps timed | s / step (after the first) | 29 steps (s, estimate) | first step (s) | peak RSS (MB) |")
-    print("|---|---|---|---|---|---|")
+    print(f"device: {args.device}\n")
+    print("| configuration | steps timed | s / step (after the first) | 29 steps (s, estimate) | first step (s) "
+          "| peak RSS (MB) | peak GPU memory (GB) |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
+        gpu = f"{r['peak_gpu_gb']:.1f}" if r.get("peak_gpu_gb") is not None else "-"
         print(f"| {r['name']} | {r['steps']} | {r['s_per_step']:.2f} | {29 * r['s_per_step']:.0f} | {r['first_step_s']:.2f} "
-              f"| {r['peak_rss_mb']:.0f} |")
+              f"| {r['peak_rss_mb']:.0f} | {gpu} |")
     if synth_row:
         y = synth_row["s_per_year"]
         print(f"| voxel_ode.synth (simulator) | {synth_row['years']} year(s) | {y:.2f} | {29 * y:.0f} | - "

@@ -50,7 +50,7 @@ DEFAULT_PATCH = (32, 32, 32)
 DEFAULT_STRIDE = (8, 8, 8)
 DEFAULT_N_TEST = 5
 DEFAULT_MIN_ACTIVE_FRAC = 0.05
-DEFAULT_CHUNK_EDGE = 16  # measured in benchmarks/bench_prep.py (docs/bench_sections/prep.md)
+DEFAULT_CHUNK_EDGE = 16  # measured in benchmarks/bench_prep.py (docs/benchmarks.md, "Prep")
 COMPRESSIONS = ("none", "lzf", "gzip")
 # |delta| quantiles come from a random subsample of active cells, at most this many per sim and channel.
 DELTA_SAMPLES_PER_SIM = 100_000
