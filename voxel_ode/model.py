@@ -238,11 +238,12 @@ def crop_upsample(coarse: torch.Tensor, origin: torch.Tensor, size, factor: int)
     evaluated only on the fine cells [origin, origin + size) of each sample.
 
     Equal, value for value, to cropping ``F.interpolate(coarse, scale_factor=factor,
-    mode="trilinear")``, but never builds the full-resolution map.
+    mode="trilinear")``; for a patch it never builds the full-resolution map.
     """
     if not torch.as_tensor(origin).any() and all(n > (m - 1) * factor for n, m in zip(size, coarse.shape[-3:])):
         # the whole field (full-grid rollout, whole-grid training): torch's one-pass kernel is
-        # ~7x faster than the per-axis gathers below and builds nothing larger than the result
+        # ~7x faster than the per-axis gathers below; the map it builds is at most factor - 1
+        # cells per axis larger than the result
         full = F.interpolate(coarse, scale_factor=factor, mode="trilinear", align_corners=False)
         return full[..., : size[0], : size[1], : size[2]]
     padded = F.pad(coarse, (1, 1, 1, 1, 1, 1), mode="replicate")  # = edge clamping
