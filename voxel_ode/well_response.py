@@ -55,7 +55,7 @@ ARRIVAL_SUPPORT = SUPPORT_STRENGTHS[schema.RESPONSE_NAMES.index(schema.ARRIVAL_F
 DIRECT_SOLVE_MAX_CELLS = 60_000
 # Heat front (thermal_arrival): generic volumetric heat capacities, J/(m^3 K).
 ROCK_HEAT_PER_VOLUME = 2.3e6  # grain density x specific heat of common reservoir rocks (2.0-2.6e6)
-WATER_HEAT_PER_VOLUME = WATER_DENSITY * 4200.0
+WATER_HEAT_PER_VOLUME = WATER_DENSITY * schema.WATER_HEAT_CAPACITY
 ARRIVAL_CAP_YEARS = 1000.0  # "never" within a run's decades
 
 
