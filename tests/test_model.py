@@ -3,6 +3,7 @@ path, masking of inactive cells, checkpoint loading, and that it can learn."""
 
 from __future__ import annotations
 
+import math
 import pickle
 
 import numpy as np
@@ -245,15 +246,40 @@ def test_response_mix_sets_the_pressure_change_to_the_weighted_responses():
         model.grid_head.weight[0].zero_()  # no pressure residual
         model.grid_head.bias[0] = 0.0
         model.response_head[-1].weight.zero_()
-        weights = torch.tensor([0.7, -1.3, 0.4])[: len(r)]
-        model.response_head[-1].bias.copy_(weights)
+        u, gain = 1.4, 1.5  # 60 % of response 1 + 40 % of response 2, times 1.5
+        model.response_head[-1].bias.copy_(torch.tensor([math.log(u / (len(r) - 1 - u)), math.log(gain)]))
         delta = model(x, p, a)[0]
+    weights = torch.zeros(len(r))
+    weights[1], weights[2] = 0.6 * gain, 0.4 * gain
     mix = sum(w * torch.sinh(rk) for w, rk in zip(weights, r))
     expected = torch.asinh(mix - torch.sinh(change)) * a[:, 0]
     torch.testing.assert_close(delta[:, 0], expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(delta[:, 1], plain[:, 1])  # temperature does not see the mix
     off = make(global_context=False, response_mix=False)
     assert not hasattr(off, "response_head")
+
+
+def test_response_weights_interpolate_neighbouring_supports_from_params_only():
+    """Any head output gives gain x (a linear interpolation between two neighbouring
+    responses); the mix depends on the params and time only, not on the whole-field vector."""
+    torch.manual_seed(0)
+    model = make()
+    with torch.no_grad():
+        for layer in model.response_head:
+            if isinstance(layer, torch.nn.Linear):
+                layer.weight.normal_(0, 2.0)
+                layer.bias.normal_(0, 2.0)
+    params = torch.randn(64, schema.N_CONDITIONING)
+    w = model.response_weights(params)
+    assert w.shape == (64, len(schema.RESPONSE_NAMES)) and (w >= 0).all()
+    nonzero = w > 0
+    assert (nonzero.sum(1) <= 2).all()
+    for row, mask in zip(w, nonzero):  # the non-zero ones are neighbours
+        idx = mask.nonzero().flatten()
+        assert len(idx) < 2 or idx[1] - idx[0] == 1
+    gain = torch.exp(model.response_head(params)[:, 1].clamp(-10, 5))
+    torch.testing.assert_close(w.sum(1), gain)
+    assert model.response_head[0].in_features == schema.N_CONDITIONING
 
 
 def test_front_mix_moves_the_temperature_by_the_gap_as_the_front_passes():

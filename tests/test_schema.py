@@ -7,8 +7,8 @@ from voxel_ode import schema
 
 
 def test_channel_counts_match_the_seed():
-    assert schema.N_STATIC == 16
-    assert schema.N_INPUT_CHANNELS == 19
+    assert schema.N_STATIC == 18  # 10 raw + fault boundary + 5 well responses + arrival + injection gap
+    assert schema.N_INPUT_CHANNELS == 21
     assert schema.N_PARAMS == 26
     assert schema.N_SCALARS == 5
     assert len(set(schema.INPUT_CHANNELS)) == schema.N_INPUT_CHANNELS

@@ -311,3 +311,30 @@ def test_pressure_loss_with_the_response_mix_compares_the_change_since_start(pre
             assert second[0] < 1e-10  # the change since t = 0 is right again after step 2
         else:
             assert second[0] > 1e-3  # the increment of step 2 is off by -err
+
+
+def test_mix_l1_adds_the_penalty_on_the_params_to_mix_layer(prepped):
+    """loss(mix_l1) - loss(0) = mix_l1 * sum |first-layer weights of the response head|, whose
+    gradient is sign(weight): it only pulls those weights toward 0."""
+    from voxel_ode.dataset import Normalizer
+    from voxel_ode.model import ModelConfig, VoxelAutoRegressor
+    from voxel_ode.train import Unroll, mix_l1_penalty
+
+    torch.manual_seed(0)
+    norm = Normalizer(json.loads((prepped / schema.STATS_FILE).read_text()))
+    model = VoxelAutoRegressor(ModelConfig(base_channels=4, depth=1, context_channels=4, context_stages=1,
+                                           global_dim=8, channels_last=False))
+    shape = (1, 1, 8, 8, 8)
+    batch = {"x": torch.randn(1, schema.N_INPUT_CHANNELS, *shape[2:]) * 0.1, "active": torch.ones(shape),
+             "params": torch.randn(1, schema.N_CONDITIONING), "t": torch.tensor([0]),
+             "target_delta": torch.zeros(1, 1, schema.N_DYNAMIC, *shape[2:]),
+             "target_scalars": torch.zeros(1, 1, schema.N_SCALARS)}
+    plain = Unroll(model, norm, train_scalars=False, amp_dtype=None)(batch, 1, True)[0]
+    lam = 0.3
+    penalised = Unroll(model, norm, train_scalars=False, amp_dtype=None, mix_l1=lam)(batch, 1, True)[0]
+    expected = lam * model.response_head[0].weight.abs().sum()
+    torch.testing.assert_close(penalised - plain, expected)
+    torch.testing.assert_close(mix_l1_penalty(model), expected / lam)
+    mix_l1_penalty(model).backward()  # its gradient pulls every weight toward 0
+    weight = model.response_head[0].weight
+    torch.testing.assert_close(weight.grad, torch.sign(weight.detach()))

@@ -27,19 +27,25 @@ def test_line_matches_the_steady_state_solution():
     # Half the rate flows to each end through m faces and the half cell to the boundary.
     n, k, rate, dx, dy, dz = 21, 1e-13, 5.0, 100.0, 50.0, 10.0
     active, perm, poro, temp, inj = _line(n, k, rate)
-    open_, weak, closed = well_response.pressure_responses(active, perm, poro, temp, inj, (dx, dy, dz))
+    responses = well_response.pressure_responses(active, perm, poro, temp, inj, (dx, dy, dz))
+    assert len(responses) == len(well_response.SUPPORT_STRENGTHS) == len(schema.RESPONSE_NAMES)
+    *supported, closed = responses
+    assert well_response.SUPPORT_STRENGTHS[-1] == 0.0
     mob = 1.0 / well_response.water_viscosity(350.0)
     t_face = dy * dz * k / dx * mob
     q = rate / well_response.WATER_DENSITY
-    for strength, dp in zip(well_response.SUPPORT_STRENGTHS, (open_, weak)):
+    for strength, dp in zip(well_response.SUPPORT_STRENGTHS, supported):
         t_end = strength * dy * dz * k / (dx / 2) * mob
         expected = 0.5 * q * ((n // 2) / t_face + 1 / t_end)
-        assert dp[0, 0, n // 2] == pytest.approx(expected, rel=1e-4)
+        # at 0.1 % support the buildup is so large that storage takes ~0.06 % of the water
+        assert dp[0, 0, n // 2] == pytest.approx(expected, rel=1e-4 if strength >= 0.01 else 2e-3)
         np.testing.assert_allclose(dp[0, 0, ::-1], dp[0, 0], rtol=1e-6)  # symmetric about the well
         assert np.all(np.diff(dp[0, 0, n // 2:]) < 0)  # falls off towards the supported ends
-    assert weak.max() > 4 * open_.max()  # weak support: a far larger buildup
+    # weaker support (open -> 0.1 %): a larger buildup at each step of the scale
+    peaks = [dp.max() for dp in supported]
+    assert all(b > 1.2 * a for a, b in zip(peaks, peaks[1:]))
     # closed sides: only storage takes the water, so the buildup is larger still and spreads to the ends
-    assert closed.max() > 4 * weak.max() and closed[0, 0, 0] > 0.5 * closed.max()
+    assert closed.max() > 4 * peaks[-1] and closed[0, 0, 0] > 0.5 * closed.max()
 
 
 def _box(seed=0, grid=(8, 12, 14)):

@@ -44,11 +44,12 @@ Design
   ``dataset.collate`` then changes nothing, and no information flows through rock
   that the simulator does not model.
 * Response mix (response_mix=True): each step sets the pressure change since t = 0 to a
-  mix of the three well-response channels (one-year linear pressure responses over the
-  whole field, computed in prep: well_response.py) plus the grid head's residual; the
-  mix weights come from the conditioning (params, time, global vector) through a small
-  MLP. Needs asinh change targets (the channels share the pressure target's scale).
-  The pressure path then does not start at persistence (zero weights = back to P0).
+  mix of the five well-response channels (one-year linear pressure responses over the
+  whole field with lateral support from open to closed, computed in prep:
+  well_response.py) plus the grid head's residual; the mix interpolates between two
+  neighbouring responses, with the point and a gain from the params and time through a
+  small MLP. Needs asinh change targets (the channels share the pressure target's scale).
+  The pressure path then does not start at persistence (it starts between the 10 % and 1 % responses).
 * Front mix (front_mix=True): each step moves the temperature by the injection gap
   (InjectionTemperatureGap) times the step's change of a sigmoid in log time around the
   cell's ThermalArrival (both derived in prep), with gain, slope and position from the
@@ -119,6 +120,10 @@ class ModelConfig:
 # t = e^z of a z-scored arrival, slope 1) cooled most of the field at once; training then
 # shut the front off (gain 0.01, slope 0.08) and the first-year drop at the injectors was lost.
 FRONT_INIT = (1.0, 1.5, 0.0, 1.0)
+# Initial point of the pressure mix along the support strengths (0 = open ... 4 = closed). Not
+# a whole number: at a vertex of the interpolation its gradient is 0 on both sides, and a head
+# started at exactly the 1 % response (u = 2) never moved off it (demo: year-29 error 0.58).
+MIX_INIT = 1.5
 
 
 class ChannelLayerNorm(nn.Module):
@@ -292,11 +297,12 @@ class VoxelAutoRegressor(nn.Module):
         if cfg.response_mix:
             self.response_channels = [schema.channel_index(n) for n in schema.RESPONSE_NAMES]
             self.change_channel = schema.channel_index("PressureChange")
-            self.response_head = nn.Sequential(nn.Linear(cond_dim, 64), nn.SiLU(),
-                                               nn.Linear(64, len(schema.RESPONSE_NAMES)))
-            with torch.no_grad():  # start from "no response": pressure back to P0 plus the grid head
+            # -> (position along the support strengths, log gain), from the params and time only
+            self.response_head = nn.Sequential(nn.Linear(cfg.n_params, 64), nn.SiLU(), nn.Linear(64, 2))
+            with torch.no_grad():  # start between the 10 % and 1 % responses at gain 1 (see MIX_INIT)
                 self.response_head[-1].weight.zero_()
-                self.response_head[-1].bias.zero_()
+                u, k = MIX_INIT, len(schema.RESPONSE_NAMES)
+                self.response_head[-1].bias.copy_(torch.tensor([math.log(u / (k - 1 - u)), 0.0]))
         if cfg.front_mix:
             self.arrival_channel = schema.channel_index(schema.THERMAL_ARRIVAL)
             self.gap_channel = schema.channel_index(schema.INJECTION_GAP)
@@ -362,7 +368,7 @@ class VoxelAutoRegressor(nn.Module):
             h = h + self.context_head(ctx_fine)
         delta = self.grid_head(h)
         if cfg.response_mix:
-            delta = self._mix_responses(delta, x, cond)
+            delta = self._mix_responses(delta, x, params)
         if cfg.front_mix:
             delta = self._mix_front(delta, x, cond, params[:, -1])
         delta = delta * (active > 0.5).to(delta.dtype)  # inactive cells never change
@@ -375,26 +381,42 @@ class VoxelAutoRegressor(nn.Module):
             scalars = self.scalar_head(torch.cat([pooled.float(), params.float()], dim=1))
         return delta.contiguous(), scalars
 
-    def _mix_responses(self, delta, x, cond):
+    def _mix_responses(self, delta, x, params):
         """Pressure target = asinh(sum_k a_k r_k / s_P - (P - P0) / s_P + sinh(grid head)).
 
-        a_k = response_head(cond). The response channels hold asinh(r_k / s_P) and the
-        PressureChange channel asinh((P - P0) / s_P), with the pressure target's scale s_P
-        (dataset.Normalizer), so sinh gives pressure changes back in target units. The step
-        thus moves the pressure change since t = 0 to the mix sum_k a_k r_k plus the grid
-        head's residual: a reservoir whose cones form within the first year then needs about
-        the same weights at every step (the best year-1 and year-29 mixes are close), a few
-        numbers per run, and rollout errors do not pile up step after step. A learned share of
-        (P - P0) instead of the fixed 1 was measured: training drove it to ~0.05, back to
-        predicting small increments, and the first-year jump was lost again (rollout P error
-        0.55 vs 0.46, demo data). fp32: sinh overflows fp16.
+        The response channels hold asinh(r_k / s_P), r_k the one-year responses from open
+        to closed sides (schema.RESPONSE_NAMES), and the PressureChange channel
+        asinh((P - P0) / s_P), with the pressure target's scale s_P (dataset.Normalizer), so
+        sinh gives pressure changes back in target units. The step moves the pressure change
+        since t = 0 to the mix plus the grid head's residual: the cones form within the first
+        year, so a run needs about the same mix at every step and rollout errors do not pile
+        up step after step.
+
+        The mix is a point u in [0, K - 1] along the support strengths and a gain g > 0:
+        a_k = g * max(0, 1 - |u - k|) (linear interpolation between the two neighbouring
+        responses), both from the params and time only (response_head; its first layer is
+        L1-penalised in training, train.mix_l1_penalty). Why so constrained: a free mix of the
+        three responses with weights from params + the whole-field vector fitted training runs
+        well but not new ones (year-29 error 0.28 on training runs, 0.37 on test runs of the
+        fidelity benchmark): the best free weights cancel (e.g. -1.9 open + 2.8 weak) and 40
+        runs cannot pin 26 parameters' effect on them. An interpolation is never further from
+        the truth than the family of responses, and the penalty lets the head pick the few
+        parameters that matter (docs/benchmarks.md, "Pressure mix"). fp32: sinh overflows fp16.
         """
         p = schema.OUTPUT_CHANNELS.index("Pressure")
-        weights = self.response_head(cond.float())  # [B, R]
-        responses = torch.sinh(x[:, self.response_channels].float())  # [B, R, D, H, W]
+        weights = self.response_weights(params)  # [B, K]
+        responses = torch.sinh(x[:, self.response_channels].float())  # [B, K, D, H, W]
         change = torch.sinh(x[:, self.change_channel:self.change_channel + 1].float())  # [B, 1, D, H, W]
         mix = torch.einsum("br,brdhw->bdhw", weights, responses).unsqueeze(1) - change
         return _add_to_target(delta, p, mix)
+
+    def response_weights(self, params) -> torch.Tensor:
+        """[B, K] mix weights of the response channels (see _mix_responses)."""
+        position, log_gain = self.response_head(params.float()).unbind(dim=1)
+        k = len(self.response_channels)
+        u = torch.sigmoid(position) * (k - 1)
+        hat = torch.relu(1.0 - (u[:, None] - torch.arange(k, device=u.device, dtype=u.dtype)).abs())
+        return hat * torch.exp(log_gain.clamp(-10.0, 5.0))[:, None]
 
     def _mix_front(self, delta, x, cond, time_feature):
         """Temperature target = asinh(g * gap / s_T * (w(t + 1) - w(t)) + sinh(grid head)).

@@ -81,8 +81,12 @@ DERIVED_STATIC_FIELDS = (
     Field("FaultBoundary", "-", "binary", "1 where FaultId changes to a face neighbour (derived in prep)"),
     Field("PressureResponseOpen", "Pa", "continuous",
           "1-year pressure change from the wells, lateral sides held at initial pressure (derived in prep)"),
+    Field("PressureResponseSupport10", "Pa", "continuous",
+          "the same with 10 % lateral support (derived in prep)"),
     Field("PressureResponseWeak", "Pa", "continuous",
           "the same with 1 % lateral support (derived in prep)"),
+    Field("PressureResponseSupport01", "Pa", "continuous",
+          "the same with 0.1 % lateral support (derived in prep)"),
     Field("PressureResponseClosed", "Pa", "continuous",
           "the same with closed lateral sides (derived in prep)"),
     Field("ThermalArrival", "yr", "continuous",
@@ -90,8 +94,10 @@ DERIVED_STATIC_FIELDS = (
     Field("InjectionTemperatureGap", "K", "continuous",
           "injected water's temperature (from the field injection scalars) minus Temperature0 (derived in prep)"),
 )
-# well_response.SUPPORT_STRENGTHS order
-RESPONSE_NAMES = ("PressureResponseOpen", "PressureResponseWeak", "PressureResponseClosed")
+# well_response.SUPPORT_STRENGTHS order: from open to closed sides, so neighbours in this
+# tuple are neighbours in support strength (the model interpolates between them)
+RESPONSE_NAMES = ("PressureResponseOpen", "PressureResponseSupport10", "PressureResponseWeak",
+                  "PressureResponseSupport01", "PressureResponseClosed")
 THERMAL_ARRIVAL = "ThermalArrival"
 INJECTION_GAP = "InjectionTemperatureGap"
 ARRIVAL_FLOW_RESPONSE = "PressureResponseWeak"  # the flow field the heat front follows
@@ -100,7 +106,7 @@ ARRIVAL_FLOW_RESPONSE = "PressureResponseWeak"  # the flow field the heat front 
 CELL_SIZE_PARAMS = ("CellSizeX", "CellSizeY", "CellSizeZ")
 STATIC_FIELDS = RAW_STATIC_FIELDS + DERIVED_STATIC_FIELDS
 STATIC_NAMES = tuple(f.name for f in STATIC_FIELDS)  # order of /static in prepped files
-N_STATIC = len(STATIC_NAMES)  # 16
+N_STATIC = len(STATIC_NAMES)  # 18
 
 PARAMS_SCALAR = "ParamsScalar"  # Input/ParamsScalar, shape (26,)
 
@@ -198,7 +204,7 @@ SPLITS = ("train", "test")
 # ---------------------------------------------------------------------------
 # Model channels
 # ---------------------------------------------------------------------------
-# Input = the 16 static channels, the state at t (Pressure, Temperature), then the
+# Input = the 18 static channels, the state at t (Pressure, Temperature), then the
 # change of the pressure since t = 0 (Pressure minus Pressure0). Pressure is z-scored
 # over the whole depth range (std ~ 50 bar), so the 0.1-20 bar a reservoir moves under
 # production is ~1e-3 of a unit in its state channel, invisible to the network; scaled
@@ -210,7 +216,7 @@ CHANGE_VARIABLES = ("Pressure",)
 CHANGE_NAMES = tuple(v + "Change" for v in CHANGE_VARIABLES)
 CHANGE_OF_DYNAMIC = tuple(DYNAMIC_NAMES.index(v) for v in CHANGE_VARIABLES)  # their index in the state
 INPUT_CHANNELS = STATIC_NAMES + DYNAMIC_NAMES + CHANGE_NAMES
-N_INPUT_CHANNELS = len(INPUT_CHANNELS)  # 19
+N_INPUT_CHANNELS = len(INPUT_CHANNELS)  # 21
 STATE_CHANNELS = slice(N_STATIC, N_STATIC + N_DYNAMIC)  # z-scored (P, T) at t
 CHANGE_CHANNELS = slice(N_STATIC + N_DYNAMIC, N_INPUT_CHANNELS)  # scaled P at t minus P at t = 0
 DYNAMIC_CHANNELS = slice(N_STATIC, N_INPUT_CHANNELS)  # everything that changes with t

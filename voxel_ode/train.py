@@ -91,6 +91,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=3e-4, help="peak AdamW learning rate")
     g.add_argument("--min_lr_ratio", type=float, default=0.1, help="cosine decays to lr * this at max_steps")
     g.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay (weights of convolutions/linears only)")
+    g.add_argument("--mix_l1", type=float, default=0.02,
+                   help="L1 penalty on the params -> pressure-mix layer (selects the few params that set the mix)")
     g.add_argument("--warmup_steps", type=int, default=1000, help="linear LR warmup steps (may exceed max_steps)")
     g.add_argument("--grad_clip", type=float, default=1.0, help="clip the global gradient norm (0 = off)")
     g.add_argument("--rollout_steps", type=int, default=1,
@@ -357,9 +359,10 @@ def pressure_since_start(delta, target, x, true_so_far):
 class Unroll(torch.nn.Module):
     """Applies the model for K steps and returns the training loss and its parts."""
 
-    def __init__(self, model: torch.nn.Module, normalizer, train_scalars: bool, amp_dtype):
+    def __init__(self, model: torch.nn.Module, normalizer, train_scalars: bool, amp_dtype, mix_l1: float = 0.0):
         super().__init__()
         self.model = model
+        self.mix_l1 = mix_l1
         self.normalizer = normalizer
         self.train_scalars = train_scalars
         self.amp_dtype = amp_dtype
@@ -394,7 +397,16 @@ class Unroll(torch.nn.Module):
         # the seed: MSE for grids + MSE for scalars, weighted equally. Without a trained
         # scalar path the term is multiplied by 0 (keeps every parameter in the graph for DDP).
         loss = grid.mean() + (scalar.mean() if self.train_scalars else 0.0 * scalar.sum())
+        if self.mix_l1 > 0 and getattr(self.model.config, "response_mix", False):
+            loss = loss + self.mix_l1 * mix_l1_penalty(self.model)
         return loss, grid.detach(), scalar.detach()
+
+
+def mix_l1_penalty(model) -> torch.Tensor:
+    """Sum of |weights| of the response head's first layer (the params -> mix inputs): with
+    ~40 training runs a dense map from 26 params to the pressure mix fits noise; the L1
+    penalty keeps the few params that move it (model._mix_responses)."""
+    return model.response_head[0].weight.abs().sum()
 
 
 def _autocast(device: torch.device, dtype):
@@ -636,7 +648,7 @@ def train(args=None, **kwargs) -> dict:
                 set_rng_state(rng[ddp.rank] if ddp.rank < len(rng) else rng[0])
             log(f"resumed from {args.resume} at step {step}")
 
-        unroll = Unroll(model, normalizer, train_scalars, amp_dtype)
+        unroll = Unroll(model, normalizer, train_scalars, amp_dtype, args.mix_l1)
         if ddp.enabled:
             unroll = torch.nn.parallel.DistributedDataParallel(
                 unroll, device_ids=[ddp.local_rank] if ddp.device.type == "cuda" else None)

@@ -21,17 +21,20 @@ generic values below, not a run's own (a real export's parameters need not say
 them). B_i: support through the lateral sides of the box (X and Y faces of
 the grid's outer cells), where the reservoir continues beyond the model, to a
 fixed initial pressure. How strong that support is differs from run to run, so
-three responses are given, with full, 1 % and no support (``SUPPORT_STRENGTHS``;
-closed sides still give a finite one-year change through the storage term);
-the truth of a run lies roughly in their span. Measured on the first 20
-fidelity runs, a least-squares mix of the three leaves on average 8 % of the
-year-1 and 14 % of the year-29 change unexplained (at most 30 % / 33 %); with
-only full and 1 % support, runs with weaker support than 1 % were left with up
-to 89 % / 64 % (mean 14 % / 20 %).
+five responses are given, with 100 %, 10 %, 1 %, 0.1 % and no support
+(``SUPPORT_STRENGTHS``, a log-spaced scale from open to closed sides; closed
+sides still give a finite one-year change through the storage term); a run's
+truth lies near the response of its own support, between two neighbours on that
+scale. Measured on the 45 fidelity runs, a least-squares mix of the five leaves on
+average 4 % of the year-1 and 11 % of the year-29 change unexplained (three
+responses, 100 % / 1 % / 0: 8 % and 14 % on the first 20). The model interpolates
+between neighbours rather than mixing freely (model._mix_responses): with only
+three responses the best free weights cancel (e.g. -1.9 x open + 2.8 x 1 %) and
+could not be predicted for new runs.
 The network learns the mix and what the linear picture misses (cold water's
 viscosity, thermal contraction, time).
 
-Cost: three sparse SPD solves per simulation (direct on small grids, pyamg
+Cost: five sparse SPD solves per simulation (direct on small grids, pyamg
 AMG-preconditioned CG on large ones; benchmark notes, "Prep").
 """
 
@@ -49,7 +52,7 @@ WATER_DENSITY = 1000.0  # kg/m^3: converts mass rates to volume rates (within ~1
 TOTAL_COMPRESSIBILITY = 1e-9  # 1/Pa, rock + water, typical of consolidated reservoirs
 # Lateral support multipliers on the half-cell transmissibility to the box side,
 # one response channel each (schema.RESPONSE_NAMES, same order).
-SUPPORT_STRENGTHS = (1.0, 0.01, 0.0)
+SUPPORT_STRENGTHS = (1.0, 0.1, 0.01, 0.001, 0.0)
 # the support of the response whose flow field the heat front follows (thermal_arrival)
 ARRIVAL_SUPPORT = SUPPORT_STRENGTHS[schema.RESPONSE_NAMES.index(schema.ARRIVAL_FLOW_RESPONSE)]
 DIRECT_SOLVE_MAX_CELLS = 60_000
