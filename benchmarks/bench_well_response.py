@@ -1,4 +1,4 @@
-"""Benchmark of the well features prep derives per simulation (three pressure solves, one heat-front pass).
+"""Benchmark of the well features prep derives per simulation (one pressure solve per support strength, one heat-front pass).
 
     python benchmarks/bench_well_response.py [--grid 326 70 76] [--repeats 2]
 
