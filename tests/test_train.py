@@ -338,3 +338,29 @@ def test_mix_l1_adds_the_penalty_on_the_params_to_mix_layer(prepped):
     mix_l1_penalty(model).backward()  # its gradient pulls every weight toward 0
     weight = model.response_head[0].weight
     torch.testing.assert_close(weight.grad, torch.sign(weight.detach()))
+
+
+def test_mix_aux_adds_the_loss_of_the_mix_alone(prepped):
+    """loss(mix_aux) - loss(0) = mix_aux * MSE(asinh(mix alone), asinh(true change since t = 0 / s_P))."""
+    from voxel_ode.dataset import Normalizer
+    from voxel_ode.model import ModelConfig, VoxelAutoRegressor
+    from voxel_ode.train import Unroll
+
+    torch.manual_seed(0)
+    norm = Normalizer(json.loads((prepped / schema.STATS_FILE).read_text()))
+    model = VoxelAutoRegressor(ModelConfig(base_channels=4, depth=1, context_channels=4, context_stages=1,
+                                           global_dim=8, channels_last=False))
+    shape = (1, 1, 6, 7, 8)
+    x = torch.randn(1, schema.N_INPUT_CHANNELS, *shape[2:]) * 0.3
+    target = torch.randn(1, 1, schema.N_DYNAMIC, *shape[2:]) * 0.2
+    batch = {"x": x, "active": torch.ones(shape), "params": torch.randn(1, schema.N_CONDITIONING),
+             "t": torch.tensor([0]), "target_delta": target, "target_scalars": torch.zeros(1, 1, schema.N_SCALARS)}
+    with torch.no_grad():
+        plain = Unroll(model, norm, train_scalars=False, amp_dtype=None)(batch, 1, True)[0]
+        lam = 0.7
+        with_aux = Unroll(model, norm, train_scalars=False, amp_dtype=None, mix_aux=lam)(batch, 1, True)[0]
+        true_next = torch.sinh(x[:, schema.channel_index("PressureChange")]) + torch.sinh(target[:, 0, 0])
+        mix = model.response_mix(x, batch["params"])[:, 0]
+        expected = lam * ((torch.asinh(mix) - torch.asinh(true_next)) ** 2).mean()
+    assert expected > 1e-4
+    torch.testing.assert_close(with_aux - plain, expected, rtol=1e-4, atol=1e-7)

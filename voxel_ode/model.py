@@ -404,11 +404,14 @@ class VoxelAutoRegressor(nn.Module):
         parameters that matter (docs/benchmarks.md, "Pressure mix"). fp32: sinh overflows fp16.
         """
         p = schema.OUTPUT_CHANNELS.index("Pressure")
-        weights = self.response_weights(params)  # [B, K]
-        responses = torch.sinh(x[:, self.response_channels].float())  # [B, K, D, H, W]
         change = torch.sinh(x[:, self.change_channel:self.change_channel + 1].float())  # [B, 1, D, H, W]
-        mix = torch.einsum("br,brdhw->bdhw", weights, responses).unsqueeze(1) - change
-        return _add_to_target(delta, p, mix)
+        return _add_to_target(delta, p, self.response_mix(x, params) - change)
+
+    def response_mix(self, x, params) -> torch.Tensor:
+        """[B, 1, D, H, W] the mix alone: sum_k a_k r_k / s_P (the change since t = 0 it sets, before
+        the residual), from the response channels of x and the conditioning params."""
+        responses = torch.sinh(x[:, self.response_channels].float())  # [B, K, D, H, W]
+        return torch.einsum("br,brdhw->bdhw", self.response_weights(params), responses).unsqueeze(1)
 
     def response_weights(self, params) -> torch.Tensor:
         """[B, K] mix weights of the response channels (see _mix_responses)."""
