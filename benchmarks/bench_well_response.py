@@ -1,9 +1,11 @@
-"""Benchmark of the well features prep derives per simulation (one pressure solve per support strength, one heat-front pass).
+"""Benchmark of the well features prep derives per simulation (one pressure solve per support strength,
+one heat-front pass, and the thermal prior: 29 years of heat transport on three flow fields).
 
     python benchmarks/bench_well_response.py [--grid 326 70 76] [--repeats 2]
 
 Builds a synthetic geology on the grid (synth's draw, no time stepping), then
-times well_response.well_fields and reports the peak memory it added.
+times well_response.well_fields and well_response.thermal_prior and reports the
+peak memory each added.
 """
 
 from __future__ import annotations
@@ -53,6 +55,21 @@ def main() -> int:
         print(f"{name}: min {values.min():.3g} max {values.max():.3g} {unit}")
     print(f"well_fields: best {min(times):.2f} s of {len(times)}, peak RSS +{rss1 - rss0:.0f} MB "
           f"(process peak {rss1:.0f} MB)")
+    responses = {n: out[n] for n in schema.RESPONSE_NAMES}
+    rock_heat = params.rock_heat_capacity * params.rock_density
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        prior = well_response.thermal_prior(res.active, list(res.perm), res.porosity, res.temperature0, inj,
+                                            params.cell_size, responses, schema.N_TIMESTEPS,
+                                            params.rock_conductivity, rock_heat)
+        times.append(time.perf_counter() - t0)
+    rss2 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    last = prior[-1][:, res.active].astype(np.float64)
+    print(f"thermal prior at year {schema.N_TIMESTEPS - 1}: share of active cells above 0.5: "
+          + ", ".join(f"{n} {np.mean(v > 0.5):.3f}" for n, v in zip(schema.THERMAL_PRIOR_NAMES, last)))
+    print(f"thermal_prior: best {min(times):.2f} s of {len(times)}, peak RSS +{rss2 - rss1:.0f} MB over the above "
+          f"(process peak {rss2:.0f} MB), {prior.nbytes / 2**20:.0f} MB of float16 output")
     return 0
 
 

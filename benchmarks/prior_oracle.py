@@ -11,9 +11,13 @@ knowledge the model never has, and reports the relative change error that leaves
 
 * pressure: least squares of the change since t = 0 on the response channels,
   separately at each year (the model's weights may change with time too);
-* temperature: gain g, slope s, centre c and arrival exponent a of
-  ``g * gap * sigmoid(s (ln t - c - a ln10 log10 arrival))`` fitted to all years
-  at once (the model predicts them per step from the conditioning).
+* temperature, the thermal prior the model uses (``thermal_prior`` in the prepped
+  file): gain g and position u of ``g * gap * hat-interpolation(theta, u)`` between
+  the neighbouring flow fields' shares theta (open / 1 % / closed), fitted to all
+  years at once (g in closed form, u on a grid of 41 points);
+* temperature, the sigmoid front the thermal prior replaced (for comparison): gain
+  g, slope s, centre c and arrival exponent a of
+  ``g * gap * sigmoid(s (ln t - c - a ln10 log10 arrival))``, all years at once.
 
 A model that reaches the oracle error predicts the mix as well as it can be
 predicted from these channels; below it needs its residual head; far above it,
@@ -108,6 +112,27 @@ def front_oracle(sim, years, tol_k: float) -> tuple[dict[int, float], dict[int, 
     return errs, accs, best.x
 
 
+def thermal_prior_oracle(sim, years, tol_k: float) -> tuple[dict[int, float], dict[int, float], tuple]:
+    static, grid = sim["static"], sim["outputs_grid"]
+    active = static[ACTIVE] > 0.5
+    gap = static[schema.STATIC_NAMES.index(schema.INJECTION_GAP)][active].astype(np.float64)
+    theta = sim["thermal_prior"][:, :, active].astype(np.float64)  # [T, K, cells]
+    truth = np.stack([(grid[y, 1] - grid[0, 1])[active] for y in range(grid.shape[0])]).astype(np.float64)
+    k = theta.shape[1]
+    best = None
+    for u in np.linspace(0.0, k - 1.0, 41):
+        w = np.maximum(0.0, 1.0 - np.abs(u - np.arange(k)))
+        shape = gap[None] * np.einsum("k,tkc->tc", w, theta)
+        g = float((shape * truth).sum() / max((shape * shape).sum(), 1e-30))
+        cost = float(((g * shape - truth) ** 2).sum())
+        if best is None or cost < best[0]:
+            best = (cost, u, g, g * shape)
+    _, u, g, fit = best
+    errs = {y: rel_err(fit[y], truth[y]) for y in years}
+    accs = {y: float(np.mean(np.abs(fit[y] - truth[y]) <= tol_k)) for y in years}
+    return errs, accs, (u, g)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prepped_root", required=True)
@@ -124,8 +149,9 @@ def main():
         raise SystemExit(f"prior_oracle: no {schema.PREPPED_SUFFIX} files under {args.prepped_root}/{args.split}")
     model = json.loads(Path(args.eval_json).read_text())["per_sim"] if args.eval_json else {}
     tol = schema.DEFAULT_TEMPERATURE_TOL_K
-    head = ["simulation"] + [f"P oracle y{y}" for y in args.years] + [f"T oracle y{y}" for y in args.years] \
-        + [f"T oracle ±{tol:g} K y{y}" for y in args.years] + ["front fit g, s, c, a"]
+    head = ["simulation"] + [f"P oracle y{y}" for y in args.years] + [f"T sigmoid oracle y{y}" for y in args.years] \
+        + [f"T prior oracle y{y}" for y in args.years] + [f"T prior oracle ±{tol:g} K y{y}" for y in args.years] \
+        + ["prior fit u, g"]
     if model:
         head += [f"model {v} y{y}" for v in ("P", "T") for y in args.years]
     print("| " + " | ".join(head) + " |")
@@ -136,8 +162,9 @@ def main():
         name = Path(path).name[: -len(schema.PREPPED_SUFFIX)]
         years = [y for y in args.years if y < sim["outputs_grid"].shape[0]]
         p = pressure_oracle(sim, years)
-        t, acc, fit = front_oracle(sim, years, tol)
-        row = [p[y] for y in years] + [t[y] for y in years] + [acc[y] for y in years]
+        sigmoid, _, _ = front_oracle(sim, years, tol)
+        t, acc, fit = thermal_prior_oracle(sim, years, tol)
+        row = [p[y] for y in years] + [sigmoid[y] for y in years] + [t[y] for y in years] + [acc[y] for y in years]
         cells = [name] + [f"{v:.2f}" for v in row] + [", ".join(f"{v:.2f}" for v in fit)]
         if model and name in model:
             grid = model[name]["model"]["grid"]
@@ -148,7 +175,7 @@ def main():
         print("| " + " | ".join(cells) + " |", flush=True)
     if len({len(r) for r in rows}) == 1:
         mean = np.mean(rows, axis=0)
-        n_fixed = 3 * len(years)
+        n_fixed = 4 * len(years)
         cells = ["mean"] + [f"{v:.3f}" for v in mean[:n_fixed]] + ["-"] + [f"{v:.3f}" for v in mean[n_fixed:]]
         print("| " + " | ".join(cells) + " |")
     if args.linear_map:

@@ -282,34 +282,28 @@ def test_response_weights_interpolate_neighbouring_supports_from_params_only():
     assert model.response_head[0].in_features == schema.N_CONDITIONING
 
 
-def test_front_mix_moves_the_temperature_by_the_gap_as_the_front_passes():
-    """Temperature target = asinh(g * sinh(x_gap) * (w(t+1) - w(t)) + sinh(grid head)), w(t) =
-    sigmoid(s (ln t - c - a ln(10) z_arrival)), w(0) = 0; pressure untouched."""
+def test_front_mix_moves_the_temperature_by_the_gap_times_the_thermal_priors_step():
+    """Temperature target = asinh(g * sinh(x_gap) * sum_k a_k (theta_k(t+1) - theta_k(t)) + sinh(grid head)),
+    a_k the interpolation between neighbouring flow fields; pressure untouched."""
     model = make(global_context=False)
     x, p, a = inputs((6, 7, 8), batch=2)
+    now = torch.rand(2, schema.N_THERMAL_PRIOR, 6, 7, 8)
+    x[:, schema.PRIOR_CHANNELS] = torch.cat([now, now + torch.rand_like(now) * 0.3], 1) * a
     gap = x[:, schema.channel_index(schema.INJECTION_GAP)]
-    z = x[:, schema.channel_index(schema.THERMAL_ARRIVAL)]
     temp = schema.OUTPUT_CHANNELS.index("Temperature")
-    g, s, c, w = 1.7, 0.8, 0.3, -0.6
-    for t in (0, 1, 12):
-        p = p.clone()
-        p[:, -1] = float(np.log1p(t) / np.log1p(schema.N_TIMESTEPS - 1))  # the time feature of step t
-        with torch.no_grad():
-            plain = model(x, p, a)[0]
-            model.grid_head.weight[temp].zero_()  # no temperature residual
-            model.grid_head.bias[temp] = 0.0
-            model.front_head[-1].weight.zero_()
-            model.front_head[-1].bias.copy_(torch.tensor([g, s, c, w]))
-            delta = model(x, p, a)[0]
-
-        def reached(years):
-            if years == 0:
-                return torch.zeros_like(z)
-            return torch.sigmoid(s * (np.log(years) - c - w * np.log(10.0) * z))
-
-        expected = torch.asinh(g * torch.sinh(gap) * (reached(t + 1) - reached(t))) * a[:, 0]
-        torch.testing.assert_close(delta[:, temp], expected, rtol=1e-4, atol=1e-5)
-        assert expected.abs().max() > 0.05  # the front does move the temperature
-        torch.testing.assert_close(delta[:, 1 - temp], plain[:, 1 - temp])  # pressure does not see it
-        model = make(global_context=False)
+    with torch.no_grad():
+        plain = model(x, p, a)[0]
+        model.grid_head.weight[temp].zero_()  # no temperature residual
+        model.grid_head.bias[temp] = 0.0
+        model.front_head[-1].weight.zero_()
+        u, log_gain = 1.25, 0.4  # a quarter of the way from the 1 % to the closed flow field
+        model.front_head[-1].bias.copy_(torch.tensor([np.log(u / (2 - u)), log_gain]))
+        delta = model(x, p, a)[0]
+    step = x[:, schema.PRIOR_CHANNELS][:, 3:] - x[:, schema.PRIOR_CHANNELS][:, :3]
+    mixed = 0.75 * step[:, 1] + 0.25 * step[:, 2]
+    expected = torch.asinh(np.exp(log_gain) * torch.sinh(gap) * mixed) * a[:, 0]
+    torch.testing.assert_close(delta[:, temp], expected, rtol=1e-4, atol=1e-5)
+    assert expected.abs().max() > 0.05  # the prior does move the temperature
+    torch.testing.assert_close(delta[:, 1 - temp], plain[:, 1 - temp])  # pressure does not see it
+    assert model.front_head[0].in_features == schema.N_CONDITIONING  # params and time only
     assert not hasattr(make(front_mix=False), "front_head")

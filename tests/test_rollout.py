@@ -12,7 +12,7 @@ import torch
 import fixtures
 from voxel_ode import rollout as R
 from voxel_ode import schema, well_response
-from voxel_ode.dataset import Normalizer
+from voxel_ode.dataset import Normalizer, prior_pair
 from voxel_ode.utils import UserError
 
 GRID = (12, 10, 8)
@@ -38,12 +38,14 @@ def prepped_arrays(seed=0, grid=GRID, n_t=N_T):
     raw.update(well_response.well_fields(raw["IsActive"] > 0.5, [raw["PermX"], raw["PermY"], raw["PermZ"]],
                                          raw["Porosity"], raw["Temperature0"], raw["InjRate"], cell,
                                          np.stack([raw[n] for n in schema.SCALAR_NAMES], axis=1)))
-    return {
+    sim = {
         "static": np.stack([raw[n] for n in schema.STATIC_NAMES]).astype(np.float32),
         "params_scalar": raw["ParamsScalar"].astype(np.float32),
         "outputs_grid": np.stack([raw["Pressure"], raw["Temperature"]], axis=1).astype(np.float32),
         "outputs_scalar": np.stack([raw[n] for n in schema.SCALAR_NAMES], axis=1).astype(np.float64),
     }
+    R.thermal_prior_of(sim)  # derived from the statics, as prep does
+    return sim
 
 
 def _slp(x):
@@ -96,6 +98,7 @@ def write_prepped(path, sim):
         f[schema.PREPPED_PARAMS] = sim["params_scalar"]
         f[schema.PREPPED_OUTPUTS_GRID] = sim["outputs_grid"]
         f[schema.PREPPED_OUTPUTS_SCALAR] = sim["outputs_scalar"]
+        f[schema.PREPPED_THERMAL_PRIOR] = sim["thermal_prior"].astype(np.float16)
     return path
 
 
@@ -384,7 +387,7 @@ def test_linear_baseline_fits_a_linear_truth(data, tmp_path):
     idx = np.flatnonzero(~inactive.ravel())[:20]
     static_norm = np.asarray(norm.normalize_static(sims[1]["static"]), np.float64).reshape(schema.N_STATIC, -1)
     feats = R._linear_features(norm, sims[1]["static"].reshape(schema.N_STATIC, -1), static_norm,
-                               sims[1]["outputs_grid"][0],
+                               sims[1]["outputs_grid"][0], prior_pair(sims[1]["thermal_prior"], 0),
                                np.asarray(norm.normalize_params(sims[1]["params_scalar"]), np.float64), idx)
     step1 = (grid[1] - grid[0]).reshape(2, -1)[:, idx].T
     np.testing.assert_allclose(step1, feats @ w.T, rtol=1e-3, atol=0.05)

@@ -296,7 +296,8 @@ def test_pressure_loss_with_the_response_mix_compares_the_change_since_start(pre
             return steps[self.calls - 1].clone(), torch.zeros(1, schema.N_SCALARS)
 
     batch = {"x": x, "active": active, "params": torch.zeros(1, schema.N_CONDITIONING), "t": torch.tensor([0]),
-             "target_delta": target, "target_scalars": torch.zeros(1, 2, schema.N_SCALARS)}
+             "target_delta": target, "target_scalars": torch.zeros(1, 2, schema.N_SCALARS),
+             "thermal_prior": torch.zeros(1, 3, schema.N_THERMAL_PRIOR, *x.shape[2:])}
     for response_mix in (True, False):
         unroll = Unroll(Scripted(response_mix), norm, train_scalars=False, amp_dtype=None)
         step_losses = []
@@ -332,7 +333,7 @@ def test_mix_l1_adds_the_penalty_on_the_params_to_mix_layer(prepped):
     plain = Unroll(model, norm, train_scalars=False, amp_dtype=None)(batch, 1, True)[0]
     lam = 0.3
     penalised = Unroll(model, norm, train_scalars=False, amp_dtype=None, mix_l1=lam)(batch, 1, True)[0]
-    expected = lam * model.response_head[0].weight.abs().sum()
+    expected = lam * (model.response_head[0].weight.abs().sum() + model.front_head[0].weight.abs().sum())
     torch.testing.assert_close(penalised - plain, expected)
     torch.testing.assert_close(mix_l1_penalty(model), expected / lam)
     mix_l1_penalty(model).backward()  # its gradient pulls every weight toward 0
@@ -340,8 +341,9 @@ def test_mix_l1_adds_the_penalty_on_the_params_to_mix_layer(prepped):
     torch.testing.assert_close(weight.grad, torch.sign(weight.detach()))
 
 
-def test_mix_aux_adds_the_loss_of_the_mix_alone(prepped):
-    """loss(mix_aux) - loss(0) = mix_aux * MSE(asinh(mix alone), asinh(true change since t = 0 / s_P))."""
+def test_mix_aux_adds_the_loss_of_the_mixes_alone(prepped):
+    """loss(mix_aux) - loss(0) = mix_aux * mean of MSE(asinh(mix alone), asinh(true change since t = 0 / s_P))
+    and MSE(asinh(thermal prior's step alone), temperature target)."""
     from voxel_ode.dataset import Normalizer
     from voxel_ode.model import ModelConfig, VoxelAutoRegressor
     from voxel_ode.train import Unroll
@@ -361,6 +363,8 @@ def test_mix_aux_adds_the_loss_of_the_mix_alone(prepped):
         with_aux = Unroll(model, norm, train_scalars=False, amp_dtype=None, mix_aux=lam)(batch, 1, True)[0]
         true_next = torch.sinh(x[:, schema.channel_index("PressureChange")]) + torch.sinh(target[:, 0, 0])
         mix = model.response_mix(x, batch["params"])[:, 0]
-        expected = lam * ((torch.asinh(mix) - torch.asinh(true_next)) ** 2).mean()
+        front = model.front_step(x, batch["params"])[:, 0]
+        expected = lam * (((torch.asinh(mix) - torch.asinh(true_next)) ** 2).mean()
+                          + ((torch.asinh(front) - target[:, 0, 1]) ** 2).mean()) / 2
     assert expected > 1e-4
     torch.testing.assert_close(with_aux - plain, expected, rtol=1e-4, atol=1e-7)

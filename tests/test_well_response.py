@@ -159,3 +159,63 @@ def test_injection_gap_comes_from_the_field_injection_enthalpy():
     assert np.all(gap[~active] == 0)
     no_injection = well_response.well_fields(active, perm, poro, temp, inj, (100.0, 80.0, 10.0), np.zeros_like(scalars))
     assert np.all(no_injection[schema.INJECTION_GAP] == 0)
+
+
+def _prior_line(n=60, rate_scale=1.0, conductivity=1e-9):
+    """A vertical line with a uniform downward flux F from an injector in the top cell (as in the
+    arrival test), heated volume / F = 0.5 year per cell; all three flow fields the same."""
+    k, dx, dy, dz, poro = 1e-13, 50.0, 50.0, 10.0, 0.2
+    active = np.ones((n, 1, 1), bool)
+    perm = [np.full(active.shape, k)] * 3
+    temp = np.full(active.shape, 350.0)
+    heated = dx * dy * dz * (poro + (1 - poro) * well_response.ROCK_HEAT_PER_VOLUME / well_response.WATER_HEAT_PER_VOLUME)
+    flux = rate_scale * heated / (0.5 * well_response.YEAR_SECONDS)  # m^3/s
+    mob = 1.0 / well_response.water_viscosity(350.0)
+    drop = flux / (dx * dy * k / dz * mob)  # Pa per face for that flux
+    response = (1e7 - drop * np.arange(n)).reshape(active.shape)  # > 0: nothing enters from the sides
+    inj = np.zeros(active.shape)
+    inj[0] = flux * well_response.WATER_DENSITY
+    responses = {name: response for name in schema.RESPONSE_NAMES}
+    return well_response.thermal_prior(active, perm, np.full(active.shape, poro), temp, inj, (dx, dy, dz),
+                                       responses, 30, rock_conductivity=conductivity)
+
+
+def test_thermal_prior_on_a_line_moves_the_front_with_the_heated_volume():
+    theta = _prior_line().astype(np.float64)
+    assert theta.shape == (30, schema.N_THERMAL_PRIOR, 60, 1, 1) and theta.dtype == np.float64
+    assert np.all(theta[0] == 0) and theta.min() >= 0 and theta.max() <= 1
+    np.testing.assert_array_equal(theta[:, 0], theta[:, 2])  # same flow field, same prior
+    line = theta[:, 0, :, 0, 0]
+    assert np.all(np.diff(line, axis=0) >= -1e-3)  # cells only ever warm towards the injection (float16)
+    for year in (4, 8, 14):
+        front = np.argmax(line[year] < 0.5)  # first cell the front has not half reached
+        assert abs(front - 2 * year) <= 2, (year, front)  # two cells per year
+        # implicit upwind smears the front over ~sqrt(distance) cells each side, like dispersion
+        assert line[year, : year].min() > 0.9 and line[year, 3 * year + 4:].max() < 0.05
+        assert line[year].sum() == pytest.approx(2 * year, rel=0.01)  # all the injected heat is stored
+    faster = _prior_line(rate_scale=2.0)[10, 0, :, 0, 0].astype(np.float64)
+    assert faster.sum() == pytest.approx(40, rel=0.01)  # twice the rate: twice the heat, front twice as far
+
+
+def test_thermal_prior_loses_heat_to_the_surrounding_rock():
+    insulated = _prior_line()[:, 0, :, 0, 0].astype(np.float64)
+    conducting = _prior_line(conductivity=3.0)[:, 0, :, 0, 0].astype(np.float64)
+    # the line's cells touch rock held at the initial temperature on four sides: the plume stays
+    # warmer than the injected water and its front lags
+    assert conducting[20, :20].mean() < insulated[20, :20].mean() - 0.05
+    assert np.argmax(conducting[20] < 0.5) < np.argmax(insulated[20] < 0.5)
+
+
+def test_thermal_prior_is_zero_without_injection_and_agrees_on_both_solver_paths(monkeypatch):
+    active, perm, poro, temp, inj = _box(seed=4)
+    cell = (90.0, 70.0, 9.0)
+    responses = dict(zip(schema.RESPONSE_NAMES, well_response.pressure_responses(active, perm, poro, temp, inj, cell)))
+    direct = well_response.thermal_prior(active, perm, poro, temp, inj, cell, responses, 6).astype(np.float64)
+    assert np.all(direct[:, :, ~active] == 0) and direct[-1].max() > 0.5
+    injector = inj > 0
+    assert direct[-1][:, injector].mean() > direct[-1][:, active].mean()  # the wells' cells cool first
+    monkeypatch.setattr(well_response, "DIRECT_SOLVE_MAX_CELLS", 0)  # ILU + BiCGSTAB, the full-grid path
+    iterative = well_response.thermal_prior(active, perm, poro, temp, inj, cell, responses, 6).astype(np.float64)
+    np.testing.assert_allclose(iterative, direct, atol=2e-3)  # float16 storage
+    none = well_response.thermal_prior(active, perm, poro, temp, np.minimum(inj, 0), cell, responses, 6)
+    assert np.all(none == 0)

@@ -355,6 +355,16 @@ def cell_size_of(params, cell_size=None) -> tuple[float, float, float]:
     return cell_size
 
 
+def rock_thermal_properties(params) -> tuple[float | None, float | None]:
+    """(conductivity W/(m K), grain heat per volume J/(m^3 K)) from ParamsScalar for the thermal
+    prior; None where the export leaves them at 0 (well_response then uses generic values)."""
+    value = {n: float(params[schema.PARAM_NAMES.index(n)])
+             for n in ("RockThermalConductivity", "RockHeatCapacity", "RockDensity")}
+    conductivity = value["RockThermalConductivity"]
+    heat = value["RockHeatCapacity"] * value["RockDensity"]
+    return (conductivity if conductivity > 0 else None), (heat if heat > 0 else None)
+
+
 def _scan_values(f, path, grid, n_t, fill_value, out_path, patch, stride, chunk_edge, compression,
                  cell_size=None) -> dict:
     # --- statics ---------------------------------------------------------
@@ -432,6 +442,10 @@ def _scan_values(f, path, grid, n_t, fill_value, out_path, patch, stride, chunk_
         statics.update(well_response.well_fields(
             mask, [statics[n] for n in ("PermX", "PermY", "PermZ")], statics["Porosity"], statics["Temperature0"],
             statics["InjRate"], cell_size_of(params, cell_size), scalars))
+        thermal_prior = well_response.thermal_prior(
+            mask, [statics[n] for n in ("PermX", "PermY", "PermZ")], statics["Porosity"], statics["Temperature0"],
+            statics["InjRate"], cell_size_of(params, cell_size), {n: statics[n] for n in schema.RESPONSE_NAMES}, n_t,
+            *rock_thermal_properties(params))
         static_stack = np.stack([statics[n] for n in schema.STATIC_NAMES])
         del statics
         static_raw, static_log = [], []
@@ -447,6 +461,8 @@ def _scan_values(f, path, grid, n_t, fill_value, out_path, patch, stride, chunk_
             static_log.append(lm)
         if out is not None:
             out.create_dataset(schema.PREPPED_STATIC, data=static_stack, chunks=(schema.N_STATIC, *ce), **opts)
+            out.create_dataset(schema.PREPPED_THERMAL_PRIOR, data=thermal_prior,
+                               chunks=(1, schema.N_THERMAL_PRIOR, *ce), **opts)
             out.create_dataset(schema.PREPPED_PARAMS, data=params)
             out.create_dataset(schema.PREPPED_OUTPUTS_SCALAR, data=scalars)
             out.attrs["source"] = os.path.abspath(path)
@@ -489,7 +505,8 @@ def prepare_arrays(path, fill_value=None, n_timesteps=None, cell_size=None) -> d
     """One raw v2.4 file -> the arrays prep would pack, in memory (no file written).
 
     Keys: static (N_STATIC, Z, Y, X) float32, params_scalar (26,) float32,
-    outputs_grid (T, 2, Z, Y, X) float32, outputs_scalar (T, 5) float64.
+    outputs_grid (T, 2, Z, Y, X) float32, outputs_scalar (T, 5) float64,
+    thermal_prior (T, N_THERMAL_PRIOR, Z, Y, X) float16 (dataset.prior_pair gives float32 pairs).
     Raises UserError with the first problem of a bad file.
     """
     with h5py.File(f"prepare-arrays-{os.getpid()}-{id(path)}", "w", driver="core", backing_store=False) as mem:
@@ -499,7 +516,8 @@ def prepare_arrays(path, fill_value=None, n_timesteps=None, cell_size=None) -> d
             raise UserError(problems[0] + more)
         return {key: mem[name][()] for key, name in (
             ("static", schema.PREPPED_STATIC), ("params_scalar", schema.PREPPED_PARAMS),
-            ("outputs_grid", schema.PREPPED_OUTPUTS_GRID), ("outputs_scalar", schema.PREPPED_OUTPUTS_SCALAR))}
+            ("outputs_grid", schema.PREPPED_OUTPUTS_GRID), ("outputs_scalar", schema.PREPPED_OUTPUTS_SCALAR),
+            ("thermal_prior", schema.PREPPED_THERMAL_PRIOR))}
 
 
 # ---------------------------------------------------------------------------
@@ -564,8 +582,8 @@ def compute_stats(train: list[dict], rel_train: list[str], rel_test: list[str], 
             static["std"].append(1.0)
             continue
         if name == schema.THERMAL_ARRIVAL:
-            # Hours near an injector to "never" (the cap): log10 of the years, not z-scored, so the
-            # model's heat-front step reads the arrival time itself (model._mix_front).
+            # Hours near an injector to "never" (the cap): log10 of the years, not z-scored (it was read
+            # as the arrival time itself by the heat-front step the thermal prior replaced).
             static["transform"].append("log10")
             static["mean"].append(0.0)
             static["std"].append(1.0)

@@ -13,9 +13,10 @@ API (see docs/design.md for the file layouts)
     conditioning(params_norm[..., 26], t)     -> [..., 27]: + time_feature(t) = log1p(t)/log1p(29), what the model takes
     normalize_change(state[2], initial[2]) -> [1]  asinh((P - P0) / s_P): the pressure change since
                                                  t = 0 (initial = Pressure0/Temperature0), scaled like the targets
-    normalize_dynamic(state[2], initial[2]) -> [3]  normalize_state + normalize_change
-    normalize_input(static[16], state[2], active=None) -> x [19] in schema.INPUT_CHANNELS order,
-                                                 0 at inactive cells (active from IsActive if None)
+    normalize_dynamic(state[2], initial[2], prior[6]) -> [9]  normalize_state + normalize_change + the
+                                                 thermal prior pair (prior_pair(thermal_prior, t), as is)
+    normalize_input(static[18], state[2], prior[6], active=None) -> x [27] in schema.INPUT_CHANNELS
+                                                 order, 0 at inactive cells (active from IsActive if None)
     normalize_delta(delta[2]) / denormalize_delta(delta_norm[2])
         per-step change of (P, T) <-> model target. Default "asinh":
         asinh(delta / s_c), s_c = delta_scale[c] = for pressure the median over train
@@ -27,8 +28,10 @@ API (see docs/design.md for the file layouts)
         step, to lift the late years' small changes, was tried and measured
         worse: docs/benchmarks.md, "Demo and fidelity".)
         delta_mode="zscore" is the seed's pooled (delta - mean) / std, for comparison.
-    update_input(x[19], delta_norm[2], active) -> x at t+1 (state and change channels advanced by
-                                                 the predicted change; inactive cells unchanged = 0)
+    update_input(x[27], delta_norm[2], active, prior[6]) -> x at t+1 (state and change channels advanced
+                                                 by the predicted change, the prior pair of t+1 from the data;
+                                                 inactive cells unchanged = 0)
+``prior_pair(thermal_prior[T, 3, ...], t)`` -> [6]: the thermal prior at t and t + 1
     normalize_scalars(next[..., 5], prev[..., 5], production_ratio=None) -> [..., 5]:
         asinh(log(next / ref) / 0.1 %). ref is the previous value, for FieldEnergyProductionRate
         times production_ratio (production_enthalpy_ratio() of the step: what the producers'
@@ -49,7 +52,8 @@ API (see docs/design.md for the file layouts)
     mode="patch": one sample per line of index_{split}.jsonl; rollout_steps must be 1.
     mode="full":  one sample per (simulation, t) with the whole grid, t = 0..T-1-K.
     Sample (dict of tensors):
-      "x"             [14,d,h,w] float32  normalized input at t, 0 at inactive cells
+      "x"             [27,d,h,w] float32  normalized input at t, 0 at inactive cells
+      "thermal_prior" [K+1,3,d,h,w] float32 the thermal prior at t..t+K (update_input's next pairs)
       "active"        [1,d,h,w]  float32  1 = active cell
       "params"        [27]       float32  normalized ParamsScalar + time feature of t (Normalizer.conditioning)
       "target_delta"  [K,2,d,h,w] float32 normalized change of (P, T), steps t->t+1 .. t+K-1->t+K; 0 at inactive
@@ -161,6 +165,16 @@ PRODUCTION_RATE_SLOT = schema.SCALAR_NAMES.index("FieldEnergyProductionRate")
 STATIC_INJ_RATE = schema.STATIC_NAMES.index("InjRate")
 
 
+def prior_pair(thermal_prior, t: int):
+    """Input channels of the thermal prior at step t: its shares at t and at t + 1 (the last
+    frame again past the end), thermal_prior (T, N_THERMAL_PRIOR, ...) -> (2 N_THERMAL_PRIOR, ...)."""
+    last = thermal_prior.shape[0] - 1
+    frames = [thermal_prior[min(t, last)], thermal_prior[min(t + 1, last)]]
+    if isinstance(thermal_prior, torch.Tensor):
+        return torch.cat(frames, dim=0)
+    return np.concatenate(frames, axis=0).astype(np.float32)
+
+
 def producer_cells(static) -> tuple[np.ndarray, np.ndarray]:
     """(flat indices of the active producer cells (InjRate < 0), their mass rates > 0 in kg/s);
     static (N_STATIC, Z, Y, X) physical. Computed once per simulation."""
@@ -253,17 +267,20 @@ class Normalizer:
         change = _as_tensor(state, torch.float64)[..., idx, :, :, :] - _as_tensor(initial, torch.float64)[..., idx, :, :, :]
         return torch.asinh(change / _bcast(self.delta_scale[idx], 3, change)).to(torch.float32)
 
-    def normalize_dynamic(self, state, initial) -> torch.Tensor:
-        """The time-dependent input channels (schema.DYNAMIC_CHANNELS) at one t."""
-        return torch.cat([self.normalize_state(state), self.normalize_change(state, initial)], dim=-4)
+    def normalize_dynamic(self, state, initial, prior) -> torch.Tensor:
+        """The time-dependent input channels (schema.DYNAMIC_CHANNELS) at one t; ``prior`` is
+        ``prior_pair(thermal_prior, t)`` (used as is: shares in [0, 1])."""
+        return torch.cat([self.normalize_state(state), self.normalize_change(state, initial), _as_tensor(prior)],
+                         dim=-4)
 
-    def normalize_input(self, static, state, active=None) -> torch.Tensor:
+    def normalize_input(self, static, state, prior, active=None) -> torch.Tensor:
+        """static (N_STATIC, ...), state (2, ...) at t, prior = prior_pair(thermal_prior, t) -> x."""
         static = _as_tensor(static)
         if active is None:
             active = static[..., STATIC_ACTIVE : STATIC_ACTIVE + 1, :, :, :]
         mask = _as_tensor(active) > 0.5
         initial = static[..., list(schema.INITIAL_STATE_STATIC), :, :, :]
-        x = torch.cat([self.normalize_static(static, mask), self.normalize_dynamic(state, initial)], dim=-4)
+        x = torch.cat([self.normalize_static(static, mask), self.normalize_dynamic(state, initial, prior)], dim=-4)
         return x * mask
 
     def normalize_delta(self, delta) -> torch.Tensor:
@@ -282,8 +299,9 @@ class Normalizer:
             return torch.sinh(d) * _bcast(self.delta_scale, 3, d)
         return d * _bcast(self.delta_std, 3, d) + _bcast(self.delta_mean, 3, d)
 
-    def update_input(self, x, delta_norm, active) -> torch.Tensor:
-        """Advance the normalized input by one predicted step (multi-step training)."""
+    def update_input(self, x, delta_norm, active, prior) -> torch.Tensor:
+        """Advance the normalized input by one predicted step (multi-step training); ``prior`` is
+        the thermal prior pair of the new step (data, not predicted)."""
         d = delta_norm.float()  # differentiable: multi-step training backpropagates through it
         scale = _bcast(self.delta_scale, 3, d)
         if self.delta_mode == "asinh":
@@ -297,7 +315,8 @@ class Normalizer:
         since_start = x[..., schema.CHANGE_CHANNELS, :, :, :]
         step = (change / scale)[..., idx, :, :, :]
         since_start = torch.where(mask, torch.asinh(torch.sinh(since_start) + step), since_start)
-        return torch.cat([x[..., : schema.N_STATIC, :, :, :], state.to(x.dtype), since_start.to(x.dtype)], dim=-4)
+        prior = _as_tensor(prior).to(x.dtype) * mask
+        return torch.cat([x[..., : schema.N_STATIC, :, :, :], state.to(x.dtype), since_start.to(x.dtype), prior], dim=-4)
 
     # ---- vectors ----------------------------------------------------------
     @staticmethod
@@ -511,6 +530,7 @@ class PatchDataset(torch.utils.data.Dataset):
         grids = f[schema.PREPPED_OUTPUTS_GRID]
         n_t = grids.shape[0]
         entry = {
+            "n_timesteps": n_t,
             "params": nrm.normalize_params(f[schema.PREPPED_PARAMS][...]),
             "scalars": np.asarray(f[schema.PREPPED_OUTPUTS_SCALAR][...], np.float64),
             "grid_shape": tuple(static.shape[-3:]),
@@ -526,7 +546,8 @@ class PatchDataset(torch.utils.data.Dataset):
                 ratios.append(production_enthalpy_ratio(producers, temp_prev, grid_t[1]))
             temp_prev = grid_t[1]
             if self.mode == "patch":
-                state = nrm.normalize_dynamic(torch.from_numpy(grid_t), initial) * active
+                pair = prior_pair(self._prior(f, slice(t, min(t + 2, n_t))), 0)
+                state = nrm.normalize_dynamic(torch.from_numpy(grid_t), initial, pair) * active
                 dyn_c.append(coarsen(state, active.float(), self.factor)[0])
         entry["production_ratio"] = np.asarray(ratios, np.float64)
         if self.mode == "patch":
@@ -536,6 +557,12 @@ class PatchDataset(torch.utils.data.Dataset):
             entry["context_active"] = frac
         self._sim_cache[sim] = entry
         return entry
+
+    def _prior(self, f: h5py.File, steps: slice, box=(slice(None),) * 3) -> np.ndarray:
+        if schema.PREPPED_THERMAL_PRIOR not in f:
+            raise UserError(f"{f.filename}: /{schema.PREPPED_THERMAL_PRIOR}: missing (prepped by an older "
+                            "voxel-ode: run `voxel-ode prep` again)")
+        return f[schema.PREPPED_THERMAL_PRIOR][(steps, slice(None)) + tuple(box)].astype(np.float32)
 
     def __del__(self):
         for f in getattr(self, "_files", {}).values():
@@ -565,7 +592,9 @@ class PatchDataset(torch.utils.data.Dataset):
         static = f[schema.PREPPED_STATIC][(slice(None),) + box].astype(np.float32)
         grids = f[schema.PREPPED_OUTPUTS_GRID][(slice(t, t + K + 1), slice(None)) + box]
         active = torch.from_numpy(static[STATIC_ACTIVE : STATIC_ACTIVE + 1] > 0.5)
-        x = nrm.normalize_input(static, grids[0].astype(np.float32), active)
+        frames = self._prior(f, slice(t, t + K + 1), box)  # step k's pair: frames k and k + 1
+        thermal_prior = torch.from_numpy(frames)
+        x = nrm.normalize_input(static, grids[0].astype(np.float32), prior_pair(frames, 0), active)
         delta = np.diff(grids.astype(np.float64), axis=0)  # exact differences of the stored values
         target_delta = nrm.normalize_delta(delta) * active
         scalars = cache["scalars"]
@@ -576,17 +605,19 @@ class PatchDataset(torch.utils.data.Dataset):
         ops, rng = self._draw_ops(index)
         perm = (STATIC_PERM_X, STATIC_PERM_Y)
         x = apply_ops(x, ops, perm)
+        thermal_prior = apply_ops(thermal_prior, ops)
         active = apply_ops(active, ops)
         target_delta = apply_ops(target_delta, ops)
-        if self.noise_std > 0:  # on the time-dependent inputs only, at active cells
+        if self.noise_std > 0:  # on the predicted inputs only (not the prior), at active cells
             gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-            noise = torch.randn(x[schema.DYNAMIC_CHANNELS].shape, generator=gen) * self.noise_std
-            x[schema.DYNAMIC_CHANNELS] += noise * active
+            noise = torch.randn(x[schema.PREDICTED_CHANNELS].shape, generator=gen) * self.noise_std
+            x[schema.PREDICTED_CHANNELS] += noise * active
         sample = {
             "x": x,
             "active": active,
             "params": nrm.conditioning(cache["params"], t),
             "target_delta": target_delta,
+            "thermal_prior": thermal_prior,
             "target_scalars": target_scalars,
             "scalars_prev": torch.from_numpy(scalars[t].copy()),
             "production_ratio": torch.from_numpy(production_ratio.copy()),

@@ -51,9 +51,10 @@ Design
   small MLP. Needs asinh change targets (the channels share the pressure target's scale).
   The pressure path then does not start at persistence (it starts between the 10 % and 1 % responses).
 * Front mix (front_mix=True): each step moves the temperature by the injection gap
-  (InjectionTemperatureGap) times the step's change of a sigmoid in log time around the
-  cell's ThermalArrival (both derived in prep), with gain, slope and position from the
-  conditioning, plus the grid head's residual; starts at the physical front (FRONT_INIT).
+  (InjectionTemperatureGap) times the step of the thermal prior (a linear heat-transport
+  solve on three flow fields, computed in prep, given at t and t + 1 as input channels),
+  interpolated between neighbouring flow fields with a gain, both from the params and
+  time, plus the grid head's residual (front_step).
 * Whole-field path (global_context=True): pressure diffuses kilometres per yearly
   step, so a local CNN cannot know the field-wide pressure level. A small CNN on
   the whole field pooled by F=4 (all input channels + active fraction) with strided
@@ -96,7 +97,7 @@ class ModelConfig:
     mask_features: bool = True
     channels_last: bool = True  # channels_last_3d memory format (faster 3D convs on CPU)
     response_mix: bool = True  # pressure change = learned mix of the well-response channels + residual
-    front_mix: bool = True  # temperature change = learned heat-front step (ThermalArrival, gap) + residual
+    front_mix: bool = True  # temperature change = learned mix of the thermal prior's step x gap + residual
 
     def __post_init__(self):
         if self.norm not in ("channel", "spatial"):
@@ -113,13 +114,9 @@ class ModelConfig:
         return cls(**d)
 
 
-# Initial (gain, slope, offset, arrival weight) of the heat-front step: the cell moves by the
-# whole injection gap as the front passes ln t = ln(ThermalArrival), over about a factor e^1.5
-# in time each side (alone, untrained, this scored a year-29 temperature change error of
-# 0.31-0.49 on the demo's test runs, slope 3: 0.37-0.54). A start far from that (front at
-# t = e^z of a z-scored arrival, slope 1) cooled most of the field at once; training then
-# shut the front off (gain 0.01, slope 0.08) and the first-year drop at the injectors was lost.
-FRONT_INIT = (1.0, 1.5, 0.0, 1.0)
+# Initial point of the thermal mix along its flow fields (0 = open, 1 = 1 % support, 2 = closed),
+# between two vertices for the reason given at MIX_INIT; gain 1 = the whole injection gap.
+FRONT_INIT = 0.5
 # Initial point of the pressure mix along the support strengths (0 = open ... 4 = closed). Not
 # a whole number: at a vertex of the interpolation its gradient is 0 on both sides, and a head
 # started at exactly the 1 % response (u = 2) never moved off it (demo: year-29 error 0.58).
@@ -304,13 +301,15 @@ class VoxelAutoRegressor(nn.Module):
                 u, k = MIX_INIT, len(schema.RESPONSE_NAMES)
                 self.response_head[-1].bias.copy_(torch.tensor([math.log(u / (k - 1 - u)), 0.0]))
         if cfg.front_mix:
-            self.arrival_channel = schema.channel_index(schema.THERMAL_ARRIVAL)
             self.gap_channel = schema.channel_index(schema.INJECTION_GAP)
-            # -> (gain, slope, offset, arrival weight) of the front; see _mix_front
-            self.front_head = nn.Sequential(nn.Linear(cond_dim, 64), nn.SiLU(), nn.Linear(64, 4))
-            with torch.no_grad():  # start from the physical front: full gap, arriving at ThermalArrival
+            self.prior_now = [schema.channel_index(n) for n in schema.THERMAL_PRIOR_NAMES]
+            self.prior_next = [schema.channel_index(n) for n in schema.PRIOR_NEXT_NAMES]
+            # -> (position along the thermal prior's flow fields, log gain), from the params and time only
+            self.front_head = nn.Sequential(nn.Linear(cfg.n_params, 64), nn.SiLU(), nn.Linear(64, 2))
+            with torch.no_grad():
                 self.front_head[-1].weight.zero_()
-                self.front_head[-1].bias.copy_(torch.tensor(FRONT_INIT))
+                u, k = FRONT_INIT, schema.N_THERMAL_PRIOR
+                self.front_head[-1].bias.copy_(torch.tensor([math.log(u / (k - 1 - u)), 0.0]))
 
     @property
     def receptive_field(self) -> int:
@@ -370,7 +369,7 @@ class VoxelAutoRegressor(nn.Module):
         if cfg.response_mix:
             delta = self._mix_responses(delta, x, params)
         if cfg.front_mix:
-            delta = self._mix_front(delta, x, cond, params[:, -1])
+            delta = _add_to_target(delta, schema.OUTPUT_CHANNELS.index("Temperature"), self.front_step(x, params))
         delta = delta * (active > 0.5).to(delta.dtype)  # inactive cells never change
 
         if cfg.global_context:
@@ -415,39 +414,34 @@ class VoxelAutoRegressor(nn.Module):
 
     def response_weights(self, params) -> torch.Tensor:
         """[B, K] mix weights of the response channels (see _mix_responses)."""
-        position, log_gain = self.response_head(params.float()).unbind(dim=1)
-        k = len(self.response_channels)
-        u = torch.sigmoid(position) * (k - 1)
-        hat = torch.relu(1.0 - (u[:, None] - torch.arange(k, device=u.device, dtype=u.dtype)).abs())
-        return hat * torch.exp(log_gain.clamp(-10.0, 5.0))[:, None]
+        return _hat_weights(self.response_head(params.float()), len(self.response_channels))
 
-    def _mix_front(self, delta, x, cond, time_feature):
-        """Temperature target = asinh(g * gap / s_T * (w(t + 1) - w(t)) + sinh(grid head)).
+    def front_step(self, x, params) -> torch.Tensor:
+        """[B, 1, D, H, W] the temperature step the thermal prior sets, in target units before the asinh:
+        g * gap / s_T * sum_k a_k (theta_k(t + 1) - theta_k(t)).
 
-        The heat front of the injected water: a cell's temperature moves by the injection
-        gap (T_inj - T0; channel asinh(gap / s_T)) as the front passes, which the
-        ThermalArrival channel (log10 of the years, z) says when: the reached share is
-        w(t) = sigmoid(s * (ln t - c - a * ln(10) * z)), w(0) = 0. Gain g, slope s, offset c and
-        arrival weight a come from the conditioning through a small head (a few numbers per
-        run and step), so the first year's 20-100 K drop at an injector, which the grid
-        head alone underfit badly (-1 K of -70 K after 6 min of training on the demo data),
-        is one multiplication away; the grid head adds the residual (conduction, mixing).
-        t is recovered from the time feature (dataset.Normalizer.time_feature). fp32.
+        theta_k: the thermal prior channels (well_response.thermal_prior: the share of the
+        injection gap a linear heat-transport model on the open, 1 % and closed flow fields
+        gives each cell after t years), at t and t + 1; gap: InjectionTemperatureGap, whose
+        channel holds asinh(gap / s_T). a_k: an interpolation between two neighbouring flow
+        fields times a gain (front_head, params and time only, like the pressure mix). The
+        grid head adds the residual (the flow's change as the plume cools, buoyancy, what the
+        linear model's generic rock misses). Fitted per run this prior leaves 0.06 of the
+        year-29 temperature change on the fidelity test runs; the sigmoid front around
+        ThermalArrival it replaces left 0.46 (docs/benchmarks.md, "Thermal prior"). fp32.
         """
-        temp = schema.OUTPUT_CHANNELS.index("Temperature")
-        gain, slope, offset, weight = self.front_head(cond.float()).unbind(dim=1)  # [B] each
-        years = torch.expm1(time_feature.float() * math.log1p(schema.N_TIMESTEPS - 1))  # input step t
-        z = x[:, self.arrival_channel].float()  # [B, D, H, W]
+        weights = _hat_weights(self.front_head(params.float()), len(self.prior_now))  # [B, K]
+        step = x[:, self.prior_next].float() - x[:, self.prior_now].float()  # [B, K, D, H, W]
         gap = torch.sinh(x[:, self.gap_channel].float())
-        expand = (slice(None),) + (None,) * 3
+        return (torch.einsum("bk,bkdhw->bdhw", weights, step) * gap).unsqueeze(1)
 
-        def reached(t):
-            log_t = torch.log(t.clamp_min(1e-6))[expand]
-            w = torch.sigmoid(slope[expand] * (log_t - offset[expand] - weight[expand] * math.log(10.0) * z))
-            return w * (t > 0.5).to(w.dtype)[expand]  # nothing is reached at t = 0
 
-        front = gain[expand] * gap * (reached(years + 1.0) - reached(years))
-        return _add_to_target(delta, temp, front.unsqueeze(1))
+def _hat_weights(head_out, k: int) -> torch.Tensor:
+    """[B, 2] (position logit, log gain) -> [B, k] weights g * max(0, 1 - |u - j|), u = sigmoid * (k - 1)."""
+    position, log_gain = head_out.unbind(dim=1)
+    u = torch.sigmoid(position) * (k - 1)
+    hat = torch.relu(1.0 - (u[:, None] - torch.arange(k, device=u.device, dtype=u.dtype)).abs())
+    return hat * torch.exp(log_gain.clamp(-10.0, 5.0))[:, None]
 
 
 def _add_to_target(delta, channel, prior):

@@ -58,7 +58,7 @@ ACTIVE_STATIC = schema.STATIC_NAMES.index("IsActive")
 # Loading one simulation into memory
 # ---------------------------------------------------------------------------
 def load_prepped_sim(path) -> dict:
-    """Arrays of one prepped file: static, params_scalar, outputs_grid, outputs_scalar, source."""
+    """Arrays of one prepped file: static, params_scalar, outputs_grid, thermal_prior, outputs_scalar, source."""
     path = Path(path)
     try:
         with h5py.File(path, "r") as f:
@@ -71,6 +71,10 @@ def load_prepped_sim(path) -> dict:
                 "outputs_grid": f[schema.PREPPED_OUTPUTS_GRID][()].astype(np.float32),
                 "source": str(path),
             }
+            if schema.PREPPED_THERMAL_PRIOR not in f:
+                raise UserError(f"{path}: /{schema.PREPPED_THERMAL_PRIOR}: missing (prepped by an older voxel-ode: "
+                                "run `voxel-ode prep` again)")
+            sim["thermal_prior"] = f[schema.PREPPED_THERMAL_PRIOR][()]  # float16: 312 MB on the full grid
             if schema.PREPPED_OUTPUTS_SCALAR in f:
                 sim["outputs_scalar"] = f[schema.PREPPED_OUTPUTS_SCALAR][()].astype(np.float64)
     except OSError as err:
@@ -105,6 +109,25 @@ def load_sim(path, fill_value=None, cell_size=None) -> dict:
     except OSError as err:
         raise UserError(f"{path}: -: cannot open as HDF5 ({err})") from None
     return load_raw_sim(path, fill_value, cell_size) if is_raw else load_prepped_sim(path)
+
+
+def thermal_prior_of(sim: dict) -> np.ndarray:
+    """The simulation's thermal prior (T, N_THERMAL_PRIOR, Z, Y, X), the model's prior input channels:
+    sim["thermal_prior"] (prepped and raw files carry it), else derived here from the statics and
+    params like prep does (sims built in memory from initial fields only)."""
+    if "thermal_prior" in sim:
+        return sim["thermal_prior"]
+    from voxel_ode import data_prep, well_response
+
+    static = {n: sim["static"][i] for i, n in enumerate(schema.STATIC_NAMES)}
+    n_steps = len(sim["outputs_grid"]) if "outputs_grid" in sim else schema.N_TIMESTEPS
+    params = sim["params_scalar"]
+    prior = well_response.thermal_prior(
+        static["IsActive"] > 0.5, [static[n] for n in ("PermX", "PermY", "PermZ")], static["Porosity"],
+        static["Temperature0"], static["InjRate"], data_prep.cell_size_of(params),
+        {n: static[n] for n in schema.RESPONSE_NAMES}, n_steps, *data_prep.rock_thermal_properties(params))
+    sim["thermal_prior"] = prior
+    return prior
 
 
 def initial_state(sim: dict) -> np.ndarray:
@@ -201,6 +224,7 @@ class ModelStepper:
 
         self.initial = self.static[list(schema.INITIAL_STATE_STATIC)]  # Pressure0, Temperature0
         self.producers = producer_cells(self.static)
+        self.thermal_prior = thermal_prior_of(sim)
 
     def _forward(self, x, context, origin, active):
         torch = self.torch
@@ -245,10 +269,12 @@ class ModelStepper:
 
     def step(self, state, prev_scalars):
         torch = self.torch
-        dynamic = self.normalizer.normalize_dynamic(state, self.initial)
+        from voxel_ode.dataset import prior_pair
+
+        t = self.t
+        dynamic = self.normalizer.normalize_dynamic(state, self.initial, prior_pair(self.thermal_prior, t))
         x = torch.cat([self.static_norm, dynamic.float()]) * torch.as_tensor(self.active_np)  # 0 at inactive cells
         x = x[None].to(self.device)
-        t = self.t
         self.params = self.normalizer.conditioning(self.params_norm, t)[None].to(self.device)
         self.t += 1
         with torch.no_grad():
@@ -319,9 +345,14 @@ class LinearStepper:
         self.static = sim["static"]
         self.active = self.static[ACTIVE_STATIC] > 0.5
         self.params = np.asarray(self.normalizer.normalize_params(sim["params_scalar"]), np.float64)
+        self.thermal_prior, self.t = thermal_prior_of(sim), 0
 
     def step(self, state, prev_scalars):
-        x = np.asarray(self.normalizer.normalize_input(self.static, state), np.float64)[:, self.active]
+        from voxel_ode.dataset import prior_pair
+
+        prior = prior_pair(self.thermal_prior, self.t)
+        self.t += 1
+        x = np.asarray(self.normalizer.normalize_input(self.static, state, prior), np.float64)[:, self.active]
         w_in = self.weights[:, : schema.N_INPUT_CHANNELS]
         const = self.weights[:, schema.N_INPUT_CHANNELS : -1] @ self.params + self.weights[:, -1]
         delta = np.zeros(state.shape, np.float32)
@@ -332,11 +363,13 @@ class LinearStepper:
 LINEAR_RIDGE = 1.0  # ridge strength on z-scored features (see fit_linear_baseline)
 
 
-def _linear_features(normalizer, static_flat, static_norm_flat, state, params_norm, idx):
-    """Rows [normalized inputs, normalized params, 1] at flat cell indices ``idx`` (all active)."""
+def _linear_features(normalizer, static_flat, static_norm_flat, state, prior, params_norm, idx):
+    """Rows [normalized inputs, normalized params, 1] at flat cell indices ``idx`` (all active);
+    prior: the thermal prior pair of the step (dataset.prior_pair)."""
     values = state.reshape(schema.N_DYNAMIC, -1)[:, idx][:, :, None, None]  # [2, n, 1, 1]: channel at dim -4
     initial = static_flat[list(schema.INITIAL_STATE_STATIC)][:, idx][:, :, None, None]
-    dyn = np.asarray(normalizer.normalize_dynamic(values, initial), np.float64)[:, :, 0, 0]
+    prior = prior.reshape(prior.shape[0], -1)[:, idx][:, :, None, None]
+    dyn = np.asarray(normalizer.normalize_dynamic(values, initial, prior), np.float64)[:, :, 0, 0]
     cols = np.vstack([static_norm_flat[:, idx], dyn]).T  # (n, 14)
     p = np.broadcast_to(params_norm, (len(idx), schema.N_PARAMS))
     return np.hstack([cols, p, np.ones((len(idx), 1))])
@@ -350,9 +383,9 @@ def fit_linear_baseline(prepped_root, stats, normalizer=None, split="train", cel
     cells give one row each. Returns weights (2, 41); saved as .npz when
     ``save_path`` is given (keys ``weights``, ``feature_names``).
     """
-    if normalizer is None:
-        from voxel_ode.dataset import Normalizer
+    from voxel_ode.dataset import Normalizer, prior_pair
 
+    if normalizer is None:
         normalizer = Normalizer(stats)
     paths = sorted((Path(prepped_root) / split).glob("*" + schema.PREPPED_SUFFIX))
     if not paths:
@@ -368,7 +401,8 @@ def fit_linear_baseline(prepped_root, stats, normalizer=None, split="train", cel
         grid = sim["outputs_grid"]
         for t in range(len(grid) - 1):
             idx = rng.choice(flat_active, size=min(cells_per_step, flat_active.size), replace=False)
-            rows.append(_linear_features(normalizer, static_flat, static_norm, grid[t], params_norm, idx))
+            rows.append(_linear_features(normalizer, static_flat, static_norm, grid[t],
+                                         prior_pair(sim["thermal_prior"], t), params_norm, idx))
             change = (grid[t + 1] - grid[t]).reshape(schema.N_DYNAMIC, -1)[:, idx].T
             targets.append(change.astype(np.float64))
     a, b = np.vstack(rows), np.vstack(targets)

@@ -101,6 +101,12 @@ RESPONSE_NAMES = ("PressureResponseOpen", "PressureResponseSupport10", "Pressure
 THERMAL_ARRIVAL = "ThermalArrival"
 INJECTION_GAP = "InjectionTemperatureGap"
 ARRIVAL_FLOW_RESPONSE = "PressureResponseWeak"  # the flow field the heat front follows
+# Thermal prior (well_response.thermal_prior): the share of the injection temperature gap a
+# linear heat-transport model gives each cell after t years, on the flow fields of these
+# responses (open, 1 %, closed sides); stored per year in prepped files.
+THERMAL_PRIOR_RESPONSES = ("PressureResponseOpen", "PressureResponseWeak", "PressureResponseClosed")
+THERMAL_PRIOR_NAMES = ("ThermalPriorOpen", "ThermalPriorWeak", "ThermalPriorClosed")
+N_THERMAL_PRIOR = len(THERMAL_PRIOR_NAMES)
 # Params that give the cell sizes (m) the responses need; `voxel-ode prep --cell_size`
 # overrides them for an export whose ParamsScalar means something else.
 CELL_SIZE_PARAMS = ("CellSizeX", "CellSizeY", "CellSizeZ")
@@ -197,6 +203,7 @@ PREPPED_STATIC = "static"  # (N_STATIC, Z, Y, X) float32, inactive cells = 0
 PREPPED_PARAMS = "params_scalar"  # (N_PARAMS,) float32
 PREPPED_OUTPUTS_GRID = "outputs_grid"  # (T, N_DYNAMIC, Z, Y, X) float32, physical units
 PREPPED_OUTPUTS_SCALAR = "outputs_scalar"  # (T, N_SCALARS) float64 (energy totals reach ~1e17 J), physical units
+PREPPED_THERMAL_PRIOR = "thermal_prior"  # (T, N_THERMAL_PRIOR, Z, Y, X) float16, in [0, 1]
 STATS_FILE = "stats.json"
 INDEX_FILE = "index_{split}.jsonl"  # one patch per line
 SPLITS = ("train", "test")
@@ -215,10 +222,15 @@ SPLITS = ("train", "test")
 CHANGE_VARIABLES = ("Pressure",)
 CHANGE_NAMES = tuple(v + "Change" for v in CHANGE_VARIABLES)
 CHANGE_OF_DYNAMIC = tuple(DYNAMIC_NAMES.index(v) for v in CHANGE_VARIABLES)  # their index in the state
-INPUT_CHANNELS = STATIC_NAMES + DYNAMIC_NAMES + CHANGE_NAMES
-N_INPUT_CHANNELS = len(INPUT_CHANNELS)  # 21
+# Then the thermal prior at t and at t + 1 (raw shares in [0, 1]): data, not predictions;
+# the model's temperature step starts from the prior's step (model.front_step).
+PRIOR_NEXT_NAMES = tuple(n + "Next" for n in THERMAL_PRIOR_NAMES)
+INPUT_CHANNELS = STATIC_NAMES + DYNAMIC_NAMES + CHANGE_NAMES + THERMAL_PRIOR_NAMES + PRIOR_NEXT_NAMES
+N_INPUT_CHANNELS = len(INPUT_CHANNELS)  # 27
 STATE_CHANNELS = slice(N_STATIC, N_STATIC + N_DYNAMIC)  # z-scored (P, T) at t
-CHANGE_CHANNELS = slice(N_STATIC + N_DYNAMIC, N_INPUT_CHANNELS)  # scaled P at t minus P at t = 0
+CHANGE_CHANNELS = slice(N_STATIC + N_DYNAMIC, N_STATIC + N_DYNAMIC + len(CHANGE_NAMES))  # scaled P - P0
+PRIOR_CHANNELS = slice(CHANGE_CHANNELS.stop, N_INPUT_CHANNELS)  # thermal prior at t, then at t + 1
+PREDICTED_CHANNELS = slice(N_STATIC, CHANGE_CHANNELS.stop)  # what a rollout feeds back (state, change)
 DYNAMIC_CHANNELS = slice(N_STATIC, N_INPUT_CHANNELS)  # everything that changes with t
 INITIAL_STATE_STATIC = tuple(STATIC_NAMES.index(n + "0") for n in DYNAMIC_NAMES)  # Pressure0, Temperature0
 # The grid head predicts the change of (Pressure, Temperature) from t to t+1.

@@ -80,8 +80,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="predict the pressure change without the learned mix of the well-response channels "
                         "(the seed's plain grid head; required with --delta_norm zscore)")
     g.add_argument("--no_front_mix", action="store_true",
-                   help="predict the temperature change without the learned heat-front step (ThermalArrival "
-                        "and InjectionTemperatureGap channels; required with --delta_norm zscore)")
+                   help="predict the temperature change without the learned mix of the thermal prior's step "
+                        "(thermal prior and InjectionTemperatureGap channels; required with --delta_norm zscore)")
     g.add_argument("--delta_norm", choices=("asinh", "zscore"), default="asinh",
                    help="normalization of the change targets: asinh(delta/s) with a robust per-simulation "
                         "scale (dataset.Normalizer), or the seed's pooled z-score")
@@ -92,10 +92,11 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min_lr_ratio", type=float, default=0.1, help="cosine decays to lr * this at max_steps")
     g.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay (weights of convolutions/linears only)")
     g.add_argument("--mix_l1", type=float, default=0.02,
-                   help="L1 penalty on the params -> pressure-mix layer (selects the few params that set the mix)")
+                   help="L1 penalty on the params -> pressure / thermal mix layers (selects the few params that set the mixes)")
     g.add_argument("--mix_aux", type=float, default=1.0,
-                   help="weight of an extra loss on the pressure mix alone (without the residual) against the "
-                        "true change since t = 0: trains the mix head directly (0 = off)")
+                   help="weight of extra losses on the mixes alone (without the residual): the pressure mix against "
+                        "the true change since t = 0, the thermal prior's step against the true temperature step; "
+                        "trains the mix heads directly (0 = off)")
     g.add_argument("--warmup_steps", type=int, default=1000, help="linear LR warmup steps (may exceed max_steps)")
     g.add_argument("--grad_clip", type=float, default=1.0, help="clip the global gradient norm (0 = off)")
     g.add_argument("--rollout_steps", type=int, default=1,
@@ -341,6 +342,7 @@ def masked_channel_mse(pred: torch.Tensor, target: torch.Tensor, active: torch.T
 
 
 PRESSURE_OUT = schema.OUTPUT_CHANNELS.index("Pressure")
+TEMPERATURE_OUT = schema.OUTPUT_CHANNELS.index("Temperature")
 PRESSURE_CHANGE_IN = schema.channel_index("PressureChange")
 
 
@@ -375,6 +377,7 @@ class Unroll(torch.nn.Module):
         # then weighs what it does in a rollout, and the small yearly increments after the first
         # year no longer make the pressure term dwarf the temperature term.
         self.pressure_since_start = bool(getattr(model.config, "response_mix", False))
+        self.front_mix = bool(getattr(model.config, "front_mix", False))
 
     def forward(self, batch: dict, k_steps: int, detach_between: bool):
         x, active, params = batch["x"], batch["active"], batch["params"]
@@ -394,17 +397,22 @@ class Unroll(torch.nn.Module):
                 if self.mix_aux > 0:  # the mix alone against the true change since t = 0
                     mix = torch.asinh(self.model.response_mix(x, params))
                     mix_losses.append(masked_channel_mse(mix, target[:, PRESSURE_OUT:PRESSURE_OUT + 1], active))
+            if self.front_mix and self.mix_aux > 0:  # the thermal prior's step alone against the true step
+                front = torch.asinh(self.model.front_step(x, params))
+                true_step = batch["target_delta"][:, k, TEMPERATURE_OUT:TEMPERATURE_OUT + 1]
+                mix_losses.append(masked_channel_mse(front, true_step, active))
             grid_losses.append(masked_channel_mse(pred, target, active))
             scalar_losses.append(((scalars - batch["target_scalars"][:, k]) ** 2).mean(dim=0))
             if k + 1 < k_steps:  # feed the model its own prediction, one step later
-                x = self.normalizer.update_input(x, delta.detach() if detach_between else delta, active)
+                prior = batch["thermal_prior"][:, k + 1:k + 3].flatten(1, 2)  # the pair of step k + 1
+                x = self.normalizer.update_input(x, delta.detach() if detach_between else delta, active, prior)
                 params = self.normalizer.conditioning(params[:, :-1], t + k + 1)
         grid = torch.stack(grid_losses).mean(dim=0)  # [2]
         scalar = torch.stack(scalar_losses).mean(dim=0)  # [5]
         # the seed: MSE for grids + MSE for scalars, weighted equally. Without a trained
         # scalar path the term is multiplied by 0 (keeps every parameter in the graph for DDP).
         loss = grid.mean() + (scalar.mean() if self.train_scalars else 0.0 * scalar.sum())
-        if self.mix_l1 > 0 and getattr(self.model.config, "response_mix", False):
+        if self.mix_l1 > 0 and (self.pressure_since_start or self.front_mix):
             loss = loss + self.mix_l1 * mix_l1_penalty(self.model)
         if mix_losses:
             loss = loss + self.mix_aux * torch.stack(mix_losses).mean()
@@ -418,10 +426,11 @@ class Unroll(torch.nn.Module):
 
 
 def mix_l1_penalty(model) -> torch.Tensor:
-    """Sum of |weights| of the response head's first layer (the params -> mix inputs): with
-    ~40 training runs a dense map from 26 params to the pressure mix fits noise; the L1
-    penalty keeps the few params that move it (model._mix_responses)."""
-    return model.response_head[0].weight.abs().sum()
+    """Sum of |weights| of the mix heads' first layers (the params -> mix inputs): with ~40
+    training runs a dense map from 26 params to the pressure or thermal mix fits noise; the L1
+    penalty keeps the few params that move it (model._mix_responses, model.front_step)."""
+    heads = [getattr(model, name) for name in ("response_head", "front_head") if hasattr(model, name)]
+    return sum(head[0].weight.abs().sum() for head in heads)
 
 
 def _autocast(device: torch.device, dtype):

@@ -34,8 +34,15 @@ could not be predicted for new runs.
 The network learns the mix and what the linear picture misses (cold water's
 viscosity, thermal contraction, time).
 
+The thermal prior (``thermal_prior``) does for temperature what the responses
+do for pressure: the injected water's heat carried along three of these flow
+fields and conducted into the surrounding rock, by a linear transport solve
+over the run's 29 years (stored per year, not as a static channel).
+
 Cost: five sparse SPD solves per simulation (direct on small grids, pyamg
-AMG-preconditioned CG on large ones; benchmark notes, "Prep").
+AMG-preconditioned CG on large ones) and 3 x 116 transport steps (direct on
+small grids, BiCGSTAB with a flow-ordered Gauss-Seidel preconditioner on large
+ones): ~51 s + ~90 s on the full grid (benchmark notes, "Thermal prior").
 """
 
 from __future__ import annotations
@@ -60,6 +67,8 @@ DIRECT_SOLVE_MAX_CELLS = 60_000
 ROCK_HEAT_PER_VOLUME = 2.3e6  # grain density x specific heat of common reservoir rocks (2.0-2.6e6)
 WATER_HEAT_PER_VOLUME = WATER_DENSITY * schema.WATER_HEAT_CAPACITY
 ARRIVAL_CAP_YEARS = 1000.0  # "never" within a run's decades
+ROCK_CONDUCTIVITY = 2.5  # W/(m K), bulk; used when a run's RockThermalConductivity param is missing or <= 0
+PRIOR_SUBSTEPS = 4  # backward-Euler steps per year of the thermal prior
 
 
 def water_viscosity(temperature):
@@ -175,6 +184,119 @@ def thermal_arrival(active, perm_xyz, porosity, temperature0, inj_rate, cell_siz
     tau = np.empty(n)
     tau[order] = spla.spsolve_triangular(A, rhs, lower=True)
     return faces.to_grid(np.minimum(tau, cap) / YEAR_SECONDS)
+
+
+def thermal_prior(active, perm_xyz, porosity, temperature0, inj_rate, cell_size, responses: dict, n_timesteps,
+                  rock_conductivity=None, rock_heat_per_volume=None, faces: _Faces | None = None) -> np.ndarray:
+    """Share of the injection temperature gap each cell has taken on after t years, on fixed flow fields.
+
+    responses: pressure response grids by name (``pressure_responses``); the flow fields used
+    are those of schema.THERMAL_PRIOR_RESPONSES. Returns theta
+    (n_timesteps, len(schema.THERMAL_PRIOR_RESPONSES), Z, Y, X) float32 in [0, 1], theta[0] = 0:
+    the temperature change a linear heat-transport model predicts is theta x
+    InjectionTemperatureGap. For each one-year pressure response (Pa) in ``responses``,
+    its flow field (held fixed in time) carries the injected water's temperature
+    (theta = 1 at the injectors) by implicit upwind advection, slowed by the bulk heat
+    capacity; heat conducts between active cells and to the rock around them (inactive
+    cells and the outside of the box, held at theta = 0); water entering from supported
+    box sides has theta = 0. PRIOR_SUBSTEPS backward-Euler steps per year.
+
+    Why: the cold plume's shape follows the flow between injectors and producers and the
+    conductive exchange with the caprock, basement and the rock between the flow paths;
+    none of that is local. Fitted per run (one gain and a mix of the open / 1 % / closed
+    flow fields), this prior leaves 0.06 of the year-29 temperature change on the fidelity
+    test runs (0.07 with the generic rock values), a sigmoid front around ThermalArrival
+    0.46 (docs/benchmarks.md, "Thermal prior").
+
+    rock_conductivity: W/(m K), default ROCK_CONDUCTIVITY; rock_heat_per_volume: grain
+    density x specific heat, J/(m^3 K), default ROCK_HEAT_PER_VOLUME.
+    """
+    faces = faces or _Faces(active, perm_xyz, temperature0, cell_size)
+    n, cells = faces.n, faces.cells
+    out = np.zeros((n_timesteps, len(schema.THERMAL_PRIOR_RESPONSES)) + tuple(active.shape), np.float16)
+    q = np.asarray(inj_rate, np.float64).ravel()[cells] / WATER_DENSITY if n else np.zeros(0)
+    injection = np.maximum(q, 0.0)
+    if n == 0 or not injection.any() or n_timesteps < 2:
+        return out
+    lam = rock_conductivity if rock_conductivity and np.isfinite(rock_conductivity) and rock_conductivity > 0 \
+        else ROCK_CONDUCTIVITY
+    rock_heat = rock_heat_per_volume if rock_heat_per_volume and np.isfinite(rock_heat_per_volume) \
+        and rock_heat_per_volume > 0 else ROCK_HEAT_PER_VOLUME
+    porosity = np.asarray(porosity, np.float64).ravel()[cells].clip(0.0, 1.0)
+    capacity = faces.volume * (porosity + (1 - porosity) * rock_heat / WATER_HEAT_PER_VOLUME)  # m^3 of water
+    dt = YEAR_SECONDS / PRIOR_SUBSTEPS
+    conduction, rock_contact = _conduction(active, cell_size, lam / WATER_HEAT_PER_VOLUME, faces)
+    for r, name in enumerate(schema.THERMAL_PRIOR_RESPONSES):
+        strength = SUPPORT_STRENGTHS[schema.RESPONSE_NAMES.index(name)]
+        pressure = np.asarray(responses[name], np.float64).ravel()[cells]
+        flux = faces.trans * (pressure[faces.a] - pressure[faces.b])  # m^3/s from a to b
+        upstream = np.where(flux > 0, faces.a, faces.b)
+        downstream = np.where(flux > 0, faces.b, faces.a)
+        flux = np.abs(flux)
+        side_inflow = np.maximum(-strength * faces.boundary * pressure, 0.0)
+        # non-conservative upwind form: theta_i moves towards its upstream values at the rate of
+        # its inflow, so 0 <= theta <= 1 (an M-matrix) even though the one-year flow field
+        # also fills storage and is not divergence-free
+        diag = (capacity / dt + np.bincount(downstream, flux, n) + injection + side_inflow + rock_contact
+                + np.bincount(faces.a, conduction, n) + np.bincount(faces.b, conduction, n))
+        rows = np.concatenate([downstream, faces.a, faces.b])
+        cols = np.concatenate([upstream, faces.b, faces.a])
+        matrix = sp.coo_matrix((-np.concatenate([flux, conduction, conduction]), (rows, cols)), (n, n))
+        solve = _transport_solver((matrix + sp.diags(diag)).tocsc(), np.argsort(-pressure, kind="stable"))
+        theta = np.zeros(n)
+        for t in range(1, n_timesteps):
+            for _ in range(PRIOR_SUBSTEPS):
+                theta = solve(capacity / dt * theta + injection, theta)
+            out[t, r] = faces.to_grid(np.clip(theta, 0.0, 1.0))
+    return out
+
+
+def _conduction(active, cell_size, diffusivity_scale, faces: _Faces):
+    """Conductances per face of ``faces`` (lambda A / d in m^3/s of water: divided by rho_w c_w) and
+    each active cell's total conductance to the rock around it (inactive neighbours and the
+    outside of the box, held at the initial temperature), over one cell spacing as between cells."""
+    dx, dy, dz = (float(v) for v in cell_size)
+    local = np.full(active.size, -1, np.int64)
+    local[faces.cells] = np.arange(faces.n)
+    local = np.pad(local.reshape(active.shape), 1, constant_values=-1)
+    conduction, rock_contact = [], np.zeros(faces.n)
+    for axis, (spacing, area) in enumerate(((dz, dx * dy), (dy, dx * dz), (dx, dy * dz))):
+        lo, hi = [slice(None)] * 3, [slice(None)] * 3
+        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
+        a, b = local[tuple(lo)], local[tuple(hi)]
+        g = diffusivity_scale * area / spacing
+        both = (a >= 0) & (b >= 0)
+        conduction.append(np.full(int(both.sum()), g))
+        np.add.at(rock_contact, a[(a >= 0) & (b < 0)], g)
+        np.add.at(rock_contact, b[(b >= 0) & (a < 0)], g)
+    # same face order as _Faces (axis by axis, C order within an axis)
+    return np.concatenate(conduction), rock_contact
+
+
+def _transport_solver(A, flow_order):
+    """x = solve(b, x0) for a fixed non-symmetric M-matrix A: sparse LU on small grids; on large ones
+    (LU fill-in on a 3-D grid of ~1e6 cells needs tens of GB, ILU took ~7 min per simulation)
+    BiCGSTAB preconditioned by a Gauss-Seidel sweep in flow order (cells by falling pressure):
+    there the advection part is lower triangular, so the sweep solves pure advection exactly
+    and leaves only the conduction towards downstream cells to iterate on."""
+    if A.shape[0] <= DIRECT_SOLVE_MAX_CELLS:
+        lu = spla.factorized(A)
+        return lambda b, x0: lu(b)
+    n = A.shape[0]
+    rank = np.empty(n, np.int64)
+    rank[flow_order] = np.arange(n)
+    ordered = A.tocsr()[flow_order][:, flow_order]
+    # a lower-triangular matrix factors without fill in its natural order
+    lower = spla.splu(sp.tril(ordered).tocsc(), permc_spec="NATURAL", diag_pivot_thresh=0.0)
+    M = spla.LinearOperator((n, n), lambda r: lower.solve(np.asarray(r).ravel()[flow_order])[rank])
+
+    def solve(b, x0):
+        x, info = spla.bicgstab(A, b, x0=x0, rtol=1e-8, atol=0.0, maxiter=200, M=M)
+        if info != 0:
+            raise UserError(f"thermal prior: heat-transport solve did not converge ({n} cells)")
+        return x
+
+    return solve
 
 
 def injection_temperature(scalars) -> float | None:
