@@ -342,8 +342,8 @@ def test_mix_l1_adds_the_penalty_on_the_params_to_mix_layer(prepped):
 
 
 def test_mix_aux_adds_the_loss_of_the_mixes_alone(prepped):
-    """loss(mix_aux) - loss(0) = mix_aux * mean of MSE(asinh(mix alone), asinh(true change since t = 0 / s_P))
-    and MSE(asinh(thermal prior's step alone), temperature target)."""
+    """loss(mix_aux) - loss(0) = mix_aux * (MSE(asinh(mix alone), asinh(true change since t = 0 / s_P))
+    + MSE(asinh(thermal prior's step alone), temperature target))."""
     from voxel_ode.dataset import Normalizer
     from voxel_ode.model import ModelConfig, VoxelAutoRegressor
     from voxel_ode.train import Unroll
@@ -365,6 +365,6 @@ def test_mix_aux_adds_the_loss_of_the_mixes_alone(prepped):
         mix = model.response_mix(x, batch["params"])[:, 0]
         front = model.front_step(x, batch["params"])[:, 0]
         expected = lam * (((torch.asinh(mix) - torch.asinh(true_next)) ** 2).mean()
-                          + ((torch.asinh(front) - target[:, 0, 1]) ** 2).mean()) / 2
+                          + ((torch.asinh(front) - target[:, 0, 1]) ** 2).mean())
     assert expected > 1e-4
     torch.testing.assert_close(with_aux - plain, expected, rtol=1e-4, atol=1e-7)

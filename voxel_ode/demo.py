@@ -111,8 +111,9 @@ def run_demo(args) -> int:
         generate_dataset(raw, cfg.n_sims, grid=cfg.grid, seed=cfg.seed, workers=args.workers)
         write_json_atomic(raw / ".demo_done.json", settings)
 
-    # the channel list too: prepped data of an older version (other derived channels) is redone
-    settings = {**settings, "n_test": cfg.n_test, "static_channels": list(schema.STATIC_NAMES)}
+    # the channel list too: prepped data of an older version (other derived channels, no thermal
+    # prior) is redone
+    settings = {**settings, "n_test": cfg.n_test, "input_channels": list(schema.INPUT_CHANNELS)}
     _banner(f"2/4 prep -> {prepped}/")
     if _stage_done(prepped / ".demo_done.json", settings):
         print("reusing the prepped data already there")

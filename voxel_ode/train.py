@@ -385,7 +385,7 @@ class Unroll(torch.nn.Module):
         extra = {}
         if "context_x" in batch:  # patch mode: whole-field context from the dataset, computed in forward
             extra = dict(origin=batch["origin"], context_x=batch["context_x"], context_active=batch["context_active"])
-        grid_losses, scalar_losses, mix_losses = [], [], []
+        grid_losses, scalar_losses, mix_losses, front_losses = [], [], [], []
         true_so_far = torch.sinh(x[:, PRESSURE_CHANGE_IN:PRESSURE_CHANGE_IN + 1].float())  # true (P - P0) / s_P
         for k in range(k_steps):
             with _autocast(x.device, self.amp_dtype):
@@ -400,7 +400,7 @@ class Unroll(torch.nn.Module):
             if self.front_mix and self.mix_aux > 0:  # the thermal prior's step alone against the true step
                 front = torch.asinh(self.model.front_step(x, params))
                 true_step = batch["target_delta"][:, k, TEMPERATURE_OUT:TEMPERATURE_OUT + 1]
-                mix_losses.append(masked_channel_mse(front, true_step, active))
+                front_losses.append(masked_channel_mse(front, true_step, active))
             grid_losses.append(masked_channel_mse(pred, target, active))
             scalar_losses.append(((scalars - batch["target_scalars"][:, k]) ** 2).mean(dim=0))
             if k + 1 < k_steps:  # feed the model its own prediction, one step later
@@ -414,8 +414,9 @@ class Unroll(torch.nn.Module):
         loss = grid.mean() + (scalar.mean() if self.train_scalars else 0.0 * scalar.sum())
         if self.mix_l1 > 0 and (self.pressure_since_start or self.front_mix):
             loss = loss + self.mix_l1 * mix_l1_penalty(self.model)
-        if mix_losses:
-            loss = loss + self.mix_aux * torch.stack(mix_losses).mean()
+        for aux in (mix_losses, front_losses):  # each mix at full weight, averaged over the steps
+            if aux:
+                loss = loss + self.mix_aux * torch.stack(aux).mean()
         return loss, grid.detach(), scalar.detach()
 
 
