@@ -236,8 +236,9 @@ def test_loss_decreases_when_overfitting_a_tiny_batch(tmp_path):
 
 
 def test_response_mix_sets_the_pressure_change_to_the_weighted_responses():
-    """Pressure target = asinh(sum_k a_k sinh(x_k) - sinh(x_change) + sinh(grid head)); T untouched."""
-    model = make(global_context=False)
+    """Pressure target = asinh(sum_k a_k sinh(x_k) - sinh(x_change) + sinh(grid head)); T untouched
+    (without the front mix: with it, the thermal prior shares the mix's support point, see below)."""
+    model = make(global_context=False, front_mix=False)
     x, p, a = inputs((6, 7, 8), batch=2)
     r = [x[:, schema.channel_index(n)] for n in schema.RESPONSE_NAMES]
     change = x[:, schema.channel_index("PressureChange")]
@@ -292,12 +293,16 @@ def test_front_mix_moves_the_temperature_by_the_gap_times_the_thermal_priors_ste
     gap = x[:, schema.channel_index(schema.INJECTION_GAP)]
     temp = schema.OUTPUT_CHANNELS.index("Temperature")
     with torch.no_grad():
+        model.response_head[-1].weight.zero_()
+        # the pressure mix's point 2.5 of 0..4 (between the 1 % and 0.1 % responses) is the thermal
+        # prior's 1.25 of 0..2: a quarter of the way from the 1 % to the closed flow field
+        u, log_gain = 2.5, 0.4
+        model.response_head[-1].bias[0] = float(np.log(u / (4 - u)))
         plain = model(x, p, a)[0]
         model.grid_head.weight[temp].zero_()  # no temperature residual
         model.grid_head.bias[temp] = 0.0
         model.front_head[-1].weight.zero_()
-        u, log_gain = 1.25, 0.4  # a quarter of the way from the 1 % to the closed flow field
-        model.front_head[-1].bias.copy_(torch.tensor([np.log(u / (2 - u)), log_gain]))
+        model.front_head[-1].bias.copy_(torch.tensor([-3.0, log_gain]))  # its own point: unused
         delta = model(x, p, a)[0]
     step = x[:, schema.PRIOR_CHANNELS][:, 3:] - x[:, schema.PRIOR_CHANNELS][:, :3]
     mixed = 0.75 * step[:, 1] + 0.25 * step[:, 2]
@@ -306,4 +311,9 @@ def test_front_mix_moves_the_temperature_by_the_gap_times_the_thermal_priors_ste
     assert expected.abs().max() > 0.05  # the prior does move the temperature
     torch.testing.assert_close(delta[:, 1 - temp], plain[:, 1 - temp])  # pressure does not see it
     assert model.front_head[0].in_features == schema.N_CONDITIONING  # params and time only
+    alone = make(global_context=False, response_mix=False)  # no pressure mix: the front head's own point
+    with torch.no_grad():
+        alone.front_head[-1].weight.zero_()
+        alone.front_head[-1].bias.copy_(torch.tensor([0.0, 0.0]))  # logit 0: the middle, the 1 % flow field
+    torch.testing.assert_close(alone.front_weights(p), torch.tensor([[0.0, 1.0, 0.0]] * 2))
     assert not hasattr(make(front_mix=False), "front_head")

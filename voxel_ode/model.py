@@ -114,8 +114,9 @@ class ModelConfig:
         return cls(**d)
 
 
-# Initial point of the thermal mix along its flow fields (0 = open, 1 = 1 % support, 2 = closed),
-# between two vertices for the reason given at MIX_INIT; gain 1 = the whole injection gap.
+# Initial point of the thermal mix along its flow fields (0 = open, 1 = 1 % support, 2 = closed)
+# when it has its own (without the response mix it shares the pressure mix's point), between two
+# vertices for the reason given at MIX_INIT; gain 1 = the whole injection gap.
 FRONT_INIT = 0.5
 # Initial point of the pressure mix along the support strengths (0 = open ... 4 = closed). Not
 # a whole number: at a vertex of the interpolation its gradient is 0 on both sides, and a head
@@ -414,7 +415,29 @@ class VoxelAutoRegressor(nn.Module):
 
     def response_weights(self, params) -> torch.Tensor:
         """[B, K] mix weights of the response channels (see _mix_responses)."""
-        return _hat_weights(self.response_head(params.float()), len(self.response_channels))
+        position, log_gain = self.response_head(params.float()).unbind(dim=1)
+        k = len(self.response_channels)
+        return _hat_weights(_support_point(position, k), log_gain, k)
+
+    def front_weights(self, params) -> torch.Tensor:
+        """[B, 3] weights of the thermal prior's open / 1 % / closed flow fields (see front_step).
+
+        With the response mix the point on the support scale is the pressure mix's: both
+        follow the same lateral support, and the thermal prior's flow fields are the
+        pressure scale's points 0, 2 and 4 (schema.THERMAL_PRIOR_RESPONSES). A point of its
+        own, learned from the temperature loss alone, stayed where it started: in the
+        fidelity model (fidelity6) it was 0.48 for every test run (the best per run: 0.10-1.05),
+        while the pressure mix's point, halved, gave the prior alone a year-29 error of 0.078
+        instead of 0.114 (docs/benchmarks.md, "Thermal prior")."""
+        position, log_gain = self.front_head(params.float()).unbind(dim=1)
+        k = len(self.prior_now)
+        if self.config.response_mix:
+            pressure_position = self.response_head(params.float())[:, 0]
+            scale = (k - 1) / (len(self.response_channels) - 1)
+            u = _support_point(pressure_position, len(self.response_channels)) * scale
+        else:
+            u = _support_point(position, k)
+        return _hat_weights(u, log_gain, k)
 
     def front_step(self, x, params) -> torch.Tensor:
         """[B, 1, D, H, W] the temperature step the thermal prior sets, in target units before the asinh:
@@ -430,16 +453,20 @@ class VoxelAutoRegressor(nn.Module):
         year-29 temperature change on the fidelity test runs; the sigmoid front around
         ThermalArrival it replaces left 0.46 (docs/benchmarks.md, "Thermal prior"). fp32.
         """
-        weights = _hat_weights(self.front_head(params.float()), len(self.prior_now))  # [B, K]
+        weights = self.front_weights(params)  # [B, K]
         step = x[:, self.prior_next].float() - x[:, self.prior_now].float()  # [B, K, D, H, W]
         gap = torch.sinh(x[:, self.gap_channel].float())
         return (torch.einsum("bk,bkdhw->bdhw", weights, step) * gap).unsqueeze(1)
 
 
-def _hat_weights(head_out, k: int) -> torch.Tensor:
-    """[B, 2] (position logit, log gain) -> [B, k] weights g * max(0, 1 - |u - j|), u = sigmoid * (k - 1)."""
-    position, log_gain = head_out.unbind(dim=1)
-    u = torch.sigmoid(position) * (k - 1)
+def _support_point(position_logit, k: int) -> torch.Tensor:
+    """[B] point u in [0, k - 1] on a scale of k support cases, from a head's logit."""
+    return torch.sigmoid(position_logit) * (k - 1)
+
+
+def _hat_weights(u, log_gain, k: int) -> torch.Tensor:
+    """[B] point u, [B] log gain -> [B, k] weights g * max(0, 1 - |u - j|), j = 0..k-1: a linear
+    interpolation between the two neighbours of u, times the gain."""
     hat = torch.relu(1.0 - (u[:, None] - torch.arange(k, device=u.device, dtype=u.dtype)).abs())
     return hat * torch.exp(log_gain.clamp(-10.0, 5.0))[:, None]
 
