@@ -236,25 +236,29 @@ def test_loss_decreases_when_overfitting_a_tiny_batch(tmp_path):
 
 
 def test_response_mix_sets_the_pressure_change_to_the_weighted_responses():
-    """Pressure target = asinh(sum_k a_k sinh(x_k) - sinh(x_change) + sinh(grid head)); T untouched
+    """Pressure target = asinh(sum_k a_k sinh(x_k) + c sum_k (a_k / g) sinh(x_cold_k) - sinh(x_change)
+    + sinh(grid head)); T untouched
     (without the front mix: with it, the thermal prior shares the mix's support point, see below)."""
     model = make(global_context=False, front_mix=False)
     x, p, a = inputs((6, 7, 8), batch=2)
     r = [x[:, schema.channel_index(n)] for n in schema.RESPONSE_NAMES]
+    d = [x[:, schema.channel_index(n)] for n in schema.COLD_RESPONSE_NAMES]
     change = x[:, schema.channel_index("PressureChange")]
-    with torch.no_grad():
-        plain = model(x, p, a)[0]
-        model.grid_head.weight[0].zero_()  # no pressure residual
-        model.grid_head.bias[0] = 0.0
-        model.response_head[-1].weight.zero_()
-        u, gain = 1.4, 1.5  # 60 % of response 1 + 40 % of response 2, times 1.5
-        model.response_head[-1].bias.copy_(torch.tensor([math.log(u / (len(r) - 1 - u)), math.log(gain)]))
-        delta = model(x, p, a)[0]
-    weights = torch.zeros(len(r))
-    weights[1], weights[2] = 0.6 * gain, 0.4 * gain
-    mix = sum(w * torch.sinh(rk) for w, rk in zip(weights, r))
-    expected = torch.asinh(mix - torch.sinh(change)) * a[:, 0]
-    torch.testing.assert_close(delta[:, 0], expected, rtol=1e-5, atol=1e-5)
+    u, gain = 1.4, 1.5  # 60 % of response 1 + 40 % of response 2, times 1.5
+    for cold in (0.0, 0.7):  # 0 = the start: the one-year responses alone
+        with torch.no_grad():
+            plain = model(x, p, a)[0]
+            model.grid_head.weight[0].zero_()  # no pressure residual
+            model.grid_head.bias[0] = 0.0
+            model.response_head[-1].weight.zero_()
+            model.response_head[-1].bias.copy_(torch.tensor([math.log(u / (len(r) - 1 - u)), math.log(gain), cold]))
+            delta = model(x, p, a)[0]
+        hat = torch.zeros(len(r))
+        hat[1], hat[2] = 0.6, 0.4
+        mix = sum(gain * h * torch.sinh(rk) + cold * h * torch.sinh(dk) for h, rk, dk in zip(hat, r, d))
+        expected = torch.asinh(mix - torch.sinh(change)) * a[:, 0]
+        torch.testing.assert_close(delta[:, 0], expected, rtol=1e-5, atol=1e-5)
+        model = make(global_context=False, front_mix=False)
     torch.testing.assert_close(delta[:, 1], plain[:, 1])  # temperature does not see the mix
     off = make(global_context=False, response_mix=False)
     assert not hasattr(off, "response_head")

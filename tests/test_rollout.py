@@ -11,7 +11,7 @@ import torch
 
 import fixtures
 from voxel_ode import rollout as R
-from voxel_ode import schema, well_response
+from voxel_ode import data_prep, schema, well_response
 from voxel_ode.dataset import Normalizer, prior_pair
 from voxel_ode.utils import UserError
 
@@ -35,16 +35,20 @@ def prepped_arrays(seed=0, grid=GRID, n_t=N_T):
         boundary[tuple(hi)] += d
     raw["FaultBoundary"] = (boundary > 0).astype(np.float32)
     cell = [raw["ParamsScalar"][schema.PARAM_NAMES.index(n)] for n in schema.CELL_SIZE_PARAMS]
-    raw.update(well_response.well_fields(raw["IsActive"] > 0.5, [raw["PermX"], raw["PermY"], raw["PermZ"]],
-                                         raw["Porosity"], raw["Temperature0"], raw["InjRate"], cell,
-                                         np.stack([raw[n] for n in schema.SCALAR_NAMES], axis=1)))
+    wells = (raw["IsActive"] > 0.5, [raw["PermX"], raw["PermY"], raw["PermZ"]], raw["Porosity"], raw["Temperature0"],
+             raw["InjRate"], cell)
+    raw.update(well_response.well_fields(*wells, np.stack([raw[n] for n in schema.SCALAR_NAMES], axis=1)))
+    responses = {n: raw[n] for n in schema.RESPONSE_NAMES}
+    prior = well_response.thermal_prior(*wells, responses, n_t,
+                                        *data_prep.rock_thermal_properties(raw["ParamsScalar"]))
+    raw.update(well_response.cold_response_change(*wells, responses, prior, raw[schema.INJECTION_GAP]))
     sim = {
         "static": np.stack([raw[n] for n in schema.STATIC_NAMES]).astype(np.float32),
         "params_scalar": raw["ParamsScalar"].astype(np.float32),
         "outputs_grid": np.stack([raw["Pressure"], raw["Temperature"]], axis=1).astype(np.float32),
         "outputs_scalar": np.stack([raw[n] for n in schema.SCALAR_NAMES], axis=1).astype(np.float64),
     }
-    R.thermal_prior_of(sim)  # derived from the statics, as prep does
+    sim["thermal_prior"] = prior
     return sim
 
 
@@ -404,6 +408,7 @@ def test_raw_file_gives_the_same_arrays_as_prep(tmp_path):
     ref = prepped_arrays(seed=0)
     np.testing.assert_array_equal(sim["static"], ref["static"])
     np.testing.assert_array_equal(sim["outputs_grid"], ref["outputs_grid"])
+    np.testing.assert_array_equal(sim["thermal_prior"], ref["thermal_prior"])
     assert sim["source"] == str(raw)
     bad = fixtures.write_raw_sim(tmp_path / "v2.4_0002.h5", grid=GRID, n_t=N_T, skip=("Porosity",))
     with pytest.raises(UserError, match="Porosity"):

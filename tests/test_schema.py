@@ -7,8 +7,8 @@ from voxel_ode import schema
 
 
 def test_channel_counts_match_the_seed():
-    assert schema.N_STATIC == 18  # 10 raw + fault boundary + 5 well responses + arrival + injection gap
-    assert schema.N_INPUT_CHANNELS == 27  # + state (2), pressure change, thermal prior at t and t + 1 (3 + 3)
+    assert schema.N_STATIC == 23  # 10 raw + fault boundary + 5 well responses + arrival + injection gap + 5 cold
+    assert schema.N_INPUT_CHANNELS == 32  # + state (2), pressure change, thermal prior at t and t + 1 (3 + 3)
     assert schema.N_PARAMS == 26
     assert schema.N_SCALARS == 5
     assert len(set(schema.INPUT_CHANNELS)) == schema.N_INPUT_CHANNELS

@@ -153,7 +153,8 @@ def test_injection_gap_comes_from_the_field_injection_enthalpy():
     scalars[1:, energy] = 12.0 * schema.WATER_HEAT_CAPACITY * (t_inj - schema.ENTHALPY_ZERO_T)
     assert well_response.injection_temperature(scalars) == pytest.approx(t_inj)
     fields = well_response.well_fields(active, perm, poro, temp, inj, (100.0, 80.0, 10.0), scalars)
-    assert list(fields) == list(schema.DERIVED_STATIC_FIELDS[i].name for i in range(1, len(schema.DERIVED_STATIC_FIELDS)))
+    later = set(schema.COLD_RESPONSE_NAMES)  # they need the thermal prior: prep derives them after it
+    assert list(fields) == [f.name for f in schema.DERIVED_STATIC_FIELDS[1:] if f.name not in later]
     gap = fields[schema.INJECTION_GAP]
     np.testing.assert_allclose(gap[active], t_inj - temp[active], rtol=1e-5)
     assert np.all(gap[~active] == 0)
@@ -219,3 +220,21 @@ def test_thermal_prior_is_zero_without_injection_and_agrees_on_both_solver_paths
     np.testing.assert_allclose(iterative, direct, atol=2e-3)  # float16 storage
     none = well_response.thermal_prior(active, perm, poro, temp, np.minimum(inj, 0), cell, responses, 6)
     assert np.all(none == 0)
+
+
+def test_cold_water_needs_more_pressure_where_the_prior_has_cooled():
+    active, perm, poro, temp, inj = _box(seed=5)
+    cell = (90.0, 70.0, 9.0)
+    responses = dict(zip(schema.RESPONSE_NAMES, well_response.pressure_responses(active, perm, poro, temp, inj, cell)))
+    prior = well_response.thermal_prior(active, perm, poro, temp, inj, cell, responses, 30)
+    gap = np.where(active, 300.0 - temp, 0.0)  # injected at 300 K, colder than every cell
+    change = well_response.cold_response_change(active, perm, poro, temp, inj, cell, responses, prior, gap)
+    assert list(change) == list(schema.COLD_RESPONSE_NAMES)
+    injector = inj > 0
+    for cold_name, name in zip(schema.COLD_RESPONSE_NAMES, schema.RESPONSE_NAMES):
+        d = change[cold_name]
+        assert d.dtype == np.float32 and np.all(d[~active] == 0)
+        # more viscous water in the cooled cells: the injectors need more pressure, by a real amount
+        assert np.all(d[injector] > 0) and d[injector].mean() > 0.05 * responses[name][injector].mean()
+    none = well_response.cold_response_change(active, perm, poro, temp, inj, cell, responses, np.zeros_like(prior), gap)
+    assert all(np.abs(v).max() <= 1e-6 * np.abs(responses[n]).max() for v, n in zip(none.values(), schema.RESPONSE_NAMES))

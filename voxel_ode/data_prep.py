@@ -439,13 +439,15 @@ def _scan_values(f, path, grid, n_t, fill_value, out_path, patch, stride, chunk_
 
         statics["IsActive"] = mask.astype(np.float32)
         statics["FaultBoundary"] = fault_boundary(statics["FaultId"])
-        statics.update(well_response.well_fields(
-            mask, [statics[n] for n in ("PermX", "PermY", "PermZ")], statics["Porosity"], statics["Temperature0"],
-            statics["InjRate"], cell_size_of(params, cell_size), scalars))
-        thermal_prior = well_response.thermal_prior(
-            mask, [statics[n] for n in ("PermX", "PermY", "PermZ")], statics["Porosity"], statics["Temperature0"],
-            statics["InjRate"], cell_size_of(params, cell_size), {n: statics[n] for n in schema.RESPONSE_NAMES}, n_t,
-            *rock_thermal_properties(params))
+        # the derived physics channels (well_response): responses, arrival, gap; the thermal prior
+        # on the responses' flow fields; the responses' change with water as cold as that prior
+        wells = (mask, [statics[n] for n in ("PermX", "PermY", "PermZ")], statics["Porosity"],
+                 statics["Temperature0"], statics["InjRate"], cell_size_of(params, cell_size))
+        statics.update(well_response.well_fields(*wells, scalars))
+        responses = {n: statics[n] for n in schema.RESPONSE_NAMES}
+        thermal_prior = well_response.thermal_prior(*wells, responses, n_t, *rock_thermal_properties(params))
+        statics.update(well_response.cold_response_change(*wells, responses, thermal_prior,
+                                                          statics[schema.INJECTION_GAP]))
         static_stack = np.stack([statics[n] for n in schema.STATIC_NAMES])
         del statics
         static_raw, static_log = [], []
@@ -574,7 +576,7 @@ def compute_stats(train: list[dict], rel_train: list[str], rel_test: list[str], 
         raise UserError("stats: training split has no active cells")
     static = {"names": list(schema.STATIC_NAMES), "transform": [], "mean": [], "std": []}
     for c, name in enumerate(schema.STATIC_NAMES):
-        if name in schema.RESPONSE_NAMES or name == schema.INJECTION_GAP:
+        if name in schema.RESPONSE_NAMES or name in schema.COLD_RESPONSE_NAMES or name == schema.INJECTION_GAP:
             # Signed and heavy-tailed (0.01-100 bar; 0-150 K): the Normalizer scales them like the
             # pressure / temperature target.
             static["transform"].append("asinh")

@@ -294,13 +294,15 @@ class VoxelAutoRegressor(nn.Module):
         self.scalar_head = nn.Sequential(nn.Linear(scalar_in, 128), nn.SiLU(), nn.Linear(128, cfg.n_scalars))
         if cfg.response_mix:
             self.response_channels = [schema.channel_index(n) for n in schema.RESPONSE_NAMES]
+            self.cold_channels = [schema.channel_index(n) for n in schema.COLD_RESPONSE_NAMES]
             self.change_channel = schema.channel_index("PressureChange")
-            # -> (position along the support strengths, log gain), from the params and time only
-            self.response_head = nn.Sequential(nn.Linear(cfg.n_params, 64), nn.SiLU(), nn.Linear(64, 2))
-            with torch.no_grad():  # start between the 10 % and 1 % responses at gain 1 (see MIX_INIT)
+            # -> (position along the support strengths, log gain, share of the cold water's extra
+            # pressure), from the params and time only
+            self.response_head = nn.Sequential(nn.Linear(cfg.n_params, 64), nn.SiLU(), nn.Linear(64, 3))
+            with torch.no_grad():  # start between the 10 % and 1 % responses at gain 1 (see MIX_INIT), no cold share
                 self.response_head[-1].weight.zero_()
                 u, k = MIX_INIT, len(schema.RESPONSE_NAMES)
-                self.response_head[-1].bias.copy_(torch.tensor([math.log(u / (k - 1 - u)), 0.0]))
+                self.response_head[-1].bias.copy_(torch.tensor([math.log(u / (k - 1 - u)), 0.0, 0.0]))
         if cfg.front_mix:
             self.gap_channel = schema.channel_index(schema.INJECTION_GAP)
             self.prior_now = [schema.channel_index(n) for n in schema.THERMAL_PRIOR_NAMES]
@@ -382,7 +384,7 @@ class VoxelAutoRegressor(nn.Module):
         return delta.contiguous(), scalars
 
     def _mix_responses(self, delta, x, params):
-        """Pressure target = asinh(sum_k a_k r_k / s_P - (P - P0) / s_P + sinh(grid head)).
+        """Pressure target = asinh((sum_k a_k r_k + c sum_k h_k d_k) / s_P - (P - P0) / s_P + sinh(grid head)).
 
         The response channels hold asinh(r_k / s_P), r_k the one-year responses from open
         to closed sides (schema.RESPONSE_NAMES), and the PressureChange channel
@@ -401,21 +403,34 @@ class VoxelAutoRegressor(nn.Module):
         fidelity benchmark): the best free weights cancel (e.g. -1.9 open + 2.8 weak) and 40
         runs cannot pin 26 parameters' effect on them. An interpolation is never further from
         the truth than the family of responses, and the penalty lets the head pick the few
-        parameters that matter (docs/benchmarks.md, "Pressure mix"). fp32: sinh overflows fp16.
+        parameters that matter (docs/benchmarks.md, "Pressure mix").
+
+        d_k: how much more pressure response k needs with water as cold as the thermal prior's
+        last year (well_response.cold_response_change), interpolated with the same h_k = a_k / g
+        and scaled by a third number c from the head (0 at the start; it grows as the plume
+        does): the one-year responses at the initial temperature miss the pressure the cold,
+        more viscous water adds over the years. fp32: sinh overflows fp16.
         """
         p = schema.OUTPUT_CHANNELS.index("Pressure")
         change = torch.sinh(x[:, self.change_channel:self.change_channel + 1].float())  # [B, 1, D, H, W]
         return _add_to_target(delta, p, self.response_mix(x, params) - change)
 
     def response_mix(self, x, params) -> torch.Tensor:
-        """[B, 1, D, H, W] the mix alone: sum_k a_k r_k / s_P (the change since t = 0 it sets, before
-        the residual), from the response channels of x and the conditioning params."""
+        """[B, 1, D, H, W] the mix alone: (sum_k a_k r_k + c sum_k h_k d_k) / s_P (the change since
+        t = 0 it sets, before the residual), from the response channels r_k, the cold-water
+        channels d_k (schema.COLD_RESPONSE_NAMES) of x and the conditioning params."""
+        head = self.response_head(params.float())
+        k = len(self.response_channels)
+        point = _support_point(head[:, 0], k)
+        hat = _hat_weights(point, torch.zeros_like(point), k)  # [B, K], sums to 1
         responses = torch.sinh(x[:, self.response_channels].float())  # [B, K, D, H, W]
-        return torch.einsum("br,brdhw->bdhw", self.response_weights(params), responses).unsqueeze(1)
+        colder = torch.sinh(x[:, self.cold_channels].float())
+        weights = torch.cat([hat * torch.exp(head[:, 1:2].clamp(-10.0, 5.0)), hat * head[:, 2:3]], dim=1)
+        return torch.einsum("br,brdhw->bdhw", weights, torch.cat([responses, colder], dim=1)).unsqueeze(1)
 
     def response_weights(self, params) -> torch.Tensor:
-        """[B, K] mix weights of the response channels (see _mix_responses)."""
-        position, log_gain = self.response_head(params.float()).unbind(dim=1)
+        """[B, K] mix weights a_k of the response channels (see _mix_responses)."""
+        position, log_gain = self.response_head(params.float())[:, :2].unbind(dim=1)
         k = len(self.response_channels)
         return _hat_weights(_support_point(position, k), log_gain, k)
 

@@ -93,11 +93,20 @@ DERIVED_STATIC_FIELDS = (
           "years until injected water's heat front arrives, on the weak-support flow field (derived in prep)"),
     Field("InjectionTemperatureGap", "K", "continuous",
           "injected water's temperature (from the field injection scalars) minus Temperature0 (derived in prep)"),
+    Field("ColdResponseOpen", "Pa", "continuous",
+          "PressureResponseOpen re-solved with water as cold as the thermal prior's last year, minus it (derived in prep)"),
+    Field("ColdResponseSupport10", "Pa", "continuous", "the same for PressureResponseSupport10 (derived in prep)"),
+    Field("ColdResponseWeak", "Pa", "continuous", "the same for PressureResponseWeak (derived in prep)"),
+    Field("ColdResponseSupport01", "Pa", "continuous", "the same for PressureResponseSupport01 (derived in prep)"),
+    Field("ColdResponseClosed", "Pa", "continuous", "the same for PressureResponseClosed (derived in prep)"),
 )
 # well_response.SUPPORT_STRENGTHS order: from open to closed sides, so neighbours in this
 # tuple are neighbours in support strength (the model interpolates between them)
 RESPONSE_NAMES = ("PressureResponseOpen", "PressureResponseSupport10", "PressureResponseWeak",
                   "PressureResponseSupport01", "PressureResponseClosed")
+# the extra pressure the cold, more viscous injected water needs, per response (same order)
+COLD_RESPONSE_NAMES = ("ColdResponseOpen", "ColdResponseSupport10", "ColdResponseWeak",
+                       "ColdResponseSupport01", "ColdResponseClosed")
 THERMAL_ARRIVAL = "ThermalArrival"
 INJECTION_GAP = "InjectionTemperatureGap"
 ARRIVAL_FLOW_RESPONSE = "PressureResponseWeak"  # the flow field the heat front follows
@@ -112,7 +121,7 @@ N_THERMAL_PRIOR = len(THERMAL_PRIOR_NAMES)
 CELL_SIZE_PARAMS = ("CellSizeX", "CellSizeY", "CellSizeZ")
 STATIC_FIELDS = RAW_STATIC_FIELDS + DERIVED_STATIC_FIELDS
 STATIC_NAMES = tuple(f.name for f in STATIC_FIELDS)  # order of /static in prepped files
-N_STATIC = len(STATIC_NAMES)  # 18
+N_STATIC = len(STATIC_NAMES)  # 23
 
 PARAMS_SCALAR = "ParamsScalar"  # Input/ParamsScalar, shape (26,)
 
@@ -226,7 +235,7 @@ CHANGE_OF_DYNAMIC = tuple(DYNAMIC_NAMES.index(v) for v in CHANGE_VARIABLES)  # t
 # the model's temperature step starts from the prior's step (model.front_step).
 PRIOR_NEXT_NAMES = tuple(n + "Next" for n in THERMAL_PRIOR_NAMES)
 INPUT_CHANNELS = STATIC_NAMES + DYNAMIC_NAMES + CHANGE_NAMES + THERMAL_PRIOR_NAMES + PRIOR_NEXT_NAMES
-N_INPUT_CHANNELS = len(INPUT_CHANNELS)  # 27
+N_INPUT_CHANNELS = len(INPUT_CHANNELS)  # 32
 STATE_CHANNELS = slice(N_STATIC, N_STATIC + N_DYNAMIC)  # z-scored (P, T) at t
 CHANGE_CHANNELS = slice(N_STATIC + N_DYNAMIC, N_STATIC + N_DYNAMIC + len(CHANGE_NAMES))  # scaled P - P0
 PRIOR_CHANNELS = slice(CHANGE_CHANNELS.stop, N_INPUT_CHANNELS)  # thermal prior at t, then at t + 1

@@ -299,6 +299,27 @@ def _transport_solver(A, flow_order):
     return solve
 
 
+def cold_response_change(active, perm_xyz, porosity, temperature0, inj_rate, cell_size, responses: dict,
+                         thermal_prior, gap) -> dict[str, np.ndarray]:
+    """How much more pressure the cold injected water needs: each response of ``pressure_responses``
+    re-solved with the water viscosity at the temperature the thermal prior gives at its last
+    year (T0 + gap x theta of the 1 % flow field), minus the response itself (Pa, float32 grids by
+    schema.COLD_RESPONSE_NAMES).
+
+    Why: water at 60 C is 2-3x more viscous than at 160 C, so as the plume grows the injectors
+    need more pressure for the same rate: pressure keeps rising over the years where the one-year
+    responses at the initial temperature are flat. Fitted per run, the responses plus this change
+    times a number per year leave 0.033 of the year-29 pressure change on the fidelity test runs
+    and 0.123 on the demo's, against 0.088 and 0.230 without (docs/benchmarks.md, "What limits
+    pressure now")."""
+    theta = np.asarray(thermal_prior[-1, schema.THERMAL_PRIOR_RESPONSES.index(schema.ARRIVAL_FLOW_RESPONSE)],
+                       np.float64)
+    cold = np.asarray(temperature0, np.float64) + np.asarray(gap, np.float64) * theta
+    colder = pressure_responses(active, perm_xyz, porosity, cold, inj_rate, cell_size)
+    return {cold_name: (c - responses[name]).astype(np.float32)
+            for cold_name, name, c in zip(schema.COLD_RESPONSE_NAMES, schema.RESPONSE_NAMES, colder)}
+
+
 def injection_temperature(scalars) -> float | None:
     """K, from the field scalars [T, 5] (schema.SCALAR_NAMES): injected energy rate / water rate is the
     injected water's enthalpy c_w (T - 273.15). None when nothing is injected at any report."""
