@@ -1,11 +1,12 @@
 """Benchmark of the well features prep derives per simulation (one pressure solve per support strength,
-one heat-front pass, and the thermal prior: 29 years of heat transport on three flow fields).
+one heat-front pass, the thermal prior: 29 years of heat transport on three flow fields, and the
+responses' change with water as cold as that prior: five more pressure solves).
 
     python benchmarks/bench_well_response.py [--grid 326 70 76] [--repeats 2]
 
 Builds a synthetic geology on the grid (synth's draw, no time stepping), then
-times well_response.well_fields and well_response.thermal_prior and reports the
-peak memory each added.
+times well_response.well_fields, well_response.thermal_prior and
+well_response.cold_response_change and reports the peak memory each added.
 """
 
 from __future__ import annotations
@@ -70,6 +71,17 @@ def main() -> int:
           + ", ".join(f"{n} {np.mean(v > 0.5):.3f}" for n, v in zip(schema.THERMAL_PRIOR_NAMES, last)))
     print(f"thermal_prior: best {min(times):.2f} s of {len(times)}, peak RSS +{rss2 - rss1:.0f} MB over the above "
           f"(process peak {rss2:.0f} MB), {prior.nbytes / 2**20:.0f} MB of float16 output")
+    gap = out[schema.INJECTION_GAP]
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        cold = well_response.cold_response_change(res.active, list(res.perm), res.porosity, res.temperature0, inj,
+                                                  params.cell_size, responses, prior, gap)
+        times.append(time.perf_counter() - t0)
+    rss3 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    for name, d in cold.items():
+        print(f"{name}: min {d[res.active].min():.3g} max {d[res.active].max():.3g} Pa")
+    print(f"cold_response_change: best {min(times):.2f} s of {len(times)}, peak RSS +{rss3 - rss2:.0f} MB over the above")
     return 0
 
 
