@@ -220,7 +220,7 @@ SPLITS = ("train", "test")
 # ---------------------------------------------------------------------------
 # Model channels
 # ---------------------------------------------------------------------------
-# Input = the 18 static channels, the state at t (Pressure, Temperature), then the
+# Input = the 23 static channels, the state at t (Pressure, Temperature), then the
 # change of the pressure since t = 0 (Pressure minus Pressure0). Pressure is z-scored
 # over the whole depth range (std ~ 50 bar), so the 0.1-20 bar a reservoir moves under
 # production is ~1e-3 of a unit in its state channel, invisible to the network; scaled
