@@ -355,6 +355,13 @@ def cell_size_of(params, cell_size=None) -> tuple[float, float, float]:
     return cell_size
 
 
+def well_args(statics: dict, params, cell_size=None) -> tuple:
+    """(active, [PermX, PermY, PermZ], Porosity, Temperature0, InjRate, cell size): the leading
+    arguments of well_response's functions, from the static grids by name."""
+    return (np.asarray(statics["IsActive"]) > 0.5, [statics[n] for n in ("PermX", "PermY", "PermZ")],
+            statics["Porosity"], statics["Temperature0"], statics["InjRate"], cell_size_of(params, cell_size))
+
+
 def rock_thermal_properties(params) -> tuple[float | None, float | None]:
     """(conductivity W/(m K), grain heat per volume J/(m^3 K)) from ParamsScalar for the thermal
     prior; None where the export leaves them at 0 (well_response then uses generic values)."""
@@ -441,8 +448,7 @@ def _scan_values(f, path, grid, n_t, fill_value, out_path, patch, stride, chunk_
         statics["FaultBoundary"] = fault_boundary(statics["FaultId"])
         # the derived physics channels (well_response): responses, arrival, gap; the thermal prior
         # on the responses' flow fields; the responses' change with water as cold as that prior
-        wells = (mask, [statics[n] for n in ("PermX", "PermY", "PermZ")], statics["Porosity"],
-                 statics["Temperature0"], statics["InjRate"], cell_size_of(params, cell_size))
+        wells = well_args(statics, params, cell_size)
         statics.update(well_response.well_fields(*wells, scalars))
         responses = {n: statics[n] for n in schema.RESPONSE_NAMES}
         thermal_prior = well_response.thermal_prior(*wells, responses, n_t, *rock_thermal_properties(params))

@@ -419,20 +419,21 @@ class VoxelAutoRegressor(nn.Module):
         """[B, 1, D, H, W] the mix alone: (sum_k a_k r_k + c sum_k h_k d_k) / s_P (the change since
         t = 0 it sets, before the residual), from the response channels r_k, the cold-water
         channels d_k (schema.COLD_RESPONSE_NAMES) of x and the conditioning params."""
-        head = self.response_head(params.float())
-        k = len(self.response_channels)
-        point = _support_point(head[:, 0], k)
-        hat = _hat_weights(point, torch.zeros_like(point), k)  # [B, K], sums to 1
-        responses = torch.sinh(x[:, self.response_channels].float())  # [B, K, D, H, W]
-        colder = torch.sinh(x[:, self.cold_channels].float())
-        weights = torch.cat([hat * torch.exp(head[:, 1:2].clamp(-10.0, 5.0)), hat * head[:, 2:3]], dim=1)
-        return torch.einsum("br,brdhw->bdhw", weights, torch.cat([responses, colder], dim=1)).unsqueeze(1)
+        hat, log_gain, cold = self._pressure_mix(params)
+        weights = torch.cat([hat * _gain(log_gain), hat * cold[:, None]], dim=1)  # [B, 2K]
+        channels = torch.sinh(x[:, self.response_channels + self.cold_channels].float())  # [B, 2K, D, H, W]
+        return torch.einsum("br,brdhw->bdhw", weights, channels).unsqueeze(1)
 
     def response_weights(self, params) -> torch.Tensor:
-        """[B, K] mix weights a_k of the response channels (see _mix_responses)."""
-        position, log_gain = self.response_head(params.float())[:, :2].unbind(dim=1)
+        """[B, K] mix weights a_k = g h_k of the response channels (see _mix_responses)."""
+        hat, log_gain, _ = self._pressure_mix(params)
+        return hat * _gain(log_gain)
+
+    def _pressure_mix(self, params):
+        """One pass of the response head: (h [B, K], log gain [B], cold share c [B])."""
+        position, log_gain, cold = self.response_head(params.float()).unbind(dim=1)
         k = len(self.response_channels)
-        return _hat_weights(_support_point(position, k), log_gain, k)
+        return _hat(_support_point(position, k), k), log_gain, cold
 
     def front_weights(self, params) -> torch.Tensor:
         """[B, 3] weights of the thermal prior's open / 1 % / closed flow fields (see front_step).
@@ -447,12 +448,12 @@ class VoxelAutoRegressor(nn.Module):
         position, log_gain = self.front_head(params.float()).unbind(dim=1)
         k = len(self.prior_now)
         if self.config.response_mix:
+            n_support = len(self.response_channels)
             pressure_position = self.response_head(params.float())[:, 0]
-            scale = (k - 1) / (len(self.response_channels) - 1)
-            u = _support_point(pressure_position, len(self.response_channels)) * scale
+            u = _support_point(pressure_position, n_support) * (k - 1) / (n_support - 1)
         else:
             u = _support_point(position, k)
-        return _hat_weights(u, log_gain, k)
+        return _hat(u, k) * _gain(log_gain)
 
     def front_step(self, x, params) -> torch.Tensor:
         """[B, 1, D, H, W] the temperature step the thermal prior sets, in target units before the asinh:
@@ -479,11 +480,15 @@ def _support_point(position_logit, k: int) -> torch.Tensor:
     return torch.sigmoid(position_logit) * (k - 1)
 
 
-def _hat_weights(u, log_gain, k: int) -> torch.Tensor:
-    """[B] point u, [B] log gain -> [B, k] weights g * max(0, 1 - |u - j|), j = 0..k-1: a linear
-    interpolation between the two neighbours of u, times the gain."""
-    hat = torch.relu(1.0 - (u[:, None] - torch.arange(k, device=u.device, dtype=u.dtype)).abs())
-    return hat * torch.exp(log_gain.clamp(-10.0, 5.0))[:, None]
+def _hat(u, k: int) -> torch.Tensor:
+    """[B] point u -> [B, k] weights max(0, 1 - |u - j|), j = 0..k-1: a linear interpolation
+    between the two neighbours of u."""
+    return torch.relu(1.0 - (u[:, None] - torch.arange(k, device=u.device, dtype=u.dtype)).abs())
+
+
+def _gain(log_gain) -> torch.Tensor:
+    """[B] log gain -> [B, 1] gain (clamped: exp overflows fp32 far out)."""
+    return torch.exp(log_gain.clamp(-10.0, 5.0))[:, None]
 
 
 def _add_to_target(delta, channel, prior):

@@ -122,10 +122,9 @@ def thermal_prior_of(sim: dict) -> np.ndarray:
     static = {n: sim["static"][i] for i, n in enumerate(schema.STATIC_NAMES)}
     n_steps = len(sim["outputs_grid"]) if "outputs_grid" in sim else schema.N_TIMESTEPS
     params = sim["params_scalar"]
-    prior = well_response.thermal_prior(
-        static["IsActive"] > 0.5, [static[n] for n in ("PermX", "PermY", "PermZ")], static["Porosity"],
-        static["Temperature0"], static["InjRate"], data_prep.cell_size_of(params),
-        {n: static[n] for n in schema.RESPONSE_NAMES}, n_steps, *data_prep.rock_thermal_properties(params))
+    responses = {n: static[n] for n in schema.RESPONSE_NAMES}
+    prior = well_response.thermal_prior(*data_prep.well_args(static, params), responses, n_steps,
+                                        *data_prep.rock_thermal_properties(params))
     sim["thermal_prior"] = prior
     return prior
 
