@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from voxel_ode import schema
-from voxel_ode.model import ModelConfig, VoxelAutoRegressor, count_parameters, crop_upsample, load_model
+from voxel_ode.model import (COLD_MAX, LOG_GAIN_BOUND, ModelConfig, VoxelAutoRegressor, count_parameters,
+                              crop_upsample, load_model, mix_head_bias)
 from voxel_ode.utils import UserError, coarsen
 
 SMALL = dict(base_channels=8, depth=2, receptive_field_radius=1, context_channels=8, global_dim=16)
@@ -198,6 +199,10 @@ def test_load_model_roundtrip_and_refuses_pickles(tmp_path):
         load_model(bad)
     with pytest.raises(UserError, match="not found"):
         load_model(tmp_path / "missing.pt")
+    old = {k: v for k, v in asdict(model.config).items() if k != "mix_heads_version"}  # sigmoid-point heads
+    torch.save({"model": model.state_dict(), "model_config": old}, path)
+    with pytest.raises(UserError, match="older voxel-ode"):
+        load_model(path)
 
 
 def test_loss_decreases_when_overfitting_a_tiny_batch(tmp_path):
@@ -245,13 +250,13 @@ def test_response_mix_sets_the_pressure_change_to_the_weighted_responses():
     d = [x[:, schema.channel_index(n)] for n in schema.COLD_RESPONSE_NAMES]
     change = x[:, schema.channel_index("PressureChange")]
     u, gain = 1.4, 1.5  # 60 % of response 1 + 40 % of response 2, times 1.5
-    for cold in (0.0, 0.7):  # 0 = the start: the one-year responses alone
+    for cold in (0.05, 0.7):  # near 0 = the first year: about the one-year responses alone
         with torch.no_grad():
             plain = model(x, p, a)[0]
             model.grid_head.weight[0].zero_()  # no pressure residual
             model.grid_head.bias[0] = 0.0
             model.response_head[-1].weight.zero_()
-            model.response_head[-1].bias.copy_(torch.tensor([math.log(u / (len(r) - 1 - u)), math.log(gain), cold]))
+            model.response_head[-1].bias.copy_(mix_head_bias(u, gain, cold))
             delta = model(x, p, a)[0]
         hat = torch.zeros(len(r))
         hat[1], hat[2] = 0.6, 0.4
@@ -266,7 +271,8 @@ def test_response_mix_sets_the_pressure_change_to_the_weighted_responses():
 
 def test_response_weights_interpolate_neighbouring_supports_from_params_only():
     """Any head output gives gain x (a linear interpolation between two neighbouring
-    responses); the mix depends on the params and time only, not on the whole-field vector."""
+    responses), the gain and the cold share within their bounds however far out the head's
+    outputs are; the mix depends on the params and time only, not on the whole-field vector."""
     torch.manual_seed(0)
     model = make()
     with torch.no_grad():
@@ -274,7 +280,7 @@ def test_response_weights_interpolate_neighbouring_supports_from_params_only():
             if isinstance(layer, torch.nn.Linear):
                 layer.weight.normal_(0, 2.0)
                 layer.bias.normal_(0, 2.0)
-    params = torch.randn(64, schema.N_CONDITIONING)
+    params = torch.randn(64, schema.N_CONDITIONING) * 3
     w = model.response_weights(params)
     assert w.shape == (64, len(schema.RESPONSE_NAMES)) and (w >= 0).all()
     nonzero = w > 0
@@ -282,8 +288,15 @@ def test_response_weights_interpolate_neighbouring_supports_from_params_only():
     for row, mask in zip(w, nonzero):  # the non-zero ones are neighbours
         idx = mask.nonzero().flatten()
         assert len(idx) < 2 or idx[1] - idx[0] == 1
-    gain = torch.exp(model.response_head(params)[:, 1].clamp(-10, 5))
+    raw = model.response_head(params)
+    assert raw.abs().max() > 50  # far outside any bound
+    gain = torch.exp(LOG_GAIN_BOUND * torch.tanh(raw[:, 1] / LOG_GAIN_BOUND))
     torch.testing.assert_close(w.sum(1), gain)
+    assert gain.max() <= math.exp(LOG_GAIN_BOUND) + 1e-4 and gain.min() >= math.exp(-LOG_GAIN_BOUND) - 1e-6
+    at_ends = (raw[:, 0] < 0) | (raw[:, 0] > 4)  # points beyond the scale sit on its end responses
+    assert at_ends.any() and ((w[at_ends, 0] > 0) ^ (w[at_ends, -1] > 0)).all()
+    _, _, cold = model._pressure_mix(params)
+    assert (cold >= 0).all() and (cold <= COLD_MAX).all() and cold.max() > 0.9 * COLD_MAX
     assert model.response_head[0].in_features == schema.N_CONDITIONING
 
 
@@ -301,12 +314,12 @@ def test_front_mix_moves_the_temperature_by_the_gap_times_the_thermal_priors_ste
         # the pressure mix's point 2.5 of 0..4 (between the 1 % and 0.1 % responses) is the thermal
         # prior's 1.25 of 0..2: a quarter of the way from the 1 % to the closed flow field
         u, log_gain = 2.5, 0.4
-        model.response_head[-1].bias[0] = float(np.log(u / (4 - u)))
+        model.response_head[-1].bias[0] = u  # the point is the head's output, clipped to [0, 4]
         plain = model(x, p, a)[0]
         model.grid_head.weight[temp].zero_()  # no temperature residual
         model.grid_head.bias[temp] = 0.0
         model.front_head[-1].weight.zero_()
-        model.front_head[-1].bias.copy_(torch.tensor([-3.0, log_gain]))  # its own point: unused
+        model.front_head[-1].bias.copy_(mix_head_bias(0.0, np.exp(log_gain)))  # its own point: unused
         delta = model(x, p, a)[0]
     step = x[:, schema.PRIOR_CHANNELS][:, 3:] - x[:, schema.PRIOR_CHANNELS][:, :3]
     mixed = 0.75 * step[:, 1] + 0.25 * step[:, 2]
@@ -318,6 +331,6 @@ def test_front_mix_moves_the_temperature_by_the_gap_times_the_thermal_priors_ste
     alone = make(global_context=False, response_mix=False)  # no pressure mix: the front head's own point
     with torch.no_grad():
         alone.front_head[-1].weight.zero_()
-        alone.front_head[-1].bias.copy_(torch.tensor([0.0, 0.0]))  # logit 0: the middle, the 1 % flow field
+        alone.front_head[-1].bias.copy_(mix_head_bias(1.0, 1.0))  # point 1: the 1 % flow field
     torch.testing.assert_close(alone.front_weights(p), torch.tensor([[0.0, 1.0, 0.0]] * 2))
     assert not hasattr(make(front_mix=False), "front_head")

@@ -315,8 +315,9 @@ def test_pressure_loss_with_the_response_mix_compares_the_change_since_start(pre
 
 
 def test_mix_l1_adds_the_penalty_on_the_params_to_mix_layer(prepped):
-    """loss(mix_l1) - loss(0) = mix_l1 * sum |first-layer weights of the response head|, whose
-    gradient is sign(weight): it only pulls those weights toward 0."""
+    """loss(mix_l1) - loss(0) = mix_l1 * sum |the mix heads' first-layer weights from the params|,
+    whose gradient is sign(weight): it only pulls those weights toward 0; the time feature's
+    weights (last column) are free."""
     from voxel_ode.dataset import Normalizer
     from voxel_ode.model import ModelConfig, VoxelAutoRegressor
     from voxel_ode.train import Unroll, mix_l1_penalty
@@ -333,12 +334,14 @@ def test_mix_l1_adds_the_penalty_on_the_params_to_mix_layer(prepped):
     plain = Unroll(model, norm, train_scalars=False, amp_dtype=None)(batch, 1, True)[0]
     lam = 0.3
     penalised = Unroll(model, norm, train_scalars=False, amp_dtype=None, mix_l1=lam)(batch, 1, True)[0]
-    expected = lam * (model.response_head[0].weight.abs().sum() + model.front_head[0].weight.abs().sum())
+    expected = lam * (model.response_head[0].weight[:, :schema.N_PARAMS].abs().sum()
+                      + model.front_head[0].weight[:, :schema.N_PARAMS].abs().sum())
     torch.testing.assert_close(penalised - plain, expected)
     torch.testing.assert_close(mix_l1_penalty(model), expected / lam)
     mix_l1_penalty(model).backward()  # its gradient pulls every weight toward 0
     weight = model.response_head[0].weight
-    torch.testing.assert_close(weight.grad, torch.sign(weight.detach()))
+    torch.testing.assert_close(weight.grad[:, :schema.N_PARAMS], torch.sign(weight.detach()[:, :schema.N_PARAMS]))
+    assert (weight.grad[:, schema.N_PARAMS:] == 0).all() and schema.CONDITIONING_NAMES[-1] == "YearsSinceStart"
 
 
 def test_mix_aux_adds_the_loss_of_the_mixes_alone(prepped):

@@ -98,12 +98,17 @@ class ModelConfig:
     channels_last: bool = True  # channels_last_3d memory format (faster 3D convs on CPU)
     response_mix: bool = True  # pressure change = learned mix of the well-response channels + residual
     front_mix: bool = True  # temperature change = learned mix of the thermal prior's step x gap + residual
+    # how the mix heads' outputs map to (point, gain, cold share); 2 = linear point, bounded gain and
+    # cold share (see _support_point, LOG_GAIN_BOUND). Checkpoints without it used a sigmoid point: load_model refuses them.
+    mix_heads_version: int = 2
 
     def __post_init__(self):
         if self.norm not in ("channel", "spatial"):
             raise UserError(f"model config: norm: {self.norm!r} is not 'channel' or 'spatial'")
         if self.block_kernel % 2 != 1 or self.receptive_field_radius < 0 or self.depth < 0:
             raise UserError("model config: block_kernel must be odd, receptive_field_radius and depth >= 0")
+        if self.mix_heads_version != 2:
+            raise UserError(f"model config: mix_heads_version {self.mix_heads_version} is not 2 (the only one built)")
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -115,13 +120,21 @@ class ModelConfig:
 
 
 # Initial point of the thermal mix along its flow fields (0 = open, 1 = 1 % support, 2 = closed)
-# when it has its own (without the response mix it shares the pressure mix's point), between two
+# when it has its own (with the response mix it shares the pressure mix's point), between two
 # vertices for the reason given at MIX_INIT; gain 1 = the whole injection gap.
 FRONT_INIT = 0.5
 # Initial point of the pressure mix along the support strengths (0 = open ... 4 = closed). Not
 # a whole number: at a vertex of the interpolation its gradient is 0 on both sides, and a head
 # started at exactly the 1 % response (u = 2) never moved off it (demo: year-29 error 0.58).
 MIX_INIT = 1.5
+# Initial share of the cold water's extra pressure (it grows from ~0 in year 1 as the plume does).
+COLD_INIT = 0.25
+# Bounds of the mix heads' outputs, so that a head meeting params unlike its ~40 training runs'
+# cannot extrapolate to an absurd mix: gain within exp(+-LOG_GAIN_BOUND), cold share within
+# [0, COLD_MAX]. In a standalone fit of the pressure head (docs/benchmarks.md, "Mix heads") an
+# unbounded cold share gave one test run 50 times its true change.
+LOG_GAIN_BOUND = 2.0
+COLD_MAX = 3.0
 
 
 class ChannelLayerNorm(nn.Module):
@@ -299,10 +312,9 @@ class VoxelAutoRegressor(nn.Module):
             # -> (position along the support strengths, log gain, share of the cold water's extra
             # pressure), from the params and time only
             self.response_head = nn.Sequential(nn.Linear(cfg.n_params, 64), nn.SiLU(), nn.Linear(64, 3))
-            with torch.no_grad():  # start between the 10 % and 1 % responses at gain 1 (see MIX_INIT), no cold share
+            with torch.no_grad():  # start between the 10 % and 1 % responses at gain 1 (see MIX_INIT)
                 self.response_head[-1].weight.zero_()
-                u, k = MIX_INIT, len(schema.RESPONSE_NAMES)
-                self.response_head[-1].bias.copy_(torch.tensor([math.log(u / (k - 1 - u)), 0.0, 0.0]))
+                self.response_head[-1].bias.copy_(mix_head_bias(MIX_INIT, 1.0, COLD_INIT))
         if cfg.front_mix:
             self.gap_channel = schema.channel_index(schema.INJECTION_GAP)
             self.prior_now = [schema.channel_index(n) for n in schema.THERMAL_PRIOR_NAMES]
@@ -311,8 +323,7 @@ class VoxelAutoRegressor(nn.Module):
             self.front_head = nn.Sequential(nn.Linear(cfg.n_params, 64), nn.SiLU(), nn.Linear(64, 2))
             with torch.no_grad():
                 self.front_head[-1].weight.zero_()
-                u, k = FRONT_INIT, schema.N_THERMAL_PRIOR
-                self.front_head[-1].bias.copy_(torch.tensor([math.log(u / (k - 1 - u)), 0.0]))
+                self.front_head[-1].bias.copy_(mix_head_bias(FRONT_INIT, 1.0))
 
     @property
     def receptive_field(self) -> int:
@@ -394,10 +405,11 @@ class VoxelAutoRegressor(nn.Module):
         year, so a run needs about the same mix at every step and rollout errors do not pile
         up step after step.
 
-        The mix is a point u in [0, K - 1] along the support strengths and a gain g > 0:
+        The mix is a point u in [0, K - 1] along the support strengths (the head's output,
+        clipped: _support_point) and a gain g in exp(+-LOG_GAIN_BOUND):
         a_k = g * max(0, 1 - |u - k|) (linear interpolation between the two neighbouring
-        responses), both from the params and time only (response_head; its first layer is
-        L1-penalised in training, train.mix_l1_penalty). Why so constrained: a free mix of the
+        responses), both from the params and time only (response_head; the params' columns of
+        its first layer are L1-penalised in training, train.mix_l1_penalty). Why so constrained: a free mix of the
         three responses with weights from params + the whole-field vector fitted training runs
         well but not new ones (year-29 error 0.28 on training runs, 0.37 on test runs of the
         fidelity benchmark): the best free weights cancel (e.g. -1.9 open + 2.8 weak) and 40
@@ -407,8 +419,8 @@ class VoxelAutoRegressor(nn.Module):
 
         d_k: how much more pressure response k needs with water as cold as the thermal prior's
         last year (well_response.cold_response_change), interpolated with the same h_k = a_k / g
-        and scaled by a third number c from the head (0 at the start; it grows as the plume
-        does): the one-year responses at the initial temperature miss the pressure the cold,
+        and scaled by a third number c in [0, COLD_MAX] from the head (near 0 in the first
+        year; it grows with the plume, which is why the time feature is never penalised): the one-year responses at the initial temperature miss the pressure the cold,
         more viscous water adds over the years. fp32: sinh overflows fp16.
         """
         p = schema.OUTPUT_CHANNELS.index("Pressure")
@@ -433,7 +445,7 @@ class VoxelAutoRegressor(nn.Module):
         """One pass of the response head: (h [B, K], log gain [B], cold share c [B])."""
         position, log_gain, cold = self.response_head(params.float()).unbind(dim=1)
         k = len(self.response_channels)
-        return _hat(_support_point(position, k), k), log_gain, cold
+        return _hat(_support_point(position, k), k), log_gain, COLD_MAX * torch.sigmoid(cold)
 
     def front_weights(self, params) -> torch.Tensor:
         """[B, 3] weights of the thermal prior's open / 1 % / closed flow fields (see front_step).
@@ -475,9 +487,14 @@ class VoxelAutoRegressor(nn.Module):
         return (torch.einsum("bk,bkdhw->bdhw", weights, step) * gap).unsqueeze(1)
 
 
-def _support_point(position_logit, k: int) -> torch.Tensor:
-    """[B] point u in [0, k - 1] on a scale of k support cases, from a head's logit."""
-    return torch.sigmoid(position_logit) * (k - 1)
+def _support_point(position, k: int) -> torch.Tensor:
+    """[B] point u in [0, k - 1] on a scale of k support cases: the head's output, clipped.
+
+    Linear, not a sigmoid: the point follows a log-scaled param about linearly (the support
+    scale is logarithmic), and a sigmoid needs ever larger first-layer weights towards the
+    ends, which the L1 penalty shrinks: the fidelity model with a sigmoid (fidelity8) put the
+    test runs whose best points were 0.10 and 3.10 at 0.47 and 2.51."""
+    return position.clamp(0.0, k - 1.0)
 
 
 def _hat(u, k: int) -> torch.Tensor:
@@ -487,8 +504,18 @@ def _hat(u, k: int) -> torch.Tensor:
 
 
 def _gain(log_gain) -> torch.Tensor:
-    """[B] log gain -> [B, 1] gain (clamped: exp overflows fp32 far out)."""
-    return torch.exp(log_gain.clamp(-10.0, 5.0))[:, None]
+    """[B] head output -> [B, 1] gain, within exp(+-LOG_GAIN_BOUND) (smoothly: tanh)."""
+    return torch.exp(LOG_GAIN_BOUND * torch.tanh(log_gain / LOG_GAIN_BOUND))[:, None]
+
+
+def mix_head_bias(point: float, gain: float, cold: float | None = None) -> torch.Tensor:
+    """The last-layer bias that makes a mix head (with zero last-layer weights) output this
+    point, gain (and cold share, for the pressure head): the inverse of _support_point,
+    _gain and the cold share's COLD_MAX * sigmoid."""
+    out = [point, LOG_GAIN_BOUND * math.atanh(math.log(gain) / LOG_GAIN_BOUND)]
+    if cold is not None:
+        out.append(math.log(cold / (COLD_MAX - cold)))
+    return torch.tensor(out)
 
 
 def _add_to_target(delta, channel, prior):
@@ -514,7 +541,11 @@ def load_model(ckpt_path, map_location="cpu"):
         raise UserError(f"{path}: checkpoint: cannot load safely ({str(err).splitlines()[0]})") from None
     if "model" not in ckpt or "model_config" not in ckpt:
         raise UserError(f"{path}: checkpoint: missing 'model' or 'model_config'")
-    config = ModelConfig.from_dict(dict(ckpt["model_config"]))
+    stored = dict(ckpt["model_config"])
+    if "mix_heads_version" not in stored and (stored.get("response_mix") or stored.get("front_mix")):
+        raise UserError(f"{path}: checkpoint: its mix heads are of an older voxel-ode (sigmoid point, "
+                        "unbounded gain), retrain it")
+    config = ModelConfig.from_dict(stored)
     if (config.in_channels, config.n_params) != (schema.N_INPUT_CHANNELS, schema.N_CONDITIONING):
         raise UserError(f"{path}: checkpoint: model takes {config.in_channels} input channels and "
                         f"{config.n_params} conditioning values, this version builds {schema.N_INPUT_CHANNELS} "
