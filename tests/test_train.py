@@ -19,7 +19,7 @@ from voxel_ode.train import amp_policy, default_args, param_checksum, rollout_k,
 from voxel_ode.utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = dict(base_channels=8, depth=2, receptive_field_radius=1, num_threads=1, quiet=True)
+TINY = dict(base_channels=8, depth=2, receptive_field_radius=1, num_threads=1, quiet=True, mix_prefit_iters=200)
 
 
 @pytest.fixture(scope="module")

@@ -431,10 +431,15 @@ class VoxelAutoRegressor(nn.Module):
         """[B, 1, D, H, W] the mix alone: (sum_k a_k r_k + c sum_k h_k d_k) / s_P (the change since
         t = 0 it sets, before the residual), from the response channels r_k, the cold-water
         channels d_k (schema.COLD_RESPONSE_NAMES) of x and the conditioning params."""
-        hat, log_gain, cold = self._pressure_mix(params)
-        weights = torch.cat([hat * _gain(log_gain), hat * cold[:, None]], dim=1)  # [B, 2K]
+        weights = self.pressure_mix_weights(params)  # [B, 2K]
         channels = torch.sinh(x[:, self.response_channels + self.cold_channels].float())  # [B, 2K, D, H, W]
         return torch.einsum("br,brdhw->bdhw", weights, channels).unsqueeze(1)
+
+    def pressure_mix_weights(self, params) -> torch.Tensor:
+        """[B, 2K] weights of the response channels (a_k = g h_k), then of the cold-water
+        channels (c h_k), in schema.RESPONSE_NAMES + schema.COLD_RESPONSE_NAMES order."""
+        hat, log_gain, cold = self._pressure_mix(params)
+        return torch.cat([hat * _gain(log_gain), hat * cold[:, None]], dim=1)
 
     def response_weights(self, params) -> torch.Tensor:
         """[B, K] mix weights a_k = g h_k of the response channels (see _mix_responses)."""

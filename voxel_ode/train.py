@@ -97,6 +97,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="weight of extra losses on the mixes alone (without the residual): the pressure mix against "
                         "the true change since t = 0, the thermal prior's step against the true temperature step; "
                         "trains the mix heads directly (0 = off)")
+    g.add_argument("--mix_prefit_iters", type=int, default=3000,
+                   help="before training, fit the pressure mix head alone to the training runs (full batch, exact "
+                        "loss over whole runs, L1 --mix_l1; voxel_ode/mix_fit.py) for this many iterations, then keep "
+                        "it fixed while the network learns the residual (0 = off: the head trains with the network)")
     g.add_argument("--warmup_steps", type=int, default=1000, help="linear LR warmup steps (may exceed max_steps)")
     g.add_argument("--grad_clip", type=float, default=1.0, help="clip the global gradient norm (0 = off)")
     g.add_argument("--rollout_steps", type=int, default=1,
@@ -153,8 +157,8 @@ def _check_args(a: argparse.Namespace) -> None:
             raise UserError(f"--{name}: must be >= 1, got {getattr(a, name)}")
     if a.rollout_steps > 1 and a.sample_mode != "full":
         raise UserError("--rollout_steps: training through K > 1 steps needs whole grids: add --sample_mode full")
-    if a.num_workers < 0 or a.warmup_steps < 0:
-        raise UserError("--num_workers/--warmup_steps: must be >= 0")
+    if a.num_workers < 0 or a.warmup_steps < 0 or a.mix_prefit_iters < 0:
+        raise UserError("--num_workers/--warmup_steps/--mix_prefit_iters: must be >= 0")
 
 
 # ---------------------------------------------------------------------------
@@ -378,6 +382,9 @@ class Unroll(torch.nn.Module):
         # year no longer make the pressure term dwarf the temperature term.
         self.pressure_since_start = bool(getattr(model.config, "response_mix", False))
         self.front_mix = bool(getattr(model.config, "front_mix", False))
+        # a head fitted beforehand and kept fixed (mix_fit.py) needs no loss of its own
+        head = getattr(model, "response_head", None)
+        self.mix_head_trained = head is None or any(p.requires_grad for p in head.parameters())
 
     def forward(self, batch: dict, k_steps: int, detach_between: bool):
         x, active, params = batch["x"], batch["active"], batch["params"]
@@ -394,7 +401,7 @@ class Unroll(torch.nn.Module):
             pred, target = delta, batch["target_delta"][:, k]
             if self.pressure_since_start:
                 pred, target, true_so_far = pressure_since_start(pred, target, x, true_so_far)
-                if self.mix_aux > 0:  # the mix alone against the true change since t = 0
+                if self.mix_aux > 0 and self.mix_head_trained:  # the mix alone against the true change since t = 0
                     mix = torch.asinh(self.model.response_mix(x, params))
                     mix_losses.append(masked_channel_mse(mix, target[:, PRESSURE_OUT:PRESSURE_OUT + 1], active))
             if self.front_mix and self.mix_aux > 0:  # the thermal prior's step alone against the true step
@@ -448,17 +455,20 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def fit_schedule_to_budget(scheduler, step: int, start_step: int, t_start: float, args, ddp: Dist) -> None:
+def fit_schedule_to_budget(scheduler, step: int, start_step: int, t_start: float, args, ddp: Dist,
+                           t_loop: float | None = None) -> None:
     """With --time_budget_min, end the cosine where the budget ends, not at --max_steps.
 
-    The horizon is re-estimated at every log line from the steps per second so far
-    (evaluations included), averaged over ranks so every rank keeps the same LR.
-    Otherwise a time-limited run with a large --max_steps never decays its LR.
+    The horizon is re-estimated at every log line from the steps per second since the loop
+    began at ``t_loop`` (evaluations included; the mix fit before it is not a step), averaged
+    over ranks so every rank keeps the same LR. Otherwise a time-limited run with a large
+    --max_steps never decays its LR. The budget itself counts from ``t_start``.
     """
-    elapsed = time.time() - t_start
-    if step - start_step < 10 or elapsed <= 0:
+    now = time.time()
+    elapsed, in_loop = now - t_start, now - (t_start if t_loop is None else t_loop)
+    if step - start_step < 10 or in_loop <= 0:
         return
-    rate = (step - start_step) / elapsed
+    rate = (step - start_step) / in_loop
     estimate = torch.tensor([step + rate * max(args.time_budget_min * 60 - elapsed, 0.0)], dtype=torch.float64,
                             device=ddp.device)
     estimate = ddp.all_reduce_sum(estimate).item() / ddp.world
@@ -648,9 +658,29 @@ def train(args=None, **kwargs) -> dict:
             f"{max(1, n_local // args.batch_size)} batches/epoch/process, {ddp.world} process(es) on {ddp.device}"
             + (f" (torch.distributed, {dist.get_backend()})" if ddp.enabled else ""))
 
+        # ---- the pressure mix head, fitted alone first (mix_fit.py) ------------
+        mix_prefit = (bool(ckpt.get("mix_prefit", False)) if ckpt is not None
+                      else config.response_mix and args.mix_prefit_iters > 0)
+        if mix_prefit and ckpt is None:
+            if ddp.is_main:
+                from voxel_ode.mix_fit import fit_pressure_mix, train_files
+
+                t0 = time.time()
+                fit = fit_pressure_mix(model, train_files(root), normalizer, args.mix_prefit_iters, args.mix_l1,
+                                       grad_clip=args.grad_clip, progress=not args.quiet)
+                log(f"mix fit: {fit['runs']} training runs, {args.mix_prefit_iters} iterations, "
+                    f"{time.time() - t0:.0f} s: pressure mix alone, last step {fit['last_step_error_before']:.3f} "
+                    f"-> {fit['last_step_error_after']:.3f} (relative change error); kept fixed from here")
+            if ddp.enabled:  # every rank takes rank 0's fit
+                for p in model.response_head.parameters():
+                    dist.broadcast(p.data, src=0)
+        if mix_prefit:
+            model.response_head.requires_grad_(False)
+
         # ---- optimizer, schedule, precision ---------------------------------
-        decay = [p for p in model.parameters() if p.dim() >= 2]  # conv/linear weights
-        no_decay = [p for p in model.parameters() if p.dim() < 2]  # biases, norm gains
+        trained = [p for p in model.parameters() if p.requires_grad]
+        decay = [p for p in trained if p.dim() >= 2]  # conv/linear weights
+        no_decay = [p for p in trained if p.dim() < 2]  # biases, norm gains
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                                        {"params": no_decay, "weight_decay": 0.0}], lr=args.lr,
                                       fused=ddp.device.type == "cuda")
@@ -698,7 +728,7 @@ def train(args=None, **kwargs) -> dict:
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(), "step": step, "best_metric": best_metric,
                     "best_path": str(best_path) if best_path else None, "rng": rng, "stats": stats,
-                    "train_args": train_args, "delta_mode": delta_mode,
+                    "train_args": train_args, "delta_mode": delta_mode, "mix_prefit": mix_prefit,
                 })
             return path
 
@@ -739,7 +769,7 @@ def train(args=None, **kwargs) -> dict:
         n_batches = len(epoch_batches(len(train_ds), args.batch_size, args.seed, 0, ddp))
         epoch, offset = divmod(step, n_batches)
         batches_iter = None
-        start_step, last_eval, stopped_by_budget = step, None, False
+        start_step, last_eval, stopped_by_budget, t_loop = step, None, False, time.time()
         window = {"t": time.time(), "samples": 0, "voxels": 0, "loss": 0.0, "n": 0,
                   "grid": torch.zeros(schema.N_DYNAMIC), "scalar": torch.zeros(schema.N_SCALARS)}
         bar = tqdm(total=args.max_steps, initial=step, disable=not ddp.is_main or args.quiet,
@@ -762,7 +792,7 @@ def train(args=None, **kwargs) -> dict:
                 raise RuntimeError(f"loss is {loss.item()} at step {step}: lower --lr or check the data")
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip if args.grad_clip > 0 else float("inf"))
+            grad_norm = torch.nn.utils.clip_grad_norm_(trained, args.grad_clip if args.grad_clip > 0 else float("inf"))
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
@@ -791,7 +821,7 @@ def train(args=None, **kwargs) -> dict:
                 window.update(t=time.time(), samples=0, voxels=0, loss=0.0, n=0,
                               grid=torch.zeros(schema.N_DYNAMIC), scalar=torch.zeros(schema.N_SCALARS))
                 if args.time_budget_min > 0:
-                    fit_schedule_to_budget(scheduler, step, start_step, t_start, args, ddp)
+                    fit_schedule_to_budget(scheduler, step, start_step, t_start, args, ddp, t_loop)
             if step % args.eval_every == 0:
                 last_eval = run_eval()
             if step % args.ckpt_every == 0:
