@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from fixtures import write_raw_dir
 from voxel_ode import mix_fit, schema
 from voxel_ode.dataset import Normalizer
 from voxel_ode.model import ModelConfig, VoxelAutoRegressor
@@ -18,14 +17,9 @@ from voxel_ode.train import train
 TINY = dict(base_channels=8, depth=2, receptive_field_radius=1, num_threads=1, quiet=True)
 
 
-@pytest.fixture(scope="module")
-def prepped(tmp_path_factory):
-    from voxel_ode.data_prep import prep
-
-    root = tmp_path_factory.mktemp("mix_fit_data")
-    write_raw_dir(root / "raw", n=4, grid=(12, 10, 8), n_t=6)
-    prep(root / "raw", root / "prepped", patch_size=(8, 8, 8), stride=(4, 4, 4), n_test=1, progress=False)
-    return root / "prepped"
+@pytest.fixture
+def prepped(small_prepped):
+    return small_prepped  # conftest.py
 
 
 def _normalizer(prepped):

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from fixtures import write_raw_dir
 from voxel_ode import schema
 from voxel_ode.schedulers import WarmupCosine, warmup_cosine
 from voxel_ode.train import amp_policy, default_args, param_checksum, rollout_k, train
@@ -22,14 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = dict(base_channels=8, depth=2, receptive_field_radius=1, num_threads=1, quiet=True, mix_prefit_iters=200)
 
 
-@pytest.fixture(scope="module")
-def prepped(tmp_path_factory) -> Path:
-    from voxel_ode.data_prep import prep
-
-    root = tmp_path_factory.mktemp("train_data")
-    write_raw_dir(root / "raw", n=4, grid=(12, 10, 8), n_t=6)
-    prep(root / "raw", root / "prepped", patch_size=(8, 8, 8), stride=(4, 4, 4), n_test=1, progress=False)
-    return root / "prepped"
+@pytest.fixture
+def prepped(small_prepped):
+    return small_prepped  # conftest.py
 
 
 def _records(save_dir: Path, event: str) -> list[dict]:

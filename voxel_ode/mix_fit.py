@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from voxel_ode import schema
+from voxel_ode.model import params_l1
 
 S = schema.STATIC_NAMES
 MIX_NAMES = schema.RESPONSE_NAMES + schema.COLD_RESPONSE_NAMES  # the model's pressure_mix_weights order
@@ -87,7 +88,7 @@ def fit_pressure_mix(model, paths, normalizer, iters: int = 3000, l1: float = 0.
         before = mix_rel_errors(model, terms)[terms["last"]].mean().item()
     optimizer = torch.optim.AdamW(head.parameters(), lr, weight_decay=1e-2)
     for _ in tqdm(range(iters), desc="mix fit", disable=not progress, leave=False):
-        loss = (mix_rel_errors(model, terms) ** 2).mean() + l1 * head[0].weight[:, :-1].abs().sum()
+        loss = (mix_rel_errors(model, terms) ** 2).mean() + l1 * params_l1(head)
         optimizer.zero_grad()
         loss.backward()
         if grad_clip > 0:  # without it a rare Adam step blew a head up (docs/benchmarks.md, "Mix heads")

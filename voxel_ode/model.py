@@ -98,8 +98,9 @@ class ModelConfig:
     channels_last: bool = True  # channels_last_3d memory format (faster 3D convs on CPU)
     response_mix: bool = True  # pressure change = learned mix of the well-response channels + residual
     front_mix: bool = True  # temperature change = learned mix of the thermal prior's step x gap + residual
-    # how the mix heads' outputs map to (point, gain, cold share); 2 = linear point, bounded gain and
-    # cold share (see _support_point, LOG_GAIN_BOUND). Checkpoints without it used a sigmoid point: load_model refuses them.
+    # how the mix heads' outputs map to (point, gain, cold share); 2 = linear point, bounded gain
+    # and cold share (see _support_point, LOG_GAIN_BOUND). Checkpoints without it used a sigmoid
+    # point: load_model refuses them.
     mix_heads_version: int = 2
 
     def __post_init__(self):
@@ -409,9 +410,9 @@ class VoxelAutoRegressor(nn.Module):
         clipped: _support_point) and a gain g in exp(+-LOG_GAIN_BOUND):
         a_k = g * max(0, 1 - |u - k|) (linear interpolation between the two neighbouring
         responses), both from the params and time only (response_head; the params' columns of
-        its first layer are L1-penalised in training, train.mix_l1_penalty). Why so constrained: a free mix of the
-        three responses with weights from params + the whole-field vector fitted training runs
-        well but not new ones (year-29 error 0.28 on training runs, 0.37 on test runs of the
+        its first layer are L1-penalised in training, train.mix_l1_penalty). Why so constrained:
+        a free mix of the three responses with weights from params + the whole-field vector
+        fitted training runs well but not new ones (year-29 error 0.28 on training runs, 0.37 on test runs of the
         fidelity benchmark): the best free weights cancel (e.g. -1.9 open + 2.8 weak) and 40
         runs cannot pin 26 parameters' effect on them. An interpolation is never further from
         the truth than the family of responses, and the penalty lets the head pick the few
@@ -420,8 +421,9 @@ class VoxelAutoRegressor(nn.Module):
         d_k: how much more pressure response k needs with water as cold as the thermal prior's
         last year (well_response.cold_response_change), interpolated with the same h_k = a_k / g
         and scaled by a third number c in [0, COLD_MAX] from the head (near 0 in the first
-        year; it grows with the plume, which is why the time feature is never penalised): the one-year responses at the initial temperature miss the pressure the cold,
-        more viscous water adds over the years. fp32: sinh overflows fp16.
+        year; it grows with the plume, which is why the time feature is never penalised): the
+        one-year responses at the initial temperature miss the pressure the cold, more viscous
+        water adds over the years. fp32: sinh overflows fp16.
         """
         p = schema.OUTPUT_CHANNELS.index("Pressure")
         change = torch.sinh(x[:, self.change_channel:self.change_channel + 1].float())  # [B, 1, D, H, W]
@@ -511,6 +513,12 @@ def _hat(u, k: int) -> torch.Tensor:
 def _gain(log_gain) -> torch.Tensor:
     """[B] head output -> [B, 1] gain, within exp(+-LOG_GAIN_BOUND) (smoothly: tanh)."""
     return torch.exp(LOG_GAIN_BOUND * torch.tanh(log_gain / LOG_GAIN_BOUND))[:, None]
+
+
+def params_l1(head: nn.Sequential) -> torch.Tensor:
+    """Sum of |weights| of a mix head's first layer over the 26 params columns; the time
+    feature's column (the last) is left free (train.mix_l1_penalty says why)."""
+    return head[0].weight[:, :-1].abs().sum()
 
 
 def mix_head_bias(point: float, gain: float, cold: float | None = None) -> torch.Tensor:
