@@ -36,7 +36,7 @@ def test_gram_error_equals_the_error_on_the_grid(prepped):
     path = mix_fit.train_files(prepped)[0]
     terms = mix_fit.stack_terms([mix_fit.pressure_mix_terms(path, norm)])
     with torch.no_grad():
-        fast = mix_fit.mix_rel_errors(model, terms).numpy()
+        fast = mix_fit.mix_rel_errors(model.pressure_mix_weights(terms["conditioning"]), terms).numpy()
         weights = model.pressure_mix_weights(terms["conditioning"]).double().numpy()
     with h5py.File(path) as f:
         static, pressure = f["static"][:], f["outputs_grid"][:, 0].astype(np.float64)
@@ -84,3 +84,20 @@ def test_train_fits_the_head_first_and_keeps_it_fixed(prepped, tmp_path):
           resume=str(tmp_path / "fit2" / "last.pt"), **run)
     heads["resumed"] = _head(tmp_path / "resumed" / "last.pt")[1]
     assert same("fit2", "resumed")
+
+
+def test_run_weights_count_runs(prepped):
+    """A run weighted 0 is as if it were left out of the fit (bootstrap counts in benchmarks/mix_cv.py use this)."""
+    norm = _normalizer(prepped)
+    runs = [mix_fit.pressure_mix_terms(p, norm) for p in mix_fit.train_files(prepped)]
+    heads = []
+    for terms, weights in ((mix_fit.stack_terms(runs), torch.tensor([1.0, 1.0, 0.0])),
+                           (mix_fit.stack_terms(runs[:2]), None), (mix_fit.stack_terms(runs), None)):
+        torch.manual_seed(0)
+        model = VoxelAutoRegressor(ModelConfig(base_channels=4, depth=1))
+        mix_fit.fit_head(model, terms, iters=100, run_weights=weights)
+        heads.append(model.response_head.state_dict())
+    weighted, left_out, all_runs = heads
+    for k, v in left_out.items():
+        torch.testing.assert_close(weighted[k], v, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(all_runs["0.weight"], left_out["0.weight"])  # the third run does matter

@@ -56,15 +56,15 @@ def stack_terms(runs: list[dict]) -> dict:
         for key in ("cross", "norm2", "conditioning"):
             rows[key].append(run[key][keep])
     out = {key: torch.cat(v) for key, v in rows.items()}
-    out["gram"] = torch.stack([run["gram"] for run in runs])
+    out["gram"] = torch.stack([run["gram"] for run in runs])[out["run"]]  # [rows, 2K, 2K]
     return out
 
 
-def mix_rel_errors(model, terms: dict) -> torch.Tensor:
-    """[rows] ||mix - change|| / ||change|| of each (run, step) row with the model's mix head."""
-    w = model.pressure_mix_weights(terms["conditioning"]).double()  # [rows, 2K]
-    gram = terms["gram"][terms["run"]]
-    sq = torch.einsum("nk,nkl,nl->n", w, gram, w) - 2 * (w * terms["cross"]).sum(1) + terms["norm2"]
+def mix_rel_errors(weights: torch.Tensor, terms: dict) -> torch.Tensor:
+    """[rows] ||mix - change|| / ||change|| of each (run, step) row with these mix weights
+    ([rows, 2K]: model.pressure_mix_weights of the rows' conditioning)."""
+    w = weights.double()
+    sq = torch.einsum("nk,nkl,nl->n", w, terms["gram"], w) - 2 * (w * terms["cross"]).sum(1) + terms["norm2"]
     return torch.sqrt(sq.clamp_min(0) / terms["norm2"])
 
 
@@ -80,15 +80,27 @@ def fit_pressure_mix(model, paths, normalizer, iters: int = 3000, l1: float = 0.
             tqdm(list(paths), desc="mix fit: read", unit="run", disable=not progress, leave=False)]
     if not runs:
         raise ValueError("fit_pressure_mix: no runs")
-    terms = stack_terms(runs)
-    head = model.response_head
+    return {"runs": len(runs), **fit_head(model, stack_terms(runs), iters, l1, lr, grad_clip, progress)}
+
+
+def fit_head(model, terms: dict, iters: int = 3000, l1: float = 0.02, lr: float = 3e-3, grad_clip: float = 1.0,
+             progress: bool = False, run_weights: torch.Tensor | None = None) -> dict:
+    """fit_pressure_mix on terms already read and stacked (stack_terms). ``run_weights`` [runs]:
+    how much each run counts in the loss (e.g. bootstrap counts; benchmarks/mix_cv.py), 1 by default."""
+    from tqdm import tqdm
+
+    head, cond, last = model.response_head, terms["conditioning"], terms["last"]
+    if run_weights is None:
+        run_weights = torch.ones(int(terms["run"].max()) + 1)
+    row_weights = run_weights.double()[terms["run"]]
+    row_weights = row_weights / row_weights.sum()
     was_training = head.training
     head.train()
     with torch.no_grad():
-        before = mix_rel_errors(model, terms)[terms["last"]].mean().item()
+        before = mix_rel_errors(model.pressure_mix_weights(cond), terms)[last].mean().item()
     optimizer = torch.optim.AdamW(head.parameters(), lr, weight_decay=1e-2)
     for _ in tqdm(range(iters), desc="mix fit", disable=not progress, leave=False):
-        loss = (mix_rel_errors(model, terms) ** 2).mean() + l1 * params_l1(head)
+        loss = (row_weights * mix_rel_errors(model.pressure_mix_weights(cond), terms) ** 2).sum() + l1 * params_l1(head)
         optimizer.zero_grad()
         loss.backward()
         if grad_clip > 0:  # without it a rare Adam step blew a head up (docs/benchmarks.md, "Mix heads")
@@ -97,8 +109,8 @@ def fit_pressure_mix(model, paths, normalizer, iters: int = 3000, l1: float = 0.
     optimizer.zero_grad(set_to_none=True)  # no stale gradients in the network's clipping later
     head.train(was_training)
     with torch.no_grad():
-        after = mix_rel_errors(model, terms)[terms["last"]].mean().item()
-    return {"runs": len(runs), "last_step_error_before": before, "last_step_error_after": after}
+        after = mix_rel_errors(model.pressure_mix_weights(cond), terms)[last].mean().item()
+    return {"last_step_error_before": before, "last_step_error_after": after}
 
 
 def train_files(prepped_root) -> list[Path]:
