@@ -101,4 +101,7 @@ def test_pictures_are_written_and_inactive_cells_blank(tmp_path, monkeypatch):
     inactive_zx = sim["static"][1][:, y, :] < 0.5
     assert len(shown) == 12  # 2 variables x 2 sections x (truth, prediction, error)
     assert np.array_equal(np.ma.getmaskarray(shown[0]), inactive_zx)  # truth, Z-X: inactive = masked
-    np.testing.assert_allclose(shown[2].compressed(), 1.0)  # error panel: pred - truth over active cells
+    # error panels: pred - truth over active cells, pressure shown in bar (1 Pa = 1e-5 bar), temperature in K
+    np.testing.assert_allclose(shown[2].compressed(), 1e-5, rtol=1e-3)
+    np.testing.assert_allclose(shown[8].compressed(), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(shown[0].compressed(), sim["outputs_grid"][2, 0][:, y, :][~inactive_zx] * 1e-5)

@@ -30,6 +30,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 UNITS = {f.name: f.unit for f in schema.DYNAMIC_FIELDS + schema.SCALAR_FIELDS}
+# units the pictures show instead of the schema's SI ones (reservoir engineers read pressure in bar)
+DISPLAY_UNITS = {"Pa": ("bar", 1e-5)}
+
+
+def display_unit(name: str) -> tuple[str, float]:
+    """(unit shown, factor from the schema's unit) of a field in the pictures."""
+    unit = UNITS[name]
+    return DISPLAY_UNITS.get(unit, (unit, 1.0))
 METHOD_STYLE = {"model": "C0", "persistence": "C7", "linear": "C2"}
 METHOD_LINE = {"model": "-", "persistence": "--", "linear": ":"}  # baselines often overlap: keep both visible
 METHOD_ORDER = ("model", "persistence", "linear")
@@ -95,13 +103,15 @@ def plot_slices(sim: dict, pred_grid: np.ndarray, path, step: int, cell=None) ->
     # fixed spacing instead of constrained layout: a third faster for these 12 panels + colorbars
     fig, axes = plt.subplots(4, 3, figsize=(13, 14), gridspec_kw=dict(hspace=0.35, wspace=0.35, top=0.95))
     for v, var in enumerate(schema.DYNAMIC_NAMES):
+        unit, factor = display_unit(var)
         for s, (section, take) in enumerate((
             (f"Z-X at y={y}", lambda a: a[:, y, :]),
             (f"X-Y at z={z}", lambda a: a[z, :, :]),
         )):
             mask = ~take(active)
-            tr = np.ma.array(take(truth[v]), mask=mask)
-            pr = np.ma.array(take(pred[v]), mask=mask)
+            # float64: a 1 Pa error on ~250 bar is below float32's resolution in bar
+            tr = np.ma.array(take(truth[v]).astype(np.float64) * factor, mask=mask)
+            pr = np.ma.array(take(pred[v]).astype(np.float64) * factor, mask=mask)
             err = pr - tr
             row = 2 * v + s
             vmin, vmax = (float(tr.min()), float(tr.max())) if tr.count() else (0.0, 1.0)
@@ -116,7 +126,7 @@ def plot_slices(sim: dict, pred_grid: np.ndarray, path, step: int, cell=None) ->
                 ax.set_title(f"{var} {title}, {section}", fontsize=9)
                 ax.set_xlabel("X")
                 ax.set_ylabel("Z (down)" if s == 0 else "Y")
-                fig.colorbar(im, ax=ax, label=UNITS[var])
+                fig.colorbar(im, ax=ax, label=unit)
     fig.suptitle(f"step {step}: sections through the injector cell (z, y, x) = ({z}, {y}, {x}); blank = inactive")
     return _save(fig, path)
 
