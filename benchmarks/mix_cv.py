@@ -64,12 +64,12 @@ def best_mix(run, points=np.linspace(0, 4, 81)):
 
 def head_mix(model, terms):
     """(u, gain, cold share) the model's head gives at the last row of ``terms``."""
-    from voxel_ode.model import COLD_MAX, _gain, _support_point
+    from voxel_ode.model import _gain
 
     with torch.no_grad():
-        point, log_gain, cold = model.response_head(terms["conditioning"][-1:]).unbind(1)
-    return (_support_point(point, len(schema.RESPONSE_NAMES)).item(), _gain(log_gain).item(),
-            (COLD_MAX * torch.sigmoid(cold)).item())
+        hat, log_gain, cold = model._pressure_mix(terms["conditioning"][-1:])
+    point = (hat * torch.arange(hat.shape[1])).sum()  # the interpolation's weights sum to 1 around u
+    return point.item(), _gain(log_gain).item(), cold.item()
 
 
 def main(argv=None):

@@ -72,7 +72,7 @@ def fit_pressure_mix(model, paths, normalizer, iters: int = 3000, l1: float = 0.
                      grad_clip: float = 1.0, progress: bool = True) -> dict:
     """Train model.response_head alone on the runs in ``paths``: full-batch AdamW on the mean
     squared relative error of the mixed change plus ``l1`` x the |weights| of the head's first
-    layer over the params columns (model.mix_l1 penalty's selection; the time column is free).
+    layer over the params columns (model.params_l1; the time column is free).
     Returns the mean relative error at the last step before and after."""
     from tqdm import tqdm
 

@@ -32,15 +32,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 UNITS = {f.name: f.unit for f in schema.DYNAMIC_FIELDS + schema.SCALAR_FIELDS}
 # units the pictures show instead of the schema's SI ones (reservoir engineers read pressure in bar)
 DISPLAY_UNITS = {"Pa": ("bar", 1e-5)}
+METHOD_STYLE = {"model": "C0", "persistence": "C7", "linear": "C2"}
+METHOD_LINE = {"model": "-", "persistence": "--", "linear": ":"}  # baselines often overlap: keep both visible
+METHOD_ORDER = ("model", "persistence", "linear")
 
 
 def display_unit(name: str) -> tuple[str, float]:
     """(unit shown, factor from the schema's unit) of a field in the pictures."""
     unit = UNITS[name]
     return DISPLAY_UNITS.get(unit, (unit, 1.0))
-METHOD_STYLE = {"model": "C0", "persistence": "C7", "linear": "C2"}
-METHOD_LINE = {"model": "-", "persistence": "--", "linear": ":"}  # baselines often overlap: keep both visible
-METHOD_ORDER = ("model", "persistence", "linear")
 
 
 def _method_rank(method: str):
