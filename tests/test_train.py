@@ -365,3 +365,23 @@ def test_mix_aux_adds_the_loss_of_the_mixes_alone(prepped):
                           + ((torch.asinh(front) - target[:, 0, 1]) ** 2).mean())
     assert expected > 1e-4
     torch.testing.assert_close(with_aux - plain, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_budget_horizon_follows_the_step_rate(monkeypatch):
+    """With a time budget the cosine (and the progress bar) ends where the budget ends: 20 steps in
+    10 s of a 60 s budget leave 50 s at 2 steps/s, so the horizon is 20 + 100; capped at --max_steps."""
+    import argparse
+
+    from voxel_ode.schedulers import warmup_cosine
+    from voxel_ode.train import Dist, fit_schedule_to_budget
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = warmup_cosine(opt, 0, 10_000)
+    ddp = Dist("cpu")
+    monkeypatch.setattr("voxel_ode.train.time.time", lambda: 1010.0)
+    args = argparse.Namespace(time_budget_min=1.0, max_steps=10_000)
+    assert fit_schedule_to_budget(scheduler, 5, 0, 1000.0, args, ddp) is None  # too few steps to tell
+    assert fit_schedule_to_budget(scheduler, 20, 0, 1000.0, args, ddp) == 120
+    assert scheduler.lr_lambdas[0].max_steps == 120
+    args.max_steps = 50
+    assert fit_schedule_to_budget(scheduler, 20, 0, 1000.0, args, ddp) == 50

@@ -458,8 +458,9 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 
 
 def fit_schedule_to_budget(scheduler, step: int, start_step: int, t_start: float, args, ddp: Dist,
-                           t_loop: float | None = None) -> None:
+                           t_loop: float | None = None) -> int | None:
     """With --time_budget_min, end the cosine where the budget ends, not at --max_steps.
+    Returns that horizon (the progress bar shows it too), None while too few steps tell.
 
     The horizon is re-estimated at every log line from the steps per second since the loop
     began at ``t_loop`` (evaluations included; the mix fit before it is not a step), averaged
@@ -469,12 +470,14 @@ def fit_schedule_to_budget(scheduler, step: int, start_step: int, t_start: float
     now = time.time()
     elapsed, in_loop = now - t_start, now - (t_start if t_loop is None else t_loop)
     if step - start_step < 10 or in_loop <= 0:
-        return
+        return None
     rate = (step - start_step) / in_loop
     estimate = torch.tensor([step + rate * max(args.time_budget_min * 60 - elapsed, 0.0)], dtype=torch.float64,
                             device=ddp.device)
     estimate = ddp.all_reduce_sum(estimate).item() / ddp.world
-    scheduler.lr_lambdas[0].max_steps = int(min(args.max_steps, max(step + 1, estimate)))
+    horizon = int(min(args.max_steps, max(step + 1, estimate)))
+    scheduler.lr_lambdas[0].max_steps = horizon
+    return horizon
 
 
 def rollout_k(step: int, args) -> int:
@@ -823,7 +826,10 @@ def train(args=None, **kwargs) -> dict:
                 window.update(t=time.time(), samples=0, voxels=0, loss=0.0, n=0,
                               grid=torch.zeros(schema.N_DYNAMIC), scalar=torch.zeros(schema.N_SCALARS))
                 if args.time_budget_min > 0:
-                    fit_schedule_to_budget(scheduler, step, start_step, t_start, args, ddp, t_loop)
+                    horizon = fit_schedule_to_budget(scheduler, step, start_step, t_start, args, ddp, t_loop)
+                    if horizon is not None:  # the bar's end where the budget ends, not at --max_steps
+                        bar.total = horizon
+                        bar.refresh()
             if step % args.eval_every == 0:
                 last_eval = run_eval()
             if step % args.ckpt_every == 0:
