@@ -105,3 +105,26 @@ def test_pictures_are_written_and_inactive_cells_blank(tmp_path, monkeypatch):
     np.testing.assert_allclose(shown[2].compressed(), 1e-5, rtol=1e-3)
     np.testing.assert_allclose(shown[8].compressed(), 1.0, rtol=1e-6)
     np.testing.assert_allclose(shown[0].compressed(), sim["outputs_grid"][2, 0][:, y, :][~inactive_zx] * 1e-5)
+
+
+def test_scalar_pictures_show_energy_in_mw_and_tj(tmp_path, monkeypatch):
+    sim = prepped_arrays(seed=1)
+    lines, labels = [], []
+    real_plot, real_ylabel = plots.plt.Axes.plot, plots.plt.Axes.set_ylabel
+
+    def spy_plot(self, y, *a, **k):
+        lines.append(np.asarray(y))
+        return real_plot(self, y, *a, **k)
+
+    def spy_ylabel(self, label, *a, **k):
+        labels.append(label)
+        return real_ylabel(self, label, *a, **k)
+
+    monkeypatch.setattr(plots.plt.Axes, "plot", spy_plot)
+    monkeypatch.setattr(plots.plt.Axes, "set_ylabel", spy_ylabel)
+    plots.plot_scalars(sim["outputs_scalar"], {"model": sim["outputs_scalar"] * 2}, tmp_path / "s.png")
+    assert labels == ["MW", "MW", "TJ", "kg/s", "kg/s"]  # schema.SCALAR_NAMES order
+    truth = np.asarray(sim["outputs_scalar"], np.float64)
+    for i, factor in enumerate((1e-6, 1e-6, 1e-12, 1.0, 1.0)):  # truth, then the model, per scalar
+        np.testing.assert_allclose(lines[2 * i], truth[:, i] * factor)
+        np.testing.assert_allclose(lines[2 * i + 1], 2 * truth[:, i] * factor)

@@ -30,8 +30,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 UNITS = {f.name: f.unit for f in schema.DYNAMIC_FIELDS + schema.SCALAR_FIELDS}
-# units the pictures show instead of the schema's SI ones (reservoir engineers read pressure in bar)
-DISPLAY_UNITS = {"Pa": ("bar", 1e-5)}
+# units the pictures show instead of the schema's SI ones: reservoir engineers read pressure in
+# bar and field energy in MW and TJ (a plant's rate is ~1e7 W, 29 years of it ~1e16 J)
+DISPLAY_UNITS = {"Pa": ("bar", 1e-5), "W": ("MW", 1e-6), "J": ("TJ", 1e-12)}
 METHOD_STYLE = {"model": "C0", "persistence": "C7", "linear": "C2"}
 METHOD_LINE = {"model": "-", "persistence": "--", "linear": ":"}  # baselines often overlap: keep both visible
 METHOD_ORDER = ("model", "persistence", "linear")
@@ -136,15 +137,16 @@ def plot_scalars(true_scalar, preds: dict, path) -> Path:
     fig, axes = plt.subplots(1, schema.N_SCALARS, figsize=(4 * schema.N_SCALARS, 3.5), layout="constrained")
     for i, name in enumerate(schema.SCALAR_NAMES):
         ax = axes[i]
+        unit, factor = display_unit(name)
         if true_scalar is not None:
-            ax.plot(np.asarray(true_scalar)[:, i], "k-", label="truth")
+            ax.plot(np.asarray(true_scalar, np.float64)[:, i] * factor, "k-", label="truth")
         for method, scalar in preds.items():
-            s = np.asarray(scalar)[:, i]
+            s = np.asarray(scalar, np.float64)[:, i] * factor
             if np.isfinite(s[1:]).any():
                 ax.plot(s, "--", color=METHOD_STYLE.get(method), label=method)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("step (years)")
-        ax.set_ylabel(UNITS[name])
+        ax.set_ylabel(unit)
         ax.grid(alpha=0.3)
     axes[0].legend()
     return _save(fig, path)
