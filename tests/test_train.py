@@ -385,3 +385,11 @@ def test_budget_horizon_follows_the_step_rate(monkeypatch):
     assert scheduler.lr_lambdas[0].max_steps == 120
     args.max_steps = 50
     assert fit_schedule_to_budget(scheduler, 20, 0, 1000.0, args, ddp) == 50
+
+
+def test_eval_every_zero_evaluates_only_after_the_last_step(prepped, tmp_path):
+    train(prepped_root=str(prepped), save_dir=str(tmp_path), max_steps=4, batch_size=2, log_every=1, eval_every=0,
+          ckpt_every=100, **TINY)
+    assert [r["step"] for r in _records(tmp_path, "eval")] == [4]
+    with pytest.raises(UserError, match="eval_every"):
+        train(prepped_root=str(prepped), save_dir=str(tmp_path / "neg"), max_steps=1, eval_every=-1, **TINY)

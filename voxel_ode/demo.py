@@ -48,7 +48,7 @@ FULL = DemoConfig(n_sims=40, n_test=5, grid=(32, 16, 16), train_minutes=6.0, bas
 # a shorter fit of the pressure mix head and no test-split evaluation during training (the demo
 # evaluates the final model anyway)
 QUICK = DemoConfig(n_sims=24, n_test=4, grid=(24, 12, 12), train_minutes=4.0, base_channels=16, depth=3,
-                   batch_size=4, rollout_steps=2, lr=3e-3, max_steps=300, eval_every=10**9, mix_prefit_iters=1000)
+                   batch_size=4, rollout_steps=2, lr=3e-3, max_steps=300, eval_every=0, mix_prefit_iters=1000)
 
 
 def add_demo_args(parser: argparse.ArgumentParser) -> None:

@@ -123,7 +123,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("logging and checkpoints")
     g.add_argument("--log_every", type=int, default=100, help="steps between training log lines")
-    g.add_argument("--eval_every", type=int, default=1000, help="steps between evaluations on the test split")
+    g.add_argument("--eval_every", type=int, default=1000,
+                   help="steps between evaluations on the test split; 0 = only once, after the last step")
     g.add_argument("--eval_max_batches", type=int, default=50, help="batches per evaluation (0 = the whole test split)")
     g.add_argument("--ckpt_every", type=int, default=10_000, help="steps between periodic checkpoints step{N}.pt")
     g.add_argument("--save_dir", default="./checkpoints", help="checkpoints and metrics.jsonl go here")
@@ -152,9 +153,11 @@ def default_args(**overrides) -> argparse.Namespace:
 def _check_args(a: argparse.Namespace) -> None:
     if not a.prepped_root:
         raise UserError("--prepped_root: missing: give the folder written by `voxel-ode prep`")
-    for name in ("batch_size", "max_steps", "log_every", "eval_every", "ckpt_every", "rollout_steps"):
+    for name in ("batch_size", "max_steps", "log_every", "ckpt_every", "rollout_steps"):
         if getattr(a, name) < 1:
             raise UserError(f"--{name}: must be >= 1, got {getattr(a, name)}")
+    if a.eval_every < 0:
+        raise UserError(f"--eval_every: must be >= 0 (0 = only after the last step), got {a.eval_every}")
     if a.rollout_steps > 1 and a.sample_mode != "full":
         raise UserError("--rollout_steps: training through K > 1 steps needs whole grids: add --sample_mode full")
     if a.num_workers < 0 or a.warmup_steps < 0 or a.mix_prefit_iters < 0:
@@ -830,7 +833,7 @@ def train(args=None, **kwargs) -> dict:
                     if horizon is not None:  # the bar's end where the budget ends, not at --max_steps
                         bar.total = horizon
                         bar.refresh()
-            if step % args.eval_every == 0:
+            if args.eval_every and step % args.eval_every == 0:
                 last_eval = run_eval()
             if step % args.ckpt_every == 0:
                 checkpoint(f"step{step}.pt")
