@@ -14,6 +14,13 @@ metric). Compared on the same folds:
 The single head's (u, gain, cold share) and the floor's are printed per run.
 
     python benchmarks/mix_cv.py --prepped_root bench_out/fidelity9/prepped --folds 5 --heads 4
+
+With --fit_sizes N1 N2 ... it measures instead how the single head's error falls with the number
+of training runs: a fixed random 40 of the training runs are held out, heads are fitted on the
+first N of the others (two random starts each) and scored on the held-out 40 and on the test
+split (the fidelity benchmark's 5 runs when --prepped_root is a bigger set of the same seed):
+
+    python benchmarks/mix_cv.py --prepped_root bench_out/data205/prepped --fit_sizes 32 80 160
 """
 
 from __future__ import annotations
@@ -81,11 +88,15 @@ def main(argv=None):
     ap.add_argument("--l1", type=float, default=0.02)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="write the per-run errors here (JSON)")
+    ap.add_argument("--fit_sizes", type=int, nargs="+", default=None,
+                    help="instead of the folds: fit on this many runs, score on 40 held-out runs and the test split")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
 
     norm = Normalizer(json.loads((Path(a.prepped_root) / schema.STATS_FILE).read_text()))
     runs = [mix_fit.pressure_mix_terms(p, norm) for p in mix_fit.train_files(a.prepped_root)]
+    if a.fit_sizes:
+        return fit_size_scaling(a, runs, norm)
     rng = np.random.default_rng(a.seed)
     fold_of = rng.permutation(len(runs)) % a.folds
     kinds = ("single", f"restarts x{a.heads}", f"bagging x{a.heads}", "floor", "floor at the head's u")
@@ -124,6 +135,27 @@ def main(argv=None):
               f"{errors['floor'][i]:.3f} ({bu:.2f}, {bg:.2f}, {bc:.2f})")
     if a.out:
         Path(a.out).write_text(json.dumps({k: v.tolist() for k, v in errors.items()}))
+
+
+def fit_size_scaling(a, runs, norm, n_held=40, starts=2):
+    if len(runs) < n_held + max(a.fit_sizes):
+        raise SystemExit(f"--fit_sizes: {len(runs)} training runs, need {n_held} held out + {max(a.fit_sizes)}")
+    order = np.random.default_rng(a.seed).permutation(len(runs))
+    held, pool = order[:n_held], order[n_held:]
+    held_terms = mix_fit.stack_terms([runs[i] for i in held])
+    test_files = sorted((Path(a.prepped_root) / "test").glob(f"*{schema.PREPPED_SUFFIX}"))
+    test_terms = mix_fit.stack_terms([mix_fit.pressure_mix_terms(p, norm) for p in test_files])
+    floor = np.mean([best_mix(runs[i])[0] for i in held])
+    print(f"{len(runs)} training runs, {n_held} held out (floor of the mix family on them: {floor:.3f}), "
+          f"{len(test_files)} test runs; last-step error of the single head's mix alone")
+    print("| fitted on | start | held-out mean | held-out median | test mean | test per run |\n|---|---|---|---|---|---|")
+    for n in a.fit_sizes:
+        fit_terms = mix_fit.stack_terms([runs[i] for i in pool[:n]])
+        for start in range(starts):
+            model = fitted_head(fit_terms, start, a.iters, a.l1)
+            e_held, e_test = last_step_errors([model], held_terms), last_step_errors([model], test_terms)
+            print(f"| {n} | {start} | {e_held.mean():.3f} | {np.median(e_held):.3f} | {e_test.mean():.3f} | "
+                  f"{', '.join(f'{e:.3f}' for e in e_test)} |", flush=True)
 
 
 if __name__ == "__main__":
