@@ -128,3 +128,23 @@ def test_scalar_pictures_show_energy_in_mw_and_tj(tmp_path, monkeypatch):
     for i, factor in enumerate((1e-6, 1e-6, 1e-12, 1.0, 1.0)):  # truth, then the model, per scalar
         np.testing.assert_allclose(lines[2 * i], truth[:, i] * factor)
         np.testing.assert_allclose(lines[2 * i + 1], 2 * truth[:, i] * factor)
+
+
+def test_scalar_panels_do_not_magnify_tiny_drifts(tmp_path, monkeypatch):
+    # a rate constant within 1e-4 must look flat: the panel spans >= MIN_SCALAR_SPAN of the value
+    axes_seen = []
+    real_save = plots._save
+
+    def keep_axes(fig, path):
+        axes_seen.extend(fig.axes)
+        return real_save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep_axes)
+    scalars = np.full((N_T, len(schema.SCALAR_NAMES)), 31.4)
+    drifting = scalars * (1 + 1e-4 * np.arange(N_T))[:, None]
+    plots.plot_scalars(scalars, {"model": drifting}, tmp_path / "s.png")
+    for ax, name in zip(axes_seen, schema.SCALAR_NAMES):
+        lo, hi = ax.get_ylim()
+        shown = 31.4 * plots.display_unit(name)[1]
+        assert lo < shown < hi and hi - lo >= plots.MIN_SCALAR_SPAN * shown * 0.999
+        assert not ax.yaxis.get_major_formatter().get_useOffset()

@@ -33,6 +33,8 @@ UNITS = {f.name: f.unit for f in schema.DYNAMIC_FIELDS + schema.SCALAR_FIELDS}
 # units the pictures show instead of the schema's SI ones: reservoir engineers read pressure in
 # bar and field energy in MW and TJ (a plant's rate is ~1e7 W, 29 years of it ~1e16 J)
 DISPLAY_UNITS = {"Pa": ("bar", 1e-5), "W": ("MW", 1e-6), "J": ("TJ", 1e-12)}
+# the field-scalar panels show at least this share of the value (the metrics' tolerance is +-5 %)
+MIN_SCALAR_SPAN = 0.1
 METHOD_STYLE = {"model": "C0", "persistence": "C7", "linear": "C2"}
 METHOD_LINE = {"model": "-", "persistence": "--", "linear": ":"}  # baselines often overlap: keep both visible
 METHOD_ORDER = ("model", "persistence", "linear")
@@ -147,9 +149,22 @@ def plot_scalars(true_scalar, preds: dict, path) -> Path:
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("step (years)")
         ax.set_ylabel(unit)
+        _min_span(ax, MIN_SCALAR_SPAN)
         ax.grid(alpha=0.3)
     axes[0].legend()
     return _save(fig, path)
+
+
+def _min_span(ax, fraction: float) -> None:
+    """Widen the y-axis to at least ``fraction`` of its largest |value|, without an offset: a
+    rate that is constant within 1e-4 would otherwise fill the panel (e.g. "+3.139e1" and a
+    steep-looking line) as if it drifted."""
+    ax.ticklabel_format(axis="y", useOffset=False)
+    lo, hi = ax.get_ylim()
+    span = fraction * max(abs(lo), abs(hi))
+    if hi - lo < span:
+        mid = 0.5 * (lo + hi)
+        ax.set_ylim(mid - 0.5 * span, mid + 0.5 * span)
 
 
 def plot_simulation(out_dir, sim: dict, preds: dict, stats=None, sim_metrics=None, steps=None) -> list[Path]:
