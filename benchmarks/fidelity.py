@@ -19,6 +19,9 @@ The two trained configurations run at the same time, one core each
 (torch.set_num_threads(1)), so each gets the same CPU budget.
 
     python benchmarks/fidelity.py --out bench_out/fidelity --minutes 60
+
+--steps N trains a fixed number of steps instead (to compare runs made when the machine was
+busier or idler, or a change that costs time per step).
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="bench_out/fidelity")
     ap.add_argument("--minutes", type=float, default=60.0, help="training budget per configuration")
+    ap.add_argument("--steps", type=int, default=0,
+                    help="train this many steps instead of --minutes (compares runs on machines of different speed)")
     ap.add_argument("--n_sims", type=int, default=45)
     ap.add_argument("--grid", type=int, nargs=3, default=(32, 16, 16))
     ap.add_argument("--base_channels", type=int, default=24)
@@ -75,14 +80,18 @@ def main() -> int:
         prep(raw, prepped, patch_size=patch, stride=stride, n_test=5, min_active_frac=0.05, workers=2)
 
     procs = {}
+    if args.steps > 0:
+        budget = ["--max_steps", str(args.steps), "--time_budget_min", "0"]
+    else:
+        budget = ["--max_steps", "1000000", "--time_budget_min", str(args.minutes)]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     for name in args.configs:
         cmd = [sys.executable, str(REPO / "scripts" / "train_ddp.py"), "--prepped_root", str(prepped),
                "--save_dir", str(out / f"ckpt_{name}"), "--base_channels", str(args.base_channels),
                "--depth", str(args.depth), "--receptive_field_radius", "2", "--batch_size", "4",
-               "--lr", "2e-3", "--warmup_steps", "100", "--max_steps", "1000000", "--eval_every", "500",
+               "--lr", "2e-3", "--warmup_steps", "100", "--eval_every", "500",
                "--log_every", "100", "--ckpt_every", "100000", "--aug_xy_rot", "--aug_flip",
-               "--time_budget_min", str(args.minutes), "--device", "cpu", "--quiet", *CONFIGS[name]]
+               *budget, "--device", "cpu", "--quiet", *CONFIGS[name]]
         log = open(out / f"train_{name}.log", "w")
         procs[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
         print("started:", " ".join(cmd), flush=True)
