@@ -334,3 +334,20 @@ def test_front_mix_moves_the_temperature_by_the_gap_times_the_thermal_priors_ste
         alone.front_head[-1].bias.copy_(mix_head_bias(1.0, 1.0))  # point 1: the 1 % flow field
     torch.testing.assert_close(alone.front_weights(p), torch.tensor([[0.0, 1.0, 0.0]] * 2))
     assert not hasattr(make(front_mix=False), "front_head")
+
+
+def test_without_temperature_residual_the_temperature_follows_the_prior_alone():
+    x, p, a = inputs((6, 7, 8), batch=2)
+    now = torch.rand(2, schema.N_THERMAL_PRIOR, 6, 7, 8)
+    x[:, schema.PRIOR_CHANNELS] = torch.cat([now, now + torch.rand_like(now) * 0.3], 1) * a
+    temp = schema.OUTPUT_CHANNELS.index("Temperature")
+    with_residual = make(seed=3, global_context=False)
+    prior_only = make(seed=3, global_context=False, temperature_residual=False)  # same weights
+    with torch.no_grad():
+        d_with, d_without = with_residual(x, p, a)[0], prior_only(x, p, a)[0]
+        expected = torch.asinh(prior_only.front_step(x, p)[:, 0]) * a[:, 0]
+    torch.testing.assert_close(d_without[:, temp], expected, rtol=1e-4, atol=1e-5)
+    assert (d_with[:, temp] - d_without[:, temp]).abs().max() > 0.05  # the residual is really gone
+    torch.testing.assert_close(d_without[:, 1 - temp], d_with[:, 1 - temp])  # pressure untouched
+    with pytest.raises(UserError, match="temperature_residual"):
+        ModelConfig(front_mix=False, temperature_residual=False)

@@ -393,3 +393,12 @@ def test_eval_every_zero_evaluates_only_after_the_last_step(prepped, tmp_path):
     assert [r["step"] for r in _records(tmp_path, "eval")] == [4]
     with pytest.raises(UserError, match="eval_every"):
         train(prepped_root=str(prepped), save_dir=str(tmp_path / "neg"), max_steps=1, eval_every=-1, **TINY)
+
+
+def test_no_temperature_residual_reaches_the_checkpoint(prepped, tmp_path):
+    from voxel_ode.model import load_model
+
+    train(prepped_root=str(prepped), save_dir=str(tmp_path), max_steps=1, batch_size=2, eval_every=0,
+          no_temperature_residual=True, **TINY)
+    model, _ = load_model(tmp_path / "last.pt")
+    assert model.config.temperature_residual is False

@@ -6,7 +6,8 @@ API
     base_channels=128, depth=12, receptive_field_radius=3 (stem kernel 2r+1),
     block_kernel=3, convs_per_block=2, norm="channel"|"spatial", global_context=True,
     context_factor=4, context_channels=32, context_stages=3, global_dim=128,
-    mask_features=True, channels_last=True, response_mix=True, front_mix=True (+ channel counts from schema).
+    mask_features=True, channels_last=True, response_mix=True, front_mix=True, temperature_residual=True
+    (+ channel counts from schema).
 ``VoxelAutoRegressor(config)``
     .receptive_field -> int: halo of the local path in cells (r + convs_per_block*depth*(k//2);
         27 for the defaults). For a FIXED context the output at a voxel depends only on inputs
@@ -98,6 +99,10 @@ class ModelConfig:
     channels_last: bool = True  # channels_last_3d memory format (faster 3D convs on CPU)
     response_mix: bool = True  # pressure change = learned mix of the well-response channels + residual
     front_mix: bool = True  # temperature change = learned mix of the thermal prior's step x gap + residual
+    # False: the temperature change is the thermal prior's step alone (no grid-head residual); needs
+    # front_mix. On 40 unseen synthetic runs the prior alone left 0.090 at year 29 where the CPU-trained
+    # residual made it 0.111-0.113 (docs/benchmarks.md, `fidelity12`)
+    temperature_residual: bool = True
     # how the mix heads' outputs map to (point, gain, cold share); 2 = linear point, bounded gain
     # and cold share (see _support_point, LOG_GAIN_BOUND). Checkpoints without it used a sigmoid
     # point: load_model refuses them.
@@ -108,6 +113,8 @@ class ModelConfig:
             raise UserError(f"model config: norm: {self.norm!r} is not 'channel' or 'spatial'")
         if self.block_kernel % 2 != 1 or self.receptive_field_radius < 0 or self.depth < 0:
             raise UserError("model config: block_kernel must be odd, receptive_field_radius and depth >= 0")
+        if not self.temperature_residual and not self.front_mix:
+            raise UserError("model config: temperature_residual=False needs front_mix (the temperature would never change)")
         if self.mix_heads_version != 2:
             raise UserError(f"model config: mix_heads_version {self.mix_heads_version} is not 2 (the only one built)")
 
@@ -384,7 +391,10 @@ class VoxelAutoRegressor(nn.Module):
         if cfg.response_mix:
             delta = self._mix_responses(delta, x, params)
         if cfg.front_mix:
-            delta = _add_to_target(delta, schema.OUTPUT_CHANNELS.index("Temperature"), self.front_step(x, params))
+            t = schema.OUTPUT_CHANNELS.index("Temperature")
+            if not cfg.temperature_residual:  # sinh(0) = 0: the prior's step alone
+                delta = torch.cat([delta[:, :t], torch.zeros_like(delta[:, t:t + 1]), delta[:, t + 1:]], dim=1)
+            delta = _add_to_target(delta, t, self.front_step(x, params))
         delta = delta * (active > 0.5).to(delta.dtype)  # inactive cells never change
 
         if cfg.global_context:

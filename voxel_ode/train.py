@@ -82,6 +82,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no_front_mix", action="store_true",
                    help="predict the temperature change without the learned mix of the thermal prior's step "
                         "(thermal prior and InjectionTemperatureGap channels; required with --delta_norm zscore)")
+    g.add_argument("--no_temperature_residual", action="store_true",
+                   help="the temperature change is the thermal prior's step alone, without the network's residual "
+                        "(needs the front mix; docs/benchmarks.md, fidelity12, says when that is better)")
     g.add_argument("--delta_norm", choices=("asinh", "zscore"), default="asinh",
                    help="normalization of the change targets: asinh(delta/s) with a robust per-simulation "
                         "scale (dataset.Normalizer), or the seed's pooled z-score")
@@ -636,7 +639,8 @@ def train(args=None, **kwargs) -> dict:
             config = ModelConfig(base_channels=args.base_channels, depth=args.depth,
                                  receptive_field_radius=args.receptive_field_radius, norm=args.norm,
                                  global_context=not args.no_global_context,
-                                 response_mix=not args.no_response_mix, front_mix=not args.no_front_mix)
+                                 response_mix=not args.no_response_mix, front_mix=not args.no_front_mix,
+                                 temperature_residual=not args.no_temperature_residual)
         torch.manual_seed(args.seed)  # same initial weights on every rank
         model = VoxelAutoRegressor(config).to(ddp.device)
         log(f"model: {count_parameters(model):,} parameters, local receptive field {model.receptive_field} cells, "
