@@ -52,10 +52,12 @@ def main(argv=None) -> int:
     print(f"year 29 on {a.n} independent simulations (seed {a.seed}): relative change error "
           "mean / median / 90th pct / max; field scalars within +-5 % (all steps)\n")
     print("| checkpoint | P | T | scalars +-5 % | NaN |\n|---|---|---|---|---|")
-    for i, ckpt in enumerate(a.ckpts):
-        summary = evaluate(prepped, ckpt, out / f"eval_{i}", split="test", plots=False, save_predictions=False,
+    for ckpt in a.ckpts:
+        # one folder per checkpoint, named after its last path parts: a later call keeps earlier results
+        eval_dir = out / ("eval_" + "_".join(Path(ckpt).with_suffix("").parts[-3:]))
+        summary = evaluate(prepped, ckpt, eval_dir, split="test", plots=False, save_predictions=False,
                            xdmf=False, progress=False)
-        per_sim = json.loads((out / f"eval_{i}" / "metrics.json").read_text())["per_sim"]
+        per_sim = json.loads((eval_dir / "metrics.json").read_text())["per_sim"]
         cells = []
         for var in ("Pressure", "Temperature"):
             e = year29_errors(per_sim, var)
