@@ -391,10 +391,8 @@ class VoxelAutoRegressor(nn.Module):
         if cfg.response_mix:
             delta = self._mix_responses(delta, x, params)
         if cfg.front_mix:
-            t = schema.OUTPUT_CHANNELS.index("Temperature")
-            if not cfg.temperature_residual:  # sinh(0) = 0: the prior's step alone
-                delta = torch.cat([delta[:, :t], torch.zeros_like(delta[:, t:t + 1]), delta[:, t + 1:]], dim=1)
-            delta = _add_to_target(delta, t, self.front_step(x, params))
+            delta = _add_to_target(delta, schema.OUTPUT_CHANNELS.index("Temperature"), self.front_step(x, params),
+                                   residual=cfg.temperature_residual)
         delta = delta * (active > 0.5).to(delta.dtype)  # inactive cells never change
 
         if cfg.global_context:
@@ -541,11 +539,14 @@ def mix_head_bias(point: float, gain: float, cold: float | None = None) -> torch
     return torch.tensor(out)
 
 
-def _add_to_target(delta, channel, prior):
+def _add_to_target(delta, channel, prior, residual: bool = True):
     """delta with channel c = asinh(prior + sinh(head_c)): a physics prior (in target units
-    before the asinh, [B, 1, D, H, W]) plus the grid head's residual. fp32: sinh overflows fp16."""
-    residual = torch.sinh(delta[:, channel:channel + 1].float().clamp(-30.0, 30.0))
-    mixed = torch.asinh(residual + prior).to(delta.dtype)
+    before the asinh, [B, 1, D, H, W]) plus the grid head's residual (asinh(prior) alone with
+    residual=False). fp32: sinh overflows fp16."""
+    target = prior
+    if residual:
+        target = target + torch.sinh(delta[:, channel:channel + 1].float().clamp(-30.0, 30.0))
+    mixed = torch.asinh(target).to(delta.dtype)
     return torch.cat([delta[:, :channel], mixed, delta[:, channel + 1:]], dim=1)
 
 
