@@ -63,21 +63,10 @@ def main() -> int:
         print(markdown_table(json.loads((Path(args.out) / "fidelity.json").read_text())))
         return 0
 
-    from voxel_ode.data_prep import prep
     from voxel_ode.rollout import evaluate, format_table
-    from voxel_ode.synth import generate_dataset
 
     out = Path(args.out)
-    raw, prepped = out / "raw", out / "prepped"
-    grid = tuple(args.grid)
-    t0 = time.time()
-    if not (prepped / "stats.json").exists():
-        generate_dataset(raw, args.n_sims, grid=grid, seed=1234, workers=2)
-        print(f"synth: {time.time() - t0:.0f} s", flush=True)
-        # patches of half the grid's depth for the seed's patch training (stride = half a patch)
-        patch = (grid[0] // 2, grid[1], grid[2])
-        stride = (max(1, patch[0] // 2), grid[1], grid[2])
-        prep(raw, prepped, patch_size=patch, stride=stride, n_test=5, min_active_frac=0.05, workers=2)
+    prepped = make_data(out, args.n_sims, n_test=5, grid=tuple(args.grid), seed=1234)
 
     procs = {}
     if args.steps > 0:
@@ -116,6 +105,24 @@ def main() -> int:
     (out / "fidelity.json").write_text(json.dumps(table, indent=2))
     print("\n" + markdown_table(table))
     return 0
+
+
+def make_data(out: Path, n_sims: int, n_test: int, grid, seed: int) -> Path:
+    """Synthesize ``out/raw`` and prep it into ``out/prepped`` (the first ``n_test`` runs -> test),
+    unless a prepped set is already there; returns the prepped folder."""
+    from voxel_ode.data_prep import prep
+    from voxel_ode.synth import generate_dataset
+
+    raw, prepped = out / "raw", out / "prepped"
+    if not (prepped / "stats.json").exists():
+        t0 = time.time()
+        generate_dataset(raw, n_sims, grid=grid, seed=seed, workers=2)
+        print(f"synth: {time.time() - t0:.0f} s", flush=True)
+        # patches of half the grid's depth for the seed's patch training (stride = half a patch)
+        patch = (grid[0] // 2, grid[1], grid[2])
+        stride = (max(1, patch[0] // 2), grid[1], grid[2])
+        prep(raw, prepped, patch_size=patch, stride=stride, n_test=n_test, min_active_frac=0.05, workers=2)
+    return prepped
 
 
 def markdown_table(table: dict) -> str:

@@ -23,6 +23,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))  # fidelity.make_data
 
 
 def year29_errors(per_sim: dict, var: str) -> np.ndarray:
@@ -38,17 +39,11 @@ def main(argv=None) -> int:
     ap.add_argument("--grid", type=int, nargs=3, default=(32, 16, 16))
     a = ap.parse_args(argv)
 
-    from voxel_ode.data_prep import prep
+    from fidelity import make_data
     from voxel_ode.rollout import evaluate
-    from voxel_ode.synth import generate_dataset
 
     out = Path(a.out)
-    prepped = out / "prepped"
-    if not (prepped / "stats.json").exists():
-        generate_dataset(out / "raw", a.n + 5, grid=tuple(a.grid), seed=a.seed, workers=2)
-        patch = (a.grid[0] // 2, a.grid[1], a.grid[2])
-        prep(out / "raw", prepped, patch_size=patch, stride=(max(1, patch[0] // 2), *patch[1:]), n_test=a.n,
-             min_active_frac=0.05, workers=2)
+    prepped = make_data(out, a.n + 5, n_test=a.n, grid=tuple(a.grid), seed=a.seed)
     print(f"year 29 on {a.n} independent simulations (seed {a.seed}): relative change error "
           "mean / median / 90th pct / max; field scalars within +-5 % (all steps)\n")
     print("| checkpoint | P | T | scalars +-5 % | NaN |\n|---|---|---|---|---|")
@@ -58,11 +53,9 @@ def main(argv=None) -> int:
         summary = evaluate(prepped, ckpt, eval_dir, split="test", plots=False, save_predictions=False,
                            xdmf=False, progress=False)
         per_sim = json.loads((eval_dir / "metrics.json").read_text())["per_sim"]
-        cells = []
-        for var in ("Pressure", "Temperature"):
-            e = year29_errors(per_sim, var)
-            cells.append(f"{e.mean():.3f} / {np.median(e):.3f} / {np.percentile(e, 90):.3f} / {e.max():.3f}")
-        bad = not all(np.isfinite(year29_errors(per_sim, v)).all() for v in ("Pressure", "Temperature"))
+        errors = [year29_errors(per_sim, var) for var in ("Pressure", "Temperature")]
+        cells = [f"{e.mean():.3f} / {np.median(e):.3f} / {np.percentile(e, 90):.3f} / {e.max():.3f}" for e in errors]
+        bad = not all(np.isfinite(e).all() for e in errors)
         scalars = summary["model"]["acc +/-5% scalars"]["mean"]
         print(f"| {ckpt} | {cells[0]} | {cells[1]} | {scalars:.3f} | {'yes' if bad else 'no'} |", flush=True)
     return 0
