@@ -13,7 +13,9 @@ error of the change since t=0 (persistence = 1.0 exactly), accuracy within
                 this version's inputs: pressure-change channel, time feature,
                 scalar targets as ratios)
   default       this project's defaults: whole-field path, per-voxel norm,
-                robust (asinh) change targets, rollout training on whole grids
+                robust (asinh) change targets, pressure from the fitted mix of well
+                responses and temperature from the thermal prior (each with learned
+                gains; a network residual on pressure only), rollout training on whole grids
 
 The two trained configurations run at the same time, one core each
 (torch.set_num_threads(1)), so each gets the same CPU budget.

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from voxel_ode import schema
 from voxel_ode.model import (COLD_MAX, LOG_GAIN_BOUND, ModelConfig, VoxelAutoRegressor, count_parameters,
-                              crop_upsample, load_model, mix_head_bias)
+                              config_dict, crop_upsample, load_model, mix_head_bias)
 from voxel_ode.utils import UserError, coarsen
 
 SMALL = dict(base_channels=8, depth=2, receptive_field_radius=1, context_channels=8, global_dim=16)
@@ -341,7 +341,7 @@ def test_without_temperature_residual_the_temperature_follows_the_prior_alone():
     now = torch.rand(2, schema.N_THERMAL_PRIOR, 6, 7, 8)
     x[:, schema.PRIOR_CHANNELS] = torch.cat([now, now + torch.rand_like(now) * 0.3], 1) * a
     temp = schema.OUTPUT_CHANNELS.index("Temperature")
-    with_residual = make(seed=3, global_context=False)
+    with_residual = make(seed=3, global_context=False, temperature_residual=True)
     prior_only = make(seed=3, global_context=False, temperature_residual=False)  # same weights
     with torch.no_grad():
         d_with, d_without = with_residual(x, p, a)[0], prior_only(x, p, a)[0]
@@ -351,3 +351,15 @@ def test_without_temperature_residual_the_temperature_follows_the_prior_alone():
     torch.testing.assert_close(d_without[:, 1 - temp], d_with[:, 1 - temp])  # pressure untouched
     with pytest.raises(UserError, match="temperature_residual"):
         ModelConfig(front_mix=False, temperature_residual=False)
+
+
+def test_temperature_residual_default_and_older_checkpoints(tmp_path):
+    assert ModelConfig().temperature_residual is False  # the front mix's prior alone
+    assert ModelConfig(front_mix=False).temperature_residual is True  # the head is the only source
+    # a checkpoint written before the key existed had the residual: it must load with it
+    model = make(seed=1, global_context=False, temperature_residual=True)
+    stored = config_dict(model)
+    del stored["temperature_residual"]
+    torch.save({"model": model.state_dict(), "model_config": stored}, tmp_path / "old.pt")
+    loaded, _ = load_model(tmp_path / "old.pt")
+    assert loaded.config.temperature_residual is True

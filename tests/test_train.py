@@ -395,10 +395,12 @@ def test_eval_every_zero_evaluates_only_after_the_last_step(prepped, tmp_path):
         train(prepped_root=str(prepped), save_dir=str(tmp_path / "neg"), max_steps=1, eval_every=-1, **TINY)
 
 
-def test_no_temperature_residual_reaches_the_checkpoint(prepped, tmp_path):
+def test_temperature_residual_flag_reaches_the_checkpoint(prepped, tmp_path):
     from voxel_ode.model import load_model
 
-    train(prepped_root=str(prepped), save_dir=str(tmp_path), max_steps=1, batch_size=2, eval_every=0,
-          no_temperature_residual=True, **TINY)
-    model, _ = load_model(tmp_path / "last.pt")
-    assert model.config.temperature_residual is False
+    for flag, expected in ((None, False), (True, True)):  # default: the thermal prior's step alone
+        out = tmp_path / str(flag)
+        train(prepped_root=str(prepped), save_dir=str(out), max_steps=1, batch_size=2, eval_every=0,
+              temperature_residual=flag, **TINY)
+        model, _ = load_model(out / "last.pt")
+        assert model.config.temperature_residual is expected

@@ -82,9 +82,11 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no_front_mix", action="store_true",
                    help="predict the temperature change without the learned mix of the thermal prior's step "
                         "(thermal prior and InjectionTemperatureGap channels; required with --delta_norm zscore)")
-    g.add_argument("--no_temperature_residual", action="store_true",
-                   help="the temperature change is the thermal prior's step alone, without the network's residual "
-                        "(needs the front mix; docs/benchmarks.md, fidelity12, says when that is better)")
+    g.add_argument("--temperature_residual", action=argparse.BooleanOptionalAction, default=None,
+                   help="add the network's residual to the front mix's temperature step. Default: off with the "
+                        "front mix (the thermal prior's step alone: the CPU-trained residual added error on "
+                        "unseen runs, docs/benchmarks.md, fidelity13), on with --no_front_mix. Try it on for "
+                        "long GPU training on data the prior fits poorly, and compare on held-out runs")
     g.add_argument("--delta_norm", choices=("asinh", "zscore"), default="asinh",
                    help="normalization of the change targets: asinh(delta/s) with a robust per-simulation "
                         "scale (dataset.Normalizer), or the seed's pooled z-score")
@@ -640,12 +642,14 @@ def train(args=None, **kwargs) -> dict:
                                  receptive_field_radius=args.receptive_field_radius, norm=args.norm,
                                  global_context=not args.no_global_context,
                                  response_mix=not args.no_response_mix, front_mix=not args.no_front_mix,
-                                 temperature_residual=not args.no_temperature_residual)
+                                 temperature_residual=args.temperature_residual)
         torch.manual_seed(args.seed)  # same initial weights on every rank
         model = VoxelAutoRegressor(config).to(ddp.device)
+        yes_no = {True: "yes", False: "no"}
+        front = f"yes (temperature residual={yes_no[config.temperature_residual]})" if config.front_mix else "no"
         log(f"model: {count_parameters(model):,} parameters, local receptive field {model.receptive_field} cells, "
-            f"norm={config.norm}, whole-field path={'yes' if config.global_context else 'no'}, "
-            f"response mix={'yes' if config.response_mix else 'no'}, front mix={'yes' if config.front_mix else 'no'}")
+            f"norm={config.norm}, whole-field path={yes_no[config.global_context]}, "
+            f"response mix={yes_no[config.response_mix]}, front mix={front}")
 
         # ---- data -------------------------------------------------------------
         delta_mode = ckpt.get("delta_mode", args.delta_norm) if ckpt is not None else args.delta_norm
