@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -14,7 +15,7 @@ import torch
 
 from voxel_ode import schema
 from voxel_ode.schedulers import WarmupCosine, warmup_cosine
-from voxel_ode.train import amp_policy, default_args, param_checksum, rollout_k, train
+from voxel_ode.train import add_train_args, amp_policy, default_args, param_checksum, rollout_k, train
 from voxel_ode.utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -404,3 +405,11 @@ def test_temperature_residual_flag_reaches_the_checkpoint(prepped, tmp_path):
               temperature_residual=flag, **TINY)
         model, _ = load_model(out / "last.pt")
         assert model.config.temperature_residual is expected
+
+
+def test_temperature_residual_command_line_flags():
+    parser = argparse.ArgumentParser()
+    add_train_args(parser)
+    parsed = {flag: parser.parse_args(["--prepped_root", "x", *([flag] if flag else [])]).temperature_residual
+              for flag in (None, "--temperature_residual", "--no_temperature_residual")}
+    assert parsed == {None: None, "--temperature_residual": True, "--no_temperature_residual": False}

@@ -82,11 +82,13 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no_front_mix", action="store_true",
                    help="predict the temperature change without the learned mix of the thermal prior's step "
                         "(thermal prior and InjectionTemperatureGap channels; required with --delta_norm zscore)")
-    g.add_argument("--temperature_residual", action=argparse.BooleanOptionalAction, default=None,
+    g.add_argument("--temperature_residual", action="store_true", default=None,
                    help="add the network's residual to the front mix's temperature step. Default: off with the "
                         "front mix (the thermal prior's step alone: the CPU-trained residual added error on "
                         "unseen runs, docs/benchmarks.md, fidelity13), on with --no_front_mix. Try it on for "
                         "long GPU training on data the prior fits poorly, and compare on held-out runs")
+    g.add_argument("--no_temperature_residual", dest="temperature_residual", action="store_false", default=None,
+                   help="the thermal prior's step alone (the default with the front mix)")
     g.add_argument("--delta_norm", choices=("asinh", "zscore"), default="asinh",
                    help="normalization of the change targets: asinh(delta/s) with a robust per-simulation "
                         "scale (dataset.Normalizer), or the seed's pooled z-score")
