@@ -50,14 +50,14 @@ def make_sim(grid, n_steps, seed=0):
     stack = np.stack([static[n] for n in schema.STATIC_NAMES])
     stack *= np.where(np.arange(schema.N_STATIC)[:, None, None, None] == 1, 1, active[None])
     state0 = np.stack([static["Pressure0"], static["Temperature0"]])
-    # the thermal prior's values do not change the speed: a front spreading from the injector
+    # the priors' values do not change the speed: a front spreading from the injector
     dist = np.sqrt(sum((np.arange(n)[tuple(slice(None) if a == i else None for a in range(3))] - c) ** 2
                        for i, (n, c) in enumerate(zip(grid, (0.5 * nz, ny / 2, nx / 2)))))
     years = np.arange(n_steps + 1)[:, None, None, None, None]
     prior = np.clip(years - dist[None, None] / 2.0, 0, 1) * active
     return {"static": stack, "params_scalar": rng.normal(0, 1, schema.N_PARAMS).astype(np.float32),
             "outputs_grid": np.repeat(state0[None], n_steps + 1, axis=0),
-            "thermal_prior": np.broadcast_to(prior, (n_steps + 1, schema.N_THERMAL_PRIOR) + grid).astype(np.float16)}
+            "priors": np.broadcast_to(prior, (n_steps + 1, schema.N_PRIORS) + grid).astype(np.float16)}
 
 
 def fake_stats():
@@ -105,7 +105,7 @@ def run_one(cfg: dict) -> dict:
         state0 = loaded["outputs_grid"][0]
         sim = {"static": loaded["static"], "params_scalar": loaded["params_scalar"],
                "outputs_grid": np.repeat(state0[None], cfg["steps"] + 1, axis=0),
-               "thermal_prior": loaded["thermal_prior"][: cfg["steps"] + 1]}
+               "priors": loaded["priors"][: cfg["steps"] + 1]}
     else:
         sim = make_sim(tuple(cfg["grid"]), cfg["steps"])
     norm = Normalizer(fake_stats())

@@ -1,12 +1,14 @@
 """Benchmark of the well features prep derives per simulation (one pressure solve per support strength,
-one heat-front pass, the thermal prior: 29 years of heat transport on three flow fields, and the
-responses' change with water as cold as that prior: five more pressure solves).
+one heat-front pass, the thermal prior: 29 years of heat transport on three flow fields, the
+responses' change with water as cold as that prior: five more pressure solves, and the pressure
+prior: 29 years of pressure steps, four solves each).
 
     python benchmarks/bench_well_response.py [--grid 326 70 76] [--repeats 2]
 
 Builds a synthetic geology on the grid (synth's draw, no time stepping), then
-times well_response.well_fields, well_response.thermal_prior and
-well_response.cold_response_change and reports the peak memory each added.
+times well_response.well_fields, well_response.thermal_prior,
+well_response.cold_response_change and well_response.pressure_prior and reports the peak memory
+each added.
 """
 
 from __future__ import annotations
@@ -82,6 +84,18 @@ def main() -> int:
     for name, d in cold.items():
         print(f"{name}: min {d[res.active].min():.3g} max {d[res.active].max():.3g} Pa")
     print(f"cold_response_change: best {min(times):.2f} s of {len(times)}, peak RSS +{rss3 - rss2:.0f} MB over the above")
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        pressure = well_response.pressure_prior(res.active, list(res.perm), res.porosity, res.temperature0, inj,
+                                                params.cell_size, prior, gap, params.aquifer_strength,
+                                                params.rock_compressibility + params.fluid_compressibility)
+        times.append(time.perf_counter() - t0)
+    rss4 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    last = pressure[-1][res.active]
+    print(f"pressure prior at year {schema.N_TIMESTEPS - 1}: min {last.min():.3g} max {last.max():.3g} Pa "
+          f"(support {params.aquifer_strength:.3g})")
+    print(f"pressure_prior: best {min(times):.2f} s of {len(times)}, peak RSS +{rss4 - rss3:.0f} MB over the above")
     return 0
 
 

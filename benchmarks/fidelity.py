@@ -13,9 +13,10 @@ error of the change since t=0 (persistence = 1.0 exactly), accuracy within
                 this version's inputs: pressure-change channel, time feature,
                 scalar targets as ratios)
   default       this project's defaults: whole-field path, per-voxel norm,
-                robust (asinh) change targets, pressure from the fitted mix of well
-                responses and temperature from the thermal prior (each with learned
-                gains; a network residual on pressure only), rollout training on whole grids
+                robust (asinh) change targets, pressure from the pressure prior and
+                temperature from the thermal prior (a linear pressure march and a linear
+                heat-transport solve in prep; a network residual on pressure only),
+                rollout training on whole grids
 
 The two trained configurations run at the same time, one core each
 (torch.set_num_threads(1)), so each gets the same CPU budget.
@@ -41,7 +42,7 @@ sys.path.insert(0, str(REPO))
 
 CONFIGS = {
     "seed": ["--sample_mode", "patch", "--norm", "spatial", "--no_global_context", "--delta_norm", "zscore",
-             "--no_response_mix", "--no_front_mix",
+             "--no_response_mix", "--no_pressure_prior", "--no_front_mix",
              "--rollout_steps", "1", "--noise_std", "0.01"],
     "default": ["--sample_mode", "full", "--rollout_steps", "3", "--rollout_curriculum_steps", "300",
                 "--noise_std", "0.0"],

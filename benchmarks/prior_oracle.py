@@ -11,7 +11,7 @@ knowledge the model never has, and reports the relative change error that leaves
 
 * pressure: least squares of the change since t = 0 on the response channels,
   separately at each year (the model's weights may change with time too);
-* temperature, the thermal prior the model uses (``thermal_prior`` in the prepped
+* temperature, the thermal prior the model uses (``priors`` channels 0-2 in the prepped
   file): gain g and position u of ``g * gap * hat-interpolation(theta, u)`` between
   the neighbouring flow fields' shares theta (open / 1 % / closed), fitted to all
   years at once (g in closed form, u on a grid of 41 points);
@@ -116,7 +116,7 @@ def thermal_prior_oracle(sim, years, tol_k: float) -> tuple[dict[int, float], di
     static, grid = sim["static"], sim["outputs_grid"]
     active = static[ACTIVE] > 0.5
     gap = static[schema.STATIC_NAMES.index(schema.INJECTION_GAP)][active].astype(np.float64)
-    theta = sim["thermal_prior"][:, :, active].astype(np.float64)  # [T, K, cells]
+    theta = sim["priors"][:, :schema.N_THERMAL_PRIOR][:, :, active].astype(np.float64)  # [T, K, cells]
     truth = np.stack([(grid[y, 1] - grid[0, 1])[active] for y in range(grid.shape[0])]).astype(np.float64)
     k = theta.shape[1]
     best = None

@@ -107,12 +107,16 @@ def test_prepped_arrays_equal_raw(prepped):
             np.testing.assert_array_equal(static[schema.STATIC_NAMES.index("FaultBoundary")], dp.fault_boundary(a["FaultId"]))
             for c in (schema.STATIC_NAMES.index(n) for n in schema.RESPONSE_NAMES):
                 assert np.all(static[c][~mask] == 0) and np.abs(static[c][mask]).max() > 0
-            prior = f[schema.PREPPED_THERMAL_PRIOR]
-            assert prior.shape == (len(a["Pressure"]), schema.N_THERMAL_PRIOR, 12, 10, 8) and prior.dtype == np.float16
-            assert prior.chunks == (1, schema.N_THERMAL_PRIOR, 12, 10, 8)
-            prior = prior[()]
-            assert np.all(prior[0] == 0) and np.all(prior[:, :, ~mask] == 0) and prior[-1].max() > 0.1
-            assert prior.min() >= 0 and prior.max() <= 1
+            priors = f[schema.PREPPED_PRIORS]
+            assert priors.shape == (len(a["Pressure"]), schema.N_PRIORS, 12, 10, 8) and priors.dtype == np.float16
+            assert priors.chunks == (1, schema.N_PRIORS, 12, 10, 8)
+            priors = priors[()]
+            assert np.all(priors[0] == 0) and np.all(priors[:, :, ~mask] == 0)
+            prior = priors[:, :schema.N_THERMAL_PRIOR]
+            assert prior[-1].max() > 0.1 and prior.min() >= 0 and prior.max() <= 1
+            # the pressure prior (its physics: tests/test_well_response.py) moves from year 1 on
+            pressure_prior = priors[:, schema.N_THERMAL_PRIOR].astype(np.float64)
+            assert np.isfinite(pressure_prior).all() and np.abs(pressure_prior[1][mask]).max() > 0
             grid = f[schema.PREPPED_OUTPUTS_GRID]
             assert grid.chunks == (1, 2, 12, 10, 8)  # chunk edge 16 clipped to the tiny grid
             np.testing.assert_array_equal(grid[:, 0], a["Pressure"])
@@ -134,9 +138,9 @@ def test_prepare_arrays_equals_the_packed_file(prepped, tmp_path):
     with h5py.File(out / "test/v2.4_0001.prepped.h5", "r") as f:
         for key, name in [("static", schema.PREPPED_STATIC), ("outputs_grid", schema.PREPPED_OUTPUTS_GRID),
                           ("params_scalar", schema.PREPPED_PARAMS), ("outputs_scalar", schema.PREPPED_OUTPUTS_SCALAR),
-                          ("thermal_prior", schema.PREPPED_THERMAL_PRIOR)]:
+                          ("priors", schema.PREPPED_PRIORS)]:
             np.testing.assert_array_equal(mem[key], f[name][()], err_msg=key)
-        assert mem["thermal_prior"].dtype == np.float16  # half the memory; prior_pair gives float32
+        assert mem["priors"].dtype == np.float16  # half the memory; prior_pair gives float32
     a = dict(arrays[1])
     a.pop("IsWell")
     with pytest.raises(UserError, match="Input/IsWell: missing dataset"):

@@ -54,7 +54,7 @@ def _expected_patch(root, stats, entry):
         whole = f["static"][...].astype(np.float64)
         temps = f["outputs_grid"][entry["t"]:entry["t"] + 2, 1].astype(np.float64)
         params = f["params_scalar"][...].astype(np.float64)
-        prior = f["thermal_prior"][(slice(None), slice(None)) + box].astype(np.float64)
+        prior = f[schema.PREPPED_PRIORS][(slice(None), slice(None)) + box].astype(np.float64)
     active = static[schema.STATIC_NAMES.index("IsActive")] > 0.5
     st = stats["static"]
     chans = []
@@ -71,7 +71,11 @@ def _expected_patch(root, stats, entry):
     s = delta_scales_from_stats(stats)
     # pressure change since the initial state
     chans.append(np.arcsinh((grid[0, 0] - static[schema.STATIC_NAMES.index("Pressure0")]) / s[0]))
-    chans += list(prior[t]) + list(prior[t + 1])  # the thermal prior at t and t + 1, as is
+    # the priors at t and t + 1: thermal shares as they are, the pressure prior (stored as
+    # asinh(change / 1 bar)) rescaled to the pressure target's scale like the change channel
+    for frame in (prior[t], prior[t + 1]):
+        chans += list(frame[:schema.N_THERMAL_PRIOR])
+        chans.append(np.arcsinh(np.sinh(frame[schema.N_THERMAL_PRIOR]) * schema.PRESSURE_PRIOR_SCALE_PA / s[0]))
     x = np.stack(chans) * active
     delta = np.stack([np.arcsinh((grid[1, c] - grid[0, c]) / s[c]) for c in range(2)]) * active
     # scalars: log of next / previous in units of 0.1 %; the total's increment against rate x 1 year
@@ -145,7 +149,7 @@ def test_normalizer_keeps_tensors_on_their_device(stats):
     scalars = torch.zeros(2, schema.N_SCALARS, **meta)
     outs = [nrm.denormalize_state(grid), nrm.denormalize_delta(grid), nrm.normalize_delta(grid),
             nrm.update_input(x, grid, torch.ones(2, 1, 3, 4, 5, **meta),
-                             torch.zeros(2, 2 * schema.N_THERMAL_PRIOR, 3, 4, 5, **meta)),
+                             torch.zeros(2, 2 * schema.N_PRIORS, 3, 4, 5, **meta)),
             nrm.conditioning(torch.zeros(2, schema.N_PARAMS, **meta), torch.zeros(2, dtype=torch.long, **meta)),
             nrm.normalize_scalars(scalars, scalars.double(), torch.ones(2, **meta)),
             nrm.denormalize_scalars(scalars, scalars.double(), torch.ones(2, **meta))]
@@ -158,7 +162,7 @@ def test_update_input_advances_state_like_the_data(root):
     s0 = ds[0]  # sim 0, t = 0
     s1 = ds[1]  # sim 0, t = 1
     assert s0["t"].item() == 0 and s1["t"].item() == 1 and s0["sim"] == s1["sim"]
-    next_pair = s0["thermal_prior"][1:3].flatten(0, 1)
+    next_pair = s0["priors"][1:3].flatten(0, 1)
     x1 = ds.normalizer.update_input(s0["x"], s0["target_delta"][0], s0["active"], next_pair)
     np.testing.assert_allclose(x1.numpy(), s1["x"].numpy(), atol=2e-4)
     assert s1["x"][schema.PRIOR_CHANNELS].abs().max() > 0  # the prior channels are not trivially zero

@@ -19,6 +19,10 @@ from voxel_ode.utils import UserError, coarsen
 SMALL = dict(base_channels=8, depth=2, receptive_field_radius=1, context_channels=8, global_dim=16)
 
 
+THERMAL_NOW = [schema.channel_index(n) for n in schema.THERMAL_PRIOR_NAMES]
+THERMAL_NEXT = [schema.channel_index(n + "Next") for n in schema.THERMAL_PRIOR_NAMES]
+
+
 def make(seed=0, randomize=True, **overrides):
     """A small model; FiLM and heads start at the identity/zero, so randomize them for the tests."""
     torch.manual_seed(seed)
@@ -244,7 +248,7 @@ def test_response_mix_sets_the_pressure_change_to_the_weighted_responses():
     """Pressure target = asinh(sum_k a_k sinh(x_k) + c sum_k (a_k / g) sinh(x_cold_k) - sinh(x_change)
     + sinh(grid head)); T untouched
     (without the front mix: with it, the thermal prior shares the mix's support point, see below)."""
-    model = make(global_context=False, front_mix=False)
+    model = make(global_context=False, front_mix=False, pressure_prior=False)
     x, p, a = inputs((6, 7, 8), batch=2)
     r = [x[:, schema.channel_index(n)] for n in schema.RESPONSE_NAMES]
     d = [x[:, schema.channel_index(n)] for n in schema.COLD_RESPONSE_NAMES]
@@ -263,10 +267,35 @@ def test_response_mix_sets_the_pressure_change_to_the_weighted_responses():
         mix = sum(gain * h * torch.sinh(rk) + cold * h * torch.sinh(dk) for h, rk, dk in zip(hat, r, d))
         expected = torch.asinh(mix - torch.sinh(change)) * a[:, 0]
         torch.testing.assert_close(delta[:, 0], expected, rtol=1e-5, atol=1e-5)
-        model = make(global_context=False, front_mix=False)
+        model = make(global_context=False, front_mix=False, pressure_prior=False)
     torch.testing.assert_close(delta[:, 1], plain[:, 1])  # temperature does not see the mix
-    off = make(global_context=False, response_mix=False)
+    off = make(global_context=False, response_mix=False, pressure_prior=False)
     assert not hasattr(off, "response_head")
+
+
+@pytest.mark.parametrize("response_mix", [True, False])
+def test_pressure_prior_sets_the_pressure_change_to_the_prior_at_t_plus_1(response_mix):
+    """Pressure target = asinh(sinh(x_PressurePriorNext) - sinh(x_change) + sinh(grid head)): the
+    response mix's weights play no part (its head only places the front mix); T untouched."""
+    model = make(global_context=False, front_mix=False, response_mix=response_mix)
+    assert model.config.pressure_prior  # the default
+    x, p, a = inputs((6, 7, 8), batch=2)
+    prior_next = x[:, schema.channel_index(schema.PRESSURE_PRIOR_NAMES[0] + "Next")]
+    change = x[:, schema.channel_index("PressureChange")]
+    with torch.no_grad():
+        plain = model(x, p, a)[0]
+        model.grid_head.weight[0].zero_()  # no pressure residual
+        model.grid_head.bias[0] = 0.0
+        delta = model(x, p, a)[0]
+        if response_mix:  # another mix changes nothing
+            model.response_head[-1].bias.add_(1.0)
+            torch.testing.assert_close(model(x, p, a)[0], delta)
+        x_other = x.clone()  # nor do the response channels
+        x_other[:, [schema.channel_index(n) for n in schema.RESPONSE_NAMES]] += 1.0
+        torch.testing.assert_close(model(x_other, p, a)[0][:, 0], delta[:, 0])
+    expected = torch.asinh(torch.sinh(prior_next) - torch.sinh(change)) * a[:, 0]
+    torch.testing.assert_close(delta[:, 0], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(delta[:, 1], plain[:, 1])
 
 
 def test_response_weights_interpolate_neighbouring_supports_from_params_only():
@@ -306,7 +335,7 @@ def test_front_mix_moves_the_temperature_by_the_gap_times_the_thermal_priors_ste
     model = make(global_context=False)
     x, p, a = inputs((6, 7, 8), batch=2)
     now = torch.rand(2, schema.N_THERMAL_PRIOR, 6, 7, 8)
-    x[:, schema.PRIOR_CHANNELS] = torch.cat([now, now + torch.rand_like(now) * 0.3], 1) * a
+    x[:, THERMAL_NOW + THERMAL_NEXT] = torch.cat([now, now + torch.rand_like(now) * 0.3], 1) * a
     gap = x[:, schema.channel_index(schema.INJECTION_GAP)]
     temp = schema.OUTPUT_CHANNELS.index("Temperature")
     with torch.no_grad():
@@ -321,7 +350,7 @@ def test_front_mix_moves_the_temperature_by_the_gap_times_the_thermal_priors_ste
         model.front_head[-1].weight.zero_()
         model.front_head[-1].bias.copy_(mix_head_bias(0.0, np.exp(log_gain)))  # its own point: unused
         delta = model(x, p, a)[0]
-    step = x[:, schema.PRIOR_CHANNELS][:, 3:] - x[:, schema.PRIOR_CHANNELS][:, :3]
+    step = x[:, THERMAL_NEXT] - x[:, THERMAL_NOW]
     mixed = 0.75 * step[:, 1] + 0.25 * step[:, 2]
     expected = torch.asinh(np.exp(log_gain) * torch.sinh(gap) * mixed) * a[:, 0]
     torch.testing.assert_close(delta[:, temp], expected, rtol=1e-4, atol=1e-5)
@@ -339,7 +368,7 @@ def test_front_mix_moves_the_temperature_by_the_gap_times_the_thermal_priors_ste
 def test_without_temperature_residual_the_temperature_follows_the_prior_alone():
     x, p, a = inputs((6, 7, 8), batch=2)
     now = torch.rand(2, schema.N_THERMAL_PRIOR, 6, 7, 8)
-    x[:, schema.PRIOR_CHANNELS] = torch.cat([now, now + torch.rand_like(now) * 0.3], 1) * a
+    x[:, THERMAL_NOW + THERMAL_NEXT] = torch.cat([now, now + torch.rand_like(now) * 0.3], 1) * a
     temp = schema.OUTPUT_CHANNELS.index("Temperature")
     with_residual = make(seed=3, global_context=False, temperature_residual=True)
     prior_only = make(seed=3, global_context=False, temperature_residual=False)  # same weights
@@ -363,3 +392,4 @@ def test_temperature_residual_default_and_older_checkpoints(tmp_path):
     torch.save({"model": model.state_dict(), "model_config": stored}, tmp_path / "old.pt")
     loaded, _ = load_model(tmp_path / "old.pt")
     assert loaded.config.temperature_residual is True
+    assert ModelConfig.from_dict({}).pressure_prior is False  # before the pressure prior: the response mix

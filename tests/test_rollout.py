@@ -39,16 +39,16 @@ def prepped_arrays(seed=0, grid=GRID, n_t=N_T):
              raw["InjRate"], cell)
     raw.update(well_response.well_fields(*wells, np.stack([raw[n] for n in schema.SCALAR_NAMES], axis=1)))
     responses = {n: raw[n] for n in schema.RESPONSE_NAMES}
-    prior = well_response.thermal_prior(*wells, responses, n_t,
-                                        *data_prep.rock_thermal_properties(raw["ParamsScalar"]))
-    raw.update(well_response.cold_response_change(*wells, responses, prior, raw[schema.INJECTION_GAP]))
+    priors = data_prep.priors(raw, raw["ParamsScalar"], n_t)
+    raw.update(well_response.cold_response_change(*wells, responses, priors[:, :schema.N_THERMAL_PRIOR],
+                                                  raw[schema.INJECTION_GAP]))
     sim = {
         "static": np.stack([raw[n] for n in schema.STATIC_NAMES]).astype(np.float32),
         "params_scalar": raw["ParamsScalar"].astype(np.float32),
         "outputs_grid": np.stack([raw["Pressure"], raw["Temperature"]], axis=1).astype(np.float32),
         "outputs_scalar": np.stack([raw[n] for n in schema.SCALAR_NAMES], axis=1).astype(np.float64),
     }
-    sim["thermal_prior"] = prior
+    sim["priors"] = priors
     return sim
 
 
@@ -102,7 +102,7 @@ def write_prepped(path, sim):
         f[schema.PREPPED_PARAMS] = sim["params_scalar"]
         f[schema.PREPPED_OUTPUTS_GRID] = sim["outputs_grid"]
         f[schema.PREPPED_OUTPUTS_SCALAR] = sim["outputs_scalar"]
-        f[schema.PREPPED_THERMAL_PRIOR] = sim["thermal_prior"].astype(np.float16)
+        f[schema.PREPPED_PRIORS] = sim["priors"].astype(np.float16)
     return path
 
 
@@ -391,7 +391,7 @@ def test_linear_baseline_fits_a_linear_truth(data, tmp_path):
     idx = np.flatnonzero(~inactive.ravel())[:20]
     static_norm = np.asarray(norm.normalize_static(sims[1]["static"]), np.float64).reshape(schema.N_STATIC, -1)
     feats = R._linear_features(norm, sims[1]["static"].reshape(schema.N_STATIC, -1), static_norm,
-                               sims[1]["outputs_grid"][0], prior_pair(sims[1]["thermal_prior"], 0),
+                               sims[1]["outputs_grid"][0], prior_pair(sims[1]["priors"], 0),
                                np.asarray(norm.normalize_params(sims[1]["params_scalar"]), np.float64), idx)
     step1 = (grid[1] - grid[0]).reshape(2, -1)[:, idx].T
     np.testing.assert_allclose(step1, feats @ w.T, rtol=1e-3, atol=0.05)
@@ -408,7 +408,7 @@ def test_raw_file_gives_the_same_arrays_as_prep(tmp_path):
     ref = prepped_arrays(seed=0)
     np.testing.assert_array_equal(sim["static"], ref["static"])
     np.testing.assert_array_equal(sim["outputs_grid"], ref["outputs_grid"])
-    np.testing.assert_array_equal(sim["thermal_prior"], ref["thermal_prior"])
+    np.testing.assert_array_equal(sim["priors"], ref[schema.PREPPED_PRIORS])
     assert sim["source"] == str(raw)
     bad = fixtures.write_raw_sim(tmp_path / "v2.4_0002.h5", grid=GRID, n_t=N_T, skip=("Porosity",))
     with pytest.raises(UserError, match="Porosity"):

@@ -104,7 +104,7 @@ def test_loss_decreases_and_checkpoint_is_safe(prepped, tmp_path, capsys):
     # (The response mix is trained in tests/test_demo.py on synthetic reservoirs.)
     summary = train(prepped_root=str(prepped), save_dir=str(save), max_steps=40, batch_size=4, lr=3e-3,
                     warmup_steps=5, log_every=10, eval_every=20, ckpt_every=20, use_amp=True,
-                    no_response_mix=True, **TINY)
+                    no_response_mix=True, no_pressure_prior=True, **TINY)
     assert "--use_amp ignored on CPU" in capsys.readouterr().out  # AMP on CPU: says so, trains fp32
     losses = [r["loss"] for r in _records(save, "train")]
     assert len(losses) == 4 and losses[-1] < 0.8 * losses[0], losses
@@ -283,7 +283,8 @@ def test_pressure_loss_with_the_response_mix_compares_the_change_since_start(pre
     class Scripted(torch.nn.Module):
         def __init__(self, response_mix):
             super().__init__()
-            self.config = ModelConfig(response_mix=response_mix)
+            # the pressure prior sets the change since t = 0 like the response mix: off with it here
+            self.config = ModelConfig(response_mix=response_mix, pressure_prior=response_mix)
             self.calls = 0
 
         def forward(self, x, params, active):
@@ -292,7 +293,7 @@ def test_pressure_loss_with_the_response_mix_compares_the_change_since_start(pre
 
     batch = {"x": x, "active": active, "params": torch.zeros(1, schema.N_CONDITIONING), "t": torch.tensor([0]),
              "target_delta": target, "target_scalars": torch.zeros(1, 2, schema.N_SCALARS),
-             "thermal_prior": torch.zeros(1, 3, schema.N_THERMAL_PRIOR, *x.shape[2:])}
+             "priors": torch.zeros(1, 3, schema.N_PRIORS, *x.shape[2:])}
     for response_mix in (True, False):
         unroll = Unroll(Scripted(response_mix), norm, train_scalars=False, amp_dtype=None)
         step_losses = []

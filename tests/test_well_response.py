@@ -238,3 +238,74 @@ def test_cold_water_needs_more_pressure_where_the_prior_has_cooled():
         assert np.all(d[injector] > 0) and d[injector].mean() > 0.05 * responses[name][injector].mean()
     none = well_response.cold_response_change(active, perm, poro, temp, inj, cell, responses, np.zeros_like(prior), gap)
     assert all(np.abs(v).max() <= 1e-6 * np.abs(responses[n]).max() for v, n in zip(none.values(), schema.RESPONSE_NAMES))
+
+
+def _pressure_prior_case(seed=6, n_t=6, gap_k=-100.0, balanced=False):
+    """A box with its wells, their thermal prior and a uniform injection gap (K, < 0: cold water)."""
+    active, perm, poro, temp, inj = _box(seed=seed)
+    if balanced:  # producers take exactly what the injectors put in
+        inj = np.where(inj > 0, inj, inj * inj[inj > 0].sum() / -inj[inj < 0].sum())
+    cell = (90.0, 70.0, 9.0)
+    responses = dict(zip(schema.RESPONSE_NAMES, well_response.pressure_responses(active, perm, poro, temp, inj, cell)))
+    prior = well_response.thermal_prior(active, perm, poro, temp, inj, cell, responses, n_t)
+    gap = np.where(active, gap_k, 0.0)
+    return (active, perm, poro, temp, inj, cell), prior, gap
+
+
+def _stored_mass_change(args, dp, gap, prior, c_t):
+    """kg: what a closed box stores per cell from the pressure change (rho(T0) c_t) and the cooling
+    (rho(T) - rho(T0)) of the prior's 1 % flow field, summed over the active cells."""
+    active, _, poro, temp, _, (dx, dy, dz) = args
+    theta = prior[:, schema.THERMAL_PRIOR_RESPONSES.index(schema.ARRIVAL_FLOW_RESPONSE)].astype(np.float64)
+    pore = dx * dy * dz * np.clip(poro, 1e-4, None)
+    rho0 = well_response.water_density(temp)
+    cooled = well_response.water_density(temp + gap * theta) - rho0
+    return np.array([(pore * (rho0 * c_t * dp[t] + cooled[t]))[active].sum() for t in range(len(dp))])
+
+
+def test_pressure_prior_of_a_closed_box_stores_the_net_injection():
+    """Closed sides, no cooling: the box stores exactly the water the wells put in, year after year
+    (mass balance; fluxes and gravity cancel between neighbours)."""
+    args, prior, gap = _pressure_prior_case(gap_k=0.0)
+    active, inj = args[0], args[4]
+    c_t = 2e-9
+    dp = well_response.pressure_prior(*args, prior, gap, support=0.0, compressibility=c_t)
+    assert dp.shape == (6,) + active.shape and dp.dtype == np.float32 and np.all(dp[:, ~active] == 0)
+    dp = dp.astype(np.float64)
+    assert np.all(dp[0] == 0)
+    net = inj[active].sum() * well_response.YEAR_SECONDS * np.arange(6)  # kg
+    # the march keeps rho(T0) per cell without cooling, so the balance holds to float32 storage
+    np.testing.assert_allclose(_stored_mass_change(args, dp, gap, prior, c_t)[1:], net[1:], rtol=1e-4)
+
+
+def test_pressure_prior_falls_where_cold_water_contracts_and_support_limits_it():
+    """Balanced wells in a closed box: only the cooling's contraction moves the mean pressure, down,
+    by what the contraction takes (to within the change of rho c_t over the years); lateral support
+    brings the pressure back towards the initial one, the more so the stronger."""
+    args, prior, gap = _pressure_prior_case(balanced=True)
+    c_t = 2e-9
+    closed = well_response.pressure_prior(*args, prior, gap, support=0.0, compressibility=c_t).astype(np.float64)
+    stored = _stored_mass_change(args, closed, gap, prior, c_t)
+    active = args[0]
+    assert closed[-1][active].mean() < 0  # contraction: the box loses pressure
+    contraction = _stored_mass_change(args, np.zeros_like(closed), gap, prior, c_t)
+    assert np.all(np.abs(stored[1:]) < 0.02 * np.abs(contraction[1:]))  # stored = what the wells add = 0
+    level = [np.abs(well_response.pressure_prior(*args, prior, gap, support=s, compressibility=c_t)[-1]).mean()
+             for s in (1.0, 0.01, 0.0)]
+    assert level[0] < level[1] < level[2]
+    # a run whose params say nothing usable: closed sides and the generic compressibility
+    generic = well_response.pressure_prior(*args, prior, gap, support=np.nan, compressibility=0.0)
+    np.testing.assert_array_equal(generic, well_response.pressure_prior(
+        *args, prior, gap, support=0.0, compressibility=well_response.TOTAL_COMPRESSIBILITY))
+
+
+def test_pressure_prior_is_zero_without_wells_and_agrees_on_both_solver_paths(monkeypatch):
+    args, prior, gap = _pressure_prior_case(n_t=4)
+    direct = well_response.pressure_prior(*args, prior, gap, support=0.05, compressibility=1e-9)
+    assert np.abs(direct[-1]).max() > 1e4  # bars, not noise
+    monkeypatch.setattr(well_response, "DIRECT_SOLVE_MAX_CELLS", 0)  # AMG-preconditioned CG, the full-grid path
+    iterative = well_response.pressure_prior(*args, prior, gap, support=0.05, compressibility=1e-9)
+    np.testing.assert_allclose(iterative, direct, rtol=1e-5, atol=1e-3 * np.abs(direct).max())
+    no_wells = list(args)
+    no_wells[4] = np.zeros_like(args[4])
+    assert np.all(well_response.pressure_prior(*no_wells, prior, gap, support=0.05) == 0)

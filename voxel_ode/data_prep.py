@@ -372,6 +372,24 @@ def rock_thermal_properties(params) -> tuple[float | None, float | None]:
     return (conductivity if conductivity > 0 else None), (heat if heat > 0 else None)
 
 
+def priors(statics: dict, params, n_timesteps: int, cell_size=None) -> np.ndarray:
+    """The per-year priors (T, schema.N_PRIORS, Z, Y, X) float16 of a run from its static grids by
+    name (the responses and the injection gap included) and ParamsScalar: the thermal prior's
+    shares (well_response.thermal_prior), then the pressure prior (well_response.pressure_prior,
+    with the run's BoundaryAquiferStrength and Rock + FluidCompressibility) stored as
+    asinh(change / schema.PRESSURE_PRIOR_SCALE_PA)."""
+    wells = well_args(statics, params, cell_size)
+    responses = {n: statics[n] for n in schema.RESPONSE_NAMES}
+    thermal = well_response.thermal_prior(*wells, responses, n_timesteps, *rock_thermal_properties(params))
+    value = {n: float(params[schema.PARAM_NAMES.index(n)])
+             for n in ("BoundaryAquiferStrength", "RockCompressibility", "FluidCompressibility")}
+    pressure = well_response.pressure_prior(*wells, thermal, statics[schema.INJECTION_GAP],
+                                            value["BoundaryAquiferStrength"],
+                                            value["RockCompressibility"] + value["FluidCompressibility"])
+    scaled = np.arcsinh(pressure / schema.PRESSURE_PRIOR_SCALE_PA).astype(np.float16)
+    return np.concatenate([thermal, scaled[:, None]], axis=1)
+
+
 def _scan_values(f, path, grid, n_t, fill_value, out_path, patch, stride, chunk_edge, compression,
                  cell_size=None) -> dict:
     # --- statics ---------------------------------------------------------
@@ -446,13 +464,13 @@ def _scan_values(f, path, grid, n_t, fill_value, out_path, patch, stride, chunk_
 
         statics["IsActive"] = mask.astype(np.float32)
         statics["FaultBoundary"] = fault_boundary(statics["FaultId"])
-        # the derived physics channels (well_response): responses, arrival, gap; the thermal prior
-        # on the responses' flow fields; the responses' change with water as cold as that prior
+        # the derived physics channels (well_response): responses, arrival, gap; the per-year priors
+        # (thermal, pressure); the responses' change with water as cold as the thermal prior
         wells = well_args(statics, params, cell_size)
         statics.update(well_response.well_fields(*wells, scalars))
-        responses = {n: statics[n] for n in schema.RESPONSE_NAMES}
-        thermal_prior = well_response.thermal_prior(*wells, responses, n_t, *rock_thermal_properties(params))
-        statics.update(well_response.cold_response_change(*wells, responses, thermal_prior,
+        year_priors = priors(statics, params, n_t, cell_size)
+        statics.update(well_response.cold_response_change(*wells, {n: statics[n] for n in schema.RESPONSE_NAMES},
+                                                          year_priors[:, :schema.N_THERMAL_PRIOR],
                                                           statics[schema.INJECTION_GAP]))
         static_stack = np.stack([statics[n] for n in schema.STATIC_NAMES])
         del statics
@@ -469,8 +487,7 @@ def _scan_values(f, path, grid, n_t, fill_value, out_path, patch, stride, chunk_
             static_log.append(lm)
         if out is not None:
             out.create_dataset(schema.PREPPED_STATIC, data=static_stack, chunks=(schema.N_STATIC, *ce), **opts)
-            out.create_dataset(schema.PREPPED_THERMAL_PRIOR, data=thermal_prior,
-                               chunks=(1, schema.N_THERMAL_PRIOR, *ce), **opts)
+            out.create_dataset(schema.PREPPED_PRIORS, data=year_priors, chunks=(1, schema.N_PRIORS, *ce), **opts)
             out.create_dataset(schema.PREPPED_PARAMS, data=params)
             out.create_dataset(schema.PREPPED_OUTPUTS_SCALAR, data=scalars)
             out.attrs["source"] = os.path.abspath(path)
@@ -514,7 +531,7 @@ def prepare_arrays(path, fill_value=None, n_timesteps=None, cell_size=None) -> d
 
     Keys: static (N_STATIC, Z, Y, X) float32, params_scalar (26,) float32,
     outputs_grid (T, 2, Z, Y, X) float32, outputs_scalar (T, 5) float64,
-    thermal_prior (T, N_THERMAL_PRIOR, Z, Y, X) float16 (dataset.prior_pair gives float32 pairs).
+    priors (T, N_PRIORS, Z, Y, X) float16 (see priors(); dataset.prior_pair gives float32 pairs).
     Raises UserError with the first problem of a bad file.
     """
     with h5py.File(f"prepare-arrays-{os.getpid()}-{id(path)}", "w", driver="core", backing_store=False) as mem:
@@ -525,7 +542,7 @@ def prepare_arrays(path, fill_value=None, n_timesteps=None, cell_size=None) -> d
         return {key: mem[name][()] for key, name in (
             ("static", schema.PREPPED_STATIC), ("params_scalar", schema.PREPPED_PARAMS),
             ("outputs_grid", schema.PREPPED_OUTPUTS_GRID), ("outputs_scalar", schema.PREPPED_OUTPUTS_SCALAR),
-            ("thermal_prior", schema.PREPPED_THERMAL_PRIOR))}
+            ("priors", schema.PREPPED_PRIORS))}
 
 
 # ---------------------------------------------------------------------------

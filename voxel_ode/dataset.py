@@ -13,9 +13,11 @@ API (see docs/design.md for the file layouts)
     conditioning(params_norm[..., 26], t)     -> [..., 27]: + time_feature(t) = log1p(t)/log1p(29), what the model takes
     normalize_change(state[2], initial[2]) -> [1]  asinh((P - P0) / s_P): the pressure change since
                                                  t = 0 (initial = Pressure0/Temperature0), scaled like the targets
-    normalize_dynamic(state[2], initial[2], prior[6]) -> [9]  normalize_state + normalize_change + the
-                                                 thermal prior pair (prior_pair(thermal_prior, t), as is)
-    normalize_input(static[18], state[2], prior[6], active=None) -> x [27] in schema.INPUT_CHANNELS
+    normalize_dynamic(state[2], initial[2], prior[8]) -> [11]  normalize_state + normalize_change + the
+                                                 prior pair (prior_pair(priors, t), normalize_priors)
+    normalize_priors(prior[8]) -> [8]  thermal prior shares as they are; the pressure prior
+                                                 asinh(change / s_P), like the PressureChange channel
+    normalize_input(static[23], state[2], prior[8], active=None) -> x [34] in schema.INPUT_CHANNELS
                                                  order, 0 at inactive cells (active from IsActive if None)
     normalize_delta(delta[2]) / denormalize_delta(delta_norm[2])
         per-step change of (P, T) <-> model target. Default "asinh":
@@ -28,10 +30,10 @@ API (see docs/design.md for the file layouts)
         step, to lift the late years' small changes, was tried and measured
         worse: docs/benchmarks.md, "Demo and fidelity".)
         delta_mode="zscore" is the seed's pooled (delta - mean) / std, for comparison.
-    update_input(x[27], delta_norm[2], active, prior[6]) -> x at t+1 (state and change channels advanced
+    update_input(x[34], delta_norm[2], active, prior[8]) -> x at t+1 (state and change channels advanced
                                                  by the predicted change, the prior pair of t+1 from the data;
                                                  inactive cells unchanged = 0)
-``prior_pair(thermal_prior[T, 3, ...], t)`` -> [6]: the thermal prior at t and t + 1
+``prior_pair(priors[T, 4, ...], t)`` -> [8]: the priors (schema.PRIOR_NAMES) at t and t + 1, as stored
     normalize_scalars(next[..., 5], prev[..., 5], production_ratio=None) -> [..., 5]:
         asinh(log(next / ref) / 0.1 %). ref is the previous value, for FieldEnergyProductionRate
         times production_ratio (production_enthalpy_ratio() of the step: what the producers'
@@ -52,8 +54,8 @@ API (see docs/design.md for the file layouts)
     mode="patch": one sample per line of index_{split}.jsonl; rollout_steps must be 1.
     mode="full":  one sample per (simulation, t) with the whole grid, t = 0..T-1-K.
     Sample (dict of tensors):
-      "x"             [27,d,h,w] float32  normalized input at t, 0 at inactive cells
-      "thermal_prior" [K+1,3,d,h,w] float32 the thermal prior at t..t+K (update_input's next pairs)
+      "x"             [34,d,h,w] float32  normalized input at t, 0 at inactive cells
+      "priors"        [K+1,4,d,h,w] float32 the priors at t..t+K as stored (update_input's next pairs)
       "active"        [1,d,h,w]  float32  1 = active cell
       "params"        [27]       float32  normalized ParamsScalar + time feature of t (Normalizer.conditioning)
       "target_delta"  [K,2,d,h,w] float32 normalized change of (P, T), steps t->t+1 .. t+K-1->t+K; 0 at inactive
@@ -162,15 +164,18 @@ def delta_scales_from_stats(stats: dict) -> np.ndarray:
 
 
 PRODUCTION_RATE_SLOT = schema.SCALAR_NAMES.index("FieldEnergyProductionRate")
+# the pressure prior's channels in a prior pair (at t, at t + 1)
+PRESSURE_PRIOR_SLOTS = tuple(schema.PRIOR_NAMES.index(n) + k * schema.N_PRIORS
+                             for k in range(2) for n in schema.PRESSURE_PRIOR_NAMES)
 STATIC_INJ_RATE = schema.STATIC_NAMES.index("InjRate")
 
 
-def prior_pair(thermal_prior, t: int):
-    """Input channels of the thermal prior at step t: its shares at t and at t + 1 (the last
-    frame again past the end), thermal_prior (T, N_THERMAL_PRIOR, ...) -> (2 N_THERMAL_PRIOR, ...)."""
-    last = thermal_prior.shape[0] - 1
-    frames = [thermal_prior[min(t, last)], thermal_prior[min(t + 1, last)]]
-    if isinstance(thermal_prior, torch.Tensor):
+def prior_pair(priors, t: int):
+    """The priors at step t and at t + 1 (the last frame again past the end), as stored:
+    priors (T, N_PRIORS, ...) -> (2 N_PRIORS, ...); Normalizer.normalize_dynamic makes input channels of them."""
+    last = priors.shape[0] - 1
+    frames = [priors[min(t, last)], priors[min(t + 1, last)]]
+    if isinstance(priors, torch.Tensor):
         return torch.cat(frames, dim=0)
     return np.concatenate(frames, axis=0).astype(np.float32)
 
@@ -269,9 +274,20 @@ class Normalizer:
 
     def normalize_dynamic(self, state, initial, prior) -> torch.Tensor:
         """The time-dependent input channels (schema.DYNAMIC_CHANNELS) at one t; ``prior`` is
-        ``prior_pair(thermal_prior, t)`` (used as is: shares in [0, 1])."""
-        return torch.cat([self.normalize_state(state), self.normalize_change(state, initial), _as_tensor(prior)],
-                         dim=-4)
+        ``prior_pair(priors, t)`` (normalize_priors)."""
+        return torch.cat([self.normalize_state(state), self.normalize_change(state, initial),
+                          self.normalize_priors(prior)], dim=-4)
+
+    def normalize_priors(self, prior) -> torch.Tensor:
+        """A prior pair as stored (prior_pair) -> input channels: the thermal prior's shares as
+        they are, the pressure prior from asinh(change / PRESSURE_PRIOR_SCALE_PA) to
+        asinh(change / s_P), the scale of the PressureChange channel and of the pressure target,
+        so the model reads both with one sinh (model._mix_responses)."""
+        prior = _as_tensor(prior).float().clone()
+        ratio = schema.PRESSURE_PRIOR_SCALE_PA / float(self.delta_scale[schema.DYNAMIC_NAMES.index("Pressure")])
+        for i in PRESSURE_PRIOR_SLOTS:
+            prior[..., i, :, :, :] = torch.asinh(torch.sinh(prior[..., i, :, :, :].double()) * ratio).float()
+        return prior
 
     def normalize_input(self, static, state, prior, active=None) -> torch.Tensor:
         """static (N_STATIC, ...), state (2, ...) at t, prior = prior_pair(thermal_prior, t) -> x."""
@@ -301,7 +317,7 @@ class Normalizer:
 
     def update_input(self, x, delta_norm, active, prior) -> torch.Tensor:
         """Advance the normalized input by one predicted step (multi-step training); ``prior`` is
-        the thermal prior pair of the new step (data, not predicted)."""
+        the prior pair of the new step as stored (prior_pair: data, not predicted)."""
         d = delta_norm.float()  # differentiable: multi-step training backpropagates through it
         scale = _bcast(self.delta_scale, 3, d)
         if self.delta_mode == "asinh":
@@ -315,7 +331,7 @@ class Normalizer:
         since_start = x[..., schema.CHANGE_CHANNELS, :, :, :]
         step = (change / scale)[..., idx, :, :, :]
         since_start = torch.where(mask, torch.asinh(torch.sinh(since_start) + step), since_start)
-        prior = _as_tensor(prior).to(x.dtype) * mask
+        prior = self.normalize_priors(prior).to(x.dtype) * mask
         return torch.cat([x[..., : schema.N_STATIC, :, :, :], state.to(x.dtype), since_start.to(x.dtype), prior], dim=-4)
 
     # ---- vectors ----------------------------------------------------------
@@ -559,10 +575,10 @@ class PatchDataset(torch.utils.data.Dataset):
         return entry
 
     def _prior(self, f: h5py.File, steps: slice, box=(slice(None),) * 3) -> np.ndarray:
-        if schema.PREPPED_THERMAL_PRIOR not in f:
-            raise UserError(f"{f.filename}: /{schema.PREPPED_THERMAL_PRIOR}: missing (prepped by an older "
+        if schema.PREPPED_PRIORS not in f:
+            raise UserError(f"{f.filename}: /{schema.PREPPED_PRIORS}: missing (prepped by an older "
                             "voxel-ode: run `voxel-ode prep` again)")
-        return f[schema.PREPPED_THERMAL_PRIOR][(steps, slice(None)) + tuple(box)].astype(np.float32)
+        return f[schema.PREPPED_PRIORS][(steps, slice(None)) + tuple(box)].astype(np.float32)
 
     def __del__(self):
         for f in getattr(self, "_files", {}).values():
@@ -593,7 +609,7 @@ class PatchDataset(torch.utils.data.Dataset):
         grids = f[schema.PREPPED_OUTPUTS_GRID][(slice(t, t + K + 1), slice(None)) + box]
         active = torch.from_numpy(static[STATIC_ACTIVE : STATIC_ACTIVE + 1] > 0.5)
         frames = self._prior(f, slice(t, t + K + 1), box)  # step k's pair: frames k and k + 1
-        thermal_prior = torch.from_numpy(frames)
+        priors = torch.from_numpy(frames)
         x = nrm.normalize_input(static, grids[0].astype(np.float32), prior_pair(frames, 0), active)
         delta = np.diff(grids.astype(np.float64), axis=0)  # exact differences of the stored values
         target_delta = nrm.normalize_delta(delta) * active
@@ -605,7 +621,7 @@ class PatchDataset(torch.utils.data.Dataset):
         ops, rng = self._draw_ops(index)
         perm = (STATIC_PERM_X, STATIC_PERM_Y)
         x = apply_ops(x, ops, perm)
-        thermal_prior = apply_ops(thermal_prior, ops)
+        priors = apply_ops(priors, ops)
         active = apply_ops(active, ops)
         target_delta = apply_ops(target_delta, ops)
         if self.noise_std > 0:  # on the predicted inputs only (not the prior), at active cells
@@ -617,7 +633,7 @@ class PatchDataset(torch.utils.data.Dataset):
             "active": active,
             "params": nrm.conditioning(cache["params"], t),
             "target_delta": target_delta,
-            "thermal_prior": thermal_prior,
+            "priors": priors,
             "target_scalars": target_scalars,
             "scalars_prev": torch.from_numpy(scalars[t].copy()),
             "production_ratio": torch.from_numpy(production_ratio.copy()),

@@ -10,6 +10,11 @@ change on the fidelity test runs; learned by the network's training steps (batch
 year at a time, next to the residual), the same head left 0.14 after 50 minutes
 (docs/benchmarks.md, "Mix heads"). train() runs this first and then keeps the head fixed; the
 network learns the residual around it.
+
+With the pressure prior (model.ModelConfig.pressure_prior, the default) the pressure step no
+longer uses the mix, but the head's point u still places the front mix on the support scale
+(model.front_weights), so the fit still runs: the responses are the data that locate a run's
+support.
 """
 
 from __future__ import annotations

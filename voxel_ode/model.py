@@ -6,7 +6,7 @@ API
     base_channels=128, depth=12, receptive_field_radius=3 (stem kernel 2r+1),
     block_kernel=3, convs_per_block=2, norm="channel"|"spatial", global_context=True,
     context_factor=4, context_channels=32, context_stages=3, global_dim=128,
-    mask_features=True, channels_last=True, response_mix=True, front_mix=True,
+    mask_features=True, channels_last=True, response_mix=True, pressure_prior=True, front_mix=True,
     temperature_residual=None (= False with the front mix, True without; see the field's comment)
     (+ channel counts from schema).
 ``VoxelAutoRegressor(config)``
@@ -52,6 +52,11 @@ Design
   neighbouring responses, with the point and a gain from the params and time through a
   small MLP. Needs asinh change targets (the channels share the pressure target's scale).
   The pressure path then does not start at persistence (it starts between the 10 % and 1 % responses).
+* Pressure prior (pressure_prior=True, default): the step sets the pressure change since
+  t = 0 to the pressure prior at t + 1 (an input channel; a linear pressure model marched
+  over the years in prep with the thermal prior's cold water and the run's own support and
+  compressibility: well_response.pressure_prior) plus the residual, with no fitted weights;
+  the response mix's head then only gives the front mix its point on the support scale.
 * Front mix (front_mix=True): each step moves the temperature by the injection gap
   (InjectionTemperatureGap) times the step of the thermal prior (a linear heat-transport
   solve on three flow fields, computed in prep, given at t and t + 1 as input channels),
@@ -99,6 +104,12 @@ class ModelConfig:
     mask_features: bool = True
     channels_last: bool = True  # channels_last_3d memory format (faster 3D convs on CPU)
     response_mix: bool = True  # pressure change = learned mix of the well-response channels + residual
+    # Pressure change since t = 0 set to the pressure prior at t + 1 (an input channel: a linear
+    # pressure model marched over the years in prep, well_response.pressure_prior) + residual,
+    # instead of the learned response mix; the response head then only places the run on the
+    # support scale for the front mix. Year 29 on the fidelity benchmark: docs/benchmarks.md,
+    # "Pressure prior".
+    pressure_prior: bool = True
     front_mix: bool = True  # temperature change = learned mix of the thermal prior's step x gap
     # Whether the grid head adds a residual to the front mix's temperature step. Default (None):
     # no with the front mix, the temperature change is the thermal prior's step alone. Trained
@@ -131,8 +142,8 @@ class ModelConfig:
         unknown = set(d) - known
         if unknown:
             raise UserError(f"model_config: unknown keys {sorted(unknown)} (checkpoint from a newer version?)")
-        # checkpoints written before the key existed always had the residual
-        return cls(**{"temperature_residual": True, **d})
+        # checkpoints written before a key existed: the residual, no pressure prior
+        return cls(**{"temperature_residual": True, "pressure_prior": False, **d})
 
 
 # Initial point of the thermal mix along its flow fields (0 = open, 1 = 1 % support, 2 = closed)
@@ -324,17 +335,19 @@ class VoxelAutoRegressor(nn.Module):
         if cfg.response_mix:
             self.response_channels = [schema.channel_index(n) for n in schema.RESPONSE_NAMES]
             self.cold_channels = [schema.channel_index(n) for n in schema.COLD_RESPONSE_NAMES]
-            self.change_channel = schema.channel_index("PressureChange")
             # -> (position along the support strengths, log gain, share of the cold water's extra
             # pressure), from the params and time only
             self.response_head = nn.Sequential(nn.Linear(cfg.n_params, 64), nn.SiLU(), nn.Linear(64, 3))
             with torch.no_grad():  # start between the 10 % and 1 % responses at gain 1 (see MIX_INIT)
                 self.response_head[-1].weight.zero_()
                 self.response_head[-1].bias.copy_(mix_head_bias(MIX_INIT, 1.0, COLD_INIT))
+        if cfg.response_mix or cfg.pressure_prior:
+            self.change_channel = schema.channel_index("PressureChange")
+            self.pressure_prior_next = schema.channel_index(schema.PRESSURE_PRIOR_NAMES[0] + "Next")
         if cfg.front_mix:
             self.gap_channel = schema.channel_index(schema.INJECTION_GAP)
             self.prior_now = [schema.channel_index(n) for n in schema.THERMAL_PRIOR_NAMES]
-            self.prior_next = [schema.channel_index(n) for n in schema.PRIOR_NEXT_NAMES]
+            self.prior_next = [schema.channel_index(n + "Next") for n in schema.THERMAL_PRIOR_NAMES]
             # -> (position along the thermal prior's flow fields, log gain), from the params and time only
             self.front_head = nn.Sequential(nn.Linear(cfg.n_params, 64), nn.SiLU(), nn.Linear(64, 2))
             with torch.no_grad():
@@ -396,7 +409,7 @@ class VoxelAutoRegressor(nn.Module):
         if ctx_fine is not None:
             h = h + self.context_head(ctx_fine)
         delta = self.grid_head(h)
-        if cfg.response_mix:
+        if cfg.response_mix or cfg.pressure_prior:
             delta = self._mix_responses(delta, x, params)
         if cfg.front_mix:
             delta = _add_to_target(delta, schema.OUTPUT_CHANNELS.index("Temperature"), self.front_step(x, params),
@@ -440,10 +453,17 @@ class VoxelAutoRegressor(nn.Module):
         year; it grows with the plume, which is why the time feature is never penalised): the
         one-year responses at the initial temperature miss the pressure the cold, more viscous
         water adds over the years. fp32: sinh overflows fp16.
+
+        With pressure_prior the change since t = 0 is set to the pressure prior at t + 1 instead
+        (an input channel in the same asinh(x / s_P) units; dataset.Normalizer.normalize_priors).
         """
         p = schema.OUTPUT_CHANNELS.index("Pressure")
         change = torch.sinh(x[:, self.change_channel:self.change_channel + 1].float())  # [B, 1, D, H, W]
-        return _add_to_target(delta, p, self.response_mix(x, params) - change)
+        if self.config.pressure_prior:
+            base = torch.sinh(x[:, self.pressure_prior_next:self.pressure_prior_next + 1].float())
+        else:
+            base = self.response_mix(x, params)
+        return _add_to_target(delta, p, base - change)
 
     def response_mix(self, x, params) -> torch.Tensor:
         """[B, 1, D, H, W] the mix alone: (sum_k a_k r_k + c sum_k h_k d_k) / s_P (the change since

@@ -58,7 +58,7 @@ ACTIVE_STATIC = schema.STATIC_NAMES.index("IsActive")
 # Loading one simulation into memory
 # ---------------------------------------------------------------------------
 def load_prepped_sim(path) -> dict:
-    """Arrays of one prepped file: static, params_scalar, outputs_grid, thermal_prior, outputs_scalar, source."""
+    """Arrays of one prepped file: static, params_scalar, outputs_grid, priors, outputs_scalar, source."""
     path = Path(path)
     try:
         with h5py.File(path, "r") as f:
@@ -71,10 +71,10 @@ def load_prepped_sim(path) -> dict:
                 "outputs_grid": f[schema.PREPPED_OUTPUTS_GRID][()].astype(np.float32),
                 "source": str(path),
             }
-            if schema.PREPPED_THERMAL_PRIOR not in f:
-                raise UserError(f"{path}: /{schema.PREPPED_THERMAL_PRIOR}: missing (prepped by an older voxel-ode: "
+            if schema.PREPPED_PRIORS not in f:
+                raise UserError(f"{path}: /{schema.PREPPED_PRIORS}: missing (prepped by an older voxel-ode: "
                                 "run `voxel-ode prep` again)")
-            sim["thermal_prior"] = f[schema.PREPPED_THERMAL_PRIOR][()]  # float16: 312 MB on the full grid
+            sim["priors"] = f[schema.PREPPED_PRIORS][()]  # float16: 416 MB on the full grid
             if schema.PREPPED_OUTPUTS_SCALAR in f:
                 sim["outputs_scalar"] = f[schema.PREPPED_OUTPUTS_SCALAR][()].astype(np.float64)
     except OSError as err:
@@ -111,22 +111,18 @@ def load_sim(path, fill_value=None, cell_size=None) -> dict:
     return load_raw_sim(path, fill_value, cell_size) if is_raw else load_prepped_sim(path)
 
 
-def thermal_prior_of(sim: dict) -> np.ndarray:
-    """The simulation's thermal prior (T, N_THERMAL_PRIOR, Z, Y, X), the model's prior input channels:
-    sim["thermal_prior"] (prepped and raw files carry it), else derived here from the statics and
+def priors_of(sim: dict) -> np.ndarray:
+    """The simulation's per-year priors (T, N_PRIORS, Z, Y, X), the model's prior input channels:
+    sim["priors"] (prepped and raw files carry them), else derived here from the statics and
     params like prep does (sims built in memory from initial fields only)."""
-    if "thermal_prior" in sim:
-        return sim["thermal_prior"]
-    from voxel_ode import data_prep, well_response
+    if "priors" in sim:
+        return sim["priors"]
+    from voxel_ode import data_prep
 
     static = {n: sim["static"][i] for i, n in enumerate(schema.STATIC_NAMES)}
     n_steps = len(sim["outputs_grid"]) if "outputs_grid" in sim else schema.N_TIMESTEPS
-    params = sim["params_scalar"]
-    responses = {n: static[n] for n in schema.RESPONSE_NAMES}
-    prior = well_response.thermal_prior(*data_prep.well_args(static, params), responses, n_steps,
-                                        *data_prep.rock_thermal_properties(params))
-    sim["thermal_prior"] = prior
-    return prior
+    sim["priors"] = data_prep.priors(static, sim["params_scalar"], n_steps)
+    return sim["priors"]
 
 
 def initial_state(sim: dict) -> np.ndarray:
@@ -223,7 +219,7 @@ class ModelStepper:
 
         self.initial = self.static[list(schema.INITIAL_STATE_STATIC)]  # Pressure0, Temperature0
         self.producers = producer_cells(self.static)
-        self.thermal_prior = thermal_prior_of(sim)
+        self.priors = priors_of(sim)
 
     def _forward(self, x, context, origin, active):
         torch = self.torch
@@ -271,7 +267,7 @@ class ModelStepper:
         from voxel_ode.dataset import prior_pair
 
         t = self.t
-        dynamic = self.normalizer.normalize_dynamic(state, self.initial, prior_pair(self.thermal_prior, t))
+        dynamic = self.normalizer.normalize_dynamic(state, self.initial, prior_pair(self.priors, t))
         x = torch.cat([self.static_norm, dynamic.float()]) * torch.as_tensor(self.active_np)  # 0 at inactive cells
         x = x[None].to(self.device)
         self.params = self.normalizer.conditioning(self.params_norm, t)[None].to(self.device)
@@ -344,12 +340,12 @@ class LinearStepper:
         self.static = sim["static"]
         self.active = self.static[ACTIVE_STATIC] > 0.5
         self.params = np.asarray(self.normalizer.normalize_params(sim["params_scalar"]), np.float64)
-        self.thermal_prior, self.t = thermal_prior_of(sim), 0
+        self.priors, self.t = priors_of(sim), 0
 
     def step(self, state, prev_scalars):
         from voxel_ode.dataset import prior_pair
 
-        prior = prior_pair(self.thermal_prior, self.t)
+        prior = prior_pair(self.priors, self.t)
         self.t += 1
         x = np.asarray(self.normalizer.normalize_input(self.static, state, prior), np.float64)[:, self.active]
         w_in = self.weights[:, : schema.N_INPUT_CHANNELS]
@@ -364,7 +360,7 @@ LINEAR_RIDGE = 1.0  # ridge strength on z-scored features (see fit_linear_baseli
 
 def _linear_features(normalizer, static_flat, static_norm_flat, state, prior, params_norm, idx):
     """Rows [normalized inputs, normalized params, 1] at flat cell indices ``idx`` (all active);
-    prior: the thermal prior pair of the step (dataset.prior_pair)."""
+    prior: the prior pair of the step (dataset.prior_pair)."""
     values = state.reshape(schema.N_DYNAMIC, -1)[:, idx][:, :, None, None]  # [2, n, 1, 1]: channel at dim -4
     initial = static_flat[list(schema.INITIAL_STATE_STATIC)][:, idx][:, :, None, None]
     prior = prior.reshape(prior.shape[0], -1)[:, idx][:, :, None, None]
@@ -401,7 +397,7 @@ def fit_linear_baseline(prepped_root, stats, normalizer=None, split="train", cel
         for t in range(len(grid) - 1):
             idx = rng.choice(flat_active, size=min(cells_per_step, flat_active.size), replace=False)
             rows.append(_linear_features(normalizer, static_flat, static_norm, grid[t],
-                                         prior_pair(sim["thermal_prior"], t), params_norm, idx))
+                                         prior_pair(sim["priors"], t), params_norm, idx))
             change = (grid[t + 1] - grid[t]).reshape(schema.N_DYNAMIC, -1)[:, idx].T
             targets.append(change.astype(np.float64))
     a, b = np.vstack(rows), np.vstack(targets)

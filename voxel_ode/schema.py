@@ -116,6 +116,16 @@ ARRIVAL_FLOW_RESPONSE = "PressureResponseWeak"  # the flow field the heat front 
 THERMAL_PRIOR_RESPONSES = ("PressureResponseOpen", "PressureResponseWeak", "PressureResponseClosed")
 THERMAL_PRIOR_NAMES = ("ThermalPriorOpen", "ThermalPriorWeak", "ThermalPriorClosed")
 N_THERMAL_PRIOR = len(THERMAL_PRIOR_NAMES)
+# Pressure prior (well_response.pressure_prior): the pressure change since t = 0 (Pa) a linear
+# single-phase pressure model gives each cell after t years, with the wells' rates, the
+# thermal prior's cold water (viscosity, contraction, weight) and the run's own lateral
+# support (BoundaryAquiferStrength); stored per year next to the thermal prior as
+# asinh(change / PRESSURE_PRIOR_SCALE_PA), so float16 holds it.
+PRESSURE_PRIOR_NAMES = ("PressurePrior",)
+PRESSURE_PRIOR_SCALE_PA = 1e5  # 1 bar
+# The per-year priors, in the order of the prepped /priors dataset and of the input channels
+PRIOR_NAMES = THERMAL_PRIOR_NAMES + PRESSURE_PRIOR_NAMES
+N_PRIORS = len(PRIOR_NAMES)
 # Params that give the cell sizes (m) the responses need; `voxel-ode prep --cell_size`
 # overrides them for an export whose ParamsScalar means something else.
 CELL_SIZE_PARAMS = ("CellSizeX", "CellSizeY", "CellSizeZ")
@@ -212,7 +222,7 @@ PREPPED_STATIC = "static"  # (N_STATIC, Z, Y, X) float32, inactive cells = 0
 PREPPED_PARAMS = "params_scalar"  # (N_PARAMS,) float32
 PREPPED_OUTPUTS_GRID = "outputs_grid"  # (T, N_DYNAMIC, Z, Y, X) float32, physical units
 PREPPED_OUTPUTS_SCALAR = "outputs_scalar"  # (T, N_SCALARS) float64 (energy totals reach ~1e17 J), physical units
-PREPPED_THERMAL_PRIOR = "thermal_prior"  # (T, N_THERMAL_PRIOR, Z, Y, X) float16, in [0, 1]
+PREPPED_PRIORS = "priors"  # (T, N_PRIORS, Z, Y, X) float16: thermal prior shares in [0, 1], then the pressure prior
 STATS_FILE = "stats.json"
 INDEX_FILE = "index_{split}.jsonl"  # one patch per line
 SPLITS = ("train", "test")
@@ -231,14 +241,16 @@ SPLITS = ("train", "test")
 CHANGE_VARIABLES = ("Pressure",)
 CHANGE_NAMES = tuple(v + "Change" for v in CHANGE_VARIABLES)
 CHANGE_OF_DYNAMIC = tuple(DYNAMIC_NAMES.index(v) for v in CHANGE_VARIABLES)  # their index in the state
-# Then the thermal prior at t and at t + 1 (raw shares in [0, 1]): data, not predictions;
-# the model's temperature step starts from the prior's step (model.front_step).
-PRIOR_NEXT_NAMES = tuple(n + "Next" for n in THERMAL_PRIOR_NAMES)
-INPUT_CHANNELS = STATIC_NAMES + DYNAMIC_NAMES + CHANGE_NAMES + THERMAL_PRIOR_NAMES + PRIOR_NEXT_NAMES
-N_INPUT_CHANNELS = len(INPUT_CHANNELS)  # 32
+# Then the priors at t and at t + 1 (the thermal prior's shares in [0, 1], the pressure prior
+# rescaled like PressureChange by dataset.Normalizer): data, not predictions; the model's
+# temperature step starts from the thermal prior's step (model.front_step), its pressure step
+# from the pressure prior at t + 1 (model._mix_responses).
+PRIOR_NEXT_NAMES = tuple(n + "Next" for n in PRIOR_NAMES)
+INPUT_CHANNELS = STATIC_NAMES + DYNAMIC_NAMES + CHANGE_NAMES + PRIOR_NAMES + PRIOR_NEXT_NAMES
+N_INPUT_CHANNELS = len(INPUT_CHANNELS)  # 34
 STATE_CHANNELS = slice(N_STATIC, N_STATIC + N_DYNAMIC)  # z-scored (P, T) at t
 CHANGE_CHANNELS = slice(N_STATIC + N_DYNAMIC, N_STATIC + N_DYNAMIC + len(CHANGE_NAMES))  # scaled P - P0
-PRIOR_CHANNELS = slice(CHANGE_CHANNELS.stop, N_INPUT_CHANNELS)  # thermal prior at t, then at t + 1
+PRIOR_CHANNELS = slice(CHANGE_CHANNELS.stop, N_INPUT_CHANNELS)  # the priors at t, then at t + 1
 PREDICTED_CHANNELS = slice(N_STATIC, CHANGE_CHANNELS.stop)  # what a rollout feeds back (state, change)
 DYNAMIC_CHANNELS = slice(N_STATIC, N_INPUT_CHANNELS)  # everything that changes with t
 INITIAL_STATE_STATIC = tuple(STATIC_NAMES.index(n + "0") for n in DYNAMIC_NAMES)  # Pressure0, Temperature0

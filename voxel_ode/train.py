@@ -79,6 +79,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no_response_mix", action="store_true",
                    help="predict the pressure change without the learned mix of the well-response channels "
                         "(the seed's plain grid head; required with --delta_norm zscore)")
+    g.add_argument("--no_pressure_prior", action="store_true",
+                   help="set the pressure change since t = 0 from the learned mix of the well responses instead "
+                        "of the pressure prior (a linear pressure model marched over the years in prep; the "
+                        "default, docs/benchmarks.md, \"Pressure prior\")")
     g.add_argument("--no_front_mix", action="store_true",
                    help="predict the temperature change without the learned mix of the thermal prior's step "
                         "(thermal prior and InjectionTemperatureGap channels; required with --delta_norm zscore)")
@@ -390,7 +394,7 @@ class Unroll(torch.nn.Module):
         # loss compares that (asinh-scaled) instead of the step's increment: an error of the mix
         # then weighs what it does in a rollout, and the small yearly increments after the first
         # year no longer make the pressure term dwarf the temperature term.
-        self.pressure_since_start = bool(getattr(model.config, "response_mix", False))
+        self.pressure_since_start = sets_change_since_start(model.config)
         self.front_mix = bool(getattr(model.config, "front_mix", False))
         # a head fitted beforehand and kept fixed (mix_fit.py) needs no loss of its own
         head = getattr(model, "response_head", None)
@@ -421,7 +425,7 @@ class Unroll(torch.nn.Module):
             grid_losses.append(masked_channel_mse(pred, target, active))
             scalar_losses.append(((scalars - batch["target_scalars"][:, k]) ** 2).mean(dim=0))
             if k + 1 < k_steps:  # feed the model its own prediction, one step later
-                prior = batch["thermal_prior"][:, k + 1:k + 3].flatten(1, 2)  # the pair of step k + 1
+                prior = batch["priors"][:, k + 1:k + 3].flatten(1, 2)  # the pair of step k + 1
                 x = self.normalizer.update_input(x, delta.detach() if detach_between else delta, active, prior)
                 params = self.normalizer.conditioning(params[:, :-1], t + k + 1)
         grid = torch.stack(grid_losses).mean(dim=0)  # [2]
@@ -503,6 +507,11 @@ def rollout_k(step: int, args) -> int:
 # ---------------------------------------------------------------------------
 
 
+def sets_change_since_start(config) -> bool:
+    """Whether the model's pressure step sets the change since t = 0 (response mix or pressure prior)."""
+    return bool(getattr(config, "response_mix", False) or getattr(config, "pressure_prior", False))
+
+
 @torch.no_grad()
 def evaluate(model, loader, normalizer, device, amp_dtype, ddp: Dist, eval_scalars: bool) -> dict:
     """Masked MSE in normalized space, the seed's +/-5% accuracy and +/-5 bar / 5 K accuracy (physical).
@@ -510,7 +519,7 @@ def evaluate(model, loader, normalizer, device, amp_dtype, ddp: Dist, eval_scala
     The MSE compares what the training loss compares: with the response mix, the pressure
     change since t = 0 (asinh-scaled); the "no change" baseline is then the change so far.
     """
-    since_start = bool(getattr(getattr(model, "module", model).config, "response_mix", False))
+    since_start = sets_change_since_start(getattr(model, "module", model).config)
     model.eval()
     nd, ns = schema.N_DYNAMIC, schema.N_SCALARS
     sums = torch.zeros(4 * nd + 1 + 2 * ns + 1, dtype=torch.float64, device=device)
@@ -643,7 +652,8 @@ def train(args=None, **kwargs) -> dict:
             config = ModelConfig(base_channels=args.base_channels, depth=args.depth,
                                  receptive_field_radius=args.receptive_field_radius, norm=args.norm,
                                  global_context=not args.no_global_context,
-                                 response_mix=not args.no_response_mix, front_mix=not args.no_front_mix,
+                                 response_mix=not args.no_response_mix, pressure_prior=not args.no_pressure_prior,
+                                 front_mix=not args.no_front_mix,
                                  temperature_residual=args.temperature_residual)
         torch.manual_seed(args.seed)  # same initial weights on every rank
         model = VoxelAutoRegressor(config).to(ddp.device)
@@ -651,13 +661,14 @@ def train(args=None, **kwargs) -> dict:
         front = f"yes (temperature residual={yes_no[config.temperature_residual]})" if config.front_mix else "no"
         log(f"model: {count_parameters(model):,} parameters, local receptive field {model.receptive_field} cells, "
             f"norm={config.norm}, whole-field path={yes_no[config.global_context]}, "
-            f"response mix={yes_no[config.response_mix]}, front mix={front}")
+            f"response mix={yes_no[config.response_mix]}, pressure prior={yes_no[config.pressure_prior]}, "
+            f"front mix={front}")
 
         # ---- data -------------------------------------------------------------
         delta_mode = ckpt.get("delta_mode", args.delta_norm) if ckpt is not None else args.delta_norm
-        if (config.response_mix or config.front_mix) and delta_mode != "asinh":
-            raise UserError("train: the response and front mixes need --delta_norm asinh "
-                            "(add --no_response_mix --no_front_mix for zscore)")
+        if (config.response_mix or config.pressure_prior or config.front_mix) and delta_mode != "asinh":
+            raise UserError("train: the response mix, pressure prior and front mix need --delta_norm asinh "
+                            "(add --no_response_mix --no_pressure_prior --no_front_mix for zscore)")
         normalizer = Normalizer(stats, delta_mode=delta_mode)
         common = dict(stats=stats, mode=args.sample_mode, seed=args.seed,
                       context_factor=config.context_factor, delta_mode=delta_mode)
@@ -688,7 +699,9 @@ def train(args=None, **kwargs) -> dict:
                                        grad_clip=args.grad_clip, progress=not args.quiet)
                 log(f"mix fit: {fit['runs']} training runs, {args.mix_prefit_iters} iterations, "
                     f"{time.time() - t0:.0f} s: pressure mix alone, last step {fit['last_step_error_before']:.3f} "
-                    f"-> {fit['last_step_error_after']:.3f} (relative change error); kept fixed from here")
+                    f"-> {fit['last_step_error_after']:.3f} (relative change error); kept fixed from here"
+                    + ("; with the pressure prior only its support point is used (front mix)"
+                       if config.pressure_prior else ""))
             if ddp.enabled:  # every rank takes rank 0's fit
                 for p in model.response_head.parameters():
                     dist.broadcast(p.data, src=0)
