@@ -290,7 +290,7 @@ class Normalizer:
         return prior
 
     def normalize_input(self, static, state, prior, active=None) -> torch.Tensor:
-        """static (N_STATIC, ...), state (2, ...) at t, prior = prior_pair(thermal_prior, t) -> x."""
+        """static (N_STATIC, ...), state (2, ...) at t, prior = prior_pair(priors, t) -> x."""
         static = _as_tensor(static)
         if active is None:
             active = static[..., STATIC_ACTIVE : STATIC_ACTIVE + 1, :, :, :]

@@ -37,12 +37,17 @@ viscosity, thermal contraction, time).
 The thermal prior (``thermal_prior``) does for temperature what the responses
 do for pressure: the injected water's heat carried along three of these flow
 fields and conducted into the surrounding rock, by a linear transport solve
-over the run's 29 years (stored per year, not as a static channel).
+over the run's 29 years (stored per year, not as a static channel). The pressure
+prior (``pressure_prior``) then marches the pressure over the same years with that
+cold water and the run's own support: what the model's pressure step starts from.
 
 Cost: five sparse SPD solves per simulation (direct on small grids, pyamg
 AMG-preconditioned CG on large ones) and 3 x 116 transport steps (direct on
 small grids, BiCGSTAB with a flow-ordered Gauss-Seidel preconditioner on large
 ones): ~51 s + ~90 s on the full grid (benchmark notes, "Thermal prior").
+The pressure prior (``pressure_prior``: 116 SPD solves, CG preconditioned by a per-year LU
+or a reused AMG hierarchy) is the dearest part: ~1 s on the benchmarks' 32 x 16 x 16 grids,
+~11 minutes on the full grid (benchmark notes, "Well-response channels").
 """
 
 from __future__ import annotations
