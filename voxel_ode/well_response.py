@@ -47,7 +47,7 @@ small grids, BiCGSTAB with a flow-ordered Gauss-Seidel preconditioner on large
 ones): ~51 s + ~90 s on the full grid (benchmark notes, "Thermal prior").
 The pressure prior (``pressure_prior``: 116 SPD solves, CG preconditioned by a per-year LU
 or a reused AMG hierarchy) is the dearest part: ~1 s on the benchmarks' 32 x 16 x 16 grids,
-~11 minutes on the full grid (benchmark notes, "Well-response channels").
+~6 minutes on the full grid (benchmark notes, "Well-response channels").
 """
 
 from __future__ import annotations
