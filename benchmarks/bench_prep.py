@@ -5,7 +5,7 @@
 Generates one 326x70x76x30 raw v2.4 file (written one time step at a time, so the
 generator itself stays small), runs `voxel-ode prep` on it in a child process for
 each chunk/compression variant (peak RSS of that child from os.wait4), then reads
-random 32^3 patches (all 13 statics + the state at t and t+1, as a training
+random 32^3 patches (all the statics + the state at t and t+1, as a training
 sample needs) from the packed file. Deletes its files at the end.
 """
 
@@ -55,12 +55,13 @@ def write_full_size_raw(path: Path, grid=schema.FULL_GRID_SHAPE, n_t=schema.N_TI
     statics["InjRate"][:, 20, 20], statics["InjRate"][:, 50, 56] = 2.0, -2.0
     r_inj = np.sqrt((y - 20) ** 2 + (x - 20) ** 2)
     r_prod = np.sqrt((y - 50) ** 2 + (x - 56) ** 2)
+    # the priors need cell sizes and the lateral boundary: declared next to the file
+    (Path(path).parent / "description.json").write_text(json.dumps(
+        {"lateral_boundary": "closed", "quantities": {"CellSizeX": 100.0, "CellSizeY": 100.0, "CellSizeZ": 10.0}}))
     with h5py.File(path, "w") as f:
         for name, value in statics.items():
             f.create_dataset(schema.raw_path(name), data=value)
-        params = rng.normal(0, 1, schema.N_PARAMS).astype(np.float32)
-        for name, size in zip(schema.CELL_SIZE_PARAMS, (100.0, 100.0, 10.0)):  # the well responses need them
-            params[schema.PARAM_NAMES.index(name)] = size
+        params = rng.normal(0, 1, schema.N_PARAMS).astype(np.float32)  # meaningless: nothing is declared of them
         f.create_dataset(schema.raw_path(schema.PARAMS_SCALAR), data=params)
         dyn = {n: f.create_dataset(schema.raw_path(n), (n_t,) + tuple(grid), np.float32) for n in schema.DYNAMIC_NAMES}
         for t in tqdm(range(n_t), desc="generate", unit="step"):

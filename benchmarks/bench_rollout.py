@@ -8,6 +8,13 @@ them); the simulation is synthetic: a dipping reservoir layer of active cells
 
     python benchmarks/bench_rollout.py --base_channels 16 --depth 4 --steps 4 \
         --configs full tile:96,70,76 --synth
+    python benchmarks/bench_rollout.py --base_channels 24 --depth 4 --radius 2 --threads 2 --steps 3 \
+        --configs full crop --amp none bf16 --active 1 0.5 0.15 --repeat 3 --peak
+
+``full`` runs the local path on the whole grid, ``crop`` as ``voxel-ode rollout`` does (on the
+boxes of active cells: rollout.crop_plan). The table adds the conv FLOPs per step (forward hooks)
+per second next to the bare Conv3d(C, C, 3^3) on the whole grid in the same precision (--peak),
+timed in the same process.
 
 On a GPU: ``--device cuda --amp none bf16 fp16`` times each configuration per
 precision and adds the peak GPU memory (torch.cuda.max_memory_allocated).
@@ -31,14 +38,16 @@ import time
 import numpy as np
 
 
-def make_sim(grid, n_steps, seed=0):
+def make_sim(grid, n_steps, seed=0, active_frac=0.3):
+    """A dipping layer of active cells, ``active_frac`` of the grid thick (1 = every cell active)."""
     from voxel_ode import schema
 
     rng = np.random.default_rng(seed)
     nz, ny, nx = grid
     z = np.arange(nz)[:, None, None]
-    top = (0.35 * nz + 0.1 * nz * np.arange(nx)[None, None, :] / nx).astype(int)
-    active = ((z >= top) & (z < top + 0.3 * nz)) * np.ones(grid, bool)
+    dip = 0.1 * nz * min(1.0, (1 - active_frac) / 0.1)  # no room to dip in a full grid
+    top = ((0.5 - active_frac / 2) * nz - dip / 2 + dip * np.arange(nx)[None, None, :] / nx).astype(int)
+    active = ((z >= top) & (z < top + active_frac * nz)) * np.ones(grid, bool)
     static = {n: np.zeros(grid, np.float32) for n in schema.STATIC_NAMES}
     static["IsActive"] = active.astype(np.float32)
     for n in ("PermX", "PermY", "PermZ"):
@@ -98,6 +107,8 @@ def run_one(cfg: dict) -> dict:
         torch.set_num_threads(cfg["threads"])
     device = torch.device(cfg.get("device") or "cpu")
     amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.get("amp") or "none"]
+    if device.type == "cpu":  # oneDNN's settings, for the record
+        torch.backends.mkldnn.enabled = True
     model = VoxelAutoRegressor(ModelConfig(base_channels=cfg["base_channels"], depth=cfg["depth"],
                                            receptive_field_radius=cfg["radius"])).eval().to(device)
     if cfg.get("raw"):  # the simulator's own full-size run: same geology as the synth timing
@@ -107,9 +118,11 @@ def run_one(cfg: dict) -> dict:
                "outputs_grid": np.repeat(state0[None], cfg["steps"] + 1, axis=0),
                "priors": loaded["priors"][: cfg["steps"] + 1]}
     else:
-        sim = make_sim(tuple(cfg["grid"]), cfg["steps"])
+        sim = make_sim(tuple(cfg["grid"]), cfg["steps"], active_frac=cfg.get("active", 0.3))
     norm = Normalizer(fake_stats())
-    stepper = rollout.ModelStepper(model, norm, device=device, tile=cfg.get("tile"), amp_dtype=amp_dtype)
+    stepper = rollout.ModelStepper(model, norm, device=device, tile=cfg.get("tile"), amp_dtype=amp_dtype,
+                                   crop=cfg.get("crop", True))
+    flops = count_conv_flops(model)
     times = []
     step = stepper.step
 
@@ -122,13 +135,54 @@ def run_one(cfg: dict) -> dict:
     stepper.step = timed_step
     rollout.run_stepper(stepper, sim, progress=False)
     later = times[1:] or times
+    s_per_step = sum(later) / len(later)
+    computed = (sum(int(np.prod(np.subtract(p[3], p[2]))) for p in stepper.plan) if stepper.plan
+                else int(np.prod(cfg["grid"])))
+    peak = conv_peak_gflops(cfg["base_channels"], amp_dtype, device) if cfg.get("peak") else None
     return {
         "name": cfg["name"], "params": count_parameters(model), "receptive_field": model.receptive_field,
-        "steps": len(times), "s_per_step": sum(later) / len(later), "first_step_s": times[0],
-        "active_frac": float(sim["static"][1].mean()),
+        "steps": len(times), "s_per_step": s_per_step, "first_step_s": times[0],
+        "active_frac": float(sim["static"][1].mean()), "computed_frac": computed / float(np.prod(cfg["grid"])),
+        "regions": len(stepper.plan) if stepper.plan else 1,
+        "gflops": flops[0] / len(times) / s_per_step / 1e9, "peak_gflops": peak,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_gpu_gb": torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None,
     }
+
+
+def count_conv_flops(model):
+    """[total]: forward hooks add 2 k^3 Cin Cout per output voxel of every Conv3d call."""
+    import torch
+
+    total = [0.0]
+
+    def hook(mod, inp, out):
+        k = mod.kernel_size[0] * mod.kernel_size[1] * mod.kernel_size[2]
+        total[0] += 2.0 * k * (mod.in_channels // mod.groups) * out.numel()
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv3d):
+            m.register_forward_hook(hook)
+    return total
+
+
+def conv_peak_gflops(channels, amp_dtype, device, shape=(326, 70, 76), reps=3):
+    """The bare convolution: Conv3d(C, C, 3^3) of the residual blocks on the whole grid, batch 1,
+    channels_last_3d, in the rollout's precision: median GFLOP/s of ``reps`` forwards."""
+    import torch
+
+    conv = torch.nn.Conv3d(channels, channels, 3, padding=1).to(device).to(memory_format=torch.channels_last_3d)
+    x = torch.randn(1, channels, *shape, device=device).contiguous(memory_format=torch.channels_last_3d)
+    times = []
+    with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+        conv(x)
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            conv(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+    return 2.0 * 27 * channels * channels * float(np.prod(shape)) / sorted(times)[len(times) // 2] / 1e9
 
 
 def run_synth(cfg: dict) -> dict:
@@ -154,9 +208,15 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--amp", nargs="+", choices=("none", "bf16", "fp16"), default=["none"],
-                    help="CUDA: autocast precisions to time (each configuration once per precision)")
-    ap.add_argument("--configs", nargs="+", default=["full", "tile:96,70,76"],
-                    help="'full' or 'tile:Z,Y,X'")
+                    help="autocast precisions to time (each configuration once per precision; CPU too)")
+    ap.add_argument("--configs", nargs="+", default=["full", "crop"],
+                    help="'full' (the whole grid), 'crop' (the default rollout: boxes of active cells) or 'tile:Z,Y,X'")
+    ap.add_argument("--active", type=float, nargs="+", default=[0.3],
+                    help="active fractions of the synthetic layer to time (1 = every cell); not with --synth")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run every configuration this many times, interleaved; the table gives medians")
+    ap.add_argument("--peak", action="store_true",
+                    help="also time the bare Conv3d(C, C, 3^3) on the whole grid in each configuration's precision")
     ap.add_argument("--synth", action="store_true",
                     help="also time voxel_ode.synth on the same grid and roll out on that simulation's fields")
     ap.add_argument("--synth_years", type=int, default=1, help="simulated years to time (s/year is reported)")
@@ -182,26 +242,39 @@ def main():
     if args.synth:
         synth_row = child("--one_synth", {"grid": args.grid, "seed": 0, "years": args.synth_years,
                                           "raw": args.raw_path})
+    cfgs = []
+    for active in args.active:
+        for c in args.configs:
+            for amp in args.amp:
+                tile = [int(v) for v in c.split(":")[1].split(",")] if c.startswith("tile:") else None
+                name = c + ("" if amp == "none" else f", {amp}") + ("" if args.synth else f", {active:.0%} layer")
+                cfgs.append({"name": name, "grid": args.grid, "active": active, "crop": c != "full",
+                             "base_channels": args.base_channels, "depth": args.depth, "radius": args.radius,
+                             "steps": args.steps, "tile": tile, "threads": args.threads, "device": args.device,
+                             "amp": amp, "raw": args.raw_path if args.synth else None, "peak": args.peak})
+    runs = {cfg["name"]: [] for cfg in cfgs}
+    for _ in range(args.repeat):  # interleaved: a load change on a shared machine hits every configuration
+        for cfg in cfgs:
+            runs[cfg["name"]].append(child("--one", cfg))
     rows = []
-    for c in args.configs:
-        for amp in (args.amp if args.device == "cuda" else ["none"]):
-            tile = None if c == "full" else [int(v) for v in c.split(":")[1].split(",")]
-            cfg = {"name": c if amp == "none" else f"{c}, {amp}", "grid": args.grid,
-                   "base_channels": args.base_channels, "depth": args.depth, "radius": args.radius,
-                   "steps": args.steps, "tile": tile, "threads": args.threads, "device": args.device, "amp": amp,
-                   "raw": args.raw_path if args.synth else None}
-            rows.append(child("--one", cfg))
+    for name, results in runs.items():
+        row = dict(sorted(results, key=lambda r: r["s_per_step"])[len(results) // 2])  # the median run
+        row["all_s_per_step"] = [r["s_per_step"] for r in results]
+        rows.append(row)
     r0 = rows[0]
     print(f"\ngrid {tuple(args.grid)}, model base_channels={args.base_channels} depth={args.depth} "
-          f"r={args.radius}: {r0['params']:,} parameters, receptive field {r0['receptive_field']} cells, "
-          f"active fraction {r0['active_frac']:.2f}\n")
-    print(f"device: {args.device}\n")
-    print("| configuration | steps timed | s / step (after the first) | 29 steps (s, estimate) | first step (s) "
-          "| peak RSS (MB) | peak GPU memory (GB) |")
-    print("|---|---|---|---|---|---|---|")
+          f"r={args.radius}: {r0['params']:,} parameters, receptive field {r0['receptive_field']} cells\n")
+    print(f"device: {args.device}, threads: {args.threads or 'torch default'}, {args.repeat} run(s) each, "
+          f"interleaved (median)\n")
+    print("| configuration | active | computed | regions | steps timed | s / step (after the first) | runs (s/step) "
+          "| 29 steps (s, estimate) | conv GFLOP/s | bare conv GFLOP/s | peak RSS (MB) | peak GPU memory (GB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         gpu = f"{r['peak_gpu_gb']:.1f}" if r.get("peak_gpu_gb") is not None else "-"
-        print(f"| {r['name']} | {r['steps']} | {r['s_per_step']:.2f} | {29 * r['s_per_step']:.0f} | {r['first_step_s']:.2f} "
+        peak = f"{r['peak_gflops']:.0f}" if r.get("peak_gflops") else "-"
+        all_runs = ", ".join(f"{v:.2f}" for v in r["all_s_per_step"])
+        print(f"| {r['name']} | {r['active_frac']:.0%} | {r['computed_frac']:.0%} | {r['regions']} | {r['steps']} "
+              f"| {r['s_per_step']:.2f} | {all_runs} | {29 * r['s_per_step']:.0f} | {r['gflops']:.0f} | {peak} "
               f"| {r['peak_rss_mb']:.0f} | {gpu} |")
     if synth_row:
         y = synth_row["s_per_year"]

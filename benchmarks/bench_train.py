@@ -1,4 +1,4 @@
-"""Training throughput on this CPU and achieved convolution GFLOP/s next to the measured fp32 peak.
+"""Training throughput on this CPU and achieved convolution GFLOP/s next to the measured peak.
 
     python benchmarks/bench_train.py                 # ~5 min on the 2-core CPU machine
     python benchmarks/bench_train.py --steps 10 --quick
@@ -10,8 +10,11 @@ patches/s and voxels/s from metrics.jsonl (the first log window, with warm-up,
 is dropped). Convolution FLOPs are counted with forward hooks on every Conv3d:
 2 * k^3 * Cin * Cout per output voxel, times 3 for forward + backward (the
 input gradient and the weight gradient each cost about one forward). The
-"peak" is a bare Conv3d(C, C, 3^3) forward + backward on the same batch shape
-and memory format as the residual blocks, timed in this script.
+"peak" is a bare Conv3d(C, C, 3^3) forward + backward on the same batch shape,
+memory format and precision (--amp: fp32 and bf16 autocast) as the residual
+blocks, timed in this script. The data loader's share: reading, normalizing and
+collating one batch in the training process (what --num_workers 0 adds to each
+step) over the measured time of a step.
 Also compares --num_workers 0 vs 2 for patch training, and 1 vs 2 threads.
 """
 
@@ -19,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -68,8 +70,9 @@ def conv_flops_per_sample(model, patch: int, context_shape) -> float:
     return total[0]
 
 
-def conv_peak_gflops(channels: int, batch: int, patch: int, reps: int = 5) -> float:
-    """fp32 GFLOP/s of a bare 3^3 Conv3d forward + backward, the shape of the residual blocks."""
+def conv_peak_gflops(channels: int, batch: int, patch: int, reps: int = 5, amp: str = "none") -> float:
+    """GFLOP/s of a bare 3^3 Conv3d forward + backward, the shape of the residual blocks, in the
+    training's precision (``amp`` "none" = fp32 or "bf16" autocast)."""
     conv = torch.nn.Conv3d(channels, channels, 3, padding=1)
     x = torch.randn(batch, channels, patch, patch, patch).contiguous(memory_format=torch.channels_last_3d)
     x.requires_grad_(True)
@@ -78,7 +81,9 @@ def conv_peak_gflops(channels: int, batch: int, patch: int, reps: int = 5) -> fl
     best = float("inf")
     for i in range(reps + 1):
         t = time.perf_counter()
-        conv(x).sum().backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
+            y = conv(x)
+        y.float().sum().backward()
         if i:  # the first run pays for oneDNN's kernel selection
             best = min(best, time.perf_counter() - t)
     return flops / best / 1e9
@@ -107,6 +112,21 @@ def conv_bf16_vs_fp32(channels: int = 32, batch: int = 2, patch: int = 16, reps:
     return out
 
 
+def loader_seconds_per_batch(prepped: Path, batch_size: int, n_batches: int = 6) -> float:
+    """Seconds to read, normalize and collate one training batch of patches in this process
+    (what --num_workers 0 adds to every step), median of ``n_batches``."""
+    from voxel_ode.dataset import PatchDataset, collate
+
+    ds = PatchDataset(prepped, "train", mode="patch", aug_xy_rot=True, aug_flip=True, noise_std=0.01)
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0)).tolist()
+    times = []
+    for b in range(n_batches):
+        t0 = time.perf_counter()
+        collate([ds[i] for i in order[b * batch_size:(b + 1) * batch_size]])
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
 def train_throughput(prepped: Path, out: Path, steps: int, **kw) -> dict:
     from voxel_ode.train import train
 
@@ -127,6 +147,8 @@ def main() -> None:
     ap.add_argument("--batch_size", type=int, default=4)
     ap.add_argument("--quick", action="store_true", help="one small model only")
     ap.add_argument("--amp_only", action="store_true", help="only the CPU bf16 vs fp32 convolution check")
+    ap.add_argument("--amp", nargs="+", choices=("none", "bf16"), default=["none", "bf16"],
+                    help="training precisions to compare (--amp of voxel-ode train; interleaved per model size)")
     a = ap.parse_args()
     if a.amp_only:
         amp = conv_bf16_vs_fp32()
@@ -147,26 +169,34 @@ def main() -> None:
         ctx = tuple(-(-n // 4) for n in (40, 40, 40))
         for base, depth, r in sizes:
             for threads, workers in ((2, 0), (1, 0), (2, 2)) if (base, depth, r) == sizes[0] else ((2, 0),):
-                torch.set_num_threads(threads)
-                model = VoxelAutoRegressor(ModelConfig(base_channels=base, depth=depth, receptive_field_radius=r))
-                fwd = conv_flops_per_sample(model, patch, ctx)
-                # the machine is shared: time the bare conv right before and after, keep the faster
-                peak = conv_peak_gflops(base, a.batch_size, patch)
-                res = train_throughput(prepped, tmp / "ck", a.steps, batch_size=a.batch_size, base_channels=base,
-                                       depth=depth, receptive_field_radius=r, num_threads=threads, num_workers=workers)
-                achieved = 3 * fwd * res["patches_per_s"] / 1e9
-                peak = max(peak, conv_peak_gflops(base, a.batch_size, patch))
-                row = dict(base=base, depth=depth, r=r, params=count_parameters(model), threads=threads,
-                           workers=workers, **res, gflops=achieved, peak=peak)
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+                for amp in a.amp:
+                    torch.set_num_threads(threads)
+                    model = VoxelAutoRegressor(ModelConfig(base_channels=base, depth=depth, receptive_field_radius=r))
+                    fwd = conv_flops_per_sample(model, patch, ctx)
+                    # the machine is shared: time the bare conv right before and after, keep the faster
+                    peak = conv_peak_gflops(base, a.batch_size, patch, amp=amp)
+                    res = train_throughput(prepped, tmp / "ck", a.steps, batch_size=a.batch_size, base_channels=base,
+                                           depth=depth, receptive_field_radius=r, num_threads=threads,
+                                           num_workers=workers, amp=amp)
+                    achieved = 3 * fwd * res["patches_per_s"] / 1e9
+                    peak = max(peak, conv_peak_gflops(base, a.batch_size, patch, amp=amp))
+                    loader = loader_seconds_per_batch(prepped, a.batch_size) if workers == 0 else None
+                    step_s = a.batch_size / res["patches_per_s"]
+                    row = dict(base=base, depth=depth, r=r, params=count_parameters(model), threads=threads,
+                               workers=workers, amp=amp, **res, gflops=achieved, peak=peak, step_s=step_s,
+                               loader_share=None if loader is None else loader / step_s)
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
     print()
-    print("| base | depth | r | params | threads | workers | patches/s | voxels/s | conv GFLOP/s | bare 3^3 conv GFLOP/s (peak) | % of peak |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| base | depth | r | params | threads | workers | precision | steps/s | patches/s | voxels/s | conv GFLOP/s "
+          "| bare 3^3 conv GFLOP/s (peak) | % of peak | data loader's share of a step |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for w in rows:
+        share = "-" if w["loader_share"] is None else f"{100 * w['loader_share']:.0f}%"
         print(f"| {w['base']} | {w['depth']} | {w['r']} | {w['params']:,} | {w['threads']} | {w['workers']} | "
+              f"{'fp32' if w['amp'] == 'none' else w['amp']} | {1 / w['step_s']:.2f} | "
               f"{w['patches_per_s']:.2f} | {w['voxels_per_s']:.3g} | {w['gflops']:.1f} | {w['peak']:.1f} | "
-              f"{100 * w['gflops'] / w['peak']:.0f}% |")
+              f"{100 * w['gflops'] / w['peak']:.0f}% | {share} |")
     amp = conv_bf16_vs_fp32()
     print(f"\nCPU bf16 check, Conv3d 32->32 3^3 on 2x32x16^3, fwd+bwd, 1 thread: fp32 {amp['fp32']:.1f} GFLOP/s, "
           f"bf16 autocast {amp['bf16']:.1f} GFLOP/s")

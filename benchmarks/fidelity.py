@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 
 CONFIGS = {
     "seed": ["--sample_mode", "patch", "--norm", "spatial", "--no_global_context", "--delta_norm", "zscore",
-             "--no_response_mix", "--no_pressure_prior", "--no_front_mix",
+             "--no_priors",
              "--rollout_steps", "1", "--noise_std", "0.01"],
     "default": ["--sample_mode", "full", "--rollout_steps", "3", "--rollout_curriculum_steps", "300",
                 "--noise_std", "0.0"],

@@ -1,10 +1,22 @@
 #!/usr/bin/env bash
-# Install voxel-ode and its dependencies into the current Python environment.
-# - keeps an already installed torch (e.g. your CUDA build) untouched;
-# - on a machine without an NVIDIA GPU installs a CPU-only torch, never a multi-GB CUDA build.
+# Install voxel-ode and its test dependencies into a project-local virtual environment.
+#   bash scripts/setup.sh [VENV]     (default .venv; `make setup` calls this)
+# - creates VENV with $PYTHON -m venv (default python3) unless it exists; never installs
+#   into the Python that runs this script;
+# - keeps a torch already installed in VENV (e.g. your CUDA build) untouched;
+# - on a machine without an NVIDIA GPU installs a CPU-only torch, never a multi-GB CUDA build;
+# - wandb is optional: `VENV/bin/pip install -e ".[wandb]"` for train --use_wandb.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
+VENV=${1:-.venv}
+PY="$VENV/bin/python"
+
+if [ -x "$PY" ]; then
+  echo "setup: using the environment in $VENV"
+else
+  echo "setup: creating a virtual environment in $VENV"
+  "${PYTHON:-python3}" -m venv "$VENV"
+fi
 
 if "$PY" -c "import torch" 2>/dev/null; then
   echo "setup: keeping installed torch $("$PY" -c 'import torch; print(torch.__version__)')"
@@ -18,5 +30,6 @@ else
   "$PY" -m pip install torch==2.13.0 2>/dev/null \
     || "$PY" -m pip install torch --index-url https://download.pytorch.org/whl/cpu
 fi
-"$PY" -m pip install -q -e ".[dev,wandb]"
-echo "setup: done ($("$PY" -c 'import voxel_ode, torch; print("voxel_ode", voxel_ode.__version__, "torch", torch.__version__)'))"
+"$PY" -m pip install -q -e ".[dev]"
+touch "$VENV/.voxel-ode-installed"
+echo "setup: done ($("$PY" -c 'import voxel_ode, torch; print("voxel_ode", voxel_ode.__version__, "torch", torch.__version__)') in $VENV)"

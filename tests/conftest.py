@@ -6,6 +6,9 @@ import pytest
 # tests import `fixtures` as a plain module
 sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("WANDB_MODE", "offline")
+# --amp auto on CPU: fp32 without a timing probe, so results do not depend on the machine
+# (tests/test_precision.py tests the probe itself)
+os.environ.setdefault("VOXEL_ODE_CPU_BF16", "0")
 
 
 @pytest.fixture(scope="session")

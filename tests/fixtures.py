@@ -6,6 +6,7 @@ path (validation, prep, stats, dataset) can be tested without `synth`.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import h5py
@@ -35,7 +36,7 @@ def make_raw_arrays(grid=(12, 10, 8), n_t=6, seed=0, inactive_frac=0.3):
         "Temperature0": t0,
         "ParamsScalar": rng.normal(0, 1, schema.N_PARAMS).astype(np.float32),
     }
-    for name, size in zip(schema.CELL_SIZE_PARAMS, (100.0, 80.0, 10.0)):  # prep derives the well responses from them
+    for name, size in zip(("CellSizeX", "CellSizeY", "CellSizeZ"), (100.0, 80.0, 10.0)):  # declared in DESCRIPTION
         arrays["ParamsScalar"][schema.PARAM_NAMES.index(name)] = size
     arrays["FaultId"][:, :, nx // 2] = 1
     arrays["IsWell"][:, 1, 1] = 1
@@ -71,8 +72,17 @@ def write_raw_sim(path, arrays=None, skip=(), **kwargs) -> Path:
     return path
 
 
-def write_raw_dir(root, n=3, **kwargs) -> list[Path]:
-    """Write ``n`` simulations named like a real run directory (v2.4_0001.h5, ...)."""
-    return [
-        write_raw_sim(Path(root) / f"v2.4_{i + 1:04d}.h5", seed=i, **kwargs) for i in range(n)
-    ]
+# What these files declare: cell sizes in ParamsScalar like the synth's, closed sides; the rest
+# of ParamsScalar is noise, so nothing else is declared (generic constants).
+DESCRIPTION = {"permeability_unit": "m2", "first_report": "initial", "lateral_boundary": "closed",
+               "quantities": {name: {"param": schema.PARAM_NAMES.index(name), "unit": "m"}
+                              for name in ("CellSizeX", "CellSizeY", "CellSizeZ")}}
+
+
+def write_raw_dir(root, n=3, description=DESCRIPTION, **kwargs) -> list[Path]:
+    """Write ``n`` simulations named like a real run directory (v2.4_0001.h5, ...) and their
+    description.json (None: none, so prep infers what it can and computes no priors)."""
+    paths = [write_raw_sim(Path(root) / f"v2.4_{i + 1:04d}.h5", seed=i, **kwargs) for i in range(n)]
+    if description is not None:
+        (Path(root) / "description.json").write_text(json.dumps(description))
+    return paths

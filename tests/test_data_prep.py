@@ -9,7 +9,8 @@ import h5py
 import numpy as np
 import pytest
 
-from fixtures import make_raw_arrays, write_raw_dir, write_raw_sim
+from fixtures import DESCRIPTION, make_raw_arrays, write_raw_dir, write_raw_sim
+from voxel_ode.description import Description
 from voxel_ode import cli, schema
 from voxel_ode import data_prep as dp
 from voxel_ode.utils import UserError
@@ -105,17 +106,17 @@ def test_prepped_arrays_equal_raw(prepped):
                 expected = mask.astype(np.float32) if name == "IsActive" else a[name]
                 np.testing.assert_array_equal(static[c], expected, err_msg=name)
             np.testing.assert_array_equal(static[schema.STATIC_NAMES.index("FaultBoundary")], dp.fault_boundary(a["FaultId"]))
-            for c in (schema.STATIC_NAMES.index(n) for n in schema.RESPONSE_NAMES):
-                assert np.all(static[c][~mask] == 0) and np.abs(static[c][mask]).max() > 0
+            gap = static[schema.STATIC_NAMES.index(schema.INJECTION_GAP)]
+            assert np.all(gap[~mask] == 0) and np.abs(gap[mask]).max() > 0
             priors = f[schema.PREPPED_PRIORS]
             assert priors.shape == (len(a["Pressure"]), schema.N_PRIORS, 12, 10, 8) and priors.dtype == np.float16
             assert priors.chunks == (1, schema.N_PRIORS, 12, 10, 8)
             priors = priors[()]
             assert np.all(priors[0] == 0) and np.all(priors[:, :, ~mask] == 0)
-            prior = priors[:, :schema.N_THERMAL_PRIOR]
+            prior = priors[:, schema.PRIOR_NAMES.index("ThermalPrior")]
             assert prior[-1].max() > 0.1 and prior.min() >= 0 and prior.max() <= 1
             # the pressure prior (its physics: tests/test_well_response.py) moves from year 1 on
-            pressure_prior = priors[:, schema.N_THERMAL_PRIOR].astype(np.float64)
+            pressure_prior = priors[:, schema.PRIOR_NAMES.index("PressurePrior")].astype(np.float64)
             assert np.isfinite(pressure_prior).all() and np.abs(pressure_prior[1][mask]).max() > 0
             grid = f[schema.PREPPED_OUTPUTS_GRID]
             assert grid.chunks == (1, 2, 12, 10, 8)  # chunk edge 16 clipped to the tiny grid
@@ -134,7 +135,7 @@ def test_prepped_arrays_equal_raw(prepped):
 def test_prepare_arrays_equals_the_packed_file(prepped, tmp_path):
     out, _, arrays = prepped
     raw = write_raw_sim(tmp_path / "v2.4_0001.h5", arrays[1])
-    mem = dp.prepare_arrays(raw)
+    mem = dp.prepare_arrays(raw, desc=Description.from_dict(DESCRIPTION))
     with h5py.File(out / "test/v2.4_0001.prepped.h5", "r") as f:
         for key, name in [("static", schema.PREPPED_STATIC), ("outputs_grid", schema.PREPPED_OUTPUTS_GRID),
                           ("params_scalar", schema.PREPPED_PARAMS), ("outputs_scalar", schema.PREPPED_OUTPUTS_SCALAR),

@@ -74,8 +74,8 @@ def _expected_patch(root, stats, entry):
     # the priors at t and t + 1: thermal shares as they are, the pressure prior (stored as
     # asinh(change / 1 bar)) rescaled to the pressure target's scale like the change channel
     for frame in (prior[t], prior[t + 1]):
-        chans += list(frame[:schema.N_THERMAL_PRIOR])
-        chans.append(np.arcsinh(np.sinh(frame[schema.N_THERMAL_PRIOR]) * schema.PRESSURE_PRIOR_SCALE_PA / s[0]))
+        chans += list(frame[:len(schema.THERMAL_PRIOR_NAMES)])
+        chans.append(np.arcsinh(np.sinh(frame[len(schema.THERMAL_PRIOR_NAMES)]) * schema.PRESSURE_PRIOR_SCALE_PA / s[0]))
     x = np.stack(chans) * active
     delta = np.stack([np.arcsinh((grid[1, c] - grid[0, c]) / s[c]) for c in range(2)]) * active
     # scalars: log of next / previous in units of 0.1 %; the total's increment against rate x 1 year

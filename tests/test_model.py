@@ -6,21 +6,15 @@ from __future__ import annotations
 import math
 import pickle
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from voxel_ode import schema
-from voxel_ode.model import (COLD_MAX, LOG_GAIN_BOUND, ModelConfig, VoxelAutoRegressor, count_parameters,
-                              config_dict, crop_upsample, load_model, mix_head_bias)
+from voxel_ode.model import (LOG_GAIN_BOUND, ModelConfig, VoxelAutoRegressor, count_parameters, crop_upsample, load_model)
 from voxel_ode.utils import UserError, coarsen
 
 SMALL = dict(base_channels=8, depth=2, receptive_field_radius=1, context_channels=8, global_dim=16)
-
-
-THERMAL_NOW = [schema.channel_index(n) for n in schema.THERMAL_PRIOR_NAMES]
-THERMAL_NEXT = [schema.channel_index(n + "Next") for n in schema.THERMAL_PRIOR_NAMES]
 
 
 def make(seed=0, randomize=True, **overrides):
@@ -30,7 +24,7 @@ def make(seed=0, randomize=True, **overrides):
     if randomize:
         with torch.no_grad():
             for name, p in model.named_parameters():
-                if "film" in name or "grid_head" in name or "response_head" in name or "front_head" in name:
+                if "film" in name or "grid_head" in name:
                     p.normal_(0, 0.3)
     return model
 
@@ -203,10 +197,6 @@ def test_load_model_roundtrip_and_refuses_pickles(tmp_path):
         load_model(bad)
     with pytest.raises(UserError, match="not found"):
         load_model(tmp_path / "missing.pt")
-    old = {k: v for k, v in asdict(model.config).items() if k != "mix_heads_version"}  # sigmoid-point heads
-    torch.save({"model": model.state_dict(), "model_config": old}, path)
-    with pytest.raises(UserError, match="older voxel-ode"):
-        load_model(path)
 
 
 def test_loss_decreases_when_overfitting_a_tiny_batch(tmp_path):
@@ -219,7 +209,7 @@ def test_loss_decreases_when_overfitting_a_tiny_batch(tmp_path):
     ds = PatchDataset(tmp_path / "prepped", "train")
     batch = collate([ds[i] for i in range(4)])
     torch.manual_seed(0)
-    model = VoxelAutoRegressor(ModelConfig(**SMALL)).train()
+    model = VoxelAutoRegressor(ModelConfig(**SMALL, priors=False)).train()  # plain step targets
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
 
     def loss_fn():
@@ -244,152 +234,71 @@ def test_loss_decreases_when_overfitting_a_tiny_batch(tmp_path):
     assert losses[-1] < 0.3 * losses[0], losses[::5]
 
 
-def test_response_mix_sets_the_pressure_change_to_the_weighted_responses():
-    """Pressure target = asinh(sum_k a_k sinh(x_k) + c sum_k (a_k / g) sinh(x_cold_k) - sinh(x_change)
-    + sinh(grid head)); T untouched
-    (without the front mix: with it, the thermal prior shares the mix's support point, see below)."""
-    model = make(global_context=False, front_mix=False, pressure_prior=False)
-    x, p, a = inputs((6, 7, 8), batch=2)
-    r = [x[:, schema.channel_index(n)] for n in schema.RESPONSE_NAMES]
-    d = [x[:, schema.channel_index(n)] for n in schema.COLD_RESPONSE_NAMES]
-    change = x[:, schema.channel_index("PressureChange")]
-    u, gain = 1.4, 1.5  # 60 % of response 1 + 40 % of response 2, times 1.5
-    for cold in (0.05, 0.7):  # near 0 = the first year: about the one-year responses alone
-        with torch.no_grad():
-            plain = model(x, p, a)[0]
-            model.grid_head.weight[0].zero_()  # no pressure residual
-            model.grid_head.bias[0] = 0.0
-            model.response_head[-1].weight.zero_()
-            model.response_head[-1].bias.copy_(mix_head_bias(u, gain, cold))
-            delta = model(x, p, a)[0]
-        hat = torch.zeros(len(r))
-        hat[1], hat[2] = 0.6, 0.4
-        mix = sum(gain * h * torch.sinh(rk) + cold * h * torch.sinh(dk) for h, rk, dk in zip(hat, r, d))
-        expected = torch.asinh(mix - torch.sinh(change)) * a[:, 0]
-        torch.testing.assert_close(delta[:, 0], expected, rtol=1e-5, atol=1e-5)
-        model = make(global_context=False, front_mix=False, pressure_prior=False)
-    torch.testing.assert_close(delta[:, 1], plain[:, 1])  # temperature does not see the mix
-    off = make(global_context=False, response_mix=False, pressure_prior=False)
-    assert not hasattr(off, "response_head")
-
-
-@pytest.mark.parametrize("response_mix", [True, False])
-def test_pressure_prior_sets_the_pressure_change_to_the_prior_at_t_plus_1(response_mix):
-    """Pressure target = asinh(sinh(x_PressurePriorNext) - sinh(x_change) + sinh(grid head)): the
-    response mix's weights play no part (its head only places the front mix); T untouched."""
-    model = make(global_context=False, front_mix=False, response_mix=response_mix)
-    assert model.config.pressure_prior  # the default
-    x, p, a = inputs((6, 7, 8), batch=2)
-    prior_next = x[:, schema.channel_index(schema.PRESSURE_PRIOR_NAMES[0] + "Next")]
-    change = x[:, schema.channel_index("PressureChange")]
+def _zero_residual(model):
     with torch.no_grad():
-        plain = model(x, p, a)[0]
-        model.grid_head.weight[0].zero_()  # no pressure residual
-        model.grid_head.bias[0] = 0.0
-        delta = model(x, p, a)[0]
-        if response_mix:  # another mix changes nothing
-            model.response_head[-1].bias.add_(1.0)
-            torch.testing.assert_close(model(x, p, a)[0], delta)
-        x_other = x.clone()  # nor do the response channels
-        x_other[:, [schema.channel_index(n) for n in schema.RESPONSE_NAMES]] += 1.0
-        torch.testing.assert_close(model(x_other, p, a)[0][:, 0], delta[:, 0])
-    expected = torch.asinh(torch.sinh(prior_next) - torch.sinh(change)) * a[:, 0]
-    torch.testing.assert_close(delta[:, 0], expected, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(delta[:, 1], plain[:, 1])
+        model.grid_head.weight.zero_()
+        model.grid_head.bias.zero_()
 
 
-def test_response_weights_interpolate_neighbouring_supports_from_params_only():
-    """Any head output gives gain x (a linear interpolation between two neighbouring
-    responses), the gain and the cold share within their bounds however far out the head's
-    outputs are; the mix depends on the params and time only, not on the whole-field vector."""
-    torch.manual_seed(0)
-    model = make()
-    with torch.no_grad():
-        for layer in model.response_head:
-            if isinstance(layer, torch.nn.Linear):
-                layer.weight.normal_(0, 2.0)
-                layer.bias.normal_(0, 2.0)
-    params = torch.randn(64, schema.N_CONDITIONING) * 3
-    w = model.response_weights(params)
-    assert w.shape == (64, len(schema.RESPONSE_NAMES)) and (w >= 0).all()
-    nonzero = w > 0
-    assert (nonzero.sum(1) <= 2).all()
-    for row, mask in zip(w, nonzero):  # the non-zero ones are neighbours
-        idx = mask.nonzero().flatten()
-        assert len(idx) < 2 or idx[1] - idx[0] == 1
-    raw = model.response_head(params)
-    assert raw.abs().max() > 50  # far outside any bound
-    gain = torch.exp(LOG_GAIN_BOUND * torch.tanh(raw[:, 1] / LOG_GAIN_BOUND))
-    torch.testing.assert_close(w.sum(1), gain)
-    assert gain.max() <= math.exp(LOG_GAIN_BOUND) + 1e-4 and gain.min() >= math.exp(-LOG_GAIN_BOUND) - 1e-6
-    at_ends = (raw[:, 0] < 0) | (raw[:, 0] > 4)  # points beyond the scale sit on its end responses
-    assert at_ends.any() and ((w[at_ends, 0] > 0) ^ (w[at_ends, -1] > 0)).all()
-    _, _, cold = model._pressure_mix(params)
-    assert (cold >= 0).all() and (cold <= COLD_MAX).all() and cold.max() > 0.9 * COLD_MAX
-    assert model.response_head[0].in_features == schema.N_CONDITIONING
-
-
-def test_front_mix_moves_the_temperature_by_the_gap_times_the_thermal_priors_step():
-    """Temperature target = asinh(g * sinh(x_gap) * sum_k a_k (theta_k(t+1) - theta_k(t)) + sinh(grid head)),
-    a_k the interpolation between neighbouring flow fields; pressure untouched."""
+@pytest.mark.parametrize("gains", [(0.0, 0.0), (0.5, -1.0)])
+def test_priors_set_the_pressure_change_and_the_temperature_step(gains):
+    """With no residual: pressure target = asinh(g_P sinh(x_PressurePriorNext) - sinh(x_change)),
+    temperature target = asinh(g_T sinh(x_gap) (theta(t+1) - theta(t))), g = exp(B tanh(log g / B))."""
     model = make(global_context=False)
-    x, p, a = inputs((6, 7, 8), batch=2)
-    now = torch.rand(2, schema.N_THERMAL_PRIOR, 6, 7, 8)
-    x[:, THERMAL_NOW + THERMAL_NEXT] = torch.cat([now, now + torch.rand_like(now) * 0.3], 1) * a
-    gap = x[:, schema.channel_index(schema.INJECTION_GAP)]
-    temp = schema.OUTPUT_CHANNELS.index("Temperature")
+    assert model.config.priors  # the default
+    _zero_residual(model)
     with torch.no_grad():
-        model.response_head[-1].weight.zero_()
-        # the pressure mix's point 2.5 of 0..4 (between the 1 % and 0.1 % responses) is the thermal
-        # prior's 1.25 of 0..2: a quarter of the way from the 1 % to the closed flow field
-        u, log_gain = 2.5, 0.4
-        model.response_head[-1].bias[0] = u  # the point is the head's output, clipped to [0, 4]
-        plain = model(x, p, a)[0]
-        model.grid_head.weight[temp].zero_()  # no temperature residual
-        model.grid_head.bias[temp] = 0.0
-        model.front_head[-1].weight.zero_()
-        model.front_head[-1].bias.copy_(mix_head_bias(0.0, np.exp(log_gain)))  # its own point: unused
+        model.prior_log_gain.copy_(torch.tensor(gains))
+    x, p, a = inputs((6, 7, 8), batch=2)
+    with torch.no_grad():
         delta = model(x, p, a)[0]
-    step = x[:, THERMAL_NEXT] - x[:, THERMAL_NOW]
-    mixed = 0.75 * step[:, 1] + 0.25 * step[:, 2]
-    expected = torch.asinh(np.exp(log_gain) * torch.sinh(gap) * mixed) * a[:, 0]
-    torch.testing.assert_close(delta[:, temp], expected, rtol=1e-4, atol=1e-5)
-    assert expected.abs().max() > 0.05  # the prior does move the temperature
-    torch.testing.assert_close(delta[:, 1 - temp], plain[:, 1 - temp])  # pressure does not see it
-    assert model.front_head[0].in_features == schema.N_CONDITIONING  # params and time only
-    alone = make(global_context=False, response_mix=False)  # no pressure mix: the front head's own point
+    g = torch.exp(LOG_GAIN_BOUND * torch.tanh(torch.tensor(gains) / LOG_GAIN_BOUND))
+    ch = lambda name: x[:, schema.channel_index(name)]  # noqa: E731
+    pressure = torch.asinh(g[0] * torch.sinh(ch("PressurePriorNext")) - torch.sinh(ch("PressureChange")))
+    theta_step = ch("ThermalPriorNext") - ch("ThermalPrior")
+    temperature = torch.asinh(g[1] * torch.sinh(ch(schema.INJECTION_GAP)) * theta_step)
+    torch.testing.assert_close(delta[:, 0], pressure * a[:, 0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(delta[:, 1], temperature * a[:, 0], rtol=1e-5, atol=1e-5)
+
+
+def test_residual_adds_to_the_priors_and_gain_is_bounded():
+    model = make(global_context=False)
+    x, p, a = inputs((5, 6, 7))
     with torch.no_grad():
-        alone.front_head[-1].weight.zero_()
-        alone.front_head[-1].bias.copy_(mix_head_bias(1.0, 1.0))  # point 1: the 1 % flow field
-    torch.testing.assert_close(alone.front_weights(p), torch.tensor([[0.0, 1.0, 0.0]] * 2))
-    assert not hasattr(make(front_mix=False), "front_head")
+        with_residual = model(x, p, a)[0]
+        prior_p, prior_t = model.prior_steps(x)
+        prior = torch.cat([prior_p, prior_t], dim=1)
+        residual = (torch.sinh(with_residual) - prior) * a  # what the grid head added, per channel
+        assert residual[:, 0].abs().amax() > 1e-3  # pressure: prior + residual
+        assert residual[:, 1].abs().amax() < 1e-5  # temperature: the prior's step alone (the default)
+        model.config.temperature_residual = True  # where prep computed no priors
+        assert ((torch.sinh(model(x, p, a)[0]) - prior) * a)[:, 1].abs().amax() > 1e-3
+        model.prior_log_gain.fill_(1e6)  # a runaway gain stays within exp(LOG_GAIN_BOUND)
+        p_big, _ = model.prior_steps(x)
+    change = torch.sinh(x[:, schema.channel_index("PressureChange")])
+    nxt = torch.sinh(x[:, schema.channel_index("PressurePriorNext")])
+    torch.testing.assert_close(p_big[:, 0], math.exp(LOG_GAIN_BOUND) * nxt - change, rtol=1e-5, atol=1e-5)
 
 
-def test_without_temperature_residual_the_temperature_follows_the_prior_alone():
-    x, p, a = inputs((6, 7, 8), batch=2)
-    now = torch.rand(2, schema.N_THERMAL_PRIOR, 6, 7, 8)
-    x[:, THERMAL_NOW + THERMAL_NEXT] = torch.cat([now, now + torch.rand_like(now) * 0.3], 1) * a
-    temp = schema.OUTPUT_CHANNELS.index("Temperature")
-    with_residual = make(seed=3, global_context=False, temperature_residual=True)
-    prior_only = make(seed=3, global_context=False, temperature_residual=False)  # same weights
+def test_without_priors_the_prior_channels_play_no_part():
+    model = make(global_context=False, priors=False)
+    assert not hasattr(model, "prior_log_gain")
+    x, p, a = inputs((6, 6, 6))
+    x2 = x.clone()
+    # the priors still enter the network as inputs: zero their stem weights to see only the heads
+    prior_channels = [schema.channel_index(n) for n in schema.PRIOR_NAMES + schema.PRIOR_NEXT_NAMES]
     with torch.no_grad():
-        d_with, d_without = with_residual(x, p, a)[0], prior_only(x, p, a)[0]
-        expected = torch.asinh(prior_only.front_step(x, p)[:, 0]) * a[:, 0]
-    torch.testing.assert_close(d_without[:, temp], expected, rtol=1e-4, atol=1e-5)
-    assert (d_with[:, temp] - d_without[:, temp]).abs().max() > 0.05  # the residual is really gone
-    torch.testing.assert_close(d_without[:, 1 - temp], d_with[:, 1 - temp])  # pressure untouched
-    with pytest.raises(UserError, match="temperature_residual"):
-        ModelConfig(front_mix=False, temperature_residual=False)
+        model.stem.weight[:, prior_channels] = 0.0
+        x2[:, prior_channels] += 5.0
+        torch.testing.assert_close(model(x2, p, a)[0], model(x, p, a)[0])
 
 
-def test_temperature_residual_default_and_older_checkpoints(tmp_path):
-    assert ModelConfig().temperature_residual is False  # the front mix's prior alone
-    assert ModelConfig(front_mix=False).temperature_residual is True  # the head is the only source
-    # a checkpoint written before the key existed had the residual: it must load with it
-    model = make(seed=1, global_context=False, temperature_residual=True)
-    stored = config_dict(model)
-    del stored["temperature_residual"]
-    torch.save({"model": model.state_dict(), "model_config": stored}, tmp_path / "old.pt")
-    loaded, _ = load_model(tmp_path / "old.pt")
-    assert loaded.config.temperature_residual is True
-    assert ModelConfig.from_dict({}).pressure_prior is False  # before the pressure prior: the response mix
+def test_old_checkpoint_configs_are_refused_with_one_line(tmp_path):
+    from dataclasses import asdict
+
+    model = make()
+    path = tmp_path / "old.pt"
+    old = {**asdict(model.config), "response_mix": True, "front_mix": True}
+    torch.save({"model": model.state_dict(), "model_config": old}, path)
+    with pytest.raises(UserError, match="retrain"):
+        load_model(path)

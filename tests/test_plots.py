@@ -1,21 +1,33 @@
 """Pictures are written, slices mask inactive cells, and the XDMF points at real datasets."""
 
+import json
 import xml.etree.ElementTree as ET
 
 import h5py
 import numpy as np
+import pytest
 
 from test_rollout import GRID, N_T, prepped_arrays
+from fixtures import DESCRIPTION
 from voxel_ode import plots, rollout, schema
 
 
-def _write(tmp_path, truth=True):
+CELL_SIZE = (100.0, 50.0, 10.0)  # dx, dy, dz in m
+
+
+def _write(tmp_path, truth=True, cell_size=CELL_SIZE):
     sim = prepped_arrays(seed=3)
     pred = sim["outputs_grid"] + 1.0
     path = rollout.write_predictions(
         tmp_path / "predictions.h5", pred, sim["outputs_scalar"], sim["static"][1], {"source": "x"},
-        truth=(sim["outputs_grid"], sim["outputs_scalar"]) if truth else None, xdmf=True)
+        truth=(sim["outputs_grid"], sim["outputs_scalar"]) if truth else None, xdmf=True, cell_size=cell_size)
     return sim, pred, path
+
+
+def _node_coordinates(grid):
+    geo = grid.find("Geometry")
+    assert geo.get("GeometryType") == "VXVYVZ"
+    return [np.array(item.text.split(), float) for item in geo.findall("DataItem")]
 
 
 def _resolve(xdmf_dir, text):
@@ -38,8 +50,13 @@ def test_xdmf_is_valid_and_points_at_existing_datasets(tmp_path):
     with h5py.File(h5) as f:
         for t, grid in enumerate(steps):
             topo = grid.find("Topology")
-            assert topo.get("TopologyType") == "3DCoRectMesh"
+            assert topo.get("TopologyType") == "3DRectMesh"
             assert topo.get("Dimensions") == f"{nz + 1} {ny + 1} {nx + 1}"  # nodes, for cell data
+            # metres from the cell sizes; z is the elevation below the top: depth points down
+            vx, vy, vz = _node_coordinates(grid)
+            np.testing.assert_array_equal(vx, np.arange(nx + 1) * CELL_SIZE[0])
+            np.testing.assert_array_equal(vy, np.arange(ny + 1) * CELL_SIZE[1])
+            np.testing.assert_array_equal(vz, -np.arange(nz + 1) * CELL_SIZE[2])
             names = {a.get("Name") for a in grid.findall("Attribute")}
             assert names == {"Pressure", "Temperature", "TruePressure", "TrueTemperature", "IsActive"}
             for attr in grid.findall("Attribute"):
@@ -63,6 +80,24 @@ def test_xdmf_is_valid_and_points_at_existing_datasets(tmp_path):
     assert n_checked == N_T * 5
 
 
+def test_xdmf_without_cell_sizes_says_it_uses_unit_spacing(tmp_path):
+    _write(tmp_path, cell_size=None)
+    root = ET.parse(tmp_path / "predictions.xdmf").getroot()
+    assert "unit spacing" in root.find("Domain/Information").get("Value")
+    vx, vy, vz = _node_coordinates(root.find("Domain/Grid/Grid"))
+    nz, ny, nx = GRID
+    np.testing.assert_array_equal(vz, -np.arange(nz + 1.0))
+    np.testing.assert_array_equal(vx, np.arange(nx + 1.0))
+    # the cell sizes are kept in predictions.h5 and found there when the XDMF is rewritten
+    _, _, h5 = _write(tmp_path)
+    assert json.loads(h5py.File(h5)["/"].attrs["cell_size_m"]) == list(CELL_SIZE)
+    plots.write_xdmf(h5)
+    root = ET.parse(tmp_path / "predictions.xdmf").getroot()
+    assert root.find("Domain/Information") is None
+    np.testing.assert_array_equal(_node_coordinates(root.find("Domain/Grid/Grid"))[2],
+                                  -np.arange(nz + 1) * CELL_SIZE[2])
+
+
 def test_xdmf_without_truth_has_only_predictions(tmp_path):
     _write(tmp_path, truth=False)
     root = ET.parse(tmp_path / "predictions.xdmf").getroot()
@@ -83,17 +118,20 @@ def test_injector_cell_is_largest_positive_rate():
 def test_pictures_are_written_and_inactive_cells_blank(tmp_path, monkeypatch):
     sim = prepped_arrays(seed=1)
     pred = sim["outputs_grid"] + 1.0
-    shown = []
+    shown, extents, labels = [], [], []
     real_imshow = plots.plt.Axes.imshow
 
     def spy(self, img, *a, **k):
         shown.append(img)
+        extents.append(k.get("extent"))
+        labels.append(self)  # labelled after imshow: read below
         return real_imshow(self, img, *a, **k)
 
     monkeypatch.setattr(plots.plt.Axes, "imshow", spy)
     files = plots.plot_simulation(tmp_path, sim, {"model": (pred, sim["outputs_scalar"]),
                                                   "persistence": (np.repeat(sim["outputs_grid"][:1], N_T, 0),
-                                                                  sim["outputs_scalar"])}, steps=[2])
+                                                                  sim["outputs_scalar"])}, steps=[2],
+                                  stats={"description": DESCRIPTION})
     assert [f.name for f in files] == ["slices_step02.png", "scalars.png", "error_curves.png"]
     for f in files:
         assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f.stat().st_size > 5000
@@ -105,6 +143,14 @@ def test_pictures_are_written_and_inactive_cells_blank(tmp_path, monkeypatch):
     np.testing.assert_allclose(shown[2].compressed(), 1e-5, rtol=1e-3)
     np.testing.assert_allclose(shown[8].compressed(), 1.0, rtol=1e-6)
     np.testing.assert_allclose(shown[0].compressed(), sim["outputs_grid"][2, 0][:, y, :][~inactive_zx] * 1e-5)
+    # axes in metres from the run's cell sizes; depth grows downwards (row 0 = the top)
+    dx, dy, dz = (float(sim["params_scalar"][schema.PARAM_NAMES.index(n)]) for n in ("CellSizeX", "CellSizeY", "CellSizeZ"))
+    assert plots.cell_size_of(sim, {"description": DESCRIPTION}) == pytest.approx((dx, dy, dz))
+    assert plots.cell_size_of(sim, {}) is None  # nothing declared: cells, not metres
+    nz, ny, nx = GRID
+    assert extents[0] == pytest.approx((0, nx * dx, nz * dz, 0))  # Z-X section
+    assert extents[3] == pytest.approx((0, nx * dx, ny * dy, 0))  # X-Y section
+    assert (labels[0].get_xlabel(), labels[0].get_ylabel()) == ("X (m)", "depth (m)")
 
 
 def test_scalar_pictures_show_energy_in_mw_and_tj(tmp_path, monkeypatch):

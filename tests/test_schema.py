@@ -7,18 +7,17 @@ from voxel_ode import schema
 
 
 def test_channel_counts_match_the_seed():
-    assert schema.N_STATIC == 23  # 10 raw + fault boundary + 5 well responses + arrival + injection gap + 5 cold
-    # + state (2), pressure change, the priors (thermal 3 + pressure 1) at t and at t + 1
-    assert schema.N_INPUT_CHANNELS == 34
+    assert schema.N_STATIC == 12  # 10 raw + fault boundary + injection gap
+    # + state (2), pressure change, the priors (thermal, pressure) at t and at t + 1
+    assert schema.N_INPUT_CHANNELS == 19
     assert schema.N_PARAMS == 26
     assert schema.N_SCALARS == 5
     assert len(set(schema.INPUT_CHANNELS)) == schema.N_INPUT_CHANNELS
     assert schema.INPUT_CHANNELS[schema.STATE_CHANNELS] == ("Pressure", "Temperature")
     assert schema.INPUT_CHANNELS[schema.CHANGE_CHANNELS] == ("PressureChange",)
     assert schema.INPUT_CHANNELS[schema.PRIOR_CHANNELS] == schema.PRIOR_NAMES + schema.PRIOR_NEXT_NAMES
-    assert schema.PRIOR_NAMES[:schema.N_THERMAL_PRIOR] == schema.THERMAL_PRIOR_NAMES
+    assert schema.PRIOR_NAMES == schema.THERMAL_PRIOR_NAMES + schema.PRESSURE_PRIOR_NAMES
     assert schema.INPUT_CHANNELS[schema.PREDICTED_CHANNELS] == ("Pressure", "Temperature", "PressureChange")
-    assert all(n in schema.RESPONSE_NAMES for n in schema.THERMAL_PRIOR_RESPONSES)
     assert [schema.STATIC_NAMES[i] for i in schema.INITIAL_STATE_STATIC] == ["Pressure0", "Temperature0"]
 
 

@@ -19,7 +19,7 @@ from voxel_ode.train import add_train_args, amp_policy, default_args, param_chec
 from voxel_ode.utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = dict(base_channels=8, depth=2, receptive_field_radius=1, num_threads=1, quiet=True, mix_prefit_iters=200)
+TINY = dict(base_channels=8, depth=2, receptive_field_radius=1, num_threads=1, quiet=True)
 
 
 @pytest.fixture
@@ -82,15 +82,31 @@ def test_bad_arguments_are_user_errors(prepped, tmp_path):
         train(prepped_root=str(prepped), save_dir=str(tmp_path), rollout_steps=2, **TINY)
     with pytest.raises(UserError, match="stats"):
         train(prepped_root=str(tmp_path), save_dir=str(tmp_path / "ck"), **TINY)
-    with pytest.raises(UserError, match="no_response_mix"):  # the mix reads asinh-scaled changes
+    with pytest.raises(UserError, match="no_priors"):  # the priors read asinh-scaled changes
         train(prepped_root=str(prepped), save_dir=str(tmp_path / "ck2"), delta_norm="zscore", **TINY)
 
 
-def test_amp_on_cpu_runs_fp32_and_says_so(capsys):
-    dtype, scaler = amp_policy(True, torch.device("cpu"))
-    assert dtype is None and scaler is False
-    assert "--use_amp ignored on CPU" in capsys.readouterr().out
-    assert amp_policy(False, torch.device("cpu")) == (None, False)
+def test_amp_policy_on_cpu_follows_the_probe_and_says_so(capsys, monkeypatch):
+    monkeypatch.setenv("VOXEL_ODE_CPU_BF16", "0")  # a CPU where bf16 measured slower
+    assert amp_policy("auto", torch.device("cpu"), use_amp=True) == (None, False)
+    assert "precision: fp32" in capsys.readouterr().out
+    monkeypatch.setenv("VOXEL_ODE_CPU_BF16", "1")  # one where it measured faster
+    assert amp_policy("auto", torch.device("cpu")) == (torch.bfloat16, False)
+    assert amp_policy("none", torch.device("cpu")) == (None, False)
+    assert amp_policy("bf16", torch.device("cpu")) == (torch.bfloat16, False)
+    with pytest.raises(UserError, match="--use_amp"):
+        amp_policy("none", torch.device("cpu"), use_amp=True)
+
+
+def test_amp_flags_parse():
+    assert default_args().amp == "auto" and not default_args().use_amp
+    for amp in ("auto", "bf16", "fp16", "none"):
+        p = argparse.ArgumentParser()
+        add_train_args(p)
+        args = p.parse_args(["--prepped_root", "x", "--amp", amp, "--use_amp"])
+        assert args.amp == amp and args.use_amp
+    with pytest.raises(SystemExit):
+        p.parse_args(["--prepped_root", "x", "--amp", "fp8"])
 
 
 # ---------------------------------------------------------------------------
@@ -100,12 +116,12 @@ def test_amp_on_cpu_runs_fp32_and_says_so(capsys):
 
 def test_loss_decreases_and_checkpoint_is_safe(prepped, tmp_path, capsys):
     save = tmp_path / "ck"
-    # The fixture's pressure moves by random noise, with no well response to mix: the plain grid head.
-    # (The response mix is trained in tests/test_demo.py on synthetic reservoirs.)
+    # The fixture's pressure moves by random noise the priors know nothing of: the plain grid head.
+    # (The priors are trained in tests/test_demo.py on synthetic reservoirs.)
     summary = train(prepped_root=str(prepped), save_dir=str(save), max_steps=40, batch_size=4, lr=3e-3,
                     warmup_steps=5, log_every=10, eval_every=20, ckpt_every=20, use_amp=True,
-                    no_response_mix=True, no_pressure_prior=True, **TINY)
-    assert "--use_amp ignored on CPU" in capsys.readouterr().out  # AMP on CPU: says so, trains fp32
+                    no_priors=True, **TINY)
+    assert "precision: fp32" in capsys.readouterr().out  # --use_amp on a CPU without fast bf16: fp32
     losses = [r["loss"] for r in _records(save, "train")]
     assert len(losses) == 4 and losses[-1] < 0.8 * losses[0], losses
     final = summary["final_eval"]
@@ -183,7 +199,7 @@ def test_seed_single_gpu_command_runs_on_cpu(prepped, tmp_path):
            "--save_dir", str(tmp_path / "ck"), "--quiet"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "--use_amp ignored on CPU" in out.stdout
+    assert "precision: fp32" in out.stdout  # --use_amp still accepted; fp32 on this (test) CPU
     assert (tmp_path / "ck" / "step6.pt").is_file() and (tmp_path / "ck" / "last.pt").is_file()
 
 
@@ -260,8 +276,8 @@ def test_missing_wandb_is_a_clear_error(prepped, tmp_path, monkeypatch):
         train(prepped_root=str(prepped), save_dir=str(tmp_path), use_wandb=True, max_steps=1, **TINY)
 
 
-def test_pressure_loss_with_the_response_mix_compares_the_change_since_start(prepped, monkeypatch):
-    """A first step that is wrong by e and a second step that corrects it: with the response mix
+def test_pressure_loss_with_the_priors_compares_the_change_since_start(prepped, monkeypatch):
+    """A first step that is wrong by e and a second step that corrects it: with the priors
     the second step's pressure loss is 0 (the change since t = 0 is right again); the increment
     loss of the plain head is not. Temperature is compared step by step either way."""
     from voxel_ode import train as train_module
@@ -281,10 +297,9 @@ def test_pressure_loss_with_the_response_mix_compares_the_change_since_start(pre
              torch.asinh(torch.sinh(target[:, 1]) - torch.tensor([err, 0.0]).view(1, 2, 1, 1, 1))]
 
     class Scripted(torch.nn.Module):
-        def __init__(self, response_mix):
+        def __init__(self, priors):
             super().__init__()
-            # the pressure prior sets the change since t = 0 like the response mix: off with it here
-            self.config = ModelConfig(response_mix=response_mix, pressure_prior=response_mix)
+            self.config = ModelConfig(priors=priors)
             self.calls = 0
 
         def forward(self, x, params, active):
@@ -294,8 +309,8 @@ def test_pressure_loss_with_the_response_mix_compares_the_change_since_start(pre
     batch = {"x": x, "active": active, "params": torch.zeros(1, schema.N_CONDITIONING), "t": torch.tensor([0]),
              "target_delta": target, "target_scalars": torch.zeros(1, 2, schema.N_SCALARS),
              "priors": torch.zeros(1, 3, schema.N_PRIORS, *x.shape[2:])}
-    for response_mix in (True, False):
-        unroll = Unroll(Scripted(response_mix), norm, train_scalars=False, amp_dtype=None)
+    for priors in (True, False):
+        unroll = Unroll(Scripted(priors), norm, train_scalars=False, amp_dtype=None)
         step_losses = []
         mse = train_module.masked_channel_mse
         monkeypatch.setattr(train_module, "masked_channel_mse",  # record the per-step [P, T] losses
@@ -304,75 +319,15 @@ def test_pressure_loss_with_the_response_mix_compares_the_change_since_start(pre
         monkeypatch.undo()
         first, second = step_losses
         assert first[0] > 1e-3 and first[1] == 0 and second[1] == 0
-        if response_mix:
+        if priors:
             assert second[0] < 1e-10  # the change since t = 0 is right again after step 2
         else:
             assert second[0] > 1e-3  # the increment of step 2 is off by -err
 
 
-def test_mix_l1_adds_the_penalty_on_the_params_to_mix_layer(prepped):
-    """loss(mix_l1) - loss(0) = mix_l1 * sum |the mix heads' first-layer weights from the params|,
-    whose gradient is sign(weight): it only pulls those weights toward 0; the time feature's
-    weights (last column) are free."""
-    from voxel_ode.dataset import Normalizer
-    from voxel_ode.model import ModelConfig, VoxelAutoRegressor
-    from voxel_ode.train import Unroll, mix_l1_penalty
-
-    torch.manual_seed(0)
-    norm = Normalizer(json.loads((prepped / schema.STATS_FILE).read_text()))
-    model = VoxelAutoRegressor(ModelConfig(base_channels=4, depth=1, context_channels=4, context_stages=1,
-                                           global_dim=8, channels_last=False))
-    shape = (1, 1, 8, 8, 8)
-    batch = {"x": torch.randn(1, schema.N_INPUT_CHANNELS, *shape[2:]) * 0.1, "active": torch.ones(shape),
-             "params": torch.randn(1, schema.N_CONDITIONING), "t": torch.tensor([0]),
-             "target_delta": torch.zeros(1, 1, schema.N_DYNAMIC, *shape[2:]),
-             "target_scalars": torch.zeros(1, 1, schema.N_SCALARS)}
-    plain = Unroll(model, norm, train_scalars=False, amp_dtype=None)(batch, 1, True)[0]
-    lam = 0.3
-    penalised = Unroll(model, norm, train_scalars=False, amp_dtype=None, mix_l1=lam)(batch, 1, True)[0]
-    expected = lam * (model.response_head[0].weight[:, :schema.N_PARAMS].abs().sum()
-                      + model.front_head[0].weight[:, :schema.N_PARAMS].abs().sum())
-    torch.testing.assert_close(penalised - plain, expected)
-    torch.testing.assert_close(mix_l1_penalty(model), expected / lam)
-    mix_l1_penalty(model).backward()  # its gradient pulls every weight toward 0
-    weight = model.response_head[0].weight
-    torch.testing.assert_close(weight.grad[:, :schema.N_PARAMS], torch.sign(weight.detach()[:, :schema.N_PARAMS]))
-    assert (weight.grad[:, schema.N_PARAMS:] == 0).all() and schema.CONDITIONING_NAMES[-1] == "YearsSinceStart"
-
-
-def test_mix_aux_adds_the_loss_of_the_mixes_alone(prepped):
-    """loss(mix_aux) - loss(0) = mix_aux * (MSE(asinh(mix alone), asinh(true change since t = 0 / s_P))
-    + MSE(asinh(thermal prior's step alone), temperature target))."""
-    from voxel_ode.dataset import Normalizer
-    from voxel_ode.model import ModelConfig, VoxelAutoRegressor
-    from voxel_ode.train import Unroll
-
-    torch.manual_seed(0)
-    norm = Normalizer(json.loads((prepped / schema.STATS_FILE).read_text()))
-    model = VoxelAutoRegressor(ModelConfig(base_channels=4, depth=1, context_channels=4, context_stages=1,
-                                           global_dim=8, channels_last=False))
-    shape = (1, 1, 6, 7, 8)
-    x = torch.randn(1, schema.N_INPUT_CHANNELS, *shape[2:]) * 0.3
-    target = torch.randn(1, 1, schema.N_DYNAMIC, *shape[2:]) * 0.2
-    batch = {"x": x, "active": torch.ones(shape), "params": torch.randn(1, schema.N_CONDITIONING),
-             "t": torch.tensor([0]), "target_delta": target, "target_scalars": torch.zeros(1, 1, schema.N_SCALARS)}
-    with torch.no_grad():
-        plain = Unroll(model, norm, train_scalars=False, amp_dtype=None)(batch, 1, True)[0]
-        lam = 0.7
-        with_aux = Unroll(model, norm, train_scalars=False, amp_dtype=None, mix_aux=lam)(batch, 1, True)[0]
-        true_next = torch.sinh(x[:, schema.channel_index("PressureChange")]) + torch.sinh(target[:, 0, 0])
-        mix = model.response_mix(x, batch["params"])[:, 0]
-        front = model.front_step(x, batch["params"])[:, 0]
-        expected = lam * (((torch.asinh(mix) - torch.asinh(true_next)) ** 2).mean()
-                          + ((torch.asinh(front) - target[:, 0, 1]) ** 2).mean())
-    assert expected > 1e-4
-    torch.testing.assert_close(with_aux - plain, expected, rtol=1e-4, atol=1e-7)
-
-
 def test_budget_horizon_follows_the_step_rate(monkeypatch):
     """With a time budget the cosine (and the progress bar) ends where the budget ends: 20 steps in
     10 s of a 60 s budget leave 50 s at 2 steps/s, so the horizon is 20 + 100; capped at --max_steps."""
-    import argparse
 
     from voxel_ode.schedulers import warmup_cosine
     from voxel_ode.train import Dist, fit_schedule_to_budget
@@ -397,20 +352,16 @@ def test_eval_every_zero_evaluates_only_after_the_last_step(prepped, tmp_path):
         train(prepped_root=str(prepped), save_dir=str(tmp_path / "neg"), max_steps=1, eval_every=-1, **TINY)
 
 
-def test_temperature_residual_flag_reaches_the_checkpoint(prepped, tmp_path):
+def test_priors_follow_the_flag_and_the_log_says_what_prep_computed(prepped, tmp_path, capsys):
+    """The prior heads are the default (--no_priors: the grid head alone); the log says whether
+    prep computed physics priors (stats.json "priors") or left them at zero."""
     from voxel_ode.model import load_model
 
-    for flag, expected in ((None, False), (True, True)):  # default: the thermal prior's step alone
+    assert json.loads((prepped / schema.STATS_FILE).read_text())["priors"] is True
+    for flag, expected, said in ((False, True, "physics priors=yes"), (True, False, "physics priors=no")):
         out = tmp_path / str(flag)
         train(prepped_root=str(prepped), save_dir=str(out), max_steps=1, batch_size=2, eval_every=0,
-              temperature_residual=flag, **TINY)
+              no_priors=flag, **TINY)
         model, _ = load_model(out / "last.pt")
-        assert model.config.temperature_residual is expected
-
-
-def test_temperature_residual_command_line_flags():
-    parser = argparse.ArgumentParser()
-    add_train_args(parser)
-    parsed = {flag: parser.parse_args(["--prepped_root", "x", *([flag] if flag else [])]).temperature_residual
-              for flag in (None, "--temperature_residual", "--no_temperature_residual")}
-    assert parsed == {None: None, "--temperature_residual": True, "--no_temperature_residual": False}
+        assert model.config.priors is expected and said in capsys.readouterr().out
+        assert model.config.temperature_residual is False  # prep computed priors: the thermal prior's step alone

@@ -34,13 +34,25 @@ def _top_help() -> str:
     return "\n".join(lines)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: ...)" to an option's help unless the option is required, has no
+    default (None: not given, as its text explains) or the text already says its default in
+    words (e.g. "default: from the first file")."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.required or action.default is None or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser(command: str) -> tuple[argparse.ArgumentParser, callable]:
     module_name, add_name, run_name, help_text = COMMANDS[command]
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(
         prog=f"voxel-ode {command}",
         description=help_text,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     getattr(module, add_name)(parser)
     return parser, getattr(module, run_name)

@@ -5,7 +5,7 @@ API (see docs/design.md for the file layouts)
 ``Normalizer(stats, delta_mode="asinh")``  (``Normalizer.from_file(path)``)
     Built from the stats.json dict. All grid methods take torch tensors with the
     channel axis at dim -4 ([C,D,H,W] or [B,C,D,H,W]); numpy arrays are accepted.
-    normalize_static(static[16], active)      -> [16]  transform (log10) + z-score, 0 at inactive;
+    normalize_static(static[23], active)      -> [23]  transform (log10) + z-score, 0 at inactive;
         the well responses (Pa): asinh(x / s_P), the pressure target's scale;
         the injection temperature gap (K): asinh(x / s_T)
     normalize_state(state[2]) / denormalize_state(state_norm[2])       z-score of (P, T)
@@ -92,7 +92,7 @@ import numpy as np
 import torch
 
 from voxel_ode import schema
-from voxel_ode.utils import UserError, coarsen
+from voxel_ode.utils import UserError, coarsen, signed_log1p
 
 STATIC_ACTIVE = schema.STATIC_NAMES.index("IsActive")
 STATIC_PERM_X = schema.STATIC_NAMES.index("PermX")
@@ -117,8 +117,6 @@ def _as_tensor(a, dtype=torch.float32):
     return torch.as_tensor(np.asarray(a), dtype=dtype)
 
 
-def signed_log1p(v):
-    return torch.sign(v) * torch.log1p(torch.abs(v))
 
 
 def _bcast(values, ndim_after: int, like: torch.Tensor):
@@ -245,8 +243,9 @@ class Normalizer:
         path = Path(path)
         if not path.is_file():
             raise UserError(f"{path}: stats.json: file not found (run `voxel-ode prep` first)")
-        with open(path) as f:
-            return cls(json.load(f), **kwargs)
+        from voxel_ode.data_prep import load_stats
+
+        return cls(load_stats(path), **kwargs)  # validated: one line naming the file and field
 
     # ---- grids ------------------------------------------------------------
     def normalize_static(self, static, active=None) -> torch.Tensor:
@@ -469,7 +468,9 @@ class PatchDataset(torch.utils.data.Dataset):
             stats_path = self.root / schema.STATS_FILE
             if not stats_path.is_file():
                 raise UserError(f"{stats_path}: stats.json: file not found (run `voxel-ode prep` first)")
-            stats = json.loads(stats_path.read_text())
+            from voxel_ode.data_prep import load_stats
+
+            stats = load_stats(stats_path)  # validated: one line naming the file and field
         self.stats = stats
         self.normalizer = Normalizer(stats, delta_mode=delta_mode)
         self.split, self.mode, self.K = split, mode, rollout_steps

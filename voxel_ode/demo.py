@@ -38,17 +38,15 @@ class DemoConfig:
     lr: float
     max_steps: int = 100_000
     eval_every: int = 250
-    mix_prefit_iters: int = 3000
     seed: int = 0
 
 
 FULL = DemoConfig(n_sims=40, n_test=5, grid=(32, 16, 16), train_minutes=6.0, base_channels=24, depth=4,
                   batch_size=4, rollout_steps=3, lr=2e-3)
-# quick: a fixed number of steps (not a time budget) so the result does not depend on machine speed;
-# a shorter fit of the pressure mix head and no test-split evaluation during training (the demo
-# evaluates the final model anyway)
+# quick: a fixed number of steps (not a time budget) so the result does not depend on machine speed,
+# and no test-split evaluation during training (the demo evaluates the final model anyway)
 QUICK = DemoConfig(n_sims=24, n_test=4, grid=(24, 12, 12), train_minutes=4.0, base_channels=16, depth=3,
-                   batch_size=4, rollout_steps=2, lr=3e-3, max_steps=300, eval_every=0, mix_prefit_iters=1000)
+                   batch_size=4, rollout_steps=2, lr=3e-3, max_steps=300, eval_every=0)
 
 
 def add_demo_args(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +56,8 @@ def add_demo_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
                         help="grid of the synthetic simulations (default 32 16 16, quick 24 12 12)")
     parser.add_argument("--train_minutes", type=float, default=None, help="training wall-time budget (default 6; quick stops after 300 steps)")
+    parser.add_argument("--max_steps", type=int, default=None,
+                        help="stop training after this many steps (default: the time budget; quick 300)")
     parser.add_argument("--workers", type=int, default=2, help="processes for synth and prep")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and of training")
     parser.add_argument("--no_plots", action="store_true", help="skip the PNG pictures")
@@ -72,6 +72,8 @@ def demo_config(args) -> DemoConfig:
         cfg.grid = tuple(args.grid)
     if args.train_minutes is not None:
         cfg.train_minutes = args.train_minutes
+    if getattr(args, "max_steps", None) is not None:
+        cfg.max_steps = args.max_steps
     cfg.seed = args.seed
     cfg.grid = tuple(cfg.grid)
     if cfg.n_sims < cfg.n_test + 1:
@@ -136,14 +138,15 @@ def run_demo(args) -> int:
         batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=50, max_steps=cfg.max_steps,
         time_budget_min=cfg.train_minutes, rollout_steps=cfg.rollout_steps,
         rollout_curriculum_steps=200, aug_xy_rot=True, aug_flip=True, noise_std=0.0,
-        eval_every=cfg.eval_every, log_every=50, ckpt_every=1000, mix_prefit_iters=cfg.mix_prefit_iters,
+        eval_every=cfg.eval_every, log_every=50, ckpt_every=1000,
         seed=cfg.seed, device="cpu",
     )
     # the final model, not the "best" one: that is picked on the test split, which the
     # evaluation below then reports on (a test-set choice would flatter the numbers)
     ckpt = result["last_checkpoint"]
 
-    _banner(f"4/4 evaluate: rollouts of the {cfg.n_test} test simulations -> {evaldir}/")
+    _banner(f"4/4 evaluate {Path(ckpt).name} (the final model): rollouts of the {cfg.n_test} test simulations "
+            f"-> {evaldir}/")
     summary = evaluate(prepped, ckpt, evaldir, split="test", device="cpu", plots=not args.no_plots,
                        linear_baseline=True)
     minutes = (time.time() - start) / 60
@@ -151,7 +154,10 @@ def run_demo(args) -> int:
     print(f"  {evaldir / 'metrics.json'}            metrics per simulation and step")
     print(f"  {evaldir / 'plots'}/                  error curves, P/T slices, field scalars (PNG)")
     print(f"  {evaldir / 'predictions'}/            predictions (*.h5) + ParaView files (*.xdmf)")
-    print(f"  {ckpt}   the trained model")
+    print(f"  {ckpt}   the model evaluated above: the final one, step {result['steps']}")
+    if result.get("best_checkpoint"):
+        print(f"  ({result['best_checkpoint']} was picked on the test split during training; "
+              "it is not evaluated here)")
     write_json_atomic(out / "demo_summary.json", {"config": asdict(cfg), "minutes": minutes,
                                                    "checkpoint": str(ckpt), "evaluation": summary})
     return 0

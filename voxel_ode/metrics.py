@@ -33,6 +33,7 @@ import math
 import numpy as np
 
 from voxel_ode import schema
+from voxel_ode.utils import signed_log1p
 
 GRID_METRICS = ("rel_change_err", "acc_abs", "acc_pct", "mse_norm")
 SCALAR_METRICS = ("acc_pct", "rel_err", "mse_norm")
@@ -108,8 +109,6 @@ def grid_metrics(
     return out
 
 
-def signed_log1p(x):
-    return np.sign(x) * np.log1p(np.abs(x))
 
 
 _TRANSFORMS = {"none": lambda x: x, "signed_log1p": signed_log1p, "log10": np.log10}

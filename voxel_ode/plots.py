@@ -4,14 +4,17 @@
   model vs baselines, averaged over simulations.
 * ``plot_slices``: truth / prediction / error of Pressure and Temperature on a
   Z-X and an X-Y section through the injector (the cell with the largest
-  positive InjRate), inactive cells blank.
+  positive InjRate), inactive cells blank; axes in metres where the cell sizes
+  are known (``cell_size_of``), else in cells.
 * ``plot_scalars``: the 5 field scalars over time, truth vs predictions.
-* ``write_xdmf``: an Xdmf3 temporal collection of 3D CoRectMesh grids whose
-  cell-centred attributes are hyperslabs of predictions.h5 (no data copied).
+* ``write_xdmf``: an Xdmf3 temporal collection of 3D rectilinear grids in metres
+  (depth pointing down: Z index 0 at the top) whose cell-centred attributes are
+  hyperslabs of predictions.h5 (no data copied).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 import xml.etree.ElementTree as ET
@@ -21,7 +24,7 @@ import h5py
 import numpy as np
 
 from voxel_ode import schema
-from voxel_ode.utils import atomic_path
+from voxel_ode.utils import UserError, atomic_path
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 import matplotlib  # noqa: E402
@@ -66,6 +69,18 @@ def injector_cell(static: np.ndarray) -> tuple[int, int, int]:
     return tuple(int(i) for i in np.unravel_index(np.argmax(inj), inj.shape))
 
 
+def cell_size_of(sim: dict, stats=None):
+    """(dx, dy, dz) in m of a simulation as its dataset description declares them (stats.json
+    "description", with the run's ParamsScalar where it points there); None if not declared."""
+    from voxel_ode import description
+
+    try:
+        desc = description.Description.from_dict((stats or {}).get("description") or {}, "stats.json description")
+        return description.declared_cell_size(desc, sim.get("params_scalar"))
+    except (UserError, TypeError, IndexError, ValueError):
+        return None
+
+
 def default_steps(n_t: int) -> list[int]:
     """A few steps to picture: first predicted, middle, last."""
     return sorted({1, n_t // 2, n_t - 1} & set(range(1, n_t))) or [0]
@@ -96,21 +111,32 @@ def plot_error_curves(per_sim: dict, path) -> Path:
     return _save(fig, path)
 
 
-def plot_slices(sim: dict, pred_grid: np.ndarray, path, step: int, cell=None) -> Path:
-    """Truth / prediction / error of P and T at ``step``: Z-X (through the injector's y) and X-Y (its z)."""
+def plot_slices(sim: dict, pred_grid: np.ndarray, path, step: int, cell=None, cell_size=None) -> Path:
+    """Truth / prediction / error of P and T at ``step``: Z-X (through the injector's y) and X-Y (its z).
+
+    ``cell_size``: (dx, dy, dz) in m puts the axes in metres (depth down from the grid's top);
+    None leaves them in cell indices.
+    """
     static = sim["static"]
     active = static[schema.STATIC_NAMES.index("IsActive")] > 0.5
     z, y, x = cell if cell is not None else injector_cell(static)
     truth = sim["outputs_grid"][step]
     pred = pred_grid[step]
     # fixed spacing instead of constrained layout: a third faster for these 12 panels + colorbars
-    fig, axes = plt.subplots(4, 3, figsize=(13, 14), gridspec_kw=dict(hspace=0.35, wspace=0.35, top=0.95))
+    fig, axes = plt.subplots(4, 3, figsize=(13, 14), gridspec_kw=dict(hspace=0.35, wspace=0.45, top=0.95))
+    nz, ny, nx = active.shape
+    if cell_size is not None:
+        dx, dy, dz = (float(v) for v in cell_size)
+        sections = ((f"Z-X at y={(y + 0.5) * dy:.0f} m", lambda a: a[:, y, :], (0, nx * dx, nz * dz, 0),
+                     "X (m)", "depth (m)"),
+                    (f"X-Y at depth {(z + 0.5) * dz:.0f} m", lambda a: a[z, :, :], (0, nx * dx, ny * dy, 0),
+                     "X (m)", "Y (m)"))
+    else:
+        sections = ((f"Z-X at y={y}", lambda a: a[:, y, :], None, "X (cell)", "Z (cell, down)"),
+                    (f"X-Y at z={z}", lambda a: a[z, :, :], None, "X (cell)", "Y (cell)"))
     for v, var in enumerate(schema.DYNAMIC_NAMES):
         unit, factor = display_unit(var)
-        for s, (section, take) in enumerate((
-            (f"Z-X at y={y}", lambda a: a[:, y, :]),
-            (f"X-Y at z={z}", lambda a: a[z, :, :]),
-        )):
+        for s, (section, take, extent, xlabel, ylabel) in enumerate(sections):
             mask = ~take(active)
             # float64: a 1 Pa error on ~250 bar is below float32's resolution in bar
             tr = np.ma.array(take(truth[v]).astype(np.float64) * factor, mask=mask)
@@ -125,10 +151,10 @@ def plot_slices(sim: dict, pred_grid: np.ndarray, path, step: int, cell=None) ->
                 (err, "prediction - truth", dict(vmin=-lim or -1, vmax=lim or 1, cmap="RdBu_r")),
             )):
                 ax = axes[row, c]
-                im = ax.imshow(img, origin="upper", aspect="auto", interpolation="nearest", **kw)
+                im = ax.imshow(img, origin="upper", aspect="auto", interpolation="nearest", extent=extent, **kw)
                 ax.set_title(f"{var} {title}, {section}", fontsize=9)
-                ax.set_xlabel("X")
-                ax.set_ylabel("Z (down)" if s == 0 else "Y")
+                ax.set_xlabel(xlabel)
+                ax.set_ylabel(ylabel)
                 fig.colorbar(im, ax=ax, label=unit)
     fig.suptitle(f"step {step}: sections through the injector cell (z, y, x) = ({z}, {y}, {x}); blank = inactive")
     return _save(fig, path)
@@ -172,13 +198,14 @@ def plot_simulation(out_dir, sim: dict, preds: dict, stats=None, sim_metrics=Non
     out_dir = Path(out_dir)
     grid = preds["model"][0]
     steps = default_steps(len(grid)) if steps is None else steps
-    written = [plot_slices(sim, grid, out_dir / f"slices_step{t:02d}.png", t) for t in steps]
+    cell_size = cell_size_of(sim, stats)
+    written = [plot_slices(sim, grid, out_dir / f"slices_step{t:02d}.png", t, cell_size=cell_size) for t in steps]
     written.append(plot_scalars(sim.get("outputs_scalar"), {m: p[1] for m, p in preds.items()},
                                 out_dir / "scalars.png"))
     if sim_metrics is None:
         from voxel_ode import metrics as M
 
-        std = stats["dynamic"]["std"] if stats else [1.0] * schema.N_DYNAMIC
+        std = stats["dynamic"]["std"] if stats and "dynamic" in stats else [1.0] * schema.N_DYNAMIC
         sim_metrics = {m: {"grid": M.grid_metrics(g, sim["outputs_grid"],
                                                    sim["static"][schema.STATIC_NAMES.index("IsActive")], std)}
                        for m, (g, _) in preds.items()}
@@ -204,30 +231,46 @@ def _hyperslab(parent, h5_name, dataset, full_shape, t, channel):
     _data_item(slab, f"{h5_name}:/{dataset}", full_shape, fmt="HDF", NumberType="Float", Precision="4")
 
 
-def write_xdmf(h5_path, xdmf_path=None, spacing=(1.0, 1.0, 1.0)) -> Path:
+def write_xdmf(h5_path, xdmf_path=None, cell_size=None) -> Path:
     """XDMF next to predictions.h5: a time series of the predicted (and, if stored, true) P and T.
 
-    Z Y X cells -> a CoRectMesh of (Z+1, Y+1, X+1) nodes with Center="Cell"
-    attributes; ``spacing`` is (dz, dy, dx), in cell units by default. The h5
-    file is referenced by its name, so the pair can be moved together.
+    Z Y X cells -> a 3DRectMesh of (Z+1, Y+1, X+1) nodes with Center="Cell"
+    attributes, in metres: x and y grow with the index from 0, z is the elevation
+    below the grid's top (0, -dz, -2 dz, ...), so depth points down and Z index 0 is
+    at the top. ``cell_size`` is (dx, dy, dz) in m; by default the file's
+    "cell_size_m" attribute (written by rollout.write_predictions), else 1 m cells
+    (the XDMF then says so in an Information element). The h5 file is referenced by
+    its name, so the pair can be moved together.
     """
     h5_path = Path(h5_path)
     xdmf_path = Path(xdmf_path) if xdmf_path else h5_path.with_suffix(".xdmf")
     with h5py.File(h5_path, "r") as f:
         series = [(g, f[f"{g}/outputs_grid"].shape) for g in ("predicted", "truth") if f"{g}/outputs_grid" in f]
         has_active = "static/IsActive" in f
+        if cell_size is None and "cell_size_m" in f.attrs:
+            try:
+                cell_size = json.loads(f.attrs["cell_size_m"])
+            except (TypeError, ValueError):
+                cell_size = None
+    known = cell_size is not None
+    dx, dy, dz = (float(v) for v in cell_size) if known else (1.0, 1.0, 1.0)
     shape = series[0][1]
     nz, ny, nx = shape[2:]
+    nodes = {"x": np.arange(nx + 1) * dx, "y": np.arange(ny + 1) * dy, "z": -np.arange(nz + 1) * dz}
     root = ET.Element("Xdmf", Version="3.0")
     domain = ET.SubElement(root, "Domain")
+    if not known:
+        ET.SubElement(domain, "Information", Name="cell_size",
+                      Value="unknown: unit spacing (1 m cells), not the run's cell sizes")
     collection = ET.SubElement(domain, "Grid", Name="rollout", GridType="Collection", CollectionType="Temporal")
     for t in range(shape[0]):
         grid = ET.SubElement(collection, "Grid", Name=f"step{t:02d}", GridType="Uniform")
         ET.SubElement(grid, "Time", Value=str(t))
-        ET.SubElement(grid, "Topology", TopologyType="3DCoRectMesh", Dimensions=f"{nz + 1} {ny + 1} {nx + 1}")
-        geo = ET.SubElement(grid, "Geometry", GeometryType="ORIGIN_DXDYDZ")
-        _data_item(geo, "0 0 0", (3,), NumberType="Float", Precision="8")
-        _data_item(geo, " ".join(str(float(s)) for s in spacing), (3,), NumberType="Float", Precision="8")
+        ET.SubElement(grid, "Topology", TopologyType="3DRectMesh", Dimensions=f"{nz + 1} {ny + 1} {nx + 1}")
+        geo = ET.SubElement(grid, "Geometry", GeometryType="VXVYVZ")
+        for axis in ("x", "y", "z"):
+            _data_item(geo, " ".join(f"{v:g}" for v in nodes[axis]), (len(nodes[axis]),), NumberType="Float",
+                       Precision="8")
         for group, gshape in series:
             prefix = "" if group == "predicted" else "True"
             for c, var in enumerate(schema.DYNAMIC_NAMES):

@@ -22,6 +22,12 @@ whole-field context (coarse, small) is computed once per step on the whole grid
 and passed to every tile with the tile's origin. Tiles without an active cell
 are skipped: only active cells are ever updated, so their change is unused.
 
+Without ``--tile`` the local path still skips what has no active cell: a model that zeroes
+its features at inactive cells (the default) computes the same values at active cells on
+the bounding box of the active cells as on the whole grid, so the grid is cut into the
+cheapest set of such boxes (one, or slabs along an axis, each with the halo its neighbours
+need; ``crop_plan``, ``auto_plan``). A 15 %-active grid then costs a fraction of a full one.
+
 ``voxel-ode evaluate`` rolls out every simulation of a split with the model
 and the baselines (persistence; optionally a linear per-voxel model fitted on
 the train split), prints a summary table and writes metrics.json, a per-step
@@ -49,6 +55,7 @@ from tqdm import tqdm
 
 from voxel_ode import metrics as M
 from voxel_ode import schema
+from voxel_ode.precision import add_amp_arg
 from voxel_ode.utils import UserError, atomic_path, write_json_atomic
 
 ACTIVE_STATIC = schema.STATIC_NAMES.index("IsActive")
@@ -81,24 +88,26 @@ def load_prepped_sim(path) -> dict:
         raise UserError(f"{path}: -: cannot open as HDF5 ({err})") from None
     if sim["static"].shape[0] != schema.N_STATIC:
         raise UserError(f"{path}: /{schema.PREPPED_STATIC}: {sim['static'].shape[0]} channels, expected {schema.N_STATIC}")
+    if not (sim["static"][schema.STATIC_NAMES.index("IsActive")] > 0.5).any():
+        # nothing to predict: the field scalars would come from the model alone
+        raise UserError(f"{path}: /{schema.PREPPED_STATIC}: no active cell (prep refuses such runs)")
     return sim
 
 
-def load_raw_sim(path, fill_value=None, cell_size=None) -> dict:
-    """A raw v2.4 file -> the same arrays prep would write (mask, derived channels, fill values).
+def load_raw_sim(path, fill_value=None, desc=None) -> dict:
+    """A raw v2.4 file -> the same arrays prep would write (mask, units, time origin, derived channels).
 
     Prep logic is not re-implemented here: data_prep.prepare_arrays validates and packs the
-    file in memory. ``cell_size``: as given to prep (stats.json "cell_size"), for the
-    well-response channels.
+    file in memory. ``desc``: the dataset description prep used (stats.json "description").
     """
     from voxel_ode import data_prep
 
-    sim = dict(data_prep.prepare_arrays(path, fill_value=fill_value, cell_size=cell_size))
+    sim = dict(data_prep.prepare_arrays(path, fill_value=fill_value, desc=desc))
     sim["source"] = str(path)
     return sim
 
 
-def load_sim(path, fill_value=None, cell_size=None) -> dict:
+def load_sim(path, fill_value=None, desc=None) -> dict:
     """Prepped or raw v2.4 file, told apart by layout."""
     path = Path(path)
     if not path.exists():
@@ -108,20 +117,21 @@ def load_sim(path, fill_value=None, cell_size=None) -> dict:
             is_raw = schema.INPUT_GROUP in f
     except OSError as err:
         raise UserError(f"{path}: -: cannot open as HDF5 ({err})") from None
-    return load_raw_sim(path, fill_value, cell_size) if is_raw else load_prepped_sim(path)
+    return load_raw_sim(path, fill_value, desc) if is_raw else load_prepped_sim(path)
+
+
+def description_of(stats: dict):
+    """The dataset description prep used (stats.json "description"), for raw files."""
+    from voxel_ode import description
+
+    return description.Description.from_dict(stats.get("description") or {}, "stats.json description")
 
 
 def priors_of(sim: dict) -> np.ndarray:
-    """The simulation's per-year priors (T, N_PRIORS, Z, Y, X), the model's prior input channels:
-    sim["priors"] (prepped and raw files carry them), else derived here from the statics and
-    params like prep does (sims built in memory from initial fields only)."""
-    if "priors" in sim:
-        return sim["priors"]
-    from voxel_ode import data_prep
-
-    static = {n: sim["static"][i] for i, n in enumerate(schema.STATIC_NAMES)}
-    n_steps = len(sim["outputs_grid"]) if "outputs_grid" in sim else schema.N_TIMESTEPS
-    sim["priors"] = data_prep.priors(static, sim["params_scalar"], n_steps)
+    """The simulation's per-year priors (T, N_PRIORS, Z, Y, X), the model's prior input channels, as
+    prep or load_raw_sim derived them (with the dataset's description)."""
+    if "priors" not in sim:
+        raise UserError(f"{sim.get('source', 'simulation')}: no /priors: load it with rollout.load_sim")
     return sim["priors"]
 
 
@@ -138,8 +148,8 @@ def initial_scalars(sim: dict) -> np.ndarray:
     The model predicts each scalar relative to its previous value, so a rollout needs a
     start. Without the t = 0 report: water rates = sums of InjRate (+ injection,
     - production), energy rates = those rates x liquid-water enthalpy c_w (T - 273.15)
-    at Temperature0 (producers) and at ParamsScalar InjectionTemperature (injectors,
-    the synth's meaning of that slot), total = 0. Exact for `voxel-ode synth` runs; for
+    at Temperature0 (producers) and at Temperature0 + InjectionTemperatureGap (injectors),
+    total = 0. Exact for `voxel-ode synth` runs; for
     a simulator with other enthalpies give the t = 0 report instead.
     """
     if "outputs_scalar" in sim and np.all(np.isfinite(sim["outputs_scalar"][0])):
@@ -148,7 +158,9 @@ def initial_scalars(sim: dict) -> np.ndarray:
     active = static[ACTIVE_STATIC] > 0.5
     rate = np.where(active, static[schema.STATIC_NAMES.index("InjRate")], 0.0).astype(np.float64)
     t0 = static[schema.STATIC_NAMES.index("Temperature0")].astype(np.float64)
-    t_inj = float(sim["params_scalar"][schema.PARAM_NAMES.index("InjectionTemperature")])
+    gap = static[schema.STATIC_NAMES.index(schema.INJECTION_GAP)].astype(np.float64)
+    injectors = active & (rate > 0)
+    t_inj = float(np.mean((t0 + gap)[injectors])) if injectors.any() else schema.ENTHALPY_ZERO_T
     enthalpy = lambda temp: schema.WATER_HEAT_CAPACITY * (temp - schema.ENTHALPY_ZERO_T)  # noqa: E731
     inj, prod = np.maximum(rate, 0.0), np.maximum(-rate, 0.0)
     values = {"FieldEnergyInjectionRate": inj.sum() * enthalpy(t_inj),
@@ -182,12 +194,79 @@ def tile_ranges(n: int, size: int):
     return [(a, min(a + size, n)) for a in range(0, n, size)]
 
 
+def _active_box(active: np.ndarray, lo, hi):
+    """(lo, hi) of the active cells of active[lo:hi] (grid coordinates), None when there are none."""
+    sub = active[tuple(slice(a, b) for a, b in zip(lo, hi))]
+    if not sub.any():
+        return None
+    box_lo, box_hi = [], []
+    for axis in range(3):
+        hit = np.flatnonzero(sub.any(axis=tuple(i for i in range(3) if i != axis)))
+        box_lo.append(lo[axis] + int(hit[0]))
+        box_hi.append(lo[axis] + int(hit[-1]) + 1)
+    return tuple(box_lo), tuple(box_hi)
+
+
+def crop_plan(active: np.ndarray, halo: int, cores, shrink: bool):
+    """[(core lo, core hi, region lo, region hi)]: the local path runs on each region, and its
+    output on the core's part of it is kept. Cores without an active cell are left out (only active
+    cells are ever updated). Region = core + halo (the receptive field), clipped to the grid.
+
+    ``shrink`` (a model that zeroes its features at inactive cells, model.mask_features, with a
+    per-voxel norm): an inactive cell then acts exactly like the zero padding outside a region, so
+    the region shrinks to the bounding box of the active cells within it and the core to that of
+    its own active cells: cost follows the active cells, and the result stays the full grid's.
+    """
+    plan = []
+    for lo, hi in cores:
+        core = _active_box(active, lo, hi) if shrink else ((lo, hi) if active[
+            tuple(slice(a, b) for a, b in zip(lo, hi))].any() else None)
+        if core is None:
+            continue
+        r_lo = tuple(max(0, a - halo) for a in lo)
+        r_hi = tuple(min(n, b + halo) for b, n in zip(hi, active.shape))
+        region = _active_box(active, r_lo, r_hi) if shrink else (r_lo, r_hi)
+        plan.append((*core, *region))
+    return plan
+
+
+# per region, the fixed cost of a forward pass (kernel set-up, context crop) in cells of work
+REGION_OVERHEAD_CELLS = 20_000
+
+
+def auto_plan(active: np.ndarray, halo: int, shrink: bool):
+    """The cheapest crop_plan among: one core (the whole grid: its active bounding box) and slabs
+    along each axis (2 to 16 per axis), by cells computed + REGION_OVERHEAD_CELLS per region. A
+    thin or dipping active layer spans most of the grid's box but few of its slabs."""
+    whole = ((0, 0, 0), tuple(active.shape))
+    best = crop_plan(active, halo, [whole], shrink)
+    if not shrink:
+        return best
+
+    def cost(plan):
+        return sum(int(np.prod(np.subtract(p[3], p[2]))) + REGION_OVERHEAD_CELLS for p in plan)
+
+    for axis, n in enumerate(active.shape):
+        for k in (2, 3, 4, 6, 8, 12, 16):
+            if n // k < max(4, halo):  # slabs thinner than the halo mostly recompute their neighbours
+                break
+            cores = []
+            for a, b in tile_ranges(n, -(-n // k)):
+                lo, hi = list(whole[0]), list(whole[1])
+                lo[axis], hi[axis] = a, b
+                cores.append((tuple(lo), tuple(hi)))
+            plan = crop_plan(active, halo, cores, shrink)
+            if cost(plan) < cost(best):
+                best = plan
+    return best
+
+
 class ModelStepper:
     """A VoxelAutoRegressor + Normalizer as a stepper (full grid or tiled)."""
 
     name = "model"
 
-    def __init__(self, model, normalizer, device="cpu", tile=None, amp_dtype=None):
+    def __init__(self, model, normalizer, device="cpu", tile=None, amp_dtype=None, crop=True):
         import torch
 
         self.torch = torch
@@ -195,8 +274,9 @@ class ModelStepper:
         self.normalizer = normalizer
         self.device = torch.device(device)
         self.tile = tuple(tile) if tile else None
-        # autocast only where it helps: fp16/bf16 on CUDA (bf16 on this kind of CPU is ~400x slower)
-        self.amp_dtype = amp_dtype if (amp_dtype is not None and self.device.type == "cuda") else None
+        self.crop = crop  # False: the local path on the whole grid (no crop_plan), for comparison
+        # None = fp32; the caller's choice (precision.resolve: bf16 on a CPU only where it measured faster)
+        self.amp_dtype = amp_dtype
         self.receptive_field = int(getattr(model, "receptive_field", 0))
         config = getattr(model, "config", None)
         self.context_factor = int(getattr(config, "context_factor", getattr(model, "context_factor", 4)))
@@ -220,10 +300,33 @@ class ModelStepper:
         self.initial = self.static[list(schema.INITIAL_STATE_STATIC)]  # Pressure0, Temperature0
         self.producers = producer_cells(self.static)
         self.priors = priors_of(sim)
+        self.plan = self._plan()
+
+    def _plan(self):
+        """crop_plan of this grid, or None for one pass over the whole grid (see crop_plan)."""
+        config = getattr(self.model, "config", None)
+        # exact shrinking needs features zeroed at inactive cells and a per-voxel norm
+        shrink = bool(getattr(config, "mask_features", False)) and getattr(config, "norm", None) == "channel"
+        if self.tile:
+            cores = [((z0, y0, x0), (z1, y1, x1)) for z0, z1 in tile_ranges(self.active_np.shape[0], self.tile[0])
+                     for y0, y1 in tile_ranges(self.active_np.shape[1], self.tile[1])
+                     for x0, x1 in tile_ranges(self.active_np.shape[2], self.tile[2])]
+            plan = crop_plan(self.active_np, self.receptive_field, cores, shrink)
+        elif not (self.crop and shrink):
+            return None
+        elif self.tiled_scalars_ok:
+            plan = auto_plan(self.active_np, self.receptive_field, shrink)
+        else:  # scalars pooled over the local features: one region holding every active cell
+            plan = crop_plan(self.active_np, self.receptive_field, [((0, 0, 0), self.active_np.shape)], shrink)
+        return plan or None  # no active cell at all: the whole grid, as before
+
+    def _autocast(self):
+        dtype = self.amp_dtype or self.torch.bfloat16  # a disabled autocast still needs a dtype it supports
+        return self.torch.autocast(self.device.type, dtype=dtype, enabled=self.amp_dtype is not None)
 
     def _forward(self, x, context, origin, active):
         torch = self.torch
-        with torch.autocast("cuda", dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+        with self._autocast():
             origin = torch.as_tensor([origin], dtype=torch.long)  # [1, 3], in the whole grid's frame
             delta, scalars = self.model(x, self.params, active, context=context, origin=origin)
         return delta.float(), (None if scalars is None else scalars.float())
@@ -237,30 +340,20 @@ class ModelStepper:
             from voxel_ode.utils import coarsen
 
             x_coarse, active_coarse = coarsen(x, self.active, self.context_factor)
-            with torch.autocast("cuda", dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            with self._autocast():
                 context = self.model.compute_context(x_coarse, self.params, active_coarse)
-        if self.tile is None:
+        if self.plan is None:
             return self._forward(x, context, (0, 0, 0), self.active)
-        h = self.receptive_field
-        nz, ny, nx = x.shape[-3:]
-        out = torch.zeros((1, schema.N_DYNAMIC, nz, ny, nx), device=self.device)
+        out = torch.zeros((1, schema.N_DYNAMIC) + tuple(x.shape[-3:]), device=self.device)
         scalars = None
-        for z0, z1 in tile_ranges(nz, self.tile[0]):
-            for y0, y1 in tile_ranges(ny, self.tile[1]):
-                for x0, x1 in tile_ranges(nx, self.tile[2]):
-                    if not self.active_np[z0:z1, y0:y1, x0:x1].any():
-                        continue  # only active cells are updated: nothing to compute here
-                    # the tile plus a halo of the receptive field, clipped to the grid
-                    a = (max(0, z0 - h), max(0, y0 - h), max(0, x0 - h))
-                    b = (min(nz, z1 + h), min(ny, y1 + h), min(nx, x1 + h))
-                    sl = (..., slice(a[0], b[0]), slice(a[1], b[1]), slice(a[2], b[2]))
-                    delta, s = self._forward(x[sl], context, a, self.active[sl])
-                    out[:, :, z0:z1, y0:y1, x0:x1] = delta[
-                        :, :, z0 - a[0] : z1 - a[0], y0 - a[1] : y1 - a[1], x0 - a[2] : x1 - a[2]
-                    ]
-                    # field scalars come from the whole-field path: the same for every tile
-                    scalars = s if scalars is None else scalars
-        return out, (scalars if self.tiled_scalars_ok else None)
+        for c_lo, c_hi, r_lo, r_hi in self.plan:
+            region = (..., *(slice(a, b) for a, b in zip(r_lo, r_hi)))
+            delta, s = self._forward(x[region], context, r_lo, self.active[region])
+            inner = (..., *(slice(a - r, b - r) for a, b, r in zip(c_lo, c_hi, r_lo)))
+            out[(..., *(slice(a, b) for a, b in zip(c_lo, c_hi)))] = delta[inner]
+            # field scalars come from the whole-field path: the same for every region
+            scalars = s if scalars is None else scalars
+        return out, (scalars if self.tiled_scalars_ok or len(self.plan) == 1 else None)
 
     def step(self, state, prev_scalars):
         torch = self.torch
@@ -310,16 +403,17 @@ def run_stepper(stepper, sim: dict, n_steps: int | None = None, progress=True, d
     return grid, scalar
 
 
-def rollout(model, normalizer, sim_arrays, device="cpu", tile=None, amp_dtype=None, progress=True):
+def rollout(model, normalizer, sim_arrays, device="cpu", tile=None, amp_dtype=None, progress=True, crop=True):
     """Predict a whole simulation from its initial state; physical units.
 
     ``sim_arrays``: dict with ``static`` (N_STATIC,Z,Y,X), ``params_scalar`` (26,),
     optionally ``outputs_grid`` (T,2,Z,Y,X) (its [0] is the initial state, its
     length the number of steps; without it Pressure0/Temperature0 and
     schema.N_TIMESTEPS) and ``outputs_scalar`` (T,5) (its [0] is copied to
-    the predicted t = 0, else NaN). Returns (outputs_grid, outputs_scalar).
+    the predicted t = 0, else NaN). ``crop=False``: the local path on the whole grid, not
+    cropped to the active cells (crop_plan; same result, for comparison). Returns (outputs_grid, outputs_scalar).
     """
-    stepper = ModelStepper(model, normalizer, device=device, tile=tile, amp_dtype=amp_dtype)
+    stepper = ModelStepper(model, normalizer, device=device, tile=tile, amp_dtype=amp_dtype, crop=crop)
     return run_stepper(stepper, sim_arrays, progress=progress)
 
 
@@ -375,7 +469,7 @@ def fit_linear_baseline(prepped_root, stats, normalizer=None, split="train", cel
     """Ridge least-squares fit of the linear per-voxel model on a split's active cells, subsampled.
 
     For every simulation and step t -> t+1, ``cells_per_step`` random active
-    cells give one row each. Returns weights (2, 41); saved as .npz when
+    cells give one row each. Returns weights (2, N_INPUT_CHANNELS + N_PARAMS + 1); saved as .npz when
     ``save_path`` is given (keys ``weights``, ``feature_names``).
     """
     from voxel_ode.dataset import Normalizer, prior_pair
@@ -409,7 +503,7 @@ def fit_linear_baseline(prepped_root, stats, normalizer=None, split="train", cel
     penalty = np.full(a.shape[1], float(ridge))
     penalty[-1] = 0.0
     if ridge > 0:
-        weights = np.linalg.solve(gram + np.diag(penalty), a.T @ b / len(a)).T  # (2, 41)
+        weights = np.linalg.solve(gram + np.diag(penalty), a.T @ b / len(a)).T  # (2, features)
     else:  # plain (min-norm) least squares, for comparison
         weights = np.linalg.lstsq(a, b, rcond=None)[0].T
     if save_path is not None:
@@ -439,8 +533,10 @@ def load_linear_baseline(path, stats: dict | None = None) -> np.ndarray | None:
 # ---------------------------------------------------------------------------
 # predictions.h5 and XDMF
 # ---------------------------------------------------------------------------
-def write_predictions(save_path, pred_grid, pred_scalar, active, attrs: dict, truth=None, xdmf=True):
-    """Write predictions.h5 atomically (+ an XDMF next to it). ``truth``: (grid, scalar) or None."""
+def write_predictions(save_path, pred_grid, pred_scalar, active, attrs: dict, truth=None, xdmf=True,
+                      cell_size=None):
+    """Write predictions.h5 atomically (+ an XDMF next to it). ``truth``: (grid, scalar) or None;
+    ``cell_size``: (dx, dy, dz) in m for the XDMF and the "cell_size_m" attribute (None: unknown)."""
     save_path = Path(save_path)
     with atomic_path(save_path) as tmp:
         with h5py.File(tmp, "w") as f:
@@ -456,10 +552,12 @@ def write_predictions(save_path, pred_grid, pred_scalar, active, attrs: dict, tr
             f.attrs["scalar_names"] = json.dumps(list(schema.SCALAR_NAMES))
             for key, value in attrs.items():
                 f.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)
+            if cell_size is not None:
+                f.attrs["cell_size_m"] = json.dumps([float(v) for v in cell_size])
     if xdmf:
         from voxel_ode.plots import write_xdmf
 
-        write_xdmf(save_path, save_path.with_suffix(".xdmf"))
+        write_xdmf(save_path, save_path.with_suffix(".xdmf"), cell_size=cell_size)
     return save_path
 
 
@@ -482,18 +580,13 @@ def check_arch_flags(args, model_config: dict, ckpt_path) -> None:
             )
 
 
-def _stats_close(a: dict, b: dict) -> bool:
-    for group in ("static", "dynamic", "delta", "params", "scalars"):
-        for key in ("mean", "std"):
-            x = np.asarray(a.get(group, {}).get(key, []), np.float64)
-            y = np.asarray(b.get(group, {}).get(key, []), np.float64)
-            if x.shape != y.shape or not np.allclose(x, y, rtol=1e-6, atol=0):
-                return False
-    return True
-
-
 def resolve_stats(stats_path, ckpt: dict, ckpt_path) -> dict:
-    """stats.json of the checkpoint; a --stats_path must agree with it (normalization must match training)."""
+    """stats.json of the checkpoint; a --stats_path must agree with it in every field that changes
+    the result (checks.RESULT_KEYS: normalization, transforms, change scales, cell size). Both are
+    validated (finite, positive scales, known transforms, shapes)."""
+    from voxel_ode import checks
+
+    checks.check_checkpoint_stats(ckpt, ckpt_path)
     ckpt_stats = ckpt.get("stats")
     if stats_path is None:
         if ckpt_stats is None:
@@ -503,8 +596,9 @@ def resolve_stats(stats_path, ckpt: dict, ckpt_path) -> dict:
         stats = json.loads(Path(stats_path).read_text())
     except (OSError, ValueError) as err:
         raise UserError(f"{stats_path}: -: cannot read stats.json ({err})") from None
-    if ckpt_stats is not None and not _stats_close(stats, ckpt_stats):
-        raise UserError(f"{stats_path}: mean/std: differ from the stats the checkpoint was trained with ({ckpt_path})")
+    checks.validate_stats(stats, stats_path)
+    if ckpt_stats is not None:  # older checkpoints have no digest: a field-by-field comparison
+        checks.check_same_stats(stats, stats_path, ckpt_stats, ckpt_path, ckpt.get("stats_digest"))
     return stats
 
 
@@ -519,15 +613,12 @@ def pick_device(name: str) -> str:
 
 
 def amp_dtype_for(amp: str | None, device: str):
-    """--amp fp16|bf16 -> torch dtype on CUDA; on CPU it is ignored with a note (fp32 is faster there)."""
-    if amp in (None, "none"):
-        return None
-    import torch
+    """--amp auto|bf16|fp16|none -> autocast dtype (None = fp32): precision.resolve, the choice training makes."""
+    from voxel_ode import precision
 
-    if device != "cuda":
-        print(f"note: --amp {amp} ignored on {device} (reduced precision only helps on CUDA)")
-        return None
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}[amp]
+    chosen = precision.resolve(amp, device)
+    print(f"precision: {chosen.name} ({chosen.reason})")
+    return chosen.dtype
 
 
 def load_model_and_normalizer(ckpt_path, stats_path=None, device="cpu", args=None, stats_fallback=None):
@@ -558,12 +649,13 @@ def add_rollout_args(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--prepped_sim_path", help="simulation to roll out (prepped; a raw v2.4 file is detected too)")
     src.add_argument("--raw_sim_path", help="a raw v2.4 file, normalized with the checkpoint's stats")
     parser.add_argument("--stats_path", help="stats.json (default: the stats stored in the checkpoint; must agree)")
-    parser.add_argument("--ckpt_path", required=True)
-    parser.add_argument("--save_path", default="./predictions.h5")
+    parser.add_argument("--ckpt_path", required=True, help="trained model (a .pt written by train)")
+    parser.add_argument("--save_path", default="./predictions.h5",
+                        help="predictions file to write (an .xdmf for ParaView goes next to it)")
     for name in ARCH_FLAGS:  # seed flags: accepted, checked against the checkpoint
         parser.add_argument(f"--{name}", type=int, default=None, help="checked against the checkpoint")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--amp", choices=("none", "fp16", "bf16"), default="none", help="CUDA only")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda if available")
+    add_amp_arg(parser)
     parser.add_argument("--tile", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
                         help="run the local path in tiles of this size (halo = receptive field)")
     parser.add_argument("--plots", metavar="DIR", default=None, help="write PNG pictures here")
@@ -571,7 +663,7 @@ def add_rollout_args(parser: argparse.ArgumentParser) -> None:
                         help="write an XDMF next to predictions.h5 for ParaView")
     parser.add_argument("--save_truth", action="store_true", help="also copy the source's outputs into truth/")
     parser.add_argument("--fill_value", type=float, default=None, help="raw files: value marking inactive cells")
-    parser.add_argument("--no_progress", action="store_true")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
 
 
 def run_rollout(args) -> int:
@@ -579,7 +671,7 @@ def run_rollout(args) -> int:
     model, normalizer, stats, config = load_model_and_normalizer(args.ckpt_path, args.stats_path, device, args)
     amp = amp_dtype_for(args.amp, device)
     src = args.raw_sim_path or args.prepped_sim_path
-    sim = load_sim(src, fill_value=args.fill_value, cell_size=stats.get("cell_size"))  # as prep derived them
+    sim = load_sim(src, fill_value=args.fill_value, desc=description_of(stats))  # as prep derived them
     print(f"receptive field: {model.receptive_field} cells (tile halo)" + (f", tiles {tuple(args.tile)}" if args.tile else ""))
     t0 = time.perf_counter()
     grid, scalar = rollout(model, normalizer, sim, device=device, tile=args.tile, amp_dtype=amp,
@@ -597,8 +689,15 @@ def run_rollout(args) -> int:
         "receptive_field": int(model.receptive_field),
         "tile": json.dumps(list(args.tile) if args.tile else None),
         "device": device,
+        # frame t = t years after the start; frame 0 is the initial state (a simulator whose first
+        # report is the end of year 1 has its report r at frame r + 1)
+        "times_years": json.dumps(list(range(len(grid)))),
+        "first_report": str(sim.get("first_report", "initial")),
     }
-    write_predictions(args.save_path, grid, scalar, sim["static"][ACTIVE_STATIC], attrs, truth=truth, xdmf=args.xdmf)
+    from voxel_ode.plots import cell_size_of
+
+    write_predictions(args.save_path, grid, scalar, sim["static"][ACTIVE_STATIC], attrs, truth=truth, xdmf=args.xdmf,
+                      cell_size=cell_size_of(sim, stats))
     print(f"wrote {args.save_path}")
     if args.plots:
         if "outputs_grid" not in sim:
@@ -662,7 +761,9 @@ def summarize(per_sim: dict) -> dict:
     return summary
 
 
-def format_table(summary: dict) -> str:
+def format_table(summary: dict, tol_pressure=schema.DEFAULT_PRESSURE_TOL_PA,
+                 tol_temperature=schema.DEFAULT_TEMPERATURE_TOL_K) -> str:
+    """The summary as a text table, with a legend of its columns and rows."""
     methods = list(summary)
     head = f"{'metric':<22}" + "".join(f"{m + ' last':>18}{m + ' mean':>18}" for m in methods)
     lines = [head, "-" * len(head)]
@@ -674,6 +775,13 @@ def format_table(summary: dict) -> str:
                 ok = v is not None and math.isfinite(v)  # None = NaN in the JSON-ready summary
                 row += f"{v:>18.4g}" if ok else f"{'-':>18}"
         lines.append(row)
+    lines += [
+        "last: at the last step; mean: over steps 1..T-1; both averaged over the simulations",
+        "rel. change error: ||pred - true|| / ||true - true(t=0)|| over active cells (persistence = 1, lower is better)",
+        f"acc +/-tol: share of active cells within {tol_pressure:g} Pa (P) or {tol_temperature:g} K (T) of the truth;"
+        " +/-5%: within 5% of the true value (scalars: the 5 field scalars, averaged)",
+        "norm. MSE: squared error divided by the variable's variance in stats.json",
+    ]
     return "\n".join(lines)
 
 
@@ -694,7 +802,7 @@ def write_step_csv(path, per_sim: dict) -> None:
                                 w.writerow([sim_name, method, var, t, *vals])
 
 
-def evaluate(prepped_root, ckpt_path, out_dir, split="test", device="cpu", tile=None, amp=None, plots=True,
+def evaluate(prepped_root, ckpt_path, out_dir, split="test", device="cpu", tile=None, amp="auto", plots=True,
              linear_baseline=False, linear_baseline_path=None, tol_pressure=schema.DEFAULT_PRESSURE_TOL_PA,
              tol_temperature=schema.DEFAULT_TEMPERATURE_TOL_K, save_predictions=True, xdmf=True,
              max_sims=None, progress=True) -> dict:
@@ -736,14 +844,17 @@ def evaluate(prepped_root, ckpt_path, out_dir, split="test", device="cpu", tile=
             attrs = {"checkpoint": str(Path(ckpt_path).resolve()), "stats": "checkpoint",
                      "source": str(path.resolve()), "model_config": json.dumps(config),
                      "receptive_field": int(model.receptive_field), "device": device}
+            from voxel_ode.plots import cell_size_of
+
             write_predictions(out_dir / "predictions" / f"{name}.h5", *preds["model"], sim["static"][ACTIVE_STATIC],
-                              attrs, truth=(sim["outputs_grid"], sim.get("outputs_scalar")), xdmf=xdmf)
+                              attrs, truth=(sim["outputs_grid"], sim.get("outputs_scalar")), xdmf=xdmf,
+                              cell_size=cell_size_of(sim, stats))
         if plots:
             from voxel_ode import plots as P
 
             P.plot_simulation(out_dir / "plots" / name, sim, preds, stats, per_sim[name])
     summary = summarize(per_sim)
-    print(format_table(summary))
+    print(format_table(summary, tol_pressure, tol_temperature))
     report = {
         "summary": summary,
         "per_sim": per_sim,
@@ -761,23 +872,30 @@ def evaluate(prepped_root, ckpt_path, out_dir, split="test", device="cpu", tile=
 
 
 def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--prepped_root", required=True)
-    parser.add_argument("--ckpt_path", required=True)
-    parser.add_argument("--split", default="test", choices=schema.SPLITS)
-    parser.add_argument("--out", default="./evaluation")
+    parser.add_argument("--prepped_root", required=True, help="output folder of prep (stats.json, train/, test/)")
+    parser.add_argument("--ckpt_path", required=True, help="trained model (a .pt written by train)")
+    parser.add_argument("--split", default="test", choices=schema.SPLITS, help="simulations to roll out and score")
+    parser.add_argument("--out", default="./evaluation",
+                        help="folder for metrics.json, metrics_per_step.csv, predictions/ and plots/")
     parser.add_argument("--plots", action="store_true", help="write PNG pictures under OUT/plots")
     parser.add_argument("--linear_baseline", action="store_true",
                         help="also fit (or load OUT/linear_baseline.npz) and score a linear per-voxel model")
-    parser.add_argument("--linear_baseline_path", default=None)
-    parser.add_argument("--tol_pressure", type=float, default=schema.DEFAULT_PRESSURE_TOL_PA, help="Pa")
-    parser.add_argument("--tol_temperature", type=float, default=schema.DEFAULT_TEMPERATURE_TOL_K, help="K")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--amp", choices=("none", "fp16", "bf16"), default="none")
-    parser.add_argument("--tile", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None)
+    parser.add_argument("--linear_baseline_path", default=None,
+                        help="where the linear baseline's weights are kept (default: OUT/linear_baseline.npz)")
+    parser.add_argument("--tol_pressure", type=float, default=schema.DEFAULT_PRESSURE_TOL_PA,
+                        help="Pa: a cell counts as right in the 'acc +/-tol P' row when this close to the truth")
+    parser.add_argument("--tol_temperature", type=float, default=schema.DEFAULT_TEMPERATURE_TOL_K,
+                        help="K: the same for the 'acc +/-tol T' row")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda if available")
+    add_amp_arg(parser)
+    parser.add_argument("--tile", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
+                        help="run the local path in tiles of this size (default: the whole grid at once)")
     parser.add_argument("--no_predictions", action="store_true", help="do not write predictions/*.h5")
-    parser.add_argument("--xdmf", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--max_sims", type=int, default=None)
-    parser.add_argument("--no_progress", action="store_true")
+    parser.add_argument("--xdmf", action=argparse.BooleanOptionalAction, default=True,
+                        help="write an XDMF next to each predictions file for ParaView")
+    parser.add_argument("--max_sims", type=int, default=None,
+                        help="evaluate only the first N simulations of the split (default: all)")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
 
 
 def run_evaluate(args) -> int:

@@ -68,70 +68,30 @@ RAW_STATIC_NAMES = tuple(f.name for f in RAW_STATIC_FIELDS)
 # face neighbours. It marks faults whether FaultId labels fault planes (ids on
 # the plane cells) or fault blocks (ids on whole compartments), so the model
 # gets a geometric signal instead of an arbitrary categorical number.
-#
-# Five more are physics features (voxel_ode/well_response.py): the pressure change
-# after one year of the wells' rates, from one linear solve over the whole grid, with
-# full, weak and no pressure support at the lateral sides of the box; the years the
-# injected water's heat front takes to reach each cell along that flow; and how much
-# colder the injected water is than each cell (its temperature follows from the field
-# scalars: injected energy rate / water rate = enthalpy, see WATER_HEAT_CAPACITY).
-# They give the network the field-wide shape of the pressure cones and of the cold
-# plumes' paths, which its local view cannot see.
+# InjectionTemperatureGap: how much colder the injected water is than each cell
+# (declared injection temperature, else inferred from the field scalars: injected
+# energy rate / water rate = enthalpy, see WATER_HEAT_CAPACITY); 0 where unknown.
 DERIVED_STATIC_FIELDS = (
     Field("FaultBoundary", "-", "binary", "1 where FaultId changes to a face neighbour (derived in prep)"),
-    Field("PressureResponseOpen", "Pa", "continuous",
-          "1-year pressure change from the wells, lateral sides held at initial pressure (derived in prep)"),
-    Field("PressureResponseSupport10", "Pa", "continuous",
-          "the same with 10 % lateral support (derived in prep)"),
-    Field("PressureResponseWeak", "Pa", "continuous",
-          "the same with 1 % lateral support (derived in prep)"),
-    Field("PressureResponseSupport01", "Pa", "continuous",
-          "the same with 0.1 % lateral support (derived in prep)"),
-    Field("PressureResponseClosed", "Pa", "continuous",
-          "the same with closed lateral sides (derived in prep)"),
-    Field("ThermalArrival", "yr", "continuous",
-          "years until injected water's heat front arrives, on the weak-support flow field (derived in prep)"),
     Field("InjectionTemperatureGap", "K", "continuous",
-          "injected water's temperature (from the field injection scalars) minus Temperature0 (derived in prep)"),
-    Field("ColdResponseOpen", "Pa", "continuous",
-          "PressureResponseOpen re-solved with water as cold as the thermal prior's last year, minus it (derived in prep)"),
-    Field("ColdResponseSupport10", "Pa", "continuous", "the same for PressureResponseSupport10 (derived in prep)"),
-    Field("ColdResponseWeak", "Pa", "continuous", "the same for PressureResponseWeak (derived in prep)"),
-    Field("ColdResponseSupport01", "Pa", "continuous", "the same for PressureResponseSupport01 (derived in prep)"),
-    Field("ColdResponseClosed", "Pa", "continuous", "the same for PressureResponseClosed (derived in prep)"),
+          "injected water's temperature minus Temperature0 (derived in prep)"),
 )
-# well_response.SUPPORT_STRENGTHS order: from open to closed sides, so neighbours in this
-# tuple are neighbours in support strength (the model interpolates between them)
-RESPONSE_NAMES = ("PressureResponseOpen", "PressureResponseSupport10", "PressureResponseWeak",
-                  "PressureResponseSupport01", "PressureResponseClosed")
-# the extra pressure the cold, more viscous injected water needs, per response (same order)
-COLD_RESPONSE_NAMES = ("ColdResponseOpen", "ColdResponseSupport10", "ColdResponseWeak",
-                       "ColdResponseSupport01", "ColdResponseClosed")
-THERMAL_ARRIVAL = "ThermalArrival"
 INJECTION_GAP = "InjectionTemperatureGap"
-ARRIVAL_FLOW_RESPONSE = "PressureResponseWeak"  # the flow field the heat front follows
-# Thermal prior (well_response.thermal_prior): the share of the injection temperature gap a
-# linear heat-transport model gives each cell after t years, on the flow fields of these
-# responses (open, 1 %, closed sides); stored per year in prepped files.
-THERMAL_PRIOR_RESPONSES = ("PressureResponseOpen", "PressureResponseWeak", "PressureResponseClosed")
-THERMAL_PRIOR_NAMES = ("ThermalPriorOpen", "ThermalPriorWeak", "ThermalPriorClosed")
-N_THERMAL_PRIOR = len(THERMAL_PRIOR_NAMES)
-# Pressure prior (well_response.pressure_prior): the pressure change since t = 0 (Pa) a linear
-# single-phase pressure model gives each cell after t years, with the wells' rates, the
-# thermal prior's cold water (viscosity, contraction, weight) and the run's own lateral
-# support (BoundaryAquiferStrength); stored per year next to the thermal prior as
-# asinh(change / PRESSURE_PRIOR_SCALE_PA), so float16 holds it.
+# The per-year physics priors (well_response.py), stored in prepped files as /priors
+# (T, N_PRIORS, Z, Y, X) float16 when the dataset's description gives what they need
+# (cell sizes, lateral boundary), zeros otherwise (stats.json "priors": false):
+#   ThermalPrior: the share in [0, 1] of the injection temperature gap a linear heat-transport
+#     model gives each cell after t years;
+#   PressurePrior: the pressure change since t = 0 a linear single-phase model gives, stored as
+#     asinh(change / PRESSURE_PRIOR_SCALE_PA) so float16 holds it.
+THERMAL_PRIOR_NAMES = ("ThermalPrior",)
 PRESSURE_PRIOR_NAMES = ("PressurePrior",)
 PRESSURE_PRIOR_SCALE_PA = 1e5  # 1 bar
-# The per-year priors, in the order of the prepped /priors dataset and of the input channels
 PRIOR_NAMES = THERMAL_PRIOR_NAMES + PRESSURE_PRIOR_NAMES
 N_PRIORS = len(PRIOR_NAMES)
-# Params that give the cell sizes (m) the responses need; `voxel-ode prep --cell_size`
-# overrides them for an export whose ParamsScalar means something else.
-CELL_SIZE_PARAMS = ("CellSizeX", "CellSizeY", "CellSizeZ")
 STATIC_FIELDS = RAW_STATIC_FIELDS + DERIVED_STATIC_FIELDS
 STATIC_NAMES = tuple(f.name for f in STATIC_FIELDS)  # order of /static in prepped files
-N_STATIC = len(STATIC_NAMES)  # 23
+N_STATIC = len(STATIC_NAMES)  # 12
 
 PARAMS_SCALAR = "ParamsScalar"  # Input/ParamsScalar, shape (26,)
 
@@ -247,7 +207,7 @@ CHANGE_OF_DYNAMIC = tuple(DYNAMIC_NAMES.index(v) for v in CHANGE_VARIABLES)  # t
 # from the pressure prior at t + 1 (model._mix_responses).
 PRIOR_NEXT_NAMES = tuple(n + "Next" for n in PRIOR_NAMES)
 INPUT_CHANNELS = STATIC_NAMES + DYNAMIC_NAMES + CHANGE_NAMES + PRIOR_NAMES + PRIOR_NEXT_NAMES
-N_INPUT_CHANNELS = len(INPUT_CHANNELS)  # 34
+N_INPUT_CHANNELS = len(INPUT_CHANNELS)  # 19
 STATE_CHANNELS = slice(N_STATIC, N_STATIC + N_DYNAMIC)  # z-scored (P, T) at t
 CHANGE_CHANNELS = slice(N_STATIC + N_DYNAMIC, N_STATIC + N_DYNAMIC + len(CHANGE_NAMES))  # scaled P - P0
 PRIOR_CHANNELS = slice(CHANGE_CHANNELS.stop, N_INPUT_CHANNELS)  # the priors at t, then at t + 1

@@ -98,7 +98,7 @@ import scipy.sparse.linalg as spla
 from scipy import ndimage
 from tqdm import tqdm
 
-from voxel_ode import schema
+from voxel_ode import description, schema
 from voxel_ode.utils import UserError, atomic_path
 
 SECONDS_PER_YEAR = 365.25 * 86400.0
@@ -883,7 +883,21 @@ def generate_dataset(out_dir, n: int, grid=DEFAULT_GRID, seed: int = 0, workers:
             else:
                 os.environ[var] = value
     bar.close()
+    description.write(out_dir / description.FILE_NAME, DESCRIPTION)
     return paths
+
+
+def _param(name: str) -> dict:
+    return {"param": schema.PARAM_NAMES.index(name), "unit": schema.PARAM_FIELDS[schema.PARAM_NAMES.index(name)].unit}
+
+
+# What voxel-ode synth's files mean (voxel_ode/description.py), written next to them.
+DESCRIPTION = description.Description.from_dict({
+    "permeability_unit": "m2", "first_report": "initial", "lateral_boundary": "fixed_pressure",
+    "quantities": {name: _param(name) for name in (
+        "CellSizeX", "CellSizeY", "CellSizeZ", "RockCompressibility", "FluidCompressibility", "InjectionTemperature",
+        "RockHeatCapacity", "RockDensity", "RockThermalConductivity")}
+    | {"BoundaryMultiplier": _param("BoundaryAquiferStrength")}}, "voxel-ode synth")
 
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -903,9 +917,16 @@ def add_synth_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n_steps", type=int, default=schema.N_TIMESTEPS,
                         help="yearly reports including t=0 (the v2.4 schema has 30)")
     parser.add_argument("--overwrite", action="store_true", help="allow replacing v2.4_*.h5 files in --out")
+    parser.add_argument("--engine", choices=("voxel", "darts"), default="voxel",
+                        help="simulator: voxel-ode's own, or open-darts 2.0.0 (pip install 'voxel-ode[darts]'; "
+                             "--n_steps = yearly reports after t=0, --substeps unused)")
 
 
 def run_synth(args) -> int:
+    if getattr(args, "engine", "voxel") == "darts":
+        from voxel_ode import synth_darts  # imports no darts itself: each run is its own process
+
+        return synth_darts.run_synth(args)
     if args.n < 1:
         raise UserError(f"--n: must be >= 1, got {args.n}")
     if any(g < m for g, m in zip(args.grid, MIN_GRID)):

@@ -35,16 +35,15 @@ import json
 import math
 import os
 import random
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
-from voxel_ode import schema
+from voxel_ode import checks, schema
+from voxel_ode.precision import add_amp_arg
 from voxel_ode.schedulers import warmup_cosine
 from voxel_ode.utils import UserError, atomic_path
 
@@ -76,23 +75,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="channel: per-voxel LayerNorm over channels (patch and full-grid outputs agree); "
                         "spatial: the seed's norm over the patch")
     g.add_argument("--no_global_context", action="store_true", help="the seed's purely local model (no whole-field path)")
-    g.add_argument("--no_response_mix", action="store_true",
-                   help="predict the pressure change without the learned mix of the well-response channels "
-                        "(the seed's plain grid head; required with --delta_norm zscore)")
-    g.add_argument("--no_pressure_prior", action="store_true",
-                   help="set the pressure change since t = 0 from the learned mix of the well responses instead "
-                        "of the pressure prior (a linear pressure model marched over the years in prep; the "
-                        "default, docs/benchmarks.md, \"Pressure prior\")")
-    g.add_argument("--no_front_mix", action="store_true",
-                   help="predict the temperature change without the learned mix of the thermal prior's step "
-                        "(thermal prior and InjectionTemperatureGap channels; required with --delta_norm zscore)")
-    g.add_argument("--temperature_residual", action="store_true", default=None,
-                   help="add the network's residual to the front mix's temperature step. Default: off with the "
-                        "front mix (the thermal prior's step alone: the CPU-trained residual added error on "
-                        "unseen runs, docs/benchmarks.md, fidelity13), on with --no_front_mix. Try it on for "
-                        "long GPU training on data the prior fits poorly, and compare on held-out runs")
-    g.add_argument("--no_temperature_residual", dest="temperature_residual", action="store_false", default=None,
-                   help="the thermal prior's step alone (the default with the front mix)")
+    g.add_argument("--no_priors", action="store_true",
+                   help="the grid head alone predicts each step's change (the seed's model). Default: the pressure "
+                        "head sets the change since t = 0 from the pressure prior plus a residual, the temperature "
+                        "head the thermal prior's step plus a residual (zero priors where prep computed none)")
     g.add_argument("--delta_norm", choices=("asinh", "zscore"), default="asinh",
                    help="normalization of the change targets: asinh(delta/s) with a robust per-simulation "
                         "scale (dataset.Normalizer), or the seed's pooled z-score")
@@ -102,16 +88,6 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=3e-4, help="peak AdamW learning rate")
     g.add_argument("--min_lr_ratio", type=float, default=0.1, help="cosine decays to lr * this at max_steps")
     g.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay (weights of convolutions/linears only)")
-    g.add_argument("--mix_l1", type=float, default=0.02,
-                   help="L1 penalty on the params -> pressure / thermal mix layers (selects the few params that set the mixes)")
-    g.add_argument("--mix_aux", type=float, default=1.0,
-                   help="weight of extra losses on the mixes alone (without the residual): the pressure mix against "
-                        "the true change since t = 0, the thermal prior's step against the true temperature step; "
-                        "trains the mix heads directly (0 = off)")
-    g.add_argument("--mix_prefit_iters", type=int, default=3000,
-                   help="before training, fit the pressure mix head alone to the training runs (full batch, exact "
-                        "loss over whole runs, L1 --mix_l1; voxel_ode/mix_fit.py) for this many iterations, then keep "
-                        "it fixed while the network learns the residual (0 = off: the head trains with the network)")
     g.add_argument("--warmup_steps", type=int, default=1000, help="linear LR warmup steps (may exceed max_steps)")
     g.add_argument("--grad_clip", type=float, default=1.0, help="clip the global gradient norm (0 = off)")
     g.add_argument("--rollout_steps", type=int, default=1,
@@ -120,9 +96,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="pushforward: each step's input is detached (cheap, stable); full: backprop through all K steps")
     g.add_argument("--rollout_curriculum_steps", type=int, default=0,
                    help="grow K linearly from 1 to --rollout_steps over this many steps (0 = use K from the start)")
+    add_amp_arg(g)
     g.add_argument("--use_amp", action="store_true",
-                   help="CUDA: bf16 autocast where supported, else fp16 + GradScaler. CPU: ignored with a message "
-                        "(runs fp32): bf16 on CPUs without AVX512-BF16/AMX is hundreds of times slower")
+                   help="the seed's flag: GPU mixed precision (bf16 where supported, else fp16 + GradScaler); "
+                        "the same as --amp auto, which is the default")
     g.add_argument("--time_budget_min", type=float, default=0.0,
                    help="stop cleanly (final eval + checkpoint) after this many minutes of wall time (0 = no limit); "
                         "the LR cosine then ends with the budget (re-estimated at every log line)")
@@ -171,8 +148,8 @@ def _check_args(a: argparse.Namespace) -> None:
         raise UserError(f"--eval_every: must be >= 0 (0 = only after the last step), got {a.eval_every}")
     if a.rollout_steps > 1 and a.sample_mode != "full":
         raise UserError("--rollout_steps: training through K > 1 steps needs whole grids: add --sample_mode full")
-    if a.num_workers < 0 or a.warmup_steps < 0 or a.mix_prefit_iters < 0:
-        raise UserError("--num_workers/--warmup_steps/--mix_prefit_iters: must be >= 0")
+    if a.num_workers < 0 or a.warmup_steps < 0:
+        raise UserError("--num_workers/--warmup_steps: must be >= 0")
 
 
 # ---------------------------------------------------------------------------
@@ -225,19 +202,16 @@ class Dist:
             dist.destroy_process_group()
 
 
-def amp_policy(use_amp: bool, device: torch.device, log=print) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, use a GradScaler)."""
-    if not use_amp:
-        return None, False
-    if device.type != "cuda":
-        # Reduced precision is a CUDA feature here: on CPUs without AVX512-BF16/AMX, bf16 matmuls run
-        # hundreds of times slower than fp32 (seed notes). This project trains fp32 on every CPU.
-        log("--use_amp ignored on CPU: training in fp32 (bf16 on CPUs without AVX512-BF16/AMX runs hundreds "
-            "of times slower than fp32; AMP is used on CUDA only)")
-        return None, False
-    if torch.cuda.is_bf16_supported():
-        return torch.bfloat16, False  # bf16 has fp32's range: no loss scaling needed
-    return torch.float16, True
+def amp_policy(amp: str | None, device: torch.device, log=print, use_amp: bool = False) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, use a GradScaler) for --amp (precision.resolve: the same choice as
+    rollouts make); --use_amp, the seed's GPU AMP, is --amp auto."""
+    from voxel_ode import precision
+
+    if use_amp and amp == "none":
+        raise UserError("--use_amp asks for mixed precision, --amp none for fp32: give one of them")
+    chosen = precision.resolve(amp, device, log)
+    log(f"precision: {chosen.name} ({chosen.reason})")
+    return chosen.dtype, chosen.scaler
 
 
 # ---------------------------------------------------------------------------
@@ -275,7 +249,8 @@ def set_rng_state(state: dict) -> None:
 
 
 class Logger:
-    def __init__(self, save_dir: Path, is_main: bool, use_wandb: bool, config: dict, resume: bool):
+    def __init__(self, save_dir: Path, is_main: bool, use_wandb: bool, config: dict, resume: bool,
+                 resume_step: int | None = None):
         self.is_main = is_main
         self.path = save_dir / "metrics.jsonl"
         self.wandb = None
@@ -284,6 +259,8 @@ class Logger:
         save_dir.mkdir(parents=True, exist_ok=True)
         if not resume and self.path.exists():
             self.path.unlink()  # a fresh run starts a fresh metrics file
+        elif resume and resume_step is not None and self.path.exists():
+            self._truncate_after(resume_step)
         if use_wandb:
             try:
                 import wandb
@@ -291,6 +268,19 @@ class Logger:
                 raise UserError("--use_wandb: wandb is not importable: `pip install wandb` or drop --use_wandb") from None
             self.wandb = wandb.init(project=os.environ.get("WANDB_PROJECT", "voxel-ode"), config=config,
                                     dir=str(save_dir))
+
+    def _truncate_after(self, step: int) -> None:
+        """Drop the records of the stretch a killed run did after the checkpoint we resume from
+        (and a half-written last line), so the resumed run's steps are not there twice."""
+        keep = []
+        for line in self.path.read_text().splitlines():
+            try:
+                if int(json.loads(line)["step"]) <= step:
+                    keep.append(line + "\n")
+            except (ValueError, KeyError, TypeError):
+                continue
+        with atomic_path(self.path) as tmp:
+            tmp.write_text("".join(keep))
 
     def log(self, record: dict) -> None:
         if not self.is_main:
@@ -331,8 +321,9 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         raise UserError(f"{path}: checkpoint: no such file")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # corrupt file or one holding arbitrary objects
-        raise UserError(f"{path}: checkpoint: cannot load with weights_only=True ({type(err).__name__})") from None
+    except Exception as err:  # corrupt file or one holding arbitrary objects: name the cause
+        cause = (str(err).strip().splitlines() or [""])[0].split(". ")[0][:200]  # the reader's first sentence
+        raise UserError(f"{path}: checkpoint: cannot load with weights_only=True ({type(err).__name__}: {cause})") from None
 
 
 def param_checksum(model: torch.nn.Module) -> str:
@@ -382,23 +373,17 @@ def pressure_since_start(delta, target, x, true_so_far):
 class Unroll(torch.nn.Module):
     """Applies the model for K steps and returns the training loss and its parts."""
 
-    def __init__(self, model: torch.nn.Module, normalizer, train_scalars: bool, amp_dtype, mix_l1: float = 0.0,
-                 mix_aux: float = 0.0):
+    def __init__(self, model: torch.nn.Module, normalizer, train_scalars: bool, amp_dtype):
         super().__init__()
         self.model = model
-        self.mix_l1, self.mix_aux = mix_l1, mix_aux
         self.normalizer = normalizer
         self.train_scalars = train_scalars
         self.amp_dtype = amp_dtype
-        # With the response mix each step sets the pressure change since t = 0, so the pressure
-        # loss compares that (asinh-scaled) instead of the step's increment: an error of the mix
-        # then weighs what it does in a rollout, and the small yearly increments after the first
-        # year no longer make the pressure term dwarf the temperature term.
+        # With the priors each step sets the pressure change since t = 0, so the pressure loss
+        # compares that (asinh-scaled) instead of the step's increment: an error of the prior's
+        # gain then weighs what it does in a rollout, and the small yearly increments after the
+        # first year no longer make the pressure term dwarf the temperature term.
         self.pressure_since_start = sets_change_since_start(model.config)
-        self.front_mix = bool(getattr(model.config, "front_mix", False))
-        # a head fitted beforehand and kept fixed (mix_fit.py) needs no loss of its own
-        head = getattr(model, "response_head", None)
-        self.mix_head_trained = head is None or any(p.requires_grad for p in head.parameters())
 
     def forward(self, batch: dict, k_steps: int, detach_between: bool):
         x, active, params = batch["x"], batch["active"], batch["params"]
@@ -406,7 +391,7 @@ class Unroll(torch.nn.Module):
         extra = {}
         if "context_x" in batch:  # patch mode: whole-field context from the dataset, computed in forward
             extra = dict(origin=batch["origin"], context_x=batch["context_x"], context_active=batch["context_active"])
-        grid_losses, scalar_losses, mix_losses, front_losses = [], [], [], []
+        grid_losses, scalar_losses = [], []
         true_so_far = torch.sinh(x[:, PRESSURE_CHANGE_IN:PRESSURE_CHANGE_IN + 1].float())  # true (P - P0) / s_P
         for k in range(k_steps):
             with _autocast(x.device, self.amp_dtype):
@@ -415,13 +400,6 @@ class Unroll(torch.nn.Module):
             pred, target = delta, batch["target_delta"][:, k]
             if self.pressure_since_start:
                 pred, target, true_so_far = pressure_since_start(pred, target, x, true_so_far)
-                if self.mix_aux > 0 and self.mix_head_trained:  # the mix alone against the true change since t = 0
-                    mix = torch.asinh(self.model.response_mix(x, params))
-                    mix_losses.append(masked_channel_mse(mix, target[:, PRESSURE_OUT:PRESSURE_OUT + 1], active))
-            if self.front_mix and self.mix_aux > 0:  # the thermal prior's step alone against the true step
-                front = torch.asinh(self.model.front_step(x, params))
-                true_step = batch["target_delta"][:, k, TEMPERATURE_OUT:TEMPERATURE_OUT + 1]
-                front_losses.append(masked_channel_mse(front, true_step, active))
             grid_losses.append(masked_channel_mse(pred, target, active))
             scalar_losses.append(((scalars - batch["target_scalars"][:, k]) ** 2).mean(dim=0))
             if k + 1 < k_steps:  # feed the model its own prediction, one step later
@@ -433,32 +411,7 @@ class Unroll(torch.nn.Module):
         # the seed: MSE for grids + MSE for scalars, weighted equally. Without a trained
         # scalar path the term is multiplied by 0 (keeps every parameter in the graph for DDP).
         loss = grid.mean() + (scalar.mean() if self.train_scalars else 0.0 * scalar.sum())
-        if self.mix_l1 > 0 and (self.pressure_since_start or self.front_mix):
-            loss = loss + self.mix_l1 * mix_l1_penalty(self.model)
-        for aux in (mix_losses, front_losses):  # each mix at full weight, averaged over the steps
-            if aux:
-                loss = loss + self.mix_aux * torch.stack(aux).mean()
         return loss, grid.detach(), scalar.detach()
-
-
-# The extra loss on the mix alone (mix_aux): through the total loss alone the mix head learns
-# slowly, because the residual head can make up for a poor mix on the training runs; on new
-# runs the residual cannot. Step-matched on the demo data (532 steps): year-29 pressure error
-# 0.39 without it, 0.28 with it (docs/benchmarks.md, "Pressure mix").
-
-
-def mix_l1_penalty(model) -> torch.Tensor:
-    """Sum of |weights| of the mix heads' first layers from the params (the params -> mix
-    inputs): with ~40 training runs a dense map from 26 params to the pressure or thermal mix
-    fits noise; the L1 penalty keeps the few params that move it (model._mix_responses,
-    model.front_step). The time feature (the last conditioning column) is not penalised: every
-    run's mix moves with time (the cold water's share grows with the plume), and with it
-    penalised the fidelity model's cold share stayed at 1.03 from year 1 to 29 where the best
-    fits went 0.02 -> 0.92."""
-    from voxel_ode.model import params_l1
-
-    heads = [getattr(model, name) for name in ("response_head", "front_head") if hasattr(model, name)]
-    return sum(params_l1(head) for head in heads)
 
 
 def _autocast(device: torch.device, dtype):
@@ -477,7 +430,7 @@ def fit_schedule_to_budget(scheduler, step: int, start_step: int, t_start: float
     Returns that horizon (the progress bar shows it too), None while too few steps tell.
 
     The horizon is re-estimated at every log line from the steps per second since the loop
-    began at ``t_loop`` (evaluations included; the mix fit before it is not a step), averaged
+    began at ``t_loop`` (evaluations included; setup before it is not a step), averaged
     over ranks so every rank keeps the same LR. Otherwise a time-limited run with a large
     --max_steps never decays its LR. The budget itself counts from ``t_start``.
     """
@@ -508,15 +461,15 @@ def rollout_k(step: int, args) -> int:
 
 
 def sets_change_since_start(config) -> bool:
-    """Whether the model's pressure step sets the change since t = 0 (response mix or pressure prior)."""
-    return bool(getattr(config, "response_mix", False) or getattr(config, "pressure_prior", False))
+    """Whether the model's pressure step sets the change since t = 0 (the priors)."""
+    return bool(config.priors)
 
 
 @torch.no_grad()
 def evaluate(model, loader, normalizer, device, amp_dtype, ddp: Dist, eval_scalars: bool) -> dict:
     """Masked MSE in normalized space, the seed's +/-5% accuracy and +/-5 bar / 5 K accuracy (physical).
 
-    The MSE compares what the training loss compares: with the response mix, the pressure
+    The MSE compares what the training loss compares: with the priors, the pressure
     change since t = 0 (asinh-scaled); the "no change" baseline is then the change so far.
     """
     since_start = sets_change_since_start(getattr(model, "module", model).config)
@@ -644,32 +597,40 @@ def train(args=None, **kwargs) -> dict:
         root, save_dir = Path(args.prepped_root), Path(args.save_dir)
         stats = load_stats(root)
         ckpt = load_checkpoint(args.resume) if args.resume else None
+        if ckpt is not None:
+            checks.check_resume_checkpoint(ckpt, args.resume, stats, root / schema.STATS_FILE)
 
         # ---- model (architecture from the checkpoint when resuming) ---------
         if ckpt is not None:
-            config = ModelConfig.from_dict(dict(ckpt["model_config"]))
+            try:
+                config = ModelConfig.from_dict(dict(ckpt["model_config"]))
+            except (UserError, TypeError, ValueError) as err:
+                raise UserError(f"{args.resume}: {err}") from None
         else:
+            if not args.no_priors and args.delta_norm != "asinh":
+                raise UserError("train: the prior heads need --delta_norm asinh (add --no_priors for zscore)")
+            priors = not args.no_priors
             config = ModelConfig(base_channels=args.base_channels, depth=args.depth,
                                  receptive_field_radius=args.receptive_field_radius, norm=args.norm,
-                                 global_context=not args.no_global_context,
-                                 response_mix=not args.no_response_mix, pressure_prior=not args.no_pressure_prior,
-                                 front_mix=not args.no_front_mix,
-                                 temperature_residual=args.temperature_residual)
+                                 global_context=not args.no_global_context, priors=priors,
+                                 temperature_residual=not stats.get("priors", False))
         torch.manual_seed(args.seed)  # same initial weights on every rank
         model = VoxelAutoRegressor(config).to(ddp.device)
         yes_no = {True: "yes", False: "no"}
-        front = f"yes (temperature residual={yes_no[config.temperature_residual]})" if config.front_mix else "no"
+        heads = "no (the grid head alone)"
+        if config.priors:
+            heads = "yes" if stats.get("priors") else \
+                "none computed by prep (zeros: the pressure head predicts the change since t = 0 itself)"
         log(f"model: {count_parameters(model):,} parameters, local receptive field {model.receptive_field} cells, "
-            f"norm={config.norm}, whole-field path={yes_no[config.global_context]}, "
-            f"response mix={yes_no[config.response_mix]}, pressure prior={yes_no[config.pressure_prior]}, "
-            f"front mix={front}")
+            f"norm={config.norm}, whole-field path={yes_no[config.global_context]}, physics priors={heads}")
 
         # ---- data -------------------------------------------------------------
         delta_mode = ckpt.get("delta_mode", args.delta_norm) if ckpt is not None else args.delta_norm
-        if (config.response_mix or config.pressure_prior or config.front_mix) and delta_mode != "asinh":
-            raise UserError("train: the response mix, pressure prior and front mix need --delta_norm asinh "
-                            "(add --no_response_mix --no_pressure_prior --no_front_mix for zscore)")
+        if config.priors and delta_mode != "asinh":
+            raise UserError("train: the physics priors need --delta_norm asinh")
         normalizer = Normalizer(stats, delta_mode=delta_mode)
+        checks.check_prepped_files(sorted(p for split in schema.SPLITS
+                                          for p in (root / split).glob(f"*{schema.PREPPED_SUFFIX}")))
         common = dict(stats=stats, mode=args.sample_mode, seed=args.seed,
                       context_factor=config.context_factor, delta_mode=delta_mode)
         train_ds = PatchDataset(root, "train", rollout_steps=args.rollout_steps, aug_xy_rot=args.aug_xy_rot,
@@ -687,27 +648,6 @@ def train(args=None, **kwargs) -> dict:
             f"{max(1, n_local // args.batch_size)} batches/epoch/process, {ddp.world} process(es) on {ddp.device}"
             + (f" (torch.distributed, {dist.get_backend()})" if ddp.enabled else ""))
 
-        # ---- the pressure mix head, fitted alone first (mix_fit.py) ------------
-        mix_prefit = (bool(ckpt.get("mix_prefit", False)) if ckpt is not None
-                      else config.response_mix and args.mix_prefit_iters > 0)
-        if mix_prefit and ckpt is None:
-            if ddp.is_main:
-                from voxel_ode.mix_fit import fit_pressure_mix, train_files
-
-                t0 = time.time()
-                fit = fit_pressure_mix(model, train_files(root), normalizer, args.mix_prefit_iters, args.mix_l1,
-                                       grad_clip=args.grad_clip, progress=not args.quiet)
-                log(f"mix fit: {fit['runs']} training runs, {args.mix_prefit_iters} iterations, "
-                    f"{time.time() - t0:.0f} s: pressure mix alone, last step {fit['last_step_error_before']:.3f} "
-                    f"-> {fit['last_step_error_after']:.3f} (relative change error); kept fixed from here"
-                    + ("; with the pressure prior only its support point is used (front mix)"
-                       if config.pressure_prior else ""))
-            if ddp.enabled:  # every rank takes rank 0's fit
-                for p in model.response_head.parameters():
-                    dist.broadcast(p.data, src=0)
-        if mix_prefit:
-            model.response_head.requires_grad_(False)
-
         # ---- optimizer, schedule, precision ---------------------------------
         trained = [p for p in model.parameters() if p.requires_grad]
         decay = [p for p in trained if p.dim() >= 2]  # conv/linear weights
@@ -716,14 +656,18 @@ def train(args=None, **kwargs) -> dict:
                                        {"params": no_decay, "weight_decay": 0.0}], lr=args.lr,
                                       fused=ddp.device.type == "cuda")
         scheduler = warmup_cosine(optimizer, args.warmup_steps, args.max_steps, args.min_lr_ratio)
-        amp_dtype, use_scaler = amp_policy(args.use_amp, ddp.device, log)
+        amp_dtype, use_scaler = amp_policy(args.amp, ddp.device, log, use_amp=args.use_amp)
         scaler = torch.amp.GradScaler(ddp.device.type, enabled=use_scaler)
 
         step, best_metric, best_path = 0, float("inf"), None
         if ckpt is not None:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
+            try:
+                model.load_state_dict(ckpt["model"])
+                optimizer.load_state_dict(ckpt["optimizer"])
+                scheduler.load_state_dict(ckpt["scheduler"])
+            except (RuntimeError, ValueError, KeyError, TypeError) as err:
+                raise UserError(f"{args.resume}: checkpoint: its state does not fit this model "
+                                f"({(str(err).splitlines() or [''])[0][:200]})") from None
             # keep the schedule of THIS invocation's flags (e.g. a longer --max_steps)
             from voxel_ode.schedulers import WarmupCosine
 
@@ -738,13 +682,16 @@ def train(args=None, **kwargs) -> dict:
                 set_rng_state(rng[ddp.rank] if ddp.rank < len(rng) else rng[0])
             log(f"resumed from {args.resume} at step {step}")
 
-        unroll = Unroll(model, normalizer, train_scalars, amp_dtype, args.mix_l1, args.mix_aux)
+        unroll = Unroll(model, normalizer, train_scalars, amp_dtype)
         if ddp.enabled:
             unroll = torch.nn.parallel.DistributedDataParallel(
                 unroll, device_ids=[ddp.local_rank] if ddp.device.type == "cuda" else None)
 
         train_args = {k: _plain(v) for k, v in vars(args).items()}
-        logger = Logger(save_dir, ddp.is_main, args.use_wandb, train_args, resume=ckpt is not None)
+        if ddp.is_main:  # temporary files of a killed run (whose process is gone)
+            checks.clean_leftovers(save_dir, log)
+        logger = Logger(save_dir, ddp.is_main, args.use_wandb, train_args, resume=ckpt is not None,
+                        resume_step=step if ckpt is not None else None)
 
         def checkpoint(name: str) -> Path:
             """Gather every rank's RNG state, then rank 0 writes ``name`` atomically."""
@@ -759,7 +706,8 @@ def train(args=None, **kwargs) -> dict:
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(), "step": step, "best_metric": best_metric,
                     "best_path": str(best_path) if best_path else None, "rng": rng, "stats": stats,
-                    "train_args": train_args, "delta_mode": delta_mode, "mix_prefit": mix_prefit,
+                    "train_args": train_args, "delta_mode": delta_mode,
+                    "stats_digest": checks.stats_result_digest(stats),  # rollout compares a stats.json with it
                 })
             return path
 

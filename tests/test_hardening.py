@@ -1,0 +1,370 @@
+"""Hostile files, edited statistics and leftovers (issue #24): each case gives one line naming
+the file and the problem, or the clean input's result."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from fixtures import DESCRIPTION, make_raw_arrays, write_raw_dir, write_raw_sim
+from voxel_ode import checks, cli, schema
+from voxel_ode import data_prep as dp
+from voxel_ode.description import Description
+from voxel_ode.utils import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+GRID = dict(grid=(6, 5, 4), n_t=3)
+SMALL = dict(patch_size=(4, 4, 4), stride=(2, 2, 2), progress=False)
+
+
+def _active_cells(a) -> np.ndarray:
+    return np.argwhere(a["IsActive"] == 1)
+
+
+def _one_line_cli(capsys, argv) -> tuple[int, list[str]]:
+    rc = cli.main(argv)
+    captured = capsys.readouterr()
+    return rc, [line for line in captured.err.splitlines() if "error" in line] + \
+        [line for line in captured.out.splitlines() if line.startswith("  ")]
+
+
+# ---------------------------------------------------------------------------
+# raw files: physical ranges, before any solve
+# ---------------------------------------------------------------------------
+def _perm_everywhere(a):
+    a["PermX"][a["IsActive"] == 1] = 1e30
+
+
+def _perm_one_cell(a):
+    a["PermX"][tuple(_active_cells(a)[3])] = 1e30
+
+
+RANGE_CASES = {
+    "perm_all_active": (_perm_everywhere, "Input/PermX", "value 1e+30"),
+    "perm_one_cell": (_perm_one_cell, "Input/PermX", "value 1e+30"),
+    "perm_negative": (lambda a: a["PermZ"].__setitem__(tuple(_active_cells(a)[0]), -1e-14), "Input/PermZ", "-1e-14"),
+    "porosity_above_1": (lambda a: a["Porosity"].__setitem__(tuple(_active_cells(a)[0]), 1.5), "Input/Porosity", "1.5"),
+    "pressure_zero": (lambda a: a["Pressure"].__setitem__((1,) + tuple(_active_cells(a)[0]), 0.0),
+                      "Output/Pressure", "at t=1"),
+    "temperature_hot": (lambda a: a["Temperature0"].__setitem__(tuple(_active_cells(a)[0]), 5000.0),
+                        "Input/Temperature0", "5000"),
+    "no_active_cell": (lambda a: a["IsActive"].__setitem__(slice(None), 0.0), "Input/IsActive", "no active cell"),
+    "no_well": (lambda a: (a["IsWell"].__setitem__(slice(None), 0.0), a["InjRate"].__setitem__(slice(None), 0.0)),
+                "Input/IsWell", "no well"),
+    "cell_size_zero": (lambda a: a["ParamsScalar"].__setitem__(schema.PARAM_NAMES.index("CellSizeX"), 0.0),
+                       "(description)", "CellSizeX = 0 m"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RANGE_CASES))
+def test_impossible_values_are_one_line_errors_in_validate_inspect_and_prep(tmp_path, capsys, monkeypatch, case):
+    change, dataset, what = RANGE_CASES[case]
+    # a solve must never run on such a file: make any solve fail loudly
+    monkeypatch.setattr(dp, "derive_channels", lambda *a, **k: pytest.fail("a solve ran on an impossible file"))
+    raw = tmp_path / "raw"
+    a = make_raw_arrays(**GRID, seed=5)
+    change(a)
+    bad = write_raw_sim(raw / "v2.4_0002.h5", a)
+    (raw / "description.json").write_text(json.dumps(DESCRIPTION))
+    problems = dp.validate_raw(bad)
+    assert len(problems) == 1 and problems[0].startswith(f"{bad}: {dataset}: ") and what in problems[0], problems
+    assert cli.main(["inspect", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert f"problems:\n  {problems[0]}" in out
+    rc, lines = _one_line_cli(capsys, ["prep", "--input_root", str(raw), "--out_root", str(tmp_path / "out")])
+    assert rc == 1 and lines == [f"voxel-ode prep: error: {problems[0]}"]  # its own line, not the bar's
+
+
+def test_skip_bad_skips_impossible_values_and_the_rest_equals_a_clean_prep(tmp_path):
+    raw, clean = tmp_path / "raw", tmp_path / "clean"
+    write_raw_dir(raw, n=3, **GRID)
+    write_raw_dir(clean, n=3, **GRID)
+    a = make_raw_arrays(**GRID, seed=7)
+    _perm_everywhere(a)
+    write_raw_sim(raw / "v2.4_0004.h5", a)
+    s = dp.prep(raw, tmp_path / "out", n_test=1, skip_bad=True, **SMALL)
+    assert len(s["skipped"]) == 1 and "v2.4_0004.h5: Input/PermX: value 1e+30" in s["skipped"][0]
+    dp.prep(clean, tmp_path / "out_clean", n_test=1, **SMALL)
+    got, want = dp.load_stats(tmp_path / "out"), dp.load_stats(tmp_path / "out_clean")
+    assert checks.first_difference(checks.result_part(got), checks.result_part(want)) is None
+
+
+def test_unusual_values_are_warnings_that_inspect_lists(tmp_path, capsys):
+    a = make_raw_arrays(**GRID)
+    a["Pressure0"] /= 1e5  # bar, not Pa
+    a["Pressure"] /= 1e5
+    path = write_raw_sim(tmp_path / "v2.4_0001.h5", a)
+    assert dp.validate_raw(path) == []  # legal: not an error
+    assert cli.main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"  warning: {path}: Input/Pressure0: " in out and "bar or MPa" in out
+    assert "Output/Pressure: " in out and "problems: none" not in out
+
+
+def test_permeability_in_millidarcy_passes_the_range_checks():
+    # (the solves need m^2: converting is unit inference's job, not the range checks')
+    a = make_raw_arrays(**GRID)
+    for name in ("PermX", "PermY", "PermZ"):
+        a[name] = (a[name] / 9.869233e-16).astype(np.float32)  # m^2 -> mD: ~100 mD
+    mask = a["IsActive"] == 1
+    assert checks.grid_problems(a, mask, (100.0, 80.0, 10.0)) == (None, [])
+    a["PermX"][mask] = 2e7  # above 10,000 darcy in mD: impossible in either unit
+    assert "Input/PermX: value 2e+07" in checks.grid_problems(a, mask, (100.0, 80.0, 10.0))[0]
+
+
+def test_a_failing_solve_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    from voxel_ode import well_response
+
+    def singular(*args, **kwargs):
+        raise RuntimeError("Factor is exactly singular")
+
+    monkeypatch.setattr(well_response, "priors", singular)
+    path = write_raw_sim(tmp_path / "v2.4_0001.h5", **GRID)
+    desc = Description.from_dict(DESCRIPTION)
+    problems, _ = dp._scan_sim(path, desc=desc)
+    assert problems == [f"{path}: (derived channels): physics priors failed (Factor is exactly singular); "
+                        "check the permeability, porosity and InjRate values and the dataset description"]
+
+
+# ---------------------------------------------------------------------------
+# a tiny trained checkpoint for the statistics / checkpoint cases
+# ---------------------------------------------------------------------------
+TINY = dict(base_channels=8, depth=2, receptive_field_radius=1, num_threads=1, quiet=True,
+            batch_size=8, log_every=1, eval_every=0)
+
+
+@pytest.fixture(scope="module")
+def trained(small_prepped, tmp_path_factory):
+    from voxel_ode.train import train
+
+    save = tmp_path_factory.mktemp("hardening_ckpt")
+    train(prepped_root=str(small_prepped), save_dir=str(save), max_steps=2, ckpt_every=100, **TINY)
+    return small_prepped, save / "last.pt"
+
+
+def _rollout(capsys, ckpt, sim, tmp_path, *extra) -> tuple[int, list[str]]:
+    return _one_line_cli(capsys, ["rollout", "--ckpt_path", str(ckpt), "--prepped_sim_path", str(sim),
+                                  "--save_path", str(tmp_path / "pred.h5"), "--no_progress", "--no-xdmf", *extra])
+
+
+def _test_sim(prepped) -> Path:
+    return next((prepped / "test").glob("*" + schema.PREPPED_SUFFIX))
+
+
+STATS_EDITS = {
+    "transform": (lambda s: s["static"]["transform"].__setitem__(schema.STATIC_NAMES.index("Porosity"), "log10"),
+                  "static/transform[", "values differ"),
+    "per_sim_rms": (lambda s: s["delta"]["per_sim_rms"][0].__setitem__(0, s["delta"]["per_sim_rms"][0][0] * 3),
+                    "delta/per_sim_rms[0][0]", "values differ"),
+    "quantile": (lambda s: s["delta"]["abs_quantiles"]["0.9"].__setitem__(1, 7.0),
+                 "delta/abs_quantiles/0.9[1]", "values differ"),
+    "description": (lambda s: s["description"].__setitem__("permeability_unit", "mD"), "description",
+                    "values differ"),
+    "unknown_transform": (lambda s: s["params"]["transform"].__setitem__(0, "sqrt"), "params/transform",
+                          "unknown transform 'sqrt'"),
+    "zero_std": (lambda s: s["dynamic"]["std"].__setitem__(0, 0.0), "dynamic/std", "not > 0"),
+    "nan_quantile": (lambda s: s["delta"]["abs_quantiles"]["0.5"].__setitem__(0, float("nan")),
+                     "delta/abs_quantiles/0.5", "non-finite"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STATS_EDITS))
+def test_edited_stats_json_given_to_rollout_is_one_line(trained, tmp_path, capsys, case):
+    prepped, ckpt = trained
+    edit, where, what = STATS_EDITS[case]
+    stats = json.loads((prepped / schema.STATS_FILE).read_text())
+    edit(stats)
+    path = tmp_path / "stats.json"
+    path.write_text(json.dumps(stats))
+    rc, lines = _rollout(capsys, ckpt, _test_sim(prepped), tmp_path, "--stats_path", str(path))
+    assert rc == 1 and len(lines) == 1, lines
+    assert lines[0].startswith(f"voxel-ode rollout: error: {path}: {where}") and what in lines[0], lines
+    assert not (tmp_path / "pred.h5").exists()
+
+
+def test_unedited_stats_json_and_old_checkpoints_without_a_digest(trained, tmp_path, capsys):
+    prepped, ckpt = trained
+    rc, _ = _rollout(capsys, ckpt, _test_sim(prepped), tmp_path, "--stats_path", str(prepped / schema.STATS_FILE))
+    assert rc == 0 and (tmp_path / "pred.h5").is_file()
+    # a checkpoint from before the digest: the field-by-field comparison still catches an edit
+    old = torch.load(ckpt, weights_only=True)
+    assert old.pop("stats_digest") == checks.stats_result_digest(old["stats"])
+    torch.save(old, tmp_path / "old.pt")
+    stats = json.loads((prepped / schema.STATS_FILE).read_text())
+    STATS_EDITS["per_sim_rms"][0](stats)
+    (tmp_path / "edited.json").write_text(json.dumps(stats))
+    rc, lines = _rollout(capsys, tmp_path / "old.pt", _test_sim(prepped), tmp_path, "--stats_path",
+                         str(tmp_path / "edited.json"))
+    assert rc == 1 and "delta/per_sim_rms[0][0]: values differ" in lines[0]
+
+
+@pytest.mark.parametrize("value", [float("nan"), 0.0, -1.0])
+def test_checkpoint_with_bad_embedded_std_is_refused(trained, tmp_path, capsys, value):
+    prepped, ckpt = trained
+    state = torch.load(ckpt, weights_only=True)
+    state["stats"]["dynamic"]["std"][0] = value
+    bad = tmp_path / "bad.pt"
+    torch.save(state, bad)
+    rc, lines = _rollout(capsys, bad, _test_sim(prepped), tmp_path)
+    assert rc == 1 and len(lines) == 1 and lines[0].startswith(f"voxel-ode rollout: error: {bad} (stats inside): "
+                                                              "dynamic/std: "), lines
+    assert not (tmp_path / "pred.h5").exists()
+
+
+def test_checkpoint_whose_stats_were_edited_within_range_fails_its_digest(trained, tmp_path, capsys):
+    prepped, ckpt = trained
+    state = torch.load(ckpt, weights_only=True)
+    state["stats"]["dynamic"]["mean"][0] += 200.0  # a plausible value: only the digest can tell
+    torch.save(state, tmp_path / "edited.pt")
+    rc, lines = _rollout(capsys, tmp_path / "edited.pt", _test_sim(prepped), tmp_path)
+    assert rc == 1 and lines == [f"voxel-ode rollout: error: {tmp_path / 'edited.pt'}: stats: the stored stats do not "
+                                 "match the digest written with them (edited checkpoint?)"]
+
+
+def test_huge_model_config_is_refused_before_allocating(trained, tmp_path, monkeypatch):
+    from voxel_ode import model as M
+    from voxel_ode.train import train
+
+    prepped, ckpt = trained
+    state = torch.load(ckpt, weights_only=True)
+    state["model_config"]["base_channels"] = 100_000
+    bad = tmp_path / "huge.pt"
+    torch.save(state, bad)
+    monkeypatch.setattr(M.VoxelAutoRegressor, "__init__", lambda *a, **k: pytest.fail("allocated a model"))
+    with pytest.raises(UserError) as err:
+        M.load_model(bad)
+    assert str(err.value) == (f"{bad}: model config: base_channels: 100000 is not an integer in [1, 2048]")
+    with pytest.raises(UserError) as err:
+        train(prepped_root=str(prepped), save_dir=str(tmp_path / "r"), resume=str(bad), max_steps=3, **TINY)
+    assert str(err.value).startswith(f"{bad}: model config: base_channels: 100000")
+    with pytest.raises(UserError, match=r"about 5.8e\+10 parameters"):  # each value in bounds, the product not
+        M.ModelConfig(base_channels=2048, depth=256)
+
+
+def test_truncated_checkpoint_to_resume_names_the_cause(trained, tmp_path):
+    from voxel_ode.train import train
+
+    prepped, ckpt = trained
+    data = Path(ckpt).read_bytes()
+    bad = tmp_path / "cut.pt"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError) as err:
+        train(prepped_root=str(prepped), save_dir=str(tmp_path / "r"), resume=str(bad), max_steps=3, **TINY)
+    msg = str(err.value)
+    assert msg.startswith(f"{bad}: checkpoint: cannot load with weights_only=True (RuntimeError: ") and "\n" not in msg
+    assert "failed finding central directory" in msg  # the reader's own words, not just the type
+
+
+def test_resume_with_other_stats_is_refused(trained, tmp_path):
+    from voxel_ode.train import train
+
+    prepped, ckpt = trained
+    other = tmp_path / "prepped"
+    shutil.copytree(prepped, other)
+    stats = json.loads((other / schema.STATS_FILE).read_text())
+    stats["delta"]["std"][1] *= 2
+    (other / schema.STATS_FILE).write_text(json.dumps(stats))
+    with pytest.raises(UserError, match=r"stats.json: delta/std\[1\]: values differ from the stats the checkpoint"):
+        train(prepped_root=str(other), save_dir=str(tmp_path / "r"), resume=str(ckpt), max_steps=3, **TINY)
+
+
+# ---------------------------------------------------------------------------
+# damaged or empty prepped files in training and rollout
+# ---------------------------------------------------------------------------
+def test_truncated_prepped_file_in_training_is_one_line(small_prepped, tmp_path):
+    from voxel_ode.train import train
+
+    root = tmp_path / "prepped"
+    shutil.copytree(small_prepped, root)
+    victim = sorted((root / "train").glob("*" + schema.PREPPED_SUFFIX))[1]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 3])
+    with pytest.raises(UserError) as err:
+        train(prepped_root=str(root), save_dir=str(tmp_path / "ck"), max_steps=2, **TINY)
+    assert str(err.value).startswith(f"{victim}: (file): cannot open the prepped run (truncated or not HDF5?")
+
+
+def test_prepped_run_without_active_cells_is_refused_by_rollout(trained, tmp_path, capsys):
+    prepped, ckpt = trained
+    empty = tmp_path / "empty.prepped.h5"
+    shutil.copy(_test_sim(prepped), empty)
+    with h5py.File(empty, "r+") as f:
+        f[schema.PREPPED_STATIC][schema.STATIC_NAMES.index("IsActive")] = 0.0
+    rc, lines = _rollout(capsys, ckpt, empty, tmp_path)
+    assert rc == 1 and lines == [f"voxel-ode rollout: error: {empty}: /static: no active cell (prep refuses such runs)"]
+
+
+# ---------------------------------------------------------------------------
+# leftovers of killed runs; a killed and resumed training equals an uninterrupted one
+# ---------------------------------------------------------------------------
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_prep_removes_a_killed_preps_partial_folder_and_keeps_a_live_ones(tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    write_raw_dir(raw, n=2, **GRID)
+    dead, live = out / f".partial-{_dead_pid()}", out / f".partial-{os.getppid()}"
+    for d in (dead, live):
+        (d / "sub").mkdir(parents=True)
+        (d / "sub" / "x.prepped.h5").write_bytes(b"half")
+    (out / f".stats.json.tmp-{_dead_pid()}").write_text("{")
+    dp.prep(raw, out, n_test=1, **SMALL)
+    assert not dead.exists() and live.is_dir() and not list(out.glob(".stats.json.tmp-*"))
+
+
+def test_killed_training_resumes_cleanly_and_equals_an_uninterrupted_run(small_prepped, tmp_path):
+    """Kill -9 a training process right after (or during) a checkpoint write, resume into the same
+    folder: no temp files, no duplicate metrics steps, the same losses and weights as a run that
+    was never killed."""
+    from voxel_ode.train import train
+
+    run = dict(max_steps=24, ckpt_every=4, **TINY)
+    train(prepped_root=str(small_prepped), save_dir=str(tmp_path / "a"), **run)
+
+    b = tmp_path / "b"
+    cmd = [sys.executable, "-m", "voxel_ode.cli", "train", "--prepped_root", str(small_prepped), "--save_dir", str(b)]
+    for key, value in run.items():
+        cmd += [f"--{key}"] if value is True else [] if value is False else [f"--{key}", str(value)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        # during a checkpoint write after the first, or just after one
+        if (b / "step4.pt").exists() and (list(b.glob(".step*.pt.tmp-*")) or (b / "step8.pt").exists()):
+            break
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (b / "last.pt").exists(), "the run ended before it was killed: make it longer"
+    # what a kill during torch.save leaves (whether or not this kill caught one)
+    (b / f".step12.pt.tmp-{proc.pid}").write_bytes(b"half a checkpoint")
+    resume = max(b.glob("step*.pt"), key=lambda p: int(p.stem[4:]))
+    with open(b / "metrics.jsonl", "a") as f:  # the killed stretch after the checkpoint, then a torn line
+        f.write(json.dumps({"event": "train", "step": int(resume.stem[4:]) + 1, "loss": -1.0}) + "\n")
+        f.write('{"event": "train", "step": 99, "lo')
+
+    train(prepped_root=str(small_prepped), save_dir=str(b), resume=str(resume), **run)
+    assert not list(b.glob(".*tmp-*"))
+    recs = [json.loads(line) for line in (b / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in recs if r["event"] == "train"]
+    assert steps == list(range(1, 25))  # each step once, in order
+    key = lambda d: {r["step"]: (r["loss"], r["lr"], r["epoch"]) for r in map(json.loads, (d / "metrics.jsonl")
+                     .read_text().splitlines()) if r["event"] == "train"}
+    assert key(b) == key(tmp_path / "a")  # exactly equal
+    wa = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["model"]
+    wb = torch.load(b / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

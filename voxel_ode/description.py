@@ -1,0 +1,272 @@
+"""What a dataset's files mean: the one place where a user declares an export's conventions.
+
+A v2.4 file is grids and 26 numbers; what they mean differs between simulators. The
+physics priors (well_response.py) need cell sizes, the permeability unit, the time of the
+first report and, where known, a few physical constants. Nothing is read from
+``ParamsScalar`` by position unless a description says so.
+
+``description.json`` next to the raw files (or ``prep --description FILE``)::
+
+    {
+      "permeability_unit": "mD",            # "m2" or "mD"; inferred from magnitudes if absent
+      "first_report": "year1",              # "initial" (Output[0] is t = 0) or "year1"; inferred if absent
+      "lateral_boundary": "pore_volume",    # "closed", "fixed_pressure" or "pore_volume" (see BOUNDARY_KINDS)
+      "outside_heat_exchange": false,       # conduction to the rock outside the active cells (default true)
+      "quantities": {                       # each: a number (in the unit below), {"value": v, "unit": u}
+        "CellSizeX": 50, "CellSizeY": 50, "CellSizeZ": {"value": 5, "unit": "m"},   # or {"param": i, "unit": u}
+        "InjectionTemperature": {"param": 0, "unit": "K"},
+        "BoundaryMultiplier": 1000
+      }
+    }
+
+``QUANTITIES`` lists every quantity the pipeline can use, its unit and what happens
+without it. ``voxel-ode synth`` writes the description of its own files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from voxel_ode.utils import UserError
+
+FILE_NAME = "description.json"
+PERMEABILITY_UNITS = {"m2": 1.0, "mD": 9.869233e-16}  # factor to m^2
+FIRST_REPORTS = ("initial", "year1")
+# How the box's lateral sides (first/last X and Y cells) connect to the reservoir beyond:
+#   closed          no flow through them;
+#   fixed_pressure  to water held at the initial pressure, through BoundaryMultiplier times the
+#                   half-cell transmissibility (voxel-ode synth: its BoundaryAquiferStrength);
+#   pore_volume     the side cells' pore volume is BoundaryMultiplier times their own (a large
+#                   storage, as open-darts' aquifer cells).
+BOUNDARY_KINDS = ("closed", "fixed_pressure", "pore_volume")
+
+# name -> (SI unit, {unit: (scale, offset)} to SI, what happens without it)
+_K = {"K": (1.0, 0.0), "C": (1.0, 273.15), "degC": (1.0, 273.15)}
+_PER_PA = {"1/Pa": (1.0, 0.0), "1/bar": (1e-5, 0.0), "1/MPa": (1e-6, 0.0)}
+_HEAT_VOL = {"J/(m^3 K)": (1.0, 0.0), "kJ/(m^3 K)": (1e3, 0.0), "MJ/(m^3 K)": (1e6, 0.0)}
+_LENGTH = {"m": (1.0, 0.0), "ft": (0.3048, 0.0)}
+QUANTITIES = {
+    "CellSizeX": ("m", _LENGTH, "no physics priors (cell sizes are required)"),
+    "CellSizeY": ("m", _LENGTH, "no physics priors (cell sizes are required)"),
+    "CellSizeZ": ("m", _LENGTH, "no physics priors (cell sizes are required)"),
+    "TotalCompressibility": ("1/Pa", _PER_PA, "RockCompressibility + FluidCompressibility, else a generic 5e-10 /Pa"),
+    "RockCompressibility": ("1/Pa", _PER_PA, "counted 0 when FluidCompressibility is given"),
+    "FluidCompressibility": ("1/Pa", _PER_PA, "counted 0 when RockCompressibility is given"),
+    "InjectionTemperature": ("K", _K, "from the field scalars: injected energy rate / water rate"),
+    "RockHeatCapacityVolumetric": ("J/(m^3 K)", _HEAT_VOL, "RockHeatCapacity x RockDensity, else generic 2.3e6"),
+    "RockHeatCapacity": ("J/(kg K)", {"J/(kg K)": (1.0, 0.0), "kJ/(kg K)": (1e3, 0.0)}, "see above"),
+    "RockDensity": ("kg/m^3", {"kg/m^3": (1.0, 0.0), "g/cm^3": (1e3, 0.0)}, "see above"),
+    "RockThermalConductivity": ("W/(m K)", {"W/(m K)": (1.0, 0.0)}, "a generic 2.5 W/(m K)"),
+    "BoundaryMultiplier": ("-", {"-": (1.0, 0.0)}, "required by fixed_pressure and pore_volume boundaries"),
+}
+CELL_SIZE_QUANTITIES = ("CellSizeX", "CellSizeY", "CellSizeZ")
+
+
+@dataclass
+class Description:
+    """A dataset's declared conventions (None / absent = not declared)."""
+
+    permeability_unit: str | None = None
+    first_report: str | None = None
+    lateral_boundary: str | None = None
+    quantities: dict = field(default_factory=dict)  # name -> {"value": v} or {"param": i}, plus "unit"
+    source: str = "none"  # where it came from, for messages
+    # whether the active cells exchange heat by conduction with the rock outside them (inactive
+    # cells, beyond the box); None = not declared = yes (real caprock and basement do; open-darts
+    # removes inactive cells: no heat flux there)
+    outside_heat_exchange: bool | None = None
+
+    def to_dict(self) -> dict:
+        quantities = {name: {k: v for k, v in spec.items() if k in ("param", "value", "unit")}
+                      for name, spec in self.quantities.items()}
+        return {"permeability_unit": self.permeability_unit, "first_report": self.first_report,
+                "lateral_boundary": self.lateral_boundary, "outside_heat_exchange": self.outside_heat_exchange,
+                "quantities": quantities}
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "(dict)") -> "Description":
+        if not isinstance(d, dict):
+            raise UserError(f"{source}: a dataset description must be a JSON object")
+        keys = ("permeability_unit", "first_report", "lateral_boundary", "outside_heat_exchange", "quantities")
+        unknown = set(d) - set(keys) - {"format", "notes"}
+        if unknown:
+            raise UserError(f"{source}: unknown keys {sorted(unknown)} (known: {', '.join(keys)})")
+        heat = d.get("outside_heat_exchange")
+        if heat is not None and not isinstance(heat, bool):
+            raise UserError(f"{source}: outside_heat_exchange: {heat!r} is not true or false")
+        desc = cls(d.get("permeability_unit"), d.get("first_report"), d.get("lateral_boundary"),
+                   {k: _quantity_spec(k, v, source) for k, v in (d.get("quantities") or {}).items()}, source, heat)
+        _check_choice(source, "permeability_unit", desc.permeability_unit, tuple(PERMEABILITY_UNITS))
+        _check_choice(source, "first_report", desc.first_report, FIRST_REPORTS)
+        _check_choice(source, "lateral_boundary", desc.lateral_boundary, BOUNDARY_KINDS)
+        if desc.lateral_boundary in ("fixed_pressure", "pore_volume") and "BoundaryMultiplier" not in desc.quantities:
+            raise UserError(f"{source}: lateral_boundary {desc.lateral_boundary!r} needs quantities.BoundaryMultiplier")
+        return desc
+
+
+def _check_choice(source, key, value, choices):
+    if value is not None and value not in choices:
+        raise UserError(f"{source}: {key}: {value!r} is not one of {', '.join(choices)}")
+
+
+def _quantity_spec(name: str, spec, source: str) -> dict:
+    """A declared quantity -> {"value": SI number} or {"param": index, "scale": s, "offset": o}."""
+    if name not in QUANTITIES:
+        raise UserError(f"{source}: quantities.{name}: unknown quantity (known: {', '.join(QUANTITIES)})")
+    si_unit, units, _ = QUANTITIES[name]
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        spec = {"value": spec, "unit": si_unit}
+    if not isinstance(spec, dict) or ("value" in spec) == ("param" in spec):
+        raise UserError(f"{source}: quantities.{name}: give a number, {{\"value\": v, \"unit\": u}} "
+                        "or {\"param\": index, \"unit\": u}")
+    unit = spec.get("unit", si_unit)
+    if unit not in units:
+        raise UserError(f"{source}: quantities.{name}: unit {unit!r} is not one of {', '.join(units)}")
+    scale, offset = units[unit]
+    if "param" in spec:
+        index = spec["param"]
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < 26:
+            raise UserError(f"{source}: quantities.{name}: param must be an index 0..25, got {index!r}")
+        return {"param": index, "unit": unit, "scale": scale, "offset": offset}
+    value = spec["value"]
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UserError(f"{source}: quantities.{name}: value must be a finite number, got {value!r}")
+    return {"value": value * scale + offset, "unit": si_unit}
+
+
+def load(path) -> Description:
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: dataset description: file not found") from None
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: dataset description: not readable JSON ({str(err).splitlines()[0]})") from None
+    return Description.from_dict(d, str(path))
+
+
+def find(input_root, explicit=None) -> Description:
+    """``explicit`` if given, else ``input_root/description.json`` if present, else an empty one."""
+    if explicit:
+        return load(explicit)
+    candidate = Path(input_root) / FILE_NAME if input_root and Path(input_root).is_dir() else None
+    if candidate is not None and candidate.is_file():
+        return load(candidate)
+    return Description()
+
+
+def write(path, desc: Description) -> None:
+    Path(path).write_text(json.dumps({"format": "voxel-ode dataset description 1", **desc.to_dict()}, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------------
+# Resolution per file: declared values, inferences, what is unknown
+# ---------------------------------------------------------------------------
+@dataclass
+class Physics:
+    """One run's physical inputs in SI units, and how each was obtained."""
+
+    permeability_factor: float  # raw permeability x this = m^2
+    first_report: str  # "initial" or "year1"
+    lateral_boundary: str | None
+    values: dict  # quantity name -> SI value (declared ones only)
+    notes: dict  # item -> "declared" / "inferred: why" / "unknown: consequence"
+    outside_heat_exchange: bool = True
+
+    @property
+    def cell_size(self) -> tuple[float, float, float] | None:
+        if all(q in self.values for q in CELL_SIZE_QUANTITIES):
+            return tuple(self.values[q] for q in CELL_SIZE_QUANTITIES)
+        return None
+
+
+def resolve(desc: Description, params, perm_active, pressure0_active, first_pressure_active, where: str) -> Physics:
+    """Declared values from ``desc`` (params: the run's ParamsScalar) and inferences from the data.
+
+    perm_active: PermX values of active cells as stored; pressure0_active / first_pressure_active:
+    Input/Pressure0 and Output/Pressure[0] at active cells. Raises UserError (naming ``where``) for
+    physically impossible declared values."""
+    notes, values = {}, {}
+    for name, spec in desc.quantities.items():
+        value = spec["value"] if "value" in spec else float(params[spec["param"]]) * spec["scale"] + spec["offset"]
+        _check_range(name, value, where, spec)
+        values[name] = value
+        notes[name] = "declared" + (f" (ParamsScalar[{spec['param']}], {spec['unit']})" if "param" in spec else "")
+    unit = desc.permeability_unit
+    if unit is None:
+        unit = infer_permeability_unit(perm_active)
+        notes["permeability_unit"] = f"inferred: {unit} (median active PermX {np.median(perm_active):.3g})"
+    else:
+        notes["permeability_unit"] = f"declared: {unit}"
+    first = desc.first_report
+    if first is None:
+        first = infer_first_report(pressure0_active, first_pressure_active)
+        notes["first_report"] = f"inferred: {first} (Output/Pressure[0] {'equals' if first == 'initial' else 'differs from'} Input/Pressure0)"
+    else:
+        notes["first_report"] = f"declared: {first}"
+    boundary = desc.lateral_boundary
+    notes["lateral_boundary"] = f"declared: {boundary}" if boundary else "unknown: no physics priors"
+    for name in CELL_SIZE_QUANTITIES:
+        if name not in values:
+            notes[name] = "unknown: " + QUANTITIES[name][2]
+    covered = {"TotalCompressibility": {"TotalCompressibility", "RockCompressibility", "FluidCompressibility"},
+               "RockHeatCapacityVolumetric": {"RockHeatCapacityVolumetric", "RockHeatCapacity"},
+               "RockThermalConductivity": {"RockThermalConductivity"}, "InjectionTemperature": {"InjectionTemperature"}}
+    for name, any_of in covered.items():  # the assumptions the priors make without them, said once
+        if not any_of & set(values):
+            notes[name] = "not declared: " + QUANTITIES[name][2]
+    heat = desc.outside_heat_exchange
+    notes["outside_heat_exchange"] = f"declared: {heat}" if heat is not None else "not declared: true"
+    return Physics(PERMEABILITY_UNITS[unit], first, boundary, values, notes, heat is not False)
+
+
+def declared_cell_size(desc: Description, params) -> tuple[float, float, float] | None:
+    """(dx, dy, dz) in m where the description declares all three (params: the run's ParamsScalar)."""
+    out = []
+    for name in CELL_SIZE_QUANTITIES:
+        spec = desc.quantities.get(name)
+        if spec is None or ("param" in spec and params is None):
+            return None
+        value = spec["value"] if "value" in spec else float(params[spec["param"]]) * spec["scale"] + spec["offset"]
+        if not (math.isfinite(value) and value > 0):
+            return None
+        out.append(value)
+    return tuple(out)
+
+
+def infer_permeability_unit(perm_active) -> str:
+    """m^2 values of rock are < 1e-9; millidarcy values of the same rock are > 1e-4."""
+    median = float(np.median(perm_active)) if np.size(perm_active) else 0.0
+    return "m2" if median < 1e-6 else "mD"
+
+
+def infer_first_report(pressure0_active, first_pressure_active) -> str:
+    """Output[0] equal to Input/Pressure0 (within float32 rounding) -> the initial state."""
+    p0 = np.asarray(pressure0_active, np.float64)
+    p1 = np.asarray(first_pressure_active, np.float64)
+    if p0.size == 0:
+        return "initial"
+    return "initial" if np.max(np.abs(p1 - p0)) <= 1e-6 * max(np.max(np.abs(p0)), 1.0) else "year1"
+
+
+# physically possible ranges (SI) of declared quantities
+_RANGES = {
+    "CellSizeX": (1e-2, 1e5), "CellSizeY": (1e-2, 1e5), "CellSizeZ": (1e-2, 1e5),
+    "TotalCompressibility": (0.0, 1e-6), "RockCompressibility": (0.0, 1e-6), "FluidCompressibility": (0.0, 1e-6),
+    "InjectionTemperature": (200.0, 700.0), "RockHeatCapacityVolumetric": (1e5, 1e7),
+    "RockHeatCapacity": (100.0, 1e4), "RockDensity": (500.0, 6000.0), "RockThermalConductivity": (0.05, 20.0),
+    "BoundaryMultiplier": (0.0, 1e9),
+}
+
+
+def _check_range(name, value, where, spec):
+    lo, hi = _RANGES[name]
+    if not (math.isfinite(value) and lo <= value <= hi):
+        src = f"ParamsScalar[{spec['param']}] " if "param" in spec else ""
+        raise UserError(f"{where}: (description): {name} = {value:.4g} {QUANTITIES[name][0]} ({src}as declared) is outside "
+                        f"[{lo:g}, {hi:g}]: fix its entry in the dataset description")
