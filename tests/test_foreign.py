@@ -173,3 +173,16 @@ def test_description_errors_are_one_line(tmp_path, capsys):
         (tmp_path / "raw" / "description.json").write_text(text)
         rc, out = run_cli(["prep", "--input_root", tmp_path / "raw", "--out_root", tmp_path / "p"], capsys)
         assert rc == 1 and expect in out.err
+
+
+def test_notes_say_which_constants_take_generic_values():
+    from voxel_ode.description import Description, resolve
+
+    cells = {"CellSizeX": 50, "CellSizeY": 50, "CellSizeZ": 5}
+    ones = np.ones(4)
+    for extra, generic in (({}, True), ({"RockHeatCapacity": 900}, True),
+                           ({"RockHeatCapacity": 900, "RockDensity": 2600}, False),
+                           ({"RockHeatCapacityVolumetric": 2.3e6}, False)):
+        desc = Description.from_dict({"lateral_boundary": "closed", "quantities": {**cells, **extra}})
+        notes = resolve(desc, np.zeros(26), ones * 1e-13, ones, ones, "f").notes
+        assert notes.get("RockHeatCapacityVolumetric", "").startswith("not declared") is generic, extra

@@ -214,11 +214,12 @@ def resolve(desc: Description, params, perm_active, pressure0_active, first_pres
     for name in CELL_SIZE_QUANTITIES:
         if name not in values:
             notes[name] = "unknown: " + QUANTITIES[name][2]
-    covered = {"TotalCompressibility": {"TotalCompressibility", "RockCompressibility", "FluidCompressibility"},
-               "RockHeatCapacityVolumetric": {"RockHeatCapacityVolumetric", "RockHeatCapacity"},
-               "RockThermalConductivity": {"RockThermalConductivity"}, "InjectionTemperature": {"InjectionTemperature"}}
-    for name, any_of in covered.items():  # the assumptions the priors make without them, said once
-        if not any_of & set(values):
+    # the assumptions the priors make without them (data_prep.reservoir), said once
+    covered = {"TotalCompressibility": [{"TotalCompressibility"}, {"RockCompressibility"}, {"FluidCompressibility"}],
+               "RockHeatCapacityVolumetric": [{"RockHeatCapacityVolumetric"}, {"RockHeatCapacity", "RockDensity"}],
+               "RockThermalConductivity": [{"RockThermalConductivity"}], "InjectionTemperature": [{"InjectionTemperature"}]}
+    for name, ways in covered.items():
+        if not any(way <= set(values) for way in ways):
             notes[name] = "not declared: " + QUANTITIES[name][2]
     heat = desc.outside_heat_exchange
     notes["outside_heat_exchange"] = f"declared: {heat}" if heat is not None else "not declared: true"
