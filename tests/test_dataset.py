@@ -116,6 +116,37 @@ def test_sample_equals_direct_normalization(root, stats):
         assert (s["x"][:, ~torch.from_numpy(active)] == 0).all()
 
 
+def test_both_modes_give_the_documented_sample_layout(root, stats):
+    """mode="full": the whole grid at t, K steps of targets, origin 0 and no context; its first
+    step equals the direct normalization of the whole grid. mode="patch": a box and the context."""
+    full = PatchDataset(root, "train", mode="full", rollout_steps=2)
+    n_t = 5  # the fixture's steps
+    assert len(full) == len(full.sim_paths) * (n_t - 2)
+    common = {"x", "active", "params", "target_delta", "priors", "target_scalars", "scalars_prev",
+              "production_ratio", "origin", "sim", "t"}
+    for index in (0, len(full) - 1):
+        s = full[index]
+        sim, t = int(s["sim"]), int(s["t"])
+        assert set(s) == common and s["origin"].tolist() == [0, 0, 0]
+        assert s["x"].shape == (schema.N_INPUT_CHANNELS, *GRID) and s["active"].shape == (1, *GRID)
+        assert s["target_delta"].shape == (2, 2, *GRID) and s["priors"].shape == (3, schema.N_PRIORS, *GRID)
+        assert s["target_scalars"].shape == (2, schema.N_SCALARS) and s["production_ratio"].shape == (2,)
+        whole = {"sim_path": full.sim_paths[sim], "t": t, "z0": 0, "z1": GRID[0], "y0": 0, "y1": GRID[1],
+                 "x0": 0, "x1": GRID[2]}
+        x, active, delta, z, p = _expected_patch(root, stats, whole)
+        np.testing.assert_allclose(s["x"].numpy(), x, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(s["active"][0].numpy(), active.astype(np.float32))
+        np.testing.assert_allclose(s["target_delta"][0].numpy(), delta, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(s["target_scalars"][0].numpy(), z, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(s["params"].numpy(), p, rtol=1e-5, atol=1e-6)
+    patch = PatchDataset(root, "train")[0]
+    coarse = tuple(-(-n // 4) for n in GRID)  # the default context factor, padded up
+    assert set(patch) == common | {"context_x", "context_active"}
+    assert patch["x"].shape == (schema.N_INPUT_CHANNELS, *PATCH) and patch["target_delta"].shape == (1, 2, *PATCH)
+    assert patch["context_x"].shape == (schema.N_INPUT_CHANNELS, *coarse)
+    assert patch["context_active"].shape == (1, *coarse)
+
+
 def test_delta_scale_is_the_median_of_per_sim_rms_for_pressure_and_a_high_quantile_for_temperature():
     stats_like = {"delta": {"per_sim_rms": [[1e2, 0.0], [1e3, 0.1], [1e4, 0.2], [1e5, 0.3]],
                             "abs_quantiles": {"0.5": [5.0, 0.05], "0.99": [9e4, 4.0]}, "std": [3e4, 0.1]}}

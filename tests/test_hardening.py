@@ -264,6 +264,11 @@ def test_truncated_checkpoint_to_resume_names_the_cause(trained, tmp_path):
     msg = str(err.value)
     assert msg.startswith(f"{bad}: checkpoint: cannot load with weights_only=True (RuntimeError: ") and "\n" not in msg
     assert "failed finding central directory" in msg  # the reader's own words, not just the type
+    from voxel_ode.model import load_model
+
+    with pytest.raises(UserError) as err:  # rollout's loader reads through the same function
+        load_model(bad)
+    assert str(err.value) == msg
 
 
 def test_resume_with_other_stats_is_refused(trained, tmp_path):

@@ -52,6 +52,20 @@ def test_accuracies_and_mse_by_hand():
     np.testing.assert_allclose(metrics.mse_normalized(pred, true, active, std=2.0), [0.0, 3.125, 30.25 / 2])
 
 
+def test_tolerance_hits_are_the_same_on_arrays_and_tensors():
+    """Training's evaluation counts its +/- hits on torch tensors with these same functions."""
+    import torch
+
+    true = np.array([100.0, 200.0, -40.0, 0.0])
+    pred = np.array([105.0, 211.0, -42.0, np.nan])  # 5% of 100 (in), 5.5% of 200 (out), 5% of 40 (in), NaN
+    assert metrics.within_pct(pred, true).tolist() == [True, False, True, False]
+    assert metrics.within_abs(pred, true, 5.0).tolist() == [True, False, True, False]
+    assert metrics.within_abs(pred, true, 11.0).tolist() == [True, True, True, False]
+    t, p = torch.from_numpy(true), torch.from_numpy(pred)
+    assert metrics.within_pct(p, t).tolist() == metrics.within_pct(pred, true).tolist()
+    assert metrics.within_abs(p, t, torch.tensor(5.0)).tolist() == metrics.within_abs(pred, true, 5.0).tolist()
+
+
 def test_grid_metrics_uses_default_tolerances_per_variable():
     active = np.ones((1, 1, 1), np.float32)
     true = np.zeros((2, 2, 1, 1, 1))

@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from voxel_ode import schema, synth
+from voxel_ode import schema, synth, water
 from voxel_ode.cli import main as cli_main
 
 SMALL = (12, 8, 8)
@@ -54,8 +54,8 @@ def _mass_energy(a):
     masses, energies = [], []
     for p, t in zip(a["Pressure"], a["Temperature"]):
         p, t = p[act].astype(np.float64), t[act].astype(np.float64)
-        m = vol * phi * (1 + c_r * (p - p0)) * synth.water_density(p, t, c_f)
-        e = (m * synth.WATER_HEAT_CAPACITY + vol * (1 - phi) * rock_heat) * (t - synth.ENTHALPY_ZERO_T)
+        m = vol * phi * (1 + c_r * (p - p0)) * water.density(p, t, c_f)
+        e = (m * synth.WATER_HEAT_CAPACITY + vol * (1 - phi) * rock_heat) * (t - schema.ENTHALPY_ZERO_T)
         masses.append(m.sum())
         energies.append(e.sum())
     return np.array(masses), np.array(energies)

@@ -20,6 +20,16 @@ def test_missing_darts_is_one_line(monkeypatch, tmp_path, capsys):
     assert "\n" not in err and not (tmp_path / "out").exists()
 
 
+def test_out_checks_come_before_any_darts_run(monkeypatch, tmp_path, capsys):
+    """--out is checked as for the voxel engine (synth.checked_out_dir) before open-darts is needed."""
+    monkeypatch.setattr(synth_darts, "darts_available", lambda: True)
+    (tmp_path / "v2.4_0001.h5").write_bytes(b"")
+    assert cli.main(["synth", "--engine", "darts", "--out", str(tmp_path), "--n", "1"]) == 1
+    assert "already holds 1 v2.4_*.h5 files; use --overwrite" in capsys.readouterr().err
+    assert cli.main(["synth", "--engine", "darts", "--out", str(tmp_path / "v2.4_0001.h5"), "--n", "1"]) == 1
+    assert "exists and is not a directory" in capsys.readouterr().err
+
+
 def test_voxel_ode_never_imports_darts():
     assert "darts.engines" not in sys.modules
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from voxel_ode import schema, well_response as wr
+from voxel_ode import schema, water, well_response as wr
 
 GRID = (6, 8, 9)
 CELL = (50.0, 40.0, 5.0)
@@ -103,6 +103,15 @@ def test_awkward_reservoirs_give_finite_priors(case):
     assert out.shape == (5, schema.N_PRIORS) + GRID and np.isfinite(out.astype(np.float64)).all()
     if case == "no_active":
         assert not out.any()
+
+
+def test_priors_use_the_water_of_synth():
+    """One set of water formulas (water.py): the priors' water is synth's at 1 atm, clipped to a
+    finite range for foreign files."""
+    t = np.linspace(280.0, 520.0, 9)
+    assert np.array_equal(wr.water_density(t), water.density(water.ATMOSPHERIC_PRESSURE, t, 4.5e-10))
+    assert np.array_equal(wr.water_viscosity(t), water.viscosity(t))
+    assert wr.water_viscosity(100.0) == water.viscosity(275.0) and np.isfinite(wr.water_density(1e4))
 
 
 def test_injection_temperature_from_the_field_scalars():

@@ -202,52 +202,45 @@ def production_enthalpy_ratio(producers, temp_now, temp_next) -> float:
     return float(np.sum(q * h_next)) / now if now > 0 else 1.0
 
 
-class Normalizer:
-    """Physical <-> normalized values, from the stats.json dict (module doc lists the methods)."""
+def _read_stats(stats: dict) -> dict:
+    """The arrays a Normalizer takes from stats.json, checked (UserError naming a missing key)."""
+    try:
+        names = tuple(stats["static"]["names"])
+        if names != schema.STATIC_NAMES:
+            raise UserError(f"stats.json: static/names: {names} != schema {schema.STATIC_NAMES}")
+        return {
+            "static_transform": list(stats["static"]["transform"]),
+            "static_mean": np.asarray(stats["static"]["mean"], np.float64),
+            "static_std": np.asarray(stats["static"]["std"], np.float64),
+            "state_mean": np.asarray(stats["dynamic"]["mean"], np.float64),
+            "state_std": np.asarray(stats["dynamic"]["std"], np.float64),
+            "delta_mean": np.asarray(stats["delta"]["mean"], np.float64),
+            "delta_std": np.asarray(stats["delta"]["std"], np.float64),
+            "params_transform": list(stats["params"].get("transform", ["none"] * schema.N_PARAMS)),
+            "params_mean": np.asarray(stats["params"]["mean"], np.float64),
+            "params_std": np.asarray(stats["params"]["std"], np.float64),
+            "params_floor": np.array([-np.inf if f is None else f
+                                      for f in stats["params"].get("floor") or [None] * schema.N_PARAMS], np.float64),
+            "scalar_transform": list(stats["scalars"]["transform"]),
+            "scalar_mean": np.asarray(stats["scalars"]["mean"], np.float64),  # sets the floor of the scalars
+        }
+    except KeyError as err:
+        raise UserError(f"stats.json: {err.args[0]}: missing key") from None
 
-    def __init__(self, stats: dict, delta_mode: str = "asinh"):
-        if delta_mode not in ("asinh", "zscore"):
-            raise ValueError(f"delta_mode must be 'asinh' or 'zscore', not {delta_mode!r}")
-        try:
-            names = tuple(stats["static"]["names"])
-            if names != schema.STATIC_NAMES:
-                raise UserError(f"stats.json: static/names: {names} != schema {schema.STATIC_NAMES}")
-            self.static_transform = list(stats["static"]["transform"])
-            self.static_mean = np.asarray(stats["static"]["mean"], np.float64)
-            self.static_std = np.asarray(stats["static"]["std"], np.float64)
-            self.state_mean = np.asarray(stats["dynamic"]["mean"], np.float64)
-            self.state_std = np.asarray(stats["dynamic"]["std"], np.float64)
-            self.delta_mean = np.asarray(stats["delta"]["mean"], np.float64)
-            self.delta_std = np.asarray(stats["delta"]["std"], np.float64)
-            self.params_transform = list(stats["params"].get("transform", ["none"] * schema.N_PARAMS))
-            self.params_mean = np.asarray(stats["params"]["mean"], np.float64)
-            self.params_std = np.asarray(stats["params"]["std"], np.float64)
-            floors = stats["params"].get("floor") or [None] * schema.N_PARAMS
-            self.params_floor = np.array([-np.inf if f is None else f for f in floors], np.float64)
-            self.scalar_transform = list(stats["scalars"]["transform"])
-            self.scalar_mean = np.asarray(stats["scalars"]["mean"], np.float64)  # sets the floor of the scalars
-        except KeyError as err:
-            raise UserError(f"stats.json: {err.args[0]}: missing key") from None
-        self.delta_mode = delta_mode
-        self.delta_scale = delta_scales_from_stats(stats)
-        # "asinh" static channels share a target's scale, so the channel and the change it predicts
-        # read alike: the well responses (Pa) the pressure's, the injection temperature gap (K)
-        # the temperature's.
-        self.static_scale = [self.delta_scale[schema.DYNAMIC_NAMES.index("Pressure")]] * schema.N_STATIC
-        self.static_scale[schema.STATIC_NAMES.index(schema.INJECTION_GAP)] = \
-            self.delta_scale[schema.DYNAMIC_NAMES.index("Temperature")]
-        self.stats = stats
 
-    @classmethod
-    def from_file(cls, path, **kwargs) -> "Normalizer":
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"{path}: stats.json: file not found (run `voxel-ode prep` first)")
-        from voxel_ode.data_prep import load_stats
+def _static_scales(delta_scale: np.ndarray) -> list[float]:
+    """Scales of the "asinh" static channels: each shares a target's scale, so the channel and the
+    change it predicts read alike: the well responses (Pa) the pressure's, the injection
+    temperature gap (K) the temperature's."""
+    scales = [delta_scale[schema.DYNAMIC_NAMES.index("Pressure")]] * schema.N_STATIC
+    scales[schema.STATIC_NAMES.index(schema.INJECTION_GAP)] = delta_scale[schema.DYNAMIC_NAMES.index("Temperature")]
+    return scales
 
-        return cls(load_stats(path), **kwargs)  # validated: one line naming the file and field
 
-    # ---- grids ------------------------------------------------------------
+class _InputTransforms:
+    """The model's grid inputs: static channels, state, change since t = 0, priors, and the
+    advance of an input by a predicted step. Part of Normalizer (its __init__ sets the arrays)."""
+
     def normalize_static(self, static, active=None) -> torch.Tensor:
         s = _as_tensor(static)
         s = _apply_transform(s, self.static_transform, channel_dim=-4, scales=self.static_scale)
@@ -298,6 +291,27 @@ class Normalizer:
         x = torch.cat([self.normalize_static(static, mask), self.normalize_dynamic(state, initial, prior)], dim=-4)
         return x * mask
 
+    def update_input(self, x, delta_norm, active, prior) -> torch.Tensor:
+        """Advance the normalized input by one predicted step (multi-step training); ``prior`` is
+        the prior pair of the new step as stored (prior_pair: data, not predicted)."""
+        d = delta_norm.float()  # differentiable: multi-step training backpropagates through it
+        scale = _bcast(self.delta_scale, 3, d)
+        change = self._delta_to_physical(d)  # denormalize_delta's formula, kept in float32 and the graph
+        mask = active > 0.5
+        state = x[..., schema.STATE_CHANNELS, :, :, :]
+        state = state + change / _bcast(self.state_std, 3, d) * mask
+        idx = list(schema.CHANGE_OF_DYNAMIC)
+        since_start = x[..., schema.CHANGE_CHANNELS, :, :, :]
+        step = (change / scale)[..., idx, :, :, :]
+        since_start = torch.where(mask, torch.asinh(torch.sinh(since_start) + step), since_start)
+        prior = self.normalize_priors(prior).to(x.dtype) * mask
+        return torch.cat([x[..., : schema.N_STATIC, :, :, :], state.to(x.dtype), since_start.to(x.dtype), prior], dim=-4)
+
+
+class _TargetTransforms:
+    """The model's targets: the per-step change of (P, T) and the field scalars (module doc).
+    Part of Normalizer (its __init__ sets the arrays)."""
+
     def normalize_delta(self, delta) -> torch.Tensor:
         """Change of (P, T) over one step -> model target."""
         d = _as_tensor(delta, torch.float64)
@@ -309,48 +323,13 @@ class Normalizer:
 
     def denormalize_delta(self, delta_norm) -> torch.Tensor:
         """Normalized change -> change in Pa and K (float64; callers apply it at active cells only)."""
-        d = _as_tensor(delta_norm, torch.float64)
+        return self._delta_to_physical(_as_tensor(delta_norm, torch.float64))
+
+    def _delta_to_physical(self, d: torch.Tensor) -> torch.Tensor:
+        """The inverse of normalize_delta, in the dtype and on the device of ``d``."""
         if self.delta_mode == "asinh":
             return torch.sinh(d) * _bcast(self.delta_scale, 3, d)
         return d * _bcast(self.delta_std, 3, d) + _bcast(self.delta_mean, 3, d)
-
-    def update_input(self, x, delta_norm, active, prior) -> torch.Tensor:
-        """Advance the normalized input by one predicted step (multi-step training); ``prior`` is
-        the prior pair of the new step as stored (prior_pair: data, not predicted)."""
-        d = delta_norm.float()  # differentiable: multi-step training backpropagates through it
-        scale = _bcast(self.delta_scale, 3, d)
-        if self.delta_mode == "asinh":
-            change = torch.sinh(d) * scale
-        else:
-            change = d * _bcast(self.delta_std, 3, d) + _bcast(self.delta_mean, 3, d)
-        mask = active > 0.5
-        state = x[..., schema.STATE_CHANNELS, :, :, :]
-        state = state + change / _bcast(self.state_std, 3, d) * mask
-        idx = list(schema.CHANGE_OF_DYNAMIC)
-        since_start = x[..., schema.CHANGE_CHANNELS, :, :, :]
-        step = (change / scale)[..., idx, :, :, :]
-        since_start = torch.where(mask, torch.asinh(torch.sinh(since_start) + step), since_start)
-        prior = self.normalize_priors(prior).to(x.dtype) * mask
-        return torch.cat([x[..., : schema.N_STATIC, :, :, :], state.to(x.dtype), since_start.to(x.dtype), prior], dim=-4)
-
-    # ---- vectors ----------------------------------------------------------
-    @staticmethod
-    def time_feature(t) -> torch.Tensor:
-        """The conditioning entry for input step t (schema.CONDITIONING_NAMES[-1]); t: int or tensor."""
-        t = torch.as_tensor(t, dtype=torch.float32)
-        return torch.log1p(t) / float(np.log1p(schema.N_TIMESTEPS - 1))
-
-    def conditioning(self, params_norm, t) -> torch.Tensor:
-        """[..., 26] normalized params + time feature of step t -> [..., 27] (what the model takes)."""
-        params_norm = _as_tensor(params_norm)
-        feature = self.time_feature(t).to(params_norm.device).expand(params_norm.shape[:-1])
-        return torch.cat([params_norm, feature.unsqueeze(-1)], dim=-1)
-
-    def normalize_params(self, params) -> torch.Tensor:
-        p = torch.maximum(_as_tensor(params, torch.float64), torch.as_tensor(self.params_floor))
-        p = _apply_transform(p, self.params_transform, channel_dim=-1)
-        p = (p - torch.as_tensor(self.params_mean)) / torch.as_tensor(self.params_std)
-        return p.to(torch.float32)
 
     def _scalar_floor(self) -> np.ndarray:
         """A magnitude far below any meaningful value of each scalar (keeps 0 -> 0 finite)."""
@@ -393,6 +372,50 @@ class Normalizer:
         for slot in INCREMENT_SLOTS:
             out[..., slot] = prev[..., slot] + value[..., slot]
         return out
+
+
+class Normalizer(_InputTransforms, _TargetTransforms):
+    """Physical <-> normalized values, from the stats.json dict (module doc lists the methods).
+
+    Holds the stats' arrays and scales and builds the conditioning vector; the grid inputs and
+    the targets are transformed by the methods of its two bases."""
+
+    def __init__(self, stats: dict, delta_mode: str = "asinh"):
+        if delta_mode not in ("asinh", "zscore"):
+            raise ValueError(f"delta_mode must be 'asinh' or 'zscore', not {delta_mode!r}")
+        self.__dict__.update(_read_stats(stats))  # static_mean, state_std, ...: the names _read_stats gives
+        self.delta_mode = delta_mode
+        self.delta_scale = delta_scales_from_stats(stats)
+        self.static_scale = _static_scales(self.delta_scale)
+        self.stats = stats
+
+    @classmethod
+    def from_file(cls, path, **kwargs) -> "Normalizer":
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"{path}: stats.json: file not found (run `voxel-ode prep` first)")
+        from voxel_ode.data_prep import load_stats
+
+        return cls(load_stats(path), **kwargs)  # validated: one line naming the file and field
+
+    # ---- the conditioning vector --------------------------------------------
+    @staticmethod
+    def time_feature(t) -> torch.Tensor:
+        """The conditioning entry for input step t (schema.CONDITIONING_NAMES[-1]); t: int or tensor."""
+        t = torch.as_tensor(t, dtype=torch.float32)
+        return torch.log1p(t) / float(np.log1p(schema.N_TIMESTEPS - 1))
+
+    def conditioning(self, params_norm, t) -> torch.Tensor:
+        """[..., 26] normalized params + time feature of step t -> [..., 27] (what the model takes)."""
+        params_norm = _as_tensor(params_norm)
+        feature = self.time_feature(t).to(params_norm.device).expand(params_norm.shape[:-1])
+        return torch.cat([params_norm, feature.unsqueeze(-1)], dim=-1)
+
+    def normalize_params(self, params) -> torch.Tensor:
+        p = torch.maximum(_as_tensor(params, torch.float64), torch.as_tensor(self.params_floor))
+        p = _apply_transform(p, self.params_transform, channel_dim=-1)
+        p = (p - torch.as_tensor(self.params_mean)) / torch.as_tensor(self.params_std)
+        return p.to(torch.float32)
 
 
 # ---------------------------------------------------------------------------
@@ -440,8 +463,189 @@ def apply_ops_box(box, extent, ops):
     return ((y0, y1), (x0, x1)), (h, w)
 
 
+def _read_priors(f: h5py.File, steps: slice, box=(slice(None),) * 3) -> np.ndarray:
+    """The stored priors of ``steps`` in ``box`` (a UserError for a file prepped without them)."""
+    if schema.PREPPED_PRIORS not in f:
+        raise UserError(f"{f.filename}: /{schema.PREPPED_PRIORS}: missing (prepped by an older "
+                        "voxel-ode: run `voxel-ode prep` again)")
+    return f[schema.PREPPED_PRIORS][(steps, slice(None)) + tuple(box)].astype(np.float32)
+
+
+class _CoarseContext:
+    """Patch mode: a simulation's whole field at every t, normalized and coarsened once by
+    ``factor`` (utils.coarsen), for its samples' context_x / context_active."""
+
+    def __init__(self, normalizer: Normalizer, f: h5py.File, static: torch.Tensor, factor: int):
+        self.normalizer, self.f, self.factor = normalizer, f, factor
+        self.active = static[STATIC_ACTIVE : STATIC_ACTIVE + 1] > 0.5
+        self.initial = static[list(schema.INITIAL_STATE_STATIC)]
+        self.static_norm = normalizer.normalize_static(static, self.active)
+        self.dynamic = []
+
+    def add(self, t: int, grid_t: np.ndarray, n_t: int) -> None:
+        """The dynamic channels of step t (grid_t: its stored P, T)."""
+        pair = prior_pair(_read_priors(self.f, slice(t, min(t + 2, n_t))), 0)
+        state = self.normalizer.normalize_dynamic(torch.from_numpy(grid_t), self.initial, pair) * self.active
+        self.dynamic.append(coarsen(state, self.active.float(), self.factor)[0])
+
+    def entries(self) -> dict:
+        static_c, frac = coarsen(self.static_norm, self.active.float(), self.factor)
+        return {"context_static": static_c, "context_dynamic": torch.stack(self.dynamic), "context_active": frac}
+
+
+class _SimFiles:
+    """The prepped files of a split, opened lazily in each process (never shared by forked
+    DataLoader workers), and per simulation what all its samples share (``entry``)."""
+
+    def __init__(self, root: Path, sim_paths: list[str], normalizer: Normalizer, context_factor: int | None):
+        self.root, self.sim_paths, self.normalizer = root, sim_paths, normalizer
+        self.context_factor = context_factor  # None: no whole-field context (full mode)
+        self._pid = None
+        self._files: dict[int, h5py.File] = {}
+        self._cache: dict[int, dict] = {}
+
+    def file(self, sim: int) -> h5py.File:
+        if self._pid != os.getpid():  # first use in this process: drop anything inherited
+            self._pid, self._files, self._cache = os.getpid(), {}, {}
+        if sim not in self._files:
+            path = self.root / self.sim_paths[sim]
+            try:
+                self._files[sim] = h5py.File(path, "r")
+            except OSError as err:
+                raise UserError(f"{path}: file: cannot open ({err})") from None
+        return self._files[sim]
+
+    def entry(self, sim: int) -> dict:
+        """Normalized params, physical scalars, grid shape, the producers' enthalpy ratio of every
+        step and, with a context factor, the coarse whole-field context of every t."""
+        f = self.file(sim)
+        if sim in self._cache:
+            return self._cache[sim]
+        static = torch.from_numpy(f[schema.PREPPED_STATIC][...].astype(np.float32))
+        grids = f[schema.PREPPED_OUTPUTS_GRID]
+        n_t = grids.shape[0]
+        entry = {
+            "n_timesteps": n_t,
+            "params": self.normalizer.normalize_params(f[schema.PREPPED_PARAMS][...]),
+            "scalars": np.asarray(f[schema.PREPPED_OUTPUTS_SCALAR][...], np.float64),
+            "grid_shape": tuple(static.shape[-3:]),
+        }
+        context = None if self.context_factor is None else \
+            _CoarseContext(self.normalizer, f, static, self.context_factor)
+        # one pass over the steps, each read once: the grids are the bulk of a file
+        producers = producer_cells(static.numpy())
+        ratios, temp_prev = [], None
+        for t in range(n_t):
+            grid_t = grids[t].astype(np.float32)
+            if temp_prev is not None:
+                ratios.append(production_enthalpy_ratio(producers, temp_prev, grid_t[1]))
+            temp_prev = grid_t[1]
+            if context is not None:
+                context.add(t, grid_t, n_t)
+        entry["production_ratio"] = np.asarray(ratios, np.float64)
+        if context is not None:
+            entry.update(context.entries())
+        self._cache[sim] = entry
+        return entry
+
+    def __del__(self):
+        for f in getattr(self, "_files", {}).values():
+            try:
+                f.close()
+            except Exception:
+                pass
+
+
+class _PatchSampling:
+    """mode="patch": one sample per line of index_{split}.jsonl (a box of the grid at t),
+    with the simulation's coarse whole field at t as context.
+
+    A sampling (this or _FullSampling) lists the samples, gives a row's box and adds what the
+    mode adds to a sample; PatchDataset picks one by ``mode``."""
+
+    def __init__(self, context_factor: int):
+        self.context_factor = context_factor
+
+    @staticmethod
+    def list_samples(root: Path, split: str, rollout_steps: int) -> tuple[list[str], np.ndarray]:
+        """(sim_paths, rows (sim, t, z0, z1, y0, y1, x0, x1)) from the split's patch index."""
+        path = root / schema.INDEX_FILE.format(split=split)
+        if not path.is_file():
+            raise UserError(f"{path}: {path.name}: file not found (run `voxel-ode prep` first)")
+        sims: dict[str, int] = {}
+        rows = []
+        with open(path) as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    e = json.loads(line)
+                    sim = sims.setdefault(e["sim_path"], len(sims))
+                    rows.append((sim, e["t"], e["z0"], e["z1"], e["y0"], e["y1"], e["x0"], e["x1"]))
+                except (ValueError, KeyError) as err:
+                    raise UserError(f"{path}: line {line_no}: bad patch entry ({err})") from None
+        if not rows:
+            raise UserError(f"{path}: {path.name}: no patches")
+        return list(sims), np.asarray(rows, np.int64)
+
+    @staticmethod
+    def box(row, grid_shape) -> tuple:
+        z0, z1, y0, y1, x0, x1 = (int(v) for v in row[2:])
+        return (z0, z1), (y0, y1), (x0, x1)
+
+    def add_context(self, sample: dict, entry: dict, t: int, box, ops) -> None:
+        """origin and context_x / context_active; the patch box moves in the padded
+        (coarse-aligned) frame of the augmented whole field."""
+        (z0, _), (y0, y1), (x0, x1) = box
+        ctx_x = torch.cat([entry["context_static"], entry["context_dynamic"][t]], dim=0)
+        ctx_active = entry["context_active"]
+        padded = tuple(c * self.context_factor for c in ctx_active.shape[-2:])
+        ((y0, _), (x0, _)), _ = apply_ops_box(((y0, y1), (x0, x1)), padded, ops)
+        sample["origin"] = torch.tensor([z0, y0, x0], dtype=torch.int64)
+        sample["context_x"] = apply_ops(ctx_x, ops, (STATIC_PERM_X, STATIC_PERM_Y))
+        sample["context_active"] = apply_ops(ctx_active, ops)
+
+
+class _FullSampling:
+    """mode="full": one sample per (simulation, t) with the whole grid, t = 0..T-1-K; no
+    context (the model computes it from x itself)."""
+
+    context_factor = None
+
+    @staticmethod
+    def list_samples(root: Path, split: str, rollout_steps: int) -> tuple[list[str], np.ndarray]:
+        """(sim_paths, rows (sim, t)) of the split's prepped files."""
+        sim_paths = sorted(str(p.relative_to(root)) for p in (root / split).glob(f"*{schema.PREPPED_SUFFIX}"))
+        if not sim_paths:
+            raise UserError(f"{root / split}: *{schema.PREPPED_SUFFIX}: no prepped simulations")
+        with h5py.File(root / sim_paths[0], "r") as f:
+            n_t = f[schema.PREPPED_OUTPUTS_GRID].shape[0]
+        rows = [(s, t) for s in range(len(sim_paths)) for t in range(0, n_t - rollout_steps)]
+        return sim_paths, np.asarray(rows, np.int64).reshape(-1, 2)
+
+    @staticmethod
+    def box(row, grid_shape) -> tuple:
+        return tuple((0, n) for n in grid_shape)
+
+    def add_context(self, sample: dict, entry: dict, t: int, box, ops) -> None:
+        pass  # the whole grid is its own context, and its origin is 0
+
+
+def _load_stats(root: Path) -> dict:
+    stats_path = root / schema.STATS_FILE
+    if not stats_path.is_file():
+        raise UserError(f"{stats_path}: stats.json: file not found (run `voxel-ode prep` first)")
+    from voxel_ode.data_prep import load_stats
+
+    return load_stats(stats_path)  # validated: one line naming the file and field
+
+
 class PatchDataset(torch.utils.data.Dataset):
-    """Training samples from a prepped root (see the module doc for the sample layout)."""
+    """Training samples from a prepped root (see the module doc for the sample layout).
+
+    Where the samples lie (patches or whole grids) is the sampling's (_PatchSampling,
+    _FullSampling); the files and what a simulation's samples share are _SimFiles'; this
+    class reads a sample's box, normalizes and augments it."""
 
     def __init__(
         self,
@@ -464,59 +668,14 @@ class PatchDataset(torch.utils.data.Dataset):
             raise ValueError(f"mode must be 'patch' or 'full', not {mode!r}")
         if rollout_steps < 1 or (mode == "patch" and rollout_steps != 1):
             raise UserError(f"{self.root}: rollout_steps: {rollout_steps} (patch mode needs 1; use mode='full' for K > 1)")
-        if stats is None:
-            stats_path = self.root / schema.STATS_FILE
-            if not stats_path.is_file():
-                raise UserError(f"{stats_path}: stats.json: file not found (run `voxel-ode prep` first)")
-            from voxel_ode.data_prep import load_stats
-
-            stats = load_stats(stats_path)  # validated: one line naming the file and field
-        self.stats = stats
-        self.normalizer = Normalizer(stats, delta_mode=delta_mode)
+        self.stats = _load_stats(self.root) if stats is None else stats
+        self.normalizer = Normalizer(self.stats, delta_mode=delta_mode)
         self.split, self.mode, self.K = split, mode, rollout_steps
         self.aug_xy_rot, self.aug_flip, self.noise_std = aug_xy_rot, aug_flip, float(noise_std)
         self.seed, self.epoch, self.factor = int(seed), 0, int(context_factor)
-
-        if mode == "patch":
-            self._read_index()
-        else:
-            self.sim_paths = sorted(
-                str(p.relative_to(self.root)) for p in (self.root / split).glob(f"*{schema.PREPPED_SUFFIX}")
-            )
-            if not self.sim_paths:
-                raise UserError(f"{self.root / split}: *{schema.PREPPED_SUFFIX}: no prepped simulations")
-            n_t = self._n_timesteps(self.sim_paths[0])
-            steps = range(0, n_t - self.K)
-            self.samples = np.asarray([(s, t) for s in range(len(self.sim_paths)) for t in steps], np.int64).reshape(-1, 2)
-        # per-process state, created lazily (never shared by forked DataLoader workers)
-        self._pid = None
-        self._files: dict[int, h5py.File] = {}
-        self._sim_cache: dict[int, dict] = {}
-
-    def _read_index(self):
-        path = self.root / schema.INDEX_FILE.format(split=self.split)
-        if not path.is_file():
-            raise UserError(f"{path}: {path.name}: file not found (run `voxel-ode prep` first)")
-        sims: dict[str, int] = {}
-        rows = []
-        with open(path) as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    e = json.loads(line)
-                    sim = sims.setdefault(e["sim_path"], len(sims))
-                    rows.append((sim, e["t"], e["z0"], e["z1"], e["y0"], e["y1"], e["x0"], e["x1"]))
-                except (ValueError, KeyError) as err:
-                    raise UserError(f"{path}: line {line_no}: bad patch entry ({err})") from None
-        if not rows:
-            raise UserError(f"{path}: {path.name}: no patches")
-        self.sim_paths = list(sims)
-        self.samples = np.asarray(rows, np.int64)
-
-    def _n_timesteps(self, rel_path: str) -> int:
-        with h5py.File(self.root / rel_path, "r") as f:
-            return f[schema.PREPPED_OUTPUTS_GRID].shape[0]
+        self.sampling = _PatchSampling(self.factor) if mode == "patch" else _FullSampling()
+        self.sim_paths, self.samples = self.sampling.list_samples(self.root, split, self.K)
+        self._sims = _SimFiles(self.root, self.sim_paths, self.normalizer, self.sampling.context_factor)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -524,71 +683,6 @@ class PatchDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    # ---- per-worker file handles and caches -------------------------------
-    def _file(self, sim: int) -> h5py.File:
-        if self._pid != os.getpid():  # first use in this process: drop anything inherited
-            self._pid, self._files, self._sim_cache = os.getpid(), {}, {}
-        if sim not in self._files:
-            path = self.root / self.sim_paths[sim]
-            try:
-                self._files[sim] = h5py.File(path, "r")
-            except OSError as err:
-                raise UserError(f"{path}: file: cannot open ({err})") from None
-        return self._files[sim]
-
-    def _sim(self, sim: int) -> dict:
-        f = self._file(sim)
-        if sim in self._sim_cache:
-            return self._sim_cache[sim]
-        nrm = self.normalizer
-        static = torch.from_numpy(f[schema.PREPPED_STATIC][...].astype(np.float32))
-        active = static[STATIC_ACTIVE : STATIC_ACTIVE + 1] > 0.5
-        static_norm = nrm.normalize_static(static, active)
-        grids = f[schema.PREPPED_OUTPUTS_GRID]
-        n_t = grids.shape[0]
-        entry = {
-            "n_timesteps": n_t,
-            "params": nrm.normalize_params(f[schema.PREPPED_PARAMS][...]),
-            "scalars": np.asarray(f[schema.PREPPED_OUTPUTS_SCALAR][...], np.float64),
-            "grid_shape": tuple(static.shape[-3:]),
-        }
-        # One pass over the steps: the producers' enthalpy ratio of every step (scalar
-        # targets) and, in patch mode, the whole-field context of every t, coarsened once.
-        producers = producer_cells(static.numpy())
-        initial = static[list(schema.INITIAL_STATE_STATIC)]
-        dyn_c, ratios, temp_prev = [], [], None
-        for t in range(n_t):
-            grid_t = grids[t].astype(np.float32)
-            if temp_prev is not None:
-                ratios.append(production_enthalpy_ratio(producers, temp_prev, grid_t[1]))
-            temp_prev = grid_t[1]
-            if self.mode == "patch":
-                pair = prior_pair(self._prior(f, slice(t, min(t + 2, n_t))), 0)
-                state = nrm.normalize_dynamic(torch.from_numpy(grid_t), initial, pair) * active
-                dyn_c.append(coarsen(state, active.float(), self.factor)[0])
-        entry["production_ratio"] = np.asarray(ratios, np.float64)
-        if self.mode == "patch":
-            static_c, frac = coarsen(static_norm, active.float(), self.factor)
-            entry["context_static"] = static_c
-            entry["context_dynamic"] = torch.stack(dyn_c)
-            entry["context_active"] = frac
-        self._sim_cache[sim] = entry
-        return entry
-
-    def _prior(self, f: h5py.File, steps: slice, box=(slice(None),) * 3) -> np.ndarray:
-        if schema.PREPPED_PRIORS not in f:
-            raise UserError(f"{f.filename}: /{schema.PREPPED_PRIORS}: missing (prepped by an older "
-                            "voxel-ode: run `voxel-ode prep` again)")
-        return f[schema.PREPPED_PRIORS][(steps, slice(None)) + tuple(box)].astype(np.float32)
-
-    def __del__(self):
-        for f in getattr(self, "_files", {}).values():
-            try:
-                f.close()
-            except Exception:
-                pass
-
-    # ---- samples -----------------------------------------------------------
     def _draw_ops(self, index: int):
         rng = np.random.default_rng([self.seed, self.epoch, int(index)])
         turns = int(rng.integers(4)) if self.aug_xy_rot else 0
@@ -596,62 +690,52 @@ class PatchDataset(torch.utils.data.Dataset):
         return augmentation_ops(turns, bool(flips[0]), bool(flips[1])), rng
 
     def __getitem__(self, index: int) -> dict:
+        row = self.samples[index]
+        sim, t = int(row[0]), int(row[1])
+        f, entry = self._sims.file(sim), self._sims.entry(sim)
+        box = self.sampling.box(row, entry["grid_shape"])
+        sample = self._read(f, entry, sim, t, box)
+        ops, rng = self._draw_ops(index)
+        self._augment(sample, ops, rng)
+        self.sampling.add_context(sample, entry, t, box, ops)
+        return sample
+
+    def _read(self, f: h5py.File, entry: dict, sim: int, t: int, box) -> dict:
+        """The sample of steps t..t+K in ``box`` ((lo, hi) per axis), normalized, not augmented."""
         nrm, K = self.normalizer, self.K
-        if self.mode == "patch":
-            sim, t, z0, z1, y0, y1, x0, x1 = (int(v) for v in self.samples[index])
-        else:
-            sim, t = (int(v) for v in self.samples[index])
-        f = self._file(sim)
-        cache = self._sim(sim)
-        if self.mode == "full":
-            (z0, z1), (y0, y1), (x0, x1) = ((0, n) for n in cache["grid_shape"])
-        box = (slice(z0, z1), slice(y0, y1), slice(x0, x1))
+        box = tuple(slice(lo, hi) for lo, hi in box)
         static = f[schema.PREPPED_STATIC][(slice(None),) + box].astype(np.float32)
         grids = f[schema.PREPPED_OUTPUTS_GRID][(slice(t, t + K + 1), slice(None)) + box]
         active = torch.from_numpy(static[STATIC_ACTIVE : STATIC_ACTIVE + 1] > 0.5)
-        frames = self._prior(f, slice(t, t + K + 1), box)  # step k's pair: frames k and k + 1
-        priors = torch.from_numpy(frames)
+        frames = _read_priors(f, slice(t, t + K + 1), box)  # step k's pair: frames k and k + 1
         x = nrm.normalize_input(static, grids[0].astype(np.float32), prior_pair(frames, 0), active)
         delta = np.diff(grids.astype(np.float64), axis=0)  # exact differences of the stored values
-        target_delta = nrm.normalize_delta(delta) * active
-        scalars = cache["scalars"]
-        production_ratio = cache["production_ratio"][t:t + K]
-        target_scalars = nrm.normalize_scalars(scalars[t + 1 : t + K + 1], scalars[t:t + K], production_ratio)
-        active = active.float()
-
-        ops, rng = self._draw_ops(index)
-        perm = (STATIC_PERM_X, STATIC_PERM_Y)
-        x = apply_ops(x, ops, perm)
-        priors = apply_ops(priors, ops)
-        active = apply_ops(active, ops)
-        target_delta = apply_ops(target_delta, ops)
-        if self.noise_std > 0:  # on the predicted inputs only (not the prior), at active cells
-            gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-            noise = torch.randn(x[schema.PREDICTED_CHANNELS].shape, generator=gen) * self.noise_std
-            x[schema.PREDICTED_CHANNELS] += noise * active
-        sample = {
+        scalars = entry["scalars"]
+        production_ratio = entry["production_ratio"][t:t + K]
+        return {
             "x": x,
-            "active": active,
-            "params": nrm.conditioning(cache["params"], t),
-            "target_delta": target_delta,
-            "priors": priors,
-            "target_scalars": target_scalars,
+            "active": active.float(),
+            "params": nrm.conditioning(entry["params"], t),
+            "target_delta": nrm.normalize_delta(delta) * active,
+            "priors": torch.from_numpy(frames),
+            "target_scalars": nrm.normalize_scalars(scalars[t + 1 : t + K + 1], scalars[t:t + K], production_ratio),
             "scalars_prev": torch.from_numpy(scalars[t].copy()),
             "production_ratio": torch.from_numpy(production_ratio.copy()),
             "origin": torch.zeros(3, dtype=torch.int64),
             "sim": torch.tensor(sim),
             "t": torch.tensor(t),
         }
-        if self.mode == "patch":
-            # Whole field at t, coarse; the patch box moves in the padded (coarse-aligned) frame.
-            ctx_x = torch.cat([cache["context_static"], cache["context_dynamic"][t]], dim=0)
-            ctx_active = cache["context_active"]
-            padded = tuple(c * self.factor for c in ctx_active.shape[-2:])
-            ((y0, _), (x0, _)), _ = apply_ops_box(((y0, y1), (x0, x1)), padded, ops)
-            sample["origin"] = torch.tensor([z0, y0, x0], dtype=torch.int64)
-            sample["context_x"] = apply_ops(ctx_x, ops, perm)
-            sample["context_active"] = apply_ops(ctx_active, ops)
-        return sample
+
+    def _augment(self, sample: dict, ops, rng) -> None:
+        """The XY ops on every grid of the sample, then the input noise (drawn from ``rng``)."""
+        sample["x"] = apply_ops(sample["x"], ops, (STATIC_PERM_X, STATIC_PERM_Y))
+        for key in ("priors", "active", "target_delta"):
+            sample[key] = apply_ops(sample[key], ops)
+        if self.noise_std > 0:  # on the predicted inputs only (not the prior), at active cells
+            x = sample["x"]
+            gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+            noise = torch.randn(x[schema.PREDICTED_CHANNELS].shape, generator=gen) * self.noise_std
+            x[schema.PREDICTED_CHANNELS] += noise * sample["active"]
 
 
 def collate(samples: list[dict]) -> dict:

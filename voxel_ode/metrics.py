@@ -61,16 +61,27 @@ def mse_normalized(pred, true, active, std: float) -> np.ndarray:
     return np.mean(((p - t) / float(std)) ** 2, axis=1)
 
 
+def within_pct(pred, true, rel: float = 0.05):
+    """Where |pred - true| <= rel * |true| (the seed's +/-5%). numpy arrays or torch tensors
+    (training's evaluation counts the same hits on tensors); NaN compares False."""
+    return abs(pred - true) <= rel * abs(true)
+
+
+def within_abs(pred, true, tol):
+    """Where |pred - true| <= tol (physical units); numpy arrays or torch tensors."""
+    return abs(pred - true) <= tol
+
+
 def accuracy_pct(pred, true, active, rel: float = 0.05) -> np.ndarray:
     """Per-step fraction of active cells with |pred - true| <= rel * |true| (the seed's +/-5%)."""
     p, t = _active_values(pred, active), _active_values(true, active)
-    return np.mean(np.abs(p - t) <= rel * np.abs(t), axis=1)
+    return np.mean(within_pct(p, t, rel), axis=1)
 
 
 def accuracy_abs(pred, true, active, tol: float) -> np.ndarray:
     """Per-step fraction of active cells with |pred - true| <= tol (physical units)."""
     p, t = _active_values(pred, active), _active_values(true, active)
-    return np.mean(np.abs(p - t) <= tol, axis=1)
+    return np.mean(within_abs(p, t, tol), axis=1)
 
 
 def relative_change_error(pred, true, active) -> np.ndarray:
@@ -122,7 +133,7 @@ def scalar_metrics(pred_scalar, true_scalar, scalar_stats: dict | None = None) -
     for i, name in enumerate(schema.SCALAR_NAMES):
         err = np.abs(p[:, i] - t[:, i])
         with np.errstate(invalid="ignore"):
-            acc = (err <= 0.05 * np.abs(t[:, i])).astype(np.float64)  # NaN compares False
+            acc = within_pct(p[:, i], t[:, i]).astype(np.float64)  # NaN compares False
         m = {"acc_pct": acc, "rel_err": _safe_ratio(err, np.abs(t[:, i]))}
         if scalar_stats is not None:
             f = _TRANSFORMS[scalar_stats["transform"][i]]

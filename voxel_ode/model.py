@@ -27,7 +27,8 @@ API
         scalars_norm comes from the global vector only (field sums need the whole field);
         with global_context=False it comes from a masked mean of the local features.
 ``count_parameters(model) -> int``
-``load_model(ckpt_path, map_location="cpu") -> (model, ckpt)``  torch.load(weights_only=True)
+``load_checkpoint(path, map_location="cpu") -> dict``  the one reader of checkpoint files: torch.load(weights_only=True)
+``load_model(ckpt_path, map_location="cpu") -> (model, ckpt)``  load_checkpoint + checkpoint_config + the weights
 
 Design
 ------
@@ -399,15 +400,26 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def load_model(ckpt_path, map_location="cpu"):
-    """Rebuild a model from a checkpoint (no code from the file is executed)."""
-    path = Path(ckpt_path)
+def load_checkpoint(path, map_location="cpu"):
+    """Read a checkpoint file: the only place one is read (training's --resume and load_model).
+
+    torch.load(weights_only=True): tensors and plain Python types only, no code from the file
+    runs. A missing, truncated or foreign file is a one-line UserError with the reader's cause.
+    What the contents must hold is checked by the caller (checkpoint_config, checks.py).
+    """
+    path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: checkpoint: file not found")
+        raise UserError(f"{path}: checkpoint: no such file")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # corrupt file or one holding arbitrary objects
-        raise UserError(f"{path}: checkpoint: cannot load safely ({str(err).splitlines()[0]})") from None
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # corrupt file or one holding arbitrary objects: name the cause
+        cause = (str(err).strip().splitlines() or [""])[0].split(". ")[0][:200]  # the reader's first sentence
+        raise UserError(f"{path}: checkpoint: cannot load with weights_only=True ({type(err).__name__}: {cause})") from None
+
+
+def checkpoint_config(ckpt, path) -> ModelConfig:
+    """The architecture a checkpoint's weights fit, checked before any weight is allocated
+    (checks.check_config_bounds: a hostile checkpoint could ask for 1 TB)."""
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
         raise UserError(f"{path}: checkpoint: missing 'model' or 'model_config'")
     try:
@@ -416,13 +428,20 @@ def load_model(ckpt_path, map_location="cpu"):
         raise UserError(f"{path}: model_config: not a mapping") from None
     try:
         config = ModelConfig.from_dict(stored)
-    except (UserError, TypeError) as err:
+    except (UserError, TypeError, ValueError) as err:
         raise UserError(f"{path}: {err}") from None
     if (config.in_channels, config.n_params) != (schema.N_INPUT_CHANNELS, schema.N_CONDITIONING):
         raise UserError(f"{path}: checkpoint: model takes {config.in_channels} input channels and "
                         f"{config.n_params} conditioning values, this version builds {schema.N_INPUT_CHANNELS} "
                         f"and {schema.N_CONDITIONING}: it was made by an older voxel-ode, retrain it")
-    model = VoxelAutoRegressor(config)
+    return config
+
+
+def load_model(ckpt_path, map_location="cpu"):
+    """Rebuild a model from a checkpoint (no code from the file is executed)."""
+    path = Path(ckpt_path)
+    ckpt = load_checkpoint(path, map_location)
+    model = VoxelAutoRegressor(checkpoint_config(ckpt, path))
     try:
         state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}
         model.load_state_dict(state)

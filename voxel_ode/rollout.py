@@ -261,8 +261,75 @@ def auto_plan(active: np.ndarray, halo: int, shrink: bool):
     return best
 
 
+def region_plan(active: np.ndarray, model, receptive_field: int, tile=None, crop=True, scalars_ok=True):
+    """The regions a model step computes on this grid (crop_plan), or None for one pass over
+    the whole grid: tiles with ``tile``, else the cheapest crop (auto_plan) where cropping is exact."""
+    config = getattr(model, "config", None)
+    # exact shrinking needs features zeroed at inactive cells and a per-voxel norm
+    shrink = bool(getattr(config, "mask_features", False)) and getattr(config, "norm", None) == "channel"
+    if tile:
+        cores = [((z0, y0, x0), (z1, y1, x1)) for z0, z1 in tile_ranges(active.shape[0], tile[0])
+                 for y0, y1 in tile_ranges(active.shape[1], tile[1])
+                 for x0, x1 in tile_ranges(active.shape[2], tile[2])]
+        plan = crop_plan(active, receptive_field, cores, shrink)
+    elif not (crop and shrink):
+        return None
+    elif scalars_ok:
+        plan = auto_plan(active, receptive_field, shrink)
+    else:  # scalars pooled over the local features: one region holding every active cell
+        plan = crop_plan(active, receptive_field, [((0, 0, 0), active.shape)], shrink)
+    return plan or None  # no active cell at all: the whole grid, as before
+
+
+class _PlannedForward:
+    """The model's normalized prediction for a whole grid: in one pass, or region by region
+    (``plan``, see crop_plan) with the whole-field context computed once and shared."""
+
+    def __init__(self, model, device, amp_dtype, context_factor: int, plan, scalars_ok: bool):
+        import torch
+
+        self.torch, self.model, self.device, self.amp_dtype = torch, model, device, amp_dtype
+        self.context_factor, self.plan, self.scalars_ok = context_factor, plan, scalars_ok
+
+    def _autocast(self):
+        dtype = self.amp_dtype or self.torch.bfloat16  # a disabled autocast still needs a dtype it supports
+        return self.torch.autocast(self.device.type, dtype=dtype, enabled=self.amp_dtype is not None)
+
+    def _forward(self, x, params, context, origin, active):
+        torch = self.torch
+        with self._autocast():
+            origin = torch.as_tensor([origin], dtype=torch.long)  # [1, 3], in the whole grid's frame
+            delta, scalars = self.model(x, params, active, context=context, origin=origin)
+        return delta.float(), (None if scalars is None else scalars.float())
+
+    def __call__(self, x, params, active):
+        """Normalized change (1, 2, Z, Y, X) and normalized scalars (1, 5) for the whole grid."""
+        torch = self.torch
+        context = None
+        if getattr(self.model, "compute_context", None) is not None:
+            # the whole-field path: once per step on the coarsened whole grid, shared by every tile
+            from voxel_ode.utils import coarsen
+
+            x_coarse, active_coarse = coarsen(x, active, self.context_factor)
+            with self._autocast():
+                context = self.model.compute_context(x_coarse, params, active_coarse)
+        if self.plan is None:
+            return self._forward(x, params, context, (0, 0, 0), active)
+        out = torch.zeros((1, schema.N_DYNAMIC) + tuple(x.shape[-3:]), device=self.device)
+        scalars = None
+        for c_lo, c_hi, r_lo, r_hi in self.plan:
+            region = (..., *(slice(a, b) for a, b in zip(r_lo, r_hi)))
+            delta, s = self._forward(x[region], params, context, r_lo, active[region])
+            inner = (..., *(slice(a - r, b - r) for a, b, r in zip(c_lo, c_hi, r_lo)))
+            out[(..., *(slice(a, b) for a, b in zip(c_lo, c_hi)))] = delta[inner]
+            # field scalars come from the whole-field path: the same for every region
+            scalars = s if scalars is None else scalars
+        return out, (scalars if self.scalars_ok or len(self.plan) == 1 else None)
+
+
 class ModelStepper:
-    """A VoxelAutoRegressor + Normalizer as a stepper (full grid or tiled)."""
+    """A VoxelAutoRegressor + Normalizer as a stepper (full grid or tiled): normalizes the state,
+    has the model predict over the grid's regions (_PlannedForward), denormalizes the change."""
 
     name = "model"
 
@@ -300,60 +367,10 @@ class ModelStepper:
         self.initial = self.static[list(schema.INITIAL_STATE_STATIC)]  # Pressure0, Temperature0
         self.producers = producer_cells(self.static)
         self.priors = priors_of(sim)
-        self.plan = self._plan()
-
-    def _plan(self):
-        """crop_plan of this grid, or None for one pass over the whole grid (see crop_plan)."""
-        config = getattr(self.model, "config", None)
-        # exact shrinking needs features zeroed at inactive cells and a per-voxel norm
-        shrink = bool(getattr(config, "mask_features", False)) and getattr(config, "norm", None) == "channel"
-        if self.tile:
-            cores = [((z0, y0, x0), (z1, y1, x1)) for z0, z1 in tile_ranges(self.active_np.shape[0], self.tile[0])
-                     for y0, y1 in tile_ranges(self.active_np.shape[1], self.tile[1])
-                     for x0, x1 in tile_ranges(self.active_np.shape[2], self.tile[2])]
-            plan = crop_plan(self.active_np, self.receptive_field, cores, shrink)
-        elif not (self.crop and shrink):
-            return None
-        elif self.tiled_scalars_ok:
-            plan = auto_plan(self.active_np, self.receptive_field, shrink)
-        else:  # scalars pooled over the local features: one region holding every active cell
-            plan = crop_plan(self.active_np, self.receptive_field, [((0, 0, 0), self.active_np.shape)], shrink)
-        return plan or None  # no active cell at all: the whole grid, as before
-
-    def _autocast(self):
-        dtype = self.amp_dtype or self.torch.bfloat16  # a disabled autocast still needs a dtype it supports
-        return self.torch.autocast(self.device.type, dtype=dtype, enabled=self.amp_dtype is not None)
-
-    def _forward(self, x, context, origin, active):
-        torch = self.torch
-        with self._autocast():
-            origin = torch.as_tensor([origin], dtype=torch.long)  # [1, 3], in the whole grid's frame
-            delta, scalars = self.model(x, self.params, active, context=context, origin=origin)
-        return delta.float(), (None if scalars is None else scalars.float())
-
-    def _predict_norm(self, x):
-        """Normalized change (1, 2, Z, Y, X) and normalized scalars (1, 5) for the whole grid."""
-        torch = self.torch
-        context = None
-        if getattr(self.model, "compute_context", None) is not None:
-            # the whole-field path: once per step on the coarsened whole grid, shared by every tile
-            from voxel_ode.utils import coarsen
-
-            x_coarse, active_coarse = coarsen(x, self.active, self.context_factor)
-            with self._autocast():
-                context = self.model.compute_context(x_coarse, self.params, active_coarse)
-        if self.plan is None:
-            return self._forward(x, context, (0, 0, 0), self.active)
-        out = torch.zeros((1, schema.N_DYNAMIC) + tuple(x.shape[-3:]), device=self.device)
-        scalars = None
-        for c_lo, c_hi, r_lo, r_hi in self.plan:
-            region = (..., *(slice(a, b) for a, b in zip(r_lo, r_hi)))
-            delta, s = self._forward(x[region], context, r_lo, self.active[region])
-            inner = (..., *(slice(a - r, b - r) for a, b, r in zip(c_lo, c_hi, r_lo)))
-            out[(..., *(slice(a, b) for a, b in zip(c_lo, c_hi)))] = delta[inner]
-            # field scalars come from the whole-field path: the same for every region
-            scalars = s if scalars is None else scalars
-        return out, (scalars if self.tiled_scalars_ok or len(self.plan) == 1 else None)
+        self.plan = region_plan(self.active_np, self.model, self.receptive_field, self.tile, self.crop,
+                                self.tiled_scalars_ok)
+        self.predict = _PlannedForward(self.model, self.device, self.amp_dtype, self.context_factor, self.plan,
+                                       self.tiled_scalars_ok)
 
     def step(self, state, prev_scalars):
         torch = self.torch
@@ -363,10 +380,10 @@ class ModelStepper:
         dynamic = self.normalizer.normalize_dynamic(state, self.initial, prior_pair(self.priors, t))
         x = torch.cat([self.static_norm, dynamic.float()]) * torch.as_tensor(self.active_np)  # 0 at inactive cells
         x = x[None].to(self.device)
-        self.params = self.normalizer.conditioning(self.params_norm, t)[None].to(self.device)
+        params = self.normalizer.conditioning(self.params_norm, t)[None].to(self.device)
         self.t += 1
         with torch.no_grad():
-            delta_norm, scalars_norm = self._predict_norm(x)
+            delta_norm, scalars_norm = self.predict(x, params, self.active)
         delta = np.asarray(self.normalizer.denormalize_delta(delta_norm[0].cpu().numpy()), np.float32)
         scalars = None
         if scalars_norm is not None:

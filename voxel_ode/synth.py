@@ -98,46 +98,19 @@ import scipy.sparse.linalg as spla
 from scipy import ndimage
 from tqdm import tqdm
 
-from voxel_ode import description, schema
+from voxel_ode import description, schema, water
+from voxel_ode.faces import ActiveFaces
 from voxel_ode.utils import UserError, atomic_path
 
 SECONDS_PER_YEAR = 365.25 * 86400.0
 GRAVITY = 9.80665  # m/s^2
-ATMOSPHERIC_PRESSURE = 101325.0  # Pa
 WATER_HEAT_CAPACITY = schema.WATER_HEAT_CAPACITY  # J/(kg K), liquid water
-ENTHALPY_ZERO_T = schema.ENTHALPY_ZERO_T  # K: enthalpy (and internal energy) of water is 0 here
 WELL_RADIUS = 0.1  # m, for the injectivity estimate that sets the rates
 MAX_TEMPERATURE = 523.15  # K: keep water liquid and inside the density correlation
 MIN_GRID = (4, 5, 5)
 
 DEFAULT_GRID = (32, 16, 16)  # (Z, Y, X): demo size; Z is depth and the long axis
 DEFAULT_SUBSTEPS = 4  # backward-Euler steps per year
-
-
-# ---------------------------------------------------------------------------
-# Water properties
-# ---------------------------------------------------------------------------
-def water_density(pressure, temperature, fluid_compressibility):
-    """kg/m^3. Tanaka et al. (2001) at 1 atm, compressed with exp(c_f (p - p_atm))."""
-    tc = np.asarray(temperature) - 273.15
-    rho_t = 999.974950 * (1.0 - (tc + -3.983035) ** 2 * (tc + 301.797) / (522528.9 * (tc + 69.34881)))
-    return rho_t * np.exp(fluid_compressibility * (np.asarray(pressure) - ATMOSPHERIC_PRESSURE))
-
-
-def water_viscosity(temperature):
-    """Pa s. Vogel-type fit, 8.9e-4 at 25 C, 2.8e-4 at 100 C, 1.3e-4 at 200 C."""
-    return 2.414e-5 * 10.0 ** (247.8 / (np.asarray(temperature) - 140.0))
-
-
-def water_enthalpy(temperature):
-    """J/kg, zero at 273.15 K."""
-    return WATER_HEAT_CAPACITY * (np.asarray(temperature) - ENTHALPY_ZERO_T)
-
-
-def saturation_pressure(temperature):
-    """Pa, Antoine equation for water (good to a few % over 100-374 C)."""
-    tc = np.asarray(temperature) - 273.15
-    return 133.322 * 10.0 ** (8.14019 - 1810.94 / (244.485 + tc))
 
 
 # ---------------------------------------------------------------------------
@@ -274,6 +247,7 @@ class Reservoir:
 
 
 def build_geology(grid, p: SimParams, rng: np.random.Generator) -> Reservoir:
+    """One simulation's layer, faults, rock, initial state and wells (the module doc, "Geology")."""
     nz, ny, nx = grid
     dx, dy, dz = p.cell_size
     zc = np.arange(nz) + 0.5  # cell centres in cell units (depth index)
@@ -281,10 +255,37 @@ def build_geology(grid, p: SimParams, rng: np.random.Generator) -> Reservoir:
     y = (np.arange(ny) + 0.5) * dy
     Y, X = np.meshgrid(y, x, indexing="ij")
     depth = p.top_depth + zc * dz
+    thick = p.layer_thickness_frac * nz  # mean layer thickness, cells
+    room = nz - thick  # the box height the layer leaves free, cells
 
-    # Layer: tilted plane + undulations, variable thickness (cells).
-    thick = p.layer_thickness_frac * nz
-    room = nz - thick
+    top, thickness, layer_dip_deg = _layer(grid, p, rng, X, Y, thick, room)
+    fault_id, perm_mult, throw_shift = _faults(grid, p, rng, X, Y, depth, thick, room)
+    top3 = top[None] + throw_shift
+    layer_coord = zc[:, None, None] - top3  # cells below the layer top
+    active = (layer_coord >= 0) & (layer_coord < thickness[None])
+    # The top and bottom rows are always confining rock (caprock / basement), so
+    # every temperature the reservoir exchanges heat with is in Temperature0.
+    active[0] = active[-1] = False
+    if active.sum() < 8:  # degenerate draw: fall back to an unfaulted flat layer
+        active = (zc[:, None, None] >= 0.5 * room) & (zc[:, None, None] < 0.5 * room + thick) & np.ones(grid, bool)
+        active[0] = active[-1] = False
+    col_thick = active.sum(axis=0)
+    mean_thickness = float(col_thick[col_thick > 0].mean() * dz)
+    perm, porosity = _rock(grid, p, rng, active, layer_coord, perm_mult)
+
+    temperature0 = np.broadcast_to(p.surface_temperature + p.geothermal_gradient * depth[:, None, None], grid).copy()
+    pressure0 = hydrostatic_pressure(depth, temperature0[:, 0, 0], p)[:, None, None] * np.ones(grid)
+
+    wells = _place_wells(grid, p, rng, active, perm)
+    return Reservoir(active, fault_id, perm, porosity, depth, temperature0, pressure0, wells[0], wells[1],
+                     layer_dip_deg, mean_thickness)
+
+
+def _layer(grid, p: SimParams, rng, X, Y, thick, room):
+    """The layer's top (cells below the grid top) and thickness (cells) per column, and its dip
+    in degrees: a tilted plane plus undulations, with smoothly varying thickness."""
+    nz, ny, nx = grid
+    dx, dy, dz = p.cell_size
     along = X * math.cos(p.layer_dip_azimuth) + Y * math.sin(p.layer_dip_azimuth)
     along = (along - along.min()) / max(np.ptp(along), 1e-9)  # 0..1 across the box
     shift = p.layer_dip_shift_frac * room
@@ -294,8 +295,14 @@ def build_geology(grid, p: SimParams, rng: np.random.Generator) -> Reservoir:
     thickness = thick * np.clip(1.0 + 0.3 * _unit_field(rng, (ny, nx), lateral_sigma), 0.2, None)
     span = np.hypot(nx * dx * math.cos(p.layer_dip_azimuth), ny * dy * math.sin(p.layer_dip_azimuth))
     layer_dip_deg = math.degrees(math.atan2(shift * dz, max(span, 1e-9)))
+    return top, thickness, layer_dip_deg
 
-    # Faults: planes through a random point of the mid-layer, one cell thick.
+
+def _faults(grid, p: SimParams, rng, X, Y, depth, thick, room):
+    """FaultId, the permeability multiplier of each cell and the layer's shift (cells) per cell:
+    planes through a random point of the mid-layer, one cell thick."""
+    nz, ny, nx = grid
+    dx, dy, dz = p.cell_size
     Zc = depth[:, None, None] * np.ones((1, ny, nx))
     Xc, Yc = X[None], Y[None]
     fault_id = np.zeros(grid, np.float32)
@@ -312,19 +319,14 @@ def build_geology(grid, p: SimParams, rng: np.random.Generator) -> Reservoir:
         fault_id[on_fault] = k + 1
         perm_mult[on_fault] = p.fault_multipliers[k]
         throw_shift += p.fault_throws[k] * thick * (dist > 0)
-    top3 = top[None] + throw_shift
-    layer_coord = zc[:, None, None] - top3  # cells below the layer top
-    active = (layer_coord >= 0) & (layer_coord < thickness[None])
-    # The top and bottom rows are always confining rock (caprock / basement), so
-    # every temperature the reservoir exchanges heat with is in Temperature0.
-    active[0] = active[-1] = False
-    if active.sum() < 8:  # degenerate draw: fall back to an unfaulted flat layer
-        active = (zc[:, None, None] >= 0.5 * room) & (zc[:, None, None] < 0.5 * room + thick) & np.ones(grid, bool)
-        active[0] = active[-1] = False
-    col_thick = active.sum(axis=0)
-    mean_thickness = float(col_thick[col_thick > 0].mean() * dz)
+    return fault_id, perm_mult, throw_shift
 
-    # Permeability: layered term following the layer + smooth 3-D field.
+
+def _rock(grid, p: SimParams, rng, active, layer_coord, perm_mult):
+    """Permeability (x, y, z) and porosity: a layered term following the layer (``layer_coord``,
+    cells below its top) plus a smooth 3-D field, scaled to the drawn statistics of the active cells."""
+    nz = grid[0]
+    dx, dy, _ = p.cell_size
     n_nodes = 4 * nz + 8
     nodes = rng.standard_normal(n_nodes)
     spacing = rng.uniform(1.0, 3.0)
@@ -341,13 +343,7 @@ def build_geology(grid, p: SimParams, rng: np.random.Generator) -> Reservoir:
     perm = np.stack([kh * r, kh / r, kh * p.perm_anisotropy]) * perm_mult[None]
     noise = rng.standard_normal(grid)
     porosity = np.clip(p.porosity_mean * (1 + 0.25 * score) + 0.01 * noise, 0.03, 0.35)
-
-    temperature0 = np.broadcast_to(p.surface_temperature + p.geothermal_gradient * depth[:, None, None], grid).copy()
-    pressure0 = hydrostatic_pressure(depth, temperature0[:, 0, 0], p)[:, None, None] * np.ones(grid)
-
-    wells = _place_wells(grid, p, rng, active, perm)
-    return Reservoir(active, fault_id, perm, porosity, depth, temperature0, pressure0, wells[0], wells[1],
-                     layer_dip_deg, mean_thickness)
+    return perm, porosity
 
 
 def hydrostatic_pressure(depth, temperature, p: SimParams) -> np.ndarray:
@@ -355,15 +351,15 @@ def hydrostatic_pressure(depth, temperature, p: SimParams) -> np.ndarray:
     dz = p.cell_size[2]
     pres = np.empty(len(depth))
     t_mid = 0.5 * (p.surface_temperature + temperature[0])
-    pk = ATMOSPHERIC_PRESSURE + 1000.0 * GRAVITY * depth[0]
+    pk = water.ATMOSPHERIC_PRESSURE + 1000.0 * GRAVITY * depth[0]
     for _ in range(50):  # overburden water column at its mean temperature
-        pk = ATMOSPHERIC_PRESSURE + GRAVITY * depth[0] * water_density(pk, t_mid, p.fluid_compressibility)
+        pk = water.ATMOSPHERIC_PRESSURE + GRAVITY * depth[0] * water.density(pk, t_mid, p.fluid_compressibility)
     pres[0] = pk
     for k in range(1, len(depth)):
-        rho_up = water_density(pres[k - 1], temperature[k - 1], p.fluid_compressibility)
+        rho_up = water.density(pres[k - 1], temperature[k - 1], p.fluid_compressibility)
         pk = pres[k - 1] + GRAVITY * dz * rho_up
         for _ in range(20):  # fixed point converges by ~1e-6 per iteration
-            rho = water_density(pk, temperature[k], p.fluid_compressibility)
+            rho = water.density(pk, temperature[k], p.fluid_compressibility)
             pk = pres[k - 1] + GRAVITY * dz * 0.5 * (rho_up + rho)
         pres[k] = pk
     return pres
@@ -425,8 +421,8 @@ def _well_rates(res: Reservoir, p: SimParams, grid) -> np.ndarray:
     for (flat, weight), is_inj in zip(res.well_cells, res.well_is_injector):
         sum_kh = float(np.sqrt(res.perm[0].ravel()[flat] * res.perm[1].ravel()[flat]).sum())
         if is_inj:
-            rho = water_density(p_mid, p.injection_temperature, p.fluid_compressibility)
-            mu = water_viscosity(p.injection_temperature)
+            rho = water.density(p_mid, p.injection_temperature, p.fluid_compressibility)
+            mu = water.viscosity(p.injection_temperature)
             q = p.well_pressure_change * rho * 2 * math.pi * dz * sum_kh / (mu * log_term)
             inj_rates.append(float(np.clip(q, 1.0, 200.0)))
         else:
@@ -450,8 +446,8 @@ def _well_rates(res: Reservoir, p: SimParams, grid) -> np.ndarray:
     # grows at Q_inj c_w / (rho c)_bulk.
     act = res.active
     phi = float(res.porosity[act].mean())
-    rho_cold = water_density(p_mid, p.injection_temperature, p.fluid_compressibility)
-    rho_hot = water_density(p_mid, float(res.temperature0[act].mean()), p.fluid_compressibility)
+    rho_cold = water.density(p_mid, p.injection_temperature, p.fluid_compressibility)
+    rho_hot = water.density(p_mid, float(res.temperature0[act].mean()), p.fluid_compressibility)
     bulk_heat = phi * rho_hot * WATER_HEAT_CAPACITY + (1 - phi) * p.rock_density * p.rock_heat_capacity
     neutral = 1.0 - phi * WATER_HEAT_CAPACITY * (rho_cold - rho_hot) / bulk_heat
     ratio = p.production_ratio
@@ -476,79 +472,46 @@ def _well_rates(res: Reservoir, p: SimParams, grid) -> np.ndarray:
 # ---------------------------------------------------------------------------
 # Discretisation on the active cells
 # ---------------------------------------------------------------------------
-class _Mesh:
-    """Faces between active cells, transmissibilities and boundary terms (TPFA)."""
+class _Mesh(ActiveFaces):
+    """The active cells and faces (faces.ActiveFaces) with synth's transmissibilities, conduction,
+    boundary terms and the sparse-matrix pattern of both solves (TPFA)."""
 
-    def __init__(self, res: Reservoir, p: SimParams, grid):
-        nz, ny, nx = grid
-        dx, dy, dz = p.cell_size
-        self.grid = grid
-        self.cells = np.flatnonzero(res.active.ravel())  # flat index of each active cell
-        n = self.n = len(self.cells)
-        local = np.full(res.active.size, -1, np.int64)
-        local[self.cells] = np.arange(n)
-        local = local.reshape(grid)
-        self.volume = dx * dy * dz
-        depth3 = np.broadcast_to(res.depth[:, None, None], grid)
-        self.depth = depth3.ravel()[self.cells]
-
-        lam = p.rock_conductivity
-        spacing = {0: dz, 1: dy, 2: dx}
-        area = {0: dx * dy, 1: dx * dz, 2: dy * dz}
-        perm_of_axis = {0: res.perm[2], 1: res.perm[1], 2: res.perm[0]}
-        a_list, b_list, trans, cond = [], [], [], []
-        heat_g = np.zeros(n)  # sum of conduction transmissibilities to the confining rock
-        heat_gt = np.zeros(n)  # ... times the confining rock temperature
-        aq_trans = np.zeros(n)
-        for axis in range(3):
-            lo = [slice(None)] * 3
-            hi = [slice(None)] * 3
-            lo[axis], hi[axis] = slice(0, -1), slice(1, None)
-            la, lb = local[tuple(lo)], local[tuple(hi)]
-            both = (la >= 0) & (lb >= 0)
-            a, b = la[both], lb[both]
-            k = perm_of_axis[axis].ravel()[self.cells]
-            half = 0.5 * spacing[axis]
-            trans.append(area[axis] / (half / k[a] + half / k[b]))
-            cond.append(np.full(len(a), lam * area[axis] / spacing[axis]))
-            a_list.append(a)
-            b_list.append(b)
-            if not p.boundary_heat_exchange and p.aquifer_strength == 0:
-                continue
-            # Active cells whose neighbour on this axis is inactive or outside the box.
-            for side in (-1, 1):
-                shifted = np.full(grid, -2, np.int64)  # -2: outside the box
-                if side == -1:
-                    shifted[tuple(hi)] = local[tuple(lo)]
-                else:
-                    shifted[tuple(lo)] = local[tuple(hi)]
-                open_face = (local >= 0) & (shifted < 0)
-                cells = local[open_face]
-                if p.boundary_heat_exchange:
-                    nb_depth = depth3[open_face] + (side * dz if axis == 0 else 0.0)
-                    t_rock = p.surface_temperature + p.geothermal_gradient * nb_depth
-                    g = lam * area[axis] / spacing[axis]
-                    np.add.at(heat_g, cells, g)
-                    np.add.at(heat_gt, cells, g * t_rock)
-                if p.aquifer_strength > 0 and axis > 0:
-                    outside = open_face & (shifted == -2)
-                    c = local[outside]
-                    np.add.at(aq_trans, c, p.aquifer_strength * area[axis] * k[c] / half)
-        self.a = np.concatenate(a_list)
-        self.b = np.concatenate(b_list)
-        self.trans = np.concatenate(trans)
-        self.cond = np.concatenate(cond)
+    def __init__(self, res: Reservoir, p: SimParams):
+        super().__init__(res.active, p.cell_size)
+        self.depth = np.broadcast_to(res.depth[:, None, None], self.grid).ravel()[self.cells]
+        k = [res.perm[2].ravel()[self.cells], res.perm[1].ravel()[self.cells], res.perm[0].ravel()[self.cells]]
+        self.trans = self.transmissibility(k)  # k across Z, Y, X
+        self.cond = np.array([p.rock_conductivity * area / spacing for spacing, area in self.axes])[self.face_axis]
         self.ddepth = self.depth[self.a] - self.depth[self.b]
-        self.heat_g, self.heat_gt, self.aq_trans = heat_g, heat_gt, aq_trans
-
+        self.heat_g, self.heat_gt, self.aq_trans = self._boundary(p, k)
         # CSR pattern shared by the pressure and temperature matrices: filling
         # csr.data through `perm` avoids re-sorting the pattern every solve.
-        m = len(self.a)
+        n, m = self.n, len(self.a)
         rows = np.concatenate([np.arange(n), self.a, self.b])
         cols = np.concatenate([np.arange(n), self.b, self.a])
         order = sp.coo_matrix((np.arange(1, n + 2 * m + 1, dtype=np.float64), (rows, cols)), shape=(n, n)).tocsr()
         self.csr_indptr, self.csr_indices = order.indptr, order.indices
         self.csr_perm = order.data.astype(np.int64) - 1
+
+    def _boundary(self, p: SimParams, k):
+        """Per active cell: conductance to the confining rock (inactive neighbours and outside the
+        box), the same times that rock's initial temperature, and transmissibility to the aquifer
+        beyond the lateral box sides."""
+        heat_g, heat_gt, aq_trans = np.zeros(self.n), np.zeros(self.n), np.zeros(self.n)
+        dz = self.axes[0][0]
+        for axis, (spacing, area) in enumerate(self.axes):
+            for side in (-1, 1):
+                if p.boundary_heat_exchange:
+                    cells = self.boundary_cells(axis, side)
+                    nb_depth = self.depth[cells] + (side * dz if axis == 0 else 0.0)
+                    t_rock = p.surface_temperature + p.geothermal_gradient * nb_depth
+                    g = p.rock_conductivity * area / spacing
+                    np.add.at(heat_g, cells, g)
+                    np.add.at(heat_gt, cells, g * t_rock)
+                if p.aquifer_strength > 0 and axis > 0:
+                    c = self.boundary_cells(axis, side, box_only=True)
+                    np.add.at(aq_trans, c, p.aquifer_strength * area * k[axis][c] / (0.5 * spacing))
+        return heat_g, heat_gt, aq_trans
 
     def matrix(self, diag, off_ab, off_ba):
         data = np.concatenate([diag, off_ab, off_ba])[self.csr_perm]
@@ -630,86 +593,112 @@ class _Unsafe(Exception):
     """The run left the liquid-water range (pressure too low): retry with smaller rates."""
 
 
+class _Stepper:
+    """One run's per-cell constants and its sequential-implicit sub-step: one pressure solve,
+    then one temperature solve."""
+
+    def __init__(self, res: Reservoir, p: SimParams, inj_rate, substeps):
+        self.mesh = mesh = _Mesh(res, p)
+        cells, vol = mesh.cells, mesh.volume
+        self.injection_temperature = p.injection_temperature
+        self.c_f, self.c_r = p.fluid_compressibility, p.rock_compressibility
+        self.phi0 = res.porosity.ravel()[cells]
+        self.p_init = res.pressure0.ravel()[cells].astype(np.float64)
+        self.t_init = res.temperature0.ravel()[cells].astype(np.float64)
+        self.rock_heat = vol * (1 - self.phi0) * p.rock_density * p.rock_heat_capacity  # J/K
+        self.q = inj_rate.ravel()[cells].astype(np.float64)  # kg/s, exactly the stored InjRate
+        self.q_inj, self.q_prod = np.maximum(self.q, 0.0), np.maximum(-self.q, 0.0)
+        rho_aq = water.density(self.p_init, self.t_init, self.c_f)
+        self.mob_aq_in = mesh.aq_trans * rho_aq / water.viscosity(self.t_init)  # aquifer water flowing in
+        # Mass is conserved whatever the pressure tolerance (fluxes are evaluated at the
+        # pressure found, and the state/mass mismatch feeds the next step), so a loose
+        # one is enough; energy relies on the temperature solve, so that one is tight.
+        self.p_solver = _LinearSolver(symmetric=True, n=mesh.n, rtol=1e-6)
+        self.t_solver = _LinearSolver(symmetric=False, n=mesh.n, rtol=1e-9)
+        self.dt = SECONDS_PER_YEAR / substeps
+
+    def mass(self, pres, temp):
+        """kg of water per cell in the state (pres, temp)."""
+        return (self.mesh.volume * self.phi0 * (1 + self.c_r * (pres - self.p_init))
+                * water.density(pres, temp, self.c_f))
+
+    def _dmass_dp(self, pres, temp):
+        c_f, c_r, vol = self.c_f, self.c_r, self.mesh.volume
+        return vol * self.phi0 * water.density(pres, temp, c_f) * (c_r + c_f * (1 + c_r * (pres - self.p_init)))
+
+    def prod_energy_rate(self, temp) -> float:
+        """W: what the producers take out at cell temperatures ``temp``."""
+        return float(np.sum(self.q_prod * water.enthalpy(temp)))
+
+    def step(self, pres, temp, water_mass):
+        """(pressure, temperature, water mass) one sub-step later."""
+        p_new, flux, aq_flux, m_new = self._pressure_step(pres, temp, water_mass)
+        return p_new, self._temperature_step(temp, water_mass, m_new, flux, aq_flux), m_new
+
+    def _pressure_step(self, pres, temp, water_mass):
+        """Mass balance linearised about (p^n, T^n), one SPD solve; returns the new pressure, the
+        face fluxes (kg/s from cell a to cell b), the flux to the aquifer and the new water mass."""
+        mesh, n, dt, p_init = self.mesh, self.mesh.n, self.dt, self.p_init
+        rho = water.density(pres, temp, self.c_f)
+        mob = rho / water.viscosity(temp)
+        gravity = GRAVITY * 0.5 * (rho[mesh.a] + rho[mesh.b]) * mesh.ddepth
+        potential = pres[mesh.a] - pres[mesh.b] - gravity
+        lam = mesh.trans * np.where(potential >= 0, mob[mesh.a], mob[mesh.b])  # upwind rho/mu
+        lam_aq = np.where(pres >= p_init, mesh.aq_trans * mob, self.mob_aq_in)
+        residual = (self.q - (self.mass(pres, temp) - water_mass) / dt - mesh.outflow_sum(lam * potential)
+                    - lam_aq * (pres - p_init))
+        if np.abs(residual).max() > 0:  # exactly 0 in hydrostatic equilibrium without wells
+            diag = self._dmass_dp(pres, temp) / dt + np.bincount(mesh.a, lam, n) + np.bincount(mesh.b, lam, n) + lam_aq
+            p_new = pres + self.p_solver.solve(mesh.matrix(diag, -lam, -lam), residual)
+        else:
+            p_new = pres
+        flux = lam * (p_new[mesh.a] - p_new[mesh.b] - gravity)  # kg/s from cell a to cell b
+        aq_flux = lam_aq * (p_new - p_init)  # kg/s leaving to the aquifer
+        m_new = water_mass + dt * (self.q - mesh.outflow_sum(flux) - aq_flux)
+        return p_new, flux, aq_flux, m_new
+
+    def _temperature_step(self, temp, water_mass, m_new, flux, aq_flux):
+        """Conservative energy balance with the delivered mass, upwind advection + conduction,
+        implicit. With m_new the matrix is an M-matrix, so the new temperatures are weighted means
+        of old ones, neighbours, injection and boundary temperatures (maximum principle)."""
+        mesh, n, dt, c_w = self.mesh, self.mesh.n, self.dt, WATER_HEAT_CAPACITY
+        f_pos, f_neg = np.maximum(flux, 0.0), np.maximum(-flux, 0.0)
+        aq_in, aq_out = np.maximum(-aq_flux, 0.0), np.maximum(aq_flux, 0.0)
+        diag_t = ((m_new * c_w + self.rock_heat) / dt
+                  + c_w * (np.bincount(mesh.a, f_pos, n) + np.bincount(mesh.b, f_neg, n) + self.q_prod + aq_out)
+                  + np.bincount(mesh.a, mesh.cond, n) + np.bincount(mesh.b, mesh.cond, n) + mesh.heat_g)
+        rhs_t = ((water_mass * c_w + self.rock_heat) * temp / dt + c_w * self.q_inj * self.injection_temperature
+                 + mesh.heat_gt + c_w * aq_in * self.t_init)
+        A_t = mesh.matrix(diag_t, -mesh.cond - c_w * f_neg, -mesh.cond - c_w * f_pos)
+        residual_t = rhs_t - A_t @ temp
+        if np.abs(residual_t).max() > 0:
+            temp = temp + self.t_solver.solve(A_t, residual_t)
+        return temp
+
+
 def _run_physics(res: Reservoir, p: SimParams, inj_rate, grid, n_steps, substeps, progress):
-    mesh = _Mesh(res, p, grid)
-    n, cells, vol = mesh.n, mesh.cells, mesh.volume
-    c_w = WATER_HEAT_CAPACITY
-    c_f, c_r = p.fluid_compressibility, p.rock_compressibility
-    phi0 = res.porosity.ravel()[cells]
-    p_init = res.pressure0.ravel()[cells].astype(np.float64)
-    t_init = res.temperature0.ravel()[cells].astype(np.float64)
-    rock_heat = vol * (1 - phi0) * p.rock_density * p.rock_heat_capacity  # J/K
-    q = inj_rate.ravel()[cells].astype(np.float64)  # kg/s, exactly the stored InjRate
-    q_inj, q_prod = np.maximum(q, 0.0), np.maximum(-q, 0.0)
-    rho_aq = water_density(p_init, t_init, c_f)
-    mob_aq_in = mesh.aq_trans * rho_aq / water_viscosity(t_init)
-
-    def mass(pres, temp):
-        return vol * phi0 * (1 + c_r * (pres - p_init)) * water_density(pres, temp, c_f)
-
-    def dmass_dp(pres, temp):
-        return vol * phi0 * water_density(pres, temp, c_f) * (c_r + c_f * (1 + c_r * (pres - p_init)))
-
-    # Mass is conserved whatever the pressure tolerance (fluxes are evaluated at the
-    # pressure found, and the state/mass mismatch feeds the next step), so a loose
-    # one is enough; energy relies on the temperature solve, so that one is tight.
-    p_solver = _LinearSolver(symmetric=True, n=n, rtol=1e-6)
-    t_solver = _LinearSolver(symmetric=False, n=n, rtol=1e-9)
-    dt = SECONDS_PER_YEAR / substeps
-    pres, temp = p_init.copy(), t_init.copy()
+    run = _Stepper(res, p, inj_rate, substeps)
+    cells = run.mesh.cells
+    pres, temp = run.p_init.copy(), run.t_init.copy()
     # Water mass per cell as delivered by the mass balance. Carrying it (instead of
     # recomputing it from p and T) makes the density change caused by a temperature
     # step act as a source in the next pressure step: mass is conserved exactly and
     # the state's mass lags it by one sub-step's thermal contraction at most.
-    water_mass = mass(pres, temp)
+    water_mass = run.mass(pres, temp)
     shape = (n_steps,) + tuple(grid)
     out_p = np.broadcast_to(res.pressure0.astype(np.float32), shape).copy()
     out_t = np.broadcast_to(res.temperature0.astype(np.float32), shape).copy()
     energy_total = np.zeros(n_steps)
-    prod_energy_rate = lambda temp_: float(np.sum(q_prod * water_enthalpy(temp_)))  # noqa: E731
     bar = tqdm(total=(n_steps - 1) * substeps, desc="time steps", unit="step", disable=not progress, leave=False)
     cumulative = 0.0
     for year in range(1, n_steps):
         for _ in range(substeps):
-            # ---- pressure: mass balance linearised about (p^n, T^n), one SPD solve
-            rho = water_density(pres, temp, c_f)
-            mob = rho / water_viscosity(temp)
-            gravity = GRAVITY * 0.5 * (rho[mesh.a] + rho[mesh.b]) * mesh.ddepth
-            potential = pres[mesh.a] - pres[mesh.b] - gravity
-            lam = mesh.trans * np.where(potential >= 0, mob[mesh.a], mob[mesh.b])  # upwind rho/mu
-            lam_aq = np.where(pres >= p_init, mesh.aq_trans * mob, mob_aq_in)
-            residual = (q - (mass(pres, temp) - water_mass) / dt - mesh.outflow_sum(lam * potential)
-                        - lam_aq * (pres - p_init))
-            if np.abs(residual).max() > 0:  # exactly 0 in hydrostatic equilibrium without wells
-                diag = dmass_dp(pres, temp) / dt + np.bincount(mesh.a, lam, n) + np.bincount(mesh.b, lam, n) + lam_aq
-                p_new = pres + p_solver.solve(mesh.matrix(diag, -lam, -lam), residual)
-            else:
-                p_new = pres
-            flux = lam * (p_new[mesh.a] - p_new[mesh.b] - gravity)  # kg/s from cell a to cell b
-            aq_flux = lam_aq * (p_new - p_init)  # kg/s leaving to the aquifer
-            m_new = water_mass + dt * (q - mesh.outflow_sum(flux) - aq_flux)
-
-            # ---- temperature: conservative energy balance with the delivered mass,
-            # upwind advection + conduction, implicit. With m_new the matrix is an
-            # M-matrix, so the new temperatures are weighted means of old ones,
-            # neighbours, injection and boundary temperatures (maximum principle).
-            f_pos, f_neg = np.maximum(flux, 0.0), np.maximum(-flux, 0.0)
-            aq_in, aq_out = np.maximum(-aq_flux, 0.0), np.maximum(aq_flux, 0.0)
-            diag_t = ((m_new * c_w + rock_heat) / dt
-                      + c_w * (np.bincount(mesh.a, f_pos, n) + np.bincount(mesh.b, f_neg, n) + q_prod + aq_out)
-                      + np.bincount(mesh.a, mesh.cond, n) + np.bincount(mesh.b, mesh.cond, n) + mesh.heat_g)
-            rhs_t = ((water_mass * c_w + rock_heat) * temp / dt + c_w * q_inj * p.injection_temperature
-                     + mesh.heat_gt + c_w * aq_in * t_init)
-            A_t = mesh.matrix(diag_t, -mesh.cond - c_w * f_neg, -mesh.cond - c_w * f_pos)
-            residual_t = rhs_t - A_t @ temp
-            if np.abs(residual_t).max() > 0:
-                temp = temp + t_solver.solve(A_t, residual_t)
-            pres, water_mass = p_new, m_new
-            cumulative += dt * prod_energy_rate(temp)
+            pres, temp, water_mass = run.step(pres, temp, water_mass)
+            cumulative += run.dt * run.prod_energy_rate(temp)
             bar.update(1)
         if not np.all(np.isfinite(pres)) or not np.all(np.isfinite(temp)):
             raise _Unsafe("non-finite state")
-        p_floor = np.maximum(saturation_pressure(temp) + 5e5, 1e6)
+        p_floor = np.maximum(water.saturation_pressure(temp) + 5e5, 1e6)
         if np.any(pres < p_floor):
             raise _Unsafe(f"pressure below {p_floor.min():.3g} Pa in year {year}")
         out_p[year].ravel()[cells] = pres
@@ -717,20 +706,22 @@ def _run_physics(res: Reservoir, p: SimParams, inj_rate, grid, n_steps, substeps
         energy_total[year] = cumulative
     bar.close()
 
-    inj_energy = float(np.sum(q_inj * water_enthalpy(p.injection_temperature)))
+    q_inj, q_prod = run.q_inj, run.q_prod
+    inj_energy = float(np.sum(q_inj * water.enthalpy(p.injection_temperature)))
     scalars = {
         "FieldEnergyInjectionRate": np.full(n_steps, inj_energy),
         "FieldEnergyProductionRate": np.array(
-            [prod_energy_rate(out_t[t].ravel()[cells].astype(np.float64)) for t in range(n_steps)]),
+            [run.prod_energy_rate(out_t[t].ravel()[cells].astype(np.float64)) for t in range(n_steps)]),
         "FieldEnergyProductionTotal": energy_total,
         "FieldWaterInjectionRate": np.full(n_steps, float(q_inj.sum())),
         "FieldWaterProductionRate": np.full(n_steps, float(q_prod.sum())),
     }
-    diag_counts = dict(steps=(n_steps - 1) * substeps, active_cells=n, faces=len(mesh.a),
+    p_solver, t_solver = run.p_solver, run.t_solver
+    diag_counts = dict(steps=(n_steps - 1) * substeps, active_cells=run.mesh.n, faces=len(run.mesh.a),
                        pressure_cg_iterations=p_solver.iterations, pressure_solves=p_solver.calls,
                        temperature_iterations=t_solver.iterations, temperature_solves=t_solver.calls,
                        pressure_factorizations=p_solver.setups,
-                       mass_lag=float(np.sum(mass(pres, temp)) - np.sum(water_mass)))
+                       mass_lag=float(np.sum(run.mass(pres, temp)) - np.sum(water_mass)))
     return out_p, out_t, scalars, diag_counts
 
 
@@ -832,14 +823,26 @@ def simulate(grid=DEFAULT_GRID, seed: int = 0, n_steps: int = schema.N_TIMESTEPS
 
 def write_simulation(path, arrays: dict) -> Path:
     """Write one raw v2.4 file atomically, byte-reproducibly (no HDF5 timestamps)."""
+    return write_raw(path, arrays, {"generator": "voxel-ode synth",
+                                    "time_convention": "Output/*[t] = state after t years; t=0 is the initial state"})
+
+
+def write_raw(path, arrays: dict, attrs: dict, dynamic_chunks=None) -> Path:
+    """Write the schema's datasets from ``arrays`` (in their own dtypes) and the file attributes
+    ``attrs`` atomically, byte-reproducibly (no HDF5 timestamps). ``dynamic_chunks``: store the
+    dynamic grids gzip-compressed in chunks of at most this shape (synth_darts: the dev set's layout)."""
     path = Path(path)
     names = schema.RAW_STATIC_NAMES + (schema.PARAMS_SCALAR,) + schema.DYNAMIC_NAMES + schema.SCALAR_NAMES
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             for name in names:
-                f.create_dataset(schema.raw_path(name), data=arrays[name], track_times=False)
-            f.attrs["generator"] = "voxel-ode synth"
-            f.attrs["time_convention"] = "Output/*[t] = state after t years; t=0 is the initial state"
+                data = arrays[name]
+                kw = {}
+                if dynamic_chunks is not None and name in schema.DYNAMIC_NAMES:
+                    kw = {"chunks": tuple(min(c, s) for c, s in zip(dynamic_chunks, data.shape)), "compression": "gzip"}
+                f.create_dataset(schema.raw_path(name), data=data, track_times=False, **kw)
+            for key, value in attrs.items():
+                f.attrs[key] = value
     return path
 
 
@@ -933,13 +936,7 @@ def run_synth(args) -> int:
         raise UserError(f"--grid: {args.grid} too small, need at least {list(MIN_GRID)} (Z Y X)")
     if args.substeps < 1 or args.n_steps < 2 or args.workers < 1:
         raise UserError("--substeps/--workers: must be >= 1, --n_steps >= 2")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: --out: exists and is not a directory")
-    existing = sorted(out.glob(schema.RAW_FILE_GLOB)) if out.is_dir() else []
-    if existing and not args.overwrite:
-        raise UserError(f"{out}: --out: already holds {len(existing)} {schema.RAW_FILE_GLOB} files; "
-                        "use --overwrite or an empty directory")
+    out = checked_out_dir(args.out, args.overwrite)
     start = time.perf_counter()
     paths = generate_dataset(out, args.n, tuple(args.grid), args.seed, args.workers, n_steps=args.n_steps,
                              substeps=args.substeps)
@@ -949,3 +946,15 @@ def run_synth(args) -> int:
     if stale:
         print(f"note: {len(stale)} other {schema.RAW_FILE_GLOB} files were already in {out} and were left there")
     return 0
+
+
+def checked_out_dir(out, overwrite: bool) -> Path:
+    """--out of both engines: a directory (or nothing yet) that holds no run files unless ``overwrite``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: --out: exists and is not a directory")
+    existing = sorted(out.glob(schema.RAW_FILE_GLOB)) if out.is_dir() else []
+    if existing and not overwrite:
+        raise UserError(f"{out}: --out: already holds {len(existing)} {schema.RAW_FILE_GLOB} files; "
+                        "use --overwrite or an empty directory")
+    return out

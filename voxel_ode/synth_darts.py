@@ -111,9 +111,27 @@ def draw_run(grid, seed: int, index: int) -> dict:
     """The random draw of run ``index``: parameters, geology (full grid, [Z, Y, X]) and wells."""
     import numpy as np
 
-    nz, ny, nx = grid
-    dz, dy, dx = CELL_SIZE
+    nz = grid[0]
+    dz = CELL_SIZE[0]
+    # one generator, drawn from in this order: parameters, faults, layer, rock, wells
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
+    p = _draw_params(rng)
+    kk = np.arange(nz)[:, None, None]  # Z index of the cells (broadcasts over Y, X)
+    fault_id, side = _draw_faults(rng, grid, p)
+    active, top = _draw_layer(rng, grid, kk, side)
+    permx, permz, poro = _draw_rock(rng, grid, p, kk, top, fault_id)
+    wells = _draw_wells(rng, grid, p, active, fault_id)
+
+    # Initial state: linear gradient from the surface; hydrostatic with IAPWS density (filled in the worker).
+    depth = p["top_depth"] + (np.arange(nz) + 0.5) * dz
+    temp_profile = p["surface_temperature"] + p["gradient"] * 1e-3 * depth
+    return {"params": p, "active": active, "fault_id": fault_id, "permx": permx.astype(np.float64),
+            "permz": permz.astype(np.float64), "poro": poro, "wells": wells, "depth": depth,
+            "temperature_profile": temp_profile}
+
+
+def _draw_params(rng) -> dict:
+    """The run's scalar parameters, in the dev set's ranges."""
     p = {
         "surface_temperature": rng.uniform(283.0, 293.0),
         "gradient": rng.uniform(25.0, 40.0),  # K/km
@@ -137,8 +155,16 @@ def draw_run(grid, seed: int, index: int) -> dict:
         p["fault_log_mult"] = rng.uniform(-3.0, -1.0) if rng.random() < 0.7 else rng.uniform(1.0, 2.0)
     t_top = p["surface_temperature"] + p["gradient"] * 1e-3 * p["top_depth"]
     p["t_inj"] = rng.uniform(300.0, max(300.0, min(330.0, t_top - 10.0)))
+    return p
 
-    # Faults: steep planes (dip 70-90 deg) through a random point, random strike.
+
+def _draw_faults(rng, grid, p):
+    """FaultId and each cell's summed throw (cells) across the faults it lies beyond: steep planes
+    (dip 70-90 deg) through a random point, random strike."""
+    import numpy as np
+
+    nz, ny, nx = grid
+    dz, dy, dx = CELL_SIZE
     kk, jj, ii = np.meshgrid(np.arange(nz), np.arange(ny), np.arange(nx), indexing="ij")
     x, y, z = (ii + 0.5) * dx, (jj + 0.5) * dy, (kk + 0.5) * dz
     fault_id = np.zeros(grid, np.int32)
@@ -150,8 +176,16 @@ def draw_run(grid, seed: int, index: int) -> dict:
         dist = (x - x0) * math.cos(strike) + (y - y0) * math.sin(strike) + (z - nz * dz / 2) / math.tan(dip)
         fault_id[np.abs(dist) < 0.5 * min(dx, dy)] = f + 1
         side += np.where(dist > 0, rng.uniform(-0.25, 0.25) * nz, 0.0)
+    return fault_id, side
 
-    # Active layer between smooth top and bottom surfaces (20-50 % of the box inactive), offset across faults.
+
+def _draw_layer(rng, grid, kk, side):
+    """Active cells and the layer top (cells, per cell): the layer between smooth top and bottom
+    surfaces (20-50 % of the box inactive), offset across faults by ``side``."""
+    import numpy as np
+
+    nz, ny, nx = grid
+    dz, dy, dx = CELL_SIZE
     inactive = rng.uniform(0.2, 0.5)
     sig_h = (max(1.0, 300.0 / dy), max(1.0, 300.0 / dx))
     top0 = 0.5 * inactive * nz + 0.12 * nz * _smooth_field(rng, (ny, nx), sig_h)
@@ -159,8 +193,16 @@ def draw_run(grid, seed: int, index: int) -> dict:
     top = top0[None] + side  # per cell: the layer top seen by this cell's fault block
     bottom = top + np.maximum(thick, 2.0)[None]
     active = (kk + 0.5 >= top) & (kk + 0.5 < bottom)
+    return active, top
 
-    # Permeability: layered (following the layer) plus a correlated 3-D field, log10 k in mD.
+
+def _draw_rock(rng, grid, p, kk, top, fault_id):
+    """PermX (= PermY), PermZ in mD and porosity: a layered term (following the layer) plus a
+    correlated 3-D field in log10 k; fault cells scaled by the fault multiplier."""
+    import numpy as np
+
+    nz = grid[0]
+    dz, dy, dx = CELL_SIZE
     rel = np.clip(np.round(kk + 0.5 - top).astype(int) + nz, 0, 3 * nz - 1)
     layers = _smooth_field(rng, (3 * nz,), max(0.5, p["corr_v"] / dz))[rel]
     sigma = (max(0.5, p["corr_v"] / dz / 2), max(0.5, p["corr_h"] / dy / 2), max(0.5, p["corr_h"] / dx / 2))
@@ -172,13 +214,19 @@ def draw_run(grid, seed: int, index: int) -> dict:
     permx = 10.0 ** logk
     permx = np.where(fault_id > 0, permx * 10.0 ** p["fault_log_mult"], permx)
     permz = permx * p["kv_kh"]
+    return permx, permz, poro
 
-    # Wells: vertical, not in a fault column, >= 3 cells from the sides (less on tiny grids).
-    n_wells = p["n_inj"] + p["n_prod"]
+
+def _well_columns(grid, n_wells, active, fault_id):
+    """(j, i) columns that may hold a well: >= 2 active cells, not in a fault column, >= 3 cells
+    from the sides; tiny grids relax the margin, then allow fault columns (the dev set's grid
+    never needs this)."""
+    import numpy as np
+
+    nz, ny, nx = grid
     ncol_active = active.sum(axis=0)
     fault_col = (fault_id > 0).any(axis=0)
     cand = []
-    # tiny grids: relax the side margin, then allow fault columns (the dev set's grid never needs this)
     for margin, avoid_faults in ((3, True), (2, True), (1, True), (1, False)):
         my, mx = min(margin, (ny - 1) // 2), min(margin, (nx - 1) // 2)
         ok = (ncol_active >= 2) & ~(fault_col & avoid_faults)
@@ -189,6 +237,16 @@ def draw_run(grid, seed: int, index: int) -> dict:
             break
     if len(cand) < n_wells:
         raise RuntimeError(f"only {len(cand)} columns can hold a well, need {n_wells}")
+    return cand
+
+
+def _draw_wells(rng, grid, p, active, fault_id) -> list:
+    """Vertical wells, as far apart as the candidate columns allow, each perforating 60-100 % of
+    its column's active cells; the injection and production totals split at random over them."""
+    import numpy as np
+
+    n_wells = p["n_inj"] + p["n_prod"]
+    cand = _well_columns(grid, n_wells, active, fault_id)
     wells, chosen = [], []
     for w in range(n_wells):
         order = rng.permutation(len(cand))
@@ -212,13 +270,7 @@ def draw_run(grid, seed: int, index: int) -> dict:
         shares = shares / shares.sum()
         for w, s in zip(group, shares):
             w["rate"] = float(sign * total * s)
-
-    # Initial state: linear gradient from the surface; hydrostatic with IAPWS density (filled in the worker).
-    depth = p["top_depth"] + (np.arange(nz) + 0.5) * dz
-    temp_profile = p["surface_temperature"] + p["gradient"] * 1e-3 * depth
-    return {"params": p, "active": active, "fault_id": fault_id, "permx": permx.astype(np.float64),
-            "permz": permz.astype(np.float64), "poro": poro, "wells": wells, "depth": depth,
-            "temperature_profile": temp_profile}
+    return wells
 
 
 def hydrostatic_profile(depth, temperature, density_bar_k, p_top_bar):
@@ -243,21 +295,12 @@ def hydrostatic_profile(depth, temperature, density_bar_k, p_top_bar):
 # The simulation (worker process only: darts.engines is imported before numpy there)
 # ---------------------------------------------------------------------------
 def _build_model(grid, run, workdir):
-    import numpy as np
-    from darts.engines import well_control_iface
+    """The open-darts model of one draw, initialised, writing its well output to ``workdir``."""
     from darts.models.darts_model import DartsModel
     from darts.nonlinear_solvers import NewtonSolver, OBLBoundsSpec
-    from darts.physics.base.physics import PhysicsBase
-    from darts.physics.base.property_container import PropertyContainer
-    from darts.physics.iapws_physics import IAPWSPhysics
-    from darts.physics.properties.basic import ConstFunc, PhaseRelPerm
-    from darts.physics.properties.eos_properties import EoSDensity
-    from darts.physics.properties.viscosity import MaoDuan2009
-    from darts.reservoirs.struct_reservoir import StructReservoir
-    from dartsflash.mixtures import IAPWS, CompData, DARTSFlash, EoS
 
-    nz, ny, nx = grid
-    dz, dy, dx = CELL_SIZE
+    nz = grid[0]
+    dz = CELL_SIZE[0]
     p = run["params"]
 
     class Model(DartsModel):
@@ -265,34 +308,8 @@ def _build_model(grid, run, workdir):
             super().__init__()
             self.verbose = self.VERBOSE_SILENT
             self.timer.node["initialization"].start()
-            # DARTS orders cells with X fastest, then Y, then Z: our [Z, Y, X] arrays in C order.
-            depth = np.broadcast_to(run["depth"][:, None, None], grid).ravel()
-            self.reservoir = StructReservoir(
-                self.timer, nx=nx, ny=ny, nz=nz, dx=dx, dy=dy, dz=dz,
-                permx=run["permx"].ravel(), permy=run["permx"].ravel(), permz=run["permz"].ravel(),
-                poro=run["poro"].ravel(), depth=depth, start_z=p["top_depth"],
-                rcond=p["cond"] * 86.4, hcap=p["hcap"], actnum=run["active"].astype(np.int32).ravel())
-            phases, components = ["V", "L"], ["H2O"]
-            self.physics = IAPWSPhysics(phases, self.timer, state_spec=PhysicsBase.StateSpecification.PT,
-                                        axes_step=list(OBL_STEPS), axes_origin=[1.0, 273.15])
-            mixture = IAPWS(iapws_ideal=True, ice_phase=False)
-            mixture.init_flash(flash_type=DARTSFlash.FlashType.PTFlash)
-            self.physics.set_mixture(mixture)
-            comp_data = CompData(components=components, setprops=True)
-            pc = PropertyContainer(phases_name=phases, components_name=components, Mw=comp_data.Mw, eps_z=1e-12,
-                                   rock_comp=ROCK_COMPRESSIBILITY_PER_BAR)
-            self.physics.add_property_region(pc)
-            pc.flash_ev = self.physics.get_flash_ev()
-            pc.density_ev = {"V": EoSDensity(eos=mixture.eos["IAPWS"], root_flag=EoS.RootFlag.MAX),
-                             "L": EoSDensity(eos=mixture.eos["IAPWS"], root_flag=EoS.RootFlag.MIN)}
-            pc.viscosity_ev = {"V": ConstFunc(0.01), "L": MaoDuan2009(components)}
-            pc.enthalpy_ev = {"V": self.physics.get_enthalpy_ev_from_flash(phase_idx=0),
-                              "L": self.physics.get_enthalpy_ev_from_flash(phase_idx=1)}
-            pc.rel_perm_ev = {"V": PhaseRelPerm("gas", swc=0.0), "L": PhaseRelPerm("oil", swc=0.0)}
-            pc.conductivity_ev = {"V": ConstFunc(0.0), "L": ConstFunc(WATER_CONDUCTIVITY * 86.4)}
-            self.liquid_density = pc.density_ev["L"]
-            self.iapws = mixture.eos["IAPWS"]
-            self.molar_mass = float(comp_data.Mw[0])  # g/mol
+            _set_reservoir(self, grid, run)
+            _set_iapws_physics(self)
             # hydrostatic initial state with the simulator's own IAPWS-95 density
             p_top = P_SURFACE + 1000.0 * GRAVITY * p["top_depth"] * 1e-5
             t_prof = run["temperature_profile"]
@@ -306,16 +323,7 @@ def _build_model(grid, run, workdir):
             self.timer.node["initialization"].stop()
 
         def set_wells(self, verbose=None):
-            mesh_volume = np.array(self.reservoir.mesh.volume, copy=False)
-            l2g = np.asarray(self.reservoir.discretizer.local_to_global)[: self.reservoir.mesh.n_res_blocks]
-            k, j, i = np.unravel_index(l2g, grid)
-            lateral = (i == 0) | (i == nx - 1) | (j == 0) | (j == ny - 1)
-            mesh_volume[: len(l2g)][lateral] *= BOUNDARY_MULTIPLIER
-            for w in run["wells"]:
-                self.reservoir.add_well(w["name"], well_diameter=WELL_DIAMETER)
-                for kk in range(w["k0"], w["k1"] + 1):
-                    self.reservoir.add_perforation(w["name"], (w["i"] + 1, w["j"] + 1, kk + 1),
-                                                   well_diameter=WELL_DIAMETER)
+            _add_wells(self, grid, run)
 
         def set_initial_conditions(self):
             self.physics.set_initial_conditions_from_depth_table(
@@ -324,18 +332,7 @@ def _build_model(grid, run, workdir):
                 input_depth=run["depth"].copy())
 
         def set_well_controls(self):
-            spec = {w["name"]: w for w in run["wells"]}
-            for well in self.reservoir.wells:
-                w = spec[well.name]
-                target = abs(w["rate"]) * SECONDS_PER_DAY  # kg/day
-                if w["inj"]:
-                    self.physics.set_well_controls(well.control, well_control_iface.MASS_RATE, True, target,
-                                                   inj_composition=[], inj_temp=p["t_inj"])
-                    self.physics.set_well_controls(well.constraint, well_control_iface.BHP, True, self.inj_bhp,
-                                                   inj_composition=[], inj_temp=p["t_inj"])
-                else:
-                    self.physics.set_well_controls(well.control, well_control_iface.MASS_RATE, False, target)
-                    self.physics.set_well_controls(well.constraint, well_control_iface.BHP, False, PROD_BHP_MIN)
+            _set_well_controls(self, run)
 
         def set_solver(self):
             p_max = self.inj_bhp + 100.0
@@ -351,17 +348,129 @@ def _build_model(grid, run, workdir):
     return model
 
 
+def _set_reservoir(model, grid, run):
+    """``model.reservoir``: the structured grid with the draw's rock; inactive cells removed."""
+    import numpy as np
+    from darts.reservoirs.struct_reservoir import StructReservoir
+
+    nz, ny, nx = grid
+    dz, dy, dx = CELL_SIZE
+    p = run["params"]
+    # DARTS orders cells with X fastest, then Y, then Z: our [Z, Y, X] arrays in C order.
+    depth = np.broadcast_to(run["depth"][:, None, None], grid).ravel()
+    model.reservoir = StructReservoir(
+        model.timer, nx=nx, ny=ny, nz=nz, dx=dx, dy=dy, dz=dz,
+        permx=run["permx"].ravel(), permy=run["permx"].ravel(), permz=run["permz"].ravel(),
+        poro=run["poro"].ravel(), depth=depth, start_z=p["top_depth"],
+        rcond=p["cond"] * 86.4, hcap=p["hcap"], actnum=run["active"].astype(np.int32).ravel())
+
+
+def _set_iapws_physics(model):
+    """``model.physics``: IAPWS water in a [p, T] state (module doc), and the handles the run needs
+    later: liquid density, the IAPWS equation of state, the molar mass."""
+    from darts.physics.base.physics import PhysicsBase
+    from darts.physics.base.property_container import PropertyContainer
+    from darts.physics.iapws_physics import IAPWSPhysics
+    from darts.physics.properties.basic import ConstFunc, PhaseRelPerm
+    from darts.physics.properties.eos_properties import EoSDensity
+    from darts.physics.properties.viscosity import MaoDuan2009
+    from dartsflash.mixtures import IAPWS, CompData, DARTSFlash, EoS
+
+    phases, components = ["V", "L"], ["H2O"]
+    model.physics = IAPWSPhysics(phases, model.timer, state_spec=PhysicsBase.StateSpecification.PT,
+                                 axes_step=list(OBL_STEPS), axes_origin=[1.0, 273.15])
+    mixture = IAPWS(iapws_ideal=True, ice_phase=False)
+    mixture.init_flash(flash_type=DARTSFlash.FlashType.PTFlash)
+    model.physics.set_mixture(mixture)
+    comp_data = CompData(components=components, setprops=True)
+    pc = PropertyContainer(phases_name=phases, components_name=components, Mw=comp_data.Mw, eps_z=1e-12,
+                           rock_comp=ROCK_COMPRESSIBILITY_PER_BAR)
+    model.physics.add_property_region(pc)
+    pc.flash_ev = model.physics.get_flash_ev()
+    pc.density_ev = {"V": EoSDensity(eos=mixture.eos["IAPWS"], root_flag=EoS.RootFlag.MAX),
+                     "L": EoSDensity(eos=mixture.eos["IAPWS"], root_flag=EoS.RootFlag.MIN)}
+    pc.viscosity_ev = {"V": ConstFunc(0.01), "L": MaoDuan2009(components)}
+    pc.enthalpy_ev = {"V": model.physics.get_enthalpy_ev_from_flash(phase_idx=0),
+                      "L": model.physics.get_enthalpy_ev_from_flash(phase_idx=1)}
+    pc.rel_perm_ev = {"V": PhaseRelPerm("gas", swc=0.0), "L": PhaseRelPerm("oil", swc=0.0)}
+    pc.conductivity_ev = {"V": ConstFunc(0.0), "L": ConstFunc(WATER_CONDUCTIVITY * 86.4)}
+    model.liquid_density = pc.density_ev["L"]
+    model.iapws = mixture.eos["IAPWS"]
+    model.molar_mass = float(comp_data.Mw[0])  # g/mol
+
+
+def _add_wells(model, grid, run):
+    """The draw's wells and perforations; the lateral boundary cells' pore volume x BOUNDARY_MULTIPLIER."""
+    import numpy as np
+
+    nz, ny, nx = grid
+    mesh_volume = np.array(model.reservoir.mesh.volume, copy=False)
+    l2g = np.asarray(model.reservoir.discretizer.local_to_global)[: model.reservoir.mesh.n_res_blocks]
+    k, j, i = np.unravel_index(l2g, grid)
+    lateral = (i == 0) | (i == nx - 1) | (j == 0) | (j == ny - 1)
+    mesh_volume[: len(l2g)][lateral] *= BOUNDARY_MULTIPLIER
+    for w in run["wells"]:
+        model.reservoir.add_well(w["name"], well_diameter=WELL_DIAMETER)
+        for kk in range(w["k0"], w["k1"] + 1):
+            model.reservoir.add_perforation(w["name"], (w["i"] + 1, w["j"] + 1, kk + 1),
+                                            well_diameter=WELL_DIAMETER)
+
+
+def _set_well_controls(model, run):
+    """Mass-rate control: injectors at T_inj under a max BHP, producers above a min BHP."""
+    from darts.engines import well_control_iface
+
+    p = run["params"]
+    spec = {w["name"]: w for w in run["wells"]}
+    for well in model.reservoir.wells:
+        w = spec[well.name]
+        target = abs(w["rate"]) * SECONDS_PER_DAY  # kg/day
+        if w["inj"]:
+            model.physics.set_well_controls(well.control, well_control_iface.MASS_RATE, True, target,
+                                            inj_composition=[], inj_temp=p["t_inj"])
+            model.physics.set_well_controls(well.constraint, well_control_iface.BHP, True, model.inj_bhp,
+                                            inj_composition=[], inj_temp=p["t_inj"])
+        else:
+            model.physics.set_well_controls(well.control, well_control_iface.MASS_RATE, False, target)
+            model.physics.set_well_controls(well.constraint, well_control_iface.BHP, False, PROD_BHP_MIN)
+
+
 def simulate(grid, seed: int, index: int, n_steps: int, workdir) -> dict:
     """Run one draw with open-darts; return {short schema name: array} plus "_attrs" (file attributes)."""
     import darts.engines  # noqa: F401  (before numpy, see the module doc)
     import numpy as np
-    from darts.tools.hdf5_tools import load_hdf5_to_dict
 
     grid = tuple(int(g) for g in grid)
-    nz, ny, nx = grid
     run = draw_run(grid, seed, index)
-    p = run["params"]
     model = _build_model(grid, run, workdir)
+    p0, t0, out_p, out_t = _run_reports(model, run, grid, n_steps)
+    scalars, report_times = _field_scalars(model, run, n_steps)
+    inj_rate, is_well = _well_grids(run, grid)
+    arrays = {
+        "FaultId": run["fault_id"].astype(np.int32),
+        "IsActive": run["active"].astype(np.uint8),
+        "IsWell": is_well,
+        "InjRate": inj_rate.astype(np.float32),
+        "PermX": run["permx"].astype(np.float32),
+        "PermY": run["permx"].astype(np.float32),
+        "PermZ": run["permz"].astype(np.float32),
+        "Porosity": run["poro"].astype(np.float32),
+        "Pressure0": p0.astype(np.float32),
+        "Temperature0": t0.astype(np.float32),
+        "ParamsScalar": _params_vector(run).astype(np.float32),
+        "Pressure": out_p,
+        "Temperature": out_t,
+    }
+    arrays |= {name: v.astype(np.float32) for name, v in scalars.items()}
+    arrays["_attrs"] = _file_attrs(run, seed, index, report_times)
+    return arrays
+
+
+def _run_reports(model, run, grid, n_steps):
+    """Run ``n_steps`` years; return the initial pressure (Pa) and temperature (K) grids and the
+    state at the end of each year (float32; removed cells keep their initial values)."""
+    import numpy as np
+
     nb = model.reservoir.mesh.n_res_blocks
     l2g = np.asarray(model.reservoir.discretizer.local_to_global)[:nb]
     p0 = np.broadcast_to(model.p_profile[:, None, None], grid).astype(np.float64) * 1e5  # Pa
@@ -375,8 +484,17 @@ def simulate(grid, seed: int, index: int, n_steps: int, workdir) -> dict:
         pr[l2g] = x[0::2] * 1e5
         tr[l2g] = x[1::2]
         out_p[r], out_t[r] = pr.reshape(grid), tr.reshape(grid)
+    return p0, t0, out_p, out_t
 
-    # Rates at the wells' head connections, for every simulator time step.
+
+def _field_scalars(model, run, n_steps):
+    """The five field scalars at each yearly report (schema.SCALAR_NAMES) and the report times
+    (days), from the rates at the wells' head connections over every simulator time step."""
+    import numpy as np
+    from darts.physics.properties.eos_properties import EoSEnthalpy
+    from darts.tools.hdf5_tools import load_hdf5_to_dict
+    from dartsflash.mixtures import EoS
+
     output = model.output
     h5 = load_hdf5_to_dict(output.well_filepath)
     _, head_conns, _, head_trans = output.get_wellhead_perf_connection_info()
@@ -386,9 +504,6 @@ def simulate(grid, seed: int, index: int, n_steps: int, workdir) -> dict:
     # Energy: mass rate x IAPWS-95 specific enthalpy (h ~ 0 at the triple point) of the water that
     # crosses the head connection (the well head block for injectors, the well body for producers).
     # calc_rates_at_conns(..., "advective_heat_rates") gave 7-22 % less than that in open-darts 2.0.0.
-    from darts.physics.properties.eos_properties import EoSEnthalpy
-    from dartsflash.mixtures import EoS
-
     enthalpy = EoSEnthalpy(eos=model.iapws, root_flag=EoS.RootFlag.MIN)
     cell_id = list(np.asarray(h5["dynamic"]["cell_id"]))
     xs = np.asarray(h5["dynamic"]["X"])  # (n_ts, n_cells, 2): pressure (bar), temperature (K)
@@ -414,6 +529,13 @@ def simulate(grid, seed: int, index: int, n_steps: int, workdir) -> dict:
         "FieldWaterInjectionRate": np.abs(mass[at][:, is_inj]).sum(axis=1),
         "FieldWaterProductionRate": np.abs(mass[at][:, ~is_inj]).sum(axis=1),
     }
+    return scalars, report_times
+
+
+def _well_grids(run, grid):
+    """InjRate (kg/s per cell: each well's rate split over its active perforations by PermX x dz)
+    and IsWell."""
+    import numpy as np
 
     active = run["active"]
     is_well = np.zeros(grid, np.uint8)
@@ -424,34 +546,33 @@ def simulate(grid, seed: int, index: int, n_steps: int, workdir) -> dict:
         weight = run["permx"][ks, w["j"], w["i"]] * CELL_SIZE[0]
         inj_rate[ks, w["j"], w["i"]] = w["rate"] * weight / weight.sum()
         is_well[ks, w["j"], w["i"]] = 1
+    return inj_rate, is_well
+
+
+def _params_vector(run):
+    """ParamsScalar: the 26 dev-set entries (PARAM_NAMES); -1 for the columns of absent wells."""
+    import numpy as np
+
+    p = run["params"]
     params = np.full(26, -1.0)
     params[:18] = [p["t_inj"], p["q_inj"], p["q_prod"], p["hcap"], p["cond"], p["gradient"],
                    p["surface_temperature"], p["top_depth"], p["logk_mean"], p["logk_std"], p["poro_mean"],
                    p["kv_kh"], p["corr_h"], p["corr_v"], p["n_faults"], p["fault_log_mult"], p["n_inj"], p["n_prod"]]
     for n, w in enumerate(run["wells"][:4]):
         params[18 + 2 * n: 20 + 2 * n] = [w["i"], w["j"]]
+    return params
+
+
+def _file_attrs(run, seed, index, report_times) -> dict:
+    """The file attributes of the dev set's layout: settings, parameter names, provenance, wells."""
+    import numpy as np
+
     dz, dy, dx = CELL_SIZE
     fixed = {"DX": dx, "DY": dy, "DZ": dz, "well_diameter": WELL_DIAMETER, "aquifer_volume_mult": BOUNDARY_MULTIPLIER,
              "rock_compressibility": ROCK_COMPRESSIBILITY_PER_BAR, "water_conductivity": WATER_CONDUCTIVITY,
              "inj_bhp_max_over_init": INJ_BHP_OVER_HYDROSTATIC, "prod_bhp_min": PROD_BHP_MIN,
              "p_surface": P_SURFACE, "obl_p_step": OBL_STEPS[0], "obl_t_step": OBL_STEPS[1]}
-    arrays = {
-        "FaultId": run["fault_id"].astype(np.int32),
-        "IsActive": active.astype(np.uint8),
-        "IsWell": is_well,
-        "InjRate": inj_rate.astype(np.float32),
-        "PermX": run["permx"].astype(np.float32),
-        "PermY": run["permx"].astype(np.float32),
-        "PermZ": run["permz"].astype(np.float32),
-        "Porosity": run["poro"].astype(np.float32),
-        "Pressure0": p0.astype(np.float32),
-        "Temperature0": t0.astype(np.float32),
-        "ParamsScalar": params.astype(np.float32),
-        "Pressure": out_p,
-        "Temperature": out_t,
-    }
-    arrays |= {name: v.astype(np.float32) for name, v in scalars.items()}
-    arrays["_attrs"] = {
+    return {
         "fixed_settings": json.dumps(fixed),
         "grid_cell_size_m": np.array(CELL_SIZE),
         "param_names": json.dumps(list(PARAM_NAMES)),
@@ -464,30 +585,13 @@ def simulate(grid, seed: int, index: int, n_steps: int, workdir) -> dict:
         "wells": json.dumps(run["wells"]),
         "time_convention": "Output/*[r] = end of year r + 1; t = 0 is Input/Pressure0, Input/Temperature0",
     }
-    return arrays
 
 
 def write_simulation(path, arrays: dict) -> Path:
     """One v2.4 file in the dev set's layout (dtypes, chunked gzip grids), written atomically."""
-    import h5py
+    from voxel_ode import synth  # after darts.engines in the worker (module doc)
 
-    from voxel_ode import schema
-    from voxel_ode.utils import atomic_path
-
-    path = Path(path)
-    names = schema.RAW_STATIC_NAMES + (schema.PARAMS_SCALAR,) + schema.DYNAMIC_NAMES + schema.SCALAR_NAMES
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            for name in names:
-                data = arrays[name]
-                kw = {}
-                if name in schema.DYNAMIC_NAMES:
-                    kw = {"chunks": tuple(min(c, s) for c, s in zip((8, 12, 5, 12), data.shape)),
-                          "compression": "gzip"}
-                f.create_dataset(schema.raw_path(name), data=data, track_times=False, **kw)
-            for key, value in arrays["_attrs"].items():
-                f.attrs[key] = value
-    return path
+    return synth.write_raw(path, arrays, arrays["_attrs"], dynamic_chunks=(8, 12, 5, 12))
 
 
 def _worker_main(argv=None) -> int:
@@ -551,7 +655,7 @@ def generate_dataset(out_dir, n: int, grid, seed: int = 0, workers: int = 1, n_s
 
 def run_synth(args) -> int:
     """``voxel-ode synth --engine darts``: the CLI checks of synth.run_synth, then open-darts runs."""
-    from voxel_ode import schema
+    from voxel_ode import synth
 
     require_darts()
     if args.n < 1:
@@ -560,13 +664,7 @@ def run_synth(args) -> int:
         raise UserError(f"--grid: {args.grid} too small for --engine darts, need at least {list(MIN_GRID)} (Z Y X)")
     if args.n_steps < 1 or args.workers < 1:
         raise UserError("--workers: must be >= 1, --n_steps >= 1 (yearly reports)")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: --out: exists and is not a directory")
-    existing = sorted(out.glob(schema.RAW_FILE_GLOB)) if out.is_dir() else []
-    if existing and not args.overwrite:
-        raise UserError(f"{out}: --out: already holds {len(existing)} {schema.RAW_FILE_GLOB} files; "
-                        "use --overwrite or an empty directory")
+    out = synth.checked_out_dir(args.out, args.overwrite)
     start = time.perf_counter()
     paths = generate_dataset(out, args.n, tuple(args.grid), args.seed, args.workers, n_steps=args.n_steps)
     print(f"wrote {len(paths)} open-darts simulations {tuple(args.grid)} x {args.n_steps} yearly reports to {out} "

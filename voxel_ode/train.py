@@ -1,8 +1,10 @@
 """Training: `voxel-ode train` == `python scripts/train_ddp.py` == `torchrun ... scripts/train_ddp.py`.
 
-Read top to bottom: arguments -> distributed setup -> data -> model ->
-optimizer/schedule -> resume -> the loop (train step, log, eval, checkpoint,
-time budget) -> summary.
+Read top to bottom: arguments -> distributed setup -> RNG state -> logging ->
+training state and checkpoints (``start_from`` and ``restore``: all that --resume
+reads) -> the loss -> evaluation -> data order -> the run: ``train()`` =
+``build_run`` (model, data, optimizer) -> ``train_loop`` (train step, log, eval,
+checkpoint, time budget) -> ``finish`` (final eval, last.pt, summary).
 
 * One process when not under torchrun; DDP when torchrun sets WORLD_SIZE > 1
   (NCCL on CUDA, gloo on CPU). Only rank 0 logs and writes files.
@@ -36,13 +38,16 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from voxel_ode import checks, schema
+from voxel_ode import checks, metrics, schema
 from voxel_ode.precision import add_amp_arg
 from voxel_ode.schedulers import warmup_cosine
 from voxel_ode.utils import UserError, atomic_path
@@ -296,9 +301,49 @@ class Logger:
             self.wandb.finish()
 
 
+class LogWindow:
+    """Sums over the steps since the last log line; a "train" record averages them."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.t, self.samples, self.voxels, self.loss, self.n = time.time(), 0, 0, 0.0, 0
+        self.grid, self.scalar = torch.zeros(schema.N_DYNAMIC), torch.zeros(schema.N_SCALARS)
+
+    def add(self, batch: dict, k_steps: int, world: int, loss, grid_parts, scalar_parts) -> None:
+        self.samples += batch["x"].shape[0] * world
+        self.voxels += batch["x"][:, 0].numel() * world * k_steps
+        self.loss += loss.item()
+        self.grid += grid_parts.cpu()
+        self.scalar += scalar_parts.cpu()
+        self.n += 1
+
+    def record(self, step: int, epoch: int, lr: float, grad_norm, k_steps: int, t_start: float) -> dict:
+        """The metrics.jsonl "train" record (its keys and their order are the file's format)."""
+        dt = max(time.time() - self.t, 1e-9)
+        n = self.n
+        return {"event": "train", "step": step, "epoch": epoch, "lr": lr, "loss": self.loss / n,
+                "grad_norm": float(grad_norm), "rollout_steps": k_steps,
+                **{f"loss_{name}": float(self.grid[c] / n) for c, name in enumerate(schema.DYNAMIC_NAMES)},
+                **{f"loss_{name}": float(self.scalar[j] / n) for j, name in enumerate(schema.SCALAR_NAMES)},
+                "patches_per_s": self.samples / dt, "voxels_per_s": self.voxels / dt,
+                "elapsed_s": time.time() - t_start}
+
+
 # ---------------------------------------------------------------------------
-# Checkpoints
+# Training state and checkpoints: what a run starts from, saves and resumes.
+# Everything --resume reads from a checkpoint is in start_from and restore.
 # ---------------------------------------------------------------------------
+
+
+@dataclass
+class TrainState:
+    """Where a run is; saved in every checkpoint beside weights, optimizer, schedule and scaler."""
+
+    step: int = 0
+    best_metric: float = float("inf")  # the lowest eval loss so far
+    best_path: str | Path | None = None  # its checkpoint (a str when read back from a checkpoint)
 
 
 def _plain(value):
@@ -315,15 +360,69 @@ def save_checkpoint(path: Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: checkpoint: no such file")
+def start_from(args, stats: dict, root: Path):
+    """(checkpoint or None, model config, delta_mode) to build the run from. A resumed run takes
+    the architecture and change normalization from its checkpoint (its weights fit only those),
+    a fresh run from the flags."""
+    from voxel_ode.model import ModelConfig, checkpoint_config, load_checkpoint
+
+    if args.resume:
+        ckpt = load_checkpoint(args.resume)
+        checks.check_resume_checkpoint(ckpt, args.resume, stats, root / schema.STATS_FILE)
+        return ckpt, checkpoint_config(ckpt, args.resume), ckpt.get("delta_mode", args.delta_norm)
+    if not args.no_priors and args.delta_norm != "asinh":
+        raise UserError("train: the prior heads need --delta_norm asinh (add --no_priors for zscore)")
+    config = ModelConfig(base_channels=args.base_channels, depth=args.depth,
+                         receptive_field_radius=args.receptive_field_radius, norm=args.norm,
+                         global_context=not args.no_global_context, priors=not args.no_priors,
+                         temperature_residual=not stats.get("priors", False))
+    return None, config, args.delta_norm
+
+
+def restore(ckpt: dict, args, model, opt: Optim, ddp: Dist, log) -> TrainState:
+    """Load a --resume checkpoint into the built run: weights, optimizer, schedule, scaler, this
+    rank's RNG state; returns its step and best so far."""
+    from voxel_ode.schedulers import WarmupCosine
+
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # corrupt file or one holding arbitrary objects: name the cause
-        cause = (str(err).strip().splitlines() or [""])[0].split(". ")[0][:200]  # the reader's first sentence
-        raise UserError(f"{path}: checkpoint: cannot load with weights_only=True ({type(err).__name__}: {cause})") from None
+        model.load_state_dict(ckpt["model"])
+        opt.optimizer.load_state_dict(ckpt["optimizer"])
+        opt.scheduler.load_state_dict(ckpt["scheduler"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{args.resume}: checkpoint: its state does not fit this model "
+                        f"({(str(err).splitlines() or [''])[0][:200]})") from None
+    # keep the schedule of THIS invocation's flags (e.g. a longer --max_steps)
+    opt.scheduler.lr_lambdas[0] = WarmupCosine(args.warmup_steps, args.max_steps, args.min_lr_ratio)
+    if ckpt.get("scaler"):
+        opt.scaler.load_state_dict(ckpt["scaler"])
+    state = TrainState(step=int(ckpt["step"]), best_metric=float(ckpt.get("best_metric", float("inf"))),
+                       best_path=ckpt.get("best_path"))
+    rng = ckpt.get("rng") or []
+    if rng:
+        set_rng_state(rng[ddp.rank] if ddp.rank < len(rng) else rng[0])
+    log(f"resumed from {args.resume} at step {state.step}")
+    return state
+
+
+def save_training_checkpoint(run: Run, state: TrainState, name: str) -> Path:
+    """Gather every rank's RNG state, then rank 0 writes ``name`` atomically."""
+    from voxel_ode.model import config_dict
+
+    rng = [get_rng_state()]
+    if run.ddp.enabled:
+        rng = [None] * run.ddp.world
+        dist.all_gather_object(rng, get_rng_state())
+    path = run.save_dir / name
+    if run.ddp.is_main:
+        save_checkpoint(path, {
+            "model": run.model.state_dict(), "model_config": config_dict(run.model),
+            "optimizer": run.opt.optimizer.state_dict(), "scheduler": run.opt.scheduler.state_dict(),
+            "scaler": run.opt.scaler.state_dict(), "step": state.step, "best_metric": state.best_metric,
+            "best_path": str(state.best_path) if state.best_path else None, "rng": rng, "stats": run.stats,
+            "train_args": run.train_args, "delta_mode": run.delta_mode,
+            "stats_digest": checks.stats_result_digest(run.stats),  # rollout compares a stats.json with it
+        })
+    return path
 
 
 def param_checksum(model: torch.nn.Module) -> str:
@@ -500,15 +599,14 @@ def evaluate(model, loader, normalizer, device, amp_dtype, ddp: Dist, eval_scala
         state = normalizer.denormalize_state(batch["x"][:, schema.STATE_CHANNELS])
         true_next = state + normalizer.denormalize_delta(target)
         pred_next = state + normalizer.denormalize_delta(delta)
-        diff = (pred_next - true_next).abs()
-        acc_pct = ((diff <= 0.05 * true_next.abs()).double() * m).sum(dim=(0, 2, 3, 4))
-        acc_abs = ((diff <= tol).double() * m).sum(dim=(0, 2, 3, 4))
+        acc_pct = (metrics.within_pct(pred_next, true_next).double() * m).sum(dim=(0, 2, 3, 4))
+        acc_abs = (metrics.within_abs(pred_next, true_next, tol).double() * m).sum(dim=(0, 2, 3, 4))
         s_err2 = ((scalars - batch["target_scalars"][:, 0]).double() ** 2).sum(dim=0)
         prev = batch["scalars_prev"].double()
         ratio = batch["production_ratio"][:, 0]
         s_true = normalizer.denormalize_scalars(batch["target_scalars"][:, 0], prev, ratio)
         s_pred = normalizer.denormalize_scalars(scalars, prev, ratio)
-        s_acc = ((s_pred - s_true).abs() <= 0.05 * s_true.abs()).double().sum(dim=0)
+        s_acc = metrics.within_pct(s_pred, s_true).double().sum(dim=0)
         n_samples = torch.tensor([float(len(scalars))], dtype=torch.float64, device=device)
         sums += torch.cat([err2, persist2, acc_pct, acc_abs, n_active.reshape(1), s_err2, s_acc, n_samples])
     ddp.all_reduce_sum(sums)
@@ -530,6 +628,33 @@ def evaluate(model, loader, normalizer, device, amp_dtype, ddp: Dist, eval_scala
     out["samples"] = int(n_smp)
     model.train()
     return out
+
+
+def evaluate_and_keep_best(run: Run, state: TrainState) -> dict | None:
+    """Evaluate, log the "eval" record, and checkpoint a new best (deleting the previous best)."""
+    from tqdm import tqdm
+
+    if run.eval_loader is None:
+        return None
+    t0 = time.time()
+    res = evaluate(run.model, run.eval_loader, run.normalizer, run.ddp.device, run.opt.amp_dtype, run.ddp,
+                   run.train_scalars)
+    res = {"event": "eval", "step": state.step, **res, "eval_s": time.time() - t0}
+    run.logger.log(res)
+    if run.ddp.is_main:
+        tqdm.write(f"eval step {state.step}: loss {res['loss']:.4g} | P mse {res['mse_Pressure']:.3g} "
+                   f"(no-change {res['persist_mse_Pressure']:.3g}) | T mse {res['mse_Temperature']:.3g} "
+                   f"(no-change {res['persist_mse_Temperature']:.3g}) | +/-5 bar {res['acc_abs_Pressure']:.3f} "
+                   f"+/-5 K {res['acc_abs_Temperature']:.3f}")
+    if res["loss"] < state.best_metric:
+        state.best_metric = res["loss"]
+        old = state.best_path  # the new best checkpoint still names the previous one as best_path
+        state.best_path = save_training_checkpoint(run, state, f"best_step{state.step}.pt")
+        # keep only the best one, and never delete files of another run's folder
+        if (run.ddp.is_main and old is not None and Path(old) != state.best_path and Path(old).exists()
+                and Path(old).parent.resolve() == run.save_dir.resolve()):
+            Path(old).unlink()
+    return res
 
 
 # ---------------------------------------------------------------------------
@@ -558,9 +683,70 @@ def _loader(dataset, batch_sampler, args, collate):
     )
 
 
+def training_batches(train_ds, args, ddp: Dist, step: int):
+    """Endless (epoch, batch) from ``step`` on: a resumed run skips the batches already seen."""
+    from voxel_ode.dataset import collate
+
+    n_batches = len(epoch_batches(len(train_ds), args.batch_size, args.seed, 0, ddp))
+    epoch, offset = divmod(step, n_batches)
+    while True:
+        train_ds.set_epoch(epoch)  # augmentations are drawn from (seed, epoch, index)
+        batches = epoch_batches(len(train_ds), args.batch_size, args.seed, epoch, ddp)[offset:]
+        for batch in _loader(train_ds, batches, args, collate):
+            yield epoch, batch
+        epoch, offset = epoch + 1, 0
+
+
+def eval_loader(test_ds, args, ddp: Dist):
+    """A fixed random subset of the test split (the index is ordered by sim and t), split over
+    ranks; None without a test split."""
+    from voxel_ode.dataset import collate
+
+    if test_ds is None:
+        return None
+    order = torch.randperm(len(test_ds), generator=torch.Generator().manual_seed(1234)).tolist()
+    if args.eval_max_batches > 0:
+        order = order[: args.eval_max_batches * args.batch_size * ddp.world]
+    mine = order[ddp.rank:: ddp.world]
+    return _loader(test_ds, [mine[i:i + args.batch_size] for i in range(0, len(mine), args.batch_size)],
+                   args, collate)
+
+
 # ---------------------------------------------------------------------------
-# The run
+# The run: train() = build_run -> train_loop -> finish
 # ---------------------------------------------------------------------------
+
+
+@dataclass
+class Optim:
+    """AdamW, its LR schedule, and the precision the steps run in."""
+
+    params: list  # the trained parameters (their gradient norm is clipped)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None  # autocast dtype; None = fp32
+
+
+@dataclass
+class Run:
+    """The built pieces of one training run; the loop, the evaluation and the checkpoints read them."""
+
+    args: argparse.Namespace
+    ddp: Dist
+    log: Callable[..., None]  # print on rank 0, silent elsewhere
+    save_dir: Path
+    stats: dict
+    delta_mode: str
+    model: torch.nn.Module  # the plain model (what checkpoints hold)
+    unroll: torch.nn.Module  # the training loss (Unroll), wrapped in DDP under torchrun
+    normalizer: Any
+    train_ds: Any
+    eval_loader: Any  # None without a test split
+    train_scalars: bool  # whether the loss counts the field scalars (build_data says when)
+    opt: Optim
+    logger: Logger
+    train_args: dict  # the flags as plain types (stored in every checkpoint)
 
 
 def _as_args(args=None, **kwargs) -> argparse.Namespace:
@@ -579,12 +765,6 @@ def train(args=None, **kwargs) -> dict:
 
     ``args`` is an argparse namespace or a dict of CLI option names; ``kwargs`` override it.
     """
-    from tqdm import tqdm
-
-    from voxel_ode.data_prep import load_stats
-    from voxel_ode.dataset import Normalizer, PatchDataset, collate
-    from voxel_ode.model import ModelConfig, VoxelAutoRegressor, config_dict, count_parameters
-
     args = _as_args(args, **kwargs)
     _check_args(args)
     t_start = time.time()
@@ -592,253 +772,189 @@ def train(args=None, **kwargs) -> dict:
     if args.num_threads > 0:
         torch.set_num_threads(args.num_threads)
     ddp = Dist(args.device)
-    log = print if ddp.is_main else (lambda *a, **k: None)
     try:
-        root, save_dir = Path(args.prepped_root), Path(args.save_dir)
-        stats = load_stats(root)
-        ckpt = load_checkpoint(args.resume) if args.resume else None
-        if ckpt is not None:
-            checks.check_resume_checkpoint(ckpt, args.resume, stats, root / schema.STATS_FILE)
-
-        # ---- model (architecture from the checkpoint when resuming) ---------
-        if ckpt is not None:
-            try:
-                config = ModelConfig.from_dict(dict(ckpt["model_config"]))
-            except (UserError, TypeError, ValueError) as err:
-                raise UserError(f"{args.resume}: {err}") from None
-        else:
-            if not args.no_priors and args.delta_norm != "asinh":
-                raise UserError("train: the prior heads need --delta_norm asinh (add --no_priors for zscore)")
-            priors = not args.no_priors
-            config = ModelConfig(base_channels=args.base_channels, depth=args.depth,
-                                 receptive_field_radius=args.receptive_field_radius, norm=args.norm,
-                                 global_context=not args.no_global_context, priors=priors,
-                                 temperature_residual=not stats.get("priors", False))
-        torch.manual_seed(args.seed)  # same initial weights on every rank
-        model = VoxelAutoRegressor(config).to(ddp.device)
-        yes_no = {True: "yes", False: "no"}
-        heads = "no (the grid head alone)"
-        if config.priors:
-            heads = "yes" if stats.get("priors") else \
-                "none computed by prep (zeros: the pressure head predicts the change since t = 0 itself)"
-        log(f"model: {count_parameters(model):,} parameters, local receptive field {model.receptive_field} cells, "
-            f"norm={config.norm}, whole-field path={yes_no[config.global_context]}, physics priors={heads}")
-
-        # ---- data -------------------------------------------------------------
-        delta_mode = ckpt.get("delta_mode", args.delta_norm) if ckpt is not None else args.delta_norm
-        if config.priors and delta_mode != "asinh":
-            raise UserError("train: the physics priors need --delta_norm asinh")
-        normalizer = Normalizer(stats, delta_mode=delta_mode)
-        checks.check_prepped_files(sorted(p for split in schema.SPLITS
-                                          for p in (root / split).glob(f"*{schema.PREPPED_SUFFIX}")))
-        common = dict(stats=stats, mode=args.sample_mode, seed=args.seed,
-                      context_factor=config.context_factor, delta_mode=delta_mode)
-        train_ds = PatchDataset(root, "train", rollout_steps=args.rollout_steps, aug_xy_rot=args.aug_xy_rot,
-                                aug_flip=args.aug_flip, noise_std=args.noise_std, **common)
-        try:
-            test_ds = PatchDataset(root, "test", **common)
-        except UserError as err:
-            test_ds = None
-            log(f"note: no evaluation ({err})")
-        # scalars are field sums: trainable from the whole-field path or from whole grids only
-        train_scalars = config.global_context or args.sample_mode == "full"
-        n_local = math.ceil(len(train_ds) / ddp.world)
-        log(f"data: {len(train_ds):,} train samples ({args.sample_mode}), "
-            f"{len(test_ds) if test_ds is not None else 0:,} test; "
-            f"{max(1, n_local // args.batch_size)} batches/epoch/process, {ddp.world} process(es) on {ddp.device}"
-            + (f" (torch.distributed, {dist.get_backend()})" if ddp.enabled else ""))
-
-        # ---- optimizer, schedule, precision ---------------------------------
-        trained = [p for p in model.parameters() if p.requires_grad]
-        decay = [p for p in trained if p.dim() >= 2]  # conv/linear weights
-        no_decay = [p for p in trained if p.dim() < 2]  # biases, norm gains
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=args.lr,
-                                      fused=ddp.device.type == "cuda")
-        scheduler = warmup_cosine(optimizer, args.warmup_steps, args.max_steps, args.min_lr_ratio)
-        amp_dtype, use_scaler = amp_policy(args.amp, ddp.device, log, use_amp=args.use_amp)
-        scaler = torch.amp.GradScaler(ddp.device.type, enabled=use_scaler)
-
-        step, best_metric, best_path = 0, float("inf"), None
-        if ckpt is not None:
-            try:
-                model.load_state_dict(ckpt["model"])
-                optimizer.load_state_dict(ckpt["optimizer"])
-                scheduler.load_state_dict(ckpt["scheduler"])
-            except (RuntimeError, ValueError, KeyError, TypeError) as err:
-                raise UserError(f"{args.resume}: checkpoint: its state does not fit this model "
-                                f"({(str(err).splitlines() or [''])[0][:200]})") from None
-            # keep the schedule of THIS invocation's flags (e.g. a longer --max_steps)
-            from voxel_ode.schedulers import WarmupCosine
-
-            scheduler.lr_lambdas[0] = WarmupCosine(args.warmup_steps, args.max_steps, args.min_lr_ratio)
-            if ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
-            step = int(ckpt["step"])
-            best_metric = float(ckpt.get("best_metric", float("inf")))
-            best_path = ckpt.get("best_path")
-            rng = ckpt.get("rng") or []
-            if rng:
-                set_rng_state(rng[ddp.rank] if ddp.rank < len(rng) else rng[0])
-            log(f"resumed from {args.resume} at step {step}")
-
-        unroll = Unroll(model, normalizer, train_scalars, amp_dtype)
-        if ddp.enabled:
-            unroll = torch.nn.parallel.DistributedDataParallel(
-                unroll, device_ids=[ddp.local_rank] if ddp.device.type == "cuda" else None)
-
-        train_args = {k: _plain(v) for k, v in vars(args).items()}
-        if ddp.is_main:  # temporary files of a killed run (whose process is gone)
-            checks.clean_leftovers(save_dir, log)
-        logger = Logger(save_dir, ddp.is_main, args.use_wandb, train_args, resume=ckpt is not None,
-                        resume_step=step if ckpt is not None else None)
-
-        def checkpoint(name: str) -> Path:
-            """Gather every rank's RNG state, then rank 0 writes ``name`` atomically."""
-            rng = [get_rng_state()]
-            if ddp.enabled:
-                rng = [None] * ddp.world
-                dist.all_gather_object(rng, get_rng_state())
-            path = save_dir / name
-            if ddp.is_main:
-                save_checkpoint(path, {
-                    "model": model.state_dict(), "model_config": config_dict(model),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(), "step": step, "best_metric": best_metric,
-                    "best_path": str(best_path) if best_path else None, "rng": rng, "stats": stats,
-                    "train_args": train_args, "delta_mode": delta_mode,
-                    "stats_digest": checks.stats_result_digest(stats),  # rollout compares a stats.json with it
-                })
-            return path
-
-        eval_loader = None
-        if test_ds is not None:
-            # a fixed random subset of the test split (the index is ordered by sim and t)
-            order = torch.randperm(len(test_ds), generator=torch.Generator().manual_seed(1234)).tolist()
-            if args.eval_max_batches > 0:
-                order = order[: args.eval_max_batches * args.batch_size * ddp.world]
-            mine = order[ddp.rank:: ddp.world]
-            eval_loader = _loader(test_ds, [mine[i:i + args.batch_size] for i in range(0, len(mine), args.batch_size)],
-                                  args, collate)
-
-        def run_eval() -> dict | None:
-            nonlocal best_metric, best_path
-            if eval_loader is None:
-                return None
-            t0 = time.time()
-            res = evaluate(model, eval_loader, normalizer, ddp.device, amp_dtype, ddp, train_scalars)
-            res = {"event": "eval", "step": step, **res, "eval_s": time.time() - t0}
-            logger.log(res)
-            if ddp.is_main:
-                tqdm.write(f"eval step {step}: loss {res['loss']:.4g} | P mse {res['mse_Pressure']:.3g} "
-                           f"(no-change {res['persist_mse_Pressure']:.3g}) | T mse {res['mse_Temperature']:.3g} "
-                           f"(no-change {res['persist_mse_Temperature']:.3g}) | +/-5 bar {res['acc_abs_Pressure']:.3f} "
-                           f"+/-5 K {res['acc_abs_Temperature']:.3f}")
-            if res["loss"] < best_metric:
-                best_metric = res["loss"]
-                old = best_path
-                best_path = checkpoint(f"best_step{step}.pt")
-                # keep only the best one, and never delete files of another run's folder
-                if (ddp.is_main and old is not None and Path(old) != best_path and Path(old).exists()
-                        and Path(old).parent.resolve() == save_dir.resolve()):
-                    Path(old).unlink()
-            return res
-
-        # ---- the loop -------------------------------------------------------------
-        n_batches = len(epoch_batches(len(train_ds), args.batch_size, args.seed, 0, ddp))
-        epoch, offset = divmod(step, n_batches)
-        batches_iter = None
-        start_step, last_eval, stopped_by_budget, t_loop = step, None, False, time.time()
-        window = {"t": time.time(), "samples": 0, "voxels": 0, "loss": 0.0, "n": 0,
-                  "grid": torch.zeros(schema.N_DYNAMIC), "scalar": torch.zeros(schema.N_SCALARS)}
-        bar = tqdm(total=args.max_steps, initial=step, disable=not ddp.is_main or args.quiet,
-                   desc="train", dynamic_ncols=True)
-        model.train()
-        while step < args.max_steps:
-            if batches_iter is None:
-                train_ds.set_epoch(epoch)  # augmentations are drawn from (seed, epoch, index)
-                batches = epoch_batches(len(train_ds), args.batch_size, args.seed, epoch, ddp)[offset:]
-                batches_iter = iter(_loader(train_ds, batches, args, collate))
-            try:
-                batch = next(batches_iter)
-            except StopIteration:
-                epoch, offset, batches_iter = epoch + 1, 0, None
-                continue
-            batch = _to_device(batch, ddp.device)
-            k_steps = rollout_k(step, args)
-            loss, grid_parts, scalar_parts = unroll(batch, k_steps, args.rollout_grad == "pushforward")
-            if not torch.isfinite(loss):
-                raise RuntimeError(f"loss is {loss.item()} at step {step}: lower --lr or check the data")
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(trained, args.grad_clip if args.grad_clip > 0 else float("inf"))
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            lr = scheduler.get_last_lr()[0]
-            scheduler.step()
-            step += 1
-            bar.update(1)
-
-            window["samples"] += batch["x"].shape[0] * ddp.world
-            window["voxels"] += batch["x"][:, 0].numel() * ddp.world * k_steps
-            window["loss"] += loss.item()
-            window["grid"] += grid_parts.cpu()
-            window["scalar"] += scalar_parts.cpu()
-            window["n"] += 1
-            if step % args.log_every == 0 or step == args.max_steps:
-                dt = max(time.time() - window["t"], 1e-9)
-                n = window["n"]
-                rec = {"event": "train", "step": step, "epoch": epoch, "lr": lr, "loss": window["loss"] / n,
-                       "grad_norm": float(grad_norm), "rollout_steps": k_steps,
-                       **{f"loss_{name}": float(window["grid"][c] / n) for c, name in enumerate(schema.DYNAMIC_NAMES)},
-                       **{f"loss_{name}": float(window["scalar"][j] / n) for j, name in enumerate(schema.SCALAR_NAMES)},
-                       "patches_per_s": window["samples"] / dt, "voxels_per_s": window["voxels"] / dt,
-                       "elapsed_s": time.time() - t_start}
-                logger.log(rec)
-                bar.set_postfix(loss=f"{rec['loss']:.4g}", lr=f"{lr:.2e}", pps=f"{rec['patches_per_s']:.1f}")
-                window.update(t=time.time(), samples=0, voxels=0, loss=0.0, n=0,
-                              grid=torch.zeros(schema.N_DYNAMIC), scalar=torch.zeros(schema.N_SCALARS))
-                if args.time_budget_min > 0:
-                    horizon = fit_schedule_to_budget(scheduler, step, start_step, t_start, args, ddp, t_loop)
-                    if horizon is not None:  # the bar's end where the budget ends, not at --max_steps
-                        bar.total = horizon
-                        bar.refresh()
-            if args.eval_every and step % args.eval_every == 0:
-                last_eval = run_eval()
-            if step % args.ckpt_every == 0:
-                checkpoint(f"step{step}.pt")
-            if args.time_budget_min > 0:
-                over = time.time() - t_start > args.time_budget_min * 60
-                if ddp.any_flag(over):  # every rank stops at the same step
-                    stopped_by_budget = True
-                    log(f"\ntime budget of {args.time_budget_min} min reached at step {step}: stopping")
-                    break
-        bar.close()
-
-        if step > start_step and (last_eval is None or last_eval["step"] != step):
-            last_eval = run_eval()
-        last_path = checkpoint("last.pt")
-        if os.environ.get("VOXEL_ODE_PARAM_CHECKSUM_DIR"):  # tests: compare weights across DDP ranks
-            out = Path(os.environ["VOXEL_ODE_PARAM_CHECKSUM_DIR"]) / f"rank{ddp.rank}.txt"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(param_checksum(model) + "\n")
-        ddp.barrier()
-        logger.close()
-        summary = {
-            "best_checkpoint": str(best_path) if best_path else None,
-            "last_checkpoint": str(last_path),
-            "best_metric": best_metric if math.isfinite(best_metric) else None,
-            "final_eval": last_eval,
-            "steps": step, "start_step": start_step,
-            "stopped_by_time_budget": stopped_by_budget,
-            "elapsed_s": time.time() - t_start,
-            "metrics_path": str(save_dir / "metrics.jsonl"),
-        }
-        if ddp.is_main:
-            log(f"done: {step} steps in {summary['elapsed_s']:.0f} s; best {summary['best_checkpoint']}, "
-                f"last {last_path}; metrics in {summary['metrics_path']}")
-        return summary
+        run, state = build_run(args, ddp)
+        start_step = state.step
+        last_eval, stopped_by_budget = train_loop(run, state, t_start)
+        return finish(run, state, start_step, last_eval, stopped_by_budget, t_start)
     finally:
         ddp.close()
         torch.set_num_threads(threads_before)  # an in-process caller keeps its own setting
+
+
+def build_run(args, ddp: Dist) -> tuple[Run, TrainState]:
+    """Model, data, optimizer and logger of a fresh or resumed run, and the state it starts at."""
+    from voxel_ode.data_prep import load_stats
+
+    log = print if ddp.is_main else (lambda *a, **k: None)
+    root, save_dir = Path(args.prepped_root), Path(args.save_dir)
+    stats = load_stats(root)
+    ckpt, config, delta_mode = start_from(args, stats, root)
+    model = build_model(config, stats, args.seed, ddp, log)
+    normalizer, train_ds, test_ds, train_scalars = build_data(args, stats, config, delta_mode, ddp, log)
+    opt = build_optimizer(args, model, ddp, log)
+    state = restore(ckpt, args, model, opt, ddp, log) if ckpt is not None else TrainState()
+
+    unroll = Unroll(model, normalizer, train_scalars, opt.amp_dtype)
+    if ddp.enabled:
+        unroll = torch.nn.parallel.DistributedDataParallel(
+            unroll, device_ids=[ddp.local_rank] if ddp.device.type == "cuda" else None)
+    train_args = {k: _plain(v) for k, v in vars(args).items()}
+    if ddp.is_main:  # temporary files of a killed run (whose process is gone)
+        checks.clean_leftovers(save_dir, log)
+    logger = Logger(save_dir, ddp.is_main, args.use_wandb, train_args, resume=ckpt is not None,
+                    resume_step=state.step if ckpt is not None else None)
+    run = Run(args=args, ddp=ddp, log=log, save_dir=save_dir, stats=stats, delta_mode=delta_mode, model=model,
+              unroll=unroll, normalizer=normalizer, train_ds=train_ds, eval_loader=eval_loader(test_ds, args, ddp),
+              train_scalars=train_scalars, opt=opt, logger=logger, train_args=train_args)
+    return run, state
+
+
+def build_model(config, stats: dict, seed: int, ddp: Dist, log) -> torch.nn.Module:
+    from voxel_ode.model import VoxelAutoRegressor, count_parameters
+
+    torch.manual_seed(seed)  # same initial weights on every rank
+    model = VoxelAutoRegressor(config).to(ddp.device)
+    yes_no = {True: "yes", False: "no"}
+    heads = "no (the grid head alone)"
+    if config.priors:
+        heads = "yes" if stats.get("priors") else \
+            "none computed by prep (zeros: the pressure head predicts the change since t = 0 itself)"
+    log(f"model: {count_parameters(model):,} parameters, local receptive field {model.receptive_field} cells, "
+        f"norm={config.norm}, whole-field path={yes_no[config.global_context]}, physics priors={heads}")
+    return model
+
+
+def build_data(args, stats: dict, config, delta_mode: str, ddp: Dist, log):
+    """(normalizer, train dataset, test dataset or None, whether the scalars are trained)."""
+    from voxel_ode.dataset import Normalizer, PatchDataset
+
+    if config.priors and delta_mode != "asinh":
+        raise UserError("train: the physics priors need --delta_norm asinh")
+    root = Path(args.prepped_root)
+    normalizer = Normalizer(stats, delta_mode=delta_mode)
+    checks.check_prepped_files(sorted(p for split in schema.SPLITS
+                                      for p in (root / split).glob(f"*{schema.PREPPED_SUFFIX}")))
+    common = dict(stats=stats, mode=args.sample_mode, seed=args.seed,
+                  context_factor=config.context_factor, delta_mode=delta_mode)
+    train_ds = PatchDataset(root, "train", rollout_steps=args.rollout_steps, aug_xy_rot=args.aug_xy_rot,
+                            aug_flip=args.aug_flip, noise_std=args.noise_std, **common)
+    try:
+        test_ds = PatchDataset(root, "test", **common)
+    except UserError as err:
+        test_ds = None
+        log(f"note: no evaluation ({err})")
+    # scalars are field sums: trainable from the whole-field path or from whole grids only
+    train_scalars = config.global_context or args.sample_mode == "full"
+    n_local = math.ceil(len(train_ds) / ddp.world)
+    log(f"data: {len(train_ds):,} train samples ({args.sample_mode}), "
+        f"{len(test_ds) if test_ds is not None else 0:,} test; "
+        f"{max(1, n_local // args.batch_size)} batches/epoch/process, {ddp.world} process(es) on {ddp.device}"
+        + (f" (torch.distributed, {dist.get_backend()})" if ddp.enabled else ""))
+    return normalizer, train_ds, test_ds, train_scalars
+
+
+def build_optimizer(args, model: torch.nn.Module, ddp: Dist, log) -> Optim:
+    """AdamW (weight decay on conv/linear weights only), the warmup-cosine schedule, --amp precision."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]  # conv/linear weights
+    no_decay = [p for p in params if p.dim() < 2]  # biases, norm gains
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=args.lr,
+                                  fused=ddp.device.type == "cuda")
+    scheduler = warmup_cosine(optimizer, args.warmup_steps, args.max_steps, args.min_lr_ratio)
+    amp_dtype, use_scaler = amp_policy(args.amp, ddp.device, log, use_amp=args.use_amp)
+    scaler = torch.amp.GradScaler(ddp.device.type, enabled=use_scaler)
+    return Optim(params=params, optimizer=optimizer, scheduler=scheduler, scaler=scaler, amp_dtype=amp_dtype)
+
+
+def train_loop(run: Run, state: TrainState, t_start: float) -> tuple[dict | None, bool]:
+    """Step until --max_steps or the time budget; log, evaluate and checkpoint on their schedules.
+    Returns (the last evaluation or None, whether the time budget stopped the run)."""
+    from tqdm import tqdm
+
+    args, ddp = run.args, run.ddp
+    start_step, last_eval, stopped_by_budget, t_loop = state.step, None, False, time.time()
+    window = LogWindow()
+    bar = tqdm(total=args.max_steps, initial=state.step, disable=not ddp.is_main or args.quiet,
+               desc="train", dynamic_ncols=True)
+    batches = training_batches(run.train_ds, args, ddp, state.step)
+    run.model.train()
+    while state.step < args.max_steps:
+        epoch, batch = next(batches)
+        batch = _to_device(batch, ddp.device)
+        k_steps = rollout_k(state.step, args)
+        loss, grid_parts, scalar_parts, grad_norm, lr = train_step(run, batch, k_steps, state.step)
+        state.step += 1
+        bar.update(1)
+
+        window.add(batch, k_steps, ddp.world, loss, grid_parts, scalar_parts)
+        if state.step % args.log_every == 0 or state.step == args.max_steps:
+            rec = window.record(state.step, epoch, lr, grad_norm, k_steps, t_start)
+            run.logger.log(rec)
+            bar.set_postfix(loss=f"{rec['loss']:.4g}", lr=f"{lr:.2e}", pps=f"{rec['patches_per_s']:.1f}")
+            window.reset()
+            if args.time_budget_min > 0:
+                horizon = fit_schedule_to_budget(run.opt.scheduler, state.step, start_step, t_start, args, ddp,
+                                                 t_loop)
+                if horizon is not None:  # the bar's end where the budget ends, not at --max_steps
+                    bar.total = horizon
+                    bar.refresh()
+        if args.eval_every and state.step % args.eval_every == 0:
+            last_eval = evaluate_and_keep_best(run, state)
+        if state.step % args.ckpt_every == 0:
+            save_training_checkpoint(run, state, f"step{state.step}.pt")
+        if args.time_budget_min > 0:
+            over = time.time() - t_start > args.time_budget_min * 60
+            if ddp.any_flag(over):  # every rank stops at the same step
+                stopped_by_budget = True
+                run.log(f"\ntime budget of {args.time_budget_min} min reached at step {state.step}: stopping")
+                break
+    bar.close()
+    return last_eval, stopped_by_budget
+
+
+def train_step(run: Run, batch: dict, k_steps: int, step: int):
+    """One optimizer step on ``batch`` unrolled for ``k_steps``.
+    Returns (loss, grid and scalar loss parts, gradient norm, the LR this step used)."""
+    opt, args = run.opt, run.args
+    loss, grid_parts, scalar_parts = run.unroll(batch, k_steps, args.rollout_grad == "pushforward")
+    if not torch.isfinite(loss):
+        raise RuntimeError(f"loss is {loss.item()} at step {step}: lower --lr or check the data")
+    opt.scaler.scale(loss).backward()
+    opt.scaler.unscale_(opt.optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(opt.params, args.grad_clip if args.grad_clip > 0 else float("inf"))
+    opt.scaler.step(opt.optimizer)
+    opt.scaler.update()
+    opt.optimizer.zero_grad(set_to_none=True)
+    lr = opt.scheduler.get_last_lr()[0]
+    opt.scheduler.step()
+    return loss, grid_parts, scalar_parts, grad_norm, lr
+
+
+def finish(run: Run, state: TrainState, start_step: int, last_eval: dict | None, stopped_by_budget: bool,
+           t_start: float) -> dict:
+    """A final evaluation (unless the last step had one), last.pt, and the summary."""
+    if state.step > start_step and (last_eval is None or last_eval["step"] != state.step):
+        last_eval = evaluate_and_keep_best(run, state)
+    last_path = save_training_checkpoint(run, state, "last.pt")
+    if os.environ.get("VOXEL_ODE_PARAM_CHECKSUM_DIR"):  # tests: compare weights across DDP ranks
+        out = Path(os.environ["VOXEL_ODE_PARAM_CHECKSUM_DIR"]) / f"rank{run.ddp.rank}.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(param_checksum(run.model) + "\n")
+    run.ddp.barrier()
+    run.logger.close()
+    summary = {
+        "best_checkpoint": str(state.best_path) if state.best_path else None,
+        "last_checkpoint": str(last_path),
+        "best_metric": state.best_metric if math.isfinite(state.best_metric) else None,
+        "final_eval": last_eval,
+        "steps": state.step, "start_step": start_step,
+        "stopped_by_time_budget": stopped_by_budget,
+        "elapsed_s": time.time() - t_start,
+        "metrics_path": str(run.save_dir / "metrics.jsonl"),
+    }
+    if run.ddp.is_main:
+        run.log(f"done: {state.step} steps in {summary['elapsed_s']:.0f} s; best {summary['best_checkpoint']}, "
+                f"last {last_path}; metrics in {summary['metrics_path']}")
+    return summary

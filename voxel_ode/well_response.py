@@ -35,7 +35,8 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-from voxel_ode import schema
+from voxel_ode import schema, water
+from voxel_ode.faces import ActiveFaces
 from voxel_ode.utils import UserError
 
 YEAR_SECONDS = 365.25 * 86400.0
@@ -46,8 +47,8 @@ GENERIC_COMPRESSIBILITY = 5e-10  # 1/Pa, rock + water
 GENERIC_ROCK_HEAT_PER_VOLUME = 2.3e6  # J/(m^3 K), grain density x specific heat of common rocks
 GENERIC_ROCK_CONDUCTIVITY = 2.5  # W/(m K)
 WATER_HEAT_PER_VOLUME = 1000.0 * schema.WATER_HEAT_CAPACITY  # J/(m^3 K)
-MIN_POROSITY = 1e-4
-THERMAL_SUBSTEPS = 4  # backward-Euler steps per year of the heat transport (1 smears the front)  # keeps every active cell's storage positive (isolated cells stay solvable)
+MIN_POROSITY = 1e-4  # keeps every active cell's storage positive (isolated cells stay solvable)
+THERMAL_SUBSTEPS = 4  # backward-Euler steps per year of the heat transport (1 smears the front)
 
 
 @dataclass
@@ -69,64 +70,41 @@ class Reservoir:
     outside_heat_exchange: bool = True  # conduction to the rock outside the active cells
 
 
+def _liquid_range(temperature):
+    """K as float64, clipped to where the water formulas stay finite: foreign files may hold any value."""
+    return np.clip(np.asarray(temperature, np.float64), 275.0, 600.0)
+
+
 def water_density(temperature):
-    """kg/m^3 of liquid water at 1 atm, T in K (Tanaka et al. 2001; within 0.2 % of the saturated
-    liquid over 20-250 C). The pressure prior needs only its change with temperature."""
-    tc = np.clip(np.asarray(temperature, np.float64), 275.0, 600.0) - 273.15
-    return 999.974950 * (1.0 - (tc - 3.983035) ** 2 * (tc + 301.797) / (522528.9 * (tc + 69.34881)))
+    """kg/m^3 of liquid water at 1 atm, T in K (water.py, synth's water). The pressure prior needs
+    only its change with temperature."""
+    return water.density_at_1atm(_liquid_range(temperature))
 
 
 def water_viscosity(temperature):
-    """Pa s; Vogel-type fit for liquid water, T in K (within a few % over 20-250 C)."""
-    t = np.clip(np.asarray(temperature, np.float64), 275.0, 600.0)
-    return 2.414e-5 * 10.0 ** (247.8 / (t - 140.0))
+    """Pa s; liquid water, T in K (water.py, synth's water)."""
+    return water.viscosity(_liquid_range(temperature))
 
 
-class _Faces:
-    """Active cells, their face pairs and geometric transmissibilities (TPFA, harmonic, m^3)."""
+class _Faces(ActiveFaces):
+    """Active cells, their face pairs and geometric transmissibilities (TPFA, harmonic, m^3), with
+    what the priors add: the lateral sides of the box and each face's depth step."""
 
     def __init__(self, active, perm_xyz, cell_size):
-        grid = active.shape
-        dx, dy, dz = (float(v) for v in cell_size)
-        self.grid, self.volume = grid, dx * dy * dz
-        self.cells = cells = np.flatnonzero(active.ravel())
-        self.n = n = cells.size
-        local = np.full(active.size, -1, np.int64)
-        local[cells] = np.arange(n)
-        local = local.reshape(grid)
-        axes = ((perm_xyz[2], dz, dx * dy), (perm_xyz[1], dy, dx * dz), (perm_xyz[0], dx, dy * dz))  # Z, Y, X
-        rows, cols, trans, vertical = [], [], [], []
-        self.side_trans = np.zeros(n)  # half-cell transmissibility to the lateral sides of the box
-        for axis, (perm, spacing, area) in enumerate(axes):
-            k = np.maximum(np.nan_to_num(np.asarray(perm, np.float64).ravel()[cells]), 0.0)
-            lo, hi = [slice(None)] * 3, [slice(None)] * 3
-            lo[axis], hi[axis] = slice(0, -1), slice(1, None)
-            a, b = local[tuple(lo)], local[tuple(hi)]
-            face = (a >= 0) & (b >= 0)
-            a, b = a[face], b[face]
-            with np.errstate(divide="ignore"):
-                t = area / (0.5 * spacing / k[a] + 0.5 * spacing / k[b])  # 0 if either k is 0
-            rows.append(a)
-            cols.append(b)
-            vertical.append(np.full(a.size, axis == 0))
-            trans.append(np.nan_to_num(t))
-            if axis > 0:
-                for side in (0, -1):
-                    edge = [slice(None)] * 3
-                    edge[axis] = side
-                    c = local[tuple(edge)]
-                    c = c[c >= 0]
-                    np.add.at(self.side_trans, c, area * k[c] / (0.5 * spacing))
-        self.a, self.b, self.trans = np.concatenate(rows), np.concatenate(cols), np.concatenate(trans)
-        z, y, x = np.unravel_index(cells, grid)
-        self.on_side = (x == 0) | (x == grid[2] - 1) | (y == 0) | (y == grid[1] - 1)
+        super().__init__(active, cell_size)
+        # across Z, Y, X; a missing or negative value is impermeable
+        k = [np.maximum(np.nan_to_num(np.asarray(perm_xyz[i], np.float64).ravel()[self.cells]), 0.0) for i in (2, 1, 0)]
+        self.trans = np.nan_to_num(self.transmissibility(k))
+        self.side_trans = np.zeros(self.n)  # half-cell transmissibility to the lateral sides of the box
+        for axis in (1, 2):
+            spacing, area = self.axes[axis]
+            for side in (-1, 1):
+                c = self.boundary_cells(axis, side, box_only=True)
+                np.add.at(self.side_trans, c, area * k[axis][c] / (0.5 * spacing))
+        z, y, x = np.unravel_index(self.cells, self.grid)
+        self.on_side = (x == 0) | (x == self.grid[2] - 1) | (y == 0) | (y == self.grid[1] - 1)
         # depth of cell a minus depth of cell b per face (Z is depth, a is the shallower cell)
-        self.depth_step = np.where(np.concatenate(vertical), -dz, 0.0)
-
-    def to_grid(self, values) -> np.ndarray:
-        out = np.zeros(self.grid, np.asarray(values).dtype)
-        out.ravel()[self.cells] = values
-        return out
+        self.depth_step = np.where(self.face_axis == 0, -self.axes[0][0], 0.0)
 
     def laplacian(self, face_values) -> sp.csc_matrix:
         a, b, n = self.a, self.b, self.n
@@ -227,7 +205,7 @@ def _thermal_march(faces: _Faces, res: Reservoir, q, t0, dp_flow, n_reports) -> 
     if res.boundary == "pore_volume":  # the side cells' large volume holds heat as it holds pressure
         capacity = capacity * np.where(faces.on_side, max(res.boundary_multiplier, 1.0), 1.0)
     dt = YEAR_SECONDS / THERMAL_SUBSTEPS
-    conduction, rock_contact = _conduction(faces, res, res.rock_conductivity / WATER_HEAT_PER_VOLUME)
+    conduction, rock_contact = _conduction(faces, res.rock_conductivity / WATER_HEAT_PER_VOLUME)
     if not res.outside_heat_exchange:  # e.g. open-darts: cells outside the active region do not exist
         rock_contact = np.zeros_like(rock_contact)
     # non-conservative upwind form: theta_i moves towards its upstream values at the rate of its
@@ -246,23 +224,15 @@ def _thermal_march(faces: _Faces, res: Reservoir, q, t0, dp_flow, n_reports) -> 
     return out
 
 
-def _conduction(faces: _Faces, res: Reservoir, diffusivity_scale):
+def _conduction(faces: _Faces, diffusivity_scale):
     """Conductances per face of ``faces`` (lambda A / d over rho_w c_w, m^3/s) and each active
     cell's conductance to the rock around it (inactive neighbours and outside the box)."""
-    dx, dy, dz = (float(v) for v in res.cell_size)
-    local = np.full(res.active.size, -1, np.int64)
-    local[faces.cells] = np.arange(faces.n)
-    local = np.pad(local.reshape(res.active.shape), 1, constant_values=-1)
-    conduction, rock_contact = [], np.zeros(faces.n)
-    for axis, (spacing, area) in enumerate(((dz, dx * dy), (dy, dx * dz), (dx, dy * dz))):
-        lo, hi = [slice(None)] * 3, [slice(None)] * 3
-        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
-        a, b = local[tuple(lo)], local[tuple(hi)]
-        g = diffusivity_scale * area / spacing
-        conduction.append(np.full(int(((a >= 0) & (b >= 0)).sum()), g))
-        np.add.at(rock_contact, a[(a >= 0) & (b < 0)], g)
-        np.add.at(rock_contact, b[(b >= 0) & (a < 0)], g)
-    return np.concatenate(conduction), rock_contact  # same face order as _Faces
+    g = np.array([diffusivity_scale * area / spacing for spacing, area in faces.axes])  # per axis Z, Y, X
+    rock_contact = np.zeros(faces.n)
+    for axis in range(3):
+        for side in (1, -1):
+            np.add.at(rock_contact, faces.boundary_cells(axis, side), g[axis])
+    return g[faces.face_axis], rock_contact
 
 
 def _spd_solver(A):
