@@ -45,6 +45,7 @@ def main(argv=None) -> int:
     ap.add_argument("--minutes", type=float, default=20.0, help="training budget per configuration")
     ap.add_argument("--descriptions", nargs="+", default=list(DESCRIPTIONS), choices=list(DESCRIPTIONS))
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--max_steps", type=int, default=1_000_000, help="training steps per configuration, at most")
     ap.add_argument("--parallel", type=int, default=1, help="trainings at a time (one thread each)")
     ap.add_argument("--runs", nargs="+", default=None, metavar="DESCRIPTION:CONFIG",
                     help="only these pairs (e.g. full:default none:seed) instead of every pair")
@@ -57,7 +58,7 @@ def main(argv=None) -> int:
     if not args.report:
         for d in args.descriptions:
             prep_data(Path(args.data), out / f"prepped_{d}", DESCRIPTIONS[d])
-        train_all(out, runs, args.minutes, args.parallel)
+        train_all(out, runs, args.minutes, args.parallel, args.max_steps)
         for d, c in runs:
             evaluate_run(out, d, c)
     for d, c in runs:
@@ -75,14 +76,14 @@ def prep_data(data: Path, prepped: Path, description) -> None:
     print(f"prep {prepped.name}: {time.time() - t0:.0f} s", flush=True)
 
 
-def train_all(out: Path, runs, minutes: float, parallel: int) -> None:
+def train_all(out: Path, runs, minutes: float, parallel: int, max_steps: int = 1_000_000) -> None:
     pending = [r for r in runs if not (out / f"ckpt_{r[0]}_{r[1]}" / "last.pt").exists()]
     while pending:
         batch, pending = pending[:max(parallel, 1)], pending[max(parallel, 1):]
         procs = []
         for d, c in batch:
             cmd = [sys.executable, str(REPO / "scripts" / "train_ddp.py"), "--prepped_root", str(out / f"prepped_{d}"),
-                   "--save_dir", str(out / f"ckpt_{d}_{c}"), "--max_steps", "1000000", "--time_budget_min",
+                   "--save_dir", str(out / f"ckpt_{d}_{c}"), "--max_steps", str(max_steps), "--time_budget_min",
                    str(minutes), *COMMON, *CONFIGS[c]]
             log = open(out / f"train_{d}_{c}.log", "w")
             procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_one_thread()), log))

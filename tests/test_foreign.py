@@ -96,7 +96,7 @@ def test_inference_of_units_and_time_origin():
 def test_prep_without_description_infers_says_so_and_starts_from_the_initial_state(tmp_path, capsys):
     write_foreign_dir(tmp_path / "raw", n=3)
     rc, out = run_cli(["prep", "--input_root", tmp_path / "raw", "--out_root", tmp_path / "p", "--n_test", "1",
-                       "--patch_size", "8", "8", "8", "--stride", "4", "4", "4"], capsys)
+                       "--patch_size", "8", "8", "8", "--stride", "4", "4", "4", "--no_calibration"], capsys)
     assert rc == 0
     assert "inferred: mD" in out.out and "inferred: year1" in out.out and "physics priors: no" in out.out
     stats = json.loads((tmp_path / "p" / schema.STATS_FILE).read_text())
@@ -124,13 +124,16 @@ def test_prep_train_rollout_work_or_say_one_line(tmp_path, capsys, variant, desc
     rc, out = run_cli(["prep", "--input_root", tmp_path / "raw", "--out_root", tmp_path / "p", "--n_test", "1",
                        "--patch_size", "8", "8", "8", "--stride", "4", "4", "4", *fill], capsys)
     assert rc == 0
-    assert ("physics priors: yes" in out.out) == described
+    stats = json.loads((tmp_path / "p" / schema.STATS_FILE).read_text())
+    calibrated = bool(stats["description"].get("calibrated"))
+    assert stats["priors"] is (described or calibrated)  # undeclared constants: fitted, or no priors
+    assert ("physics priors: yes" in out.out) is stats["priors"] and ("calibrated on" in out.out) is calibrated
     rc, _ = run_cli(["train", "--prepped_root", tmp_path / "p", "--save_dir", tmp_path / "ck", "--max_steps", "2",
                      "--batch_size", "2", "--base_channels", "4", "--depth", "1", "--receptive_field_radius", "1",
                      "--sample_mode", "full", "--eval_every", "0", "--num_threads", "1", "--quiet"], capsys)
     assert rc == 0
     config = torch.load(tmp_path / "ck/last.pt", weights_only=True)["model_config"]
-    assert config["temperature_residual"] is (not described)  # the residual is T's only source without priors
+    assert config["temperature_residual"] is (not described)  # T's only source without priors; fitted ones: help
     rc, out = run_cli(["rollout", "--raw_sim_path", files[0], "--ckpt_path", tmp_path / "ck/last.pt",
                        "--save_path", tmp_path / "pred.h5", "--no_progress", *fill], capsys)
     assert rc == 0

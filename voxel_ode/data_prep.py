@@ -43,7 +43,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from voxel_ode import checks, description, schema, well_response
+from voxel_ode import calibration, checks, description, schema, well_response
 from voxel_ode.utils import UserError, atomic_path, signed_log1p, write_json_atomic
 
 STATS_FORMAT = 1
@@ -380,6 +380,63 @@ def reservoir(statics: dict, physics: description.Physics, injection_gap) -> wel
         outside_heat_exchange=physics.outside_heat_exchange)
 
 
+def _calibration_run(path, desc: description.Description, fill_value):
+    """(calibration.Run, resolved physics) of one raw file: its static inputs in SI units and its
+    true pressure change since t = 0 at every report."""
+    with h5py.File(path, "r") as f:
+        grid = f[schema.raw_path("IsActive")].shape
+        statics, params, _, _, mask = _read_inputs(f, grid, fill_value)
+        pressure = _read(f[schema.raw_path("Pressure")]).astype(np.float64)
+    physics = description.resolve(desc, params, statics["PermX"][mask], statics["Pressure0"][mask],
+                                  pressure[0][mask], path)
+    change = pressure[:, mask] - statics["Pressure0"][mask]
+    change[:, ~np.isfinite(change).all(axis=0) | (np.abs(change) > 1e9).any(axis=0)] = 0.0  # fill values
+    change = np.concatenate([np.zeros_like(change[:1]), change]) if physics.first_report == "year1" else change
+    change[0] = 0.0
+    perm = tuple(statics[n].astype(np.float64) * physics.permeability_factor for n in ("PermX", "PermY", "PermZ"))
+    res = well_response.Reservoir(mask, perm, statics["Porosity"], statics["Temperature0"], statics["InjRate"],
+                                  (1.0, 1.0, 1.0))
+    return calibration.Run(res, change, physics.cell_size), physics
+
+
+def calibrate_description(desc: description.Description, train_paths, fill_value=None, progress=True) -> description.Description:
+    """``desc`` with what the priors lack (cell sizes, compressibility, lateral boundary) fitted on
+    a few training runs (calibration.py); unchanged when it declares them or nothing fits."""
+    cells = all(q in desc.quantities for q in description.CELL_SIZE_QUANTITIES)
+    if (cells and desc.lateral_boundary) or not train_paths:
+        return desc
+    picks = sorted({train_paths[int(i)] for i in np.linspace(0, len(train_paths) - 1, calibration.N_RUNS).round()})
+    runs, physics = [], None
+    for path in picks:
+        try:
+            run, physics = _calibration_run(path, desc, fill_value)
+            runs.append(run)
+        except (UserError, _Problem, OSError, KeyError, ValueError):
+            continue  # the scan names what is wrong with it
+    if not runs:
+        return desc
+    if max(r.true_change.shape[1] for r in runs) > calibration.MAX_CELLS:
+        tqdm.write(f"calibration: skipped, more than {calibration.MAX_CELLS} active cells per run (too slow); "
+                   "declare the cell sizes and the lateral boundary (description.json) for physics priors",
+                   file=sys.stderr)
+        return desc
+    v = physics.values
+    boundary = (physics.lateral_boundary, v.get("BoundaryMultiplier", 0.0)) if physics.lateral_boundary else None
+    declared_ct = next((v[q] for q in ("TotalCompressibility",) if q in v),
+                       v.get("RockCompressibility", 0.0) + v.get("FluidCompressibility", 0.0)) or None
+    with tqdm(desc="calibrate", unit="candidate", disable=not progress, leave=False) as bar:
+        result = calibration.fit(runs, boundary, declared_ct, progress=bar.update)
+    if result is None:
+        tqdm.write("calibration: the pressure changes of the training runs fit no candidate; no physics priors",
+                   file=sys.stderr)
+        return desc
+    dx, dy, dz = result.cell_size
+    tqdm.write(f"calibration ({len(runs)} training runs, relative error {result.error:.2f}): cells "
+               f"{dx:.3g} x {dy:.3g} x {dz:.3g} m, total compressibility {result.compressibility:.3g} /Pa, "
+               f"lateral boundary {result.boundary} x {result.multiplier:g}", file=sys.stderr)
+    return calibration.apply(desc, result, len(runs))
+
+
 def derive_channels(statics: dict, scalars, physics: description.Physics, n_reports: int) -> tuple[dict, np.ndarray | None]:
     """The derived static grids (schema.DERIVED_STATIC_FIELDS) and the per-year priors
     (n_reports, N_PRIORS, Z, Y, X) float16, or None without the physics they need, of one run:
@@ -400,55 +457,27 @@ def _scan_values(f, path, grid, n_t, fill_value, out_path, patch, stride, chunk_
                  desc=None) -> dict:
     statics, params, scalars, raw_active, mask = _read_inputs(f, grid, fill_value)
     dyn = [f[schema.raw_path(n)] for n in schema.DYNAMIC_NAMES]
-    first = _read(dyn[0], 0).astype(np.float32)
     physics = description.resolve(desc or description.Description(), params, statics["PermX"][mask],
-                                  statics["Pressure0"][mask], first[mask], path)
+                                  statics["Pressure0"][mask], _read(dyn[0], 0).astype(np.float32)[mask], path)
     for name in ("PermX", "PermY", "PermZ"):
         statics[name] = statics[name] * np.float32(physics.permeability_factor)
     # physical ranges before any solve: an impossible value must be what the user reads, not a
     # solver's failure on it
     warnings = _physical_problems(statics, mask, scalars, physics.cell_size)
-    warned = set()
     # A first report at the end of year 1: the run starts from its initial state (Input/*0), so a
     # rollout predicts every report, the first year included.
     prepend = physics.first_report == "year1"
     n_out = n_t + int(prepend)
     if prepend:
-        initial = scalars[:1].copy()
-        for name in schema.CUMULATIVE_SCALARS:
-            initial[0, schema.SCALAR_NAMES.index(name)] = 0.0
-        scalars = np.concatenate([initial, scalars])  # rates at t = 0: the first report's
-
-    initial_state = np.stack([statics[n + "0"] for n in schema.DYNAMIC_NAMES])
-
-    def read_step(t):
-        if prepend and t == 0:
-            return initial_state, np.zeros(grid, bool)
-        t -= int(prepend)
-        step = np.empty((len(dyn),) + tuple(grid), np.float32)
-        bad_any = np.zeros(grid, bool)
-        for c, ds in enumerate(dyn):
-            cleaned, nonfinite, bad = _clean(_read(ds, t).astype(np.float32), fill_value)
-            n = int((nonfinite & raw_active).sum())
-            if n:
-                raise _Problem(ds.name.lstrip("/"), f"NaN/Inf in {n} active cells at t={t}")
-            error, warn = checks.range_problems(schema.DYNAMIC_NAMES[c], cleaned, raw_active & ~bad, f" at t={t}")
-            if error:
-                raise _Problem(*error.split(": ", 1))
-            if warn and c not in warned:  # once per channel, not once per step
-                warned.add(c)
-                warnings.extend(warn)
-            step[c] = cleaned
-            bad_any |= bad
-        return step, bad_any
-
+        scalars = np.concatenate([_initial_scalars(scalars), scalars])
+    initial_state = np.stack([statics[n + "0"] for n in schema.DYNAMIC_NAMES]) if prepend else None
+    read_step = _step_reader(dyn, grid, fill_value, raw_active, initial_state, warnings)
     seed = int.from_bytes(Path(path).name.encode()[-8:].rjust(8, b"\0"), "little") % (2**32)
     # out_path: a file name, an already open h5py.File (in-memory packing), or None (validate only)
     own_file = out_path is not None and not isinstance(out_path, h5py.File)
     out = h5py.File(out_path, "w") if own_file else out_path
     try:
-        ce = chunk_shape(grid, chunk_edge)
-        opts = _compression_opts(compression)
+        ce, opts = chunk_shape(grid, chunk_edge), _compression_opts(compression)
         grid_ds = None if out is None else out.create_dataset(
             schema.PREPPED_OUTPUTS_GRID, (n_out, schema.N_DYNAMIC) + tuple(grid), np.float32,
             chunks=(1, schema.N_DYNAMIC, *ce), **opts)
@@ -457,31 +486,11 @@ def _scan_values(f, path, grid, n_t, fill_value, out_path, patch, stride, chunk_
             raise _Problem(schema.raw_path("IsActive"), "no active cell left once the dynamic grids' fill values "
                                                         "are masked")
         statics["IsActive"] = mask.astype(np.float32)
-        try:
-            derived, year_priors = derive_channels(statics, scalars, physics, n_out)
-        except UserError:
-            raise
-        except Exception as err:  # a numerical failure must name the file, never be a traceback
-            raise _Problem("(derived channels)", f"physics priors failed ({_one_line(err)}); check the "
-                           "permeability, porosity and InjRate values and the dataset description") from None
-        statics.update(derived)
-        has_priors = year_priors is not None
-        if not has_priors:  # stats.json says so ("priors": false); zeros keep one layout
-            year_priors = np.zeros((n_out, schema.N_PRIORS) + tuple(grid), np.float16)
-        static_stack = np.stack([statics[n] for n in schema.STATIC_NAMES])
+        static_stack, year_priors = _derived(statics, scalars, physics, n_out)
         del statics
         static_raw, static_log = _static_moments(static_stack, mask)
         if out is not None:
-            out.create_dataset(schema.PREPPED_STATIC, data=static_stack, chunks=(schema.N_STATIC, *ce), **opts)
-            out.create_dataset(schema.PREPPED_PRIORS, data=year_priors, chunks=(1, schema.N_PRIORS, *ce), **opts)
-            out.create_dataset(schema.PREPPED_PARAMS, data=params)
-            out.create_dataset(schema.PREPPED_OUTPUTS_SCALAR, data=scalars)
-            out.attrs["source"] = os.path.abspath(path)
-            out.attrs["run_name"] = Path(path).name[: -len(".h5")] if path.endswith(".h5") else Path(path).name
-            out.attrs["first_report"] = physics.first_report
-            if fill_value is not None:
-                out.attrs["fill_value"] = float(fill_value)
-            out.attrs["schema_version"] = schema.SCHEMA_VERSION
+            _write_packed(out, path, static_stack, year_priors, params, scalars, physics, fill_value, ce, opts)
     finally:
         if own_file:
             out.close()
@@ -492,10 +501,79 @@ def _scan_values(f, path, grid, n_t, fill_value, out_path, patch, stride, chunk_
         "n_active": int(mask.sum()), "n_raw_active": int(raw_active.sum()),
         "static_raw": static_raw, "static_log": static_log, "params": params, "scalars": scalars,
         "origins": origins, "active_fracs": fracs, "raw_bytes": os.path.getsize(path),
-        "physics": physics.notes, "first_report": physics.first_report, "priors": has_priors,
+        "physics": physics.notes, "first_report": physics.first_report, "priors": year_priors is not None,
         "warnings": [f"{path}: {w}" for w in warnings],
         **stats.result(),
     }
+
+
+def _initial_scalars(scalars):
+    """The field scalars at t = 0 of a run whose first report is the end of year 1: the first
+    report's rates, nothing produced yet."""
+    initial = scalars[:1].copy()
+    for name in schema.CUMULATIVE_SCALARS:
+        initial[0, schema.SCALAR_NAMES.index(name)] = 0.0
+    return initial
+
+
+def _step_reader(dyn, grid, fill_value, raw_active, initial_state, warnings):
+    """read_step(t) -> (dynamic grids (N_DYNAMIC, Z, Y, X) float32, fill-or-non-finite mask) of
+    prepped step t; step 0 is ``initial_state`` where given (then step t is report t - 1).
+    Range warnings go to ``warnings``, once per channel."""
+    warned = set()
+    shift = int(initial_state is not None)
+
+    def read_step(t):
+        if shift and t == 0:
+            return initial_state, np.zeros(grid, bool)
+        t -= shift
+        step = np.empty((len(dyn),) + tuple(grid), np.float32)
+        bad_any = np.zeros(grid, bool)
+        for c, ds in enumerate(dyn):
+            cleaned, nonfinite, bad = _clean(_read(ds, t).astype(np.float32), fill_value)
+            n = int((nonfinite & raw_active).sum())
+            if n:
+                raise _Problem(ds.name.lstrip("/"), f"NaN/Inf in {n} active cells at t={t}")
+            error, warn = checks.range_problems(schema.DYNAMIC_NAMES[c], cleaned, raw_active & ~bad, f" at t={t}")
+            if error:
+                raise _Problem(*error.split(": ", 1))
+            if warn and c not in warned:
+                warned.add(c)
+                warnings.extend(warn)
+            step[c] = cleaned
+            bad_any |= bad
+        return step, bad_any
+
+    return read_step
+
+
+def _derived(statics, scalars, physics, n_out):
+    """(static stack (N_STATIC, Z, Y, X), priors or None) with the derived channels of one run."""
+    try:
+        derived, year_priors = derive_channels(statics, scalars, physics, n_out)
+    except UserError:
+        raise
+    except Exception as err:  # a numerical failure must name the file, never be a traceback
+        raise _Problem("(derived channels)", f"physics priors failed ({_one_line(err)}); check the "
+                       "permeability, porosity and InjRate values and the dataset description") from None
+    statics.update(derived)
+    return np.stack([statics[n] for n in schema.STATIC_NAMES]), year_priors
+
+
+def _write_packed(out, path, static_stack, year_priors, params, scalars, physics, fill_value, ce, opts):
+    """The packed file's datasets and attributes besides the outputs grid (written while streaming)."""
+    if year_priors is None:  # stats.json says so ("priors": false); zeros keep one layout
+        year_priors = np.zeros((len(scalars), schema.N_PRIORS) + static_stack.shape[1:], np.float16)
+    out.create_dataset(schema.PREPPED_STATIC, data=static_stack, chunks=(schema.N_STATIC, *ce), **opts)
+    out.create_dataset(schema.PREPPED_PRIORS, data=year_priors, chunks=(1, schema.N_PRIORS, *ce), **opts)
+    out.create_dataset(schema.PREPPED_PARAMS, data=params)
+    out.create_dataset(schema.PREPPED_OUTPUTS_SCALAR, data=scalars)
+    out.attrs["source"] = os.path.abspath(path)
+    out.attrs["run_name"] = Path(path).name[: -len(".h5")] if path.endswith(".h5") else Path(path).name
+    out.attrs["first_report"] = physics.first_report
+    if fill_value is not None:
+        out.attrs["fill_value"] = float(fill_value)
+    out.attrs["schema_version"] = schema.SCHEMA_VERSION
 
 
 def _read_inputs(f, grid, fill_value):
@@ -754,40 +832,88 @@ def _refuse_or_skip(problems: list[str], skip_bad: bool, skipped: list[str]) -> 
 def prep(input_root, out_root, patch_size=DEFAULT_PATCH, stride=DEFAULT_STRIDE, n_test=DEFAULT_N_TEST,
          min_active_frac=DEFAULT_MIN_ACTIVE_FRAC, fill_value=None, skip_bad=False, workers=1,
          n_timesteps=None, chunk_edge=DEFAULT_CHUNK_EDGE, compression=None, progress=True, cell_size=None,
-         description_path=None) -> dict:
+         description_path=None, calibrate=True) -> dict:
     """Raw v2.4 files in ``input_root`` -> packed files, stats.json and indices in ``out_root``.
+    ``calibrate``: fit the constants the priors need and the description lacks on training runs.
 
     Returns a summary dict (sims per split, skipped files, patch counts, throughput).
     """
     start = time.perf_counter()
     input_root, out_root = Path(input_root), Path(out_root)
     patch_size, stride = tuple(int(v) for v in patch_size), tuple(int(v) for v in stride)
+    compression = None if compression in (None, "none") else compression
+    cell_size = None if cell_size is None else tuple(float(v) for v in cell_size)
+    _check_prep_args(input_root, out_root, patch_size, stride, n_test, min_active_frac, workers, chunk_edge,
+                     compression, cell_size)
+    desc = with_cell_size(description.find(input_root, description_path), cell_size)
+    raw_files = sorted(input_root.glob(schema.RAW_FILE_GLOB), key=lambda p: p.name)
+    if not raw_files:
+        raise UserError(f"{input_root}: no raw files matching {schema.RAW_FILE_GLOB}")
+    skipped = []
+    candidates, n_timesteps = _same_layout(raw_files, n_timesteps, skip_bad, skipped)
+    if calibrate:  # the training split: every file after the first n_test, by name
+        desc = calibrate_description(desc, [str(p) for p in candidates[n_test:]], fill_value, progress)
+
+    # what a killed prep left (its .partial-PID folder, temporary stats/index files)
+    checks.clean_leftovers(out_root, log=lambda msg: tqdm.write(msg, file=sys.stderr))
+    partial = out_root / f".partial-{os.getpid()}"
+    out_paths = {str(p): str(partial / (_run_name(p) + schema.PREPPED_SUFFIX)) for p in candidates}
+    jobs = [{"path": str(p), "out_path": out_paths[str(p)], "fill_value": fill_value, "n_timesteps": n_timesteps,
+             "patch": patch_size, "stride": stride, "chunk_edge": chunk_edge, "compression": compression,
+             "desc": desc}
+            for p in candidates]
+    try:
+        partial.mkdir(parents=True, exist_ok=True)
+        good = _scan_all(jobs, workers, progress, skip_bad, skipped)
+        if not good:
+            raise UserError(f"{input_root}: no valid simulations ({len(skipped)} skipped)")
+        names = sorted(good, key=lambda p: Path(p).name)
+        n_test_eff = min(n_test, len(names))
+        if len(names) - n_test_eff < 1:
+            raise UserError(f"{input_root}: {len(names)} valid simulations leave none for training with --n_test {n_test}")
+        splits = {"test": names[:n_test_eff], "train": names[n_test_eff:]}
+        rel = _place_packed(out_root, splits, out_paths)
+        patches = _write_indices(out_root, splits, rel, good, patch_size, stride, min_active_frac)
+        stats = compute_stats([good[p] for p in splits["train"]], [rel[p] for p in splits["train"]],
+                              [rel[p] for p in splits["test"]], fill_value, patches)
+        stats.update(skipped=skipped, description=desc.to_dict(), description_source=desc.source,
+                     physics={rel[p]: good[p]["physics"] for p in names})
+        write_json_atomic(out_root / schema.STATS_FILE, stats)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+    seconds = time.perf_counter() - start
+    raw_bytes = sum(s["raw_bytes"] for s in good.values())
+    return {
+        "out_root": str(out_root), "train": [rel[p] for p in splits["train"]], "test": [rel[p] for p in splits["test"]],
+        "skipped": skipped, "patches": patches, "raw_bytes": raw_bytes, "seconds": seconds,
+        "mb_per_s": raw_bytes / 1e6 / seconds if seconds > 0 else float("inf"),
+        "description_source": desc.source, "priors": stats["priors"], "physics": good[names[0]]["physics"],
+    }
+
+
+def _check_prep_args(input_root, out_root, patch_size, stride, n_test, min_active_frac, workers, chunk_edge,
+                     compression, cell_size) -> None:
     if len(patch_size) != 3 or len(stride) != 3 or min(patch_size) < 1 or min(stride) < 1:
         raise UserError(f"prep: --patch_size and --stride need 3 positive integers, got {patch_size} and {stride}")
     if not 0.0 <= min_active_frac <= 1.0:
         raise UserError(f"prep: --min_active_frac must be in [0, 1], got {min_active_frac}")
     if n_test < 0 or workers < 1 or chunk_edge < 1:
         raise UserError("prep: --n_test must be >= 0, --workers and --chunk_edge >= 1")
-    compression = None if compression in (None, "none") else compression
-    if cell_size is not None:
-        cell_size = tuple(float(v) for v in cell_size)
-        if not _valid_cell_size(cell_size):
-            raise UserError(f"prep: --cell_size needs 3 positive numbers (m), got {cell_size}")
+    if cell_size is not None and not _valid_cell_size(cell_size):
+        raise UserError(f"prep: --cell_size needs 3 positive numbers (m), got {cell_size}")
     if compression is not None and compression not in COMPRESSIONS:
         raise UserError(f"prep: --compression must be one of {COMPRESSIONS}, got {compression!r}")
     if not input_root.is_dir():
         raise UserError(f"{input_root}: input_root is not a directory")
-    desc = with_cell_size(description.find(input_root, description_path), cell_size)
-    raw_files = sorted(input_root.glob(schema.RAW_FILE_GLOB), key=lambda p: p.name)
-    if not raw_files:
-        raise UserError(f"{input_root}: no raw files matching {schema.RAW_FILE_GLOB}")
     if out_root.resolve() == input_root.resolve():
         raise UserError(f"{out_root}: out_root must differ from input_root")
 
-    # Cheap metadata check of every file first, so a bad shape stops the run before any heavy work.
-    # All simulations must share the grid and T of the first good one (by sorted name).
-    skipped, reference = [], None
-    candidates = []
+
+def _same_layout(raw_files, n_timesteps, skip_bad, skipped) -> tuple[list, int | None]:
+    """(files that pass the cheap metadata check, T). All must share the grid and T of the first
+    good one (by sorted name), so a bad shape stops the run before any heavy work."""
+    reference, candidates = None, []
     for p in raw_files:
         problems = _structure_problems(p, n_timesteps)
         if not problems:
@@ -802,15 +928,11 @@ def prep(input_root, out_root, patch_size=DEFAULT_PATCH, stride=DEFAULT_STRIDE, 
             _refuse_or_skip(problems, skip_bad, skipped)
         else:
             candidates.append(p)
+    return candidates, n_timesteps
 
-    # what a killed prep left (its .partial-PID folder, temporary stats/index files)
-    checks.clean_leftovers(out_root, log=lambda msg: tqdm.write(msg, file=sys.stderr))
-    partial = out_root / f".partial-{os.getpid()}"
-    out_paths = {str(p): str(partial / (_run_name(p) + schema.PREPPED_SUFFIX)) for p in candidates}
-    jobs = [{"path": str(p), "out_path": out_paths[str(p)], "fill_value": fill_value, "n_timesteps": n_timesteps,
-             "patch": patch_size, "stride": stride, "chunk_edge": chunk_edge, "compression": compression,
-             "desc": desc}
-            for p in candidates]
+
+def _scan_all(jobs, workers, progress, skip_bad, skipped) -> dict:
+    """Scan and pack every job's file (in ``workers`` processes); {path: summary} of the good ones."""
     good = {}
 
     def handle(path, problems, summary):
@@ -821,83 +943,57 @@ def prep(input_root, out_root, patch_size=DEFAULT_PATCH, stride=DEFAULT_STRIDE, 
                 tqdm.write(f"warning: {warning}", file=sys.stderr)
             good[path] = summary
 
-    bar = None
-    try:
-        partial.mkdir(parents=True, exist_ok=True)
-        bar = tqdm(total=len(jobs), desc="prep", unit="sim", disable=not progress)
+    # closed on error too: an error message then starts its own line, not the bar's
+    with tqdm(total=len(jobs), desc="prep", unit="sim", disable=not progress) as bar:
         if workers == 1 or len(jobs) <= 1:
             for job in jobs:
                 handle(*_process_sim(job))
                 bar.update()
-        else:
-            with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
-                futures = [pool.submit(_process_sim, job) for job in jobs]
-                try:
-                    for fut in as_completed(futures):
-                        handle(*fut.result())
-                        bar.update()
-                except BaseException:
-                    for fut in futures:
-                        fut.cancel()
-                    raise
-        bar.close()
-        if not good:
-            raise UserError(f"{input_root}: no valid simulations ({len(skipped)} skipped)")
-        names = sorted(good, key=lambda p: Path(p).name)
-        n_test_eff = min(n_test, len(names))
-        if len(names) - n_test_eff < 1:
-            raise UserError(f"{input_root}: {len(names)} valid simulations leave none for training with --n_test {n_test}")
-        splits = {"test": names[:n_test_eff], "train": names[n_test_eff:]}
+            return good
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+            futures = [pool.submit(_process_sim, job) for job in jobs]
+            try:
+                for fut in as_completed(futures):
+                    handle(*fut.result())
+                    bar.update()
+            except BaseException:
+                for fut in futures:
+                    fut.cancel()
+                raise
+    return good
 
-        # Phase 2: the folder is unfinished from here until stats.json appears.
-        for stale in [out_root / schema.STATS_FILE] + [out_root / schema.INDEX_FILE.format(split=s) for s in schema.SPLITS]:
-            stale.unlink(missing_ok=True)
-        rel = {}
-        for split, paths in splits.items():
-            (out_root / split).mkdir(parents=True, exist_ok=True)
-            keep = set()
-            for p in paths:
-                fname = _run_name(Path(p)) + schema.PREPPED_SUFFIX
-                os.replace(out_paths[p], out_root / split / fname)
-                rel[p] = f"{split}/{fname}"
-                keep.add(fname)
-            for old in (out_root / split).glob("*" + schema.PREPPED_SUFFIX):
-                if old.name not in keep:  # left over from an earlier run with other inputs
-                    old.unlink()
-        ref = good[names[0]]
-        n_origins = len(ref["origins"])
-        kept, total = {}, {}
-        for split in schema.SPLITS:
-            sims = [(rel[p], good[p]) for p in splits[split]]
-            kept[split] = _write_index(out_root / schema.INDEX_FILE.format(split=split), sims, min_active_frac, patch_size)
-            total[split] = n_origins * (ref["n_timesteps"] - 1) * len(sims)
-        patches = {"patch_size": list(effective_patch(ref["grid"], patch_size)), "stride": list(stride),
-                   "min_active_frac": min_active_frac, "origins_per_sim": n_origins, "kept": kept, "total": total}
-        stats = compute_stats([good[p] for p in splits["train"]], [rel[p] for p in splits["train"]],
-                              [rel[p] for p in splits["test"]], fill_value, patches)
-        stats["skipped"] = skipped
-        stats["description"] = desc.to_dict()
-        stats["description_source"] = desc.source
-        stats["physics"] = {rel[p]: good[p]["physics"] for p in names}
-        write_json_atomic(out_root / schema.STATS_FILE, stats)
-    finally:
-        if bar is not None:
-            bar.close()  # an error message then starts its own line, not the bar's
-        shutil.rmtree(partial, ignore_errors=True)
 
-    seconds = time.perf_counter() - start
-    raw_bytes = sum(s["raw_bytes"] for s in good.values())
-    return {
-        "out_root": str(out_root),
-        "train": [rel[p] for p in splits["train"]],
-        "test": [rel[p] for p in splits["test"]],
-        "skipped": skipped,
-        "patches": patches,
-        "raw_bytes": raw_bytes,
-        "seconds": seconds,
-        "mb_per_s": raw_bytes / 1e6 / seconds if seconds > 0 else float("inf"),
-        "description_source": desc.source, "priors": stats["priors"], "physics": good[names[0]]["physics"],
-    }
+def _place_packed(out_root: Path, splits: dict, out_paths: dict) -> dict:
+    """Move the packed files into out_root/{train,test}/; {raw path: relative packed path}. The
+    folder is unfinished from here until stats.json appears."""
+    for stale in [out_root / schema.STATS_FILE] + [out_root / schema.INDEX_FILE.format(split=s) for s in schema.SPLITS]:
+        stale.unlink(missing_ok=True)
+    rel = {}
+    for split, paths in splits.items():
+        (out_root / split).mkdir(parents=True, exist_ok=True)
+        keep = set()
+        for p in paths:
+            fname = _run_name(Path(p)) + schema.PREPPED_SUFFIX
+            os.replace(out_paths[p], out_root / split / fname)
+            rel[p] = f"{split}/{fname}"
+            keep.add(fname)
+        for old in (out_root / split).glob("*" + schema.PREPPED_SUFFIX):
+            if old.name not in keep:  # left over from an earlier run with other inputs
+                old.unlink()
+    return rel
+
+
+def _write_indices(out_root, splits, rel, good, patch_size, stride, min_active_frac) -> dict:
+    """Patch indices of both splits; the stats' "patches" section."""
+    ref = good[splits["train"][0]]
+    n_origins = len(ref["origins"])
+    kept, total = {}, {}
+    for split in schema.SPLITS:
+        sims = [(rel[p], good[p]) for p in splits[split]]
+        kept[split] = _write_index(out_root / schema.INDEX_FILE.format(split=split), sims, min_active_frac, patch_size)
+        total[split] = n_origins * (ref["n_timesteps"] - 1) * len(sims)
+    return {"patch_size": list(effective_patch(ref["grid"], patch_size)), "stride": list(stride),
+            "min_active_frac": min_active_frac, "origins_per_sim": n_origins, "kept": kept, "total": total}
 
 
 def load_stats(path) -> dict:
@@ -949,7 +1045,10 @@ def add_prep_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--description", default=None, metavar="JSON",
                         help="the dataset description (units, time of the first report, physical constants; "
                              f"voxel_ode/description.py). Default: INPUT_ROOT/{description.FILE_NAME} if present, "
-                             "else nothing declared (then no physics priors)")
+                             "else nothing declared (then the priors' constants are calibrated)")
+    parser.add_argument("--no_calibration", action="store_true",
+                        help="where the description lacks cell sizes or the lateral boundary, compute no physics "
+                             "priors instead of fitting them on training runs (default: fit; calibration.py)")
 
 
 def run_prep(args) -> int:
@@ -957,10 +1056,10 @@ def run_prep(args) -> int:
                    n_test=args.n_test, min_active_frac=args.min_active_frac, fill_value=args.fill_value,
                    skip_bad=args.skip_bad, workers=args.workers, n_timesteps=args.n_timesteps,
                    chunk_edge=args.chunk_edge, compression=args.compression, cell_size=args.cell_size,
-                   description_path=args.description)
+                   description_path=args.description, calibrate=not args.no_calibration)
     p = summary["patches"]
     print(f"prep: description: {summary['description_source']}; physics priors: "
-          f"{'yes' if summary['priors'] else 'no (the description lacks cell sizes or the lateral boundary)'}")
+          f"{'yes' if summary['priors'] else 'no (cell sizes or the lateral boundary neither declared nor calibrated)'}")
     for item, note in summary["physics"].items():  # the first run's; every run's are in stats.json
         print(f"prep:   {item}: {note}")
     print(f"prep: {len(summary['train'])} train, {len(summary['test'])} test simulations, "

@@ -51,9 +51,9 @@ _PER_PA = {"1/Pa": (1.0, 0.0), "1/bar": (1e-5, 0.0), "1/MPa": (1e-6, 0.0)}
 _HEAT_VOL = {"J/(m^3 K)": (1.0, 0.0), "kJ/(m^3 K)": (1e3, 0.0), "MJ/(m^3 K)": (1e6, 0.0)}
 _LENGTH = {"m": (1.0, 0.0), "ft": (0.3048, 0.0)}
 QUANTITIES = {
-    "CellSizeX": ("m", _LENGTH, "no physics priors (cell sizes are required)"),
-    "CellSizeY": ("m", _LENGTH, "no physics priors (cell sizes are required)"),
-    "CellSizeZ": ("m", _LENGTH, "no physics priors (cell sizes are required)"),
+    "CellSizeX": ("m", _LENGTH, "fitted by prep on training runs (calibration.py), else no physics priors"),
+    "CellSizeY": ("m", _LENGTH, "fitted by prep on training runs (calibration.py), else no physics priors"),
+    "CellSizeZ": ("m", _LENGTH, "fitted by prep on training runs (calibration.py), else no physics priors"),
     "TotalCompressibility": ("1/Pa", _PER_PA, "RockCompressibility + FluidCompressibility, else a generic 5e-10 /Pa"),
     "RockCompressibility": ("1/Pa", _PER_PA, "counted 0 when FluidCompressibility is given"),
     "FluidCompressibility": ("1/Pa", _PER_PA, "counted 0 when RockCompressibility is given"),
@@ -80,33 +80,45 @@ class Description:
     # cells, beyond the box); None = not declared = yes (real caprock and basement do; open-darts
     # removes inactive cells: no heat flux there)
     outside_heat_exchange: bool | None = None
+    # entries prep fitted on the training split (calibration.py) -> how; not declared by anyone
+    calibrated: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         quantities = {name: {k: v for k, v in spec.items() if k in ("param", "value", "unit")}
                       for name, spec in self.quantities.items()}
-        return {"permeability_unit": self.permeability_unit, "first_report": self.first_report,
-                "lateral_boundary": self.lateral_boundary, "outside_heat_exchange": self.outside_heat_exchange,
-                "quantities": quantities}
+        out = {"permeability_unit": self.permeability_unit, "first_report": self.first_report,
+               "lateral_boundary": self.lateral_boundary, "outside_heat_exchange": self.outside_heat_exchange,
+               "quantities": quantities}
+        return out | ({"calibrated": dict(self.calibrated)} if self.calibrated else {})
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "(dict)") -> "Description":
         if not isinstance(d, dict):
             raise UserError(f"{source}: a dataset description must be a JSON object")
         keys = ("permeability_unit", "first_report", "lateral_boundary", "outside_heat_exchange", "quantities")
-        unknown = set(d) - set(keys) - {"format", "notes"}
+        unknown = set(d) - set(keys) - {"format", "notes", "calibrated"}
         if unknown:
             raise UserError(f"{source}: unknown keys {sorted(unknown)} (known: {', '.join(keys)})")
         heat = d.get("outside_heat_exchange")
         if heat is not None and not isinstance(heat, bool):
             raise UserError(f"{source}: outside_heat_exchange: {heat!r} is not true or false")
         desc = cls(d.get("permeability_unit"), d.get("first_report"), d.get("lateral_boundary"),
-                   {k: _quantity_spec(k, v, source) for k, v in (d.get("quantities") or {}).items()}, source, heat)
+                   {k: _quantity_spec(k, v, source) for k, v in (d.get("quantities") or {}).items()}, source, heat,
+                   _calibrated(d.get("calibrated"), source))
         _check_choice(source, "permeability_unit", desc.permeability_unit, tuple(PERMEABILITY_UNITS))
         _check_choice(source, "first_report", desc.first_report, FIRST_REPORTS)
         _check_choice(source, "lateral_boundary", desc.lateral_boundary, BOUNDARY_KINDS)
         if desc.lateral_boundary in ("fixed_pressure", "pore_volume") and "BoundaryMultiplier" not in desc.quantities:
             raise UserError(f"{source}: lateral_boundary {desc.lateral_boundary!r} needs quantities.BoundaryMultiplier")
         return desc
+
+
+def _calibrated(entries, source) -> dict:
+    entries = entries or {}
+    if not isinstance(entries, dict) or not all(
+            isinstance(v, str) and (k in QUANTITIES or k == "lateral_boundary") for k, v in entries.items()):
+        raise UserError(f"{source}: calibrated: expected {{quantity name: note}}, got {entries!r}")
+    return dict(entries)
 
 
 def _check_choice(source, key, value, choices):
@@ -197,6 +209,8 @@ def resolve(desc: Description, params, perm_active, pressure0_active, first_pres
         _check_range(name, value, where, spec)
         values[name] = value
         notes[name] = "declared" + (f" (ParamsScalar[{spec['param']}], {spec['unit']})" if "param" in spec else "")
+        if name in desc.calibrated:
+            notes[name] = f"{desc.calibrated[name]}: {value:.4g} {QUANTITIES[name][0]}"
     unit = desc.permeability_unit
     if unit is None:
         unit = infer_permeability_unit(perm_active)
@@ -210,7 +224,9 @@ def resolve(desc: Description, params, perm_active, pressure0_active, first_pres
     else:
         notes["first_report"] = f"declared: {first}"
     boundary = desc.lateral_boundary
-    notes["lateral_boundary"] = f"declared: {boundary}" if boundary else "unknown: no physics priors"
+    notes["lateral_boundary"] = f"declared: {boundary}" if boundary else "unknown: fitted by prep on training runs, else no physics priors"
+    if "lateral_boundary" in desc.calibrated:
+        notes["lateral_boundary"] = f"{desc.calibrated['lateral_boundary']}: {boundary}"
     for name in CELL_SIZE_QUANTITIES:
         if name not in values:
             notes[name] = "unknown: " + QUANTITIES[name][2]

@@ -375,8 +375,14 @@ def start_from(args, stats: dict, root: Path):
     config = ModelConfig(base_channels=args.base_channels, depth=args.depth,
                          receptive_field_radius=args.receptive_field_radius, norm=args.norm,
                          global_context=not args.no_global_context, priors=not args.no_priors,
-                         temperature_residual=not stats.get("priors", False))
+                         temperature_residual=needs_temperature_residual(stats))
     return None, config, args.delta_norm
+
+
+def needs_temperature_residual(stats: dict) -> bool:
+    """Whether the temperature head needs a residual beside the thermal prior: where prep computed
+    no priors, or computed them with calibrated constants (calibration.py fits pressure only)."""
+    return not stats.get("priors", False) or bool((stats.get("description") or {}).get("calibrated"))
 
 
 def restore(ckpt: dict, args, model, opt: Optim, ddp: Dist, log) -> TrainState:

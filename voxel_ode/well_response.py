@@ -295,3 +295,14 @@ def injection_temperature(scalars) -> float | None:
         return None
     enthalpy = float(np.median(energy[injecting] / water[injecting]))
     return enthalpy / schema.WATER_HEAT_CAPACITY + schema.ENTHALPY_ZERO_T
+
+
+def warm_pressure_change(res: Reservoir, n_reports: int) -> np.ndarray:
+    """(n_reports, n_active) pressure change since t = 0 (Pa) with the water at its initial
+    temperature: the pressure march without the cold water (calibration.py fits with it)."""
+    faces = _Faces(res.active, res.perm_xyz, res.cell_size)
+    q = np.asarray(res.inj_rate, np.float64).ravel()[faces.cells]
+    if faces.n == 0 or not np.any(q) or n_reports < 2:
+        return np.zeros((n_reports, faces.n))
+    t0 = np.asarray(res.temperature0, np.float64).ravel()[faces.cells]
+    return _pressure_march(faces, _pressure_system(faces, res, t0), q, None, n_reports)
