@@ -69,19 +69,20 @@ def make_sim(grid, n_steps, seed=0, active_frac=0.3):
             "priors": np.broadcast_to(prior, (n_steps + 1, schema.N_PRIORS) + grid).astype(np.float16)}
 
 
+# plausible (mean, std) per static channel after its transform; 0 / 1 for the rest
+STATIC_MOMENTS = {"PermX": (-13.0, 0.5), "PermY": (-13.0, 0.5), "PermZ": (-13.0, 0.5), "Porosity": (0.15, 0.07),
+                  "Pressure0": (1.1e7, 1e6), "Temperature0": (320.0, 10.0)}
+
+
 def fake_stats():
     from voxel_ode import schema
 
     return {
         "static": {"names": list(schema.STATIC_NAMES),
-                   "transform": ["log10" if n.startswith("Perm") or n == schema.THERMAL_ARRIVAL
-                                 else "asinh" if n in schema.RESPONSE_NAMES + schema.COLD_RESPONSE_NAMES
-                                 + (schema.INJECTION_GAP,) else "none"
+                   "transform": ["log10" if n.startswith("Perm") else "asinh" if n == schema.INJECTION_GAP else "none"
                                  for n in schema.STATIC_NAMES],
-                   "mean": [0.0] * 4 + [-13.0] * 3 + [0.15, 1.1e7, 320.0, 0.0] + [0.0] * len(schema.RESPONSE_NAMES)
-                           + [2.0, 0.0] + [0.0] * len(schema.COLD_RESPONSE_NAMES),
-                   "std": [1.0] * 4 + [0.5] * 3 + [0.07, 1e6, 10.0, 1.0] + [1.0] * len(schema.RESPONSE_NAMES)
-                          + [1.0, 1.0] + [1.0] * len(schema.COLD_RESPONSE_NAMES)},
+                   "mean": [STATIC_MOMENTS.get(n, (0.0, 1.0))[0] for n in schema.STATIC_NAMES],
+                   "std": [STATIC_MOMENTS.get(n, (0.0, 1.0))[1] for n in schema.STATIC_NAMES]},
         "dynamic": {"names": list(schema.DYNAMIC_NAMES), "mean": [1.1e7, 320.0], "std": [1e6, 10.0]},
         "delta": {"names": list(schema.DYNAMIC_NAMES), "mean": [0.0, 0.0], "std": [1e4, 0.1],
                   "abs_quantiles": {"0.5": [1e3, 0.01]}, "per_sim_rms": [[1e4, 0.1]]},

@@ -2,7 +2,9 @@
 did not write), used as a user would: prep (first 5 runs test), train on a CPU budget, evaluate.
 
 For each description setting (``full``: benchmarks/descriptions/darts-dev.json; ``none``: nothing
-declared, so prep infers the permeability unit and the time origin and computes no priors) and
+declared, so prep infers the permeability unit and the time origin and calibrates the priors'
+constants on two training runs; ``uncalibrated``: nothing declared and ``--no_calibration``, so no
+priors) and
 each model configuration (``default``, ``seed``), prints the last-report table (year 30) of the
 model, persistence and the linear baseline, and per test run the relative change error and the
 +/-5 bar / +/-5 K accuracy next to persistence's.
@@ -25,7 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "darts-dev" / "data"
-DESCRIPTIONS = {"full": REPO / "benchmarks" / "descriptions" / "darts-dev.json", "none": None}
+DESCRIPTIONS = {"full": REPO / "benchmarks" / "descriptions" / "darts-dev.json", "none": None, "uncalibrated": None}
 COMMON = ["--base_channels", "24", "--depth", "4", "--receptive_field_radius", "2", "--batch_size", "4",
           "--lr", "2e-3", "--warmup_steps", "100", "--eval_every", "0", "--eval_max_batches", "5", "--log_every", "50",
           "--ckpt_every", "100000", "--aug_xy_rot", "--aug_flip", "--device", "cpu", "--quiet", "--num_threads", "1"]
@@ -57,7 +59,7 @@ def main(argv=None) -> int:
     args.descriptions = sorted({d for d, _ in runs})
     if not args.report:
         for d in args.descriptions:
-            prep_data(Path(args.data), out / f"prepped_{d}", DESCRIPTIONS[d])
+            prep_data(Path(args.data), out / f"prepped_{d}", DESCRIPTIONS[d], calibrate=d != "uncalibrated")
         train_all(out, runs, args.minutes, args.parallel, args.max_steps)
         for d, c in runs:
             evaluate_run(out, d, c)
@@ -66,11 +68,12 @@ def main(argv=None) -> int:
     return 0
 
 
-def prep_data(data: Path, prepped: Path, description) -> None:
+def prep_data(data: Path, prepped: Path, description, calibrate: bool = True) -> None:
     if (prepped / "stats.json").exists():
         return
     cmd = [sys.executable, "-m", "voxel_ode.cli", "prep", "--input_root", str(data), "--out_root", str(prepped),
-           "--n_test", "5"] + (["--description", str(description)] if description else [])
+           "--n_test", "5"] + (["--description", str(description)] if description else []) + \
+        ([] if calibrate else ["--no_calibration"])
     t0 = time.time()
     subprocess.run(cmd, check=True, env=_one_thread())
     print(f"prep {prepped.name}: {time.time() - t0:.0f} s", flush=True)

@@ -54,6 +54,10 @@ def test_declared_values_are_held_and_noise_fits_nothing():
     held = calibration.fit(runs, boundary=("pore_volume", 10.0))
     assert (held.boundary, held.multiplier) == ("pore_volume", 10.0) and held.error < 0.8
     assert calibration.fit(runs).boundary == "closed"
+    cells = [dataclasses.replace(r, cell_size=(20.0, 20.0, 2.0)) for r in runs]  # declared: only c_t, boundary
+    fit = calibration.fit(cells)
+    assert fit.cell_size == (20.0, 20.0, 2.0) and fit.boundary == "closed" and fit.error < 1e-6
+    np.testing.assert_allclose(fit.compressibility, 1e-6 / 20.0 ** 2, rtol=1e-9)
     rng = np.random.default_rng(0)
     noise = [dataclasses.replace(r, true_change=rng.normal(size=r.true_change.shape)) for r in runs]
     assert calibration.fit(noise) is None  # no candidate explains it: no priors

@@ -302,3 +302,28 @@ def test_old_checkpoint_configs_are_refused_with_one_line(tmp_path):
     torch.save({"model": model.state_dict(), "model_config": old}, path)
     with pytest.raises(UserError, match="retrain"):
         load_model(path)
+
+
+def test_channel_norm_in_bf16_inference_matches_the_float_path_and_training_keeps_float_grads():
+    from voxel_ode.model import ChannelLayerNorm
+
+    torch.manual_seed(0)
+    norm = ChannelLayerNorm(8)
+    with torch.no_grad():
+        norm.weight.add_(0.3 * torch.randn(8))
+        norm.bias.add_(0.3 * torch.randn(8))
+    x = (3 * torch.randn(2, 8, 5, 6, 7) + 1).to(memory_format=torch.channels_last_3d).bfloat16()
+    reference = torch.nn.functional.layer_norm(x.double().movedim(1, -1), (8,), norm.weight.double(),
+                                               norm.bias.double(), norm.eps).movedim(-1, 1)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = norm(x)
+    assert fast.dtype == torch.bfloat16 and fast.is_contiguous(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(fast.double(), reference, rtol=1e-2, atol=1e-2)  # bf16 rounding of the output
+    # with gradients: the float path, whose weight gradient is the float64 one to float32 rounding
+    xg = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        (norm(xg).double() ** 2).sum().backward()
+    w = norm.weight.detach().double().requires_grad_()
+    y = torch.nn.functional.layer_norm(x.double().movedim(1, -1), (8,), w, norm.bias.double(), norm.eps)
+    (y.to(torch.bfloat16).double() ** 2).sum().backward()
+    torch.testing.assert_close(norm.weight.grad.double(), w.grad, rtol=1e-3, atol=1e-3)

@@ -136,3 +136,16 @@ def test_without_outside_heat_exchange_the_plume_keeps_its_cold():
     theta_none, _ = wr.prior_fields(no_rock, 6)
     assert theta_none[5].sum() > 1.2 * theta_rock[5].sum()
     assert np.all(theta_none[5][active] >= theta_rock[5][active] - 1e-9)
+
+
+@pytest.mark.parametrize("boundary", ["closed", "pore_volume"])
+def test_iterative_solvers_of_large_grids_agree_with_the_direct_ones(monkeypatch, boundary):
+    """AMG-CG (pressure) and flow-ordered BiCGSTAB (heat), used above DIRECT_SOLVE_MAX_CELLS."""
+    res = reservoir(grid=(6, 10, 12), wells=((3, 3, 3, 5.0), (3, 7, 9, -4.0)), gap=-40.0, boundary=boundary,
+                    boundary_multiplier=100.0)
+    direct = wr.prior_fields(res, 6)
+    monkeypatch.setattr(wr, "DIRECT_SOLVE_MAX_CELLS", 10)
+    iterative = wr.prior_fields(res, 6)
+    for d, i in zip(direct, iterative):
+        assert np.abs(d).max() > 0
+        np.testing.assert_allclose(i, d, rtol=1e-4, atol=1e-4 * np.abs(d).max())

@@ -23,7 +23,8 @@ import numpy as np
 
 from voxel_ode import description, well_response
 
-N_RUNS = 2  # calibration runs, spread over the training split (~0.35 s per run and candidate)
+N_RUNS = 4  # calibration runs, spread over the training split (~0.35 s per run and candidate; 2 runs
+# gave held-out pressure priors of 0.05-0.22 depending on the pair, 4 runs 0.07-0.14)
 ASPECTS = (1.0, 0.3, 0.1, 0.03)  # dz / dx
 DIFFUSIVITIES = (1e-7, 1e-6, 1e-5, 1e-4)  # c_t h^2, m^2/Pa
 BOUNDARIES = (("closed", 0.0), ("pore_volume", 100.0), ("pore_volume", 1000.0), ("fixed_pressure", 0.1))
@@ -59,7 +60,7 @@ class Fit:
 
 
 def _score(runs: list[Run], cell_size, compressibility, boundary, multiplier) -> tuple[float, float]:
-    """(mean relative error, gain) of the warm march, one gain for all runs."""
+    """(mean relative error over the runs, each capped at 1; gain) of the warm march, one gain for all."""
     pairs = []
     for run in runs:
         res = dataclasses.replace(run.reservoir, cell_size=run.cell_size or cell_size, boundary=boundary,
@@ -68,7 +69,9 @@ def _score(runs: list[Run], cell_size, compressibility, boundary, multiplier) ->
     gain = sum(float((m * t).sum()) for m, t in pairs) / max(sum(float((m * m).sum()) for m, _ in pairs), 1e-300)
     if not gain > 0:
         return np.inf, 0.0
-    errors = [np.linalg.norm(gain * m - t) / max(np.linalg.norm(t), 1e-30) for m, t in pairs]
+    # capped at 1 (what no prior scores): a run that no candidate explains (on the development set
+    # one whose wells barely move the pressure) must not veto the fit of the others
+    errors = [min(np.linalg.norm(gain * m - t) / max(np.linalg.norm(t), 1e-30), 1.0) for m, t in pairs]
     return float(np.mean(errors)), gain
 
 

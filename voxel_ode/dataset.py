@@ -5,19 +5,18 @@ API (see docs/design.md for the file layouts)
 ``Normalizer(stats, delta_mode="asinh")``  (``Normalizer.from_file(path)``)
     Built from the stats.json dict. All grid methods take torch tensors with the
     channel axis at dim -4 ([C,D,H,W] or [B,C,D,H,W]); numpy arrays are accepted.
-    normalize_static(static[23], active)      -> [23]  transform (log10) + z-score, 0 at inactive;
-        the well responses (Pa): asinh(x / s_P), the pressure target's scale;
+    normalize_static(static[12], active)      -> [12]  transform (log10) + z-score, 0 at inactive;
         the injection temperature gap (K): asinh(x / s_T)
     normalize_state(state[2]) / denormalize_state(state_norm[2])       z-score of (P, T)
     normalize_params(params[..., 26])         -> z-score, log10 (zeros at a floor) for scale-like params
     conditioning(params_norm[..., 26], t)     -> [..., 27]: + time_feature(t) = log1p(t)/log1p(29), what the model takes
     normalize_change(state[2], initial[2]) -> [1]  asinh((P - P0) / s_P): the pressure change since
                                                  t = 0 (initial = Pressure0/Temperature0), scaled like the targets
-    normalize_dynamic(state[2], initial[2], prior[8]) -> [11]  normalize_state + normalize_change + the
+    normalize_dynamic(state[2], initial[2], prior[4]) -> [7]  normalize_state + normalize_change + the
                                                  prior pair (prior_pair(priors, t), normalize_priors)
-    normalize_priors(prior[8]) -> [8]  thermal prior shares as they are; the pressure prior
+    normalize_priors(prior[4]) -> [4]  thermal prior shares as they are; the pressure prior
                                                  asinh(change / s_P), like the PressureChange channel
-    normalize_input(static[23], state[2], prior[8], active=None) -> x [34] in schema.INPUT_CHANNELS
+    normalize_input(static[12], state[2], prior[4], active=None) -> x [19] in schema.INPUT_CHANNELS
                                                  order, 0 at inactive cells (active from IsActive if None)
     normalize_delta(delta[2]) / denormalize_delta(delta_norm[2])
         per-step change of (P, T) <-> model target. Default "asinh":
@@ -30,10 +29,10 @@ API (see docs/design.md for the file layouts)
         step, to lift the late years' small changes, was tried and measured
         worse: docs/benchmarks.md, "Demo and fidelity".)
         delta_mode="zscore" is the seed's pooled (delta - mean) / std, for comparison.
-    update_input(x[34], delta_norm[2], active, prior[8]) -> x at t+1 (state and change channels advanced
+    update_input(x[19], delta_norm[2], active, prior[4]) -> x at t+1 (state and change channels advanced
                                                  by the predicted change, the prior pair of t+1 from the data;
                                                  inactive cells unchanged = 0)
-``prior_pair(priors[T, 4, ...], t)`` -> [8]: the priors (schema.PRIOR_NAMES) at t and t + 1, as stored
+``prior_pair(priors[T, 2, ...], t)`` -> [4]: the priors (schema.PRIOR_NAMES) at t and t + 1, as stored
     normalize_scalars(next[..., 5], prev[..., 5], production_ratio=None) -> [..., 5]:
         asinh(log(next / ref) / 0.1 %). ref is the previous value, for FieldEnergyProductionRate
         times production_ratio (production_enthalpy_ratio() of the step: what the producers'
@@ -54,8 +53,8 @@ API (see docs/design.md for the file layouts)
     mode="patch": one sample per line of index_{split}.jsonl; rollout_steps must be 1.
     mode="full":  one sample per (simulation, t) with the whole grid, t = 0..T-1-K.
     Sample (dict of tensors):
-      "x"             [34,d,h,w] float32  normalized input at t, 0 at inactive cells
-      "priors"        [K+1,4,d,h,w] float32 the priors at t..t+K as stored (update_input's next pairs)
+      "x"             [19,d,h,w] float32  normalized input at t, 0 at inactive cells
+      "priors"        [K+1,2,d,h,w] float32 the priors at t..t+K as stored (update_input's next pairs)
       "active"        [1,d,h,w]  float32  1 = active cell
       "params"        [27]       float32  normalized ParamsScalar + time feature of t (Normalizer.conditioning)
       "target_delta"  [K,2,d,h,w] float32 normalized change of (P, T), steps t->t+1 .. t+K-1->t+K; 0 at inactive
@@ -66,7 +65,7 @@ API (see docs/design.md for the file layouts)
                                           frame of the (augmented) whole field: coarse cell c covers
                                           fine cells [c*F, (c+1)*F). Without augmentation this is the
                                           patch origin (z0, y0, x0) in the full grid. Zeros in full mode.
-      "context_x"     [14,Dc,Hc,Wc] float32  (patch mode only) whole field at t, utils.coarsen by
+      "context_x"     [19,Dc,Hc,Wc] float32  (patch mode only) whole field at t, utils.coarsen by
       "context_active"[1,Dc,Hc,Wc]  float32   context_factor F, augmented like the patch
       "sim", "t"      int64      index of the simulation in ``dataset.sim_paths`` and the input step
     In full mode there is no context_x: the model computes the context from x itself.
@@ -229,9 +228,8 @@ def _read_stats(stats: dict) -> dict:
 
 
 def _static_scales(delta_scale: np.ndarray) -> list[float]:
-    """Scales of the "asinh" static channels: each shares a target's scale, so the channel and the
-    change it predicts read alike: the well responses (Pa) the pressure's, the injection
-    temperature gap (K) the temperature's."""
+    """Scales of the "asinh" static channels: the injection temperature gap (K) shares the
+    temperature target's scale, so the channel and the change it predicts read alike."""
     scales = [delta_scale[schema.DYNAMIC_NAMES.index("Pressure")]] * schema.N_STATIC
     scales[schema.STATIC_NAMES.index(schema.INJECTION_GAP)] = delta_scale[schema.DYNAMIC_NAMES.index("Temperature")]
     return scales

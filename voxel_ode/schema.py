@@ -119,6 +119,7 @@ CUMULATIVE_SCALARS = ("FieldEnergyProductionTotal",)
 # compared with rate x STEP_SECONDS.
 CUMULATIVE_RATES = ("FieldEnergyProductionRate",)
 STEP_SECONDS = 365.25 * 86400.0  # reports are yearly
+GRAVITY = 9.80665  # m/s^2
 # Liquid-water enthalpy h = c_w (T - 273.15), used by `voxel-ode synth` and to
 # estimate the t = 0 field scalars of a run given without its t = 0 report.
 WATER_HEAT_CAPACITY = 4200.0  # J/(kg K)
@@ -190,7 +191,7 @@ SPLITS = ("train", "test")
 # ---------------------------------------------------------------------------
 # Model channels
 # ---------------------------------------------------------------------------
-# Input = the 23 static channels, the state at t (Pressure, Temperature), then the
+# Input = the static channels (STATIC_NAMES), the state at t (Pressure, Temperature), then the
 # change of the pressure since t = 0 (Pressure minus Pressure0). Pressure is z-scored
 # over the whole depth range (std ~ 50 bar), so the 0.1-20 bar a reservoir moves under
 # production is ~1e-3 of a unit in its state channel, invisible to the network; scaled

@@ -102,8 +102,8 @@ from voxel_ode import description, schema, water
 from voxel_ode.faces import ActiveFaces
 from voxel_ode.utils import UserError, atomic_path
 
-SECONDS_PER_YEAR = 365.25 * 86400.0
-GRAVITY = 9.80665  # m/s^2
+SECONDS_PER_YEAR = schema.STEP_SECONDS
+GRAVITY = schema.GRAVITY
 WATER_HEAT_CAPACITY = schema.WATER_HEAT_CAPACITY  # J/(kg K), liquid water
 WELL_RADIUS = 0.1  # m, for the injectivity estimate that sets the rates
 MAX_TEMPERATURE = 523.15  # K: keep water liquid and inside the density correlation

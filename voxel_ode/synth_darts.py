@@ -38,6 +38,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from voxel_ode import schema
 from voxel_ode.utils import UserError
 
 DARTS_VERSION = "2.0.0"
@@ -51,7 +52,7 @@ WELL_DIAMETER = 0.2  # m
 INJ_BHP_OVER_HYDROSTATIC = 150.0  # bar
 PROD_BHP_MIN = 20.0  # bar
 P_SURFACE = 1.01325  # bar
-GRAVITY = 9.80665
+GRAVITY = schema.GRAVITY
 REPORT_DAYS = 365.0
 OBL_STEPS = (4.0, 1.0)  # bar, K
 SECONDS_PER_DAY = 86400.0

@@ -36,6 +36,11 @@ def enthalpy(temperature):
     return schema.WATER_HEAT_CAPACITY * (np.asarray(temperature) - schema.ENTHALPY_ZERO_T)
 
 
+def temperature_from_enthalpy(enthalpy_j_per_kg):
+    """K: the inverse of ``enthalpy``."""
+    return np.asarray(enthalpy_j_per_kg) / schema.WATER_HEAT_CAPACITY + schema.ENTHALPY_ZERO_T
+
+
 def saturation_pressure(temperature):
     """Pa, Antoine equation for water (good to a few % over 100-374 C)."""
     tc = np.asarray(temperature) - 273.15

@@ -39,8 +39,8 @@ from voxel_ode import schema, water
 from voxel_ode.faces import ActiveFaces
 from voxel_ode.utils import UserError
 
-YEAR_SECONDS = 365.25 * 86400.0
-GRAVITY = 9.80665  # m/s^2
+YEAR_SECONDS = schema.STEP_SECONDS
+GRAVITY = schema.GRAVITY
 DIRECT_SOLVE_MAX_CELLS = 60_000
 # Used where a dataset does not declare them (printed as assumptions by prep and inspect).
 GENERIC_COMPRESSIBILITY = 5e-10  # 1/Pa, rock + water
@@ -244,11 +244,15 @@ def _spd_solver(A):
     import pyamg
 
     M = pyamg.smoothed_aggregation_solver(A.tocsr(), symmetry="symmetric").aspreconditioner(cycle="V")
+    return _iterative(spla.cg, A, M, 1e-6, 300, f"pressure prior: pressure solve did not converge ({A.shape[0]} cells)")
 
+
+def _iterative(method, A, M, rtol, maxiter, failure: str):
+    """x = solve(b, x0) by a preconditioned scipy Krylov ``method``; ``failure``: the one-line error."""
     def solve(b, x0):
-        x, info = spla.cg(A, b, x0=x0, rtol=1e-6, atol=0.0, maxiter=300, M=M)
+        x, info = method(A, b, x0=x0, rtol=rtol, atol=0.0, maxiter=maxiter, M=M)
         if info != 0:
-            raise UserError(f"pressure prior: pressure solve did not converge ({A.shape[0]} cells)")
+            raise UserError(failure)
         return x
 
     return solve
@@ -274,14 +278,7 @@ def _transport_solver(A, flow_order):
     ordered = A.tocsr()[flow_order][:, flow_order]
     lower = spla.splu(sp.tril(ordered).tocsc(), permc_spec="NATURAL", diag_pivot_thresh=0.0)
     M = spla.LinearOperator((n, n), lambda r: lower.solve(np.asarray(r).ravel()[flow_order])[rank])
-
-    def solve(b, x0):
-        x, info = spla.bicgstab(A, b, x0=x0, rtol=1e-8, atol=0.0, maxiter=200, M=M)
-        if info != 0:
-            raise UserError(f"thermal prior: heat-transport solve did not converge ({n} cells)")
-        return x
-
-    return solve
+    return _iterative(spla.bicgstab, A, M, 1e-8, 200, f"thermal prior: heat-transport solve did not converge ({n} cells)")
 
 
 def injection_temperature(scalars) -> float | None:
@@ -289,12 +286,11 @@ def injection_temperature(scalars) -> float | None:
     the injected water's enthalpy, taken as c_w (T - 273.15). None when nothing is injected."""
     scalars = np.asarray(scalars, np.float64)
     energy = scalars[:, schema.SCALAR_NAMES.index("FieldEnergyInjectionRate")]
-    water = scalars[:, schema.SCALAR_NAMES.index("FieldWaterInjectionRate")]
-    injecting = water > 0
+    rate = scalars[:, schema.SCALAR_NAMES.index("FieldWaterInjectionRate")]
+    injecting = rate > 0
     if not injecting.any():
         return None
-    enthalpy = float(np.median(energy[injecting] / water[injecting]))
-    return enthalpy / schema.WATER_HEAT_CAPACITY + schema.ENTHALPY_ZERO_T
+    return float(water.temperature_from_enthalpy(np.median(energy[injecting] / rate[injecting])))
 
 
 def warm_pressure_change(res: Reservoir, n_reports: int) -> np.ndarray:
