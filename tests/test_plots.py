@@ -147,6 +147,9 @@ def test_pictures_are_written_and_inactive_cells_blank(tmp_path, monkeypatch):
     dx, dy, dz = (float(sim["params_scalar"][schema.PARAM_NAMES.index(n)]) for n in ("CellSizeX", "CellSizeY", "CellSizeZ"))
     assert plots.cell_size_of(sim, {"description": DESCRIPTION}) == pytest.approx((dx, dy, dz))
     assert plots.cell_size_of(sim, {}) is None  # nothing declared: cells, not metres
+    fitted = dict(DESCRIPTION, calibrated={"CellSizeX": "calibrated", "CellSizeY": "calibrated",
+                                           "CellSizeZ": "calibrated"})
+    assert plots.cell_size_of(sim, {"description": fitted}) is None  # fitted sizes are not drawn as metres
     nz, ny, nx = GRID
     assert extents[0] == pytest.approx((0, nx * dx, nz * dz, 0))  # Z-X section
     assert extents[3] == pytest.approx((0, nx * dx, ny * dy, 0))  # X-Y section

@@ -354,18 +354,23 @@ def with_cell_size(desc: description.Description, cell_size) -> description.Desc
     return dataclasses.replace(desc, quantities=quantities, source=desc.source + " + --cell_size")
 
 
+def declared_compressibility(values: dict) -> float | None:
+    """Total compressibility (1/Pa) from resolved quantities: TotalCompressibility, else Rock +
+    Fluid (either may be absent); None if none is given."""
+    if "TotalCompressibility" in values:
+        return values["TotalCompressibility"]
+    if "RockCompressibility" in values or "FluidCompressibility" in values:
+        return values.get("RockCompressibility", 0.0) + values.get("FluidCompressibility", 0.0)
+    return None
+
+
 def reservoir(statics: dict, physics: description.Physics, injection_gap) -> well_response.Reservoir | None:
     """The priors' inputs from a run's static grids (SI units) and declared physics; None when the
     description lacks what they need (cell sizes and the lateral boundary)."""
     if physics.cell_size is None or physics.lateral_boundary is None:
         return None
     v = physics.values
-    if "TotalCompressibility" in v:
-        compressibility = v["TotalCompressibility"]
-    elif "RockCompressibility" in v or "FluidCompressibility" in v:
-        compressibility = v.get("RockCompressibility", 0.0) + v.get("FluidCompressibility", 0.0)
-    else:
-        compressibility = well_response.GENERIC_COMPRESSIBILITY
+    compressibility = declared_compressibility(v) or well_response.GENERIC_COMPRESSIBILITY
     if "RockHeatCapacityVolumetric" in v:
         rock_heat = v["RockHeatCapacityVolumetric"]
     elif "RockHeatCapacity" in v and "RockDensity" in v:
@@ -385,15 +390,13 @@ def _calibration_run(path, desc: description.Description, fill_value):
     true pressure change since t = 0 at every report."""
     with h5py.File(path, "r") as f:
         grid = f[schema.raw_path("IsActive")].shape
-        statics, params, _, _, mask = _read_inputs(f, grid, fill_value)
+        statics, _, _, _, mask, physics = _resolved_inputs(f, path, grid, fill_value, desc)
         pressure = _read(f[schema.raw_path("Pressure")]).astype(np.float64)
-    physics = description.resolve(desc, params, statics["PermX"][mask], statics["Pressure0"][mask],
-                                  pressure[0][mask], path)
     change = pressure[:, mask] - statics["Pressure0"][mask]
     change[:, ~np.isfinite(change).all(axis=0) | (np.abs(change) > 1e9).any(axis=0)] = 0.0  # fill values
     change = np.concatenate([np.zeros_like(change[:1]), change]) if physics.first_report == "year1" else change
     change[0] = 0.0
-    perm = tuple(statics[n].astype(np.float64) * physics.permeability_factor for n in ("PermX", "PermY", "PermZ"))
+    perm = tuple(statics[n].astype(np.float64) for n in ("PermX", "PermY", "PermZ"))
     res = well_response.Reservoir(mask, perm, statics["Porosity"], statics["Temperature0"], statics["InjRate"],
                                   (1.0, 1.0, 1.0))
     return calibration.Run(res, change, physics.cell_size), physics
@@ -422,10 +425,8 @@ def calibrate_description(desc: description.Description, train_paths, fill_value
         return desc
     v = physics.values
     boundary = (physics.lateral_boundary, v.get("BoundaryMultiplier", 0.0)) if physics.lateral_boundary else None
-    declared_ct = next((v[q] for q in ("TotalCompressibility",) if q in v),
-                       v.get("RockCompressibility", 0.0) + v.get("FluidCompressibility", 0.0)) or None
     with tqdm(desc="calibrate", unit="candidate", disable=not progress, leave=False) as bar:
-        result = calibration.fit(runs, boundary, declared_ct, progress=bar.update)
+        result = calibration.fit(runs, boundary, declared_compressibility(v), progress=bar.update)
     if result is None:
         tqdm.write("calibration: the pressure changes of the training runs fit no candidate; no physics priors",
                    file=sys.stderr)
@@ -455,12 +456,8 @@ def derive_channels(statics: dict, scalars, physics: description.Physics, n_repo
 
 def _scan_values(f, path, grid, n_t, fill_value, out_path, patch, stride, chunk_edge, compression,
                  desc=None) -> dict:
-    statics, params, scalars, raw_active, mask = _read_inputs(f, grid, fill_value)
+    statics, params, scalars, raw_active, mask, physics = _resolved_inputs(f, path, grid, fill_value, desc)
     dyn = [f[schema.raw_path(n)] for n in schema.DYNAMIC_NAMES]
-    physics = description.resolve(desc or description.Description(), params, statics["PermX"][mask],
-                                  statics["Pressure0"][mask], _read(dyn[0], 0).astype(np.float32)[mask], path)
-    for name in ("PermX", "PermY", "PermZ"):
-        statics[name] = statics[name] * np.float32(physics.permeability_factor)
     # physical ranges before any solve: an impossible value must be what the user reads, not a
     # solver's failure on it
     warnings = _physical_problems(statics, mask, scalars, physics.cell_size)
@@ -505,6 +502,17 @@ def _scan_values(f, path, grid, n_t, fill_value, out_path, patch, stride, chunk_
         "warnings": [f"{path}: {w}" for w in warnings],
         **stats.result(),
     }
+
+
+def _resolved_inputs(f, path, grid, fill_value, desc):
+    """_read_inputs plus the run's resolved description (description.resolve), permeability in m^2."""
+    statics, params, scalars, raw_active, mask = _read_inputs(f, grid, fill_value)
+    first_pressure = _read(f[schema.raw_path("Pressure")], 0).astype(np.float32)
+    physics = description.resolve(desc or description.Description(), params, statics["PermX"][mask],
+                                  statics["Pressure0"][mask], first_pressure[mask], path)
+    for name in ("PermX", "PermY", "PermZ"):
+        statics[name] = statics[name] * np.float32(physics.permeability_factor)
+    return statics, params, scalars, raw_active, mask, physics
 
 
 def _initial_scalars(scalars):

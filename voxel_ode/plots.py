@@ -71,11 +71,14 @@ def injector_cell(static: np.ndarray) -> tuple[int, int, int]:
 
 def cell_size_of(sim: dict, stats=None):
     """(dx, dy, dz) in m of a simulation as its dataset description declares them (stats.json
-    "description", with the run's ParamsScalar where it points there); None if not declared."""
+    "description", with the run's ParamsScalar where it points there); None if not declared,
+    also where prep calibrated them (fitted sizes drawn as metres would pass for the truth)."""
     from voxel_ode import description
 
     try:
         desc = description.Description.from_dict((stats or {}).get("description") or {}, "stats.json description")
+        if set(desc.calibrated) & set(description.CELL_SIZE_QUANTITIES):
+            return None
         return description.declared_cell_size(desc, sim.get("params_scalar"))
     except (UserError, TypeError, IndexError, ValueError):
         return None
