@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from voxel_ode import schema
-from voxel_ode.dataset import STATIC_ACTIVE, Normalizer
-from voxel_ode.model import ModelConfig, VoxelAutoRegressor, count_parameters
+from voxel_ode.training.dataset import STATIC_ACTIVE, Normalizer
+from voxel_ode.model.network import ModelConfig, VoxelAutoRegressor, count_parameters
 
 
 def normalization_table(root: Path) -> str:
@@ -94,7 +94,7 @@ def speed_table(sizes, steps, batch) -> str:
 def compare_context(root: Path, steps: int, seed: int = 0) -> str:
     """Train a small whole-field model and the same model purely local on whole fields
     (full mode) for the same number of steps; one-step test error in normalized units."""
-    from voxel_ode.dataset import PatchDataset, collate
+    from voxel_ode.training.dataset import PatchDataset, collate
 
     train = PatchDataset(root, "train", mode="full", aug_xy_rot=True, aug_flip=True, seed=seed)
     test = PatchDataset(root, "test", mode="full")

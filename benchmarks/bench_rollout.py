@@ -19,7 +19,7 @@ timed in the same process.
 On a GPU: ``--device cuda --amp none bf16 fp16`` times each configuration per
 precision and adds the peak GPU memory (torch.cuda.max_memory_allocated).
 
-Prints a markdown table. With --synth it first times `voxel_ode.synth` at the
+Prints a markdown table. With --synth it first times `voxel_ode.synth.voxel` at the
 same grid (``--synth_years`` simulated years, s/year reported) and runs the
 rollouts on that simulation's own fields, so the speed-up is measured on one
 simulation.
@@ -99,9 +99,9 @@ def run_one(cfg: dict) -> dict:
     """One configuration in this process: returns timings and peak RSS."""
     import torch
 
-    from voxel_ode import rollout
-    from voxel_ode.dataset import Normalizer
-    from voxel_ode.model import ModelConfig, VoxelAutoRegressor, count_parameters
+    from voxel_ode.inference import rollout
+    from voxel_ode.training.dataset import Normalizer
+    from voxel_ode.model.network import ModelConfig, VoxelAutoRegressor, count_parameters
 
     torch.manual_seed(0)
     if cfg.get("threads"):
@@ -188,7 +188,7 @@ def conv_peak_gflops(channels, amp_dtype, device, shape=(326, 70, 76), reps=3):
 
 def run_synth(cfg: dict) -> dict:
     """Time `synth.simulate` at full size for ``years`` simulated years; save the run for the rollouts."""
-    from voxel_ode import synth
+    from voxel_ode.synth import voxel as synth
 
     t0 = time.perf_counter()
     arrays = synth.simulate(tuple(cfg["grid"]), seed=cfg["seed"], n_steps=cfg["years"] + 1)
@@ -219,7 +219,7 @@ def main():
     ap.add_argument("--peak", action="store_true",
                     help="also time the bare Conv3d(C, C, 3^3) on the whole grid in each configuration's precision")
     ap.add_argument("--synth", action="store_true",
-                    help="also time voxel_ode.synth on the same grid and roll out on that simulation's fields")
+                    help="also time voxel_ode.synth.voxel on the same grid and roll out on that simulation's fields")
     ap.add_argument("--synth_years", type=int, default=1, help="simulated years to time (s/year is reported)")
     ap.add_argument("--raw_path", default="/tmp/bench_rollout_synth.h5", help="where --synth keeps its run")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one JSON config in this process
@@ -279,7 +279,7 @@ def main():
               f"| {r['peak_rss_mb']:.0f} | {gpu} |")
     if synth_row:
         y = synth_row["s_per_year"]
-        print(f"| voxel_ode.synth (simulator) | {synth_row['years']} year(s) | {y:.2f} | {29 * y:.0f} | - "
+        print(f"| voxel_ode.synth.voxel (simulator) | {synth_row['years']} year(s) | {y:.2f} | {29 * y:.0f} | - "
               f"| {synth_row['peak_rss_mb']:.0f} |")
         print("\nspeed-up of the surrogate over the simulator, per step: "
               + ", ".join(f"{r['name']} {y / r['s_per_step']:.1f}x" for r in rows))

@@ -22,7 +22,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from voxel_ode import schema, synth
+from voxel_ode import schema
+from voxel_ode.synth import voxel as synth
 
 
 def _summary(path: Path) -> dict:

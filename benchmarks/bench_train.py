@@ -5,7 +5,7 @@
 
 For each model size it trains ``--steps`` optimizer steps on 32^3 patches of a
 small prepped dataset (tests/fixtures data: throughput does not depend on the
-physics) through ``voxel_ode.train.train`` (data loading included) and reports
+physics) through ``voxel_ode.training.train.train`` (data loading included) and reports
 patches/s and voxels/s from metrics.jsonl (the first log window, with warm-up,
 is dropped). Convolution FLOPs are counted with forward hooks on every Conv3d:
 2 * k^3 * Cin * Cout per output voxel, times 3 for forward + backward (the
@@ -41,7 +41,7 @@ from voxel_ode import schema  # noqa: E402
 def make_data(root: Path, grid=(40, 40, 40)) -> Path:
     from fixtures import write_raw_dir
 
-    from voxel_ode.data_prep import prep
+    from voxel_ode.data.prep import prep
 
     write_raw_dir(root / "raw", n=3, grid=grid, n_t=4, inactive_frac=0.2)
     prep(root / "raw", root / "prepped", patch_size=(32, 32, 32), stride=(8, 8, 8), n_test=1, progress=False)
@@ -115,7 +115,7 @@ def conv_bf16_vs_fp32(channels: int = 32, batch: int = 2, patch: int = 16, reps:
 def loader_seconds_per_batch(prepped: Path, batch_size: int, n_batches: int = 6) -> float:
     """Seconds to read, normalize and collate one training batch of patches in this process
     (what --num_workers 0 adds to every step), median of ``n_batches``."""
-    from voxel_ode.dataset import PatchDataset, collate
+    from voxel_ode.training.dataset import PatchDataset, collate
 
     ds = PatchDataset(prepped, "train", mode="patch", aug_xy_rot=True, aug_flip=True, noise_std=0.01)
     order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0)).tolist()
@@ -128,7 +128,7 @@ def loader_seconds_per_batch(prepped: Path, batch_size: int, n_batches: int = 6)
 
 
 def train_throughput(prepped: Path, out: Path, steps: int, **kw) -> dict:
-    from voxel_ode.train import train
+    from voxel_ode.training.train import train
 
     shutil.rmtree(out, ignore_errors=True)
     log_every = max(1, steps // 3)
@@ -155,7 +155,7 @@ def main() -> None:
         print(f"fp32 {amp['fp32']:.1f} GFLOP/s, bf16 autocast {amp['bf16']:.1f} GFLOP/s")
         return
 
-    from voxel_ode.model import ModelConfig, VoxelAutoRegressor, count_parameters
+    from voxel_ode.model.network import ModelConfig, VoxelAutoRegressor, count_parameters
 
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {load}; torch {torch.__version__}, "

@@ -23,7 +23,10 @@ import numpy as np  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from voxel_ode import data_prep, description, synth, well_response  # noqa: E402
+from voxel_ode.data import prep as data_prep  # noqa: E402
+from voxel_ode.data import description
+from voxel_ode.synth import voxel as synth
+from voxel_ode.physics import priors as well_response
 
 
 def timed(fn):

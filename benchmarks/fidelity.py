@@ -66,7 +66,7 @@ def main() -> int:
         print(markdown_table(json.loads((Path(args.out) / "fidelity.json").read_text())))
         return 0
 
-    from voxel_ode.rollout import evaluate, format_table
+    from voxel_ode.inference.rollout import evaluate, format_table
 
     out = Path(args.out)
     prepped = make_data(out, args.n_sims, n_test=5, grid=tuple(args.grid), seed=1234)
@@ -113,8 +113,8 @@ def main() -> int:
 def make_data(out: Path, n_sims: int, n_test: int, grid, seed: int) -> Path:
     """Synthesize ``out/raw`` and prep it into ``out/prepped`` (the first ``n_test`` runs -> test),
     unless a prepped set is already there; returns the prepped folder."""
-    from voxel_ode.data_prep import prep
-    from voxel_ode.synth import generate_dataset
+    from voxel_ode.data.prep import prep
+    from voxel_ode.synth.voxel import generate_dataset
 
     raw, prepped = out / "raw", out / "prepped"
     if not (prepped / "stats.json").exists():

@@ -15,7 +15,7 @@ os.environ.setdefault("VOXEL_ODE_CPU_BF16", "0")
 def small_prepped(tmp_path_factory):
     """A prepped root of 4 tiny runs (3 train, 1 test) shared by the training tests; read-only."""
     from fixtures import write_raw_dir
-    from voxel_ode.data_prep import prep
+    from voxel_ode.data.prep import prep
 
     root = tmp_path_factory.mktemp("small_prepped")
     write_raw_dir(root / "raw", n=4, grid=(12, 10, 8), n_t=6)

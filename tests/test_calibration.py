@@ -11,7 +11,11 @@ import pytest
 
 from fixtures import write_raw_sim
 from test_foreign import foreign_arrays, run_cli
-from voxel_ode import calibration, data_prep, description, schema, well_response
+from voxel_ode import schema
+from voxel_ode.physics import calibration
+from voxel_ode.data import prep as data_prep
+from voxel_ode.data import description
+from voxel_ode.physics import priors as well_response
 
 GRID = (8, 10, 12)
 

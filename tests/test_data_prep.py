@@ -1,4 +1,4 @@
-"""Tests for voxel_ode.data_prep: validation, packing, stats, patch index, CLI."""
+"""Tests for voxel_ode.data.prep: validation, packing, stats, patch index, CLI."""
 
 import json
 import subprocess
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from fixtures import DESCRIPTION, make_raw_arrays, write_raw_dir, write_raw_sim
-from voxel_ode.description import Description
+from voxel_ode.data.description import Description
 from voxel_ode import cli, schema
-from voxel_ode import data_prep as dp
+from voxel_ode.data import prep as dp
 from voxel_ode.utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -424,7 +424,7 @@ def test_inspect_raw_prepped_and_bad(tmp_path, capsys):
 
 
 def test_scale_like_params_are_log_scaled_with_a_floor_for_zeros():
-    from voxel_ode.dataset import Normalizer
+    from voxel_ode.training.dataset import Normalizer
 
     rng = np.random.default_rng(0)
     n = 12

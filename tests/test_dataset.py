@@ -13,8 +13,8 @@ import torch
 
 from fixtures import write_raw_dir
 from voxel_ode import schema
-from voxel_ode.data_prep import prep
-from voxel_ode.dataset import (
+from voxel_ode.data.prep import prep
+from voxel_ode.training.dataset import (
     STATIC_PERM_X,
     STATIC_PERM_Y,
     Normalizer,

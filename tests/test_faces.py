@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from voxel_ode.faces import ActiveFaces
+from voxel_ode.physics.faces import ActiveFaces
 
 
 def test_faces_join_active_neighbours_with_harmonic_transmissibility():

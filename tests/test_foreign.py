@@ -15,7 +15,7 @@ import torch
 
 from fixtures import write_raw_sim
 from voxel_ode import cli, schema
-from voxel_ode.description import infer_first_report, infer_permeability_unit
+from voxel_ode.data.description import infer_first_report, infer_permeability_unit
 
 GRID = (10, 8, 9)
 N_REPORTS = 5  # Output/*[r] = end of year r + 1
@@ -179,7 +179,7 @@ def test_description_errors_are_one_line(tmp_path, capsys):
 
 
 def test_notes_say_which_constants_take_generic_values():
-    from voxel_ode.description import Description, resolve
+    from voxel_ode.data.description import Description, resolve
 
     cells = {"CellSizeX": 50, "CellSizeY": 50, "CellSizeZ": 5}
     ones = np.ones(4)

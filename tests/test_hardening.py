@@ -18,9 +18,10 @@ import pytest
 import torch
 
 from fixtures import DESCRIPTION, make_raw_arrays, write_raw_dir, write_raw_sim
-from voxel_ode import checks, cli, schema
-from voxel_ode import data_prep as dp
-from voxel_ode.description import Description
+from voxel_ode import cli, schema
+from voxel_ode.data import checks
+from voxel_ode.data import prep as dp
+from voxel_ode.data.description import Description
 from voxel_ode.utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,7 +125,7 @@ def test_permeability_in_millidarcy_passes_the_range_checks():
 
 
 def test_a_failing_solve_is_one_line_naming_the_file(tmp_path, monkeypatch):
-    from voxel_ode import well_response
+    from voxel_ode.physics import priors as well_response
 
     def singular(*args, **kwargs):
         raise RuntimeError("Factor is exactly singular")
@@ -146,7 +147,7 @@ TINY = dict(base_channels=8, depth=2, receptive_field_radius=1, num_threads=1, q
 
 @pytest.fixture(scope="module")
 def trained(small_prepped, tmp_path_factory):
-    from voxel_ode.train import train
+    from voxel_ode.training.train import train
 
     save = tmp_path_factory.mktemp("hardening_ckpt")
     train(prepped_root=str(small_prepped), save_dir=str(save), max_steps=2, ckpt_every=100, **TINY)
@@ -233,8 +234,8 @@ def test_checkpoint_whose_stats_were_edited_within_range_fails_its_digest(traine
 
 
 def test_huge_model_config_is_refused_before_allocating(trained, tmp_path, monkeypatch):
-    from voxel_ode import model as M
-    from voxel_ode.train import train
+    from voxel_ode.model import network as M
+    from voxel_ode.training.train import train
 
     prepped, ckpt = trained
     state = torch.load(ckpt, weights_only=True)
@@ -253,7 +254,7 @@ def test_huge_model_config_is_refused_before_allocating(trained, tmp_path, monke
 
 
 def test_truncated_checkpoint_to_resume_names_the_cause(trained, tmp_path):
-    from voxel_ode.train import train
+    from voxel_ode.training.train import train
 
     prepped, ckpt = trained
     data = Path(ckpt).read_bytes()
@@ -264,7 +265,7 @@ def test_truncated_checkpoint_to_resume_names_the_cause(trained, tmp_path):
     msg = str(err.value)
     assert msg.startswith(f"{bad}: checkpoint: cannot load with weights_only=True (RuntimeError: ") and "\n" not in msg
     assert "failed finding central directory" in msg  # the reader's own words, not just the type
-    from voxel_ode.model import load_model
+    from voxel_ode.model.network import load_model
 
     with pytest.raises(UserError) as err:  # rollout's loader reads through the same function
         load_model(bad)
@@ -272,7 +273,7 @@ def test_truncated_checkpoint_to_resume_names_the_cause(trained, tmp_path):
 
 
 def test_resume_with_other_stats_is_refused(trained, tmp_path):
-    from voxel_ode.train import train
+    from voxel_ode.training.train import train
 
     prepped, ckpt = trained
     other = tmp_path / "prepped"
@@ -288,7 +289,7 @@ def test_resume_with_other_stats_is_refused(trained, tmp_path):
 # damaged or empty prepped files in training and rollout
 # ---------------------------------------------------------------------------
 def test_truncated_prepped_file_in_training_is_one_line(small_prepped, tmp_path):
-    from voxel_ode.train import train
+    from voxel_ode.training.train import train
 
     root = tmp_path / "prepped"
     shutil.copytree(small_prepped, root)
@@ -335,7 +336,7 @@ def test_killed_training_resumes_cleanly_and_equals_an_uninterrupted_run(small_p
     """Kill -9 a training process right after (or during) a checkpoint write, resume into the same
     folder: no temp files, no duplicate metrics steps, the same losses and weights as a run that
     was never killed."""
-    from voxel_ode.train import train
+    from voxel_ode.training.train import train
 
     run = dict(max_steps=24, ckpt_every=4, **TINY)
     train(prepped_root=str(small_prepped), save_dir=str(tmp_path / "a"), **run)

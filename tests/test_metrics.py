@@ -5,7 +5,8 @@ import math
 
 import numpy as np
 
-from voxel_ode import metrics, schema
+from voxel_ode import schema
+from voxel_ode.inference import metrics
 
 
 def _toy():

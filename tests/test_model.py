@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from voxel_ode import schema
-from voxel_ode.model import (LOG_GAIN_BOUND, ModelConfig, VoxelAutoRegressor, count_parameters, crop_upsample, load_model)
+from voxel_ode.model.network import (LOG_GAIN_BOUND, ModelConfig, VoxelAutoRegressor, count_parameters, crop_upsample, load_model)
 from voxel_ode.utils import UserError, coarsen
 
 SMALL = dict(base_channels=8, depth=2, receptive_field_radius=1, context_channels=8, global_dim=16)
@@ -201,8 +201,8 @@ def test_load_model_roundtrip_and_refuses_pickles(tmp_path):
 
 def test_loss_decreases_when_overfitting_a_tiny_batch(tmp_path):
     from fixtures import write_raw_dir
-    from voxel_ode.data_prep import prep
-    from voxel_ode.dataset import PatchDataset, collate
+    from voxel_ode.data.prep import prep
+    from voxel_ode.training.dataset import PatchDataset, collate
 
     write_raw_dir(tmp_path / "raw", n=3, grid=(10, 10, 8), n_t=4)
     prep(tmp_path / "raw", tmp_path / "prepped", patch_size=(8, 8, 8), stride=(4, 4, 4), n_test=1, progress=False)
@@ -305,7 +305,7 @@ def test_old_checkpoint_configs_are_refused_with_one_line(tmp_path):
 
 
 def test_channel_norm_in_bf16_inference_matches_the_float_path_and_training_keeps_float_grads():
-    from voxel_ode.model import ChannelLayerNorm
+    from voxel_ode.model.network import ChannelLayerNorm
 
     torch.manual_seed(0)
     norm = ChannelLayerNorm(8)

@@ -9,7 +9,9 @@ import pytest
 
 from test_rollout import GRID, N_T, prepped_arrays
 from fixtures import DESCRIPTION
-from voxel_ode import plots, rollout, schema
+from voxel_ode import schema
+from voxel_ode.inference import plots
+from voxel_ode.inference import rollout
 
 
 CELL_SIZE = (100.0, 50.0, 10.0)  # dx, dy, dz in m

@@ -10,9 +10,11 @@ import pytest
 import torch
 
 import fixtures
-from voxel_ode import rollout as R
-from voxel_ode import data_prep, description, schema
-from voxel_ode.dataset import Normalizer, prior_pair
+from voxel_ode.inference import rollout as R
+from voxel_ode import schema
+from voxel_ode.data import prep as data_prep
+from voxel_ode.data import description
+from voxel_ode.training.dataset import Normalizer, prior_pair
 from voxel_ode.utils import UserError
 
 GRID = (12, 10, 8)
@@ -279,7 +281,7 @@ def real_model_ckpt(path, stats, **cfg_kwargs):
     """A tiny real VoxelAutoRegressor with random weights, saved like train.py does."""
     from dataclasses import asdict
 
-    from voxel_ode.model import ModelConfig, VoxelAutoRegressor
+    from voxel_ode.model.network import ModelConfig, VoxelAutoRegressor
 
     torch.manual_seed(0)
     cfg = ModelConfig(**{"base_channels": 4, "depth": 1, "receptive_field_radius": 1, "context_channels": 4,
@@ -413,7 +415,7 @@ def test_linear_baseline_fits_a_linear_truth(data, tmp_path):
     for var in range(2):
         np.testing.assert_allclose(step1[:, var], feats @ w[var], rtol=1e-3, atol=float(rounding[var]))
     # fitted on the train sims, it must beat persistence on them (the fixture's change is ~linear in t)
-    from voxel_ode import metrics as M
+    from voxel_ode.inference import metrics as M
 
     err = M.relative_change_error(grid[:, 0], sims[1]["outputs_grid"][:, 0], sims[1]["static"][1])
     assert np.nanmean(err[1:]) < 0.9
@@ -468,7 +470,7 @@ def test_linear_baseline_ridge_shrinks_weights(data):
 
 def test_initial_scalars_estimate_matches_a_synth_run():
     """Without the t = 0 report, the estimate of the t = 0 field scalars equals what synth wrote."""
-    from voxel_ode import synth
+    from voxel_ode.synth import voxel as synth
 
     arrays = synth.simulate((6, 8, 8), seed=5, n_steps=2, substeps=1)
     t_inj = arrays["ParamsScalar"][schema.PARAM_NAMES.index("InjectionTemperature")]

@@ -7,7 +7,9 @@ import h5py
 import numpy as np
 import pytest
 
-from voxel_ode import schema, synth, water
+from voxel_ode import schema
+from voxel_ode.synth import voxel as synth
+from voxel_ode.physics import water
 from voxel_ode.cli import main as cli_main
 
 SMALL = (12, 8, 8)
@@ -172,7 +174,7 @@ def test_write_passes_validation_and_matches_schema(tmp_path):
         assert f[schema.raw_path("FieldEnergyProductionTotal")][0] == 0.0
         assert len(f["Input"]) == len(schema.RAW_STATIC_NAMES) + 1
     try:
-        from voxel_ode.data_prep import validate_raw
+        from voxel_ode.data.prep import validate_raw
     except ImportError:  # data_prep not there: the schema checks above still ran
         return
     assert validate_raw(path) == []

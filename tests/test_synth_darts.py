@@ -7,7 +7,10 @@ import h5py
 import numpy as np
 import pytest
 
-from voxel_ode import cli, data_prep, description, synth_darts
+from voxel_ode import cli
+from voxel_ode.data import prep as data_prep
+from voxel_ode.data import description
+from voxel_ode.synth import open_darts as synth_darts
 
 
 def test_missing_darts_is_one_line(monkeypatch, tmp_path, capsys):

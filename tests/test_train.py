@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from voxel_ode import schema
-from voxel_ode.schedulers import WarmupCosine, warmup_cosine
-from voxel_ode.train import add_train_args, amp_policy, default_args, param_checksum, rollout_k, train
+from voxel_ode.training.schedule import WarmupCosine, warmup_cosine
+from voxel_ode.training.train import add_train_args, amp_policy, default_args, param_checksum, rollout_k, train
 from voxel_ode.utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,7 +137,7 @@ def test_loss_decreases_and_checkpoint_is_safe(prepped, tmp_path, capsys):
     assert ckpt["step"] == 40 and ckpt["model_config"]["base_channels"] == 8
     assert ckpt["stats"]["grid_shape"] == [12, 10, 8] and ckpt["train_args"]["lr"] == 3e-3
     assert {"model", "optimizer", "scheduler", "scaler", "rng", "best_metric"} <= set(ckpt)
-    from voxel_ode.model import load_model
+    from voxel_ode.model.network import load_model
 
     model, _ = load_model(save / "last.pt")  # rollout needs no architecture flags
     assert model.config.depth == 2 and model.config.receptive_field_radius == 1
@@ -223,7 +223,7 @@ def test_torchrun_two_processes_hold_identical_weights(prepped, tmp_path):
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     rank0, rank1 = (sums / "rank0.txt").read_text(), (sums / "rank1.txt").read_text()
     assert rank0 == rank1
-    from voxel_ode.model import load_model
+    from voxel_ode.model.network import load_model
 
     model, ckpt = load_model(tmp_path / "ck" / "last.pt")
     assert param_checksum(model) + "\n" == rank0  # rank 0's checkpoint holds the same weights
@@ -250,7 +250,7 @@ def test_torchrun_one_process_runs_the_distributed_path(prepped, tmp_path):
                             "--save_dir", str(tmp_path / "plain")], capture_output=True, text=True, timeout=180,
                            env=_env())
     assert plain.returncode == 0 and "torch.distributed" not in plain.stdout
-    from voxel_ode.model import load_model
+    from voxel_ode.model.network import load_model
 
     assert param_checksum(load_model(tmp_path / "ddp" / "last.pt")[0]) == \
         param_checksum(load_model(tmp_path / "plain" / "last.pt")[0])
@@ -280,10 +280,10 @@ def test_pressure_loss_with_the_priors_compares_the_change_since_start(prepped, 
     """A first step that is wrong by e and a second step that corrects it: with the priors
     the second step's pressure loss is 0 (the change since t = 0 is right again); the increment
     loss of the plain head is not. Temperature is compared step by step either way."""
-    from voxel_ode import train as train_module
-    from voxel_ode.dataset import Normalizer
-    from voxel_ode.model import ModelConfig
-    from voxel_ode.train import Unroll
+    from voxel_ode.training import train as train_module
+    from voxel_ode.training.dataset import Normalizer
+    from voxel_ode.model.network import ModelConfig
+    from voxel_ode.training.train import Unroll
 
     norm = Normalizer(json.loads((prepped / schema.STATS_FILE).read_text()))
     shape = (1, 1, 3, 4, 5)
@@ -329,13 +329,13 @@ def test_budget_horizon_follows_the_step_rate(monkeypatch):
     """With a time budget the cosine (and the progress bar) ends where the budget ends: 20 steps in
     10 s of a 60 s budget leave 50 s at 2 steps/s, so the horizon is 20 + 100; capped at --max_steps."""
 
-    from voxel_ode.schedulers import warmup_cosine
-    from voxel_ode.train import Dist, fit_schedule_to_budget
+    from voxel_ode.training.schedule import warmup_cosine
+    from voxel_ode.training.train import Dist, fit_schedule_to_budget
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     scheduler = warmup_cosine(opt, 0, 10_000)
     ddp = Dist("cpu")
-    monkeypatch.setattr("voxel_ode.train.time.time", lambda: 1010.0)
+    monkeypatch.setattr("voxel_ode.training.train.time.time", lambda: 1010.0)
     args = argparse.Namespace(time_budget_min=1.0, max_steps=10_000)
     assert fit_schedule_to_budget(scheduler, 5, 0, 1000.0, args, ddp) is None  # too few steps to tell
     assert fit_schedule_to_budget(scheduler, 20, 0, 1000.0, args, ddp) == 120
@@ -355,7 +355,7 @@ def test_eval_every_zero_evaluates_only_after_the_last_step(prepped, tmp_path):
 def test_priors_follow_the_flag_and_the_log_says_what_prep_computed(prepped, tmp_path, capsys):
     """The prior heads are the default (--no_priors: the grid head alone); the log says whether
     prep computed physics priors (stats.json "priors") or left them at zero."""
-    from voxel_ode.model import load_model
+    from voxel_ode.model.network import load_model
 
     assert json.loads((prepped / schema.STATS_FILE).read_text())["priors"] is True
     for flag, expected, said in ((False, True, "physics priors=yes"), (True, False, "physics priors=no")):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from voxel_ode import schema, water, well_response as wr
+from voxel_ode import schema
+from voxel_ode.physics import water
+from voxel_ode.physics import priors as wr
 
 GRID = (6, 8, 9)
 CELL = (50.0, 40.0, 5.0)

@@ -96,10 +96,10 @@ def _banner(text: str) -> None:
 
 
 def run_demo(args) -> int:
-    from voxel_ode.data_prep import prep
-    from voxel_ode.rollout import evaluate
-    from voxel_ode.synth import generate_dataset
-    from voxel_ode.train import train
+    from voxel_ode.data.prep import prep
+    from voxel_ode.inference.rollout import evaluate
+    from voxel_ode.synth.voxel import generate_dataset
+    from voxel_ode.training.train import train
 
     cfg = demo_config(args)
     out = Path(args.out)

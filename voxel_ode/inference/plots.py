@@ -73,7 +73,7 @@ def cell_size_of(sim: dict, stats=None):
     """(dx, dy, dz) in m of a simulation as its dataset description declares them (stats.json
     "description", with the run's ParamsScalar where it points there); None if not declared,
     also where prep calibrated them (fitted sizes drawn as metres would pass for the truth)."""
-    from voxel_ode import description
+    from voxel_ode.data import description
 
     try:
         desc = description.Description.from_dict((stats or {}).get("description") or {}, "stats.json description")
@@ -206,7 +206,7 @@ def plot_simulation(out_dir, sim: dict, preds: dict, stats=None, sim_metrics=Non
     written.append(plot_scalars(sim.get("outputs_scalar"), {m: p[1] for m, p in preds.items()},
                                 out_dir / "scalars.png"))
     if sim_metrics is None:
-        from voxel_ode import metrics as M
+        from voxel_ode.inference import metrics as M
 
         std = stats["dynamic"]["std"] if stats and "dynamic" in stats else [1.0] * schema.N_DYNAMIC
         sim_metrics = {m: {"grid": M.grid_metrics(g, sim["outputs_grid"],

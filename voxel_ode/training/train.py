@@ -47,9 +47,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from voxel_ode import checks, metrics, schema
-from voxel_ode.precision import add_amp_arg
-from voxel_ode.schedulers import warmup_cosine
+from voxel_ode import schema
+from voxel_ode.data import checks
+from voxel_ode.inference import metrics
+from voxel_ode.model.precision import add_amp_arg
+from voxel_ode.training.schedule import warmup_cosine
 from voxel_ode.utils import UserError, atomic_path
 
 # ---------------------------------------------------------------------------
@@ -210,7 +212,7 @@ class Dist:
 def amp_policy(amp: str | None, device: torch.device, log=print, use_amp: bool = False) -> tuple[torch.dtype | None, bool]:
     """(autocast dtype or None, use a GradScaler) for --amp (precision.resolve: the same choice as
     rollouts make); --use_amp, the seed's GPU AMP, is --amp auto."""
-    from voxel_ode import precision
+    from voxel_ode.model import precision
 
     if use_amp and amp == "none":
         raise UserError("--use_amp asks for mixed precision, --amp none for fp32: give one of them")
@@ -364,7 +366,7 @@ def start_from(args, stats: dict, root: Path):
     """(checkpoint or None, model config, delta_mode) to build the run from. A resumed run takes
     the architecture and change normalization from its checkpoint (its weights fit only those),
     a fresh run from the flags."""
-    from voxel_ode.model import ModelConfig, checkpoint_config, load_checkpoint
+    from voxel_ode.model.network import ModelConfig, checkpoint_config, load_checkpoint
 
     if args.resume:
         ckpt = load_checkpoint(args.resume)
@@ -388,7 +390,7 @@ def needs_temperature_residual(stats: dict) -> bool:
 def restore(ckpt: dict, args, model, opt: Optim, ddp: Dist, log) -> TrainState:
     """Load a --resume checkpoint into the built run: weights, optimizer, schedule, scaler, this
     rank's RNG state; returns its step and best so far."""
-    from voxel_ode.schedulers import WarmupCosine
+    from voxel_ode.training.schedule import WarmupCosine
 
     try:
         model.load_state_dict(ckpt["model"])
@@ -412,7 +414,7 @@ def restore(ckpt: dict, args, model, opt: Optim, ddp: Dist, log) -> TrainState:
 
 def save_training_checkpoint(run: Run, state: TrainState, name: str) -> Path:
     """Gather every rank's RNG state, then rank 0 writes ``name`` atomically."""
-    from voxel_ode.model import config_dict
+    from voxel_ode.model.network import config_dict
 
     rng = [get_rng_state()]
     if run.ddp.enabled:
@@ -680,7 +682,7 @@ def epoch_batches(n_items: int, batch_size: int, seed: int, epoch: int, ddp: Dis
 
 
 def _loader(dataset, batch_sampler, args, collate):
-    from voxel_ode.dataset import worker_init_fn
+    from voxel_ode.training.dataset import worker_init_fn
 
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=batch_sampler, num_workers=args.num_workers, collate_fn=collate,
@@ -691,7 +693,7 @@ def _loader(dataset, batch_sampler, args, collate):
 
 def training_batches(train_ds, args, ddp: Dist, step: int):
     """Endless (epoch, batch) from ``step`` on: a resumed run skips the batches already seen."""
-    from voxel_ode.dataset import collate
+    from voxel_ode.training.dataset import collate
 
     n_batches = len(epoch_batches(len(train_ds), args.batch_size, args.seed, 0, ddp))
     epoch, offset = divmod(step, n_batches)
@@ -706,7 +708,7 @@ def training_batches(train_ds, args, ddp: Dist, step: int):
 def eval_loader(test_ds, args, ddp: Dist):
     """A fixed random subset of the test split (the index is ordered by sim and t), split over
     ranks; None without a test split."""
-    from voxel_ode.dataset import collate
+    from voxel_ode.training.dataset import collate
 
     if test_ds is None:
         return None
@@ -790,7 +792,7 @@ def train(args=None, **kwargs) -> dict:
 
 def build_run(args, ddp: Dist) -> tuple[Run, TrainState]:
     """Model, data, optimizer and logger of a fresh or resumed run, and the state it starts at."""
-    from voxel_ode.data_prep import load_stats
+    from voxel_ode.data.prep import load_stats
 
     log = print if ddp.is_main else (lambda *a, **k: None)
     root, save_dir = Path(args.prepped_root), Path(args.save_dir)
@@ -817,7 +819,7 @@ def build_run(args, ddp: Dist) -> tuple[Run, TrainState]:
 
 
 def build_model(config, stats: dict, seed: int, ddp: Dist, log) -> torch.nn.Module:
-    from voxel_ode.model import VoxelAutoRegressor, count_parameters
+    from voxel_ode.model.network import VoxelAutoRegressor, count_parameters
 
     torch.manual_seed(seed)  # same initial weights on every rank
     model = VoxelAutoRegressor(config).to(ddp.device)
@@ -833,7 +835,7 @@ def build_model(config, stats: dict, seed: int, ddp: Dist, log) -> torch.nn.Modu
 
 def build_data(args, stats: dict, config, delta_mode: str, ddp: Dist, log):
     """(normalizer, train dataset, test dataset or None, whether the scalars are trained)."""
-    from voxel_ode.dataset import Normalizer, PatchDataset
+    from voxel_ode.training.dataset import Normalizer, PatchDataset
 
     if config.priors and delta_mode != "asinh":
         raise UserError("train: the physics priors need --delta_norm asinh")

@@ -185,7 +185,7 @@ def validate_stats(stats, source) -> None:
         if x.ndim != 2 or x.shape[1] != schema.N_DYNAMIC:
             raise UserError(f"{source}: delta/per_sim_rms: shape {x.shape}, expected (runs, {schema.N_DYNAMIC})")
     if stats.get("description") is not None:
-        from voxel_ode.description import Description
+        from voxel_ode.data.description import Description
 
         Description.from_dict(stats["description"], f"{source}: description")
 

@@ -53,9 +53,9 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from voxel_ode import metrics as M
+from voxel_ode.inference import metrics as M
 from voxel_ode import schema
-from voxel_ode.precision import add_amp_arg
+from voxel_ode.model.precision import add_amp_arg
 from voxel_ode.utils import UserError, atomic_path, write_json_atomic
 
 ACTIVE_STATIC = schema.STATIC_NAMES.index("IsActive")
@@ -100,7 +100,7 @@ def load_raw_sim(path, fill_value=None, desc=None) -> dict:
     Prep logic is not re-implemented here: data_prep.prepare_arrays validates and packs the
     file in memory. ``desc``: the dataset description prep used (stats.json "description").
     """
-    from voxel_ode import data_prep
+    from voxel_ode.data import prep as data_prep
 
     sim = dict(data_prep.prepare_arrays(path, fill_value=fill_value, desc=desc))
     sim["source"] = str(path)
@@ -122,7 +122,7 @@ def load_sim(path, fill_value=None, desc=None) -> dict:
 
 def description_of(stats: dict):
     """The dataset description prep used (stats.json "description"), for raw files."""
-    from voxel_ode import description
+    from voxel_ode.data import description
 
     return description.Description.from_dict(stats.get("description") or {}, "stats.json description")
 
@@ -362,7 +362,7 @@ class ModelStepper:
         self.active = torch.as_tensor(self.active_np[None, None].astype(np.float32), device=self.device)
         # the static channels never change: normalize them once (same result as normalize_input)
         self.static_norm = torch.as_tensor(self.normalizer.normalize_static(self.static), dtype=torch.float32)
-        from voxel_ode.dataset import producer_cells
+        from voxel_ode.training.dataset import producer_cells
 
         self.initial = self.static[list(schema.INITIAL_STATE_STATIC)]  # Pressure0, Temperature0
         self.producers = producer_cells(self.static)
@@ -374,7 +374,7 @@ class ModelStepper:
 
     def step(self, state, prev_scalars):
         torch = self.torch
-        from voxel_ode.dataset import prior_pair
+        from voxel_ode.training.dataset import prior_pair
 
         t = self.t
         dynamic = self.normalizer.normalize_dynamic(state, self.initial, prior_pair(self.priors, t))
@@ -387,7 +387,7 @@ class ModelStepper:
         delta = np.asarray(self.normalizer.denormalize_delta(delta_norm[0].cpu().numpy()), np.float32)
         scalars = None
         if scalars_norm is not None:
-            from voxel_ode.dataset import production_enthalpy_ratio
+            from voxel_ode.training.dataset import production_enthalpy_ratio
 
             # the producers' share of the change comes from the predicted temperature
             ratio = production_enthalpy_ratio(self.producers, state[1], state[1] + delta[1])
@@ -454,7 +454,7 @@ class LinearStepper:
         self.priors, self.t = priors_of(sim), 0
 
     def step(self, state, prev_scalars):
-        from voxel_ode.dataset import prior_pair
+        from voxel_ode.training.dataset import prior_pair
 
         prior = prior_pair(self.priors, self.t)
         self.t += 1
@@ -489,7 +489,7 @@ def fit_linear_baseline(prepped_root, stats, normalizer=None, split="train", cel
     cells give one row each. Returns weights (2, N_INPUT_CHANNELS + N_PARAMS + 1); saved as .npz when
     ``save_path`` is given (keys ``weights``, ``feature_names``).
     """
-    from voxel_ode.dataset import Normalizer, prior_pair
+    from voxel_ode.training.dataset import Normalizer, prior_pair
 
     if normalizer is None:
         normalizer = Normalizer(stats)
@@ -572,7 +572,7 @@ def write_predictions(save_path, pred_grid, pred_scalar, active, attrs: dict, tr
             if cell_size is not None:
                 f.attrs["cell_size_m"] = json.dumps([float(v) for v in cell_size])
     if xdmf:
-        from voxel_ode.plots import write_xdmf
+        from voxel_ode.inference.plots import write_xdmf
 
         write_xdmf(save_path, save_path.with_suffix(".xdmf"), cell_size=cell_size)
     return save_path
@@ -601,7 +601,7 @@ def resolve_stats(stats_path, ckpt: dict, ckpt_path) -> dict:
     """stats.json of the checkpoint; a --stats_path must agree with it in every field that changes
     the result (checks.RESULT_KEYS: normalization, transforms, change scales, cell size). Both are
     validated (finite, positive scales, known transforms, shapes)."""
-    from voxel_ode import checks
+    from voxel_ode.data import checks
 
     checks.check_checkpoint_stats(ckpt, ckpt_path)
     ckpt_stats = ckpt.get("stats")
@@ -631,7 +631,7 @@ def pick_device(name: str) -> str:
 
 def amp_dtype_for(amp: str | None, device: str):
     """--amp auto|bf16|fp16|none -> autocast dtype (None = fp32): precision.resolve, the choice training makes."""
-    from voxel_ode import precision
+    from voxel_ode.model import precision
 
     chosen = precision.resolve(amp, device)
     print(f"precision: {chosen.name} ({chosen.reason})")
@@ -644,8 +644,8 @@ def load_model_and_normalizer(ckpt_path, stats_path=None, device="cpu", args=Non
     The normalization is the checkpoint's (its stats and ``delta_mode``);
     ``stats_fallback`` (a stats.json path) is used only when the checkpoint has no stats.
     """
-    from voxel_ode.dataset import Normalizer
-    from voxel_ode.model import load_model
+    from voxel_ode.training.dataset import Normalizer
+    from voxel_ode.model.network import load_model
 
     ckpt_path = Path(ckpt_path)
     if not ckpt_path.exists():
@@ -711,7 +711,7 @@ def run_rollout(args) -> int:
         "times_years": json.dumps(list(range(len(grid)))),
         "first_report": str(sim.get("first_report", "initial")),
     }
-    from voxel_ode.plots import cell_size_of
+    from voxel_ode.inference.plots import cell_size_of
 
     write_predictions(args.save_path, grid, scalar, sim["static"][ACTIVE_STATIC], attrs, truth=truth, xdmf=args.xdmf,
                       cell_size=cell_size_of(sim, stats))
@@ -720,7 +720,7 @@ def run_rollout(args) -> int:
         if "outputs_grid" not in sim:
             print("note: --plots needs the source's outputs (truth); skipped")
         else:
-            from voxel_ode import plots
+            from voxel_ode.inference import plots
 
             plots.plot_simulation(args.plots, sim, {"model": (grid, scalar)}, stats)
             print(f"wrote pictures to {args.plots}")
@@ -861,13 +861,13 @@ def evaluate(prepped_root, ckpt_path, out_dir, split="test", device="cpu", tile=
             attrs = {"checkpoint": str(Path(ckpt_path).resolve()), "stats": "checkpoint",
                      "source": str(path.resolve()), "model_config": json.dumps(config),
                      "receptive_field": int(model.receptive_field), "device": device}
-            from voxel_ode.plots import cell_size_of
+            from voxel_ode.inference.plots import cell_size_of
 
             write_predictions(out_dir / "predictions" / f"{name}.h5", *preds["model"], sim["static"][ACTIVE_STATIC],
                               attrs, truth=(sim["outputs_grid"], sim.get("outputs_scalar")), xdmf=xdmf,
                               cell_size=cell_size_of(sim, stats))
         if plots:
-            from voxel_ode import plots as P
+            from voxel_ode.inference import plots as P
 
             P.plot_simulation(out_dir / "plots" / name, sim, preds, stats, per_sim[name])
     summary = summarize(per_sim)
@@ -882,7 +882,7 @@ def evaluate(prepped_root, ckpt_path, out_dir, split="test", device="cpu", tile=
     write_json_atomic(out_dir / "metrics.json", M.to_jsonable(report))
     write_step_csv(out_dir / "metrics_per_step.csv", per_sim)
     if plots:
-        from voxel_ode import plots as P
+        from voxel_ode.inference import plots as P
 
         P.plot_error_curves(per_sim, out_dir / "plots" / "error_curves.png")
     return M.to_jsonable(summary)

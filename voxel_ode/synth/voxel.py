@@ -98,8 +98,10 @@ import scipy.sparse.linalg as spla
 from scipy import ndimage
 from tqdm import tqdm
 
-from voxel_ode import description, schema, water
-from voxel_ode.faces import ActiveFaces
+from voxel_ode import schema
+from voxel_ode.data import description
+from voxel_ode.physics import water
+from voxel_ode.physics.faces import ActiveFaces
 from voxel_ode.utils import UserError, atomic_path
 
 SECONDS_PER_YEAR = schema.STEP_SECONDS
@@ -927,7 +929,7 @@ def add_synth_args(parser: argparse.ArgumentParser) -> None:
 
 def run_synth(args) -> int:
     if getattr(args, "engine", "voxel") == "darts":
-        from voxel_ode import synth_darts  # imports no darts itself: each run is its own process
+        from voxel_ode.synth import open_darts as synth_darts  # imports no darts itself: each run is its own process
 
         return synth_darts.run_synth(args)
     if args.n < 1:

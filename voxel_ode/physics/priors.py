@@ -35,8 +35,9 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-from voxel_ode import schema, water
-from voxel_ode.faces import ActiveFaces
+from voxel_ode import schema
+from voxel_ode.physics import water
+from voxel_ode.physics.faces import ActiveFaces
 from voxel_ode.utils import UserError
 
 YEAR_SECONDS = schema.STEP_SECONDS

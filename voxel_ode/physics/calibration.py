@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from voxel_ode import description, well_response
+from voxel_ode.data import description
+from voxel_ode.physics import priors as well_response
 
 N_RUNS = 4  # calibration runs, spread over the training split (~0.35 s per run and candidate; 2 runs
 # gave held-out pressure priors of 0.05-0.22 depending on the pair, 4 runs 0.07-0.14)

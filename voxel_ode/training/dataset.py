@@ -392,7 +392,7 @@ class Normalizer(_InputTransforms, _TargetTransforms):
         path = Path(path)
         if not path.is_file():
             raise UserError(f"{path}: stats.json: file not found (run `voxel-ode prep` first)")
-        from voxel_ode.data_prep import load_stats
+        from voxel_ode.data.prep import load_stats
 
         return cls(load_stats(path), **kwargs)  # validated: one line naming the file and field
 
@@ -633,7 +633,7 @@ def _load_stats(root: Path) -> dict:
     stats_path = root / schema.STATS_FILE
     if not stats_path.is_file():
         raise UserError(f"{stats_path}: stats.json: file not found (run `voxel-ode prep` first)")
-    from voxel_ode.data_prep import load_stats
+    from voxel_ode.data.prep import load_stats
 
     return load_stats(stats_path)  # validated: one line naming the file and field
 

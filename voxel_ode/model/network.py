@@ -73,7 +73,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from voxel_ode import schema
-from voxel_ode.checks import check_config_bounds
+from voxel_ode.data.checks import check_config_bounds
 from voxel_ode.utils import UserError, coarsen
 
 

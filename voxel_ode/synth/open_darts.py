@@ -1,7 +1,7 @@
 """`voxel-ode synth --engine darts`: v2.4 training data from open-darts 2.0.0 (TU Delft).
 
 The same recipe as the darts-dev development set (shared/darts-dev/README.md), drawn per
-(seed, run index), simulated by a real simulator instead of ``voxel_ode.synth``'s own:
+(seed, run index), simulated by a real simulator instead of ``voxel_ode.synth.voxel``'s own:
 
 * ``IAPWSPhysics``: water (H2O), state [p, T] (``StateSpecification.PT``), IAPWS-95 density and
   enthalpy from DARTS-flash, liquid viscosity ``MaoDuan2009``; rock compressibility 1e-6 1/bar,
@@ -82,7 +82,7 @@ def require_darts() -> None:
 
 def description():
     """What these files mean (voxel_ode/description.py): the darts-dev conventions."""
-    from voxel_ode import description as desc
+    from voxel_ode.data import description as desc
 
     dz, dy, dx = CELL_SIZE
     return desc.Description.from_dict({
@@ -609,7 +609,7 @@ def _worker_main(argv=None) -> int:
     return 0
 
 
-_WORKER_CODE = "import darts.engines, sys; from voxel_ode.synth_darts import _worker_main; sys.exit(_worker_main())"
+_WORKER_CODE = "import darts.engines, sys; from voxel_ode.synth.open_darts import _worker_main; sys.exit(_worker_main())"
 
 
 def run_one(path, grid, seed: int, index: int, n_steps: int) -> tuple[Path, float]:
@@ -634,7 +634,7 @@ def generate_dataset(out_dir, n: int, grid, seed: int = 0, workers: int = 1, n_s
     """Write ``out_dir/v2.4_0001.h5 .. v2.4_<n>.h5`` (run i = draw (seed, i)) and description.json."""
     from tqdm import tqdm
 
-    from voxel_ode import description as desc
+    from voxel_ode.data import description as desc
     from voxel_ode import schema
 
     require_darts()
@@ -656,7 +656,7 @@ def generate_dataset(out_dir, n: int, grid, seed: int = 0, workers: int = 1, n_s
 
 def run_synth(args) -> int:
     """``voxel-ode synth --engine darts``: the CLI checks of synth.run_synth, then open-darts runs."""
-    from voxel_ode import synth
+    from voxel_ode.synth import voxel as synth
 
     require_darts()
     if args.n < 1:

@@ -43,7 +43,11 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from voxel_ode import calibration, checks, description, schema, well_response
+from voxel_ode import schema
+from voxel_ode.physics import calibration
+from voxel_ode.data import checks
+from voxel_ode.data import description
+from voxel_ode.physics import priors as well_response
 from voxel_ode.utils import UserError, atomic_path, signed_log1p, write_json_atomic
 
 STATS_FORMAT = 1
