@@ -83,7 +83,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"voxel-ode {command}: interrupted", file=sys.stderr)
         return 130
     return int(result or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
