@@ -30,7 +30,7 @@ def sync(device):
 
 def time_precision(args, precision: str, device, batch_cpu: dict, normalizer, train_scalars: bool) -> dict:
     from voxel_ode.model.network import ModelConfig, VoxelAutoRegressor, count_parameters
-    from voxel_ode.training.train import Unroll
+    from voxel_ode.training.loss import Unroll
 
     torch.manual_seed(0)
     model = VoxelAutoRegressor(ModelConfig(base_channels=args.base_channels, depth=args.depth,
@@ -82,8 +82,9 @@ def main():
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     args = ap.parse_args()
 
-    from voxel_ode.data.prep import load_stats
-    from voxel_ode.training.dataset import Normalizer, PatchDataset, collate
+    from voxel_ode.data.stats import load_stats
+    from voxel_ode.training.dataset import PatchDataset, collate
+    from voxel_ode.model.features import Normalizer
     from voxel_ode.model.network import ModelConfig
 
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from voxel_ode import schema
-from voxel_ode.training.dataset import STATIC_ACTIVE, Normalizer
+from voxel_ode.training.dataset import STATIC_ACTIVE
+from voxel_ode.model.features import Normalizer
 from voxel_ode.model.network import ModelConfig, VoxelAutoRegressor, count_parameters
 
 

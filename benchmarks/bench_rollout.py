@@ -12,7 +12,7 @@ them); the simulation is synthetic: a dipping reservoir layer of active cells
         --configs full crop --amp none bf16 --active 1 0.5 0.15 --repeat 3 --peak
 
 ``full`` runs the local path on the whole grid, ``crop`` as ``voxel-ode rollout`` does (on the
-boxes of active cells: rollout.crop_plan). The table adds the conv FLOPs per step (forward hooks)
+boxes of active cells: regions.crop_plan). The table adds the conv FLOPs per step (forward hooks)
 per second next to the bare Conv3d(C, C, 3^3) on the whole grid in the same precision (--peak),
 timed in the same process.
 
@@ -100,7 +100,7 @@ def run_one(cfg: dict) -> dict:
     import torch
 
     from voxel_ode.inference import rollout
-    from voxel_ode.training.dataset import Normalizer
+    from voxel_ode.model.features import Normalizer
     from voxel_ode.model.network import ModelConfig, VoxelAutoRegressor, count_parameters
 
     torch.manual_seed(0)

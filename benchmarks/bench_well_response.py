@@ -1,5 +1,5 @@
 """Prep cost of a new run: the physics priors (well_response.priors) and the whole in-memory prep
-of a raw file (data_prep.prepare_arrays), as CPU seconds of this process (one thread) and wall time.
+of a raw file (pack.prepare_arrays), as CPU seconds of this process (one thread) and wall time.
 
     python benchmarks/bench_well_response.py --darts 5             # first 5 open-darts dev runs
     python benchmarks/bench_well_response.py --grid 326 70 76      # a synthetic full-size geology
@@ -27,6 +27,8 @@ from voxel_ode.data import prep as data_prep  # noqa: E402
 from voxel_ode.data import description
 from voxel_ode.synth import voxel as synth
 from voxel_ode.physics import priors as well_response
+from voxel_ode.data import pack
+from voxel_ode import schema
 
 
 def timed(fn):
@@ -40,13 +42,13 @@ def darts_runs(n: int) -> None:
     files = sorted((REPO.parent / "shared" / "darts-dev" / "data").glob("v2.4_*.h5"))[:n]
     print("| run | active cells | priors CPU s | whole prep CPU s | whole prep wall s |\n|---|---|---|---|---|")
     for path in files:
-        arrays, cpu, wall = timed(lambda: data_prep.prepare_arrays(path, desc=desc))
+        arrays, cpu, wall = timed(lambda: pack.prepare_arrays(path, desc=desc))
         active = arrays["static"][1] > 0.5
-        statics = {n: arrays["static"][i] for i, n in enumerate(data_prep.schema.STATIC_NAMES)}
+        statics = {n: arrays["static"][i] for i, n in enumerate(schema.STATIC_NAMES)}
         # the description declares the unit and time origin: nothing is inferred from these arrays
         physics = description.resolve(desc, arrays["params_scalar"], statics["PermX"][active],
                                       statics["Pressure0"][active], arrays["outputs_grid"][1, 0][active], path.name)
-        res = data_prep.reservoir(statics, physics, statics[data_prep.schema.INJECTION_GAP])
+        res = pack.reservoir(statics, physics, statics[schema.INJECTION_GAP])
         _, prior_cpu, _ = timed(lambda: well_response.priors(res, arrays["outputs_grid"].shape[0]))
         print(f"| {path.name} | {int(active.sum()):,} | {prior_cpu:.2f} | {cpu:.2f} | {wall:.2f} |")
 

@@ -96,7 +96,7 @@ def train_all(out: Path, runs, minutes: float, parallel: int, max_steps: int = 1
 
 
 def evaluate_run(out: Path, d: str, c: str) -> None:
-    from voxel_ode.inference.rollout import evaluate
+    from voxel_ode.inference.evaluate import evaluate
 
     evaluate(out / f"prepped_{d}", out / f"ckpt_{d}_{c}" / "last.pt", out / f"eval_{d}_{c}", split="test",
              device="cpu", plots=True, linear_baseline=True)
@@ -104,7 +104,7 @@ def evaluate_run(out: Path, d: str, c: str) -> None:
 
 def report(out: Path, d: str, c: str) -> str:
     """The summary table and the per-run last-report figures of one evaluation."""
-    from voxel_ode.inference.rollout import format_table
+    from voxel_ode.inference.evaluate import format_table
 
     folder = out / f"eval_{d}_{c}"
     metrics = json.loads((folder / "metrics.json").read_text())

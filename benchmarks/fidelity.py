@@ -66,7 +66,7 @@ def main() -> int:
         print(markdown_table(json.loads((Path(args.out) / "fidelity.json").read_text())))
         return 0
 
-    from voxel_ode.inference.rollout import evaluate, format_table
+    from voxel_ode.inference.evaluate import evaluate, format_table
 
     out = Path(args.out)
     prepped = make_data(out, args.n_sims, n_test=5, grid=tuple(args.grid), seed=1234)

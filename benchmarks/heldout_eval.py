@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     from fidelity import make_data
-    from voxel_ode.inference.rollout import evaluate
+    from voxel_ode.inference.evaluate import evaluate
 
     out = Path(a.out)
     prepped = make_data(out, a.n + 5, n_test=a.n, grid=tuple(a.grid), seed=a.seed)

@@ -16,6 +16,8 @@ from voxel_ode.physics import calibration
 from voxel_ode.data import prep as data_prep
 from voxel_ode.data import description
 from voxel_ode.physics import priors as well_response
+from voxel_ode.data.stats import Stats
+from voxel_ode.data import pack
 
 GRID = (8, 10, 12)
 
@@ -94,11 +96,11 @@ def test_prep_calibrates_and_a_raw_rollout_derives_the_same_priors(tmp_path, cap
     rc, out = run_cli(["prep", "--input_root", tmp_path / "raw", "--out_root", tmp_path / "p", "--n_test", "1",
                        "--patch_size", "8", "8", "8", "--stride", "4", "4", "4"], capsys)
     assert rc == 0 and "physics priors: yes" in out.out and "CellSizeX: calibrated on 2 training runs" in out.out
-    stats = data_prep.load_stats(tmp_path / "p")
+    stats = Stats.load(tmp_path / "p")
     assert stats["priors"] is True and "lateral_boundary" in stats["description"]["calibrated"]
     # the test run (not used to fit) gets priors from the stored, calibrated description
     desc = description.Description.from_dict(stats["description"])
-    mem = data_prep.prepare_arrays(tmp_path / "raw" / "v2.4_0000.h5", desc=desc)
+    mem = pack.prepare_arrays(tmp_path / "raw" / "v2.4_0000.h5", desc=desc)
     with h5py.File(tmp_path / "p" / "test" / ("v2.4_0000" + schema.PREPPED_SUFFIX)) as f:
         np.testing.assert_array_equal(mem["priors"], f[schema.PREPPED_PRIORS][()])
     assert np.abs(mem["priors"].astype(np.float32)).max() > 0
@@ -112,7 +114,7 @@ def test_declared_description_is_never_recalibrated(tmp_path, capsys, flag):
     rc, out = run_cli(["prep", "--input_root", tmp_path / "raw", "--out_root", tmp_path / "p", "--n_test", "1",
                        "--patch_size", "8", "8", "8", "--stride", "4", "4", "4", *flag], capsys)
     assert rc == 0 and "calibrated" not in out.out
-    assert "calibrated" not in data_prep.load_stats(tmp_path / "p")["description"]
+    assert "calibrated" not in Stats.load(tmp_path / "p")["description"]
 
 
 

@@ -14,6 +14,10 @@ from voxel_ode.data.description import Description
 from voxel_ode import cli, schema
 from voxel_ode.data import prep as dp
 from voxel_ode.utils import UserError
+from voxel_ode.data.stats import Stats
+from voxel_ode.data import index
+from voxel_ode.data import pack
+from voxel_ode.data import stats as stats_mod
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(patch_size=(4, 4, 4), stride=(2, 2, 2), progress=False)
@@ -40,11 +44,11 @@ def raw_mask(arrays, fill_value=None):
 # Patches
 # ---------------------------------------------------------------------------
 def test_full_grid_patch_count_is_1596_with_edge_snapping():
-    origins = dp.patch_origins(schema.FULL_GRID_SHAPE, (32, 32, 32), (8, 8, 8))
+    origins = index.patch_origins(schema.FULL_GRID_SHAPE, (32, 32, 32), (8, 8, 8))
     assert len(origins) == 38 * 6 * 7 == 1596
-    assert dp.axis_origins(326, 32, 8)[-2:] == [288, 294]  # last snapped to 326 - 32
-    assert dp.axis_origins(70, 32, 8) == [0, 8, 16, 24, 32, 38]
-    assert dp.axis_origins(76, 32, 8) == [0, 8, 16, 24, 32, 40, 44]
+    assert index.axis_origins(326, 32, 8)[-2:] == [288, 294]  # last snapped to 326 - 32
+    assert index.axis_origins(70, 32, 8) == [0, 8, 16, 24, 32, 38]
+    assert index.axis_origins(76, 32, 8) == [0, 8, 16, 24, 32, 40, 44]
     # without snapping the seed's grid gives 37 x 5 x 6 = 1110 origins
     assert [len(range(0, n - 32 + 1, 8)) for n in schema.FULL_GRID_SHAPE] == [37, 5, 6]
     assert origins[0] == (0, 0, 0) and origins[-1] == (294, 38, 44)
@@ -58,7 +62,7 @@ def test_full_grid_patch_count_is_1596_with_edge_snapping():
     (9, 4, 8, [0, 5]),             # stride larger than patch still covers the far edge
 ])
 def test_axis_origins_small_cases(n, p, s, expected):
-    assert dp.axis_origins(n, p, s) == expected
+    assert index.axis_origins(n, p, s) == expected
     assert max(expected) + min(p, n) == n  # every axis is covered up to its far edge
 
 
@@ -66,8 +70,8 @@ def test_patch_active_fractions_match_brute_force():
     rng = np.random.default_rng(1)
     mask = rng.random((9, 7, 11)) > 0.6
     patch, stride = (4, 3, 5), (2, 3, 4)
-    origins, fracs = dp.patch_active_fractions(mask, patch, stride)
-    assert [tuple(o) for o in origins.tolist()] == dp.patch_origins(mask.shape, patch, stride)
+    origins, fracs = index.patch_active_fractions(mask, patch, stride)
+    assert [tuple(o) for o in origins.tolist()] == index.patch_origins(mask.shape, patch, stride)
     for (z, y, x), f in zip(origins, fracs):
         assert f == pytest.approx(mask[z:z + 4, y:y + 3, x:x + 5].mean())
 
@@ -75,7 +79,7 @@ def test_patch_active_fractions_match_brute_force():
 def test_fault_boundary_marks_both_sides_of_a_change():
     fid = np.zeros((3, 4, 5), np.float32)
     fid[:, :, 3:] = 2
-    b = dp.fault_boundary(fid)
+    b = pack.fault_boundary(fid)
     assert b[:, :, 2].all() and b[:, :, 3].all()
     assert not b[:, :, [0, 1, 4]].any()  # the grid edge is not a boundary
 
@@ -105,7 +109,7 @@ def test_prepped_arrays_equal_raw(prepped):
             for c, name in enumerate(schema.RAW_STATIC_NAMES):
                 expected = mask.astype(np.float32) if name == "IsActive" else a[name]
                 np.testing.assert_array_equal(static[c], expected, err_msg=name)
-            np.testing.assert_array_equal(static[schema.STATIC_NAMES.index("FaultBoundary")], dp.fault_boundary(a["FaultId"]))
+            np.testing.assert_array_equal(static[schema.STATIC_NAMES.index("FaultBoundary")], pack.fault_boundary(a["FaultId"]))
             gap = static[schema.STATIC_NAMES.index(schema.INJECTION_GAP)]
             assert np.all(gap[~mask] == 0) and np.abs(gap[mask]).max() > 0
             priors = f[schema.PREPPED_PRIORS]
@@ -135,7 +139,7 @@ def test_prepped_arrays_equal_raw(prepped):
 def test_prepare_arrays_equals_the_packed_file(prepped, tmp_path):
     out, _, arrays = prepped
     raw = write_raw_sim(tmp_path / "v2.4_0001.h5", arrays[1])
-    mem = dp.prepare_arrays(raw, desc=Description.from_dict(DESCRIPTION))
+    mem = pack.prepare_arrays(raw, desc=Description.from_dict(DESCRIPTION))
     with h5py.File(out / "test/v2.4_0001.prepped.h5", "r") as f:
         for key, name in [("static", schema.PREPPED_STATIC), ("outputs_grid", schema.PREPPED_OUTPUTS_GRID),
                           ("params_scalar", schema.PREPPED_PARAMS), ("outputs_scalar", schema.PREPPED_OUTPUTS_SCALAR),
@@ -145,7 +149,7 @@ def test_prepare_arrays_equals_the_packed_file(prepped, tmp_path):
     a = dict(arrays[1])
     a.pop("IsWell")
     with pytest.raises(UserError, match="Input/IsWell: missing dataset"):
-        dp.prepare_arrays(write_raw_sim(tmp_path / "bad.h5", a))
+        pack.prepare_arrays(write_raw_sim(tmp_path / "bad.h5", a))
 
 
 def _read_patch(args):
@@ -168,7 +172,7 @@ def test_packed_files_read_in_worker_processes(prepped):
 def test_index_lines_address_the_right_data(prepped):
     out, summary, arrays = prepped
     lines = (out / "index_train.jsonl").read_text().splitlines()
-    n_origins = len(dp.patch_origins((12, 10, 8), (4, 4, 4), (2, 2, 2)))
+    n_origins = len(index.patch_origins((12, 10, 8), (4, 4, 4), (2, 2, 2)))
     assert len(lines) == 3 * (5 - 1) * n_origins == summary["patches"]["kept"]["train"]
     rows = [json.loads(line) for line in lines]
     assert {r["sim_path"] for r in rows} == {f"train/v2.4_000{i}.prepped.h5" for i in (2, 3, 4)}
@@ -183,7 +187,7 @@ def test_index_lines_address_the_right_data(prepped):
 
 def test_stats_equal_direct_numpy(prepped):
     out, _, arrays = prepped
-    stats = dp.load_stats(out)
+    stats = Stats.load(out)
     train = [arrays[i] for i in (2, 3, 4)]
     masks = [raw_mask(a) for a in train]
     assert stats["train_sims"] == [f"train/v2.4_000{i}.prepped.h5" for i in (2, 3, 4)]
@@ -258,7 +262,7 @@ def test_fill_value_cells_are_inactive_and_excluded_from_stats(tmp_path):
         grid = f[schema.PREPPED_OUTPUTS_GRID][()]
         assert grid[2, 0, 3, 3, 3] == 0 and (grid[:, 1, 5, 4, 0] == 0).all()
         assert f.attrs["fill_value"] == -999.0
-    stats = dp.load_stats(tmp_path / "out/stats.json")
+    stats = Stats.load(tmp_path / "out/stats.json")
     assert stats["fill_value"] == -999.0
     c = schema.STATIC_NAMES.index("PermX")
     assert stats["static"]["transform"][c] == "log10"
@@ -297,7 +301,7 @@ def test_bad_file_gives_one_line_error_and_leaves_nothing(tmp_path, case):
     a = make_raw_arrays(grid=(6, 5, 4), n_t=4, seed=5)
     change(a)
     bad = write_raw_sim(raw / "v2.4_0003.h5", a)
-    problems = dp.validate_raw(bad)
+    problems = pack.validate_raw(bad)
     assert problems and all(p.startswith(f"{bad}: ") for p in problems)
     assert any(f": {dataset}: " in p and what in p for p in problems), problems
     out = tmp_path / "out"
@@ -318,7 +322,7 @@ def test_unreadable_file_is_refused(tmp_path, kind):
         bad.write_bytes(data[: len(data) // 2])
     else:
         bad.write_text("this is not HDF5\n")
-    assert dp.validate_raw(bad)[0].startswith(f"{bad}: (file): not a readable HDF5 file")
+    assert pack.validate_raw(bad)[0].startswith(f"{bad}: (file): not a readable HDF5 file")
     with pytest.raises(UserError, match="not a readable HDF5 file"):
         dp.prep(raw, tmp_path / "out", n_test=1, **SMALL)
     assert files_under(tmp_path / "out") == []
@@ -327,7 +331,7 @@ def test_unreadable_file_is_refused(tmp_path, kind):
 def test_expected_n_timesteps_and_consistent_T_across_files(tmp_path):
     raw = tmp_path / "raw"
     write_raw_dir(raw, n=2, grid=(6, 5, 4), n_t=4)
-    assert "has T=4 steps, expected 30" in dp.validate_raw(raw / "v2.4_0001.h5", n_timesteps=30)[0]
+    assert "has T=4 steps, expected 30" in pack.validate_raw(raw / "v2.4_0001.h5", n_timesteps=30)[0]
     write_raw_sim(raw / "v2.4_0003.h5", grid=(6, 5, 4), n_t=3)
     with pytest.raises(UserError, match=r"v2.4_0003.h5: Output/Pressure: has T=3 steps, expected 4"):
         dp.prep(raw, tmp_path / "out", n_test=1, **SMALL)
@@ -341,7 +345,7 @@ def test_skip_bad_goes_on_with_the_others(tmp_path, capsys):
     assert s["test"] == ["test/v2.4_0001.prepped.h5"] and s["train"] == ["train/v2.4_0003.prepped.h5"]
     assert len(s["skipped"]) == 1 and "v2.4_0002.h5: Output/Pressure: missing dataset" in s["skipped"][0]
     assert "warning: skipping" in capsys.readouterr().err
-    assert dp.load_stats(tmp_path / "out")["skipped"] == s["skipped"]
+    assert Stats.load(tmp_path / "out")["skipped"] == s["skipped"]
     assert not list((tmp_path / "out").glob(".partial-*"))
 
 
@@ -355,7 +359,7 @@ def test_failed_rerun_keeps_the_earlier_finished_output(tmp_path):
     with pytest.raises(UserError):
         dp.prep(raw, out, n_test=1, **SMALL)
     assert sorted(p.relative_to(out) for p in files_under(out)) == before
-    assert dp.load_stats(out)["train_sims"] == ["train/v2.4_0002.prepped.h5"]
+    assert Stats.load(out)["train_sims"] == ["train/v2.4_0002.prepped.h5"]
 
 
 def test_no_raw_files_is_a_user_error(tmp_path):
@@ -369,17 +373,17 @@ def test_workers_give_the_same_result(tmp_path):
     write_raw_dir(raw, n=3, grid=(6, 5, 4), n_t=3)
     dp.prep(raw, tmp_path / "one", n_test=1, workers=1, **SMALL)
     dp.prep(raw, tmp_path / "two", n_test=1, workers=2, **SMALL)
-    assert dp.load_stats(tmp_path / "one") == dp.load_stats(tmp_path / "two")
+    assert Stats.load(tmp_path / "one").data == Stats.load(tmp_path / "two").data
     for name in ("index_train.jsonl", "index_test.jsonl"):
         assert (tmp_path / "one" / name).read_text() == (tmp_path / "two" / name).read_text()
 
 
 def test_load_stats_refuses_unfinished_or_foreign_files(tmp_path):
     with pytest.raises(UserError, match="did prep finish"):
-        dp.load_stats(tmp_path)
+        Stats.load(tmp_path)
     (tmp_path / "stats.json").write_text(json.dumps({"format": 99}))
     with pytest.raises(UserError, match="format"):
-        dp.load_stats(tmp_path / "stats.json")
+        Stats.load(tmp_path / "stats.json")
 
 
 # ---------------------------------------------------------------------------
@@ -424,7 +428,7 @@ def test_inspect_raw_prepped_and_bad(tmp_path, capsys):
 
 
 def test_scale_like_params_are_log_scaled_with_a_floor_for_zeros():
-    from voxel_ode.training.dataset import Normalizer
+    from voxel_ode.model.features import Normalizer
 
     rng = np.random.default_rng(0)
     n = 12
@@ -432,7 +436,7 @@ def test_scale_like_params_are_log_scaled_with_a_floor_for_zeros():
                        10 ** rng.uniform(-3.0, 0.0, n),  # log-uniform over 3 decades: log10
                        np.r_[0.0, 10 ** rng.uniform(-2.5, 0.0, n - 1)],  # closed runs (0) among them: log10 + floor
                        rng.uniform(-1.0, 1.0, n)], axis=1)  # signed: linear
-    st = dp._vector_stats(values, ["a", "b", "c", "d"], allow_log=True)
+    st = stats_mod._vector_stats(values, ["a", "b", "c", "d"], allow_log=True)
     assert st["transform"] == ["none", "log10", "log10", "none"]
     floor = values[values[:, 2] > 0, 2].min() / 2
     assert st["floor"][0] is None and st["floor"][2] == pytest.approx(floor)

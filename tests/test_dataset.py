@@ -14,17 +14,11 @@ import torch
 from fixtures import write_raw_dir
 from voxel_ode import schema
 from voxel_ode.data.prep import prep
-from voxel_ode.training.dataset import (
-    STATIC_PERM_X,
-    STATIC_PERM_Y,
-    Normalizer,
-    PatchDataset,
-    apply_ops,
-    augmentation_ops,
-    collate,
-    delta_scales_from_stats,
-)
-from voxel_ode.utils import UserError, coarsen
+from voxel_ode.training.dataset import PatchDataset, collate
+from voxel_ode.model.features import Normalizer, delta_scales_from_stats
+from voxel_ode.training.augment import apply_ops, augmentation_ops
+from voxel_ode.model.network import coarsen
+from voxel_ode.utils import UserError
 
 GRID = (12, 10, 8)  # Y != X and not a multiple of the context factor: exercises padding
 PATCH = (8, 8, 6)  # non-cubic in XY: a turn changes the patch shape
@@ -216,14 +210,14 @@ def test_rotation_matches_numpy_rot90_and_swaps_permeability(root):
         x = a["x"].numpy()
         expect = np.rot90(x, k, axes=(-2, -1)).copy()
         if k % 2:  # the permeability along X is now along Y
-            expect[[STATIC_PERM_X, STATIC_PERM_Y]] = expect[[STATIC_PERM_Y, STATIC_PERM_X]]
+            expect[[schema.STATIC_PERM_X, schema.STATIC_PERM_Y]] = expect[[schema.STATIC_PERM_Y, schema.STATIC_PERM_X]]
             assert b["x"].shape[-2:] == a["x"].shape[-2:][::-1]
         np.testing.assert_array_equal(b["x"].numpy(), expect)
         np.testing.assert_array_equal(b["active"].numpy(), np.rot90(a["active"].numpy(), k, axes=(-2, -1)))
         np.testing.assert_array_equal(b["target_delta"].numpy(), np.rot90(a["target_delta"].numpy(), k, axes=(-2, -1)))
         # the physics check: after an odd turn, PermX is the old PermY turned
-        src = STATIC_PERM_Y if k % 2 else STATIC_PERM_X
-        np.testing.assert_array_equal(b["x"][STATIC_PERM_X].numpy(), np.rot90(x[src], k, axes=(-2, -1)))
+        src = schema.STATIC_PERM_Y if k % 2 else schema.STATIC_PERM_X
+        np.testing.assert_array_equal(b["x"][schema.STATIC_PERM_X].numpy(), np.rot90(x[src], k, axes=(-2, -1)))
         if len(seen) == 4:
             break
     assert seen == {0, 1, 2, 3}
@@ -246,7 +240,7 @@ def test_augmented_patch_and_context_agree_with_the_augmented_field(root):
         padded_x = torch.nn.functional.pad(f["x"], (0, pad[2], 0, pad[1], 0, pad[0]))
         padded_a = torch.nn.functional.pad(f["active"], (0, pad[2], 0, pad[1], 0, pad[0]))
         ops, _ = ds._draw_ops(i)
-        field_x = apply_ops(padded_x, ops, (STATIC_PERM_X, STATIC_PERM_Y))
+        field_x = apply_ops(padded_x, ops, (schema.STATIC_PERM_X, schema.STATIC_PERM_Y))
         field_a = apply_ops(padded_a, ops)
         z0, y0, x0 = s["origin"].tolist()
         d, h, w = s["x"].shape[-3:]

@@ -23,6 +23,10 @@ from voxel_ode.data import checks
 from voxel_ode.data import prep as dp
 from voxel_ode.data.description import Description
 from voxel_ode.utils import UserError
+from voxel_ode.data.stats import Stats
+from voxel_ode.model import checkpoint
+from voxel_ode.data import pack
+from voxel_ode.data import stats as stats_mod
 
 REPO = Path(__file__).resolve().parents[1]
 GRID = dict(grid=(6, 5, 4), n_t=3)
@@ -72,13 +76,13 @@ RANGE_CASES = {
 def test_impossible_values_are_one_line_errors_in_validate_inspect_and_prep(tmp_path, capsys, monkeypatch, case):
     change, dataset, what = RANGE_CASES[case]
     # a solve must never run on such a file: make any solve fail loudly
-    monkeypatch.setattr(dp, "derive_channels", lambda *a, **k: pytest.fail("a solve ran on an impossible file"))
+    monkeypatch.setattr(pack, "derive_channels", lambda *a, **k: pytest.fail("a solve ran on an impossible file"))
     raw = tmp_path / "raw"
     a = make_raw_arrays(**GRID, seed=5)
     change(a)
     bad = write_raw_sim(raw / "v2.4_0002.h5", a)
     (raw / "description.json").write_text(json.dumps(DESCRIPTION))
-    problems = dp.validate_raw(bad)
+    problems = pack.validate_raw(bad)
     assert len(problems) == 1 and problems[0].startswith(f"{bad}: {dataset}: ") and what in problems[0], problems
     assert cli.main(["inspect", str(bad)]) == 1
     out = capsys.readouterr().out
@@ -97,8 +101,8 @@ def test_skip_bad_skips_impossible_values_and_the_rest_equals_a_clean_prep(tmp_p
     s = dp.prep(raw, tmp_path / "out", n_test=1, skip_bad=True, **SMALL)
     assert len(s["skipped"]) == 1 and "v2.4_0004.h5: Input/PermX: value 1e+30" in s["skipped"][0]
     dp.prep(clean, tmp_path / "out_clean", n_test=1, **SMALL)
-    got, want = dp.load_stats(tmp_path / "out"), dp.load_stats(tmp_path / "out_clean")
-    assert checks.first_difference(checks.result_part(got), checks.result_part(want)) is None
+    got, want = Stats.load(tmp_path / "out"), Stats.load(tmp_path / "out_clean")
+    assert stats_mod.first_difference(stats_mod.result_part(got), stats_mod.result_part(want)) is None
 
 
 def test_unusual_values_are_warnings_that_inspect_lists(tmp_path, capsys):
@@ -106,7 +110,7 @@ def test_unusual_values_are_warnings_that_inspect_lists(tmp_path, capsys):
     a["Pressure0"] /= 1e5  # bar, not Pa
     a["Pressure"] /= 1e5
     path = write_raw_sim(tmp_path / "v2.4_0001.h5", a)
-    assert dp.validate_raw(path) == []  # legal: not an error
+    assert pack.validate_raw(path) == []  # legal: not an error
     assert cli.main(["inspect", str(path)]) == 0
     out = capsys.readouterr().out
     assert f"  warning: {path}: Input/Pressure0: " in out and "bar or MPa" in out
@@ -133,7 +137,7 @@ def test_a_failing_solve_is_one_line_naming_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(well_response, "priors", singular)
     path = write_raw_sim(tmp_path / "v2.4_0001.h5", **GRID)
     desc = Description.from_dict(DESCRIPTION)
-    problems, _ = dp._scan_sim(path, desc=desc)
+    problems, _ = pack.scan_sim(path, desc=desc)
     assert problems == [f"{path}: (derived channels): physics priors failed (Factor is exactly singular); "
                         "check the permeability, porosity and InjRate values and the dataset description"]
 
@@ -200,7 +204,7 @@ def test_unedited_stats_json_and_old_checkpoints_without_a_digest(trained, tmp_p
     assert rc == 0 and (tmp_path / "pred.h5").is_file()
     # a checkpoint from before the digest: the field-by-field comparison still catches an edit
     old = torch.load(ckpt, weights_only=True)
-    assert old.pop("stats_digest") == checks.stats_result_digest(old["stats"])
+    assert old.pop("stats_digest") == stats_mod.result_digest(old["stats"])
     torch.save(old, tmp_path / "old.pt")
     stats = json.loads((prepped / schema.STATS_FILE).read_text())
     STATS_EDITS["per_sim_rms"][0](stats)
@@ -244,7 +248,7 @@ def test_huge_model_config_is_refused_before_allocating(trained, tmp_path, monke
     torch.save(state, bad)
     monkeypatch.setattr(M.VoxelAutoRegressor, "__init__", lambda *a, **k: pytest.fail("allocated a model"))
     with pytest.raises(UserError) as err:
-        M.load_model(bad)
+        checkpoint.load_model(bad)
     assert str(err.value) == (f"{bad}: model config: base_channels: 100000 is not an integer in [1, 2048]")
     with pytest.raises(UserError) as err:
         train(prepped_root=str(prepped), save_dir=str(tmp_path / "r"), resume=str(bad), max_steps=3, **TINY)
@@ -265,7 +269,7 @@ def test_truncated_checkpoint_to_resume_names_the_cause(trained, tmp_path):
     msg = str(err.value)
     assert msg.startswith(f"{bad}: checkpoint: cannot load with weights_only=True (RuntimeError: ") and "\n" not in msg
     assert "failed finding central directory" in msg  # the reader's own words, not just the type
-    from voxel_ode.model.network import load_model
+    from voxel_ode.model.checkpoint import load_model
 
     with pytest.raises(UserError) as err:  # rollout's loader reads through the same function
         load_model(bad)

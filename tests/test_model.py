@@ -11,8 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from voxel_ode import schema
-from voxel_ode.model.network import (LOG_GAIN_BOUND, ModelConfig, VoxelAutoRegressor, count_parameters, crop_upsample, load_model)
-from voxel_ode.utils import UserError, coarsen
+from voxel_ode.model.network import LOG_GAIN_BOUND, ModelConfig, VoxelAutoRegressor, count_parameters, crop_upsample
+from voxel_ode.model.checkpoint import load_model
+from voxel_ode.model.network import coarsen
+from voxel_ode.utils import UserError
 
 SMALL = dict(base_channels=8, depth=2, receptive_field_radius=1, context_channels=8, global_dim=16)
 

@@ -11,7 +11,8 @@ from test_rollout import GRID, N_T, prepped_arrays
 from fixtures import DESCRIPTION
 from voxel_ode import schema
 from voxel_ode.inference import plots
-from voxel_ode.inference import rollout
+from voxel_ode.inference import predictions
+from voxel_ode.data.description import Description
 
 
 CELL_SIZE = (100.0, 50.0, 10.0)  # dx, dy, dz in m
@@ -20,7 +21,7 @@ CELL_SIZE = (100.0, 50.0, 10.0)  # dx, dy, dz in m
 def _write(tmp_path, truth=True, cell_size=CELL_SIZE):
     sim = prepped_arrays(seed=3)
     pred = sim["outputs_grid"] + 1.0
-    path = rollout.write_predictions(
+    path = predictions.write_predictions(
         tmp_path / "predictions.h5", pred, sim["outputs_scalar"], sim["static"][1], {"source": "x"},
         truth=(sim["outputs_grid"], sim["outputs_scalar"]) if truth else None, xdmf=True, cell_size=cell_size)
     return sim, pred, path
@@ -93,7 +94,7 @@ def test_xdmf_without_cell_sizes_says_it_uses_unit_spacing(tmp_path):
     # the cell sizes are kept in predictions.h5 and found there when the XDMF is rewritten
     _, _, h5 = _write(tmp_path)
     assert json.loads(h5py.File(h5)["/"].attrs["cell_size_m"]) == list(CELL_SIZE)
-    plots.write_xdmf(h5)
+    predictions.write_xdmf(h5)
     root = ET.parse(tmp_path / "predictions.xdmf").getroot()
     assert root.find("Domain/Information") is None
     np.testing.assert_array_equal(_node_coordinates(root.find("Domain/Grid/Grid"))[2],
@@ -133,7 +134,7 @@ def test_pictures_are_written_and_inactive_cells_blank(tmp_path, monkeypatch):
     files = plots.plot_simulation(tmp_path, sim, {"model": (pred, sim["outputs_scalar"]),
                                                   "persistence": (np.repeat(sim["outputs_grid"][:1], N_T, 0),
                                                                   sim["outputs_scalar"])}, steps=[2],
-                                  stats={"description": DESCRIPTION})
+                                  desc=Description.from_dict(DESCRIPTION))
     assert [f.name for f in files] == ["slices_step02.png", "scalars.png", "error_curves.png"]
     for f in files:
         assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f.stat().st_size > 5000
@@ -147,11 +148,11 @@ def test_pictures_are_written_and_inactive_cells_blank(tmp_path, monkeypatch):
     np.testing.assert_allclose(shown[0].compressed(), sim["outputs_grid"][2, 0][:, y, :][~inactive_zx] * 1e-5)
     # axes in metres from the run's cell sizes; depth grows downwards (row 0 = the top)
     dx, dy, dz = (float(sim["params_scalar"][schema.PARAM_NAMES.index(n)]) for n in ("CellSizeX", "CellSizeY", "CellSizeZ"))
-    assert plots.cell_size_of(sim, {"description": DESCRIPTION}) == pytest.approx((dx, dy, dz))
-    assert plots.cell_size_of(sim, {}) is None  # nothing declared: cells, not metres
+    assert plots.cell_size_of(sim, Description.from_dict(DESCRIPTION)) == pytest.approx((dx, dy, dz))
+    assert plots.cell_size_of(sim, Description()) is None  # nothing declared: cells, not metres
     fitted = dict(DESCRIPTION, calibrated={"CellSizeX": "calibrated", "CellSizeY": "calibrated",
                                            "CellSizeZ": "calibrated"})
-    assert plots.cell_size_of(sim, {"description": fitted}) is None  # fitted sizes are not drawn as metres
+    assert plots.cell_size_of(sim, Description.from_dict(fitted)) is None  # fitted sizes are not drawn as metres
     nz, ny, nx = GRID
     assert extents[0] == pytest.approx((0, nx * dx, nz * dz, 0))  # Z-X section
     assert extents[3] == pytest.approx((0, nx * dx, ny * dy, 0))  # X-Y section

@@ -84,7 +84,7 @@ def test_resolve_on_cpu(monkeypatch, capsys):
 
 
 def test_amp_flag_of_rollout_and_evaluate():
-    from voxel_ode.inference.rollout import add_evaluate_args, add_rollout_args
+    from voxel_ode.cli.inference import add_evaluate_args, add_rollout_args
 
     for add, base in ((add_rollout_args, ["--prepped_sim_path", "s.h5", "--ckpt_path", "c.pt"]),
                       (add_evaluate_args, ["--prepped_root", "r", "--ckpt_path", "c.pt"])):

@@ -1,6 +1,5 @@
 """Rollout: zero change == persistence, inactive cells untouched, tiled == full, files, CLI, evaluation."""
 
-import argparse
 import json
 from pathlib import Path
 
@@ -12,10 +11,17 @@ import torch
 import fixtures
 from voxel_ode.inference import rollout as R
 from voxel_ode import schema
-from voxel_ode.data import prep as data_prep
 from voxel_ode.data import description
-from voxel_ode.training.dataset import Normalizer, prior_pair
+from voxel_ode.model.features import Normalizer, prior_pair
 from voxel_ode.utils import UserError
+from voxel_ode.inference import baselines
+from voxel_ode.model import checkpoint
+from voxel_ode.inference import evaluate as evaluate_mod
+from voxel_ode.data import pack
+from voxel_ode.inference import predictions
+from voxel_ode.inference import regions
+from voxel_ode.data.stats import Stats
+from voxel_ode.model import precision
 
 GRID = (12, 10, 8)
 N_T = 5
@@ -40,7 +46,7 @@ def prepped_arrays(seed=0, grid=GRID, n_t=N_T):
     physics = description.resolve(description.Description.from_dict(fixtures.DESCRIPTION), raw["ParamsScalar"],
                                   raw["PermX"], raw["Pressure0"], raw["Pressure"][0], "fixture")
     scalars = np.stack([raw[n] for n in schema.SCALAR_NAMES], axis=1)
-    derived, priors = data_prep.derive_channels(raw, scalars, physics, n_t)
+    derived, priors = pack.derive_channels(raw, scalars, physics, n_t)
     raw.update(derived)
     sim = {
         "static": np.stack([raw[n] for n in schema.STATIC_NAMES]).astype(np.float32),
@@ -115,7 +121,7 @@ def make_prepped_root(root, n_train=2, n_test=1):
         write_prepped(root / split / f"v2.4_{i + 1:04d}{schema.PREPPED_SUFFIX}", sim)
     stats = make_stats(sims[n_test:])
     (root / schema.STATS_FILE).write_text(json.dumps(stats))
-    return root, sims, stats
+    return root, sims, Stats(stats, root / schema.STATS_FILE)
 
 
 # ---------------------------------------------------------------------------
@@ -168,7 +174,7 @@ def test_zero_change_model_equals_persistence_exactly(data):
     _, sims, _, norm = data
     sim = sims[0]
     grid, scalar = R.rollout(ZeroModel(), norm, sim, progress=False)
-    persist, _ = R.run_stepper(R.PersistenceStepper(), sim, progress=False)
+    persist, _ = R.run_stepper(baselines.PersistenceStepper(), sim, progress=False)
     assert grid.shape == sim["outputs_grid"].shape and grid.dtype == np.float32
     assert np.array_equal(grid, persist)
     assert np.array_equal(grid[-1], sim["outputs_grid"][0])
@@ -259,7 +265,7 @@ def test_predictions_layout_and_xdmf(data, tmp_path):
     _, sims, _, norm = data
     sim = sims[0]
     grid, scalar = R.rollout(LocalGlobalModel(), norm, sim, progress=False)
-    out = R.write_predictions(tmp_path / "predictions.h5", grid, scalar, sim["static"][1],
+    out = predictions.write_predictions(tmp_path / "predictions.h5", grid, scalar, sim["static"][1],
                               {"checkpoint": "c.pt", "stats": "s.json", "source": "x.h5", "model_config": {"depth": 2}},
                               truth=(sim["outputs_grid"], sim["outputs_scalar"]))
     with h5py.File(out) as f:
@@ -289,7 +295,7 @@ def real_model_ckpt(path, stats, **cfg_kwargs):
     model = VoxelAutoRegressor(cfg).eval()
     with torch.no_grad():  # random weights give tiny changes; make them visible in Pa / K
         model.grid_head.weight.mul_(50.0)
-    torch.save({"model": model.state_dict(), "model_config": asdict(cfg), "stats": stats, "step": 0}, path)
+    torch.save({"model": model.state_dict(), "model_config": asdict(cfg), "stats": stats.data, "step": 0}, path)
     return Path(path), model
 
 
@@ -342,7 +348,7 @@ def test_evaluate_table_on_tiny_fixtures(data, tmp_path, capsys):
     root, sims, stats, _ = data
     ckpt, _ = real_model_ckpt(tmp_path / "m.pt", stats)
     out = tmp_path / "eval"
-    summary = R.evaluate(root, ckpt, out, split="test", device="cpu", plots=True, linear_baseline=True,
+    summary = evaluate_mod.evaluate(root, ckpt, out, split="test", device="cpu", plots=True, linear_baseline=True,
                          progress=False)
     printed = capsys.readouterr().out
     assert "rel. change error P" in printed and "persistence last" in printed
@@ -350,7 +356,7 @@ def test_evaluate_table_on_tiny_fixtures(data, tmp_path, capsys):
     assert "last: at the last step" in printed and "500000 Pa (P) or 5 K (T)" in printed
     assert set(summary) == {"model", "persistence", "linear"}
     assert summary["linear"]["acc +/-5% scalars"]["last"] is None  # not predicted: null, shown as "-"
-    assert "rel. change error P" in R.format_table(summary)  # the demo prints the returned summary
+    assert "rel. change error P" in evaluate_mod.format_table(summary)  # the demo prints the returned summary
     # persistence's change error is exactly 1 at every step
     assert summary["persistence"]["rel. change error P"]["last"] == pytest.approx(1.0)
     assert summary["persistence"]["rel. change error T"]["mean"] == pytest.approx(1.0)
@@ -373,40 +379,40 @@ def test_evaluate_table_on_tiny_fixtures(data, tmp_path, capsys):
 
 
 def test_arch_flag_mismatch_is_a_user_error():
-    args = argparse.Namespace(receptive_field_radius=3, base_channels=None, depth=12)
-    R.check_arch_flags(args, {"receptive_field_radius": 3, "base_channels": 16, "depth": 12}, "c.pt")  # agrees
+    args = dict(receptive_field_radius=3, base_channels=None, depth=12)
+    checkpoint.check_arch_flags(args, {"receptive_field_radius": 3, "base_channels": 16, "depth": 12}, "c.pt")  # agrees
     with pytest.raises(UserError, match="depth: checkpoint has 4, --depth says 12"):
-        R.check_arch_flags(args, {"receptive_field_radius": 3, "base_channels": 16, "depth": 4}, "c.pt")
+        checkpoint.check_arch_flags(args, {"receptive_field_radius": 3, "base_channels": 16, "depth": 4}, "c.pt")
 
 
 def test_stats_path_must_match_checkpoint(tmp_path, data):
     _, _, stats, _ = data
-    other = json.loads(json.dumps(stats))
+    other = json.loads(json.dumps(stats.data))
     other["dynamic"]["std"][0] *= 2
     p = tmp_path / "stats.json"
     p.write_text(json.dumps(other))
     with pytest.raises(UserError, match="differ from the stats"):
-        R.resolve_stats(p, {"stats": stats}, "c.pt")
-    p.write_text(json.dumps(stats))
-    assert R.resolve_stats(p, {"stats": stats}, "c.pt")["dynamic"] == stats["dynamic"]
+        checkpoint.stats_for({"stats": stats.data}, "c.pt", p)
+    p.write_text(json.dumps(stats.data))
+    assert checkpoint.stats_for({"stats": stats.data}, "c.pt", p)["dynamic"] == stats["dynamic"]
 
 
 def test_linear_baseline_fits_a_linear_truth(data, tmp_path):
     root, sims, stats, norm = data
-    w = R.fit_linear_baseline(root, stats, norm, save_path=tmp_path / "lin.npz", progress=False)
+    w = baselines.fit_linear_baseline(root, stats, norm, save_path=tmp_path / "lin.npz", progress=False)
     assert w.shape == (2, schema.N_INPUT_CHANNELS + schema.N_PARAMS + 1)
-    np.testing.assert_array_equal(R.load_linear_baseline(tmp_path / "lin.npz", stats), w)
-    other = json.loads(json.dumps(stats))
+    np.testing.assert_array_equal(baselines.load_linear_baseline(tmp_path / "lin.npz", stats), w)
+    other = json.loads(json.dumps(stats.data))
     other["dynamic"]["mean"][0] += 1.0
-    assert R.load_linear_baseline(tmp_path / "lin.npz", other) is None  # fitted with other stats: refit
-    grid, scalar = R.run_stepper(R.LinearStepper(w, norm), sims[1], progress=False)
+    assert baselines.load_linear_baseline(tmp_path / "lin.npz", Stats(other, "other")) is None  # fitted with other stats: refit
+    grid, scalar = R.run_stepper(baselines.LinearStepper(w, norm), sims[1], progress=False)
     inactive = sims[1]["static"][1] < 0.5
     assert np.array_equal(grid[:, :, inactive], np.repeat(grid[:1, :, inactive], N_T, 0))
     assert np.all(np.isnan(scalar[1:]))
     # the rollout applies exactly the model that was fitted (same features at t = 0)
     idx = np.flatnonzero(~inactive.ravel())[:20]
     static_norm = np.asarray(norm.normalize_static(sims[1]["static"]), np.float64).reshape(schema.N_STATIC, -1)
-    feats = R._linear_features(norm, sims[1]["static"].reshape(schema.N_STATIC, -1), static_norm,
+    feats = baselines._linear_features(norm, sims[1]["static"].reshape(schema.N_STATIC, -1), static_norm,
                                sims[1]["outputs_grid"][0], prior_pair(sims[1]["priors"], 0),
                                np.asarray(norm.normalize_params(sims[1]["params_scalar"]), np.float64), idx)
     step1 = (grid[1] - grid[0]).reshape(2, -1)[:, idx].T
@@ -463,8 +469,8 @@ def test_linear_baseline_ridge_shrinks_weights(data):
     # the ridge is what keeps the fit usable when params / permeabilities are collinear
     # (few training simulations): it must shrink the penalized weights (all but the bias)
     root, _, stats, norm = data
-    plain = R.fit_linear_baseline(root, stats, norm, ridge=0.0, cells_per_step=300, progress=False)
-    ridge = R.fit_linear_baseline(root, stats, norm, ridge=1.0, cells_per_step=300, progress=False)
+    plain = baselines.fit_linear_baseline(root, stats, norm, ridge=0.0, cells_per_step=300, progress=False)
+    ridge = baselines.fit_linear_baseline(root, stats, norm, ridge=1.0, cells_per_step=300, progress=False)
     assert np.linalg.norm(ridge[:, :-1]) < 0.9 * np.linalg.norm(plain[:, :-1])
 
 
@@ -496,12 +502,12 @@ def _small_active(sim, boxes):
     return sim, active
 
 
-@pytest.mark.parametrize("overhead", [R.REGION_OVERHEAD_CELLS, 0])
+@pytest.mark.parametrize("overhead", [regions.REGION_OVERHEAD_CELLS, 0])
 def test_cropped_equals_full_grid_on_a_small_active_region(data, tmp_path, monkeypatch, overhead):
     """Cropping to the active cells (one box, or slabs each with its own halo: overhead 0 makes
     the plan split this tiny grid) gives the full grid's rollout."""
     _, sims, stats, norm = data
-    monkeypatch.setattr(R, "REGION_OVERHEAD_CELLS", overhead)
+    monkeypatch.setattr(regions, "REGION_OVERHEAD_CELLS", overhead)
     _, model = real_model_ckpt(tmp_path / "m.pt", stats)  # receptive field 3
     # two blobs, 15 % of the grid, one touching the grid's edge
     sim, active = _small_active(sims[1], [np.s_[1:4, 2:7, 1:5], np.s_[8:12, 5:10, 4:8]])
@@ -521,7 +527,7 @@ def test_cropped_equals_full_grid_on_a_small_active_region(data, tmp_path, monke
 
 def test_too_small_crop_halo_is_detected(data, tmp_path, monkeypatch):
     _, sims, stats, norm = data
-    monkeypatch.setattr(R, "REGION_OVERHEAD_CELLS", 0)
+    monkeypatch.setattr(regions, "REGION_OVERHEAD_CELLS", 0)
     _, model = real_model_ckpt(tmp_path / "m.pt", stats)
     sim, active = _small_active(sims[1], [np.s_[1:5, 2:7, 1:5], np.s_[4:12, 5:10, 4:8]])
     full, _ = R.rollout(model, norm, sim, progress=False, crop=False)
@@ -540,7 +546,7 @@ def test_bf16_rollout_close_to_fp32(data, tmp_path):
     _, sims, stats, norm = data
     _, model = real_model_ckpt(tmp_path / "m.pt", stats)
     fp32, _ = R.rollout(model, norm, sims[1], progress=False)
-    bf16, _ = R.rollout(model, norm, sims[1], progress=False, amp_dtype=torch.bfloat16)
+    bf16, _ = R.rollout(model, norm, sims[1], progress=False, precision=precision.resolve("bf16", "cpu"))
     active = sims[1]["static"][1] > 0.5
     for v in range(2):
         change = (fp32[-1, v] - fp32[0, v])[active]

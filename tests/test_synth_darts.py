@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from voxel_ode import cli
-from voxel_ode.data import prep as data_prep
 from voxel_ode.data import description
 from voxel_ode.synth import open_darts as synth_darts
+from voxel_ode.data import pack
 
 
 def test_missing_darts_is_one_line(monkeypatch, tmp_path, capsys):
@@ -50,10 +50,10 @@ def darts_run(tmp_path_factory):
 
 def test_tiny_run_is_valid_v24(darts_run):
     path = darts_run / "v2.4_0001.h5"
-    assert data_prep.validate_raw(path) == []
+    assert pack.validate_raw(path) == []
     desc = description.find(darts_run)
     assert desc.permeability_unit == "mD" and desc.first_report == "year1" and desc.lateral_boundary == "pore_volume"
-    arrays = data_prep.prepare_arrays(path, desc=desc)  # raises on any problem with its description
+    arrays = pack.prepare_arrays(path, desc=desc)  # raises on any problem with its description
     assert arrays["outputs_grid"].shape == (4, 2, 12, 6, 8)  # prep puts t = 0 (Input/*0) before year 1
     with h5py.File(path, "r") as f:
         assert f["Input/FaultId"].dtype == np.int32 and f["Input/IsActive"].dtype == np.uint8

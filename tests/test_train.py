@@ -15,8 +15,14 @@ import torch
 
 from voxel_ode import schema
 from voxel_ode.training.schedule import WarmupCosine, warmup_cosine
-from voxel_ode.training.train import add_train_args, amp_policy, default_args, param_checksum, rollout_k, train
+from voxel_ode.model import precision
+from voxel_ode.training.config import TrainConfig, make_config
+from voxel_ode.training.train import train
+from voxel_ode.cli.train import add_train_args
+from voxel_ode.training.distributed import param_checksum
+from voxel_ode.training.schedule import rollout_k
 from voxel_ode.utils import UserError
+from voxel_ode.training import loss
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(base_channels=8, depth=2, receptive_field_radius=1, num_threads=1, quiet=True)
@@ -65,9 +71,9 @@ def test_scheduler_state_loads_weights_only(tmp_path):
 
 
 def test_rollout_curriculum():
-    args = default_args(rollout_steps=4, rollout_curriculum_steps=30)
+    args = make_config(rollout_steps=4, rollout_curriculum_steps=30)
     assert [rollout_k(s, args) for s in (0, 9, 10, 20, 30, 99)] == [1, 1, 2, 3, 4, 4]
-    assert rollout_k(0, default_args(rollout_steps=3)) == 3  # no curriculum: K from the start
+    assert rollout_k(0, make_config(rollout_steps=3)) == 3  # no curriculum: K from the start
 
 
 # ---------------------------------------------------------------------------
@@ -86,20 +92,24 @@ def test_bad_arguments_are_user_errors(prepped, tmp_path):
         train(prepped_root=str(prepped), save_dir=str(tmp_path / "ck2"), delta_norm="zscore", **TINY)
 
 
-def test_amp_policy_on_cpu_follows_the_probe_and_says_so(capsys, monkeypatch):
+def test_amp_policy_on_cpu_follows_the_probe_and_says_so(capsys, monkeypatch, prepped, tmp_path):
+    def chosen(amp):
+        c = precision.choose(amp, torch.device("cpu"))
+        return c.dtype, c.scaler
+
     monkeypatch.setenv("VOXEL_ODE_CPU_BF16", "0")  # a CPU where bf16 measured slower
-    assert amp_policy("auto", torch.device("cpu"), use_amp=True) == (None, False)
+    assert chosen("auto") == (None, False)
     assert "precision: fp32" in capsys.readouterr().out
     monkeypatch.setenv("VOXEL_ODE_CPU_BF16", "1")  # one where it measured faster
-    assert amp_policy("auto", torch.device("cpu")) == (torch.bfloat16, False)
-    assert amp_policy("none", torch.device("cpu")) == (None, False)
-    assert amp_policy("bf16", torch.device("cpu")) == (torch.bfloat16, False)
+    assert chosen("auto") == (torch.bfloat16, False)
+    assert chosen("none") == (None, False)
+    assert chosen("bf16") == (torch.bfloat16, False)
     with pytest.raises(UserError, match="--use_amp"):
-        amp_policy("none", torch.device("cpu"), use_amp=True)
+        train(prepped_root=str(prepped), save_dir=str(tmp_path), amp="none", use_amp=True, **TINY)
 
 
 def test_amp_flags_parse():
-    assert default_args().amp == "auto" and not default_args().use_amp
+    assert TrainConfig().amp == "auto" and not TrainConfig().use_amp
     for amp in ("auto", "bf16", "fp16", "none"):
         p = argparse.ArgumentParser()
         add_train_args(p)
@@ -137,7 +147,7 @@ def test_loss_decreases_and_checkpoint_is_safe(prepped, tmp_path, capsys):
     assert ckpt["step"] == 40 and ckpt["model_config"]["base_channels"] == 8
     assert ckpt["stats"]["grid_shape"] == [12, 10, 8] and ckpt["train_args"]["lr"] == 3e-3
     assert {"model", "optimizer", "scheduler", "scaler", "rng", "best_metric"} <= set(ckpt)
-    from voxel_ode.model.network import load_model
+    from voxel_ode.model.checkpoint import load_model
 
     model, _ = load_model(save / "last.pt")  # rollout needs no architecture flags
     assert model.config.depth == 2 and model.config.receptive_field_radius == 1
@@ -223,7 +233,7 @@ def test_torchrun_two_processes_hold_identical_weights(prepped, tmp_path):
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     rank0, rank1 = (sums / "rank0.txt").read_text(), (sums / "rank1.txt").read_text()
     assert rank0 == rank1
-    from voxel_ode.model.network import load_model
+    from voxel_ode.model.checkpoint import load_model
 
     model, ckpt = load_model(tmp_path / "ck" / "last.pt")
     assert param_checksum(model) + "\n" == rank0  # rank 0's checkpoint holds the same weights
@@ -250,7 +260,7 @@ def test_torchrun_one_process_runs_the_distributed_path(prepped, tmp_path):
                             "--save_dir", str(tmp_path / "plain")], capture_output=True, text=True, timeout=180,
                            env=_env())
     assert plain.returncode == 0 and "torch.distributed" not in plain.stdout
-    from voxel_ode.model.network import load_model
+    from voxel_ode.model.checkpoint import load_model
 
     assert param_checksum(load_model(tmp_path / "ddp" / "last.pt")[0]) == \
         param_checksum(load_model(tmp_path / "plain" / "last.pt")[0])
@@ -280,10 +290,9 @@ def test_pressure_loss_with_the_priors_compares_the_change_since_start(prepped, 
     """A first step that is wrong by e and a second step that corrects it: with the priors
     the second step's pressure loss is 0 (the change since t = 0 is right again); the increment
     loss of the plain head is not. Temperature is compared step by step either way."""
-    from voxel_ode.training import train as train_module
-    from voxel_ode.training.dataset import Normalizer
+    from voxel_ode.model.features import Normalizer
     from voxel_ode.model.network import ModelConfig
-    from voxel_ode.training.train import Unroll
+    from voxel_ode.training.loss import Unroll
 
     norm = Normalizer(json.loads((prepped / schema.STATS_FILE).read_text()))
     shape = (1, 1, 3, 4, 5)
@@ -310,10 +319,10 @@ def test_pressure_loss_with_the_priors_compares_the_change_since_start(prepped, 
              "target_delta": target, "target_scalars": torch.zeros(1, 2, schema.N_SCALARS),
              "priors": torch.zeros(1, 3, schema.N_PRIORS, *x.shape[2:])}
     for priors in (True, False):
-        unroll = Unroll(Scripted(priors), norm, train_scalars=False, amp_dtype=None)
+        unroll = Unroll(Scripted(priors), norm, train_scalars=False, precision=precision.FP32)
         step_losses = []
-        mse = train_module.masked_channel_mse
-        monkeypatch.setattr(train_module, "masked_channel_mse",  # record the per-step [P, T] losses
+        mse = loss.masked_channel_mse
+        monkeypatch.setattr(loss, "masked_channel_mse",  # record the per-step [P, T] losses
                             lambda p, t, a: step_losses.append(mse(p, t, a)) or step_losses[-1])
         unroll(batch, k_steps=2, detach_between=True)
         monkeypatch.undo()
@@ -330,12 +339,13 @@ def test_budget_horizon_follows_the_step_rate(monkeypatch):
     10 s of a 60 s budget leave 50 s at 2 steps/s, so the horizon is 20 + 100; capped at --max_steps."""
 
     from voxel_ode.training.schedule import warmup_cosine
-    from voxel_ode.training.train import Dist, fit_schedule_to_budget
+    from voxel_ode.training.distributed import Dist
+    from voxel_ode.training.schedule import fit_schedule_to_budget
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     scheduler = warmup_cosine(opt, 0, 10_000)
     ddp = Dist("cpu")
-    monkeypatch.setattr("voxel_ode.training.train.time.time", lambda: 1010.0)
+    monkeypatch.setattr("voxel_ode.training.schedule.time.time", lambda: 1010.0)
     args = argparse.Namespace(time_budget_min=1.0, max_steps=10_000)
     assert fit_schedule_to_budget(scheduler, 5, 0, 1000.0, args, ddp) is None  # too few steps to tell
     assert fit_schedule_to_budget(scheduler, 20, 0, 1000.0, args, ddp) == 120
@@ -355,7 +365,7 @@ def test_eval_every_zero_evaluates_only_after_the_last_step(prepped, tmp_path):
 def test_priors_follow_the_flag_and_the_log_says_what_prep_computed(prepped, tmp_path, capsys):
     """The prior heads are the default (--no_priors: the grid head alone); the log says whether
     prep computed physics priors (stats.json "priors") or left them at zero."""
-    from voxel_ode.model.network import load_model
+    from voxel_ode.model.checkpoint import load_model
 
     assert json.loads((prepped / schema.STATS_FILE).read_text())["priors"] is True
     for flag, expected, said in ((False, True, "physics priors=yes"), (True, False, "physics priors=no")):

@@ -15,14 +15,17 @@ over), so an interrupted demo picks up where it stopped.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from voxel_ode import schema
-from voxel_ode.utils import UserError, write_json_atomic
+from voxel_ode import files, schema
+from voxel_ode.data.prep import prep
+from voxel_ode.inference.evaluate import evaluate
+from voxel_ode.synth.voxel import generate_dataset
+from voxel_ode.training.train import train
+from voxel_ode.utils import UserError
 
 
 @dataclass
@@ -49,32 +52,18 @@ QUICK = DemoConfig(n_sims=24, n_test=4, grid=(24, 12, 12), train_minutes=4.0, ba
                    batch_size=4, rollout_steps=2, lr=3e-3, max_steps=300, eval_every=0)
 
 
-def add_demo_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="demo_out", help="folder for everything the demo makes")
-    parser.add_argument("--quick", action="store_true", help="smoke version: smaller data, ~2 minutes")
-    parser.add_argument("--n_sims", type=int, default=None, help="number of synthetic simulations (default 40, quick 24)")
-    parser.add_argument("--grid", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
-                        help="grid of the synthetic simulations (default 32 16 16, quick 24 12 12)")
-    parser.add_argument("--train_minutes", type=float, default=None, help="training wall-time budget (default 6; quick stops after 300 steps)")
-    parser.add_argument("--max_steps", type=int, default=None,
-                        help="stop training after this many steps (default: the time budget; quick 300)")
-    parser.add_argument("--workers", type=int, default=2, help="processes for synth and prep")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and of training")
-    parser.add_argument("--no_plots", action="store_true", help="skip the PNG pictures")
-
-
-def demo_config(args) -> DemoConfig:
-    cfg = QUICK if args.quick else FULL
-    cfg = DemoConfig(**asdict(cfg))
-    if args.n_sims is not None:
-        cfg.n_sims = args.n_sims
-    if args.grid is not None:
-        cfg.grid = tuple(args.grid)
-    if args.train_minutes is not None:
-        cfg.train_minutes = args.train_minutes
-    if getattr(args, "max_steps", None) is not None:
-        cfg.max_steps = args.max_steps
-    cfg.seed = args.seed
+def demo_config(quick=False, n_sims=None, grid=None, train_minutes=None, max_steps=None, seed=0) -> DemoConfig:
+    """The FULL or QUICK settings with the given ones (None: keep)."""
+    cfg = DemoConfig(**asdict(QUICK if quick else FULL))
+    if n_sims is not None:
+        cfg.n_sims = n_sims
+    if grid is not None:
+        cfg.grid = tuple(grid)
+    if train_minutes is not None:
+        cfg.train_minutes = train_minutes
+    if max_steps is not None:
+        cfg.max_steps = max_steps
+    cfg.seed = seed
     cfg.grid = tuple(cfg.grid)
     if cfg.n_sims < cfg.n_test + 1:
         raise UserError(f"--n_sims must be at least {cfg.n_test + 1} ({cfg.n_test} test + 1 train simulations)")
@@ -95,14 +84,9 @@ def _banner(text: str) -> None:
     print(f"\n=== {text}", flush=True)
 
 
-def run_demo(args) -> int:
-    from voxel_ode.data.prep import prep
-    from voxel_ode.inference.rollout import evaluate
-    from voxel_ode.synth.voxel import generate_dataset
-    from voxel_ode.training.train import train
-
-    cfg = demo_config(args)
-    out = Path(args.out)
+def run_demo(out, cfg: DemoConfig, workers: int = 2, plots: bool = True) -> dict:
+    """synth -> prep -> train -> evaluate in ``out``; returns what demo_summary.json holds."""
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     raw, prepped, ckpts, evaldir = out / "raw", out / "prepped", out / "checkpoints", out / "eval"
     start = time.time()
@@ -114,8 +98,8 @@ def run_demo(args) -> int:
     if _stage_done(raw / ".demo_done.json", settings):
         print("reusing the simulations already there")
     else:
-        generate_dataset(raw, cfg.n_sims, grid=cfg.grid, seed=cfg.seed, workers=args.workers)
-        write_json_atomic(raw / ".demo_done.json", settings)
+        generate_dataset(raw, cfg.n_sims, grid=cfg.grid, seed=cfg.seed, workers=workers)
+        files.write_json_atomic(raw / ".demo_done.json", settings)
 
     # the channel list too: prepped data of an older version (other derived channels, no thermal
     # prior) is redone
@@ -127,9 +111,9 @@ def run_demo(args) -> int:
         # The demo trains on whole-grid samples (the grid is small), so one patch
         # covering the grid is enough for the patch index.
         summary = prep(raw, prepped, patch_size=cfg.grid, stride=cfg.grid, n_test=cfg.n_test,
-                       min_active_frac=0.0, workers=args.workers)
+                       min_active_frac=0.0, workers=workers)
         print(f"prepped {len(summary['train'])} train + {len(summary['test'])} test simulations")
-        write_json_atomic(prepped / ".demo_done.json", settings)
+        files.write_json_atomic(prepped / ".demo_done.json", settings)
 
     _banner(f"3/4 train: {cfg.train_minutes:g} min on whole-grid samples, {cfg.rollout_steps}-step rollout training")
     result = train(
@@ -147,7 +131,7 @@ def run_demo(args) -> int:
 
     _banner(f"4/4 evaluate {Path(ckpt).name} (the final model): rollouts of the {cfg.n_test} test simulations "
             f"-> {evaldir}/")
-    summary = evaluate(prepped, ckpt, evaldir, split="test", device="cpu", plots=not args.no_plots,
+    summary = evaluate(prepped, ckpt, evaldir, split="test", device="cpu", plots=plots,
                        linear_baseline=True)
     minutes = (time.time() - start) / 60
     print(f"\ndone in {minutes:.1f} min. Look at:")
@@ -158,6 +142,6 @@ def run_demo(args) -> int:
     if result.get("best_checkpoint"):
         print(f"  ({result['best_checkpoint']} was picked on the test split during training; "
               "it is not evaluated here)")
-    write_json_atomic(out / "demo_summary.json", {"config": asdict(cfg), "minutes": minutes,
-                                                   "checkpoint": str(ckpt), "evaluation": summary})
-    return 0
+    result = {"config": asdict(cfg), "minutes": minutes, "checkpoint": str(ckpt), "evaluation": summary}
+    files.write_json_atomic(out / "demo_summary.json", result)
+    return result

@@ -224,9 +224,11 @@ def channel_index(name: str) -> int:
     return INPUT_CHANNELS.index(name)
 
 
-ACTIVE_CHANNEL = channel_index("IsActive")
-PERM_X_CHANNEL = channel_index("PermX")
-PERM_Y_CHANNEL = channel_index("PermY")
+# static channels the pipeline reads by name (index in /static and in the model input alike)
+STATIC_ACTIVE = STATIC_NAMES.index("IsActive")
+STATIC_INJ_RATE = STATIC_NAMES.index("InjRate")
+STATIC_PERM_X = STATIC_NAMES.index("PermX")
+STATIC_PERM_Y = STATIC_NAMES.index("PermY")
 
 # Units used in reports: absolute tolerances for the accuracy metric.
 DEFAULT_PRESSURE_TOL_PA = 5e5  # 5 bar

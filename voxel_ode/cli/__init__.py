@@ -1,9 +1,9 @@
 """`voxel-ode` console command: one subcommand per pipeline stage.
 
-Each stage module owns its flags: it exposes an ``add_<fn>`` function that
-fills an argparse parser and a ``run_<fn>`` function that takes the parsed
-namespace. Only the chosen stage is imported, so `voxel-ode --help` and light
-commands stay fast (no torch import for `inspect`).
+The library has no argparse: each command's module here (cli/data.py, cli/train.py, ...) fills
+an argparse parser (``add_<command>_args``) and maps the parsed flags to library calls
+(``run_<command>``). Only the chosen command's module is imported, so `voxel-ode --help` and
+light commands stay fast (no torch import for `inspect` or `prep`).
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from voxel_ode.utils import UserError
 # name -> (module, add-arguments function, run function, one-line help)
 COMMANDS = {
     "synth": ("voxel_ode.synth.voxel", "add_synth_args", "run_synth", "generate synthetic v2.4 simulations"),
-    "inspect": ("voxel_ode.data.prep", "add_inspect_args", "run_inspect", "print a file's layout, ranges and problems"),
-    "prep": ("voxel_ode.data.prep", "add_prep_args", "run_prep", "raw v2.4 HDF5 -> packed files, stats.json, patch index"),
-    "train": ("voxel_ode.training.train", "add_train_args", "run_train", "train VoxelAutoRegressor (one process or torchrun)"),
-    "rollout": ("voxel_ode.inference.rollout", "add_rollout_args", "run_rollout", "autoregressive prediction of one simulation"),
-    "evaluate": ("voxel_ode.inference.rollout", "add_evaluate_args", "run_evaluate", "rollouts + metrics + pictures over a split"),
-    "demo": ("voxel_ode.demo", "add_demo_args", "run_demo", "synth -> prep -> train -> evaluate on this machine"),
+    "inspect": ("voxel_ode.cli.data", "add_inspect_args", "run_inspect", "print a file's layout, ranges and problems"),
+    "prep": ("voxel_ode.cli.data", "add_prep_args", "run_prep", "raw v2.4 HDF5 -> packed files, stats.json, patch index"),
+    "train": ("voxel_ode.cli.train", "add_train_args", "run_train", "train VoxelAutoRegressor (one process or torchrun)"),
+    "rollout": ("voxel_ode.cli.inference", "add_rollout_args", "run_rollout", "autoregressive prediction of one simulation"),
+    "evaluate": ("voxel_ode.cli.inference", "add_evaluate_args", "run_evaluate", "rollouts + metrics + pictures over a split"),
+    "demo": ("voxel_ode.cli.demo", "add_demo_args", "run", "synth -> prep -> train -> evaluate on this machine"),
 }
 
 

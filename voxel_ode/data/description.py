@@ -25,6 +25,7 @@ without it. ``voxel-ode synth`` writes the description of its own files.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -111,6 +112,26 @@ class Description:
         if desc.lateral_boundary in ("fixed_pressure", "pore_volume") and "BoundaryMultiplier" not in desc.quantities:
             raise UserError(f"{source}: lateral_boundary {desc.lateral_boundary!r} needs quantities.BoundaryMultiplier")
         return desc
+
+
+def with_cell_size(desc: Description, cell_size) -> Description:
+    """``desc`` with ``prep --cell_size DX DY DZ`` (m) as its declared cell sizes."""
+    if cell_size is None:
+        return desc
+    quantities = dict(desc.quantities)
+    for name, value in zip(CELL_SIZE_QUANTITIES, cell_size):
+        quantities[name] = {"value": float(value), "unit": "m"}
+    return dataclasses.replace(desc, quantities=quantities, source=desc.source + " + --cell_size")
+
+
+def declared_compressibility(values: dict) -> float | None:
+    """Total compressibility (1/Pa) from resolved quantities: TotalCompressibility, else Rock +
+    Fluid (either may be absent); None if none is given."""
+    if "TotalCompressibility" in values:
+        return values["TotalCompressibility"]
+    if "RockCompressibility" in values or "FluidCompressibility" in values:
+        return values.get("RockCompressibility", 0.0) + values.get("FluidCompressibility", 0.0)
+    return None
 
 
 def _calibrated(entries, source) -> dict:

@@ -1,4 +1,4 @@
-"""Pictures (matplotlib, Agg, PNG) and the ParaView XDMF of a rollout.
+"""Pictures of a rollout (matplotlib, Agg, PNG); its ParaView XDMF is predictions.py's.
 
 * ``plot_error_curves``: per-step relative change error and abs-tol accuracy,
   model vs baselines, averaged over simulations.
@@ -7,24 +7,20 @@
   positive InjRate), inactive cells blank; axes in metres where the cell sizes
   are known (``cell_size_of``), else in cells.
 * ``plot_scalars``: the 5 field scalars over time, truth vs predictions.
-* ``write_xdmf``: an Xdmf3 temporal collection of 3D rectilinear grids in metres
-  (depth pointing down: Z index 0 at the top) whose cell-centred attributes are
-  hyperslabs of predictions.h5 (no data copied).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from voxel_ode import schema
-from voxel_ode.utils import UserError, atomic_path
+from voxel_ode.data import description
+from voxel_ode.inference import metrics as M
+from voxel_ode.files import atomic_path
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 import matplotlib  # noqa: E402
@@ -69,18 +65,17 @@ def injector_cell(static: np.ndarray) -> tuple[int, int, int]:
     return tuple(int(i) for i in np.unravel_index(np.argmax(inj), inj.shape))
 
 
-def cell_size_of(sim: dict, stats=None):
-    """(dx, dy, dz) in m of a simulation as its dataset description declares them (stats.json
-    "description", with the run's ParamsScalar where it points there); None if not declared,
-    also where prep calibrated them (fitted sizes drawn as metres would pass for the truth)."""
-    from voxel_ode.data import description
-
+def cell_size_of(sim: dict, desc: description.Description | None = None):
+    """(dx, dy, dz) in m of a simulation as its dataset description (Stats.description) declares
+    them, with the run's ParamsScalar where it points there; None if not declared, also where
+    prep calibrated them (fitted sizes drawn as metres would pass for the truth)."""
+    if desc is None:
+        return None
+    if set(desc.calibrated) & set(description.CELL_SIZE_QUANTITIES):
+        return None
     try:
-        desc = description.Description.from_dict((stats or {}).get("description") or {}, "stats.json description")
-        if set(desc.calibrated) & set(description.CELL_SIZE_QUANTITIES):
-            return None
         return description.declared_cell_size(desc, sim.get("params_scalar"))
-    except (UserError, TypeError, IndexError, ValueError):
+    except (TypeError, IndexError, ValueError):
         return None
 
 
@@ -196,96 +191,24 @@ def _min_span(ax, fraction: float) -> None:
         ax.set_ylim(mid - 0.5 * span, mid + 0.5 * span)
 
 
-def plot_simulation(out_dir, sim: dict, preds: dict, stats=None, sim_metrics=None, steps=None) -> list[Path]:
-    """All pictures of one simulation: slices of the model at a few steps, scalars, and error curves."""
+def plot_simulation(out_dir, sim: dict, preds: dict, desc: description.Description | None = None, sim_metrics=None,
+                    steps=None, dynamic_std=None) -> list[Path]:
+    """All pictures of one simulation: slices of the model at a few steps, scalars, and error curves.
+    ``sim_metrics``: the metrics of evaluate_sim, else computed here (normalized MSE with
+    ``dynamic_std``, the stats' std of (P, T), else 1)."""
     out_dir = Path(out_dir)
     grid = preds["model"][0]
     steps = default_steps(len(grid)) if steps is None else steps
-    cell_size = cell_size_of(sim, stats)
+    cell_size = cell_size_of(sim, desc)
     written = [plot_slices(sim, grid, out_dir / f"slices_step{t:02d}.png", t, cell_size=cell_size) for t in steps]
     written.append(plot_scalars(sim.get("outputs_scalar"), {m: p[1] for m, p in preds.items()},
                                 out_dir / "scalars.png"))
     if sim_metrics is None:
-        from voxel_ode.inference import metrics as M
-
-        std = stats["dynamic"]["std"] if stats and "dynamic" in stats else [1.0] * schema.N_DYNAMIC
+        std = [1.0] * schema.N_DYNAMIC if dynamic_std is None else dynamic_std
         sim_metrics = {m: {"grid": M.grid_metrics(g, sim["outputs_grid"],
-                                                   sim["static"][schema.STATIC_NAMES.index("IsActive")], std)}
+                                                   sim["static"][schema.STATIC_ACTIVE], std)}
                        for m, (g, _) in preds.items()}
     written.append(plot_error_curves({"sim": sim_metrics}, out_dir / "error_curves.png"))
     return written
 
 
-# ---------------------------------------------------------------------------
-# ParaView
-# ---------------------------------------------------------------------------
-def _data_item(parent, text, dims, fmt="XML", **attrs):
-    item = ET.SubElement(parent, "DataItem", Dimensions=" ".join(map(str, dims)), Format=fmt, **attrs)
-    item.text = text
-    return item
-
-
-def _hyperslab(parent, h5_name, dataset, full_shape, t, channel):
-    """Cell attribute = one (t, channel) 3D block of a (T, C, Z, Y, X) dataset."""
-    nz, ny, nx = full_shape[2:]
-    slab = ET.SubElement(parent, "DataItem", ItemType="HyperSlab", Dimensions=f"{nz} {ny} {nx}", Type="HyperSlab")
-    # rows: start, stride, count over the 5 dimensions
-    _data_item(slab, f"{t} {channel} 0 0 0  1 1 1 1 1  1 1 {nz} {ny} {nx}", (3, 5))
-    _data_item(slab, f"{h5_name}:/{dataset}", full_shape, fmt="HDF", NumberType="Float", Precision="4")
-
-
-def write_xdmf(h5_path, xdmf_path=None, cell_size=None) -> Path:
-    """XDMF next to predictions.h5: a time series of the predicted (and, if stored, true) P and T.
-
-    Z Y X cells -> a 3DRectMesh of (Z+1, Y+1, X+1) nodes with Center="Cell"
-    attributes, in metres: x and y grow with the index from 0, z is the elevation
-    below the grid's top (0, -dz, -2 dz, ...), so depth points down and Z index 0 is
-    at the top. ``cell_size`` is (dx, dy, dz) in m; by default the file's
-    "cell_size_m" attribute (written by rollout.write_predictions), else 1 m cells
-    (the XDMF then says so in an Information element). The h5 file is referenced by
-    its name, so the pair can be moved together.
-    """
-    h5_path = Path(h5_path)
-    xdmf_path = Path(xdmf_path) if xdmf_path else h5_path.with_suffix(".xdmf")
-    with h5py.File(h5_path, "r") as f:
-        series = [(g, f[f"{g}/outputs_grid"].shape) for g in ("predicted", "truth") if f"{g}/outputs_grid" in f]
-        has_active = "static/IsActive" in f
-        if cell_size is None and "cell_size_m" in f.attrs:
-            try:
-                cell_size = json.loads(f.attrs["cell_size_m"])
-            except (TypeError, ValueError):
-                cell_size = None
-    known = cell_size is not None
-    dx, dy, dz = (float(v) for v in cell_size) if known else (1.0, 1.0, 1.0)
-    shape = series[0][1]
-    nz, ny, nx = shape[2:]
-    nodes = {"x": np.arange(nx + 1) * dx, "y": np.arange(ny + 1) * dy, "z": -np.arange(nz + 1) * dz}
-    root = ET.Element("Xdmf", Version="3.0")
-    domain = ET.SubElement(root, "Domain")
-    if not known:
-        ET.SubElement(domain, "Information", Name="cell_size",
-                      Value="unknown: unit spacing (1 m cells), not the run's cell sizes")
-    collection = ET.SubElement(domain, "Grid", Name="rollout", GridType="Collection", CollectionType="Temporal")
-    for t in range(shape[0]):
-        grid = ET.SubElement(collection, "Grid", Name=f"step{t:02d}", GridType="Uniform")
-        ET.SubElement(grid, "Time", Value=str(t))
-        ET.SubElement(grid, "Topology", TopologyType="3DRectMesh", Dimensions=f"{nz + 1} {ny + 1} {nx + 1}")
-        geo = ET.SubElement(grid, "Geometry", GeometryType="VXVYVZ")
-        for axis in ("x", "y", "z"):
-            _data_item(geo, " ".join(f"{v:g}" for v in nodes[axis]), (len(nodes[axis]),), NumberType="Float",
-                       Precision="8")
-        for group, gshape in series:
-            prefix = "" if group == "predicted" else "True"
-            for c, var in enumerate(schema.DYNAMIC_NAMES):
-                attr = ET.SubElement(grid, "Attribute", Name=prefix + var, AttributeType="Scalar", Center="Cell")
-                _hyperslab(attr, h5_path.name, f"{group}/outputs_grid", gshape, t, c)
-        if has_active:
-            attr = ET.SubElement(grid, "Attribute", Name="IsActive", AttributeType="Scalar", Center="Cell")
-            _data_item(attr, f"{h5_path.name}:/static/IsActive", (nz, ny, nx), fmt="HDF",
-                       NumberType="UChar", Precision="1")
-    ET.indent(root)
-    with atomic_path(xdmf_path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(b'<?xml version="1.0" ?>\n<!DOCTYPE Xdmf SYSTEM "Xdmf.dtd" []>\n')
-            ET.ElementTree(root).write(f, encoding="utf-8", xml_declaration=False)
-    return xdmf_path

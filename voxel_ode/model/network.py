@@ -65,16 +65,41 @@ Design
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from voxel_ode import schema
-from voxel_ode.data.checks import check_config_bounds
-from voxel_ode.utils import UserError, coarsen
+from voxel_ode.utils import UserError
+
+
+# Sane bounds checked before anything is allocated (a hostile checkpoint could ask for 1 TB).
+CONFIG_INT_BOUNDS = {
+    "in_channels": (1, 1024), "n_params": (1, 1024), "out_channels": (1, 64), "n_scalars": (0, 64),
+    "base_channels": (1, 2048), "depth": (0, 256), "receptive_field_radius": (0, 16), "block_kernel": (1, 15),
+    "convs_per_block": (1, 8), "context_factor": (1, 64), "context_channels": (1, 2048),
+    "context_stages": (0, 8), "global_dim": (1, 8192),
+}
+
+
+MAX_CONV_PARAMETERS = 2e9  # ~8 GB of fp32 weights: far above anything trained here
+
+
+def check_config_bounds(config) -> None:
+    for name, (lo, hi) in CONFIG_INT_BOUNDS.items():
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise UserError(f"model config: {name}: {value!r} is not an integer in [{lo}, {hi}]")
+    for name in ("global_context", "mask_features", "channels_last", "priors", "temperature_residual"):
+        if not isinstance(getattr(config, name), bool):
+            raise UserError(f"model config: {name}: {getattr(config, name)!r} is not true/false")
+    # the residual blocks dominate: depth x convs x C^2 x k^3
+    approx = config.depth * config.convs_per_block * config.base_channels ** 2 * config.block_kernel ** 3
+    if approx > MAX_CONV_PARAMETERS:
+        raise UserError(f"model config: about {approx:.3g} parameters (base_channels {config.base_channels}, "
+                        f"depth {config.depth}) exceed the limit of {MAX_CONV_PARAMETERS:g}")
 
 
 @dataclass
@@ -275,6 +300,31 @@ def crop_upsample(coarse: torch.Tensor, origin: torch.Tensor, size, factor: int)
     return torch.stack(out)
 
 
+def coarsen(x, active, factor: int = 4):
+    """Masked average pooling of a field onto a grid ``factor`` times coarser.
+
+    ``x`` [..., C, D, H, W] (torch), ``active`` [..., 1, D, H, W] (1 = active cell).
+    The grid is zero-padded at the far end to a multiple of ``factor`` (padding
+    counts as inactive), so coarse cell c always covers fine cells
+    [c*factor, (c+1)*factor) along each axis. Returns ``(x_coarse, active_frac)``:
+    the mean of ``x`` over the active cells of each block (0 where a block has
+    none) and the fraction of active cells in the block. Used by the dataset and
+    by the model, so both see exactly the same whole-field context.
+    """
+    lead = x.shape[:-4]
+    c, d, h, w = x.shape[-4:]
+    x = x.reshape(-1, c, d, h, w)
+    active = active.reshape(-1, 1, d, h, w).to(x.dtype)
+    pad = [(-n) % factor for n in (w, h, d)]  # F.pad order: last axis first
+    if any(pad):
+        x = F.pad(x, (0, pad[0], 0, pad[1], 0, pad[2]))
+        active = F.pad(active, (0, pad[0], 0, pad[1], 0, pad[2]))
+    weighted = F.avg_pool3d(x * active, factor)
+    frac = F.avg_pool3d(active, factor)
+    mean = torch.where(frac > 0, weighted / frac.clamp_min(1e-12), torch.zeros_like(weighted))
+    return mean.reshape(*lead, c, *mean.shape[-3:]), frac.reshape(*lead, 1, *frac.shape[-3:])
+
+
 class VoxelAutoRegressor(nn.Module):
     def __init__(self, config: ModelConfig | None = None):
         super().__init__()
@@ -405,57 +455,3 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def load_checkpoint(path, map_location="cpu"):
-    """Read a checkpoint file: the only place one is read (training's --resume and load_model).
-
-    torch.load(weights_only=True): tensors and plain Python types only, no code from the file
-    runs. A missing, truncated or foreign file is a one-line UserError with the reader's cause.
-    What the contents must hold is checked by the caller (checkpoint_config, checks.py).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: checkpoint: no such file")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # corrupt file or one holding arbitrary objects: name the cause
-        cause = (str(err).strip().splitlines() or [""])[0].split(". ")[0][:200]  # the reader's first sentence
-        raise UserError(f"{path}: checkpoint: cannot load with weights_only=True ({type(err).__name__}: {cause})") from None
-
-
-def checkpoint_config(ckpt, path) -> ModelConfig:
-    """The architecture a checkpoint's weights fit, checked before any weight is allocated
-    (checks.check_config_bounds: a hostile checkpoint could ask for 1 TB)."""
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
-        raise UserError(f"{path}: checkpoint: missing 'model' or 'model_config'")
-    try:
-        stored = dict(ckpt["model_config"])
-    except (TypeError, ValueError):
-        raise UserError(f"{path}: model_config: not a mapping") from None
-    try:
-        config = ModelConfig.from_dict(stored)
-    except (UserError, TypeError, ValueError) as err:
-        raise UserError(f"{path}: {err}") from None
-    if (config.in_channels, config.n_params) != (schema.N_INPUT_CHANNELS, schema.N_CONDITIONING):
-        raise UserError(f"{path}: checkpoint: model takes {config.in_channels} input channels and "
-                        f"{config.n_params} conditioning values, this version builds {schema.N_INPUT_CHANNELS} "
-                        f"and {schema.N_CONDITIONING}: it was made by an older voxel-ode, retrain it")
-    return config
-
-
-def load_model(ckpt_path, map_location="cpu"):
-    """Rebuild a model from a checkpoint (no code from the file is executed)."""
-    path = Path(ckpt_path)
-    ckpt = load_checkpoint(path, map_location)
-    model = VoxelAutoRegressor(checkpoint_config(ckpt, path))
-    try:
-        state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}
-        model.load_state_dict(state)
-    except (AttributeError, RuntimeError) as err:  # missing / extra / misshapen weights
-        raise UserError(f"{path}: model: weights do not fit its model_config ({str(err).splitlines()[0][:200]})") from None
-    model.eval()
-    return model, ckpt
-
-
-def config_dict(model: VoxelAutoRegressor) -> dict:
-    """What a checkpoint stores under "model_config"."""
-    return asdict(model.config)

@@ -1,8 +1,10 @@
-"""The precision the model runs in, chosen by measurement on CPU and by capability on CUDA.
+"""The device and precision the model runs in: precision chosen by measurement on CPU and by
+capability on CUDA.
 
 ``--amp auto|bf16|fp16|none`` (train, rollout, evaluate) -> ``resolve(amp, device)`` -> a
 ``Precision``: the autocast dtype (None = fp32), whether training needs a GradScaler (fp16),
-and why. One function for training and rollout, so both make the same choice.
+and why; ``Precision.autocast()`` is the one autocast every forward pass runs under. One
+function for training and rollout, so both make the same choice.
 
 auto on CUDA: bf16 where the GPU supports it, else fp16 with a GradScaler (the seed's
 ``--use_amp``). auto on CPU: bf16 only where this CPU measured it faster. CPUs differ by
@@ -54,11 +56,25 @@ class Precision:
         return torch.autocast(self.device_type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None)
 
 
-def add_amp_arg(parser, help_extra: str = "") -> None:
-    parser.add_argument("--amp", choices=AMP_CHOICES, default="auto",
-                        help="autocast precision. auto: bf16 on CUDA where supported (else fp16); on CPU bf16 only "
-                             "where a short timed convolution (cached per CPU model and torch version) ran it "
-                             "faster than fp32, else fp32" + help_extra)
+FP32 = Precision(None, False, "cpu", "fp32")
+AMP_HELP = ("autocast precision. auto: bf16 on CUDA where supported (else fp16); on CPU bf16 only where a short "
+            "timed convolution (cached per CPU model and torch version) ran it faster than fp32, else fp32")
+
+
+def pick_device(name: str) -> str:
+    """--device auto|cpu|cuda -> "cpu" or "cuda" (auto: cuda when available)."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device: cuda: no CUDA device available")
+    return name
+
+
+def choose(amp: str | None, device, log=print) -> Precision:
+    """resolve(), said in one line ("precision: bf16 (why)")."""
+    chosen = resolve(amp, device, log)
+    log(f"precision: {chosen.name} ({chosen.reason})")
+    return chosen
 
 
 def resolve(amp: str | None, device, log=print) -> Precision:

@@ -102,7 +102,8 @@ from voxel_ode import schema
 from voxel_ode.data import description
 from voxel_ode.physics import water
 from voxel_ode.physics.faces import ActiveFaces
-from voxel_ode.utils import UserError, atomic_path
+from voxel_ode.files import atomic_path
+from voxel_ode.utils import UserError
 
 SECONDS_PER_YEAR = schema.STEP_SECONDS
 GRAVITY = schema.GRAVITY

@@ -1,0 +1,56 @@
+"""``voxel-ode rollout``: one simulation file through a checkpoint -> predictions.h5 (+ XDMF, pictures).
+
+A prepped file, or a raw v2.4 file that is prepared in memory exactly as prep did for the
+checkpoint's training data (its stats' description: units, time origin, derived channels).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from voxel_ode import schema
+from voxel_ode.inference import plots
+from voxel_ode.inference.predictions import write_predictions
+from voxel_ode.inference.rollout import load_sim, rollout
+from voxel_ode.model import checkpoint, precision
+
+
+def predict_file(ckpt_path, source, save_path, stats_path=None, device="cpu", amp="auto", tile=None,
+                 plots_dir=None, xdmf=True, save_truth=False, fill_value=None, progress=True,
+                 arch_flags=None) -> Path:
+    """Roll out ``source`` with the model of ``ckpt_path``; write ``save_path``. Returns its path."""
+    model, normalizer, stats, config = checkpoint.load_for_inference(ckpt_path, stats_path, device, arch_flags)
+    chosen = precision.choose(amp, device)
+    sim = load_sim(source, fill_value=fill_value, desc=stats.description)  # as prep derived them
+    print(f"receptive field: {model.receptive_field} cells (tile halo)" + (f", tiles {tuple(tile)}" if tile else ""))
+    t0 = time.perf_counter()
+    grid, scalar = rollout(model, normalizer, sim, device=device, tile=tile, precision=chosen, progress=progress)
+    dt = time.perf_counter() - t0
+    print(f"{len(grid) - 1} steps on {grid.shape[2:]} in {dt:.1f} s ({dt / max(1, len(grid) - 1):.2f} s/step, {device})")
+    truth = (sim["outputs_grid"], sim.get("outputs_scalar")) if save_truth and "outputs_grid" in sim else None
+    attrs = {
+        "checkpoint": str(Path(ckpt_path).resolve()),
+        "stats": str(Path(stats_path).resolve()) if stats_path else "checkpoint",
+        "source": str(Path(source).resolve()),
+        "model_config": json.dumps(config),
+        "receptive_field": int(model.receptive_field),
+        "tile": json.dumps(list(tile) if tile else None),
+        "device": device,
+        # frame t = t years after the start; frame 0 is the initial state (a simulator whose first
+        # report is the end of year 1 has its report r at frame r + 1)
+        "times_years": json.dumps(list(range(len(grid)))),
+        "first_report": str(sim.get("first_report", "initial")),
+    }
+    write_predictions(save_path, grid, scalar, sim["static"][schema.STATIC_ACTIVE], attrs, truth=truth, xdmf=xdmf,
+                      cell_size=plots.cell_size_of(sim, stats.description))
+    print(f"wrote {save_path}")
+    if plots_dir:
+        if "outputs_grid" not in sim:
+            print("note: --plots needs the source's outputs (truth); skipped")
+        else:
+            plots.plot_simulation(plots_dir, sim, {"model": (grid, scalar)}, stats.description,
+                                  dynamic_std=stats["dynamic"]["std"])
+            print(f"wrote pictures to {plots_dir}")
+    return Path(save_path)
