@@ -590,7 +590,7 @@ def _file_attrs(run, seed, index, report_times) -> dict:
 
 def write_simulation(path, arrays: dict) -> Path:
     """One v2.4 file in the dev set's layout (dtypes, chunked gzip grids), written atomically."""
-    from voxel_ode import synth  # after darts.engines in the worker (module doc)
+    from voxel_ode.synth import voxel as synth  # after darts.engines in the worker (module doc)
 
     return synth.write_raw(path, arrays, arrays["_attrs"], dynamic_chunks=(8, 12, 5, 12))
 
