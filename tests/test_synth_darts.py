@@ -24,7 +24,7 @@ def test_missing_darts_is_one_line(monkeypatch, tmp_path, capsys):
 
 
 def test_out_checks_come_before_any_darts_run(monkeypatch, tmp_path, capsys):
-    """--out is checked as for the voxel engine (synth.checked_out_dir) before open-darts is needed."""
+    """--out is checked as for the voxel engine (cli.synth.checked_out_dir) before open-darts is needed."""
     monkeypatch.setattr(synth_darts, "darts_available", lambda: True)
     (tmp_path / "v2.4_0001.h5").write_bytes(b"")
     assert cli.main(["synth", "--engine", "darts", "--out", str(tmp_path), "--n", "1"]) == 1
