@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from voxel_ode import schema
-from voxel_ode.synth.darts_conventions import CELL_SIZE
+from voxel_ode.synth.darts_conventions import Conventions
 
 GRAVITY = schema.GRAVITY
 
@@ -25,17 +25,19 @@ def _smooth_field(rng, shape, sigma_cells):
     return (field - field.mean()) / max(field.std(), 1e-12)
 
 
-def draw_run(grid, seed: int, index: int) -> dict:
-    """The random draw of run ``index``: parameters, geology (full grid, [Z, Y, X]) and wells."""
+def draw_run(grid, seed: int, index: int, conv: Conventions = Conventions()) -> dict:
+    """The random draw of run ``index``: parameters, geology (full grid, [Z, Y, X]) and wells, with
+    the cell sizes, injection rate range and lateral boundary of ``conv``."""
     nz = grid[0]
-    dz = CELL_SIZE[0]
+    cell = conv.cell_size_zyx
+    dz = cell[0]
     # one generator, drawn from in this order: parameters, faults, layer, rock, wells
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
-    p = _draw_params(rng)
+    p = _draw_params(rng, conv)
     kk = np.arange(nz)[:, None, None]  # Z index of the cells (broadcasts over Y, X)
-    fault_id, side = _draw_faults(rng, grid, p)
-    active, top = _draw_layer(rng, grid, kk, side)
-    permx, permz, poro = _draw_rock(rng, grid, p, kk, top, fault_id)
+    fault_id, side = _draw_faults(rng, grid, p, cell)
+    active, top = _draw_layer(rng, grid, kk, side, cell)
+    permx, permz, poro = _draw_rock(rng, grid, p, kk, top, fault_id, cell)
     wells = _draw_wells(rng, grid, p, active, fault_id)
 
     # Initial state: linear gradient from the surface; hydrostatic with IAPWS density (filled in the worker).
@@ -43,11 +45,13 @@ def draw_run(grid, seed: int, index: int) -> dict:
     temp_profile = p["surface_temperature"] + p["gradient"] * 1e-3 * depth
     return {"params": p, "active": active, "fault_id": fault_id, "permx": permx.astype(np.float64),
             "permz": permz.astype(np.float64), "poro": poro, "wells": wells, "depth": depth,
-            "temperature_profile": temp_profile}
+            "temperature_profile": temp_profile, "cell_size": cell}
 
 
-def _draw_params(rng) -> dict:
-    """The run's scalar parameters, in the dev set's ranges."""
+def _draw_params(rng, conv: Conventions) -> dict:
+    """The run's scalar parameters, in the dev set's ranges but for the total injection rate (drawn in
+    ``conv.injection_rate``). A closed box produces what it injects (a +-10 % imbalance would move
+    its pressure by hundreds of bar a year); the draw still takes the ratio from the generator."""
     p = {
         "surface_temperature": rng.uniform(283.0, 293.0),
         "gradient": rng.uniform(25.0, 40.0),  # K/km
@@ -63,9 +67,11 @@ def _draw_params(rng) -> dict:
         "cond": rng.uniform(1.5, 3.5),  # W/(m K)
         "n_inj": int(rng.integers(1, 3)),
         "n_prod": int(rng.integers(1, 3)),
-        "q_inj": rng.uniform(15.0, 60.0),
+        "q_inj": rng.uniform(*conv.injection_rate),
     }
     p["q_prod"] = p["q_inj"] * rng.uniform(0.9, 1.1)
+    if conv.lateral_boundary == "closed":
+        p["q_prod"] = p["q_inj"]
     p["fault_log_mult"] = 0.0
     if p["n_faults"]:
         p["fault_log_mult"] = rng.uniform(-3.0, -1.0) if rng.random() < 0.7 else rng.uniform(1.0, 2.0)
@@ -74,11 +80,11 @@ def _draw_params(rng) -> dict:
     return p
 
 
-def _draw_faults(rng, grid, p):
+def _draw_faults(rng, grid, p, cell):
     """FaultId and each cell's summed throw (cells) across the faults it lies beyond: steep planes
     (dip 70-90 deg) through a random point, random strike."""
     nz, ny, nx = grid
-    dz, dy, dx = CELL_SIZE
+    dz, dy, dx = cell
     kk, jj, ii = np.meshgrid(np.arange(nz), np.arange(ny), np.arange(nx), indexing="ij")
     x, y, z = (ii + 0.5) * dx, (jj + 0.5) * dy, (kk + 0.5) * dz
     fault_id = np.zeros(grid, np.int32)
@@ -93,11 +99,11 @@ def _draw_faults(rng, grid, p):
     return fault_id, side
 
 
-def _draw_layer(rng, grid, kk, side):
+def _draw_layer(rng, grid, kk, side, cell):
     """Active cells and the layer top (cells, per cell): the layer between smooth top and bottom
     surfaces (20-50 % of the box inactive), offset across faults by ``side``."""
     nz, ny, nx = grid
-    dz, dy, dx = CELL_SIZE
+    dz, dy, dx = cell
     inactive = rng.uniform(0.2, 0.5)
     sig_h = (max(1.0, 300.0 / dy), max(1.0, 300.0 / dx))
     top0 = 0.5 * inactive * nz + 0.12 * nz * _smooth_field(rng, (ny, nx), sig_h)
@@ -108,11 +114,11 @@ def _draw_layer(rng, grid, kk, side):
     return active, top
 
 
-def _draw_rock(rng, grid, p, kk, top, fault_id):
+def _draw_rock(rng, grid, p, kk, top, fault_id, cell):
     """PermX (= PermY), PermZ in mD and porosity: a layered term (following the layer) plus a
     correlated 3-D field in log10 k; fault cells scaled by the fault multiplier."""
     nz = grid[0]
-    dz, dy, dx = CELL_SIZE
+    dz, dy, dx = cell
     rel = np.clip(np.round(kk + 0.5 - top).astype(int) + nz, 0, 3 * nz - 1)
     layers = _smooth_field(rng, (3 * nz,), max(0.5, p["corr_v"] / dz))[rel]
     sigma = (max(0.5, p["corr_v"] / dz / 2), max(0.5, p["corr_h"] / dy / 2), max(0.5, p["corr_h"] / dx / 2))
@@ -195,7 +201,6 @@ def hydrostatic_profile(depth, temperature, density_bar_k, p_top_bar):
     return p
 
 
-
 def well_grids(run, grid):
     """InjRate (kg/s per cell: each well's rate split over its active perforations by PermX x dz)
     and IsWell."""
@@ -205,7 +210,7 @@ def well_grids(run, grid):
     for w in run["wells"]:
         ks = np.arange(w["k0"], w["k1"] + 1)
         ks = ks[active[ks, w["j"], w["i"]]]
-        weight = run["permx"][ks, w["j"], w["i"]] * CELL_SIZE[0]
+        weight = run["permx"][ks, w["j"], w["i"]] * run["cell_size"][0]
         inj_rate[ks, w["j"], w["i"]] = w["rate"] * weight / weight.sum()
         is_well[ks, w["j"], w["i"]] = 1
     return inj_rate, is_well

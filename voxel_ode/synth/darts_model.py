@@ -3,12 +3,16 @@
 * ``IAPWSPhysics``: water (H2O), state [p, T] (``StateSpecification.PT``), IAPWS-95 density and
   enthalpy from DARTS-flash, liquid viscosity ``MaoDuan2009``; rock compressibility 1e-6 1/bar,
   water conductivity 0.6 W/(m K); TPFA, gravity on.
-* Grid Z x Y x X with dz = 5 m, dy = dx = 50 m; cells outside the active layer are removed
-  (``actnum``); the active lateral boundary cells (first/last X and Y) get 1000x pore volume.
+* Grid Z x Y x X with the conventions' cell sizes (dev set: dz = 5 m, dy = dx = 50 m); cells outside
+  the active layer are removed (``actnum``); with a "pore_volume" boundary the active lateral boundary
+  cells (first/last X and Y) get the conventions' multiple of their pore volume (dev set: 1000x),
+  with a "closed" one nothing (no flow through the box sides).
 * Wells: DARTS EPM well (head + body), vertical, Peaceman index, 0.2 m diameter, mass-rate control;
   injectors at T_inj with max BHP = fresh-water hydrostatic pressure at the box bottom + 150 bar,
   producers with min BHP 20 bar.
-* Time: ``n_steps`` reports 365 days apart; adaptive steps inside (first 0.01 d, x4, <= 60 d).
+* Time: ``n_steps`` years, a report every 365 days; adaptive steps inside (first 0.01 d, x4, <= 60 d).
+  ``simulate`` returns the simulator's arrays (t = 0 included, permeability in mD, ParamsScalar in
+  the dev set's order); ``darts_conventions.file_arrays`` turns them into the file's.
 * Initial state: hydrostatic with IAPWS-95 density (discrete equilibrium of cell centres) and a
   linear geothermal gradient from the surface.
 
@@ -43,20 +47,19 @@ from dartsflash.mixtures import IAPWS, CompData, DARTSFlash, EoS
 
 from voxel_ode import schema
 from voxel_ode.data import raw
-from voxel_ode.synth.darts_conventions import (BOUNDARY_MULTIPLIER, CELL_SIZE, DYNAMIC_CHUNKS,
-                                               INJ_BHP_OVER_HYDROSTATIC, OBL_STEPS, P_SURFACE, PROD_BHP_MIN,
-                                               REPORT_DAYS, ROCK_COMPRESSIBILITY_PER_BAR, WATER_CONDUCTIVITY,
-                                               WELL_DIAMETER, file_attrs)
+from voxel_ode.synth.darts_conventions import (DYNAMIC_CHUNKS, INJ_BHP_OVER_HYDROSTATIC, OBL_STEPS, P_SURFACE,
+                                               PROD_BHP_MIN, REPORT_DAYS, ROCK_COMPRESSIBILITY_PER_BAR,
+                                               WATER_CONDUCTIVITY, WELL_DIAMETER, Conventions, file_arrays)
 from voxel_ode.synth.darts_draw import draw_run, hydrostatic_profile, params_vector, well_grids
 
 GRAVITY = schema.GRAVITY
 SECONDS_PER_DAY = 86400.0
 
 
-def _build_model(grid, run, workdir):
+def _build_model(grid, run, workdir, conv: Conventions):
     """The open-darts model of one draw, initialised, writing its well output to ``workdir``."""
     nz = grid[0]
-    dz = CELL_SIZE[0]
+    dz = run["cell_size"][0]
     p = run["params"]
 
     class Model(DartsModel):
@@ -79,7 +82,7 @@ def _build_model(grid, run, workdir):
             self.timer.node["initialization"].stop()
 
         def set_wells(self, verbose=None):
-            _add_wells(self, grid, run)
+            _add_wells(self, grid, run, conv)
 
         def set_initial_conditions(self):
             self.physics.set_initial_conditions_from_depth_table(
@@ -107,7 +110,7 @@ def _build_model(grid, run, workdir):
 def _set_reservoir(model, grid, run):
     """``model.reservoir``: the structured grid with the draw's rock; inactive cells removed."""
     nz, ny, nx = grid
-    dz, dy, dx = CELL_SIZE
+    dz, dy, dx = run["cell_size"]
     p = run["params"]
     # DARTS orders cells with X fastest, then Y, then Z: our [Z, Y, X] arrays in C order.
     depth = np.broadcast_to(run["depth"][:, None, None], grid).ravel()
@@ -144,19 +147,30 @@ def _set_iapws_physics(model):
     model.molar_mass = float(comp_data.Mw[0])  # g/mol
 
 
-def _add_wells(model, grid, run):
-    """The draw's wells and perforations; the lateral boundary cells' pore volume x BOUNDARY_MULTIPLIER."""
-    nz, ny, nx = grid
-    mesh_volume = np.array(model.reservoir.mesh.volume, copy=False)
-    l2g = np.asarray(model.reservoir.discretizer.local_to_global)[: model.reservoir.mesh.n_res_blocks]
-    k, j, i = np.unravel_index(l2g, grid)
-    lateral = (i == 0) | (i == nx - 1) | (j == 0) | (j == ny - 1)
-    mesh_volume[: len(l2g)][lateral] *= BOUNDARY_MULTIPLIER
+def _add_wells(model, grid, run, conv: Conventions):
+    """The draw's wells and perforations; with a "pore_volume" boundary, the lateral boundary cells'
+    pore volume x ``conv.boundary_multiplier``."""
+    if conv.lateral_boundary == "pore_volume":
+        _multiply_side_volumes(model, grid, conv.boundary_multiplier)
     for w in run["wells"]:
         model.reservoir.add_well(w["name"], well_diameter=WELL_DIAMETER)
         for kk in range(w["k0"], w["k1"] + 1):
             model.reservoir.add_perforation(w["name"], (w["i"] + 1, w["j"] + 1, kk + 1),
                                             well_diameter=WELL_DIAMETER)
+
+
+def _multiply_side_volumes(model, grid, multiplier):
+    """Multiply the volume of the active cells on the box's lateral sides, in place in the mesh."""
+    nz, ny, nx = grid
+    # a view of open-darts' value_vector (buffer protocol); NumPy 2 raises rather than copy here
+    mesh_volume = np.array(model.reservoir.mesh.volume, copy=False)
+    l2g = np.asarray(model.reservoir.discretizer.local_to_global)[: model.reservoir.mesh.n_res_blocks]
+    k, j, i = np.unravel_index(l2g, grid)
+    lateral = (i == 0) | (i == nx - 1) | (j == 0) | (j == ny - 1)
+    expected = mesh_volume[: len(l2g)][lateral] * multiplier
+    mesh_volume[: len(l2g)][lateral] = expected
+    if not np.array_equal(np.array(model.reservoir.mesh.volume, copy=True)[: len(l2g)][lateral], expected):
+        raise RuntimeError("open-darts did not take the side cells' multiplied volumes")
 
 
 def _set_well_controls(model, run):
@@ -176,44 +190,45 @@ def _set_well_controls(model, run):
             model.physics.set_well_controls(well.constraint, well_control_iface.BHP, False, PROD_BHP_MIN)
 
 
-def simulate(grid, seed: int, index: int, n_steps: int, workdir) -> dict:
-    """Run one draw with open-darts; return {short schema name: array} plus "_attrs" (file attributes)."""
+def simulate(grid, seed: int, index: int, n_steps: int, workdir, conv: Conventions = Conventions()) -> dict:
+    """Run one draw with open-darts for ``n_steps`` years; return the simulator's arrays (the
+    initial state and every year's end: darts_conventions.SIM_STATIC and the comment below it)."""
     grid = tuple(int(g) for g in grid)
-    run = draw_run(grid, seed, index)
-    model = _build_model(grid, run, workdir)
+    run = draw_run(grid, seed, index, conv)
+    model = _build_model(grid, run, workdir, conv)
     p0, t0, out_p, out_t = _run_reports(model, run, grid, n_steps)
-    scalars, report_times = _field_scalars(model, run, n_steps)
+    scalars, report_days = _field_scalars(model, run, n_steps)
     inj_rate, is_well = well_grids(run, grid)
-    arrays = {
+    sim = {
         "FaultId": run["fault_id"].astype(np.int32),
         "IsActive": run["active"].astype(np.uint8),
         "IsWell": is_well,
         "InjRate": inj_rate.astype(np.float32),
-        "PermX": run["permx"].astype(np.float32),
-        "PermY": run["permx"].astype(np.float32),
-        "PermZ": run["permz"].astype(np.float32),
+        "PermX": run["permx"],
+        "PermY": run["permx"],
+        "PermZ": run["permz"],
         "Porosity": run["poro"].astype(np.float32),
         "Pressure0": p0.astype(np.float32),
         "Temperature0": t0.astype(np.float32),
-        "ParamsScalar": params_vector(run).astype(np.float32),
+        "ParamsScalar": params_vector(run),
         "Pressure": out_p,
         "Temperature": out_t,
     }
-    arrays |= {name: v.astype(np.float32) for name, v in scalars.items()}
-    arrays["_attrs"] = file_attrs(run, seed, index, report_times)
-    return arrays
+    return sim | scalars | {"report_days": report_days, "wells": run["wells"], "seed": seed, "index": index}
 
 
 def _run_reports(model, run, grid, n_steps):
     """Run ``n_steps`` years; return the initial pressure (Pa) and temperature (K) grids and the
-    state at the end of each year (float32; removed cells keep their initial values)."""
+    state at t = 0 and at the end of each year (float32, n_steps + 1; removed cells keep their
+    initial values)."""
     nb = model.reservoir.mesh.n_res_blocks
     l2g = np.asarray(model.reservoir.discretizer.local_to_global)[:nb]
     p0 = np.broadcast_to(model.p_profile[:, None, None], grid).astype(np.float64) * 1e5  # Pa
     t0 = np.broadcast_to(run["temperature_profile"][:, None, None], grid).astype(np.float64)
-    out_p = np.empty((n_steps,) + grid, np.float32)
-    out_t = np.empty((n_steps,) + grid, np.float32)
-    for r in range(n_steps):
+    out_p = np.empty((n_steps + 1,) + grid, np.float32)
+    out_t = np.empty((n_steps + 1,) + grid, np.float32)
+    out_p[0], out_t[0] = p0, t0
+    for r in range(1, n_steps + 1):
         model.run(REPORT_DAYS, save_reservoir_data=False, verbose=0)
         x = np.array(model.physics.engine.X, copy=True)[: 2 * nb]
         pr, tr = p0.ravel().copy(), t0.ravel().copy()
@@ -224,8 +239,9 @@ def _run_reports(model, run, grid, n_steps):
 
 
 def _field_scalars(model, run, n_steps):
-    """The five field scalars at each yearly report (schema.SCALAR_NAMES) and the report times
-    (days), from the rates at the wells' head connections over every simulator time step."""
+    """The five field scalars (schema.SCALAR_NAMES, float64) at t = 0 and at each year's end, and
+    those times (days), from the rates at the wells' head connections over every simulator time
+    step. At t = 0: the rates of the first time step (0.01 day) and no energy produced yet."""
     output = model.output
     h5 = load_hdf5_to_dict(output.well_filepath)
     _, head_conns, _, head_trans = output.get_wellhead_perf_connection_info()
@@ -250,27 +266,30 @@ def _field_scalars(model, run, n_steps):
     dts = np.diff(np.concatenate([[0.0], times])) * SECONDS_PER_DAY
     e_total = np.cumsum(e_prod * dts)
     report_times = REPORT_DAYS * np.arange(1, n_steps + 1)
-    at = np.array([int(np.argmin(np.abs(times - tr))) for tr in report_times])
-    if np.max(np.abs(times[at] - report_times)) > 1e-6:
+    at = np.array([0] + [int(np.argmin(np.abs(times - tr))) for tr in report_times])
+    if np.max(np.abs(times[at[1:]] - report_times)) > 1e-6:
         raise RuntimeError("simulator time steps do not end on the report times")
+    e_total = np.concatenate([[0.0], e_total[at[1:]]])
     scalars = {
         "FieldEnergyInjectionRate": np.abs(heat[at][:, is_inj]).sum(axis=1),
         "FieldEnergyProductionRate": e_prod[at],
-        "FieldEnergyProductionTotal": e_total[at],
+        "FieldEnergyProductionTotal": e_total,
         "FieldWaterInjectionRate": np.abs(mass[at][:, is_inj]).sum(axis=1),
         "FieldWaterProductionRate": np.abs(mass[at][:, ~is_inj]).sum(axis=1),
     }
-    return scalars, report_times
+    return scalars, np.concatenate([[0.0], report_times])
 
 
 def worker_main(argv=None) -> int:
-    """Entry of a worker process: ``job`` JSON on argv; writes one file, prints its path."""
+    """Entry of a worker process: ``job`` JSON on argv (with "conventions": Conventions.to_dict());
+    writes one file, prints its path."""
     job = json.loads((argv or sys.argv)[1])
     start = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="darts-run-", dir=job.get("tmp")))
     try:
-        arrays = simulate(job["grid"], job["seed"], job["index"], job["n_steps"], workdir)
-        path = raw.write_simulation(job["path"], arrays, DYNAMIC_CHUNKS)
+        conv = Conventions.from_dict(job["conventions"])
+        sim = simulate(job["grid"], job["seed"], job["index"], job["n_steps"], workdir, conv)
+        path = raw.write_simulation(job["path"], file_arrays(sim, conv), DYNAMIC_CHUNKS)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"VOXEL_ODE_DONE {path} {time.perf_counter() - start:.2f}", flush=True)

@@ -2,7 +2,9 @@
 
 The same recipe as the darts-dev development set (shared/darts-dev/README.md), drawn per
 (seed, run index) (``synth.darts_draw``), simulated by a real simulator (``synth.darts_model``)
-instead of ``synth.voxel``'s own, written in the dev set's conventions (``synth.darts_conventions``).
+instead of ``synth.voxel``'s own, written in the dev set's conventions or others
+(``synth.darts_conventions.Conventions``: cell sizes, injection rates, lateral boundary,
+permeability unit, time of the first report, ParamsScalar order), with ``description.json``.
 
 open-darts bundles a newer libstdc++ than the system's and must be imported before numpy, so every
 simulation runs in its own ``python -c`` process that imports ``darts.engines`` first. Nothing else
@@ -24,7 +26,7 @@ from tqdm import tqdm
 
 from voxel_ode.data import description as desc
 from voxel_ode.data import raw
-from voxel_ode.synth import darts_conventions
+from voxel_ode.synth.darts_conventions import Conventions, check_grid, description
 from voxel_ode.utils import UserError
 
 MISSING_MESSAGE = "open-darts is not installed: pip install 'voxel-ode[darts]'"
@@ -46,12 +48,13 @@ def require_darts() -> None:
         raise UserError(MISSING_MESSAGE)
 
 
-def run_one(path, grid, seed: int, index: int, n_steps: int) -> tuple[Path, float]:
+def run_one(path, grid, seed: int, index: int, n_steps: int, conventions: Conventions = Conventions()
+            ) -> tuple[Path, float]:
     """Simulate one run in a fresh process; return (path, seconds). Raises UserError with the log tail."""
     require_darts()
     path = Path(path)
     job = {"path": str(path), "grid": list(grid), "seed": int(seed), "index": int(index), "n_steps": int(n_steps),
-           "tmp": str(path.parent)}
+           "tmp": str(path.parent), "conventions": conventions.to_dict()}
     env = dict(os.environ, **{var: "1" for var in _THREAD_VARS})
     with tempfile.TemporaryDirectory(prefix=".darts-", dir=path.parent) as cwd:  # DARTS writes logs to the cwd
         proc = subprocess.run([sys.executable, "-c", _WORKER_CODE, json.dumps(job)], cwd=cwd, env=env,
@@ -64,20 +67,22 @@ def run_one(path, grid, seed: int, index: int, n_steps: int) -> tuple[Path, floa
 
 
 def generate_dataset(out_dir, n: int, grid, seed: int = 0, workers: int = 1, n_steps: int = 30,
-                     progress: bool = True) -> list[Path]:
-    """Write ``out_dir/v2.4_0001.h5 .. v2.4_<n>.h5`` (run i = draw (seed, i)) and description.json."""
+                     progress: bool = True, conventions: Conventions = Conventions()) -> list[Path]:
+    """Write ``out_dir/v2.4_0001.h5 .. v2.4_<n>.h5`` (run i = draw (seed, i), ``n_steps`` years) in
+    ``conventions`` and the description.json that declares them."""
     require_darts()
+    check_grid(grid, conventions)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(out_dir / raw.run_file_name(i), i) for i in range(1, n + 1)]
     bar = tqdm(total=n, desc="synth (open-darts)", unit="sim", disable=not progress)
     paths = []
     with ThreadPoolExecutor(max(1, min(workers, n))) as pool:
-        futures = [pool.submit(run_one, path, grid, seed, i, n_steps) for path, i in jobs]
+        futures = [pool.submit(run_one, path, grid, seed, i, n_steps, conventions) for path, i in jobs]
         for fut in futures:
             path, _ = fut.result()
             paths.append(path)
             bar.update(1)
     bar.close()
-    desc.write(out_dir / desc.FILE_NAME, darts_conventions.description())
+    desc.write(out_dir / desc.FILE_NAME, description(conventions))
     return paths
