@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from voxel_ode import cli, schema
+from voxel_ode.cli import build_parser
+from voxel_ode.cli.synth import darts_conventions
 from voxel_ode.data import description, raw
 from voxel_ode.data import prep as data_prep
 from voxel_ode.synth import darts_draw
@@ -244,3 +246,40 @@ def test_draw_follows_the_conventions():
                                                          lateral_boundary="closed"))
     assert closed["params"]["q_prod"] == closed["params"]["q_inj"] == run["params"]["q_inj"]
     np.testing.assert_array_equal(closed["permx"], run["permx"])  # the same draw otherwise
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lateral_boundary", "fixed_pressure"], "'fixed_pressure' is not one of pore_volume, closed"),
+    (["--lateral_boundary", "closed", "--boundary_multiplier", "5"], "--boundary_multiplier: only with"),
+    (["--params_order", "1", "2"], "--params_order: need a permutation of 0..25"),
+    (["--params_order", "x"], "--params_order: give 26 integers or 'random'"),
+    (["--cell_size", "50", "0", "5"], "--cell_size: need 3 number(s)"),
+    (["--injection_rate", "60", "5"], "--injection_rate: low 60 > high 5"),
+    (["--cell_size", "50", "50", "100"], "the box is 4800 m high"),
+])
+def test_bad_convention_flags_are_one_line(monkeypatch, tmp_path, capsys, flags, message):
+    monkeypatch.setattr(synth_darts, "darts_available", lambda: True)
+    out = tmp_path / "out"
+    rc = cli.main(["synth", "--engine", "darts", "--out", str(out), "--n", "1", "--grid", "48", "20", "24"] + flags)
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and err.startswith("voxel-ode synth: error: ") and message in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_convention_flags_need_the_darts_engine(tmp_path, capsys):
+    rc = cli.main(["synth", "--out", str(tmp_path / "out"), "--n", "1", "--perm_unit", "m2"])
+    assert rc == 1 and "--perm_unit: only with --engine darts" in capsys.readouterr().err
+
+
+def test_flags_make_the_conventions():
+    parser, _ = build_parser("synth")
+    args = parser.parse_args(["--out", "x", "--engine", "darts", "--seed", "4"])
+    assert darts_conventions(args) == Conventions()
+    args = parser.parse_args(["--out", "x", "--engine", "darts", "--seed", "4", "--cell_size", "40", "40", "8",
+                              "--injection_rate", "5", "100", "--lateral_boundary", "closed", "--perm_unit", "m2",
+                              "--first_report", "initial", "--params_order", "random"])
+    assert darts_conventions(args) == Conventions((40, 40, 8), (5, 100), "closed", 1000.0, "m2", "initial",
+                                                  random_params_order(4))
+    order = list(range(25, -1, -1))
+    args = parser.parse_args(["--out", "x", "--engine", "darts", "--params_order"] + [str(i) for i in order])
+    assert darts_conventions(args).params_order == tuple(order)
