@@ -283,3 +283,41 @@ def test_flags_make_the_conventions():
     order = list(range(25, -1, -1))
     args = parser.parse_args(["--out", "x", "--engine", "darts", "--params_order"] + [str(i) for i in order])
     assert darts_conventions(args).params_order == tuple(order)
+
+
+@pytest.fixture(scope="module")
+def darts_other_run(tmp_path_factory):
+    """A real open-darts run in conventions nobody tuned for."""
+    if not synth_darts.darts_available():
+        pytest.skip("open-darts is not installed")
+    out = tmp_path_factory.mktemp("darts-other")
+    rc = cli.main(["synth", "--engine", "darts", "--out", str(out), "--n", "1", "--grid", "12", "6", "8",
+                   "--seed", "0", "--n_steps", "2", "--cell_size", "40", "30", "4", "--injection_rate", "1", "3",
+                   "--lateral_boundary", "closed", "--perm_unit", "m2", "--first_report", "initial",
+                   "--params_order", "random"])
+    assert rc == 0
+    return out
+
+
+def test_real_run_in_other_conventions(darts_other_run):
+    path = darts_other_run / "v2.4_0001.h5"
+    desc = description.find(darts_other_run)
+    assert (desc.permeability_unit, desc.first_report, desc.lateral_boundary) == ("m2", "initial", "closed")
+    assert data_prep.validate_raw(path) == []
+    assert data_prep.prepare_arrays(path, desc=desc)["outputs_grid"].shape == (3, 2, 12, 6, 8)
+    with h5py.File(path, "r") as f:
+        out = {k: f["Output/" + k][()] for k in f["Output"]}
+        p0, perm, params = f["Input/Pressure0"][()], f["Input/PermX"][()], f["Input/ParamsScalar"][()]
+        active = f["Input/IsActive"][()] > 0
+        names = json.loads(f.attrs["param_names"])
+        assert list(f.attrs["grid_cell_size_m"]) == [4.0, 30.0, 40.0]
+    assert out["Pressure"].shape[0] == 3 and np.array_equal(out["Pressure"][0], p0)
+    assert np.abs(out["Pressure"][1] - p0)[active].max() > 1e4
+    assert description.infer_permeability_unit(perm[active]) == "m2"
+    order = random_params_order(0)
+    assert names == [PARAM_NAMES[i] for i in order]
+    q_inj, q_prod = params[names.index("Q_inj_total_kg_s")], params[names.index("Q_prod_total_kg_s")]
+    assert 1 <= q_inj <= 3 and q_prod == q_inj  # a closed box produces what it injects
+    np.testing.assert_allclose(out["FieldWaterInjectionRate"], q_inj, rtol=1e-5)
+    np.testing.assert_allclose(out["FieldWaterProductionRate"], q_prod, rtol=1e-5)
+    assert params[desc.quantities["InjectionTemperature"]["param"]] == params[names.index("T_inj_K")]
