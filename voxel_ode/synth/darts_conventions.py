@@ -60,7 +60,8 @@ class Conventions:
 
     cell_size: (dx, dy, dz) m. injection_rate: (low, high) kg/s, the range the total injection rate
     is drawn from. lateral_boundary: one of BOUNDARY_KINDS; boundary_multiplier: the side cells' pore
-    volume factor of "pore_volume" (unused when "closed"). permeability_unit: of Input/PermX/Y/Z,
+    volume factor of "pore_volume" (unused when "closed": there, production = injection, see
+    darts_draw). permeability_unit: of Input/PermX/Y/Z,
     "mD" or "m2". first_report: "year1" (Output[0] = end of year 1, n reports) or "initial"
     (Output[0] = the initial state, n + 1 reports). params_order: ParamsScalar[i] of a file holds
     entry params_order[i] of PARAM_NAMES (a permutation of 0..25).
@@ -81,13 +82,13 @@ class Conventions:
         if self.injection_rate[0] > self.injection_rate[1]:
             raise UserError(f"--injection_rate: low {self.injection_rate[0]:g} > high {self.injection_rate[1]:g}")
         _choice("--lateral_boundary", self.lateral_boundary, BOUNDARY_KINDS,
-                " (open-darts here: no fixed_pressure, see darts_conventions.BOUNDARY_KINDS)")
+                " (fixed_pressure would need cells held at the initial state, which this open-darts setup lacks)")
         set_(self, "boundary_multiplier", _numbers("--boundary_multiplier", (self.boundary_multiplier,), 1, 1.0, 1e9,
                                                    "a pore volume factor")[0])
         _choice("--perm_unit", self.permeability_unit, tuple(desc.PERMEABILITY_UNITS), "")
         _choice("--first_report", self.first_report, desc.FIRST_REPORTS, "")
         order = tuple(self.params_order)
-        if sorted(order) != list(range(N_PARAMS)) or not all(isinstance(i, (int, np.integer)) for i in order):
+        if not all(isinstance(i, (int, np.integer)) for i in order) or sorted(order) != list(range(N_PARAMS)):
             raise UserError(f"--params_order: need a permutation of 0..{N_PARAMS - 1}, got {list(order)}")
         set_(self, "params_order", tuple(int(i) for i in order))
 
