@@ -188,12 +188,13 @@ def conv_peak_gflops(channels, amp_dtype, device, shape=(326, 70, 76), reps=3):
 
 def run_synth(cfg: dict) -> dict:
     """Time `synth.simulate` at full size for ``years`` simulated years; save the run for the rollouts."""
+    from voxel_ode.data import raw
     from voxel_ode.synth import voxel as synth
 
     t0 = time.perf_counter()
     arrays = synth.simulate(tuple(cfg["grid"]), seed=cfg["seed"], n_steps=cfg["years"] + 1)
     dt = time.perf_counter() - t0
-    synth.write_simulation(cfg["raw"], arrays)
+    raw.write_simulation(cfg["raw"], arrays)
     return {"name": "synth", "years": cfg["years"], "s_per_year": dt / cfg["years"],
             "active_frac": float(arrays["IsActive"].mean()),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}

@@ -23,9 +23,9 @@ import numpy as np  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from voxel_ode.data import prep as data_prep  # noqa: E402
 from voxel_ode.data import description
-from voxel_ode.synth import voxel as synth
+from voxel_ode.synth import geology, voxel
+from voxel_ode.synth.well_rates import well_rates
 from voxel_ode.physics import priors as well_response
 from voxel_ode.data import pack
 from voxel_ode import schema
@@ -54,10 +54,10 @@ def darts_runs(n: int) -> None:
 
 
 def synthetic(grid, seed: int, n_reports: int) -> None:
-    rng = synth._sim_rng(seed, 0)
-    params = synth.sample_params(rng, grid)
-    geo = synth.build_geology(grid, params, rng)
-    inj = synth._well_rates(geo, params, grid)
+    rng = voxel.sim_rng(seed, 0)
+    params = geology.sample_params(rng, grid)
+    geo = geology.build_geology(grid, params, rng)
+    inj = well_rates(geo, params, grid)
     res = well_response.Reservoir(geo.active, tuple(geo.perm), geo.porosity, geo.temperature0, inj,
                                   params.cell_size, "fixed_pressure", params.aquifer_strength,
                                   params.rock_compressibility + params.fluid_compressibility,

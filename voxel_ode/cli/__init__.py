@@ -16,7 +16,7 @@ from voxel_ode.utils import UserError
 
 # name -> (module, add-arguments function, run function, one-line help)
 COMMANDS = {
-    "synth": ("voxel_ode.synth.voxel", "add_synth_args", "run_synth", "generate synthetic v2.4 simulations"),
+    "synth": ("voxel_ode.cli.synth", "add_synth_args", "run_synth", "generate synthetic v2.4 simulations"),
     "inspect": ("voxel_ode.cli.data", "add_inspect_args", "run_inspect", "print a file's layout, ranges and problems"),
     "prep": ("voxel_ode.cli.data", "add_prep_args", "run_prep", "raw v2.4 HDF5 -> packed files, stats.json, patch index"),
     "train": ("voxel_ode.cli.train", "add_train_args", "run_train", "train VoxelAutoRegressor (one process or torchrun)"),
