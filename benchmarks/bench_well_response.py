@@ -1,4 +1,4 @@
-"""Prep cost of a new run: the physics priors (well_response.priors) and the whole in-memory prep
+"""Prep cost of a new run: the physics priors (physics_priors.priors) and the whole in-memory prep
 of a raw file (pack.prepare_arrays), as CPU seconds of this process (one thread) and wall time.
 
     python benchmarks/bench_well_response.py --darts 5             # first 5 open-darts dev runs
@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 from voxel_ode.data import description
 from voxel_ode.synth import geology, voxel
 from voxel_ode.synth.well_rates import well_rates
-from voxel_ode.physics import priors as well_response
+from voxel_ode.physics import priors as physics_priors
 from voxel_ode.data import pack
 from voxel_ode import schema
 
@@ -49,7 +49,7 @@ def darts_runs(n: int) -> None:
         physics = description.resolve(desc, arrays["params_scalar"], statics["PermX"][active],
                                       statics["Pressure0"][active], arrays["outputs_grid"][1, 0][active], path.name)
         res = pack.reservoir(statics, physics, statics[schema.INJECTION_GAP])
-        _, prior_cpu, _ = timed(lambda: well_response.priors(res, arrays["outputs_grid"].shape[0]))
+        _, prior_cpu, _ = timed(lambda: physics_priors.priors(res, arrays["outputs_grid"].shape[0]))
         print(f"| {path.name} | {int(active.sum()):,} | {prior_cpu:.2f} | {cpu:.2f} | {wall:.2f} |")
 
 
@@ -58,12 +58,12 @@ def synthetic(grid, seed: int, n_reports: int) -> None:
     params = geology.sample_params(rng, grid)
     geo = geology.build_geology(grid, params, rng)
     inj = well_rates(geo, params, grid)
-    res = well_response.Reservoir(geo.active, tuple(geo.perm), geo.porosity, geo.temperature0, inj,
+    res = physics_priors.Reservoir(geo.active, tuple(geo.perm), geo.porosity, geo.temperature0, inj,
                                   params.cell_size, "fixed_pressure", params.aquifer_strength,
                                   params.rock_compressibility + params.fluid_compressibility,
                                   injection_gap=np.where(geo.active, params.injection_temperature - geo.temperature0, 0))
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    _, cpu, wall = timed(lambda: well_response.priors(res, n_reports))
+    _, cpu, wall = timed(lambda: physics_priors.priors(res, n_reports))
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"grid {grid}: {int(geo.active.sum()):,} active cells; priors for {n_reports} reports: "
           f"{cpu:.1f} CPU s, {wall:.1f} s wall, peak RSS +{rss1 - rss0:.0f} MB")

@@ -15,7 +15,7 @@ from voxel_ode import schema
 from voxel_ode.physics import calibration
 from voxel_ode.data import prep as data_prep
 from voxel_ode.data import description
-from voxel_ode.physics import priors as well_response
+from voxel_ode.physics import priors as physics_priors
 from voxel_ode.data.stats import Stats
 from voxel_ode.data import pack
 
@@ -28,7 +28,7 @@ def _reservoir(seed, grid=GRID):
     z = np.arange(nz)[:, None, None] * np.ones(grid)
     inj = np.zeros(grid)
     inj[:, 2, 2], inj[:, ny - 3, nx - 3] = 2.0, -1.5  # net injection: the boundary matters
-    return well_response.Reservoir(
+    return physics_priors.Reservoir(
         np.ones(grid, bool), tuple(10 ** rng.uniform(-14, -12.5, grid) for _ in range(3)),
         rng.uniform(0.05, 0.3, grid), 350.0 + 0.1 * z, inj, (1.0, 1.0, 1.0))
 
@@ -39,7 +39,7 @@ def _runs_made_by(cell_size, compressibility, boundary, multiplier, n_reports=6,
         res = _reservoir(seed, grid)
         truth = dataclasses.replace(res, cell_size=cell_size, compressibility=compressibility, boundary=boundary,
                                     boundary_multiplier=multiplier)
-        runs.append(calibration.Run(res, well_response.warm_pressure_change(truth, n_reports)))
+        runs.append(calibration.Run(res, physics_priors.warm_pressure_change(truth, n_reports)))
     return runs
 
 
@@ -74,7 +74,7 @@ def test_declared_values_are_held_and_noise_fits_nothing():
 def test_apply_marks_what_was_fitted_and_survives_stats():
     fit = calibration.Fit((40.0, 40.0, 4.0), 2e-9, "pore_volume", 100.0, 0.2)
     declared = description.Description(quantities={"RockCompressibility": {"value": 1e-10, "unit": "1/Pa"}})
-    desc = calibration.apply(declared, fit, 2)
+    desc = data_prep.apply_calibration(declared, fit, 2)
     assert desc.lateral_boundary == "pore_volume" and "RockCompressibility" not in desc.quantities
     assert set(desc.calibrated) == {"CellSizeX", "CellSizeY", "CellSizeZ", "TotalCompressibility",
                                     "BoundaryMultiplier", "lateral_boundary"}
@@ -84,7 +84,7 @@ def test_apply_marks_what_was_fitted_and_survives_stats():
     assert physics.notes["CellSizeZ"].startswith("calibrated on 2 training runs")
     assert physics.notes["lateral_boundary"].endswith(": pore_volume")
     cells = description.Description(quantities={q: {"value": 10.0, "unit": "m"} for q in description.CELL_SIZE_QUANTITIES})
-    only_boundary = calibration.apply(dataclasses.replace(cells, quantities={
+    only_boundary = data_prep.apply_calibration(dataclasses.replace(cells, quantities={
         **cells.quantities, "TotalCompressibility": {"value": 1e-9, "unit": "1/Pa"}}), fit, 2)
     assert set(only_boundary.calibrated) == {"BoundaryMultiplier", "lateral_boundary"}
     assert only_boundary.quantities["CellSizeX"]["value"] == 10.0

@@ -11,7 +11,7 @@ def test_quick_demo_beats_persistence(tmp_path, capsys):
     # a third of the quick demo's 300 training steps saves the suite about a minute; the bar below
     # still holds by a wide margin (seed 0: P 0.07, T 0.11 at year 29 after 100 steps, and after
     # 81 and 98 when the 4-minute budget cut training short on a busy machine)
-    assert main(["demo", "--quick", "--max_steps", "100", "--out", str(out)]) == 0
+    assert main(["demo", "--quick", "--max_steps", "100", "--train_minutes", "5", "--out", str(out)]) == 0
 
     summary = json.loads((out / "demo_summary.json").read_text())["evaluation"]
     for var in ("P", "T"):
@@ -36,7 +36,8 @@ def test_quick_demo_beats_persistence(tmp_path, capsys):
     assert list((ev / "plots").rglob("*.png"))
     # the final model is evaluated, never one picked on the test split it reports on
     assert json.loads((out / "demo_summary.json").read_text())["checkpoint"].endswith("last.pt")
-    assert json.loads((out / "demo_summary.json").read_text())["config"]["max_steps"] == 100
+    config = json.loads((out / "demo_summary.json").read_text())["config"]
+    assert config["max_steps"] == 100 and config["train_minutes"] == 5
     # and the last lines say so
     printed = capsys.readouterr().out
     assert "evaluate last.pt" in printed and "last.pt   the model evaluated above: the final one, step " in printed

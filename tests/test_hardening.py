@@ -129,12 +129,12 @@ def test_permeability_in_millidarcy_passes_the_range_checks():
 
 
 def test_a_failing_solve_is_one_line_naming_the_file(tmp_path, monkeypatch):
-    from voxel_ode.physics import priors as well_response
+    from voxel_ode.physics import priors as physics_priors
 
     def singular(*args, **kwargs):
         raise RuntimeError("Factor is exactly singular")
 
-    monkeypatch.setattr(well_response, "priors", singular)
+    monkeypatch.setattr(physics_priors, "priors", singular)
     path = write_raw_sim(tmp_path / "v2.4_0001.h5", **GRID)
     desc = Description.from_dict(DESCRIPTION)
     problems, _ = pack.scan_sim(path, desc=desc)

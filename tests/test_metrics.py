@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from voxel_ode import schema
-from voxel_ode.inference import metrics
+from voxel_ode import metrics
 
 
 def _toy():

@@ -421,7 +421,7 @@ def test_linear_baseline_fits_a_linear_truth(data, tmp_path):
     for var in range(2):
         np.testing.assert_allclose(step1[:, var], feats @ w[var], rtol=1e-3, atol=float(rounding[var]))
     # fitted on the train sims, it must beat persistence on them (the fixture's change is ~linear in t)
-    from voxel_ode.inference import metrics as M
+    from voxel_ode import metrics as M
 
     err = M.relative_change_error(grid[:, 0], sims[1]["outputs_grid"][:, 0], sims[1]["static"][1])
     assert np.nanmean(err[1:]) < 0.9
@@ -458,10 +458,13 @@ def test_cli_raw_input_and_evaluate_command(data, tmp_path):
     # `voxel-ode evaluate` from the command line, with other tolerances
     ev = tmp_path / "ev"
     assert main(["evaluate", "--prepped_root", str(root), "--ckpt_path", str(ckpt), "--out", str(ev),
-                 "--device", "cpu", "--no_predictions", "--tol_pressure", "1e9", "--no_progress"]) == 0
+                 "--device", "cpu", "--no_predictions", "--tol_pressure", "1e9", "--tol_temperature", "1e9",
+                 "--split", "train", "--max_sims", "1", "--no_progress"]) == 0
     report = json.loads((ev / "metrics.json").read_text())
-    assert report["config"]["tol_pressure"] == 1e9
-    assert report["summary"]["model"]["acc +/-tol P"]["last"] == 1.0  # every cell is within 1e9 Pa
+    assert report["config"]["tol_pressure"] == 1e9 and report["config"]["tol_temperature"] == 1e9
+    for var in ("P", "T"):  # every cell is within 1e9 Pa / K
+        assert report["summary"]["model"][f"acc +/-tol {var}"]["last"] == 1.0
+    assert list(report["per_sim"]) == ["v2.4_0002"]  # the first of the two training runs only
     assert not (ev / "predictions").exists() and not (ev / "plots").exists()
 
 

@@ -1,4 +1,4 @@
-"""The physics priors (well_response.py): mass balance, boundaries, heat transport, robustness."""
+"""The physics priors (physics_priors.py): mass balance, boundaries, heat transport, robustness."""
 
 from __future__ import annotations
 

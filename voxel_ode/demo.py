@@ -84,7 +84,7 @@ def _banner(text: str) -> None:
     print(f"\n=== {text}", flush=True)
 
 
-def run_demo(out, cfg: DemoConfig, workers: int = 2, plots: bool = True) -> dict:
+def run_demo(out, cfg: DemoConfig, workers: int = 2) -> dict:
     """synth -> prep -> train -> evaluate in ``out``; returns what demo_summary.json holds."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -131,7 +131,7 @@ def run_demo(out, cfg: DemoConfig, workers: int = 2, plots: bool = True) -> dict
 
     _banner(f"4/4 evaluate {Path(ckpt).name} (the final model): rollouts of the {cfg.n_test} test simulations "
             f"-> {evaldir}/")
-    summary = evaluate(prepped, ckpt, evaldir, split="test", device="cpu", plots=plots,
+    summary = evaluate(prepped, ckpt, evaldir, split="test", device="cpu", plots=True,
                        linear_baseline=True)
     minutes = (time.time() - start) / 60
     print(f"\ndone in {minutes:.1f} min. Look at:")

@@ -77,7 +77,7 @@ DERIVED_STATIC_FIELDS = (
           "injected water's temperature minus Temperature0 (derived in prep)"),
 )
 INJECTION_GAP = "InjectionTemperatureGap"
-# The per-year physics priors (well_response.py), stored in prepped files as /priors
+# The per-year physics priors (physics/priors.py), stored in prepped files as /priors
 # (T, N_PRIORS, Z, Y, X) float16 when the dataset's description gives what they need
 # (cell sizes, lateral boundary), zeros otherwise (stats.json "priors": false):
 #   ThermalPrior: the share in [0, 1] of the injection temperature gap a linear heat-transport
@@ -197,15 +197,15 @@ SPLITS = ("train", "test")
 # production is ~1e-3 of a unit in its state channel, invisible to the network; scaled
 # on its own the change shows whether the wells have built their pressure cone yet.
 # Temperature needs no such channel: a cold plume (10-100 K) is plain in its state
-# channel (std ~ 35 K), and a TemperatureChange channel measured worse (T rollout
-# error 0.78 vs 0.60-0.63, docs/benchmarks.md "Demo and fidelity").
+# channel (std ~ 35 K), and a TemperatureChange channel measured worse on the demo (T rollout
+# error 0.78 vs 0.60-0.63).
 CHANGE_VARIABLES = ("Pressure",)
 CHANGE_NAMES = tuple(v + "Change" for v in CHANGE_VARIABLES)
 CHANGE_OF_DYNAMIC = tuple(DYNAMIC_NAMES.index(v) for v in CHANGE_VARIABLES)  # their index in the state
 # Then the priors at t and at t + 1 (the thermal prior's shares in [0, 1], the pressure prior
-# rescaled like PressureChange by dataset.Normalizer): data, not predictions; the model's
+# rescaled like PressureChange by features.Normalizer): data, not predictions; the model's
 # temperature step starts from the thermal prior's step (model.front_step), its pressure step
-# from the pressure prior at t + 1 (model._mix_responses).
+# from the pressure prior at t + 1 (VoxelAutoRegressor.prior_steps).
 PRIOR_NEXT_NAMES = tuple(n + "Next" for n in PRIOR_NAMES)
 INPUT_CHANNELS = STATIC_NAMES + DYNAMIC_NAMES + CHANGE_NAMES + PRIOR_NAMES + PRIOR_NEXT_NAMES
 N_INPUT_CHANNELS = len(INPUT_CHANNELS)  # 19

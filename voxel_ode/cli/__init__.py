@@ -12,6 +12,7 @@ import argparse
 import importlib
 import sys
 
+from voxel_ode import __version__
 from voxel_ode.utils import UserError
 
 # name -> (module, add-arguments function, run function, one-line help)
@@ -64,8 +65,6 @@ def main(argv: list[str] | None = None) -> int:
         print(_top_help())
         return 0
     if argv[0] in ("-V", "--version"):
-        from voxel_ode import __version__
-
         print(__version__)
         return 0
     command = argv[0]

@@ -37,7 +37,7 @@ def add_prep_args(parser: argparse.ArgumentParser) -> None:
                              "else nothing declared (then the priors' constants are calibrated)")
     parser.add_argument("--no_calibration", action="store_true",
                         help="where the description lacks cell sizes or the lateral boundary, compute no physics "
-                             "priors instead of fitting them on training runs (default: fit; calibration.py)")
+                             "priors instead of fitting them on training runs (default: fit; physics/calibration.py)")
 
 
 def run_prep(args) -> int:

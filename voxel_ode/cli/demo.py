@@ -18,10 +18,9 @@ def add_demo_args(parser: argparse.ArgumentParser) -> None:
                         help="stop training after this many steps (default: the time budget; quick 300)")
     parser.add_argument("--workers", type=int, default=2, help="processes for synth and prep")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and of training")
-    parser.add_argument("--no_plots", action="store_true", help="skip the PNG pictures")
 
 
 def run(args) -> int:
     cfg = demo_config(args.quick, args.n_sims, args.grid, args.train_minutes, args.max_steps, args.seed)
-    run_demo(args.out, cfg, workers=args.workers, plots=not args.no_plots)
+    run_demo(args.out, cfg, workers=args.workers)
     return 0

@@ -1,7 +1,7 @@
 """What a dataset's files mean: the one place where a user declares an export's conventions.
 
 A v2.4 file is grids and 26 numbers; what they mean differs between simulators. The
-physics priors (well_response.py) need cell sizes, the permeability unit, the time of the
+physics priors (physics/priors.py) need cell sizes, the permeability unit, the time of the
 first report and, where known, a few physical constants. Nothing is read from
 ``ParamsScalar`` by position unless a description says so.
 
@@ -52,9 +52,9 @@ _PER_PA = {"1/Pa": (1.0, 0.0), "1/bar": (1e-5, 0.0), "1/MPa": (1e-6, 0.0)}
 _HEAT_VOL = {"J/(m^3 K)": (1.0, 0.0), "kJ/(m^3 K)": (1e3, 0.0), "MJ/(m^3 K)": (1e6, 0.0)}
 _LENGTH = {"m": (1.0, 0.0), "ft": (0.3048, 0.0)}
 QUANTITIES = {
-    "CellSizeX": ("m", _LENGTH, "fitted by prep on training runs (calibration.py), else no physics priors"),
-    "CellSizeY": ("m", _LENGTH, "fitted by prep on training runs (calibration.py), else no physics priors"),
-    "CellSizeZ": ("m", _LENGTH, "fitted by prep on training runs (calibration.py), else no physics priors"),
+    "CellSizeX": ("m", _LENGTH, "fitted by prep on training runs (physics/calibration.py), else no physics priors"),
+    "CellSizeY": ("m", _LENGTH, "fitted by prep on training runs (physics/calibration.py), else no physics priors"),
+    "CellSizeZ": ("m", _LENGTH, "fitted by prep on training runs (physics/calibration.py), else no physics priors"),
     "TotalCompressibility": ("1/Pa", _PER_PA, "RockCompressibility + FluidCompressibility, else a generic 5e-10 /Pa"),
     "RockCompressibility": ("1/Pa", _PER_PA, "counted 0 when FluidCompressibility is given"),
     "FluidCompressibility": ("1/Pa", _PER_PA, "counted 0 when RockCompressibility is given"),
@@ -81,7 +81,7 @@ class Description:
     # cells, beyond the box); None = not declared = yes (real caprock and basement do; open-darts
     # removes inactive cells: no heat flux there)
     outside_heat_exchange: bool | None = None
-    # entries prep fitted on the training split (calibration.py) -> how; not declared by anyone
+    # entries prep fitted on the training split (physics/calibration.py) -> how; not declared by anyone
     calibrated: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -251,7 +251,7 @@ def resolve(desc: Description, params, perm_active, pressure0_active, first_pres
     for name in CELL_SIZE_QUANTITIES:
         if name not in values:
             notes[name] = "unknown: " + QUANTITIES[name][2]
-    # the assumptions the priors make without them (data_prep.reservoir), said once
+    # the assumptions the priors make without them (pack.reservoir), said once
     covered = {"TotalCompressibility": [{"TotalCompressibility"}, {"RockCompressibility"}, {"FluidCompressibility"}],
                "RockHeatCapacityVolumetric": [{"RockHeatCapacityVolumetric"}, {"RockHeatCapacity", "RockDensity"}],
                "RockThermalConductivity": [{"RockThermalConductivity"}], "InjectionTemperature": [{"InjectionTemperature"}]}

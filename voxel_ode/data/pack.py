@@ -17,7 +17,7 @@ import numpy as np
 from voxel_ode import schema
 from voxel_ode.data import checks, description, index, prepped, raw, stats
 from voxel_ode import files
-from voxel_ode.physics import priors as well_response
+from voxel_ode.physics import priors as physics_priors
 from voxel_ode.utils import UserError
 
 def fault_boundary(fault_id: np.ndarray) -> np.ndarray:
@@ -66,24 +66,24 @@ def scan_sim(path, *, fill_value=None, n_timesteps=None, out_path=None, patch=in
         return [f"{path}: (file): read error, file truncated or corrupt? ({raw.one_line(err)})"], None
 
 
-def reservoir(statics: dict, physics: description.Physics, injection_gap) -> well_response.Reservoir | None:
+def reservoir(statics: dict, physics: description.Physics, injection_gap) -> physics_priors.Reservoir | None:
     """The priors' inputs from a run's static grids (SI units) and declared physics; None when the
     description lacks what they need (cell sizes and the lateral boundary)."""
     if physics.cell_size is None or physics.lateral_boundary is None:
         return None
     v = physics.values
-    compressibility = description.declared_compressibility(v) or well_response.GENERIC_COMPRESSIBILITY
+    compressibility = description.declared_compressibility(v) or physics_priors.GENERIC_COMPRESSIBILITY
     if "RockHeatCapacityVolumetric" in v:
         rock_heat = v["RockHeatCapacityVolumetric"]
     elif "RockHeatCapacity" in v and "RockDensity" in v:
         rock_heat = v["RockHeatCapacity"] * v["RockDensity"]
     else:
-        rock_heat = well_response.GENERIC_ROCK_HEAT_PER_VOLUME
-    return well_response.Reservoir(
+        rock_heat = physics_priors.GENERIC_ROCK_HEAT_PER_VOLUME
+    return physics_priors.Reservoir(
         np.asarray(statics["IsActive"]) > 0.5, tuple(statics[n] for n in ("PermX", "PermY", "PermZ")),
         statics["Porosity"], statics["Temperature0"], statics["InjRate"], physics.cell_size,
         physics.lateral_boundary, v.get("BoundaryMultiplier", 0.0), compressibility, rock_heat,
-        v.get("RockThermalConductivity", well_response.GENERIC_ROCK_CONDUCTIVITY), injection_gap,
+        v.get("RockThermalConductivity", physics_priors.GENERIC_ROCK_CONDUCTIVITY), injection_gap,
         outside_heat_exchange=physics.outside_heat_exchange)
 
 
@@ -94,13 +94,13 @@ def derive_channels(statics: dict, scalars, physics: description.Physics, n_repo
     active = np.asarray(statics["IsActive"]) > 0.5
     t_inj = physics.values.get("InjectionTemperature")
     if t_inj is None:
-        t_inj = well_response.injection_temperature(scalars)
+        t_inj = physics_priors.injection_temperature(scalars)
     gap = np.zeros(active.shape, np.float32)
     if t_inj is not None:
         gap[active] = t_inj - np.asarray(statics["Temperature0"])[active]
     derived = {"FaultBoundary": fault_boundary(statics["FaultId"]), schema.INJECTION_GAP: gap}
     res = reservoir(statics, physics, gap)
-    return derived, (None if res is None else well_response.priors(res, n_reports))
+    return derived, (None if res is None else physics_priors.priors(res, n_reports))
 
 
 def _scan_values(f, path, grid, n_t, fill_value, out_path, patch, stride, chunk_edge, compression,
@@ -210,7 +210,7 @@ def prepare_arrays(path, fill_value=None, n_timesteps=None, desc=None) -> dict:
 
     Keys: static (N_STATIC, Z, Y, X) float32, params_scalar (26,) float32,
     outputs_grid (T, 2, Z, Y, X) float32, outputs_scalar (T, 5) float64,
-    priors (T, N_PRIORS, Z, Y, X) float16 (see priors(); dataset.prior_pair gives float32 pairs).
+    priors (T, N_PRIORS, Z, Y, X) float16 (see physics.priors.priors; features.prior_pair gives float32 pairs).
     Raises UserError with the first problem of a bad file.
     """
     with h5py.File(f"prepare-arrays-{os.getpid()}-{id(path)}", "w", driver="core", backing_store=False) as mem:

@@ -18,6 +18,7 @@ See docs/design.md for the file layouts.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -33,7 +34,7 @@ from tqdm import tqdm
 from voxel_ode import files, schema
 from voxel_ode.data import description, index, pack, prepped, raw, stats
 from voxel_ode.physics import calibration
-from voxel_ode.physics import priors as well_response
+from voxel_ode.physics import priors as physics_priors
 from voxel_ode.utils import UserError
 
 DEFAULT_N_TEST = 5
@@ -55,7 +56,7 @@ def _calibration_run(path, desc: description.Description, fill_value):
     change = np.concatenate([np.zeros_like(change[:1]), change]) if physics.first_report == "year1" else change
     change[0] = 0.0
     perm = tuple(statics[n].astype(np.float64) for n in ("PermX", "PermY", "PermZ"))
-    res = well_response.Reservoir(mask, perm, statics["Porosity"], statics["Temperature0"], statics["InjRate"],
+    res = physics_priors.Reservoir(mask, perm, statics["Porosity"], statics["Temperature0"], statics["InjRate"],
                                   (1.0, 1.0, 1.0))
     return calibration.Run(res, change, physics.cell_size), physics
 
@@ -93,7 +94,30 @@ def calibrate_description(desc: description.Description, train_paths, fill_value
     tqdm.write(f"calibration ({len(runs)} training runs, relative error {result.error:.2f}): cells "
                f"{dx:.3g} x {dy:.3g} x {dz:.3g} m, total compressibility {result.compressibility:.3g} /Pa, "
                f"lateral boundary {result.boundary} x {result.multiplier:g}", file=sys.stderr)
-    return calibration.apply(desc, result, len(runs))
+    return apply_calibration(desc, result, len(runs))
+
+
+def apply_calibration(desc: description.Description, result: calibration.Fit, n_runs: int) -> description.Description:
+    """``desc`` with the fitted constants as quantities, each marked as calibrated."""
+    quantities, calibrated = dict(desc.quantities), dict(desc.calibrated)
+    note = result.note(n_runs)
+    fitted = {}
+    cells_declared = all(q in desc.quantities for q in description.CELL_SIZE_QUANTITIES)
+    if not cells_declared:
+        fitted.update(zip(description.CELL_SIZE_QUANTITIES, result.cell_size))
+    if not cells_declared or not calibration.COMPRESSIBILITIES & set(desc.quantities):
+        fitted["TotalCompressibility"] = result.compressibility
+    if desc.lateral_boundary is None:
+        fitted["BoundaryMultiplier"] = result.multiplier
+        calibrated["lateral_boundary"] = note
+    for name, value in fitted.items():
+        quantities[name] = {"value": value, "unit": description.QUANTITIES[name][0]}
+        calibrated[name] = note
+    if "TotalCompressibility" in fitted:  # c_t is fitted as one
+        for name in calibration.COMPRESSIBILITIES - {"TotalCompressibility"}:
+            quantities.pop(name, None)
+    return dataclasses.replace(desc, quantities=quantities, calibrated=calibrated,
+                               lateral_boundary=desc.lateral_boundary or result.boundary)
 
 
 def _refuse_or_skip(problems: list[str], skip_bad: bool, skipped: list[str]) -> None:

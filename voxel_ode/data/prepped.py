@@ -19,7 +19,7 @@ import numpy as np
 from voxel_ode import schema
 from voxel_ode.utils import UserError
 
-DEFAULT_CHUNK_EDGE = 16  # measured in benchmarks/bench_prep.py (docs/benchmarks.md, "Prep")
+DEFAULT_CHUNK_EDGE = 16  # measured in benchmarks/bench_prep.py (docs/benchmarks.md, "Prep cost")
 
 
 COMPRESSIONS = ("none", "lzf", "gzip")
@@ -66,8 +66,6 @@ PREPPED_NEEDED = (schema.PREPPED_STATIC, schema.PREPPED_PARAMS, schema.PREPPED_O
 def check_prepped_files(paths) -> None:
     """Open every prepped file training will read (metadata only: cheap) so a truncated or
     foreign one is one line naming it before any work, not a traceback from a reader later."""
-    import h5py
-
     for path in paths:
         try:
             with h5py.File(path, "r") as f:

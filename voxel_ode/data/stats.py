@@ -49,8 +49,7 @@ LOG_DECADES = 3.0
 # Params that are >= 0 with positive values over more than a factor 100 are scale-like
 # (support strengths, compressibilities): equal ratios should be equal steps. Linear
 # z-scoring put a log-uniform boundary-support strength of 0.001-0.013 all within 0.05
-# standard deviations, so the network could not tell closed from weakly supported runs
-# (docs/benchmarks.md, "Demo and fidelity").
+# standard deviations, so the network could not tell closed from weakly supported runs.
 PARAM_LOG_DECADES = 2.0
 
 

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from voxel_ode import files, schema
 from voxel_ode.data import prepped
 from voxel_ode.data.stats import Stats
-from voxel_ode.inference import metrics as M
+from voxel_ode import metrics as M
 from voxel_ode.inference import plots as plots_module
 from voxel_ode.inference.baselines import LinearStepper, PersistenceStepper, fit_linear_baseline, load_linear_baseline
 from voxel_ode.inference.predictions import write_predictions

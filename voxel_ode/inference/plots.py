@@ -19,7 +19,7 @@ import numpy as np
 
 from voxel_ode import schema
 from voxel_ode.data import description
-from voxel_ode.inference import metrics as M
+from voxel_ode import metrics as M
 from voxel_ode.files import atomic_path
 
 os.environ.setdefault("MPLBACKEND", "Agg")

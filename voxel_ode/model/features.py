@@ -245,7 +245,7 @@ class _InputTransforms:
         """A prior pair as stored (prior_pair) -> input channels: the thermal prior's shares as
         they are, the pressure prior from asinh(change / PRESSURE_PRIOR_SCALE_PA) to
         asinh(change / s_P), the scale of the PressureChange channel and of the pressure target,
-        so the model reads both with one sinh (model._mix_responses)."""
+        so the model reads both with one sinh (VoxelAutoRegressor.prior_steps)."""
         prior = _as_tensor(prior).float().clone()
         ratio = schema.PRESSURE_PRIOR_SCALE_PA / float(self.delta_scale[schema.DYNAMIC_NAMES.index("Pressure")])
         for i in PRESSURE_PRIOR_SLOTS:

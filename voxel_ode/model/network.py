@@ -13,11 +13,11 @@ API
         within this distance, so the full grid can be tiled with this overlap.
     .compute_context(context_x [B,19,Dc,Hc,Wc], params [B,27], context_active [B,1,Dc,Hc,Wc])
         -> context = (coarse_map [B,Cc,Dc,Hc,Wc], global_vector [B,G], coarse_mask [B,1,Dc,Hc,Wc]); None if
-        global_context=False. context_x/context_active = utils.coarsen(x_full, active_full, F)
+        global_context=False. context_x/context_active = network.coarsen(x_full, active_full, F)
         of the WHOLE field (the dataset's "context_x"/"context_active").
     .forward(x [B,19,D,H,W], params [B,27], active [B,1,D,H,W], context=None, origin=None,
              context_x=None, context_active=None) -> (delta_norm [B,2,D,H,W], scalars_norm [B,5])
-        delta_norm is the normalized change of (P, T) (dataset.Normalizer.denormalize_delta),
+        delta_norm is the normalized change of (P, T) (features.Normalizer.denormalize_delta),
         exactly 0 at inactive cells. origin [B,3] (long) = position of x's first cell in the
         coarse-aligned frame of the field the context was computed from (coarse cell c covers
         fine cells [cF, (c+1)F)); the tile origin in the full grid for un-augmented data.
@@ -46,7 +46,7 @@ Design
   that the simulator does not model.
 * Physics priors (priors=True, when prep computed them: stats.json "priors"): the pressure
   step sets the change since t = 0 to g_P x the pressure prior at t + 1 (an input channel, a
-  linear pressure model marched over the years in prep: well_response.py) plus the grid
+  linear pressure model marched over the years in prep: physics/priors.py) plus the grid
   head's residual; the temperature step is g_T x the injection gap x the thermal prior's step
   (channels at t and t + 1), plus the residual only where prep computed no priors
   (temperature_residual). g_P, g_T: two learned global gains (start 1,
@@ -129,7 +129,7 @@ class ModelConfig:
     # where prep computed no priors (the residual is then the temperature's only source). With
     # physics priors the step alone did better on held-out runs of both benchmarks (synth year-29 T
     # 0.058 trained without it vs 0.117 with it; open-darts 0.249 vs 0.269 switched off at
-    # inference; docs/benchmarks.md).
+    # inference).
     temperature_residual: bool = False
 
     def __post_init__(self):
@@ -429,7 +429,7 @@ class VoxelAutoRegressor(nn.Module):
         and the temperature step g_T gap (theta(t + 1) - theta(t)) / s_T.
 
         The PressureChange, PressurePriorNext and InjectionTemperatureGap channels hold
-        asinh(value / s) with the target's scale s (dataset.Normalizer), so sinh gives them back
+        asinh(value / s) with the target's scale s (features.Normalizer), so sinh gives them back
         in target units; the thermal prior channels hold the share theta. fp32: sinh overflows fp16."""
         gain = torch.exp(LOG_GAIN_BOUND * torch.tanh(self.prior_log_gain.float() / LOG_GAIN_BOUND))
         channel = lambda c: x[:, c:c + 1].float()  # noqa: E731

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,8 +146,6 @@ def cpu_key() -> str:
             key, _, value = line.partition(":")
             info.setdefault(key.strip(), value.strip())
     except OSError:
-        import platform
-
         info["model name"] = platform.processor() or platform.machine()
     flags = set(info.get("flags", "").split())
     bf16 = "+".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags) or "no-bf16-flags"

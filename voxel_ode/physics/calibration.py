@@ -1,10 +1,10 @@
 """The priors' unknown constants fitted on a few training runs, for exports that do not declare them.
 
-Without cell sizes or a lateral boundary (description.py) the priors cannot be computed from
+Without cell sizes or a lateral boundary (data/description.py) the priors cannot be computed from
 declared values, and ~25 runs do not teach a network field-wide pressure (docs/benchmarks.md,
 "open-darts development set"). The runs' own pressure changes can tell what is missing.
 
-The pressure march (well_response.py) with water at its initial temperature is linear. With
+The pressure march (priors.py) with water at its initial temperature is linear. With
 cells dx = dy = h, dz = a h and total compressibility c_t, its shape depends only on the aspect
 a, on c_t h^2 (how far a change diffuses in a year, in cells) and on the boundary; its size
 scales as 1 / h. So: for each candidate (a, c_t h^2, boundary) the best single gain against
@@ -21,8 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from voxel_ode.data import description
-from voxel_ode.physics import priors as well_response
+from voxel_ode.physics import priors as physics_priors
 
 N_RUNS = 4  # calibration runs, spread over the training split (~0.35 s per run and candidate; 2 runs
 # gave held-out pressure priors of 0.05-0.22 depending on the pair, 4 runs 0.07-0.14)
@@ -34,7 +33,7 @@ MAX_USEFUL_ERROR = 0.8
 # active cells of a calibration run: ~66 candidates need a direct solve each (a few s); larger
 # grids would need an iterative one per candidate (tens of minutes), and fitting on a coarsened
 # copy missed badly (open-darts runs, 2^3 blocks: pressure prior 0.6-0.9 instead of 0.05-0.10)
-MAX_CELLS = well_response.DIRECT_SOLVE_MAX_CELLS
+MAX_CELLS = physics_priors.DIRECT_SOLVE_MAX_CELLS
 COMPRESSIBILITIES = {"TotalCompressibility", "RockCompressibility", "FluidCompressibility"}
 
 
@@ -43,7 +42,7 @@ class Run:
     """One calibration run: the priors' inputs (cell size and constants are placeholders) and
     the true pressure change since t = 0 at its active cells, (n_reports, n_active) Pa."""
 
-    reservoir: well_response.Reservoir
+    reservoir: physics_priors.Reservoir
     true_change: np.ndarray
     cell_size: tuple | None = None  # declared (m)
 
@@ -66,7 +65,7 @@ def _score(runs: list[Run], cell_size, compressibility, boundary, multiplier) ->
     for run in runs:
         res = dataclasses.replace(run.reservoir, cell_size=run.cell_size or cell_size, boundary=boundary,
                                   boundary_multiplier=multiplier, compressibility=compressibility)
-        pairs.append((well_response.warm_pressure_change(res, run.true_change.shape[0])[1:], run.true_change[1:]))
+        pairs.append((physics_priors.warm_pressure_change(res, run.true_change.shape[0])[1:], run.true_change[1:]))
     gain = sum(float((m * t).sum()) for m, t in pairs) / max(sum(float((m * m).sum()) for m, _ in pairs), 1e-300)
     if not gain > 0:
         return np.inf, 0.0
@@ -116,24 +115,3 @@ def fit(runs: list[Run], boundary: tuple | None = None, compressibility: float |
     return Fit(tuple(float(v) for v in cell), float(np.clip(ct, 1e-12, 1e-6)), kind, float(multiplier), error)
 
 
-def apply(desc: description.Description, result: Fit, n_runs: int) -> description.Description:
-    """``desc`` with the fitted constants as quantities, each marked as calibrated."""
-    quantities, calibrated = dict(desc.quantities), dict(desc.calibrated)
-    note = result.note(n_runs)
-    fitted = {}
-    cells_declared = all(q in desc.quantities for q in description.CELL_SIZE_QUANTITIES)
-    if not cells_declared:
-        fitted.update(zip(description.CELL_SIZE_QUANTITIES, result.cell_size))
-    if not cells_declared or not COMPRESSIBILITIES & set(desc.quantities):
-        fitted["TotalCompressibility"] = result.compressibility
-    if desc.lateral_boundary is None:
-        fitted["BoundaryMultiplier"] = result.multiplier
-        calibrated["lateral_boundary"] = note
-    for name, value in fitted.items():
-        quantities[name] = {"value": value, "unit": description.QUANTITIES[name][0]}
-        calibrated[name] = note
-    if "TotalCompressibility" in fitted:  # c_t is fitted as one
-        for name in COMPRESSIBILITIES - {"TotalCompressibility"}:
-            quantities.pop(name, None)
-    return dataclasses.replace(desc, quantities=quantities, calibrated=calibrated,
-                               lateral_boundary=desc.lateral_boundary or result.boundary)

@@ -1,6 +1,6 @@
 """The active cells of a structured (Z, Y, X) grid and the faces between them, for two-point
 flux (TPFA) discretisations: the one numbering, face list and transmissibility formula that
-synth's simulator (``synth.simulator._Mesh``) and well_response's priors (``well_response._Faces``) build
+synth's simulator (``synth.simulator._Mesh``) and the physics priors (``physics.priors._Faces``) build
 on, so that the priors see the same faces and transmissibilities as the synthetic runs.
 """
 

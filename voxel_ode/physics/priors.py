@@ -32,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyamg
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
@@ -242,8 +243,6 @@ def _spd_solver(A):
     if A.shape[0] <= DIRECT_SOLVE_MAX_CELLS:
         lu = _factor(A)
         return lambda b, x0: lu.solve(b)
-    import pyamg
-
     M = pyamg.smoothed_aggregation_solver(A.tocsr(), symmetry="symmetric").aspreconditioner(cycle="V")
     return _iterative(spla.cg, A, M, 1e-6, 300, f"pressure prior: pressure solve did not converge ({A.shape[0]} cells)")
 

@@ -1,8 +1,8 @@
-"""Liquid water properties: the one set of formulas that synth's simulator and well_response's
+"""Liquid water properties: the one set of formulas that synth's simulator and the physics priors
 priors share, so that the priors describe the same water the synthetic runs contain.
 
 All take temperatures in K and pressures in Pa and work on scalars or numpy arrays. They do not
-clip: a caller that can see temperatures outside the correlations' range (well_response reads
+clip: a caller that can see temperatures outside the correlations' range (the priors read
 foreign files) clips before calling.
 """
 

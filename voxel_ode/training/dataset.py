@@ -20,7 +20,7 @@ API (see docs/design.md for the file layouts)
                                           frame of the (augmented) whole field: coarse cell c covers
                                           fine cells [c*F, (c+1)*F). Without augmentation this is the
                                           patch origin (z0, y0, x0) in the full grid. Zeros in full mode.
-      "context_x"     [19,Dc,Hc,Wc] float32  (patch mode only) whole field at t, utils.coarsen by
+      "context_x"     [19,Dc,Hc,Wc] float32  (patch mode only) whole field at t, network.coarsen by
       "context_active"[1,Dc,Hc,Wc]  float32   context_factor F, augmented like the patch
       "sim", "t"      int64      index of the simulation in ``dataset.sim_paths`` and the input step
     In full mode there is no context_x: the model computes the context from x itself.
@@ -55,7 +55,7 @@ from voxel_ode.utils import UserError
 
 class _CoarseContext:
     """Patch mode: a simulation's whole field at every t, normalized and coarsened once by
-    ``factor`` (utils.coarsen), for its samples' context_x / context_active."""
+    ``factor`` (network.coarsen), for its samples' context_x / context_active."""
 
     def __init__(self, normalizer: Normalizer, f: h5py.File, static: torch.Tensor, factor: int):
         self.normalizer, self.f, self.factor = normalizer, f, factor

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from voxel_ode import schema
-from voxel_ode.inference.metrics import within_abs, within_pct
+from voxel_ode.metrics import within_abs, within_pct
 from voxel_ode.model import step
 from voxel_ode.model.precision import Precision
 from voxel_ode.training.batches import context_of, to_device
