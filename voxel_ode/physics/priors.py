@@ -196,8 +196,9 @@ def _pressure_step(faces: _Faces, system: _PressureSystem, q, dp, temperature, r
     rho0 = system.rho0
     rho = water_density(temperature)
     mob = rho / water_viscosity(temperature)
-    lam = faces.trans * 0.5 * (mob[a] + mob[b])
-    weight = lam * GRAVITY * 0.5 * (rho[a] + rho[b] - rho0[a] - rho0[b]) * faces.depth_step
+    excess = GRAVITY * 0.5 * (rho[a] + rho[b] - rho0[a] - rho0[b]) * faces.depth_step  # Pa, the weight over t0's
+    lam = faces.trans * np.where(dp[a] - dp[b] > excess, mob[a], mob[b])  # upwind mobility, as simulators take it
+    weight = lam * excess
     # cold water's lower mobility, lagged a step: A0 x = b + (A0 - A) x_prev converges for A <= 2 A0
     rhs = (rhs + faces.divergence((system.lam0 - lam) * (dp[a] - dp[b]) + weight)
            - system.pore_volume * (rho - rho_before) / YEAR_SECONDS)
