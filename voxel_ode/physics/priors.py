@@ -10,21 +10,23 @@ give it the field-wide shapes instead; the network learns what they miss.
   year with the wells' mass rates (``InjRate``)::
 
       V phi rho c_t d(dp)/dt + V phi d(rho)/dt + sum_j lam_ij (dp_i - dp_j - g (rho_ij - rho0_ij)(D_i - D_j))
-          + B_i dp_i = q_i,     lam_ij = T_ij rho_ij / mu_ij
+          + B_i dp_i = q_i,     lam_ij = T_ij (rho / mu) upstream
 
   T_ij: two-point face transmissibility with harmonic permeability; the cold water of the
   thermal prior enters through its viscosity (lagged one step), its contraction (a sink where
   it cools) and its weight. The lateral sides follow the dataset's declared boundary
   (description.BOUNDARY_KINDS): closed, B_i = multiplier x the half-cell transmissibility to
   water at the initial pressure, or side cells with multiplier x their pore volume.
-* Thermal prior: the share theta in [0, 1] of the injection temperature gap each cell has
-  taken on after t years, by implicit upwind transport on the pressure prior's mean flow
-  field, slowed by the rock's heat capacity, with conduction between cells and to the rock
-  around the active region (held at theta = 0).
+* Thermal prior: the share theta in [0, 1] of the injection gap each cell has taken on after
+  t years, by implicit upwind transport, slowed by the rock's heat capacity, with conduction
+  between cells and to the rock around the active region (held at theta = 0). The flow is each
+  year's cold-water pressure step with the share of the year before: the plume's excess weight
+  and viscosity act on its own flow, so it sinks and spreads along the base as in a simulator
+  (on the warm water's flow alone it stayed up: open-darts' base up to 12 K colder).
 
-Cost: two sparse LU factorizations (one pressure matrix, one transport matrix) and ~90
-back-substitutions per run on small grids; AMG-preconditioned CG / flow-ordered BiCGSTAB on
-large ones (docs/benchmarks.md, "Prep cost").
+Cost: one sparse LU (the pressure matrix) and ~60 back-substitutions per run on small grids,
+AMG-preconditioned CG on large ones; per year a flow-ordered Gauss-Seidel sweep as the
+preconditioner of ~4 BiCGSTAB iterations per heat step (docs/benchmarks.md, "Prep cost").
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ GENERIC_ROCK_CONDUCTIVITY = 2.5  # W/(m K)
 WATER_HEAT_PER_VOLUME = 1000.0 * schema.WATER_HEAT_CAPACITY  # J/(m^3 K)
 MIN_POROSITY = 1e-4  # keeps every active cell's storage positive (isolated cells stay solvable)
 THERMAL_SUBSTEPS = 4  # backward-Euler steps per year of the heat transport (1 smears the front)
-TRANSPORT_RTOL = 1e-8
+TRANSPORT_RTOL = 1e-6  # theta is stored as float16
 
 
 @dataclass
