@@ -190,3 +190,14 @@ def test_the_thermal_prior_stays_within_zero_and_one_on_rough_ground():
         theta, pressure = wr.prior_fields(res, 12)
         assert np.isfinite(pressure).all() and theta.min() >= 0.0 and theta.max() <= 1.0
         assert theta[-1].max() > 0.9
+
+
+def test_hot_water_into_cold_rock_keeps_the_march_stable():
+    """Water at 550 K is ~8x as mobile as at 300 K: the pressure step's lagged mobility must stay
+    capped, or its error grows every year (and with it the flow the heat moves on)."""
+    res = reservoir(grid=(10, 8, 9), wells=((5, 4, 2, 20.0), (5, 4, 6, -20.0)), gap=250.0)
+    res.temperature0 = np.full((10, 8, 9), 300.0, np.float32)
+    theta, pressure = wr.prior_fields(res, 31)
+    peak = np.abs(pressure).max(axis=(1, 2, 3))
+    assert np.isfinite(peak).all() and peak[30] < 2.0 * peak[5]
+    assert 0.0 <= theta.min() and theta.max() <= 1.0 and theta[30, 5, 4, 2] > 0.9

@@ -53,6 +53,7 @@ WATER_HEAT_PER_VOLUME = 1000.0 * schema.WATER_HEAT_CAPACITY  # J/(m^3 K)
 MIN_POROSITY = 1e-4  # keeps every active cell's storage positive (isolated cells stay solvable)
 THERMAL_SUBSTEPS = 4  # backward-Euler steps per year of the heat transport (1 smears the front)
 TRANSPORT_RTOL = 1e-6  # theta is stored as float16
+MAX_MOBILITY_GAIN = 1.9  # the pressure step's largest face mobility over the warm water's
 
 
 @dataclass
@@ -200,8 +201,10 @@ def _pressure_step(faces: _Faces, system: _PressureSystem, q, dp, temperature, r
     mob = rho / water_viscosity(temperature)
     excess = GRAVITY * 0.5 * (rho[a] + rho[b] - rho0[a] - rho0[b]) * faces.depth_step  # Pa, the weight over t0's
     lam = faces.trans * np.where(dp[a] - dp[b] > excess, mob[a], mob[b])  # upwind mobility, as simulators take it
+    # the water's other mobility, lagged a step: A0 x = b + (A0 - A) x_prev converges for A < 2 A0
+    # (hot water injected into cold rock would pass that and blow the march up: capped)
+    lam = np.minimum(lam, MAX_MOBILITY_GAIN * system.lam0)
     weight = lam * excess
-    # cold water's lower mobility, lagged a step: A0 x = b + (A0 - A) x_prev converges for A <= 2 A0
     rhs = (rhs + faces.divergence((system.lam0 - lam) * (dp[a] - dp[b]) + weight)
            - system.pore_volume * (rho - rho_before) / YEAR_SECONDS)
     dp = system.solve(rhs, dp)
