@@ -53,6 +53,7 @@ WATER_HEAT_PER_VOLUME = 1000.0 * schema.WATER_HEAT_CAPACITY  # J/(m^3 K)
 MIN_POROSITY = 1e-4  # keeps every active cell's storage positive (isolated cells stay solvable)
 THERMAL_SUBSTEPS = 4  # backward-Euler steps per year of the heat transport (1 smears the front)
 TRANSPORT_RTOL = 1e-6  # theta is stored as float16
+FLOW_RTOL = 1e-4  # iterative pressure solves of the heat's flow (the pressure prior's: 1e-6)
 MAX_MOBILITY_GAIN = 1.9  # the pressure step's largest face mobility over the warm water's
 
 
@@ -187,14 +188,14 @@ def _pressure_march(faces: _Faces, system: _PressureSystem, q, temperature, n_re
     return out
 
 
-def _pressure_step(faces: _Faces, system: _PressureSystem, q, dp, temperature, rho_before):
+def _pressure_step(faces: _Faces, system: _PressureSystem, q, dp, temperature, rho_before, rtol=None):
     """One backward-Euler year from the pressure change ``dp``, the water at ``temperature`` (n,
     K; None: at t0) after ``rho_before`` (kg/m^3): (new dp, mass flux per face from a to b in
     kg/s with the water's weight, the water's density)."""
     a, b = faces.a, faces.b
     rhs = q + system.storage * dp
     if temperature is None:
-        dp = system.solve(rhs, dp)
+        dp = system.solve(rhs, dp, rtol)
         return dp, system.lam0 * (dp[a] - dp[b]), system.rho0
     rho0 = system.rho0
     rho = water_density(temperature)
@@ -207,7 +208,7 @@ def _pressure_step(faces: _Faces, system: _PressureSystem, q, dp, temperature, r
     weight = lam * excess
     rhs = (rhs + faces.divergence((system.lam0 - lam) * (dp[a] - dp[b]) + weight)
            - system.pore_volume * (rho - rho_before) / YEAR_SECONDS)
-    dp = system.solve(rhs, dp)
+    dp = system.solve(rhs, dp, rtol)
     return dp, lam * (dp[a] - dp[b]) - weight, rho
 
 
@@ -242,7 +243,7 @@ def _thermal_march(faces: _Faces, res: Reservoir, system: _PressureSystem, q, t0
     out = np.zeros((n_reports, faces.n))
     theta, dp, rho = np.zeros(faces.n), np.zeros(faces.n), system.rho0
     for t in range(1, n_reports):
-        dp, flux, rho = _pressure_step(faces, system, q, dp, t0 + gap * theta if gap.any() else None, rho)
+        dp, flux, rho = _pressure_step(faces, system, q, dp, t0 + gap * theta if gap.any() else None, rho, FLOW_RTOL)
         solve = _transport_solver(_transport_matrix(faces, heat, flux / 1000.0), np.argsort(-dp, kind="stable"))
         for _ in range(THERMAL_SUBSTEPS):
             theta = np.clip(solve(heat.capacity / heat.dt * theta + heat.injection, theta), 0.0, 1.0)
@@ -277,11 +278,11 @@ def _conduction(faces: _Faces, diffusivity_scale):
 
 
 def _spd_solver(A):
-    """x = solve(b, x0) for a fixed SPD matrix: sparse LU on small grids, AMG-preconditioned CG on
-    large ones (LU fill-in on ~1e6 cells needs tens of GB)."""
+    """x = solve(b, x0[, rtol]) for a fixed SPD matrix: sparse LU on small grids, AMG-preconditioned
+    CG on large ones (LU fill-in on ~1e6 cells needs tens of GB)."""
     if A.shape[0] <= DIRECT_SOLVE_MAX_CELLS:
         lu = _factor(A)
-        return lambda b, x0: lu.solve(b)
+        return lambda b, x0, rtol=None: lu.solve(b)
     import pyamg
 
     M = pyamg.smoothed_aggregation_solver(A.tocsr(), symmetry="symmetric").aspreconditioner(cycle="V")
@@ -289,9 +290,11 @@ def _spd_solver(A):
 
 
 def _iterative(method, A, M, rtol, maxiter, failure: str):
-    """x = solve(b, x0) by a preconditioned scipy Krylov ``method``; ``failure``: the one-line error."""
-    def solve(b, x0):
-        x, info = method(A, b, x0=x0, rtol=rtol, atol=0.0, maxiter=maxiter, M=M)
+    """x = solve(b, x0[, rtol]) by a preconditioned scipy Krylov ``method``; ``failure``: the one-line error."""
+    default_rtol = rtol
+
+    def solve(b, x0, rtol=None):
+        x, info = method(A, b, x0=x0, rtol=rtol or default_rtol, atol=0.0, maxiter=maxiter, M=M)
         if info != 0:
             raise UserError(failure)
         return x
