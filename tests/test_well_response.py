@@ -151,3 +151,53 @@ def test_iterative_solvers_of_large_grids_agree_with_the_direct_ones(monkeypatch
     for d, i in zip(direct, iterative):
         assert np.abs(d).max() > 0
         np.testing.assert_allclose(i, d, rtol=1e-4, atol=1e-4 * np.abs(d).max())
+
+
+def column_box(gap, grid=(11, 9, 9), **overrides):
+    """An isotropic box 11 cells deep with one injector in the middle layer and no producer; the
+    sides hold pressure, so the injected water can leave."""
+    res = reservoir(grid=grid, wells=((5, 4, 4, 3.0),), gap=gap, boundary="pore_volume", boundary_multiplier=1000.0,
+                    **overrides)
+    res.perm_xyz = (res.perm_xyz[0] * 5, res.perm_xyz[1] * 5, res.perm_xyz[0] * 5)
+    return res
+
+
+@pytest.mark.parametrize("gap, sinks", [(-120.0, True), (80.0, False)])
+def test_the_plume_moves_by_its_weight(gap, sinks):
+    """Cold water is heavier than the reservoir's, so its plume sinks and spreads along the base;
+    hot water rises. Without the water's weight the box is symmetric about the injector's layer."""
+    theta, _ = wr.prior_fields(column_box(gap), 11)
+    still, _ = wr.prior_fields(column_box(0.0), 11)  # no gap: no weight
+    np.testing.assert_allclose(still[-1], still[-1][::-1], atol=1e-6)
+    below, above = theta[-1, 5 + 3:].sum(), theta[-1, :5 - 3 + 1].sum()
+    assert (below > 1.3 * above) if sinks else (above > 1.3 * below)
+    for d in (2, 3, 4):  # along the injector's column and at the plume's edge
+        lower, upper = theta[-1, 5 + d, 4, 4], theta[-1, 5 - d, 4, 4]
+        assert (lower > upper) if sinks else (upper > lower)
+        assert (theta[-1, 5 + d, 4, 1] > theta[-1, 5 - d, 4, 1]) == sinks
+
+
+def test_the_thermal_prior_stays_within_zero_and_one_on_rough_ground():
+    """Log-normal permeability over four decades, a strong gap, high rates and two producers:
+    the share of the gap is a weighted mean of old, neighbour and injected values, in [0, 1]."""
+    rng = np.random.default_rng(3)
+    grid = (10, 8, 9)
+    perm = (10.0 ** rng.uniform(-15, -11, grid)).astype(np.float32)
+    for gap in (-150.0, 150.0):
+        res = reservoir(grid=grid, wells=((2, 2, 2, 40.0), (7, 5, 6, 30.0), (5, 6, 1, -40.0), (3, 1, 7, -30.0)),
+                        gap=gap, boundary="fixed_pressure", boundary_multiplier=10.0)
+        res.perm_xyz = (perm, perm, perm * 0.3)
+        theta, pressure = wr.prior_fields(res, 12)
+        assert np.isfinite(pressure).all() and theta.min() >= 0.0 and theta.max() <= 1.0
+        assert theta[-1].max() > 0.9
+
+
+def test_hot_water_into_cold_rock_keeps_the_march_stable():
+    """Water at 550 K is ~8x as mobile as at 300 K: the pressure step's lagged mobility must stay
+    capped, or its error grows every year (and with it the flow the heat moves on)."""
+    res = reservoir(grid=(10, 8, 9), wells=((5, 4, 2, 20.0), (5, 4, 6, -20.0)), gap=250.0)
+    res.temperature0 = np.full((10, 8, 9), 300.0, np.float32)
+    theta, pressure = wr.prior_fields(res, 31)
+    peak = np.abs(pressure).max(axis=(1, 2, 3))
+    assert np.isfinite(peak).all() and peak[30] < 2.0 * peak[5]
+    assert 0.0 <= theta.min() and theta.max() <= 1.0 and theta[30, 5, 4, 2] > 0.9

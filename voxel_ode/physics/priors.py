@@ -10,21 +10,23 @@ give it the field-wide shapes instead; the network learns what they miss.
   year with the wells' mass rates (``InjRate``)::
 
       V phi rho c_t d(dp)/dt + V phi d(rho)/dt + sum_j lam_ij (dp_i - dp_j - g (rho_ij - rho0_ij)(D_i - D_j))
-          + B_i dp_i = q_i,     lam_ij = T_ij rho_ij / mu_ij
+          + B_i dp_i = q_i,     lam_ij = T_ij (rho / mu) upstream
 
   T_ij: two-point face transmissibility with harmonic permeability; the cold water of the
   thermal prior enters through its viscosity (lagged one step), its contraction (a sink where
   it cools) and its weight. The lateral sides follow the dataset's declared boundary
   (description.BOUNDARY_KINDS): closed, B_i = multiplier x the half-cell transmissibility to
   water at the initial pressure, or side cells with multiplier x their pore volume.
-* Thermal prior: the share theta in [0, 1] of the injection temperature gap each cell has
-  taken on after t years, by implicit upwind transport on the pressure prior's mean flow
-  field, slowed by the rock's heat capacity, with conduction between cells and to the rock
-  around the active region (held at theta = 0).
+* Thermal prior: the share theta in [0, 1] of the injection gap each cell has taken on after
+  t years, by implicit upwind transport, slowed by the rock's heat capacity, with conduction
+  between cells and to the rock around the active region (held at theta = 0). The flow is each
+  year's cold-water pressure step with the share of the year before: the plume's excess weight
+  and viscosity act on its own flow, so it sinks and spreads along the base as in a simulator
+  (on the warm water's flow alone it stayed up: open-darts' base up to 12 K colder).
 
-Cost: two sparse LU factorizations (one pressure matrix, one transport matrix) and ~90
-back-substitutions per run on small grids; AMG-preconditioned CG / flow-ordered BiCGSTAB on
-large ones (docs/benchmarks.md, "Prep cost").
+Cost: one sparse LU (the pressure matrix) and ~60 back-substitutions per run on small grids,
+AMG-preconditioned CG on large ones; per year a flow-ordered Gauss-Seidel sweep as the
+preconditioner of ~4 BiCGSTAB iterations per heat step (docs/benchmarks.md, "Prep cost").
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ GENERIC_ROCK_CONDUCTIVITY = 2.5  # W/(m K)
 WATER_HEAT_PER_VOLUME = 1000.0 * schema.WATER_HEAT_CAPACITY  # J/(m^3 K)
 MIN_POROSITY = 1e-4  # keeps every active cell's storage positive (isolated cells stay solvable)
 THERMAL_SUBSTEPS = 4  # backward-Euler steps per year of the heat transport (1 smears the front)
+TRANSPORT_RTOL = 1e-6  # theta is stored as float16
+FLOW_RTOL = 1e-4  # iterative pressure solves of the heat's flow (the pressure prior's: 1e-6)
+MAX_MOBILITY_GAIN = 1.9  # the pressure step's largest face mobility over the warm water's
 
 
 @dataclass
@@ -108,6 +113,10 @@ class _Faces(ActiveFaces):
         # depth of cell a minus depth of cell b per face (Z is depth, a is the shallower cell)
         self.depth_step = np.where(self.face_axis == 0, -self.axes[0][0], 0.0)
 
+    def divergence(self, face_values) -> np.ndarray:
+        """Per cell, the net outflow of a quantity given per face from a to b."""
+        return np.bincount(self.a, face_values, self.n) - np.bincount(self.b, face_values, self.n)
+
     def laplacian(self, face_values) -> sp.csc_matrix:
         a, b, n = self.a, self.b, self.n
         return sp.coo_matrix((np.concatenate([face_values, face_values, -face_values, -face_values]),
@@ -134,10 +143,9 @@ def prior_fields(res: Reservoir, n_reports: int) -> tuple[np.ndarray, np.ndarray
         return np.zeros(shape), np.zeros(shape)
     t0 = np.asarray(res.temperature0, np.float64).ravel()[faces.cells]
     system = _pressure_system(faces, res, t0)
-    warm = _pressure_march(faces, system, q, None, n_reports)
-    theta = _thermal_march(faces, res, q, t0, warm.mean(axis=0), n_reports)
     gap = np.zeros(faces.n) if res.injection_gap is None else \
-        np.asarray(res.injection_gap, np.float64).ravel()[faces.cells]
+        np.nan_to_num(np.asarray(res.injection_gap, np.float64).ravel()[faces.cells])
+    theta = _thermal_march(faces, res, system, q, t0, gap, n_reports)
     pressure = _pressure_march(faces, system, q, t0 + gap * theta, n_reports)
     to_grids = lambda v: np.stack([faces.to_grid(row).astype(np.float64) for row in v])  # noqa: E731
     return to_grids(theta), to_grids(pressure)
@@ -174,56 +182,89 @@ def _pressure_system(faces: _Faces, res: Reservoir, t0) -> _PressureSystem:
 def _pressure_march(faces: _Faces, system: _PressureSystem, q, temperature, n_reports) -> np.ndarray:
     """(n_reports, n) pressure change since t = 0 at each year; ``temperature`` (n_reports, n) in K
     or None (water stays at t0: constant coefficients)."""
-    n, a, b = faces.n, faces.a, faces.b
-    rho0, storage, pore_volume = system.rho0, system.storage, system.pore_volume
-    out = np.zeros((n_reports, n))
-    dp = np.zeros(n)
+    out = np.zeros((n_reports, faces.n))
+    rho = system.rho0
     for t in range(1, n_reports):
-        rhs = q + storage * dp
-        if temperature is not None:
-            rho, rho_before = water_density(temperature[t]), water_density(temperature[t - 1])
-            mob = rho / water_viscosity(temperature[t])
-            lam = faces.trans * 0.5 * (mob[a] + mob[b])
-            weight = lam * GRAVITY * 0.5 * (rho[a] + rho[b] - rho0[a] - rho0[b]) * faces.depth_step
-            # cold water's lower mobility, lagged a step: A0 x = b + (A0 - A) x_prev converges for A <= 2 A0
-            rhs = (rhs + faces.laplacian(system.lam0 - lam) @ dp - pore_volume * (rho - rho_before) / YEAR_SECONDS
-                   + np.bincount(a, weight, n) - np.bincount(b, weight, n))
-        dp = system.solve(rhs, dp)
-        out[t] = dp
+        out[t], _, rho = _pressure_step(faces, system, q, out[t - 1], None if temperature is None else temperature[t], rho)
     return out
 
 
-def _thermal_march(faces: _Faces, res: Reservoir, q, t0, dp_flow, n_reports) -> np.ndarray:
-    """(n_reports, n) share of the injection gap: implicit upwind transport on the flow field of
-    the pressure change ``dp_flow`` plus conduction, one backward-Euler step per year."""
-    n, a, b = faces.n, faces.a, faces.b
-    mob0 = water_density(t0) / water_viscosity(t0) / 1000.0  # volume flow: m^3/s per Pa of gradient
-    flux = faces.trans * 0.5 * (mob0[a] + mob0[b]) * (dp_flow[a] - dp_flow[b])  # m^3/s from a to b
-    upstream, downstream = np.where(flux > 0, a, b), np.where(flux > 0, b, a)
-    flux = np.abs(flux)
-    injection = np.maximum(q, 0.0) / 1000.0
+def _pressure_step(faces: _Faces, system: _PressureSystem, q, dp, temperature, rho_before, rtol=None):
+    """One backward-Euler year from the pressure change ``dp``, the water at ``temperature`` (n,
+    K; None: at t0) after ``rho_before`` (kg/m^3): (new dp, mass flux per face from a to b in
+    kg/s with the water's weight, the water's density)."""
+    a, b = faces.a, faces.b
+    rhs = q + system.storage * dp
+    if temperature is None:
+        dp = system.solve(rhs, dp, rtol)
+        return dp, system.lam0 * (dp[a] - dp[b]), system.rho0
+    rho0 = system.rho0
+    rho = water_density(temperature)
+    mob = rho / water_viscosity(temperature)
+    excess = GRAVITY * 0.5 * (rho[a] + rho[b] - rho0[a] - rho0[b]) * faces.depth_step  # Pa, the weight over t0's
+    lam = faces.trans * np.where(dp[a] - dp[b] > excess, mob[a], mob[b])  # upwind mobility, as simulators take it
+    # the water's other mobility, lagged a step: A0 x = b + (A0 - A) x_prev converges for A < 2 A0
+    # (hot water injected into cold rock would pass that and blow the march up: capped)
+    lam = np.minimum(lam, MAX_MOBILITY_GAIN * system.lam0)
+    weight = lam * excess
+    rhs = (rhs + faces.divergence((system.lam0 - lam) * (dp[a] - dp[b]) + weight)
+           - system.pore_volume * (rho - rho_before) / YEAR_SECONDS)
+    dp = system.solve(rhs, dp, rtol)
+    return dp, lam * (dp[a] - dp[b]) - weight, rho
+
+
+@dataclass
+class _Heat:
+    """A run's heat-transport coefficients, volumes of water's heat capacity (m^3, m^3/s)."""
+
+    capacity: np.ndarray  # per cell, rock and water
+    injection: np.ndarray  # injected water per cell
+    conduction: np.ndarray  # per face
+    rock_contact: np.ndarray  # per cell, to the rock around the active region
+    dt: float = YEAR_SECONDS / THERMAL_SUBSTEPS
+
+
+def _heat(faces: _Faces, res: Reservoir, q) -> _Heat:
     porosity = np.clip(np.asarray(res.porosity, np.float64).ravel()[faces.cells], 0.0, 1.0)
     capacity = faces.volume * (porosity + (1 - porosity) * res.rock_heat_per_volume / WATER_HEAT_PER_VOLUME)
     if res.boundary == "pore_volume":  # the side cells' large volume holds heat as it holds pressure
         capacity = capacity * np.where(faces.on_side, max(res.boundary_multiplier, 1.0), 1.0)
-    dt = YEAR_SECONDS / THERMAL_SUBSTEPS
     conduction, rock_contact = _conduction(faces, res.rock_conductivity / WATER_HEAT_PER_VOLUME)
     if not res.outside_heat_exchange:  # e.g. open-darts: cells outside the active region do not exist
         rock_contact = np.zeros_like(rock_contact)
-    # non-conservative upwind form: theta_i moves towards its upstream values at the rate of its
-    # inflow, so 0 <= theta <= 1 (an M-matrix) although the flow field is not divergence-free
-    diag = (capacity / dt + np.bincount(downstream, flux, n) + injection + rock_contact
-            + np.bincount(a, conduction, n) + np.bincount(b, conduction, n))
-    matrix = sp.coo_matrix((-np.concatenate([flux, conduction, conduction]),
-                            (np.concatenate([downstream, a, b]), np.concatenate([upstream, b, a]))), (n, n))
-    solve = _transport_solver((matrix + sp.diags(diag)).tocsc(), np.argsort(-dp_flow, kind="stable"))
-    out = np.zeros((n_reports, n))
-    theta = np.zeros(n)
+    return _Heat(capacity, np.maximum(q, 0.0) / 1000.0, conduction, rock_contact)
+
+
+def _thermal_march(faces: _Faces, res: Reservoir, system: _PressureSystem, q, t0, gap, n_reports) -> np.ndarray:
+    """(n_reports, n) share of the injection gap: implicit upwind transport plus conduction,
+    THERMAL_SUBSTEPS backward-Euler steps a year, on each year's flow of the cold-water pressure
+    step at the share of the year before: the plume's weight and viscosity act on its own flow,
+    so cold water sinks and spreads along the base."""
+    heat = _heat(faces, res, q)
+    out = np.zeros((n_reports, faces.n))
+    theta, dp, rho = np.zeros(faces.n), np.zeros(faces.n), system.rho0
     for t in range(1, n_reports):
+        dp, flux, rho = _pressure_step(faces, system, q, dp, t0 + gap * theta if gap.any() else None, rho, FLOW_RTOL)
+        solve = _transport_solver(_transport_matrix(faces, heat, flux / 1000.0), np.argsort(-dp, kind="stable"))
         for _ in range(THERMAL_SUBSTEPS):
-            theta = np.clip(solve(capacity / dt * theta + injection, theta), 0.0, 1.0)
+            theta = np.clip(solve(heat.capacity / heat.dt * theta + heat.injection, theta), 0.0, 1.0)
         out[t] = theta
     return out
+
+
+def _transport_matrix(faces: _Faces, heat: _Heat, flux) -> sp.csr_matrix:
+    """Backward-Euler upwind transport with ``flux`` (m^3/s of water per face, from a to b) plus conduction.
+    Non-conservative upwind form: theta_i moves towards its upstream values at the rate of its
+    inflow, so 0 <= theta <= 1 (an M-matrix) although the flow field is not divergence-free."""
+    n, a, b = faces.n, faces.a, faces.b
+    upstream, downstream = np.where(flux > 0, a, b), np.where(flux > 0, b, a)
+    flux = np.abs(flux)
+    conduction = heat.conduction
+    diag = (heat.capacity / heat.dt + np.bincount(downstream, flux, n) + heat.injection + heat.rock_contact
+            + np.bincount(a, conduction, n) + np.bincount(b, conduction, n))
+    return sp.csr_matrix((np.concatenate([-flux, -conduction, -conduction, diag]),
+                          (np.concatenate([downstream, a, b, np.arange(n)]),
+                           np.concatenate([upstream, b, a, np.arange(n)]))), (n, n))
 
 
 def _conduction(faces: _Faces, diffusivity_scale):
@@ -238,19 +279,21 @@ def _conduction(faces: _Faces, diffusivity_scale):
 
 
 def _spd_solver(A):
-    """x = solve(b, x0) for a fixed SPD matrix: sparse LU on small grids, AMG-preconditioned CG on
-    large ones (LU fill-in on ~1e6 cells needs tens of GB)."""
+    """x = solve(b, x0[, rtol]) for a fixed SPD matrix: sparse LU on small grids, AMG-preconditioned
+    CG on large ones (LU fill-in on ~1e6 cells needs tens of GB)."""
     if A.shape[0] <= DIRECT_SOLVE_MAX_CELLS:
         lu = _factor(A)
-        return lambda b, x0: lu.solve(b)
+        return lambda b, x0, rtol=None: lu.solve(b)
     M = pyamg.smoothed_aggregation_solver(A.tocsr(), symmetry="symmetric").aspreconditioner(cycle="V")
     return _iterative(spla.cg, A, M, 1e-6, 300, f"pressure prior: pressure solve did not converge ({A.shape[0]} cells)")
 
 
 def _iterative(method, A, M, rtol, maxiter, failure: str):
-    """x = solve(b, x0) by a preconditioned scipy Krylov ``method``; ``failure``: the one-line error."""
-    def solve(b, x0):
-        x, info = method(A, b, x0=x0, rtol=rtol, atol=0.0, maxiter=maxiter, M=M)
+    """x = solve(b, x0[, rtol]) by a preconditioned scipy Krylov ``method``; ``failure``: the one-line error."""
+    default_rtol = rtol
+
+    def solve(b, x0, rtol=None):
+        x, info = method(A, b, x0=x0, rtol=rtol or default_rtol, atol=0.0, maxiter=maxiter, M=M)
         if info != 0:
             raise UserError(failure)
         return x
@@ -266,19 +309,18 @@ def _factor(A):
 
 
 def _transport_solver(A, flow_order):
-    """x = solve(b, x0) for a fixed non-symmetric M-matrix: sparse LU on small grids; on large ones
-    BiCGSTAB preconditioned by a Gauss-Seidel sweep in flow order (there the advection part is
-    lower triangular, so the sweep solves pure advection exactly)."""
-    if A.shape[0] <= DIRECT_SOLVE_MAX_CELLS:
-        lu = _factor(A)
-        return lambda b, x0: lu.solve(b)
+    """x = solve(b, x0) for a non-symmetric M-matrix that changes every year: BiCGSTAB
+    preconditioned by a Gauss-Seidel sweep in flow order (there the pressure-driven advection
+    is lower triangular, so the sweep solves it exactly; the plume's sinking is left to BiCGSTAB).
+    A sparse LU per year would cost ~10x more (fill-in)."""
     n = A.shape[0]
     rank = np.empty(n, np.int64)
     rank[flow_order] = np.arange(n)
     ordered = A.tocsr()[flow_order][:, flow_order]
     lower = spla.splu(sp.tril(ordered).tocsc(), permc_spec="NATURAL", diag_pivot_thresh=0.0)
     M = spla.LinearOperator((n, n), lambda r: lower.solve(np.asarray(r).ravel()[flow_order])[rank])
-    return _iterative(spla.bicgstab, A, M, 1e-8, 200, f"thermal prior: heat-transport solve did not converge ({n} cells)")
+    return _iterative(spla.bicgstab, A, M, TRANSPORT_RTOL, 200,
+                      f"thermal prior: heat-transport solve did not converge ({n} cells)")
 
 
 def injection_temperature(scalars) -> float | None:
