@@ -68,11 +68,12 @@ def main(argv=None) -> int:
     return 0
 
 
-def prep_data(data: Path, prepped: Path, description, calibrate: bool = True) -> None:
+def prep_data(data: Path, prepped: Path, description, calibrate: bool = True, n_test: int = 5) -> None:
+    """prep (once); ``description``: a file, or None for what ``data`` holds (description.json or nothing)."""
     if (prepped / "stats.json").exists():
         return
     cmd = [sys.executable, "-m", "voxel_ode.cli", "prep", "--input_root", str(data), "--out_root", str(prepped),
-           "--n_test", "5"] + (["--description", str(description)] if description else []) + \
+           "--n_test", str(n_test)] + (["--description", str(description)] if description else []) + \
         ([] if calibrate else ["--no_calibration"])
     t0 = time.time()
     subprocess.run(cmd, check=True, env=_one_thread())

@@ -13,11 +13,10 @@ from fixtures import write_raw_sim
 from test_foreign import foreign_arrays, run_cli
 from voxel_ode import schema
 from voxel_ode.physics import calibration
-from voxel_ode.data import prep as data_prep
 from voxel_ode.data import description
 from voxel_ode.physics import priors as physics_priors
 from voxel_ode.data.stats import Stats
-from voxel_ode.data import pack
+from voxel_ode.data import calibrate, pack
 
 GRID = (8, 10, 12)
 
@@ -74,7 +73,7 @@ def test_declared_values_are_held_and_noise_fits_nothing():
 def test_apply_marks_what_was_fitted_and_survives_stats():
     fit = calibration.Fit((40.0, 40.0, 4.0), 2e-9, "pore_volume", 100.0, 0.2)
     declared = description.Description(quantities={"RockCompressibility": {"value": 1e-10, "unit": "1/Pa"}})
-    desc = data_prep.apply_calibration(declared, fit, 2)
+    desc = calibrate.apply_calibration(declared, fit, 2)
     assert desc.lateral_boundary == "pore_volume" and "RockCompressibility" not in desc.quantities
     assert set(desc.calibrated) == {"CellSizeX", "CellSizeY", "CellSizeZ", "TotalCompressibility",
                                     "BoundaryMultiplier", "lateral_boundary"}
@@ -84,7 +83,7 @@ def test_apply_marks_what_was_fitted_and_survives_stats():
     assert physics.notes["CellSizeZ"].startswith("calibrated on 2 training runs")
     assert physics.notes["lateral_boundary"].endswith(": pore_volume")
     cells = description.Description(quantities={q: {"value": 10.0, "unit": "m"} for q in description.CELL_SIZE_QUANTITIES})
-    only_boundary = data_prep.apply_calibration(dataclasses.replace(cells, quantities={
+    only_boundary = calibrate.apply_calibration(dataclasses.replace(cells, quantities={
         **cells.quantities, "TotalCompressibility": {"value": 1e-9, "unit": "1/Pa"}}), fit, 2)
     assert set(only_boundary.calibrated) == {"BoundaryMultiplier", "lateral_boundary"}
     assert only_boundary.quantities["CellSizeX"]["value"] == 10.0
@@ -121,6 +120,6 @@ def test_declared_description_is_never_recalibrated(tmp_path, capsys, flag):
 def test_grids_too_large_to_fit_are_said_and_left_without_priors(tmp_path, monkeypatch, capsys):
     paths = [write_raw_sim(tmp_path / f"v2.4_{i:04d}.h5", foreign_arrays(seed=i)) for i in range(3)]
     monkeypatch.setattr(calibration, "MAX_CELLS", 10)
-    desc = data_prep.calibrate_description(description.Description(), [str(p) for p in paths[1:]], progress=False)
+    desc = calibrate.calibrate_description(description.Description(), [str(p) for p in paths[1:]], progress=False)
     assert not desc.calibrated and desc.lateral_boundary is None
     assert "calibration: skipped, more than 10 active cells" in capsys.readouterr().err
