@@ -2,6 +2,7 @@
 without open-darts; real runs skipped where open-darts is not installed (CI)."""
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -31,6 +32,23 @@ def test_missing_darts_is_one_line(monkeypatch, tmp_path, capsys):
     assert rc == 1
     assert err == "voxel-ode synth: error: " + synth_darts.MISSING_MESSAGE
     assert "\n" not in err and not (tmp_path / "out").exists()
+
+
+def test_a_relative_out_reaches_the_worker_as_an_absolute_path(monkeypatch, tmp_path):
+    """The worker runs in a folder of its own: the output path it gets must not be relative."""
+    monkeypatch.setattr(synth_darts, "darts_available", lambda: True)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    jobs = []
+
+    def fake_run(cmd, cwd, **kwargs):
+        jobs.append(json.loads(cmd[-1]))
+        return subprocess.CompletedProcess(cmd, 0, stdout="VOXEL_ODE_DONE 1.0\n", stderr="")
+
+    monkeypatch.setattr(synth_darts.subprocess, "run", fake_run)
+    path, _ = synth_darts.run_one(Path("out") / "v2.4_0001.h5", (4, 3, 3), seed=0, index=1, n_steps=1)
+    assert Path(jobs[0]["path"]) == tmp_path / "out" / "v2.4_0001.h5" == path
+    assert Path(jobs[0]["tmp"]).is_absolute()
 
 
 def test_out_checks_come_before_any_darts_run(monkeypatch, tmp_path, capsys):

@@ -52,7 +52,7 @@ def run_one(path, grid, seed: int, index: int, n_steps: int, conventions: Conven
             ) -> tuple[Path, float]:
     """Simulate one run in a fresh process; return (path, seconds). Raises UserError with the log tail."""
     require_darts()
-    path = Path(path)
+    path = Path(path).resolve()  # the worker runs in a folder of its own: a relative path would point elsewhere
     job = {"path": str(path), "grid": list(grid), "seed": int(seed), "index": int(index), "n_steps": int(n_steps),
            "tmp": str(path.parent), "conventions": conventions.to_dict()}
     env = dict(os.environ, **{var: "1" for var in _THREAD_VARS})
