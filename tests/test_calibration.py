@@ -123,3 +123,24 @@ def test_grids_too_large_to_fit_are_said_and_left_without_priors(tmp_path, monke
     desc = calibrate.calibrate_description(description.Description(), [str(p) for p in paths[1:]], progress=False)
     assert not desc.calibrated and desc.lateral_boundary is None
     assert "calibration: skipped, more than 10 active cells" in capsys.readouterr().err
+
+
+def test_calibration_warnings_are_repeated_where_the_stats_are_used(small_prepped, tmp_path, capsys):
+    """What prep's calibration found doubtful (stats.json "calibration") is said again by every stage
+    that uses those stats: here training and a rollout's loading of the checkpoint."""
+    import shutil
+
+    from voxel_ode.model import checkpoint
+    from voxel_ode.training.train import train
+
+    root = tmp_path / "p"
+    shutil.copytree(small_prepped, root)
+    data = json.loads((root / schema.STATS_FILE).read_text())
+    data["calibration"] = {"warnings": ["run v2.4_0002.h5 explained poorly (error 0.91)"], "used": True}
+    (root / schema.STATS_FILE).write_text(json.dumps(data))
+    assert Stats.load(root).calibration_warnings == ["run v2.4_0002.h5 explained poorly (error 0.91)"]
+    train(prepped_root=str(root), save_dir=str(tmp_path / "ck"), max_steps=1, base_channels=4, depth=1,
+          receptive_field_radius=1, batch_size=1, sample_mode="full", quiet=True, num_threads=1, amp="none")
+    assert "note: calibration: run v2.4_0002.h5 explained poorly (error 0.91)" in capsys.readouterr().out
+    checkpoint.load_for_inference(tmp_path / "ck" / "last.pt")
+    assert "note: calibration: run v2.4_0002.h5 explained poorly" in capsys.readouterr().out

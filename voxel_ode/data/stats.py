@@ -296,6 +296,14 @@ class Stats:
         return bool(self.data.get("priors", False))
 
     @property
+    def calibration_warnings(self) -> list[str]:
+        """What prep's calibration found doubtful (stats.json "calibration"), one line each: every
+        stage that uses these stats repeats them, since the priors' constants come from that fit."""
+        report = self.data.get("calibration")
+        warnings = report.get("warnings", []) if isinstance(report, dict) else []
+        return [str(w) for w in warnings] if isinstance(warnings, list) else []
+
+    @property
     def digest(self) -> str:
         """sha256 of the parts that change a model's result (RESULT_KEYS)."""
         return result_digest(self.data)

@@ -171,5 +171,7 @@ def load_for_inference(path, stats_path=None, device="cpu", arch_flags=None, sta
     if stats_path is None and ckpt.get("stats") is None and stats_fallback is not None:
         stats_path = stats_fallback
     stats = stats_for(ckpt, path, stats_path)
+    for warning in stats.calibration_warnings:  # the priors this model reads came from that fit
+        print(f"note: calibration: {warning}")
     normalizer = Normalizer(stats, delta_mode=ckpt.get("delta_mode", "asinh"))
     return model.to(device).eval(), normalizer, stats, config

@@ -201,6 +201,8 @@ def build_run(args: TrainConfig, ddp: Dist) -> tuple[Run, TrainState]:
     log = print if ddp.is_main else (lambda *a, **k: None)
     root, save_dir = Path(args.prepped_root), Path(args.save_dir)
     stats = Stats.load(root)
+    for warning in stats.calibration_warnings:
+        log(f"note: calibration: {warning}")
     ckpt, config, delta_mode = start_from(args, stats)
     model = build_model(config, stats, args.seed, ddp, log)
     normalizer, train_ds, test_ds, train_scalars = build_data(args, stats, config, delta_mode, ddp, log)
