@@ -198,20 +198,18 @@ def test_edited_stats_json_given_to_rollout_is_one_line(trained, tmp_path, capsy
     assert not (tmp_path / "pred.h5").exists()
 
 
-def test_unedited_stats_json_and_old_checkpoints_without_a_digest(trained, tmp_path, capsys):
+def test_unedited_stats_json_passes_and_checkpoints_without_their_record_are_refused(trained, tmp_path, capsys):
     prepped, ckpt = trained
     rc, _ = _rollout(capsys, ckpt, _test_sim(prepped), tmp_path, "--stats_path", str(prepped / schema.STATS_FILE))
     assert rc == 0 and (tmp_path / "pred.h5").is_file()
-    # a checkpoint from before the digest: the field-by-field comparison still catches an edit
-    old = torch.load(ckpt, weights_only=True)
-    assert old.pop("stats_digest") == stats_mod.result_digest(old["stats"])
-    torch.save(old, tmp_path / "old.pt")
-    stats = json.loads((prepped / schema.STATS_FILE).read_text())
-    STATS_EDITS["per_sim_rms"][0](stats)
-    (tmp_path / "edited.json").write_text(json.dumps(stats))
-    rc, lines = _rollout(capsys, tmp_path / "old.pt", _test_sim(prepped), tmp_path, "--stats_path",
-                         str(tmp_path / "edited.json"))
-    assert rc == 1 and "delta/per_sim_rms[0][0]: values differ" in lines[0]
+    # without the stats or their digest nothing tells what data the model fits: refused, not trusted
+    for key in ("stats_digest", "stats"):
+        old = torch.load(ckpt, weights_only=True)
+        del old[key]
+        torch.save(old, tmp_path / "old.pt")
+        rc, lines = _rollout(capsys, tmp_path / "old.pt", _test_sim(prepped), tmp_path, "--stats_path",
+                             str(prepped / schema.STATS_FILE))
+        assert rc == 1 and len(lines) == 1 and f"old.pt: {key}: missing, so nothing tells what data" in lines[0]
 
 
 @pytest.mark.parametrize("value", [float("nan"), 0.0, -1.0])
@@ -378,3 +376,37 @@ def test_killed_training_resumes_cleanly_and_equals_an_uninterrupted_run(small_p
     wa = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["model"]
     wb = torch.load(b / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_checkpoint_meets_only_data_prepared_like_its_training_data(trained, tmp_path, capsys):
+    """The same runs prepped without the physics priors, or with another description: evaluate and a
+    prepped-file rollout refuse them with one line naming both sides and the first difference;
+    raw files are prepared with the checkpoint's own description, so they always fit."""
+    import shutil
+
+    from fixtures import DESCRIPTION
+
+    prepped, ckpt = trained
+    raw = prepped.parent / "raw"
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in raw.glob("v2.4_*.h5"):
+        shutil.copy(f, bare / f.name)
+    dp.prep(bare, tmp_path / "no_priors", n_test=1, calibrate=False, **SMALL)  # nothing declared: no priors
+    rc, lines = _one_line_cli(capsys, ["evaluate", "--prepped_root", str(tmp_path / "no_priors"), "--ckpt_path",
+                                       str(ckpt), "--out", str(tmp_path / "ev"), "--no_progress"])
+    assert rc == 1 and len(lines) == 1
+    assert "no_priors/stats.json: description/" in lines[0] or "no_priors/stats.json: priors" in lines[0]
+    assert "prepared differently from the data" in lines[0] and str(ckpt) in lines[0]
+    other = dict(DESCRIPTION, quantities={**DESCRIPTION["quantities"], "CellSizeX": 250.0})
+    (bare / "description.json").write_text(json.dumps(other))
+    dp.prep(bare, tmp_path / "other_cells", n_test=1, **SMALL)
+    rc, lines = _rollout(capsys, ckpt, _test_sim(tmp_path / "other_cells"), tmp_path)
+    assert rc == 1 and len(lines) == 1
+    assert "v2.4_0001.prepped.h5: description/quantities/CellSizeX/" in lines[0]  # declared 250 m, not ParamsScalar[19]
+    assert "prepared differently from the data" in lines[0] and "(data vs checkpoint)" in lines[0]
+    # the raw file itself: prepared in memory as the checkpoint's data was
+    rc, _ = _one_line_cli(capsys, ["rollout", "--ckpt_path", str(ckpt), "--raw_sim_path",
+                                   str(bare / "v2.4_0001.h5"), "--save_path", str(tmp_path / "raw.h5"),
+                                   "--no_progress", "--no-xdmf"])
+    assert rc == 0

@@ -20,6 +20,7 @@ from voxel_ode.inference import evaluate as evaluate_mod
 from voxel_ode.data import pack
 from voxel_ode.inference import predictions
 from voxel_ode.inference import regions
+from voxel_ode.data import prepped
 from voxel_ode.data.stats import Stats
 from voxel_ode.model import precision
 
@@ -97,7 +98,7 @@ def make_stats(sims):
                     "mean": scal.mean(0).tolist(), "std": [std(v) for v in scal.T]},
         "scalar_increments": {"names": list(schema.CUMULATIVE_SCALARS), "transform": ["signed_log1p"],
                               "mean": [float(inc.mean())], "std": [std(inc)]},
-        "description": fixtures.DESCRIPTION, "priors": True,
+        "description": fixtures.DESCRIPTION, "priors": True, "format": 1, "patches": {},
     }
 
 
@@ -110,6 +111,8 @@ def write_prepped(path, sim):
         f[schema.PREPPED_OUTPUTS_GRID] = sim["outputs_grid"]
         f[schema.PREPPED_OUTPUTS_SCALAR] = sim["outputs_scalar"]
         f[schema.PREPPED_PRIORS] = sim["priors"].astype(np.float16)
+        # prepared as make_stats says: its description, priors computed
+        f.attrs["preparation"] = json.dumps(prepped.preparation_record(fixtures.DESCRIPTION, True))
     return path
 
 
@@ -295,7 +298,8 @@ def real_model_ckpt(path, stats, **cfg_kwargs):
     model = VoxelAutoRegressor(cfg).eval()
     with torch.no_grad():  # random weights give tiny changes; make them visible in Pa / K
         model.grid_head.weight.mul_(50.0)
-    torch.save({"model": model.state_dict(), "model_config": asdict(cfg), "stats": stats.data, "step": 0}, path)
+    torch.save({"model": model.state_dict(), "model_config": asdict(cfg), "stats": stats.data,
+                "stats_digest": stats.digest, "step": 0}, path)
     return Path(path), model
 
 
@@ -392,9 +396,9 @@ def test_stats_path_must_match_checkpoint(tmp_path, data):
     p = tmp_path / "stats.json"
     p.write_text(json.dumps(other))
     with pytest.raises(UserError, match="differ from the stats"):
-        checkpoint.stats_for({"stats": stats.data}, "c.pt", p)
+        checkpoint.stats_for({"stats": stats.data, "stats_digest": stats.digest}, "c.pt", p)
     p.write_text(json.dumps(stats.data))
-    assert checkpoint.stats_for({"stats": stats.data}, "c.pt", p)["dynamic"] == stats["dynamic"]
+    assert checkpoint.stats_for({"stats": stats.data, "stats_digest": stats.digest}, "c.pt", p)["dynamic"] == stats["dynamic"]
 
 
 def test_linear_baseline_fits_a_linear_truth(data, tmp_path):

@@ -136,7 +136,8 @@ def _scan_values(f, path, grid, n_t, fill_value, out_path, patch, stride, chunk_
         del statics
         static_raw, static_log = stats.static_moments(static_stack, mask)
         if out is not None:
-            prepped.write_packed(out, path, static_stack, year_priors, params, scalars, physics, fill_value, ce, opts)
+            prepped.write_packed(out, path, static_stack, year_priors, params, scalars, physics, fill_value, ce, opts,
+                                 (desc or description.Description()).to_dict())
     finally:
         if own_file:
             out.close()

@@ -8,6 +8,7 @@ schema_version. docs/design.md has the details.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -39,8 +40,30 @@ def compression_opts(compression) -> dict:
     return {"compression": compression} if compression else {}
 
 
-def write_packed(out, path, static_stack, year_priors, params, scalars, physics, fill_value, ce, opts):
-    """The packed file's datasets and attributes besides the outputs grid (written while streaming)."""
+def preparation_record(description: dict, priors: bool) -> dict:
+    """What decides a packed run's inputs beyond its own raw file: the schema, the channels, the
+    dataset description prep used (declared and calibrated entries) and whether it derived the
+    physics priors. A checkpoint is applied only to data with the record it was trained on
+    (model/checkpoint.check_data). Stored in every packed file and, as stats.json's
+    "description" and "priors", for the whole dataset."""
+    return {"schema_version": schema.SCHEMA_VERSION, "static": list(schema.STATIC_NAMES),
+            "priors_channels": list(schema.PRIOR_NAMES), "priors": bool(priors), "description": description}
+
+
+def read_preparation(f: h5py.File, path) -> dict:
+    """The preparation record of an open packed run (UserError when it has none: an older prep)."""
+    try:
+        return json.loads(f.attrs.get("preparation"))
+    except (TypeError, ValueError):
+        raise UserError(f"{path}: @preparation: missing (prepped by an older voxel-ode: run `voxel-ode prep` "
+                        "again)") from None
+
+
+def write_packed(out, path, static_stack, year_priors, params, scalars, physics, fill_value, ce, opts,
+                 description: dict):
+    """The packed file's datasets and attributes besides the outputs grid (written while streaming);
+    ``description``: the dataset description prep used, as a dict."""
+    out.attrs["preparation"] = json.dumps(preparation_record(description, year_priors is not None), sort_keys=True)
     if year_priors is None:  # stats.json says so ("priors": false); zeros keep one layout
         year_priors = np.zeros((len(scalars), schema.N_PRIORS) + static_stack.shape[1:], np.float16)
     out.create_dataset(schema.PREPPED_STATIC, data=static_stack, chunks=(schema.N_STATIC, *ce), **opts)
@@ -107,6 +130,7 @@ def load_prepped_sim(path) -> dict:
                 "params_scalar": f[schema.PREPPED_PARAMS][()].astype(np.float32),
                 "outputs_grid": f[schema.PREPPED_OUTPUTS_GRID][()].astype(np.float32),
                 "source": str(path),
+                "preparation": read_preparation(f, path),
             }
             if schema.PREPPED_PRIORS not in f:
                 raise UserError(f"{path}: /{schema.PREPPED_PRIORS}: missing (prepped by an older voxel-ode: "

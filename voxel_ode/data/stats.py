@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from voxel_ode import schema
-from voxel_ode.data import description
+from voxel_ode.data import description, prepped
 from voxel_ode import files
 from voxel_ode.utils import UserError, signed_log1p
 
@@ -294,6 +294,12 @@ class Stats:
     def priors(self) -> bool:
         """Whether prep computed the physics priors (else their channels are zeros)."""
         return bool(self.data.get("priors", False))
+
+    @property
+    def preparation(self) -> dict:
+        """The dataset's preparation record (prepped.preparation_record): what a checkpoint's data
+        must share with the data it is applied to."""
+        return prepped.preparation_record(self.data.get("description") or {}, self.priors)
 
     @property
     def calibration_warnings(self) -> list[str]:

@@ -24,6 +24,8 @@ def predict_file(ckpt_path, source, save_path, stats_path=None, device="cpu", am
     model, normalizer, stats, config = checkpoint.load_for_inference(ckpt_path, stats_path, device, arch_flags)
     chosen = precision.choose(amp, device)
     sim = load_sim(source, fill_value=fill_value, desc=stats.description)  # as prep derived them
+    if sim.get("preparation") is not None:  # a prepped file: prepared by prep, maybe otherwise
+        checkpoint.check_data(stats, ckpt_path, sim["preparation"], source)
     print(f"receptive field: {model.receptive_field} cells (tile halo)" + (f", tiles {tuple(tile)}" if tile else ""))
     t0 = time.perf_counter()
     grid, scalar = rollout(model, normalizer, sim, device=device, tile=tile, precision=chosen, progress=progress)

@@ -96,19 +96,31 @@ def load_model(path, map_location="cpu"):
     return model, ckpt
 
 
-def checked_stats(ckpt: dict, path) -> Stats | None:
-    """The stats stored in a checkpoint (None if it has none): valid, and equal to the digest
-    stored beside them."""
+def checked_stats(ckpt: dict, path) -> Stats:
+    """The stats stored in a checkpoint: present, valid, and equal to the digest stored beside them.
+    Without them nothing tells what data the model fits, so the checkpoint is refused."""
     if ckpt.get("delta_mode") not in (None, "asinh", "zscore"):
         raise UserError(f"{path}: delta_mode: {ckpt['delta_mode']!r} is not 'asinh' or 'zscore'")
-    if ckpt.get("stats") is None:
-        return None
+    missing = [key for key in ("stats", "stats_digest") if ckpt.get(key) is None]
+    if missing:
+        raise UserError(f"{path}: {missing[0]}: missing, so nothing tells what data the model was trained on "
+                        "(a checkpoint of an older or another tool, or edited): retrain it with this voxel-ode")
     stats = Stats(ckpt["stats"], f"{path} (stats inside)")
-    digest = ckpt.get("stats_digest")
-    if digest is not None and digest != stats.digest:
+    if ckpt["stats_digest"] != stats.digest:
         raise UserError(f"{path}: stats: the stored stats do not match the digest written with them "
                         "(edited checkpoint?)")
     return stats
+
+
+def check_data(stats: Stats, path, data_record: dict, data_source) -> None:
+    """Data a checkpoint is applied to must be prepared as its training data was (the same schema,
+    channels, description, declared and calibrated, and priors): else its inputs mean something else
+    and the result is silently wrong. One line naming both sides and the first difference."""
+    diff = stats_json.first_difference(data_record, stats.preparation)
+    if diff:
+        raise UserError(f"{data_source}: {diff[0]}: prepared differently from the data {path} was trained on: "
+                        f"{diff[1]} (data vs checkpoint); prep the data with the checkpoint's description "
+                        "(stats.json \"description\" of its training data) or use a checkpoint trained on it")
 
 
 def check_resume(ckpt, path, stats: Stats) -> None:
@@ -122,8 +134,8 @@ def check_resume(ckpt, path, stats: Stats) -> None:
     step = ckpt["step"]
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise UserError(f"{path}: step: {step!r} is not a step count")
-    if checked_stats(ckpt, path) is not None:
-        stats_json.check_same_stats(stats.data, stats.source, ckpt["stats"], path, ckpt.get("stats_digest"))
+    checked_stats(ckpt, path)
+    stats_json.check_same_stats(stats.data, stats.source, ckpt["stats"], path, ckpt.get("stats_digest"))
 
 
 def stats_for(ckpt: dict, path, stats_path=None) -> Stats:
@@ -131,15 +143,12 @@ def stats_for(ckpt: dict, path, stats_path=None) -> Stats:
     in every field that changes the result (stats.RESULT_KEYS)."""
     own = checked_stats(ckpt, path)
     if stats_path is None:
-        if own is None:
-            raise UserError(f"{path}: stats: checkpoint has no stats; pass --stats_path")
         return own
     try:
         given = Stats(json.loads(Path(stats_path).read_text()), stats_path)
     except (OSError, ValueError) as err:
         raise UserError(f"{stats_path}: -: cannot read stats.json ({err})") from None
-    if own is not None:  # older checkpoints have no digest: a field-by-field comparison
-        stats_json.check_same_stats(given.data, stats_path, own.data, path, ckpt.get("stats_digest"))
+    stats_json.check_same_stats(given.data, stats_path, own.data, path, ckpt.get("stats_digest"))
     return given
 
 
@@ -156,20 +165,15 @@ def check_arch_flags(flags: dict, config: dict, path) -> None:
             )
 
 
-def load_for_inference(path, stats_path=None, device="cpu", arch_flags=None, stats_fallback=None):
-    """(model on device, Normalizer, Stats, model_config dict) from a checkpoint.
-
-    The normalization is the checkpoint's (its stats and ``delta_mode``); ``stats_fallback``
-    (a stats.json path) is used only when the checkpoint has no stats.
-    """
+def load_for_inference(path, stats_path=None, device="cpu", arch_flags=None):
+    """(model on device, Normalizer, Stats, model_config dict) from a checkpoint; the normalization
+    is the checkpoint's (its stats and ``delta_mode``)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: -: no such checkpoint")
     model, ckpt = load_model(path, map_location="cpu")
     config = dict(ckpt.get("model_config") or {})
     check_arch_flags(arch_flags or {}, config, path)
-    if stats_path is None and ckpt.get("stats") is None and stats_fallback is not None:
-        stats_path = stats_fallback
     stats = stats_for(ckpt, path, stats_path)
     for warning in stats.calibration_warnings:  # the priors this model reads came from that fit
         print(f"note: calibration: {warning}")
