@@ -98,7 +98,7 @@ def make_stats(sims):
                     "mean": scal.mean(0).tolist(), "std": [std(v) for v in scal.T]},
         "scalar_increments": {"names": list(schema.CUMULATIVE_SCALARS), "transform": ["signed_log1p"],
                               "mean": [float(inc.mean())], "std": [std(inc)]},
-        "description": fixtures.DESCRIPTION, "priors": True, "format": 1, "patches": {},
+        "description": fixtures.DESCRIPTION, "priors": True, "patches": {},
     }
 
 
