@@ -89,12 +89,14 @@ def make(out: Path, sets: list[dict], python: str, workers: int, runs: int) -> N
         (folder / "conventions.json").write_text(json.dumps(s, indent=1) + "\n")
 
 
-def run(out: Path, sets: list[dict], minutes: float, max_steps: int, parallel: int, n_test: int) -> None:
+def run(out: Path, sets: list[dict], minutes: float, max_steps: int, parallel: int, n_test: int,
+        descriptions=("full", "none")) -> None:
     for k, _ in enumerate(sets):
         folder = out / f"set{k}"
-        for d, raw in (("full", folder / "raw"), ("none", folder / "raw_bare")):
-            darts_dev.prep_data(raw, folder / f"prepped_{d}", None, n_test=n_test)
-        runs = [("full", "default"), ("none", "default")]
+        raws = {"full": folder / "raw", "none": folder / "raw_bare"}
+        for d in descriptions:
+            darts_dev.prep_data(raws[d], folder / f"prepped_{d}", None, n_test=n_test)
+        runs = [(d, "default") for d in descriptions]
         darts_dev.train_all(folder, runs, minutes, parallel, max_steps)
         for d, c in runs:
             if not (folder / f"eval_{d}_{c}" / "metrics.json").exists():
@@ -114,6 +116,8 @@ def main(argv=None) -> int:
     ap.add_argument("--minutes", type=float, default=60.0, help="training budget per configuration (run)")
     ap.add_argument("--max_steps", type=int, default=594, help="training steps per configuration (run)")
     ap.add_argument("--parallel", type=int, default=1, help="trainings at a time (run)")
+    ap.add_argument("--descriptions", nargs="+", default=["full", "none"], choices=["full", "none"],
+                    help="with the set's description, without it, or both (run)")
     args = ap.parse_args(argv)
     out, sets = Path(args.out), draw_sets(args.seed, args.sets)
     if args.step == "draw":
@@ -121,7 +125,7 @@ def main(argv=None) -> int:
     elif args.step == "make":
         make(out, sets, args.python, args.workers, args.runs)
     elif args.step == "run":
-        run(out, sets, args.minutes, args.max_steps, args.parallel, args.n_test)
+        run(out, sets, args.minutes, args.max_steps, args.parallel, args.n_test, args.descriptions)
     else:
         for k, s in enumerate(sets):
             print(f"\n#### set{k}: {json.dumps(s)}")

@@ -51,6 +51,7 @@ def main(argv=None) -> int:
     ap.add_argument("--parallel", type=int, default=1, help="trainings at a time (one thread each)")
     ap.add_argument("--runs", nargs="+", default=None, metavar="DESCRIPTION:CONFIG",
                     help="only these pairs (e.g. full:default none:seed) instead of every pair")
+    ap.add_argument("--n_test", type=int, default=5, help="test runs (the first by name; the rest train)")
     ap.add_argument("--report", action="store_true", help="only print the tables of an earlier run")
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -59,7 +60,8 @@ def main(argv=None) -> int:
     args.descriptions = sorted({d for d, _ in runs})
     if not args.report:
         for d in args.descriptions:
-            prep_data(Path(args.data), out / f"prepped_{d}", DESCRIPTIONS[d], calibrate=d != "uncalibrated")
+            prep_data(Path(args.data), out / f"prepped_{d}", DESCRIPTIONS[d], calibrate=d != "uncalibrated",
+                      n_test=args.n_test)
         train_all(out, runs, args.minutes, args.parallel, args.max_steps)
         for d, c in runs:
             evaluate_run(out, d, c)

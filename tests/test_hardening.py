@@ -410,3 +410,66 @@ def test_a_checkpoint_meets_only_data_prepared_like_its_training_data(trained, t
                                    str(bare / "v2.4_0001.h5"), "--save_path", str(tmp_path / "raw.h5"),
                                    "--no_progress", "--no-xdmf"])
     assert rc == 0
+
+
+def _external_target(tmp_path) -> Path:
+    """A file outside the input folder holding a grid of the right shape."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    with h5py.File(outside / "secret.h5", "w") as f:
+        f["PermX"] = np.full(GRID["grid"], 1e-13, np.float32)
+    return outside / "secret.h5"
+
+
+@pytest.mark.parametrize("kind", ["external_link", "virtual", "external_storage"])
+def test_data_from_outside_the_file_is_refused(tmp_path, capsys, kind):
+    """HDF5 can point a dataset at other files: an external link, a virtual dataset, external raw
+    storage. Prep and inspect refuse each in one line naming the dataset (never reading it)."""
+    raw = tmp_path / "raw"
+    write_raw_dir(raw, n=3, **GRID)
+    target = _external_target(tmp_path)
+    path = raw / "v2.4_0002.h5"
+    with h5py.File(path, "a") as f:
+        del f["Input/PermX"]
+        if kind == "external_link":
+            f["Input/PermX"] = h5py.ExternalLink(str(target), "PermX")
+        elif kind == "virtual":
+            layout = h5py.VirtualLayout(shape=GRID["grid"], dtype=np.float32)
+            layout[...] = h5py.VirtualSource(str(target), "PermX", shape=GRID["grid"])
+            f.create_virtual_dataset("Input/PermX", layout)
+        else:
+            raw_bytes = tmp_path / "outside" / "perm.bin"
+            np.full(GRID["grid"], 1e-13, np.float32).tofile(raw_bytes)
+            f.create_dataset("Input/PermX", shape=GRID["grid"], dtype=np.float32, external=[(str(raw_bytes), 0, 2**20)])
+    with pytest.raises(UserError, match=r"v2\.4_0002\.h5: Input/PermX: .*refused, reading stays inside the file"):
+        dp.prep(raw, tmp_path / "out", n_test=1, **SMALL)
+    rc, lines = _one_line_cli(capsys, ["inspect", str(path)])
+    assert rc == 1 and any("Input/PermX: " in line and "refused" in line for line in lines)
+
+
+def test_named_pipes_and_huge_declared_grids_are_refused_before_reading(tmp_path, capsys, monkeypatch):
+    raw = tmp_path / "raw"
+    write_raw_dir(raw, n=3, **GRID)
+    os.mkfifo(raw / "v2.4_0009.h5")  # opening it would wait for a writer forever
+    with pytest.raises(UserError, match=r"v2\.4_0009\.h5: .*a named pipe, not a file"):
+        dp.prep(raw, tmp_path / "out", n_test=1, **SMALL)
+    os.mkfifo(tmp_path / "description.json")
+    with pytest.raises(UserError, match=r"description.json: dataset description: a named pipe"):
+        dp.prep(raw, tmp_path / "out", n_test=1, description_path=tmp_path / "description.json", **SMALL)
+    (raw / "v2.4_0009.h5").unlink()
+    # a file that declares a grid far larger than this machine: said before any allocation
+    big = raw / "v2.4_0000.h5"  # the first by name: the layout of the others is checked against it
+    with h5py.File(big, "w") as f:
+        for name in schema.RAW_STATIC_NAMES:
+            f.create_dataset(schema.raw_path(name), shape=(2000, 2000, 2000), dtype=np.float32)
+        f[schema.raw_path(schema.PARAMS_SCALAR)] = np.zeros(schema.N_PARAMS, np.float32)
+        for name in schema.DYNAMIC_NAMES:
+            f.create_dataset(schema.raw_path(name), shape=(3, 2000, 2000, 2000), dtype=np.float32)
+        for name in schema.SCALAR_NAMES:
+            f[schema.raw_path(name)] = np.zeros(3)
+    assert big.stat().st_size < 1e6
+    monkeypatch.setenv("VOXEL_ODE_MAX_MEMORY_GB", "16")
+    rc, lines = _one_line_cli(capsys, ["prep", "--input_root", str(raw), "--out_root", str(tmp_path / "o")])
+    assert rc == 1 and len(lines) == 1
+    assert "v2.4_0000.h5: Input/IsActive: grid (2000, 2000, 2000) with 3 reports needs about" in lines[0]
+    assert "VOXEL_ODE_MAX_MEMORY_GB" in lines[0]

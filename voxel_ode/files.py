@@ -1,4 +1,4 @@
-"""Files and folders: atomic writes, and what killed runs left behind."""
+"""Files and folders: what may be opened, atomic writes, and what killed runs left behind."""
 
 from __future__ import annotations
 
@@ -6,7 +6,27 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 from pathlib import Path
+
+from voxel_ode.utils import UserError
+
+
+def regular_file(path, what: str = "file") -> Path:
+    """``path`` if it is a regular file (links to one included); a pipe, a device or a folder is a
+    UserError before anything opens it: opening a named pipe waits for a writer forever."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise UserError(f"{path}: {what}: no such file") from None
+    except OSError as err:
+        raise UserError(f"{path}: {what}: cannot be read ({err.strerror})") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise UserError(f"{path}: {what}: {kind}, not a file (refused before opening it)")
+    return path
+
 
 @contextlib.contextmanager
 def atomic_path(final_path: str | os.PathLike):

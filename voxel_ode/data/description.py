@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from voxel_ode import files
 from voxel_ode.utils import UserError
 
 FILE_NAME = "description.json"
@@ -173,11 +174,9 @@ def _quantity_spec(name: str, spec, source: str) -> dict:
 
 
 def load(path) -> Description:
-    path = Path(path)
+    path = files.regular_file(path, "dataset description")
     try:
         d = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: dataset description: file not found") from None
     except (OSError, ValueError) as err:
         raise UserError(f"{path}: dataset description: not readable JSON ({str(err).splitlines()[0]})") from None
     return Description.from_dict(d, str(path))

@@ -9,10 +9,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from voxel_ode import schema
+from voxel_ode import files, schema
 from voxel_ode.data import description, pack
 from voxel_ode.data import stats
-from voxel_ode.utils import UserError
 
 def _print_layout(f: h5py.File) -> None:
     print("layout:")
@@ -97,9 +96,7 @@ def _inspect_raw(path: str, fill_value, n_timesteps, description_path=None) -> l
 def inspect_file(path, fill_value=None, n_timesteps=None, description_path=None) -> int:
     """Print what ``voxel-ode inspect`` shows of a raw or prepped file; 1 when it has an
     impossible value or a broken structure, 0 otherwise (unusual values are listed)."""
-    path = str(path)
-    if not os.path.exists(path):
-        raise UserError(f"{path}: (file): no such file")
+    path = str(files.regular_file(path, "(file)"))
     print(f"file: {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
     prepped = False
     try:

@@ -43,7 +43,9 @@ def scan_sim(path, *, fill_value=None, n_timesteps=None, out_path=None, patch=in
     """
     path = str(path)
     try:
-        f = h5py.File(path, "r")
+        f = raw.open_raw(path)
+    except UserError as err:
+        return [str(err)], None
     except Exception as err:  # h5py raises OSError for truncated / non-HDF5 files
         return [f"{path}: (file): not a readable HDF5 file (truncated or not HDF5: {raw.one_line(err)})"], None
     try:

@@ -17,7 +17,7 @@ from typing import Sequence
 import h5py
 import numpy as np
 
-from voxel_ode import schema
+from voxel_ode import files, schema
 from voxel_ode.utils import UserError
 
 DEFAULT_CHUNK_EDGE = 16  # measured in benchmarks/bench_prep.py (docs/benchmarks.md, "Prep cost")
@@ -119,7 +119,7 @@ def read_priors(f: h5py.File, steps: slice, box=(slice(None),) * 3) -> np.ndarra
 # ---------------------------------------------------------------------------
 def load_prepped_sim(path) -> dict:
     """Arrays of one prepped file: static, params_scalar, outputs_grid, priors, outputs_scalar, source."""
-    path = Path(path)
+    path = files.regular_file(path)
     try:
         with h5py.File(path, "r") as f:
             for name in (schema.PREPPED_STATIC, schema.PREPPED_PARAMS, schema.PREPPED_OUTPUTS_GRID):

@@ -14,6 +14,7 @@ Writing: ``write_raw`` (both synth engines).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import h5py
@@ -21,6 +22,58 @@ import numpy as np
 
 from voxel_ode import files, schema
 from voxel_ode.data import checks, description
+from voxel_ode.utils import UserError
+
+# Bytes one run takes in memory per cell, roughly, with T reports: the static grids (float32),
+# the priors' march (float64 fields of every report) and the packed or predicted grids.
+BYTES_PER_CELL, BYTES_PER_CELL_AND_REPORT = 48, 28
+MEMORY_LIMIT_VARIABLE = "VOXEL_ODE_MAX_MEMORY_GB"
+
+
+def memory_limit_bytes() -> float:
+    """What one run may take: $VOXEL_ODE_MAX_MEMORY_GB, else 3/4 of this machine's memory."""
+    given = os.environ.get(MEMORY_LIMIT_VARIABLE)
+    if given:
+        try:
+            return float(given) * 1e9
+        except ValueError:
+            raise UserError(f"{MEMORY_LIMIT_VARIABLE}: {given!r} is not a number of GB") from None
+    try:
+        return 0.75 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 64e9
+
+
+def open_raw(path) -> h5py.File:
+    """A raw file opened for reading: a regular file only (files.regular_file), read-only."""
+    return h5py.File(files.regular_file(path), "r")
+
+
+def _indirection(f: h5py.File, path: str) -> str | None:
+    """Why a dataset's data would come from outside the file (refused: reading stays inside the
+    input), or None. External links, virtual datasets and external raw storage can point anywhere."""
+    parts = path.split("/")
+    for depth in range(1, len(parts) + 1):
+        link = f.get("/".join(parts[:depth]), getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            return f"an external link to another file ({link.filename}): refused, reading stays inside the file"
+    obj = f[path]
+    if obj.is_virtual:
+        return "a virtual dataset (its data lives in other files): refused, reading stays inside the file"
+    if obj.external:
+        return "stored in external raw files: refused, reading stays inside the file"
+    return None
+
+
+def _size_problem(grid, n_t) -> str | None:
+    """A grid too large for this machine, said before anything is read or allocated."""
+    cells = float(np.prod(grid))
+    need = cells * (BYTES_PER_CELL + BYTES_PER_CELL_AND_REPORT * max(int(n_t or 1), 1))
+    limit = memory_limit_bytes()
+    if need > limit:
+        return (f"grid {tuple(grid)} with {n_t} reports needs about {need / 1e9:.3g} GB, more than the "
+                f"{limit / 1e9:.3g} GB allowed (set {MEMORY_LIMIT_VARIABLE} to raise it)")
+    return None
 
 # ---------------------------------------------------------------------------
 # Validation + packing of one simulation
@@ -48,6 +101,8 @@ def check_structure(f: h5py.File, n_timesteps: int | None) -> tuple[list[tuple[s
             problems.append((path, "is a group, expected a dataset"))
         elif obj.dtype.kind not in "fiub":
             problems.append((path, f"dtype {obj.dtype} is not numeric"))
+        elif _indirection(f, path):
+            problems.append((path, _indirection(f, path)))
         else:
             datasets[name] = obj
     # The static grid shape is IsActive's (the mask defines the grid); others must match it.
@@ -86,6 +141,8 @@ def check_structure(f: h5py.File, n_timesteps: int | None) -> tuple[list[tuple[s
         for name in schema.SCALAR_NAMES:
             if name in datasets and datasets[name].shape != (n_t,):
                 problems.append((schema.raw_path(name), f"shape {datasets[name].shape}, expected ({n_t},) to match T of Output/Pressure"))
+    if grid is not None and _size_problem(grid, n_t):
+        problems.append((schema.raw_path("IsActive"), _size_problem(grid, n_t)))
     return problems, grid, n_t
 
 
@@ -185,14 +242,16 @@ def read_inputs(f, grid, fill_value):
 
 def structure_problems(path, n_timesteps) -> list[str]:
     try:
-        with h5py.File(path, "r") as f:
+        with open_raw(path) as f:
             return [f"{path}: {d}: {w}" for d, w in check_structure(f, n_timesteps)[0]]
+    except UserError as err:
+        return [str(err)]
     except Exception as err:
         return [f"{path}: (file): not a readable HDF5 file (truncated or not HDF5: {one_line(err)})"]
 
 
 def grid_and_steps(path) -> tuple[tuple, int]:
-    with h5py.File(path, "r") as f:
+    with open_raw(path) as f:
         _, grid, n_t = check_structure(f, None)
     return grid, n_t
 

@@ -12,14 +12,13 @@ active cells' boxes) is regions.py's; the baselines (baselines.py) roll out thro
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from voxel_ode import schema
+from voxel_ode import files, schema
 from voxel_ode.data import pack, prepped
 from voxel_ode.data.description import Description
 from voxel_ode.inference.regions import PlannedForward, region_plan
@@ -42,9 +41,7 @@ def load_raw_sim(path, fill_value=None, desc: Description | None = None) -> dict
 
 def load_sim(path, fill_value=None, desc: Description | None = None) -> dict:
     """Prepped or raw v2.4 file, told apart by layout."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: -: no such file")
+    path = files.regular_file(path)
     try:
         with h5py.File(path, "r") as f:
             is_raw = schema.INPUT_GROUP in f
