@@ -473,3 +473,41 @@ def test_named_pipes_and_huge_declared_grids_are_refused_before_reading(tmp_path
     assert rc == 1 and len(lines) == 1
     assert "v2.4_0000.h5: Input/IsActive: grid (2000, 2000, 2000) with 3 reports needs about" in lines[0]
     assert "VOXEL_ODE_MAX_MEMORY_GB" in lines[0]
+
+
+def _worker_dies(job):
+    os._exit(9)  # what a kill -9 or the out-of-memory killer does to a prep worker
+
+
+def test_output_folders_one_process_writable_and_a_dead_worker_is_one_line(tmp_path, capsys, monkeypatch):
+    from voxel_ode import files
+    from voxel_ode.data import pack
+
+    raw = tmp_path / "raw"
+    write_raw_dir(raw, n=3, **GRID)
+    with files.folder_lock(tmp_path / "out", "prep"):  # another prep holds the folder
+        with pytest.raises(UserError, match=r"out: in use by voxel-ode prep \(process \d+"):
+            dp.prep(raw, tmp_path / "out", n_test=1, **SMALL)
+    dp.prep(raw, tmp_path / "out", n_test=1, **SMALL)  # released with its holder
+    (tmp_path / "a_file").write_text("")
+    rc, lines = _one_line_cli(capsys, ["prep", "--input_root", str(raw), "--out_root", str(tmp_path / "a_file")])
+    assert rc == 1 and "a_file: out_root: not a writable folder" in lines[0]
+    monkeypatch.setattr(pack, "process_sim", _worker_dies)
+    with pytest.raises(UserError, match="a worker process died while packing"):
+        dp.prep(raw, tmp_path / "out2", n_test=1, workers=2, **SMALL)
+
+
+def test_nan_loss_a_used_save_dir_and_zero_tiles(trained, tmp_path, capsys):
+    prepped, ckpt = trained
+    from voxel_ode.training.train import train
+
+    save = tmp_path / "ck"
+    train(prepped_root=str(prepped), save_dir=str(save), max_steps=2, ckpt_every=1, **TINY)
+    first = {p.name: p.read_bytes() for p in save.iterdir() if p.is_file() and p.suffix in (".pt", ".jsonl")}
+    with pytest.raises(UserError, match=r"loss is (nan|inf) at step \d+: stopped before updating the weights"):
+        train(prepped_root=str(prepped), save_dir=str(save), max_steps=2, lr=1e30, warmup_steps=0, **TINY)
+    # the earlier run's files were moved aside whole, not deleted or mixed with the new run's
+    earlier = list((save / "earlier").iterdir())
+    assert len(earlier) == 1 and {p.name: p.read_bytes() for p in earlier[0].iterdir()} == first
+    rc, lines = _rollout(capsys, ckpt, _test_sim(prepped), tmp_path, "--tile", "0", "0", "0")
+    assert rc == 1 and "--tile: needs three sizes of at least 1 cell" in lines[0]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
 import stat
+import time
 from pathlib import Path
 
 from voxel_ode.utils import UserError
@@ -44,6 +46,59 @@ def atomic_path(final_path: str | os.PathLike):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+LOCK_NAME = ".voxel-ode.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder, command: str):
+    """One voxel-ode process per output folder: a second one is refused in one line naming the
+    holder. The lock (flock on ``folder/.voxel-ode.lock``) goes with the process, killed or not."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise UserError(f"{folder}: in use by {holder}: wait for it to finish or give another folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"voxel-ode {command} (process {os.getpid()}, since {time.strftime('%H:%M:%S')})".encode(), 0)
+        try:
+            yield folder
+        finally:  # removed while still held, so nothing is left behind
+            (folder / LOCK_NAME).unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
+def writable_folder(folder, what: str) -> Path:
+    """``folder``, created if needed and checked writable now, before hours of work that end in a write."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"{folder}: {what}: not a writable folder ({err.strerror})") from None
+    return folder
+
+
+def move_aside(folder, names) -> Path | None:
+    """Move the files ``names`` that ``folder`` holds into ``folder/earlier/<time>/`` (an earlier
+    run's output, kept whole instead of mixed with a new one's); returns that folder or None."""
+    folder = Path(folder)
+    present = [folder / n for n in names if (folder / n).is_file() and not (folder / n).is_symlink()]
+    if not present:
+        return None
+    target = folder / "earlier" / time.strftime("%Y%m%d-%H%M%S")
+    target.mkdir(parents=True, exist_ok=True)
+    for path in present:
+        os.replace(path, target / path.name)
+    return target
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:

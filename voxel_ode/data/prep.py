@@ -18,12 +18,15 @@ See docs/design.md for the file layouts.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
+import signal
 import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from tqdm import tqdm
@@ -34,6 +37,7 @@ from voxel_ode.data.calibrate import calibrate_description
 from voxel_ode.utils import UserError
 
 DEFAULT_N_TEST = 5
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def _valid_cell_size(values) -> bool:
@@ -49,15 +53,22 @@ def _refuse_or_skip(problems: list[str], skip_bad: bool, skipped: list[str]) -> 
     skipped.append(problems[0] + more)
 
 
-def prep(input_root, out_root, patch_size=index.DEFAULT_PATCH, stride=index.DEFAULT_STRIDE, n_test=DEFAULT_N_TEST,
-         min_active_frac=index.DEFAULT_MIN_ACTIVE_FRAC, fill_value=None, skip_bad=False, workers=1,
-         n_timesteps=None, chunk_edge=prepped.DEFAULT_CHUNK_EDGE, compression=None, progress=True, cell_size=None,
-         description_path=None, calibrate=True) -> dict:
-    """Raw v2.4 files in ``input_root`` -> packed files, stats.json and indices in ``out_root``.
-    ``calibrate``: fit the constants the priors need and the description lacks on training runs.
+def prep(input_root, out_root, **options) -> dict:
+    """Raw v2.4 files in ``input_root`` -> packed files, stats.json and indices in ``out_root``
+    (options: _prep's). One prep per output folder at a time; the folder is checked writable first.
 
     Returns a summary dict (sims per split, skipped files, patch counts, throughput).
     """
+    files.writable_folder(out_root, "out_root")
+    with files.folder_lock(out_root, "prep"):
+        return _prep(input_root, out_root, **options)
+
+
+def _prep(input_root, out_root, patch_size=index.DEFAULT_PATCH, stride=index.DEFAULT_STRIDE, n_test=DEFAULT_N_TEST,
+          min_active_frac=index.DEFAULT_MIN_ACTIVE_FRAC, fill_value=None, skip_bad=False, workers=1,
+          n_timesteps=None, chunk_edge=prepped.DEFAULT_CHUNK_EDGE, compression=None, progress=True, cell_size=None,
+          description_path=None, calibrate=True) -> dict:
+    """prep(); ``calibrate``: fit the constants the priors need and the description lacks on training runs."""
     start = time.perf_counter()
     input_root, out_root = Path(input_root), Path(out_root)
     patch_size, stride = tuple(int(v) for v in patch_size), tuple(int(v) for v in stride)
@@ -170,17 +181,31 @@ def _scan_all(jobs, workers, progress, skip_bad, skipped) -> dict:
                 handle(*pack.process_sim(job))
                 bar.update()
             return good
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), initializer=_die_with_parent) as pool:
             futures = [pool.submit(pack.process_sim, job) for job in jobs]
             try:
                 for fut in as_completed(futures):
                     handle(*fut.result())
                     bar.update()
+            except BrokenProcessPool:
+                raise UserError("prep: a worker process died while packing (killed, or out of memory?); the "
+                                "output folder keeps what it held before") from None
             except BaseException:
                 for fut in futures:
                     fut.cancel()
                 raise
     return good
+
+
+def _die_with_parent() -> None:
+    """A prep worker ends with the process that started it (Linux): a killed prep leaves no
+    orphaned workers behind, waiting forever."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # elsewhere the pool's own shutdown has to do
+    if os.getppid() == 1:  # the parent died before the call above
+        os._exit(1)
 
 
 def _place_packed(out_root: Path, splits: dict, out_paths: dict) -> dict:

@@ -126,7 +126,7 @@ def evaluate(prepped_root, ckpt_path, out_dir, split="test", device="cpu", tile=
     ``plots``, ``plots/<run>/*.png`` and ``plots/error_curves.png``. ``linear_baseline``: also
     fit (or reuse ``out_dir/linear_baseline.npz``) and score the linear per-voxel model.
     """
-    out_dir, prepped_root = Path(out_dir), Path(prepped_root)
+    out_dir, prepped_root = files.writable_folder(out_dir, "--out"), Path(prepped_root)
     model, normalizer, stats, config = checkpoint.load_for_inference(ckpt_path, None, device)
     checkpoint.check_data(stats, ckpt_path, Stats.load(prepped_root).preparation, prepped_root / schema.STATS_FILE)
     chosen = precision.choose(amp, device)

@@ -104,7 +104,9 @@ class ModelStepper:
         self.model = model.eval()
         self.normalizer = normalizer
         self.device = torch.device(device)
-        self.tile = tuple(tile) if tile else None
+        if tile is not None and (len(tile) != 3 or min(int(v) for v in tile) < 1):
+            raise UserError(f"--tile: needs three sizes of at least 1 cell (Z Y X), got {list(tile)}")
+        self.tile = tuple(int(v) for v in tile) if tile else None
         self.crop = crop  # False: the local path on the whole grid (no crop_plan), for comparison
         # the caller's choice (precision.resolve: bf16 on a CPU only where it measured faster)
         self.precision = precision

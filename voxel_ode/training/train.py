@@ -17,6 +17,7 @@ metrics.jsonl and wandb (log.py), schedules (schedule.py), the checkpoint format
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -187,10 +188,14 @@ def train(config=None, **options) -> dict:
         torch.set_num_threads(args.num_threads)
     ddp = Dist(args.device)
     try:
-        run, state = build_run(args, ddp)
-        start_step = state.step
-        last_eval, stopped_by_budget = train_loop(run, state, t_start)
-        return finish(run, state, start_step, last_eval, stopped_by_budget, t_start)
+        with contextlib.ExitStack() as held:
+            if ddp.is_main:  # one training per save_dir, checked writable before any work
+                files.writable_folder(args.save_dir, "--save_dir")
+                held.enter_context(files.folder_lock(args.save_dir, "train"))
+            run, state = build_run(args, ddp)
+            start_step = state.step
+            last_eval, stopped_by_budget = train_loop(run, state, t_start)
+            return finish(run, state, start_step, last_eval, stopped_by_budget, t_start)
     finally:
         ddp.close()
         torch.set_num_threads(threads_before)  # an in-process caller keeps its own setting
@@ -216,6 +221,10 @@ def build_run(args: TrainConfig, ddp: Dist) -> tuple[Run, TrainState]:
     train_args = args.as_dict()
     if ddp.is_main:  # temporary files of a killed run (whose process is gone)
         files.clean_leftovers(save_dir, log)
+        if ckpt is None:  # a fresh run: an earlier run's files are kept whole, not mixed with this one's
+            earlier = files.move_aside(save_dir, ["metrics.jsonl"] + sorted(p.name for p in save_dir.glob("*.pt")))
+            if earlier is not None:
+                log(f"note: {save_dir} held an earlier run: its files are now in {earlier}")
     logger = Logger(save_dir, ddp.is_main, args.use_wandb, train_args, resume=ckpt is not None,
                     resume_step=state.step if ckpt is not None else None)
     run = Run(args=args, ddp=ddp, log=log, save_dir=save_dir, stats=stats, delta_mode=delta_mode, model=model,
@@ -327,8 +336,9 @@ def train_step(run: Run, batch: dict, k_steps: int, step: int):
     Returns (loss, grid and scalar loss parts, gradient norm, the LR this step used)."""
     opt, args = run.opt, run.args
     loss, grid_parts, scalar_parts = run.unroll(batch, k_steps, args.rollout_grad == "pushforward")
-    if not torch.isfinite(loss):
-        raise RuntimeError(f"loss is {loss.item()} at step {step}: lower --lr or check the data")
+    if not torch.isfinite(loss):  # no step on it: the checkpoints written so far stay the last good ones
+        raise UserError(f"loss is {loss.item()} at step {step + 1}: stopped before updating the weights "
+                        f"(checkpoints written so far are kept in {args.save_dir}); lower --lr or check the data")
     opt.scaler.scale(loss).backward()
     opt.scaler.unscale_(opt.optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(opt.params, args.grad_clip if args.grad_clip > 0 else float("inf"))
