@@ -511,3 +511,40 @@ def test_nan_loss_a_used_save_dir_and_zero_tiles(trained, tmp_path, capsys):
     assert len(earlier) == 1 and {p.name: p.read_bytes() for p in earlier[0].iterdir()} == first
     rc, lines = _rollout(capsys, ckpt, _test_sim(prepped), tmp_path, "--tile", "0", "0", "0")
     assert rc == 1 and "--tile: needs three sizes of at least 1 cell" in lines[0]
+
+
+KILL_DURING_SWAP = """
+import os, sys
+from voxel_ode import files
+from voxel_ode.data.prep import prep
+calls, real = [0], os.replace
+def replace(a, b):
+    if ".previous-" in str(a) + str(b) or (".partial-" in str(a) and ".partial-" not in str(b)):
+        calls[0] += 1
+        if calls[0] == int(sys.argv[3]):
+            os._exit(9)  # as a kill -9 would: no cleanup runs
+    real(a, b)
+files.os.replace = replace
+prep(sys.argv[1], sys.argv[2], n_test=1, patch_size=(4, 4, 4), stride=(2, 2, 2), progress=False)
+"""
+
+
+def test_a_prep_killed_while_swapping_its_output_leaves_the_earlier_one(tmp_path):
+    """Kill the second prep of a folder at each rename of its swap: the first prep's finished output
+    is what the folder holds afterwards (put back by the next reader), never a mix."""
+    raw_a, raw_b, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
+    write_raw_dir(raw_a, n=3, **GRID)
+    write_raw_dir(raw_b, n=4, **GRID)  # another input: one more run
+    dp.prep(raw_a, out, n_test=1, **SMALL)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    for k in range(1, 11):  # 5 names out, 5 in: every point of the swap
+        done = subprocess.run([sys.executable, "-c", KILL_DURING_SWAP, str(raw_b), str(out), str(k)],
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+        assert done.returncode == 9, done.stderr[-2000:]
+        stats = Stats.load(out)  # puts the earlier output back
+        assert stats["train_sims"] == ["train/v2.4_0002.prepped.h5", "train/v2.4_0003.prepped.h5"], k
+        now = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()  # a killed run's
+               and not str(p.relative_to(out)).startswith((".partial-", ".voxel-ode.lock"))}  # leftovers: reused
+        assert now == before, k
+    dp.prep(raw_b, out, n_test=1, **SMALL)  # uninterrupted: the new output, whole
+    assert len(Stats.load(out)["train_sims"]) == 3

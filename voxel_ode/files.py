@@ -109,6 +109,50 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
 
 
 # ---------------------------------------------------------------------------
+# An output folder as a transaction: built aside, swapped in when complete
+# ---------------------------------------------------------------------------
+def swap_in(staged: Path, folder: Path, names, marker: str) -> None:
+    """Replace ``folder``'s ``names`` by those built in ``staged``. ``marker`` (one of ``names``)
+    says the output is complete: the old one leaves first and the new one arrives last, and the old
+    items wait in ``.previous-PID`` until the new marker is in place, so a kill at any moment
+    leaves a complete output or one that restore_interrupted() puts back. Only names inside
+    ``folder`` are renamed: a symlink among them is moved as a link, never followed."""
+    previous = folder / f".previous-{os.getpid()}"
+    previous.mkdir()
+    order = [marker] + [n for n in names if n != marker]
+    for name in order:
+        if os.path.lexists(folder / name):
+            os.replace(folder / name, previous / name)
+    for name in order[1:] + [marker]:
+        if os.path.lexists(staged / name):
+            os.replace(staged / name, folder / name)
+    shutil.rmtree(previous)
+
+
+def restore_interrupted(folder, marker: str, log=print) -> bool:
+    """Undo a swap_in that a killed process left half done (no ``marker`` in ``folder``, the old
+    output in ``.previous-PID`` of a dead process): the old output back in place. True if so."""
+    folder = Path(folder)
+    restored = False
+    for previous in sorted(folder.glob(".previous-*")) if folder.is_dir() else []:
+        pid = _pid_suffix(previous.name, ".previous-")
+        if pid is None or pid_alive(pid) or not previous.is_dir():
+            continue
+        if not os.path.lexists(folder / marker) and os.path.lexists(previous / marker):
+            for item in previous.iterdir():
+                target = folder / item.name
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                elif os.path.lexists(target):
+                    target.unlink()
+                os.replace(item, target)
+            restored = True
+            log(f"note: {folder}: put back the output a killed process (process {pid}) was replacing")
+        shutil.rmtree(previous, ignore_errors=True)
+    return restored
+
+
+# ---------------------------------------------------------------------------
 # Leftovers of killed runs
 # ---------------------------------------------------------------------------
 def pid_alive(pid: int) -> bool:

@@ -8,10 +8,10 @@ step at a time), packed into a temporary file under ``out_root/.partial-*`` and
 summarised into small partial statistics (pack.py, stats.py).
 
 Phase 2 (main process): the good simulations are split by sorted name (first
-``n_test`` -> test), the packed files are moved into ``train/`` / ``test/``, and
-the indices and ``stats.json`` are written last, so a folder without
-``stats.json`` is visibly unfinished. A failed run removes its temporary files
-and leaves any earlier finished output untouched.
+``n_test`` -> test); ``train/``, ``test/``, the indices and ``stats.json`` are built in
+``.partial-*`` and swapped into ``out_root`` when complete (files.swap_in): a failure
+or a kill at any moment leaves the earlier finished output, or one that the next prep
+or reader of stats.json puts back (files.restore_interrupted).
 
 See docs/design.md for the file layouts.
 """
@@ -38,6 +38,8 @@ from voxel_ode.utils import UserError
 
 DEFAULT_N_TEST = 5
 PR_SET_PDEATHSIG = 1  # prctl(2)
+# what prep writes into its output folder; stats.json, written last, says it is complete
+OUTPUT_NAMES = schema.SPLITS + tuple(schema.INDEX_FILE.format(split=s) for s in schema.SPLITS) + (schema.STATS_FILE,)
 
 
 def _valid_cell_size(values) -> bool:
@@ -85,7 +87,8 @@ def _prep(input_root, out_root, patch_size=index.DEFAULT_PATCH, stride=index.DEF
     if calibrate:  # the training split: every file after the first n_test, by name
         desc = calibrate_description(desc, [str(p) for p in candidates[n_test:]], fill_value, progress)
 
-    # what a killed prep left (its .partial-PID folder, temporary stats/index files)
+    # what a killed prep left: an interrupted swap undone, its .partial-PID folder, temporary files
+    files.restore_interrupted(out_root, schema.STATS_FILE, log=lambda msg: tqdm.write(msg, file=sys.stderr))
     files.clean_leftovers(out_root, log=lambda msg: tqdm.write(msg, file=sys.stderr))
     partial = out_root / f".partial-{os.getpid()}"
     out_paths = {str(p): str(partial / (prepped.run_name(p) + schema.PREPPED_SUFFIX)) for p in candidates}
@@ -103,13 +106,14 @@ def _prep(input_root, out_root, patch_size=index.DEFAULT_PATCH, stride=index.DEF
         if len(names) - n_test_eff < 1:
             raise UserError(f"{input_root}: {len(names)} valid simulations leave none for training with --n_test {n_test}")
         splits = {"test": names[:n_test_eff], "train": names[n_test_eff:]}
-        rel = _place_packed(out_root, splits, out_paths)
-        patches = _write_indices(out_root, splits, rel, good, patch_size, stride, min_active_frac)
+        rel = _place_packed(partial, splits, out_paths)  # the new output is built aside, in partial
+        patches = _write_indices(partial, splits, rel, good, patch_size, stride, min_active_frac)
         summary = stats.compute_stats([good[p] for p in splits["train"]], [rel[p] for p in splits["train"]],
                                       [rel[p] for p in splits["test"]], fill_value, patches)
         summary.update(skipped=skipped, description=desc.to_dict(), description_source=desc.source,
                        physics={rel[p]: good[p]["physics"] for p in names})
-        stats.write(out_root, summary)
+        stats.write(partial, summary)
+        files.swap_in(partial, out_root, OUTPUT_NAMES, schema.STATS_FILE)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
 
@@ -208,23 +212,15 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _place_packed(out_root: Path, splits: dict, out_paths: dict) -> dict:
-    """Move the packed files into out_root/{train,test}/; {raw path: relative packed path}. The
-    folder is unfinished from here until stats.json appears."""
-    for stale in [out_root / schema.STATS_FILE] + [out_root / schema.INDEX_FILE.format(split=s) for s in schema.SPLITS]:
-        stale.unlink(missing_ok=True)
+def _place_packed(staged: Path, splits: dict, out_paths: dict) -> dict:
+    """Move the packed files into staged/{train,test}/; {raw path: relative packed path}."""
     rel = {}
     for split, paths in splits.items():
-        (out_root / split).mkdir(parents=True, exist_ok=True)
-        keep = set()
+        (staged / split).mkdir(parents=True, exist_ok=True)
         for p in paths:
             fname = prepped.run_name(Path(p)) + schema.PREPPED_SUFFIX
-            os.replace(out_paths[p], out_root / split / fname)
+            os.replace(out_paths[p], staged / split / fname)
             rel[p] = f"{split}/{fname}"
-            keep.add(fname)
-        for old in (out_root / split).glob("*" + schema.PREPPED_SUFFIX):
-            if old.name not in keep:  # left over from an earlier run with other inputs
-                old.unlink()
     return rel
 
 

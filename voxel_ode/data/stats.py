@@ -259,6 +259,8 @@ class Stats:
         path = Path(path)
         if path.is_dir():
             path = path / schema.STATS_FILE
+        if not path.exists():  # a prep killed while swapping its output in: the previous one is put back
+            files.restore_interrupted(path.parent, schema.STATS_FILE)
         try:
             with open(path) as f:
                 data = json.load(f)
