@@ -548,3 +548,32 @@ def test_a_prep_killed_while_swapping_its_output_leaves_the_earlier_one(tmp_path
         assert now == before, k
     dp.prep(raw_b, out, n_test=1, **SMALL)  # uninterrupted: the new output, whole
     assert len(Stats.load(out)["train_sims"]) == 3
+
+
+ULIMITED_PREP = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
+from voxel_ode.cli import main
+sys.exit(main(["prep", "--input_root", sys.argv[1], "--out_root", sys.argv[2]]))
+"""
+
+
+def test_a_file_size_limit_is_one_line_before_any_write(tmp_path):
+    """HDF5 crashed (exit -11) writing past ulimit -f; the limit is checked first."""
+    write_raw_dir(tmp_path / "raw", n=3, **GRID)
+    done = subprocess.run([sys.executable, "-c", ULIMITED_PREP, str(tmp_path / "raw"), str(tmp_path / "out")],
+                          capture_output=True, text=True)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr[-2000:]
+    assert "prep writes files of about" in lines[0] and "file-size limit of 0.02 MB (ulimit -f)" in lines[0]
+
+
+def test_a_test_run_copied_into_the_training_split_is_named(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    write_raw_dir(raw, n=3, **GRID)
+    shutil.copy(raw / "v2.4_0001.h5", raw / "v2.4_0009.h5")  # the test run, again, as a training run
+    dp.prep(raw, tmp_path / "out", n_test=1, **SMALL)
+    err = capsys.readouterr().err
+    assert "v2.4_0009.h5 (train) holds the same run as" in err and "v2.4_0001.h5 (test)" in err
+    assert "flatters every test score" in err
+    assert len(Stats.load(tmp_path / "out")["duplicates"]) == 1

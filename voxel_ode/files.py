@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import json
 import os
+import resource
 import shutil
 import stat
 import time
@@ -85,6 +86,19 @@ def writable_folder(folder, what: str) -> Path:
     except OSError as err:
         raise UserError(f"{folder}: {what}: not a writable folder ({err.strerror})") from None
     return folder
+
+
+def check_room(folder, total_bytes: float, largest_file_bytes: float, what: str) -> None:
+    """Refuse before writing when ``folder``'s disk lacks the room or a file would pass the process's
+    file-size limit (ulimit -f): HDF5 fails badly mid-write (crashes seen), a check first is one line."""
+    free = shutil.disk_usage(folder).free
+    if total_bytes > free:
+        raise UserError(f"{folder}: {what} needs about {total_bytes / 1e6:.3g} MB, the disk has "
+                        f"{free / 1e6:.3g} MB free")
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and largest_file_bytes > limit:
+        raise UserError(f"{folder}: {what} writes files of about {largest_file_bytes / 1e6:.3g} MB, above this "
+                        f"process's file-size limit of {limit / 1e6:.3g} MB (ulimit -f)")
 
 
 def move_aside(folder, names) -> Path | None:

@@ -8,6 +8,7 @@ raw-active cell is an error, not a silent mask.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -129,7 +130,8 @@ def _scan_values(f, path, grid, n_t, fill_value, out_path, patch, stride, chunk_
         grid_ds = None if out is None else out.create_dataset(
             schema.PREPPED_OUTPUTS_GRID, (n_out, schema.N_DYNAMIC) + tuple(grid), np.float32,
             chunks=(1, schema.N_DYNAMIC, *ce), **opts)
-        dynamic, mask = _stream_dynamic(read_step, n_out, mask, seed, grid_ds)
+        content = hashlib.sha256(params.tobytes() + scalars.tobytes())  # what tells a copied run
+        dynamic, mask = _stream_dynamic(read_step, n_out, mask, seed, grid_ds, content)
         if not mask.any():
             raise raw.DatasetProblem(schema.raw_path("IsActive"), "no active cell left once the dynamic grids' fill values "
                                                         "are masked")
@@ -151,7 +153,7 @@ def _scan_values(f, path, grid, n_t, fill_value, out_path, patch, stride, chunk_
         "static_raw": static_raw, "static_log": static_log, "params": params, "scalars": scalars,
         "origins": origins, "active_fracs": fracs, "raw_bytes": os.path.getsize(path),
         "physics": physics.notes, "first_report": physics.first_report, "priors": year_priors is not None,
-        "warnings": [f"{path}: {w}" for w in warnings],
+        "warnings": [f"{path}: {w}" for w in warnings], "content_sha256": content.hexdigest(),
         **dynamic.result(),
     }
 
@@ -169,13 +171,16 @@ def _derived(statics, scalars, physics, n_out):
     return np.stack([statics[n] for n in schema.STATIC_NAMES]), year_priors
 
 
-def _stream_dynamic(read_step, n_t, mask, seed, grid_ds):
+def _stream_dynamic(read_step, n_t, mask, seed, grid_ds, digest=None):
     """Statistics of the dynamic grids over the final mask (fill values in them make cells
-    inactive too), writing each step to ``grid_ds`` when given: (stats.DynamicStats, final mask)."""
+    inactive too), writing each step to ``grid_ds`` and hashing it into ``digest`` when given:
+    (stats.DynamicStats, final mask)."""
     dynamic = stats.DynamicStats(mask, n_t, seed)
     bad_dynamic = np.zeros(mask.shape, bool)
     for t in range(n_t):
         step, bad = read_step(t)
+        if digest is not None:
+            digest.update(step.tobytes())
         bad_dynamic |= bad
         if grid_ds is not None:
             grid_ds[t] = step

@@ -29,6 +29,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from voxel_ode import files, schema
@@ -96,6 +97,7 @@ def _prep(input_root, out_root, patch_size=index.DEFAULT_PATCH, stride=index.DEF
              "patch": patch_size, "stride": stride, "chunk_edge": chunk_edge, "compression": compression,
              "desc": desc}
             for p in candidates]
+    _check_room(out_root, candidates, n_timesteps)
     try:
         partial.mkdir(parents=True, exist_ok=True)
         good = _scan_all(jobs, workers, progress, skip_bad, skipped)
@@ -106,12 +108,13 @@ def _prep(input_root, out_root, patch_size=index.DEFAULT_PATCH, stride=index.DEF
         if len(names) - n_test_eff < 1:
             raise UserError(f"{input_root}: {len(names)} valid simulations leave none for training with --n_test {n_test}")
         splits = {"test": names[:n_test_eff], "train": names[n_test_eff:]}
+        duplicates = _duplicates(splits, good)
         rel = _place_packed(partial, splits, out_paths)  # the new output is built aside, in partial
         patches = _write_indices(partial, splits, rel, good, patch_size, stride, min_active_frac)
         summary = stats.compute_stats([good[p] for p in splits["train"]], [rel[p] for p in splits["train"]],
                                       [rel[p] for p in splits["test"]], fill_value, patches)
-        summary.update(skipped=skipped, description=desc.to_dict(), description_source=desc.source,
-                       physics={rel[p]: good[p]["physics"] for p in names})
+        summary.update(skipped=skipped, duplicates=duplicates, description=desc.to_dict(),
+                       description_source=desc.source, physics={rel[p]: good[p]["physics"] for p in names})
         stats.write(partial, summary)
         files.swap_in(partial, out_root, OUTPUT_NAMES, schema.STATS_FILE)
     finally:
@@ -125,6 +128,17 @@ def _prep(input_root, out_root, patch_size=index.DEFAULT_PATCH, stride=index.DEF
         "mb_per_s": raw_bytes / 1e6 / seconds if seconds > 0 else float("inf"),
         "description_source": desc.source, "priors": summary["priors"], "physics": good[names[0]]["physics"],
     }
+
+
+def _check_room(out_root: Path, candidates: list, n_timesteps) -> None:
+    """The packed files' size, checked against the disk and the file-size limit before writing."""
+    if not candidates:
+        return
+    grid, _ = raw.grid_and_steps(candidates[0])
+    n_out = (n_timesteps or 1) + 1  # a first report at the end of year 1 gets t = 0 in front
+    per_file = float(np.prod(grid)) * (n_out * schema.N_DYNAMIC * 4 + schema.N_STATIC * 4 + n_out * schema.N_PRIORS * 2)
+    # the new output is built beside the old one, which goes only once the new one is complete
+    files.check_room(out_root, per_file * len(candidates) * 1.1 + 1e6, per_file * 1.1 + 65536, "prep")
 
 
 def _check_prep_args(input_root, out_root, patch_size, stride, n_test, min_active_frac, workers, chunk_edge,
@@ -199,6 +213,25 @@ def _scan_all(jobs, workers, progress, skip_bad, skipped) -> dict:
                     fut.cancel()
                 raise
     return good
+
+
+def _duplicates(splits: dict, good: dict) -> list[str]:
+    """Runs whose content (ParamsScalar, field scalars, every report of P and T) is the same, named
+    in one line each: a test run copied into the training split would flatter every test score."""
+    seen, lines = {}, []
+    for split in ("test", "train"):
+        for path in splits[split]:
+            key = good[path]["content_sha256"]
+            if key in seen:
+                other, other_split = seen[key]
+                lines.append(f"{path} ({split}) holds the same run as {other} ({other_split})"
+                             + (": a test run among the training runs flatters every test score"
+                                if {split, other_split} == {"train", "test"} else ""))
+            else:
+                seen[key] = (path, split)
+    for line in lines:
+        tqdm.write(f"warning: duplicate run: {line}", file=sys.stderr)
+    return lines
 
 
 def _die_with_parent() -> None:

@@ -268,6 +268,8 @@ class Stats:
             raise UserError(f"{path}: stats: file not found (did prep finish?)") from None
         except json.JSONDecodeError as err:
             raise UserError(f"{path}: stats: not valid JSON ({err})") from None
+        except RecursionError:
+            raise UserError(f"{path}: stats: nested too deeply to be a stats.json") from None
         if not isinstance(data, dict) or data.get("format") != STATS_FORMAT:
             raise UserError(f"{path}: format: expected format {STATS_FORMAT}, got "
                             f"{data.get('format') if isinstance(data, dict) else None!r}")

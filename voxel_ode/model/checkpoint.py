@@ -45,8 +45,11 @@ def load(path, map_location="cpu"):
 
 def save(path: Path, ckpt: dict) -> None:
     """Write atomically: a kill leaves the previous file or none, never half of one."""
-    with files.atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
+    try:
+        with files.atomic_path(path) as tmp:
+            torch.save(ckpt, tmp)
+    except (OSError, RuntimeError) as err:  # a full disk, a file-size limit: torch says it as RuntimeError
+        raise UserError(f"{path}: checkpoint: cannot write ({' '.join(str(err).split())[:160]})") from None
 
 
 def training_checkpoint(model, stats: Stats, delta_mode: str, train_args: dict, optimizer, scheduler, scaler,

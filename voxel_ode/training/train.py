@@ -212,6 +212,9 @@ def build_run(args: TrainConfig, ddp: Dist) -> tuple[Run, TrainState]:
     model = build_model(config, stats, args.seed, ddp, log)
     normalizer, train_ds, test_ds, train_scalars = build_data(args, stats, config, delta_mode, ddp, log)
     opt = build_optimizer(args, model, ddp, log)
+    if ddp.is_main:  # weights + AdamW's two moments per checkpoint; last, best and a periodic one
+        size = 3 * 4 * sum(p.numel() for p in model.parameters()) + 1e6
+        files.check_room(save_dir, 3 * size, size, "train")
     state = restore(ckpt, args, model, opt, ddp, log) if ckpt is not None else TrainState()
 
     unroll = Unroll(model, normalizer, train_scalars, opt.precision)
