@@ -577,3 +577,30 @@ def test_a_test_run_copied_into_the_training_split_is_named(tmp_path, capsys):
     assert "v2.4_0009.h5 (train) holds the same run as" in err and "v2.4_0001.h5 (test)" in err
     assert "flatters every test score" in err
     assert len(Stats.load(tmp_path / "out")["duplicates"]) == 1
+
+
+def test_a_checkpoint_that_inflates_is_refused_without_allocating(tmp_path):
+    """A checkpoint of a few hundred kB whose storage declares 200 MB (deflated zeros): refused in
+    one line, never inflated into memory."""
+    import zipfile
+
+    from voxel_ode.model import checkpoint
+
+    torch.save({"model": {"w": torch.zeros(1000)}}, tmp_path / "small.pt")
+    big = 50_000_000
+    with zipfile.ZipFile(tmp_path / "small.pt") as zin, zipfile.ZipFile(tmp_path / "bomb.pt", "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if info.filename.endswith("data.pkl"):  # the sizes it declares: 1000 -> 50 million floats
+                zout.writestr(info, data.replace(b"M\xe8\x03", b"J" + big.to_bytes(4, "little")))
+            elif info.filename.endswith("/data/0"):
+                entry = zipfile.ZipInfo(info.filename)
+                entry.compress_type = zipfile.ZIP_DEFLATED
+                with zout.open(entry, "w", force_zip64=True) as f:
+                    for _ in range(big // 1_000_000):
+                        f.write(bytes(4_000_000))
+            else:
+                zout.writestr(info, data)
+    assert (tmp_path / "bomb.pt").stat().st_size < 1e6
+    with pytest.raises(UserError, match=r"bomb.pt: checkpoint: cannot load"):
+        checkpoint.load(tmp_path / "bomb.pt")

@@ -37,7 +37,9 @@ def load(path, map_location="cpu"):
     if not path.is_file():
         raise UserError(f"{path}: checkpoint: no such file")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        # mmap: tensors are read where they lie in the file, never allocated at the sizes the file
+        # declares (a few MB of compressed zeros declared as GBs is refused, not inflated)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
     except Exception as err:  # corrupt file or one holding arbitrary objects: name the cause
         cause = (str(err).strip().splitlines() or [""])[0].split(". ")[0][:200]  # the reader's first sentence
         raise UserError(f"{path}: checkpoint: cannot load with weights_only=True ({type(err).__name__}: {cause})") from None
