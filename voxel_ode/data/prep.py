@@ -71,8 +71,9 @@ def prep(input_root, out_root, patch_size=index.DEFAULT_PATCH, stride=index.DEFA
         raise UserError(f"{input_root}: no raw files matching {schema.RAW_FILE_GLOB}")
     skipped = []
     candidates, n_timesteps = _same_layout(raw_files, n_timesteps, skip_bad, skipped)
+    calibration = None  # stats.json "calibration": None when nothing was calibrated
     if calibrate:  # the training split: every file after the first n_test, by name
-        desc = calibrate_description(desc, [str(p) for p in candidates[n_test:]], fill_value, progress)
+        desc, calibration = calibrate_description(desc, [str(p) for p in candidates[n_test:]], fill_value, progress)
 
     # what a killed prep left (its .partial-PID folder, temporary stats/index files)
     files.clean_leftovers(out_root, log=lambda msg: tqdm.write(msg, file=sys.stderr))
@@ -97,7 +98,7 @@ def prep(input_root, out_root, patch_size=index.DEFAULT_PATCH, stride=index.DEFA
         summary = stats.compute_stats([good[p] for p in splits["train"]], [rel[p] for p in splits["train"]],
                                       [rel[p] for p in splits["test"]], fill_value, patches)
         summary.update(skipped=skipped, description=desc.to_dict(), description_source=desc.source,
-                       physics={rel[p]: good[p]["physics"] for p in names})
+                       physics={rel[p]: good[p]["physics"] for p in names}, calibration=calibration)
         stats.write(out_root, summary)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
