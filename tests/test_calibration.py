@@ -137,6 +137,18 @@ def test_thermal_constants_are_recovered_from_prior_made_changes():
     assert set(fit.fitted) == {"RockHeatCapacityVolumetric", "InjectionTemperatureOffset", "outside_heat_exchange"}
 
 
+def test_a_heat_capacity_beyond_its_physical_range_is_not_used():
+    truth = {"cell_size": (40.0, 40.0, 8.0), "compressibility": 1e-9, "boundary": "closed", "boundary_multiplier": 0.0,
+             "rock_heat_per_volume": 9e6, "outside_heat_exchange": False}
+    runs = []
+    for seed in (0, 1, 2):
+        res, dp, dT = _prior_made(seed, truth, 320.0)
+        runs.append(calibration.Run(res, dp, (40.0, 40.0, 8.0), dT, 320.0, f"run{seed}"))
+    fit = calibration.fit(runs, calibration.Declared(boundary=("closed", 0.0), compressibility=1e-9,
+                                                     outside_heat_exchange=False))
+    assert not fit.used and any("bound" in w and "RockHeatCapacityVolumetric" in w for w in fit.warnings), fit.warnings
+
+
 def test_apply_marks_what_was_fitted_and_survives_stats():
     fit = calibration.Fit((40.0, 40.0, 4.0), 2e-9, "pore_volume", 100.0, 0.2, rock_heat=2.9e6, injection_offset=-3.0,
                           outside_heat_exchange=False)

@@ -102,7 +102,8 @@ def _say_fit(result: calibration.Fit) -> None:
     dx, dy, dz = result.cell_size
     heat = "" if result.rock_heat is None else (
         f"; rock heat {result.rock_heat:.3g} J/(m^3 K), outside heat exchange {result.outside_heat_exchange}"
-        + ("" if result.injection_offset is None else f", injection temperature offset {result.injection_offset:+.1f} K")
+        + ("" if result.injection_offset is None else
+           f", injection temperature offset {result.injection_offset:+.1f} K")
         + f" (temperature error {result.temperature_error:.2f})")
     tqdm.write(f"calibration ({len(result.run_errors)} training runs, pressure error {result.error:.2f}, "
                f"{result.seconds:.0f} s): cells {dx:.3g} x {dy:.3g} x {dz:.3g} m, total compressibility "

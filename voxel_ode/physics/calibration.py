@@ -59,7 +59,8 @@ CELL_RANGE = (0.5, 2000.0)  # m
 # 4-5e-10 /Pa at reservoir conditions, so 1e-10 leaves margin below; 1e-7 is soft unconsolidated
 # sediment (pore compressibility ~1e-8 /Pa over porosity 0.1) without free gas.
 COMPRESSIBILITY_RANGE = (1e-10, 1e-7)  # 1/Pa
-LOG_SPREAD = tuple(np.log10([COMPRESSIBILITY_RANGE[0] * CELL_RANGE[0] ** 2, COMPRESSIBILITY_RANGE[1] * CELL_RANGE[1] ** 2]))
+LOG_SPREAD = tuple(np.log10([COMPRESSIBILITY_RANGE[0] * CELL_RANGE[0] ** 2,
+                              COMPRESSIBILITY_RANGE[1] * CELL_RANGE[1] ** 2]))
 # side cells' pore-volume multiplier: 1 = closed .. 1e5 = an aquifer so large that a side cell's
 # pressure moves < 1e-5 of an interior one's (held): beyond it the march no longer changes.
 LOG_PORE_VOLUME = (0.0, 5.0)
@@ -308,7 +309,8 @@ def _pressure_constants(objective: _Objective, x) -> _Pressure:
     kind, strength = objective.layout.kind, float(v.get("strength", 0.0))
     if kind == "pore_volume" and strength <= 1.0:
         kind, strength = "closed", 0.0
-    return _Pressure((float(h), float(h), float(v["aspect"] * h)), float(ct), kind, strength if kind != "closed" else 0.0)
+    return _Pressure((float(h), float(h), float(v["aspect"] * h)), float(ct), kind,
+                     strength if kind != "closed" else 0.0)
 
 
 def _reservoir(run: Run, p: _Pressure, t: _Thermal | None, declared: Declared) -> physics_priors.Reservoir:
@@ -318,7 +320,8 @@ def _reservoir(run: Run, p: _Pressure, t: _Thermal | None, declared: Declared) -
     if t is None or run.injection_temperature is None:
         return dataclasses.replace(res, injection_gap=None)
     gap = np.where(res.active, run.injection_temperature + t.offset - np.asarray(res.temperature0, np.float64), 0.0)
-    return dataclasses.replace(res, rock_heat_per_volume=t.rock_heat, outside_heat_exchange=t.outside, injection_gap=gap)
+    return dataclasses.replace(res, rock_heat_per_volume=t.rock_heat, outside_heat_exchange=t.outside,
+                               injection_gap=gap)
 
 
 def _thermal_runs(runs):
@@ -345,8 +348,8 @@ def _coupled(runs, p: _Pressure, t: _Thermal, declared: Declared, fit_offset: bo
     tt = [float(np.sum(th * th)) for th in thetas]
     resid = [float(np.sum(th * (d - g * th))) for th, g, d in zip(thetas, gaps, truths)]
     if fit_offset:
-        out.offset = float(np.clip(sum(wi * r for wi, r in zip(w, resid)) / max(sum(wi * a for wi, a in zip(w, tt)), 1e-300),
-                                   *OFFSET_RANGE))
+        weight = max(sum(wi * a for wi, a in zip(w, tt)), 1e-300)
+        out.offset = float(np.clip(sum(wi * r for wi, r in zip(w, resid)) / weight, *OFFSET_RANGE))
     out.own_offsets = [r / max(a, 1e-300) for r, a in zip(resid, tt)]
     out.offset_curvature = sum(wi * a for wi, a in zip(w, tt)) / len(thetas)
     out.errors = [float(np.linalg.norm((g + out.offset) * th - d) * np.sqrt(wi))
@@ -490,7 +493,8 @@ def _fitted(objective, x, cost, p: _Pressure, t: _Thermal | None, declared: Decl
             out["RockHeatCapacityVolumetric"] = {"value": t.rock_heat,
                                                  "spread_decades": float(np.sqrt(rise / a)) if a > 0 else float("inf")}
         if not declared.injection_temperature:
-            out["InjectionTemperatureOffset"] = {"value": t.offset, "spread_K": float(np.sqrt(rise / max(t.offset_curvature, 1e-300)))}
+            spread = float(np.sqrt(rise / max(t.offset_curvature, 1e-300)))
+            out["InjectionTemperatureOffset"] = {"value": t.offset, "spread_K": spread}
         if declared.outside_heat_exchange is None:
             out["outside_heat_exchange"] = {"value": bool(t.outside)}
     return out
@@ -511,15 +515,20 @@ def _warnings(runs, objective, x, p: _Pressure, t: _Thermal | None, errors, fitt
         out.append(f"sits on a bound of its search: {line}: not used")
         usable = False
     if t is not None and t.errors:
-        for name, value, (lo, hi) in (("RockHeatCapacityVolumetric", t.rock_heat, HEAT_RANGE),
-                                      ("InjectionTemperatureOffset", t.offset, OFFSET_RANGE)):
-            if name in fitted and not (lo < value * (1 + 1e-3) and value * (1 - 1e-3) < hi if lo > 0 else lo < value < hi):
+        margin = 10 ** BOUND_MARGIN
+        for name, value, (lo, hi), inside in (
+                ("RockHeatCapacityVolumetric", t.rock_heat, HEAT_RANGE,
+                 HEAT_RANGE[0] * margin < t.rock_heat < HEAT_RANGE[1] / margin),
+                ("InjectionTemperatureOffset", t.offset, OFFSET_RANGE,
+                 OFFSET_RANGE[0] + 0.1 < t.offset < OFFSET_RANGE[1] - 0.1)):
+            if name in fitted and not inside:
                 out.append(f"sits on a bound of its search: {name} {value:.4g} (search {lo:g} .. {hi:g}): not used")
                 usable = False
         hot = [r for r, h in zip(runs, _thermal_runs(runs)) if h]
         for run, own in zip(hot, t.own_offsets):
             if abs(own - t.offset) > 5.0:
-                out.append(f"runs disagree: run {run.name}'s own injection-temperature offset {own:+.1f} K, joint {t.offset:+.1f} K")
+                out.append(f"runs disagree: run {run.name}'s own injection-temperature offset {own:+.1f} K, "
+                           f"joint {t.offset:+.1f} K")
     ms = objective.solve(x)[2]
     for run, m, target in zip(runs, ms, objective.targets):
         own = float((m * target).sum()) / max(float((m * m).sum()), 1e-300)
@@ -540,8 +549,8 @@ def fit(runs: list[Run], declared: Declared | None = None, progress=None) -> Fit
     runs = [r for r in _distinct(named) if np.any(r.true_change)]
     tick = progress or (lambda: None)
     if not runs:
-        return Fit((1.0, 1.0, 1.0), 0.0, "closed", 0.0, np.inf, warnings=["no calibration run changes the pressure: not used"],
-                   used=False)
+        return Fit((1.0, 1.0, 1.0), 0.0, "closed", 0.0, np.inf, used=False,
+                   warnings=["no calibration run changes the pressure: not used"])
     known = {}
     if runs[0].cell_size:
         dx, _, dz = runs[0].cell_size

@@ -120,7 +120,8 @@ def coarse(unit: UnitMarch, f) -> UnitMarch:
     fine = unit.faces
     grid = fine.grid
     out = UnitMarch()
-    out._sum = lambda v: _blocks(fine.to_grid(np.asarray(v, np.float64)), grid, f).sum(axis=(3, 4, 5)).ravel()[out.faces.cells]
+    out._sum = lambda v: _blocks(fine.to_grid(np.asarray(v, np.float64)), grid, f).sum(axis=(3, 4, 5)).ravel()[
+        out.faces.cells]
     active = _blocks(fine.to_grid(unit.storage), grid, f).sum(axis=(3, 4, 5)) > 0
     out.faces, out.factor, out.fine = ActiveFaces(active, (1.0, 1.0, 1.0)), f, unit
     faces = out.faces
