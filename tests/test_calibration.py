@@ -112,6 +112,17 @@ def test_a_run_the_fit_does_not_explain_is_named():
     assert not calibration.fit(still).used
 
 
+def test_a_run_that_disagrees_is_named_and_the_fit_used():
+    """Four runs agree; a fifth was made with 4x the compressibility (its changes 4x smaller): the
+    four are fitted as if it were not there (one gain for all must not follow it), it is named."""
+    runs = _warm_runs((40.0, 40.0, 8.0), 1e-9, "closed", 0.0, seeds=(0, 1, 2, 3, 4))
+    runs[4] = dataclasses.replace(_warm_runs((40.0, 40.0, 8.0), 4e-9, "closed", 0.0, seeds=(4,))[0], name="odd")
+    fit = calibration.fit(runs)
+    assert fit.used and all(fit.run_errors[f"run{i}"]["pressure_error"] < 1e-3 for i in range(4))
+    assert any(w.startswith("runs disagree: run odd:") for w in fit.warnings), fit.warnings
+    assert not any("run run0" in w for w in fit.warnings)
+
+
 def _prior_made(seed, truth, t_inj, n_reports=8):
     res = _reservoir(seed)
     made = dataclasses.replace(res, injection_gap=t_inj - np.asarray(res.temperature0), **truth)

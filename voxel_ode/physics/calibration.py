@@ -18,20 +18,19 @@ warm-only fit absorbed the difference into cells 10 % too small and c_t 80x too 
 is repeated on the true change minus the cold water's part (coupled minus warm march at the
 current constants) until the constants settle.
 
-Temperature. The thermal prior's share theta of the injection gap times the gap is the modelled
-temperature change; the gap's injection temperature comes from the field scalars with an
-enthalpy convention that differs between simulators, so an offset (K) is fitted with it in closed
-form (it is degenerate with the rock's heat capacity, which is searched in 1-D for each setting of
-the outside heat exchange). Conductivity is left at its generic value (weakly identified).
+Temperature (thermal_fit.py): rock heat capacity, an offset of the injection temperature read from
+the field scalars, and the outside heat exchange, on the temperature changes with the coupled march.
 
 Declared values are never refitted. ``Fit.used`` is False (no priors) on fewer than MIN_RUNS
 distinct runs, a joint error above MAX_ERROR or a fitted value on a bound of its search; the
-reasons are in ``Fit.warnings``.
+reasons are in ``Fit.warnings``, with the runs the fit explains too little and those that disagree
+(fitted alone, their constants differ) and ``Fit.report()`` is what prep stores in stats.json.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from dataclasses import dataclass, field
 
@@ -40,13 +39,13 @@ from scipy.optimize import least_squares
 from scipy.stats import qmc
 
 from voxel_ode.physics import priors as physics_priors
-from voxel_ode.physics import reduced
+from voxel_ode.physics import reduced, thermal_fit
 
 N_RUNS = 4  # calibration runs, spread over the training split
 MIN_RUNS = 3  # distinct runs below which a fit is not used (2 runs: held-out errors 0.05-0.22 by pair)
 MAX_ERROR = 0.5  # joint relative error (pressure or temperature) above which the fit is not used
 RUN_EXPLAINS_TOO_LITTLE = 0.5  # a run's relative error above which it is named
-DISAGREE = 1.5  # a run's own best gain (or heat-capacity-free offset, see _thermal_notes) this far off
+DISAGREE = 1.5  # a run whose error with the joint constants is this many times its own (and +0.05)
 MAX_CELLS = physics_priors.DIRECT_SOLVE_MAX_CELLS
 COMPRESSIBILITIES = {"TotalCompressibility", "RockCompressibility", "FluidCompressibility"}
 
@@ -68,12 +67,6 @@ LOG_PORE_VOLUME = (0.0, 5.0)
 # through ~5000 cells of rock (closed within decades) .. 1e4 = held at the initial pressure.
 LOG_SUPPORT = (-4.0, 4.0)
 BRANCHES = {"pore_volume": LOG_PORE_VOLUME, "fixed_pressure": LOG_SUPPORT}
-# rock (grain) volumetric heat capacity: grain densities 2000-3300 kg/m^3 x specific heats
-# 700-1100 J/(kg K) give 1.4e6-3.6e6; margins either side.
-HEAT_RANGE = (1.0e6, 5.0e6)  # J/(m^3 K)
-# offset of the injection temperature read from the field scalars: enthalpy conventions (reference
-# state, pressure work, c_p(T)) differ by a few K; beyond 30 K the scalars mean something else.
-OFFSET_RANGE = (-30.0, 30.0)  # K
 # weak prior on log10 c_t (per decade from the generic value, in units of a run's relative error):
 # decides only directions the runs leave flat (interior c_t next to large side storage)
 COMPRESSIBILITY_PRIOR = 3e-3
@@ -202,9 +195,8 @@ class _Objective:
         if "cell" in v:  # declared or fitted h: the size of the change is physics, not a free gain
             gain = 1.0 / (v["aspect"] * v["cell"])
         else:
-            num = sum(float((m * t).sum()) / n ** 2 for m, t, n in zip(ms, self.targets, self.norms))
-            den = sum(float((m * m).sum()) / n ** 2 for m, n in zip(ms, self.norms))
-            gain = num / den if den > 0 and num > 0 else 0.0
+            gain = _robust_gain([float((m * m).sum()) / n ** 2 for m, n in zip(ms, self.norms)],
+                                [float((m * t).sum()) / n ** 2 for m, t, n in zip(ms, self.targets, self.norms)])
         errors = [float(np.linalg.norm(gain * m - t)) / n for m, t, n in zip(ms, self.targets, self.norms)]
         return v, gain, [gain * m for m in ms], errors
 
@@ -226,6 +218,25 @@ class _Objective:
 
     def cost(self, x):
         return float(np.sum(self.residuals(x) ** 2))
+
+
+def _robust_gain(mm, mt) -> float:
+    """The one gain g minimizing sum over runs of min(relative error^2, 1), relative error^2 =
+    mm g^2 - 2 mt g + 1 (each run's capped error, as in the residuals): the least-squares gain of
+    the best subset of runs, so that one run the march overpredicts cannot set it for all."""
+    mm, mt = np.asarray(mm), np.asarray(mt)
+    n = len(mm)
+    subsets = itertools.chain.from_iterable(itertools.combinations(range(n), k) for k in range(n, 0, -1)) \
+        if n <= 10 else [tuple(range(n))]
+    best, best_cost = 0.0, float(n)
+    for subset in subsets:
+        den, num = mm[list(subset)].sum(), mt[list(subset)].sum()
+        if den > 0 and num > 0:
+            g = num / den
+            cost = float(np.minimum(mm * g * g - 2 * mt * g + 1.0, 1.0).sum())
+            if cost < best_cost - 1e-12:
+                best, best_cost = g, cost
+    return float(best)
 
 
 def _implied(v: dict, gain: float) -> tuple[float, float]:
@@ -279,139 +290,14 @@ def _global(units, targets, declared: dict, kinds, seed=0):
     return objective, x, cost
 
 
-# ---------------------------------------------------------------------------
-# The constants, the coupled (cold-water) march, the thermal fit
-# ---------------------------------------------------------------------------
-@dataclass
-class _Pressure:
-    cell_size: tuple
-    compressibility: float
-    boundary: str
-    multiplier: float
-
-
-@dataclass
-class _Thermal:
-    rock_heat: float
-    outside: bool
-    offset: float  # K, added to each run's injection temperature
-    error: float = np.inf
-    errors: list = field(default_factory=list)  # per run
-    pressures: list = field(default_factory=list)  # coupled pressure change per run (n_reports, n)
-    own_offsets: list = field(default_factory=list)
-    offset_curvature: float = 0.0
-    heat_curve: dict = field(default_factory=dict)  # log10 heat capacity -> error, about the best
-
-
-def _pressure_constants(objective: _Objective, x) -> _Pressure:
+def _pressure_constants(objective: _Objective, x) -> thermal_fit.Pressure:
     v, gain, _, _ = objective.solve(x)
     h, ct = _implied(v, gain)
     kind, strength = objective.layout.kind, float(v.get("strength", 0.0))
     if kind == "pore_volume" and strength <= 1.0:
         kind, strength = "closed", 0.0
-    return _Pressure((float(h), float(h), float(v["aspect"] * h)), float(ct), kind,
-                     strength if kind != "closed" else 0.0)
-
-
-def _reservoir(run: Run, p: _Pressure, t: _Thermal | None, declared: Declared) -> physics_priors.Reservoir:
-    res = dataclasses.replace(run.reservoir, cell_size=run.cell_size or p.cell_size, compressibility=p.compressibility,
-                              boundary=p.boundary, boundary_multiplier=p.multiplier,
-                              rock_conductivity=declared.conductivity)
-    if t is None or run.injection_temperature is None:
-        return dataclasses.replace(res, injection_gap=None)
-    gap = np.where(res.active, run.injection_temperature + t.offset - np.asarray(res.temperature0, np.float64), 0.0)
-    return dataclasses.replace(res, rock_heat_per_volume=t.rock_heat, outside_heat_exchange=t.outside,
-                               injection_gap=gap)
-
-
-def _thermal_runs(runs):
-    return [r.temperature_change is not None and r.injection_temperature is not None
-            and bool(np.any(r.temperature_change[1:])) for r in runs]
-
-
-def _coupled(runs, p: _Pressure, t: _Thermal, declared: Declared, fit_offset: bool) -> _Thermal:
-    """``t`` with the coupled march's errors at (p, t): each run's theta (at the offset before) and
-    pressure change; the offset refitted in closed form where ``fit_offset``."""
-    thetas, gaps, truths, pressures = [], [], [], []
-    for run, hot in zip(runs, _thermal_runs(runs)):
-        res = _reservoir(run, p, t if hot else None, declared)
-        theta, pressure = physics_priors.prior_fields(res, run.true_change.shape[0])
-        pressures.append(pressure[:, res.active])
-        if hot:
-            thetas.append(theta[1:, res.active])
-            gaps.append(run.injection_temperature - np.asarray(res.temperature0, np.float64)[res.active])
-            truths.append(run.temperature_change[1:])
-    out = dataclasses.replace(t, pressures=pressures)
-    if not thetas:
-        return out
-    w = [1.0 / max(float(np.sum(d * d)), 1e-30) for d in truths]
-    tt = [float(np.sum(th * th)) for th in thetas]
-    resid = [float(np.sum(th * (d - g * th))) for th, g, d in zip(thetas, gaps, truths)]
-    if fit_offset:
-        weight = max(sum(wi * a for wi, a in zip(w, tt)), 1e-300)
-        out.offset = float(np.clip(sum(wi * r for wi, r in zip(w, resid)) / weight, *OFFSET_RANGE))
-    out.own_offsets = [r / max(a, 1e-300) for r, a in zip(resid, tt)]
-    out.offset_curvature = sum(wi * a for wi, a in zip(w, tt)) / len(thetas)
-    out.errors = [float(np.linalg.norm((g + out.offset) * th - d) * np.sqrt(wi))
-                  for th, g, d, wi in zip(thetas, gaps, truths, w)]
-    out.error = float(np.mean(np.minimum(out.errors, 1.0)))
-    return out
-
-
-def _fit_thermal(runs, p: _Pressure, declared: Declared, start: _Thermal | None) -> _Thermal:
-    """Rock heat capacity with the injection offset in closed form: first three points across the
-    search range of log10 heat capacity for each undeclared outside-exchange setting, the best
-    setting kept; then (``start`` given) a parabola through three points about the best so far."""
-    fit_offset = not declared.injection_temperature
-    offset0 = start.offset if start else 0.0
-    options = [declared.outside_heat_exchange] if declared.outside_heat_exchange is not None else [False, True]
-    if start is not None:
-        options = [start.outside]
-    if declared.rock_heat is not None:
-        fits = [_coupled(runs, p, _Thermal(declared.rock_heat, o, offset0), declared, fit_offset) for o in options]
-        return min(fits, key=lambda f: f.error)
-    if start is not None:
-        return _parabola(runs, p, declared, start, fit_offset)
-    lo, hi = np.log10(HEAT_RANGE)
-    best = None
-    for outside in options:
-        fits, offset = {}, offset0
-        for x in np.linspace(lo + 0.1 * (hi - lo), hi - 0.1 * (hi - lo), 3):
-            fits[x] = _coupled(runs, p, _Thermal(10.0 ** x, outside, offset), declared, fit_offset)
-            offset = fits[x].offset  # the gap's offset lags one evaluation
-        xs = sorted(fits)
-        a, b, c = np.polyfit(xs, [fits[k].error for k in xs], 2)
-        center = float(np.clip(-b / (2 * a), lo, hi)) if a > 0 else min(fits, key=lambda k: fits[k].error)
-        guess = min(fits.values(), key=lambda f: f.error)
-        predicted = a * center ** 2 + b * center + c if a > 0 else guess.error
-        if best is None or predicted < best[0]:
-            best = (predicted, dataclasses.replace(guess, rock_heat=10.0 ** center))
-    return best[1]
-
-
-def _parabola(runs, p, declared, start: _Thermal, fit_offset, step=0.05) -> _Thermal:
-    """A few steps of a parabola through log10 heat capacity -step, 0, +step about the best so far."""
-    fits = {}
-    center = np.log10(start.rock_heat)
-    lo, hi = np.log10(HEAT_RANGE)
-    for _ in range(2):
-        for x in (center - step, center, center + step):
-            x = float(np.clip(x, lo, hi))
-            if x not in fits:
-                fits[x] = _coupled(runs, p, dataclasses.replace(start, rock_heat=10.0 ** x), declared, fit_offset)
-        xs = np.array(sorted(fits))
-        best = min(fits, key=lambda k: fits[k].error)
-        near = xs[np.argsort(np.abs(xs - best))[:3]]
-        a, b, _ = np.polyfit(near, [fits[k].error for k in near], 2)
-        new = float(np.clip(-b / (2 * a) if a > 0 else best, best - 2 * step, best + 2 * step))
-        if abs(new - center) < 0.02:
-            break
-        center = float(np.clip(new, lo, hi))
-    if center not in fits:
-        fits[center] = _coupled(runs, p, dataclasses.replace(start, rock_heat=10.0 ** center), declared, fit_offset)
-    result = min(fits.values(), key=lambda f: f.error)
-    result.heat_curve = {k: f.error for k, f in fits.items()}
-    return result
+    return thermal_fit.Pressure((float(h), float(h), float(v["aspect"] * h)), float(ct), kind,
+                                strength if kind != "closed" else 0.0)
 
 
 # ---------------------------------------------------------------------------
@@ -459,7 +345,7 @@ def _pressure_spreads(objective: _Objective, x, cost) -> dict:
     return {k: float(np.sqrt(max(rise * grad @ cov @ grad, 0.0))) for k, grad in F.items()}
 
 
-def _on_bounds(objective: _Objective, x, p: _Pressure) -> list:
+def _on_bounds(objective: _Objective, x, p: thermal_fit.Pressure) -> list:
     out = []
     for name, xi, (lo, hi) in zip(objective.layout.names, x, objective.layout.bounds):
         if hi - xi < BOUND_MARGIN or (xi - lo < BOUND_MARGIN and name != "strength"):
@@ -473,7 +359,7 @@ def _on_bounds(objective: _Objective, x, p: _Pressure) -> list:
     return out
 
 
-def _fitted(objective, x, cost, p: _Pressure, t: _Thermal | None, declared: Declared) -> dict:
+def _fitted(objective, x, cost, p: thermal_fit.Pressure, t: thermal_fit.Thermal | None, declared: Declared) -> dict:
     spreads = _pressure_spreads(objective, x, cost)
     out = {}
     names = {"aspect": ("CellSizeX", "CellSizeY", "CellSizeZ"), "cell": ("CellSizeX", "CellSizeY", "CellSizeZ"),
@@ -489,7 +375,7 @@ def _fitted(objective, x, cost, p: _Pressure, t: _Thermal | None, declared: Decl
         rise = 0.02 * t.error ** 2 + 1e-8
         if declared.rock_heat is None and len(t.heat_curve) >= 3:
             xs = np.array(sorted(t.heat_curve))
-            a = np.polyfit(xs, [t.heat_curve[k] ** 2 for k in xs], 2)[0]
+            a = thermal_fit.quadratic(xs, [t.heat_curve[k] ** 2 for k in xs])[0]
             out["RockHeatCapacityVolumetric"] = {"value": t.rock_heat,
                                                  "spread_decades": float(np.sqrt(rise / a)) if a > 0 else float("inf")}
         if not declared.injection_temperature:
@@ -500,11 +386,12 @@ def _fitted(objective, x, cost, p: _Pressure, t: _Thermal | None, declared: Decl
     return out
 
 
-def _warnings(runs, objective, x, p: _Pressure, t: _Thermal | None, errors, fitted) -> tuple[list, bool]:
+def _warnings(runs, blocks, objective, x, p: thermal_fit.Pressure, t: thermal_fit.Thermal | None, errors,
+              fitted) -> tuple[list, bool]:
     """(lines for the user, whether the fit may be used)."""
     out, usable = [], True
     for kind, errs in (("pressure", errors), ("temperature", t.errors if t and t.errors else [])):
-        hot = [r for r, h in zip(runs, _thermal_runs(runs)) if h] if kind == "temperature" else runs
+        hot = [r for r, h in zip(runs, thermal_fit.thermal_runs(runs)) if h] if kind == "temperature" else runs
         for run, e in zip(hot, errs):
             if e > RUN_EXPLAINS_TOO_LITTLE:
                 out.append(f"run {run.name} explains too little: {kind} relative error {e:.2f}")
@@ -517,28 +404,43 @@ def _warnings(runs, objective, x, p: _Pressure, t: _Thermal | None, errors, fitt
     if t is not None and t.errors:
         margin = 10 ** BOUND_MARGIN
         for name, value, (lo, hi), inside in (
-                ("RockHeatCapacityVolumetric", t.rock_heat, HEAT_RANGE,
-                 HEAT_RANGE[0] * margin < t.rock_heat < HEAT_RANGE[1] / margin),
-                ("InjectionTemperatureOffset", t.offset, OFFSET_RANGE,
-                 OFFSET_RANGE[0] + 0.1 < t.offset < OFFSET_RANGE[1] - 0.1)):
+                ("RockHeatCapacityVolumetric", t.rock_heat, thermal_fit.HEAT_RANGE,
+                 thermal_fit.HEAT_RANGE[0] * margin < t.rock_heat < thermal_fit.HEAT_RANGE[1] / margin),
+                ("InjectionTemperatureOffset", t.offset, thermal_fit.OFFSET_RANGE,
+                 thermal_fit.OFFSET_RANGE[0] + 0.1 < t.offset < thermal_fit.OFFSET_RANGE[1] - 0.1)):
             if name in fitted and not inside:
                 out.append(f"sits on a bound of its search: {name} {value:.4g} (search {lo:g} .. {hi:g}): not used")
                 usable = False
-        hot = [r for r, h in zip(runs, _thermal_runs(runs)) if h]
+        hot = [r for r, h in zip(runs, thermal_fit.thermal_runs(runs)) if h]
         for run, own in zip(hot, t.own_offsets):
-            if abs(own - t.offset) > 5.0:
+            if np.isfinite(own) and abs(own - t.offset) > 5.0:
                 out.append(f"runs disagree: run {run.name}'s own injection-temperature offset {own:+.1f} K, "
                            f"joint {t.offset:+.1f} K")
-    ms = objective.solve(x)[2]
-    for run, m, target in zip(runs, ms, objective.targets):
-        own = float((m * target).sum()) / max(float((m * m).sum()), 1e-300)
-        if not 1 / DISAGREE < own < DISAGREE:
-            out.append(f"runs disagree: run {run.name}'s own pressure gain is {own:.2f} x the joint one "
-                       f"(its own cells ~{p.cell_size[0] / max(own, 1e-9):.3g} m)")
+    out += _disagreement(runs, blocks, objective, x)
     for name, f in fitted.items():
         if f.get("spread_decades", 0.0) > 1.0:
             out.append(f"{name} not pinned by the runs (+-{f['spread_decades']:.1f} decades)")
     return out, usable
+
+
+def _disagreement(runs, blocks, objective: _Objective, x) -> list:
+    """Runs fitted alone from the joint optimum (a few least_squares steps on their upscaled copies,
+    against the same targets, with their own gain): lines naming those the joint constants (and
+    gain) fit clearly worse than their own (error +0.05 and x DISAGREE), with their own constants."""
+    if not len(x):
+        return []
+    targets = [block.restrict(target) for block, target in zip(blocks, objective.full)]
+    joint_errors = _Objective(blocks, targets, objective.layout, objective.prior).solve(x)[3]
+    out = []
+    for run, block, target, joint in zip(runs, blocks, targets, joint_errors):
+        alone = _Objective([block], [target], objective.layout, objective.prior)
+        xr, _ = _local(alone, x, max_nfev=8)
+        own, mine = alone.solve(xr)[3][0], _pressure_constants(alone, xr)
+        if joint > own + 0.05 and joint > DISAGREE * own:
+            out.append(f"runs disagree: run {run.name}: pressure error {joint:.2f} with the joint constants, "
+                       f"{own:.2f} with its own (cells {mine.cell_size[0]:.3g} x {mine.cell_size[2]:.3g} m, "
+                       f"c_t {mine.compressibility:.2g} /Pa, {mine.boundary} x {mine.multiplier:.3g})")
+    return out
 
 
 def fit(runs: list[Run], declared: Declared | None = None, progress=None) -> Fit:
@@ -565,11 +467,11 @@ def fit(runs: list[Run], declared: Declared | None = None, progress=None) -> Fit
     blocks = [reduced.coarse(u, reduced.coarsening(max(u.n for u in units))) for u in units]
     objective, x, cost = _global(blocks, [b.restrict(r.true_change) for b, r in zip(blocks, runs)], known, kinds)
     tick()
-    p, thermal, hot, full = _pressure_constants(objective, x), None, any(_thermal_runs(runs)), objective
+    p, thermal, hot, full = _pressure_constants(objective, x), None, any(thermal_fit.thermal_runs(runs)), objective
     for outer in range(OUTER if hot else 1):
         targets = [r.true_change for r in runs]
         if hot:  # the cold water's part of the change at the constants so far, taken off the targets
-            thermal = _fit_thermal(runs, p, declared, thermal)
+            thermal = thermal_fit.fit(runs, p, declared, thermal)
             warm = _Objective(units, targets, objective.layout, objective.prior).solve(x)[2]
             targets = [r.true_change - np.concatenate([np.zeros_like(c[:1]), c[1:] - w])
                        for r, c, w in zip(runs, thermal.pressures, warm)]
@@ -578,16 +480,17 @@ def fit(runs: list[Run], declared: Declared | None = None, progress=None) -> Fit
         p = _pressure_constants(full, x)
         tick()
     objective = full
-    final = _coupled(runs, p, thermal or _Thermal(0.0, True, 0.0), declared, False)
+    final = thermal_fit.coupled(runs, p, thermal or thermal_fit.Thermal(0.0, True, 0.0), declared, False)
     errors = [float(np.linalg.norm(c[1:] - r.true_change[1:]) / max(np.linalg.norm(r.true_change[1:]), 1e-30))
               for r, c in zip(runs, final.pressures)]
     thermal = dataclasses.replace(thermal, errors=final.errors, error=final.error) if thermal else None
     fitted = _fitted(objective, x, cost, p, thermal, declared)
-    warnings, usable = _warnings(runs, objective, x, p, thermal, errors, fitted)
+    warnings, usable = _warnings(runs, blocks, objective, x, p, thermal, errors, fitted)
     if len(runs) < MIN_RUNS:
         warnings.insert(0, f"fitted on {len(runs)} distinct runs (fewer than {MIN_RUNS}): not used")
         usable = False
-    hot_errors = dict(zip([r.name for r, h in zip(runs, _thermal_runs(runs)) if h], thermal.errors if thermal else []))
+    hot = [r.name for r, h in zip(runs, thermal_fit.thermal_runs(runs)) if h]
+    hot_errors = dict(zip(hot, thermal.errors if thermal else []))
     per_run = {r.name: {"pressure_error": e, "temperature_error": hot_errors.get(r.name)} for r, e in zip(runs, errors)}
     result = Fit(p.cell_size, p.compressibility, p.boundary, p.multiplier, float(np.mean(np.minimum(errors, 1.0))),
                  run_errors=per_run, fitted=fitted, warnings=warnings, used=usable)
