@@ -1,4 +1,5 @@
-"""Calibration (calibration.py): the priors' undeclared constants fitted on training runs."""
+"""Calibration (physics/calibration.py, data/calibrate.py): the priors' undeclared constants
+inferred from training runs as continuous quantities, with a report of how well they are known."""
 
 from __future__ import annotations
 
@@ -12,11 +13,10 @@ import pytest
 from fixtures import write_raw_sim
 from test_foreign import foreign_arrays, run_cli
 from voxel_ode import schema
-from voxel_ode.physics import calibration
-from voxel_ode.data import description
-from voxel_ode.physics import priors as physics_priors
+from voxel_ode.data import calibrate, description, pack
 from voxel_ode.data.stats import Stats
-from voxel_ode.data import calibrate, pack
+from voxel_ode.physics import calibration, reduced
+from voxel_ode.physics import priors as physics_priors
 
 GRID = (8, 10, 12)
 
@@ -26,76 +26,205 @@ def _reservoir(seed, grid=GRID):
     nz, ny, nx = grid
     z = np.arange(nz)[:, None, None] * np.ones(grid)
     inj = np.zeros(grid)
-    inj[:, 2, 2], inj[:, ny - 3, nx - 3] = 2.0, -1.5  # net injection: the boundary matters
+    inj[:, 2 + seed % 3, 2], inj[:, ny - 3, nx - 3 - seed % 2] = 2.0, -1.5  # net injection: the boundary matters
     return physics_priors.Reservoir(
         np.ones(grid, bool), tuple(10 ** rng.uniform(-14, -12.5, grid) for _ in range(3)),
         rng.uniform(0.05, 0.3, grid), 350.0 + 0.1 * z, inj, (1.0, 1.0, 1.0))
 
 
-def _runs_made_by(cell_size, compressibility, boundary, multiplier, n_reports=6, grid=GRID):
+def _warm_runs(cell_size, compressibility, boundary, multiplier, seeds=(0, 1, 2), n_reports=6):
     runs = []
-    for seed in (0, 1):
-        res = _reservoir(seed, grid)
+    for seed in seeds:
+        res = _reservoir(seed)
         truth = dataclasses.replace(res, cell_size=cell_size, compressibility=compressibility, boundary=boundary,
                                     boundary_multiplier=multiplier)
-        runs.append(calibration.Run(res, physics_priors.warm_pressure_change(truth, n_reports)))
+        runs.append(calibration.Run(res, physics_priors.warm_pressure_change(truth, n_reports), name=f"run{seed}"))
     return runs
 
 
-def test_fit_recovers_the_constants_that_made_the_changes():
-    """Changes made by the warm march with a candidate's aspect, c_t h^2 and boundary at another
-    cell size: the fit finds them, and the cell size from the gain."""
-    h, aspect, spread = 37.0, 0.1, 1e-5
-    runs = _runs_made_by((h, h, aspect * h), spread / h ** 2, "pore_volume", 1000.0)
+def _made_by_fit(run, fit):
+    res = dataclasses.replace(run.reservoir, cell_size=fit.cell_size, compressibility=fit.compressibility,
+                              boundary=fit.boundary, boundary_multiplier=fit.multiplier)
+    return physics_priors.warm_pressure_change(res, run.true_change.shape[0])
+
+
+def test_unit_cell_march_is_the_priors_march():
+    run = _warm_runs((30.0, 30.0, 6.0), 1e-9, "fixed_pressure", 0.3)[0]
+    a, h = 0.2, 30.0
+    mine = reduced.UnitMarch(run.reservoir).march(a, 1e-9 * h ** 2, "fixed_pressure", 0.3, 6) / (a * h)
+    np.testing.assert_allclose(mine, run.true_change, rtol=1e-9, atol=1e-9 * np.abs(mine).max())
+
+
+@pytest.mark.parametrize("cell, ct, kind, mult", [
+    ((40.0, 40.0, 8.0), 1e-9, "pore_volume", 300.0),  # dz/dx 0.2, multiplier 300: in no list
+    ((60.0, 60.0, 21.0), 7e-10, "fixed_pressure", 1e4),  # dz/dx 0.35, support 10^4
+])
+def test_values_outside_any_list_are_recovered(cell, ct, kind, mult):
+    """Changes made by the warm march: the fit reproduces them with the true aspect and cell size;
+    what the changes tell of the boundary (here the side storage m c_t h^2) is recovered too."""
+    runs = _warm_runs(cell, ct, kind, mult)
     fit = calibration.fit(runs)
-    assert fit.error < 1e-6
-    assert (fit.boundary, fit.multiplier) == ("pore_volume", 1000.0)
-    np.testing.assert_allclose(fit.cell_size, (h, h, aspect * h), rtol=1e-6)
-    np.testing.assert_allclose(fit.compressibility, spread / h ** 2, rtol=1e-6)
+    assert fit.error < 1e-3 and fit.boundary == kind
+    np.testing.assert_allclose(fit.cell_size, cell, rtol=1e-2)
+    for run in runs:
+        assert np.linalg.norm(_made_by_fit(run, fit) - run.true_change) < 1e-2 * np.linalg.norm(run.true_change)
+    if kind == "pore_volume":
+        np.testing.assert_allclose(fit.multiplier * fit.compressibility, mult * ct, rtol=0.05)
+    assert set(fit.report()["runs"]) == {"run0", "run1", "run2"}
+    assert json.loads(json.dumps(fit.report()))["fitted"]["CellSizeZ"]["spread_decades"] < 0.05
 
 
-def test_declared_values_are_held_and_noise_fits_nothing():
-    runs = _runs_made_by((20.0, 20.0, 2.0), 1e-6 / 20.0 ** 2, "closed", 0.0)
-    held = calibration.fit(runs, boundary=("pore_volume", 10.0))
-    assert (held.boundary, held.multiplier) == ("pore_volume", 10.0) and held.error < 0.8
-    assert calibration.fit(runs).boundary == "closed"
+def test_declared_values_are_held():
+    runs = _warm_runs((20.0, 20.0, 2.0), 1e-6 / 20.0 ** 2, "closed", 0.0)
+    held = calibration.fit(runs, calibration.Declared(boundary=("pore_volume", 10.0)))
+    assert (held.boundary, held.multiplier) == ("pore_volume", 10.0) and "BoundaryMultiplier" not in held.fitted
     cells = [dataclasses.replace(r, cell_size=(20.0, 20.0, 2.0)) for r in runs]  # declared: only c_t, boundary
     fit = calibration.fit(cells)
-    assert fit.cell_size == (20.0, 20.0, 2.0) and fit.boundary == "closed" and fit.error < 1e-6
-    np.testing.assert_allclose(fit.compressibility, 1e-6 / 20.0 ** 2, rtol=1e-9)
+    assert fit.cell_size == (20.0, 20.0, 2.0) and fit.boundary == "closed" and fit.error < 1e-4
+    assert set(fit.fitted) == {"TotalCompressibility", "lateral_boundary"}
+    np.testing.assert_allclose(fit.compressibility, 1e-6 / 20.0 ** 2, rtol=1e-3)
+
+
+def test_fewer_than_three_distinct_runs_are_not_used():
+    runs = _warm_runs((20.0, 20.0, 4.0), 1e-9, "closed", 0.0, seeds=(0, 1))
+    fit = calibration.fit(runs + [dataclasses.replace(runs[0], name="copy")])  # the same data under another name
+    assert not fit.used and "2 distinct runs" in fit.warnings[0] and fit.error < 1e-3
+    assert calibration.fit(_warm_runs((20.0, 20.0, 4.0), 1e-9, "closed", 0.0)).used
+
+
+def test_a_value_on_a_bound_of_its_search_is_not_used():
+    """Cells of 5 km: beyond the physical range of the search (2 km)."""
+    fit = calibration.fit(_warm_runs((5000.0, 5000.0, 1000.0), 1e-9, "closed", 0.0))
+    assert not fit.used
+    assert any("bound" in w and "CellSizeX" in w for w in fit.warnings), fit.warnings
+
+
+def test_a_run_the_fit_does_not_explain_is_named():
+    runs = _warm_runs((40.0, 40.0, 8.0), 1e-9, "closed", 0.0, seeds=(0, 1, 2, 3))
     rng = np.random.default_rng(0)
-    noise = [dataclasses.replace(r, true_change=rng.normal(size=r.true_change.shape)) for r in runs]
-    assert calibration.fit(noise) is None  # no candidate explains it: no priors
+    noise = rng.normal(size=runs[3].true_change.shape) * np.abs(runs[3].true_change).max()
+    noise[0] = 0.0
+    runs[3] = dataclasses.replace(runs[3], true_change=noise)
+    fit = calibration.fit(runs)
+    assert fit.used and any(w.startswith("run run3 explains too little") for w in fit.warnings)
+    assert fit.run_errors["run3"]["pressure_error"] > 0.5 > fit.run_errors["run0"]["pressure_error"]
     still = [dataclasses.replace(r, true_change=np.zeros_like(r.true_change)) for r in runs]
-    assert calibration.fit(still) is None
+    assert not calibration.fit(still).used
+
+
+def test_a_run_that_disagrees_is_named_and_the_fit_used():
+    """Four runs agree; a fifth was made with 4x the compressibility (its changes 4x smaller): the
+    four are fitted as if it were not there (one gain for all must not follow it), it is named."""
+    runs = _warm_runs((40.0, 40.0, 8.0), 1e-9, "closed", 0.0, seeds=(0, 1, 2, 3, 4))
+    runs[4] = dataclasses.replace(_warm_runs((40.0, 40.0, 8.0), 4e-9, "closed", 0.0, seeds=(4,))[0], name="odd")
+    fit = calibration.fit(runs)
+    assert fit.used and all(fit.run_errors[f"run{i}"]["pressure_error"] < 1e-3 for i in range(4))
+    assert any(w.startswith("runs disagree: run odd:") for w in fit.warnings), fit.warnings
+    assert not any("run run0" in w for w in fit.warnings)
+
+
+def _prior_made(seed, truth, t_inj, n_reports=8):
+    res = _reservoir(seed)
+    made = dataclasses.replace(res, injection_gap=t_inj - np.asarray(res.temperature0), **truth)
+    theta, pressure = physics_priors.prior_fields(made, n_reports)
+    active = res.active
+    return res, pressure[:, active], (theta * made.injection_gap)[:, active]
+
+
+def test_thermal_constants_are_recovered_from_prior_made_changes():
+    """Temperature changes of the thermal prior with rock heat 3.1e6 J/(m^3 K), no outside
+    exchange and water injected 4 K colder than the field scalars say: all three come back."""
+    truth = dict(cell_size=(40.0, 40.0, 8.0), compressibility=1e-9, boundary="closed", boundary_multiplier=0.0,
+                 rock_heat_per_volume=3.1e6, outside_heat_exchange=False)
+    runs = []
+    for seed in (0, 1, 2):
+        res, dp, dT = _prior_made(seed, truth, 320.0)
+        runs.append(calibration.Run(res, dp, (40.0, 40.0, 8.0), dT, 324.0, f"run{seed}"))
+    fit = calibration.fit(runs, calibration.Declared(boundary=("closed", 0.0), compressibility=1e-9))
+    assert fit.used and fit.temperature_error < 0.02
+    np.testing.assert_allclose(fit.rock_heat, 3.1e6, rtol=0.03)
+    np.testing.assert_allclose(fit.injection_offset, -4.0, atol=0.3)
+    assert fit.outside_heat_exchange is False
+    assert set(fit.fitted) == {"RockHeatCapacityVolumetric", "InjectionTemperatureOffset", "outside_heat_exchange"}
+
+
+def test_a_heat_capacity_beyond_its_physical_range_is_not_used():
+    truth = {"cell_size": (40.0, 40.0, 8.0), "compressibility": 1e-9, "boundary": "closed", "boundary_multiplier": 0.0,
+             "rock_heat_per_volume": 9e6, "outside_heat_exchange": False}
+    runs = []
+    for seed in (0, 1, 2):
+        res, dp, dT = _prior_made(seed, truth, 320.0)
+        runs.append(calibration.Run(res, dp, (40.0, 40.0, 8.0), dT, 320.0, f"run{seed}"))
+    fit = calibration.fit(runs, calibration.Declared(boundary=("closed", 0.0), compressibility=1e-9,
+                                                     outside_heat_exchange=False))
+    assert not fit.used and any("bound" in w and "RockHeatCapacityVolumetric" in w for w in fit.warnings), fit.warnings
 
 
 def test_apply_marks_what_was_fitted_and_survives_stats():
-    fit = calibration.Fit((40.0, 40.0, 4.0), 2e-9, "pore_volume", 100.0, 0.2)
+    fit = calibration.Fit((40.0, 40.0, 4.0), 2e-9, "pore_volume", 100.0, 0.2, rock_heat=2.9e6, injection_offset=-3.0,
+                          outside_heat_exchange=False)
     declared = description.Description(quantities={"RockCompressibility": {"value": 1e-10, "unit": "1/Pa"}})
-    desc = calibrate.apply_calibration(declared, fit, 2)
+    desc = calibrate.apply_calibration(declared, fit, 3)
     assert desc.lateral_boundary == "pore_volume" and "RockCompressibility" not in desc.quantities
-    assert set(desc.calibrated) == {"CellSizeX", "CellSizeY", "CellSizeZ", "TotalCompressibility",
-                                    "BoundaryMultiplier", "lateral_boundary"}
+    assert set(desc.calibrated) == {"CellSizeX", "CellSizeY", "CellSizeZ", "TotalCompressibility", "BoundaryMultiplier",
+                                    "lateral_boundary", "RockHeatCapacityVolumetric", "InjectionTemperatureOffset",
+                                    "outside_heat_exchange"}
     again = description.Description.from_dict(json.loads(json.dumps(desc.to_dict())))  # stats.json round trip
     physics = description.resolve(again, np.zeros(26), np.ones(3), np.ones(3), np.ones(3), "run")
     assert physics.cell_size == (40.0, 40.0, 4.0) and physics.lateral_boundary == "pore_volume"
-    assert physics.notes["CellSizeZ"].startswith("calibrated on 2 training runs")
-    assert physics.notes["lateral_boundary"].endswith(": pore_volume")
-    cells = description.Description(quantities={q: {"value": 10.0, "unit": "m"} for q in description.CELL_SIZE_QUANTITIES})
+    assert physics.notes["CellSizeZ"].startswith("calibrated on 3 training runs")
+    assert physics.notes["outside_heat_exchange"].endswith(": False") and physics.outside_heat_exchange is False
+    scalars = np.zeros((3, schema.N_SCALARS))
+    scalars[:, schema.SCALAR_NAMES.index("FieldWaterInjectionRate")] = 10.0
+    scalars[:, schema.SCALAR_NAMES.index("FieldEnergyInjectionRate")] = 10.0 * 4200.0 * 50.0
+    assert pack.injection_temperature(physics, scalars) == pytest.approx(273.15 + 50.0 - 3.0)
+    cells = description.Description(quantities={q: {"value": 10.0, "unit": "m"} for q in description.CELL_SIZE_QUANTITIES},
+                                    outside_heat_exchange=True)
     only_boundary = calibrate.apply_calibration(dataclasses.replace(cells, quantities={
-        **cells.quantities, "TotalCompressibility": {"value": 1e-9, "unit": "1/Pa"}}), fit, 2)
+        **cells.quantities, "TotalCompressibility": {"value": 1e-9, "unit": "1/Pa"},
+        "InjectionTemperature": {"value": 320.0, "unit": "K"}, "RockHeatCapacityVolumetric": 2e6}), fit, 3)
     assert set(only_boundary.calibrated) == {"BoundaryMultiplier", "lateral_boundary"}
-    assert only_boundary.quantities["CellSizeX"]["value"] == 10.0
+    assert only_boundary.quantities["CellSizeX"]["value"] == 10.0 and only_boundary.outside_heat_exchange is True
 
 
-def test_prep_calibrates_and_a_raw_rollout_derives_the_same_priors(tmp_path, capsys):
-    for i in range(3):
-        write_raw_sim(tmp_path / "raw" / f"v2.4_{i:04d}.h5", foreign_arrays(seed=i))
+def _march_made_files(folder, n, truth):
+    """Foreign-convention files (all cells active, one injector and one producer column) whose
+    pressure and temperature are the priors' own at ``truth``."""
+    paths = []
+    for i in range(n):
+        arrays = foreign_arrays(seed=i)
+        shape = arrays["IsActive"].shape
+        arrays["IsActive"] = np.ones(shape, np.float32)
+        inj = np.zeros(shape, np.float32)
+        inj[:, 2 + i % 2, 2], inj[:, shape[1] - 3, shape[2] - 3 - i % 3] = 2.0 / shape[0], -1.5 / shape[0]
+        arrays["InjRate"], arrays["IsWell"] = inj, (inj != 0).astype(np.float32)
+        arrays["FieldWaterInjectionRate"] = np.full(arrays["FieldWaterInjectionRate"].shape, 2.0)
+        arrays["FieldEnergyInjectionRate"] = 2.0 * 2.3e5 * (1.0 + 0.002 * i) + 0.0 * arrays["FieldWaterInjectionRate"]
+        mask = arrays["IsActive"] > 0.5
+        perm = tuple(arrays[k].astype(np.float64) * description.PERMEABILITY_UNITS["mD"] for k in ("PermX", "PermY", "PermZ"))
+        t_inj = physics_priors.injection_temperature(np.stack([arrays[k] for k in schema.SCALAR_NAMES], axis=1)) - 3.0
+        t0 = arrays["Temperature0"].astype(np.float64)
+        res = physics_priors.Reservoir(mask, perm, arrays["Porosity"], t0, inj, injection_gap=t_inj - t0, **truth)
+        theta, dp = physics_priors.prior_fields(res, arrays["Pressure"].shape[0] + 1)
+        arrays["Pressure"] = (arrays["Pressure0"] + dp[1:]).astype(np.float32)
+        arrays["Temperature"] = (t0 + theta[1:] * (t_inj - t0)).astype(np.float32)
+        paths.append(write_raw_sim(folder / f"v2.4_{i:04d}.h5", arrays))
+    return paths
+
+
+def test_prep_stores_the_report_and_a_raw_rollout_derives_the_same_priors(tmp_path, capsys):
+    truth = dict(cell_size=(50.0, 50.0, 6.0), compressibility=8e-10, boundary="pore_volume", boundary_multiplier=50.0,
+                 rock_heat_per_volume=2.6e6, outside_heat_exchange=True)
+    _march_made_files(tmp_path / "raw", 4, truth)
     rc, out = run_cli(["prep", "--input_root", tmp_path / "raw", "--out_root", tmp_path / "p", "--n_test", "1",
                        "--patch_size", "8", "8", "8", "--stride", "4", "4", "4"], capsys)
-    assert rc == 0 and "physics priors: yes" in out.out and "CellSizeX: calibrated on 2 training runs" in out.out
+    assert rc == 0 and "physics priors: yes" in out.out and "CellSizeX: calibrated on 3 training runs" in out.out
     stats = Stats.load(tmp_path / "p")
+    report = stats["calibration"]
+    assert report["used"] is True and set(report["runs"]) == {f"v2.4_{i:04d}.h5" for i in (1, 2, 3)}
+    assert all(r["pressure_error"] < 0.05 for r in report["runs"].values())
+    np.testing.assert_allclose(report["fitted"]["CellSizeZ"]["value"], 6.0, rtol=0.05)
+    assert "CellSizeZ" in stats["description"]["calibrated"] and "InjectionTemperatureOffset" in stats["description"]["calibrated"]
     assert stats["priors"] is True and "lateral_boundary" in stats["description"]["calibrated"]
     # the test run (not used to fit) gets priors from the stored, calibrated description
     desc = description.Description.from_dict(stats["description"])
@@ -103,6 +232,17 @@ def test_prep_calibrates_and_a_raw_rollout_derives_the_same_priors(tmp_path, cap
     with h5py.File(tmp_path / "p" / "test" / ("v2.4_0000" + schema.PREPPED_SUFFIX)) as f:
         np.testing.assert_array_equal(mem["priors"], f[schema.PREPPED_PRIORS][()])
     assert np.abs(mem["priors"].astype(np.float32)).max() > 0
+
+
+def test_prep_on_two_training_runs_says_why_there_are_no_priors(tmp_path, capsys):
+    for i in range(3):
+        write_raw_sim(tmp_path / "raw" / f"v2.4_{i:04d}.h5", foreign_arrays(seed=i))
+    rc, out = run_cli(["prep", "--input_root", tmp_path / "raw", "--out_root", tmp_path / "p", "--n_test", "1",
+                       "--patch_size", "8", "8", "8", "--stride", "4", "4", "4"], capsys)
+    assert rc == 0 and "calibration: fitted on 2 distinct runs (fewer than 3): not used" in out.err
+    stats = Stats.load(tmp_path / "p")
+    assert stats["priors"] is False and stats["calibration"]["used"] is False
+    assert "calibrated" not in stats["description"]
 
 
 @pytest.mark.parametrize("flag", [["--no_calibration"], []])
@@ -113,15 +253,16 @@ def test_declared_description_is_never_recalibrated(tmp_path, capsys, flag):
     rc, out = run_cli(["prep", "--input_root", tmp_path / "raw", "--out_root", tmp_path / "p", "--n_test", "1",
                        "--patch_size", "8", "8", "8", "--stride", "4", "4", "4", *flag], capsys)
     assert rc == 0 and "calibrated" not in out.out
-    assert "calibrated" not in Stats.load(tmp_path / "p")["description"]
-
+    stats = Stats.load(tmp_path / "p")
+    assert "calibrated" not in stats["description"] and stats["calibration"] is None
 
 
 def test_grids_too_large_to_fit_are_said_and_left_without_priors(tmp_path, monkeypatch, capsys):
-    paths = [write_raw_sim(tmp_path / f"v2.4_{i:04d}.h5", foreign_arrays(seed=i)) for i in range(3)]
+    paths = [write_raw_sim(tmp_path / f"v2.4_{i:04d}.h5", foreign_arrays(seed=i)) for i in range(4)]
     monkeypatch.setattr(calibration, "MAX_CELLS", 10)
-    desc = calibrate.calibrate_description(description.Description(), [str(p) for p in paths[1:]], progress=False)
-    assert not desc.calibrated and desc.lateral_boundary is None
+    desc, report = calibrate.calibrate_description(description.Description(), [str(p) for p in paths[1:]],
+                                                   progress=False)
+    assert not desc.calibrated and desc.lateral_boundary is None and report["used"] is False
     assert "calibration: skipped, more than 10 active cells" in capsys.readouterr().err
 
 

@@ -1,45 +1,76 @@
-"""Prep's calibration: where the dataset description lacks what the physics priors need, fit it on
-training runs (physics/calibration.py) and put the result into the description, each entry
-marked as calibrated, so stats.json, checkpoints and raw-file rollouts all use what prep used."""
+"""Prep's calibration: where the dataset description lacks what the physics priors need, infer it
+from training runs (physics/calibration.py) and put the result into the description, each entry
+marked as calibrated, so stats.json, checkpoints and raw-file rollouts all use what prep used.
+The report (which runs, how well each is explained, what was fitted and how well it is pinned,
+the warnings, whether it is used) goes into stats.json as "calibration"."""
 
 from __future__ import annotations
 
 import dataclasses
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
 from tqdm import tqdm
 
 from voxel_ode import schema
-from voxel_ode.data import description, raw
+from voxel_ode.data import description, pack, raw
 from voxel_ode.physics import calibration
 from voxel_ode.physics import priors as physics_priors
 from voxel_ode.utils import UserError
 
+HEAT_QUANTITIES = ({"RockHeatCapacityVolumetric"}, {"RockHeatCapacity", "RockDensity"})
+
+
 def _calibration_run(path, desc: description.Description, fill_value):
-    """(calibration.Run, resolved physics) of one raw file: its static inputs in SI units and its
-    true pressure change since t = 0 at every report."""
+    """(calibration.Run, resolved physics) of one raw file: its static inputs in SI units, its true
+    pressure and temperature changes since t = 0 at every report and its injection temperature
+    (declared, else from the field scalars with a declared offset: the fit adds its own)."""
     with h5py.File(path, "r") as f:
         grid = f[schema.raw_path("IsActive")].shape
-        statics, _, _, _, mask, physics = raw.resolved_inputs(f, path, grid, fill_value, desc)
-        pressure = raw.read_dataset(f[schema.raw_path("Pressure")]).astype(np.float64)
-    change = pressure[:, mask] - statics["Pressure0"][mask]
-    change[:, ~np.isfinite(change).all(axis=0) | (np.abs(change) > 1e9).any(axis=0)] = 0.0  # fill values
-    change = np.concatenate([np.zeros_like(change[:1]), change]) if physics.first_report == "year1" else change
-    change[0] = 0.0
+        statics, _, scalars, _, mask, physics = raw.resolved_inputs(f, path, grid, fill_value, desc)
+        changes = []
+        for name in ("Pressure", "Temperature"):
+            values = raw.read_dataset(f[schema.raw_path(name)]).astype(np.float64)
+            change = values[:, mask] - statics[name + "0"][mask].astype(np.float64)
+            change[:, ~np.isfinite(change).all(axis=0) | (np.abs(change) > 1e9).any(axis=0)] = 0.0  # fill values
+            change = np.concatenate([np.zeros_like(change[:1]), change]) if physics.first_report == "year1" else change
+            change[0] = 0.0
+            changes.append(change)
     perm = tuple(statics[n].astype(np.float64) for n in ("PermX", "PermY", "PermZ"))
     res = physics_priors.Reservoir(mask, perm, statics["Porosity"], statics["Temperature0"], statics["InjRate"],
-                                  (1.0, 1.0, 1.0))
-    return calibration.Run(res, change, physics.cell_size), physics
+                                   (1.0, 1.0, 1.0))
+    return calibration.Run(res, changes[0], physics.cell_size, changes[1], pack.injection_temperature(physics, scalars),
+                           Path(path).name), physics
 
 
-def calibrate_description(desc: description.Description, train_paths, fill_value=None, progress=True) -> description.Description:
-    """``desc`` with what the priors lack (cell sizes, compressibility, lateral boundary) fitted on
-    a few training runs (calibration.py); unchanged when it declares them or nothing fits."""
+def _declared(desc: description.Description, physics: description.Physics) -> calibration.Declared:
+    v = physics.values
+    heat = None
+    if "RockHeatCapacityVolumetric" in v:
+        heat = v["RockHeatCapacityVolumetric"]
+    elif "RockHeatCapacity" in v and "RockDensity" in v:
+        heat = v["RockHeatCapacity"] * v["RockDensity"]
+    return calibration.Declared(
+        (physics.lateral_boundary, v.get("BoundaryMultiplier", 0.0)) if physics.lateral_boundary else None,
+        description.declared_compressibility(v), heat,
+        v.get("RockThermalConductivity", physics_priors.GENERIC_ROCK_CONDUCTIVITY), desc.outside_heat_exchange,
+        "InjectionTemperature" in v or "InjectionTemperatureOffset" in v)
+
+
+def _not_used(why: str) -> dict:
+    return {"runs": {}, "fitted": {}, "warnings": [why], "used": False}
+
+
+def calibrate_description(desc: description.Description, train_paths, fill_value=None,
+                          progress=True) -> tuple[description.Description, dict | None]:
+    """(``desc`` with what the priors lack fitted on a few training runs, the report for stats.json's
+    "calibration"). Runs when the cell sizes or the lateral boundary are not declared; the thermal
+    constants the description lacks are fitted with them. Report None: nothing to calibrate."""
     cells = all(q in desc.quantities for q in description.CELL_SIZE_QUANTITIES)
     if (cells and desc.lateral_boundary) or not train_paths:
-        return desc
+        return desc, None
     picks = sorted({train_paths[int(i)] for i in np.linspace(0, len(train_paths) - 1, calibration.N_RUNS).round()})
     runs, physics = [], None
     for path in picks:
@@ -49,25 +80,35 @@ def calibrate_description(desc: description.Description, train_paths, fill_value
         except (UserError, raw.DatasetProblem, OSError, KeyError, ValueError):
             continue  # the scan names what is wrong with it
     if not runs:
-        return desc
-    if max(r.true_change.shape[1] for r in runs) > calibration.MAX_CELLS:
-        tqdm.write(f"calibration: skipped, more than {calibration.MAX_CELLS} active cells per run (too slow); "
-                   "declare the cell sizes and the lateral boundary (description.json) for physics priors",
-                   file=sys.stderr)
-        return desc
-    v = physics.values
-    boundary = (physics.lateral_boundary, v.get("BoundaryMultiplier", 0.0)) if physics.lateral_boundary else None
-    with tqdm(desc="calibrate", unit="candidate", disable=not progress, leave=False) as bar:
-        result = calibration.fit(runs, boundary, description.declared_compressibility(v), progress=bar.update)
-    if result is None:
-        tqdm.write("calibration: the pressure changes of the training runs fit no candidate; no physics priors",
-                   file=sys.stderr)
-        return desc
+        report = _not_used("no readable calibration run: no physics priors")
+    elif max(r.true_change.shape[1] for r in runs) > calibration.MAX_CELLS:
+        report = _not_used(f"skipped, more than {calibration.MAX_CELLS} active cells per run (too slow); declare the "
+                           "cell sizes and the lateral boundary (description.json) for physics priors")
+    else:
+        with tqdm(desc="calibrate", unit="stage", disable=not progress, leave=False) as bar:
+            result = calibration.fit(runs, _declared(desc, physics), progress=bar.update)
+        report = result.report()
+        if result.used:
+            desc = apply_calibration(desc, result, len(result.run_errors))
+            _say_fit(result)
+    for line in report["warnings"]:
+        tqdm.write(f"calibration: {line}", file=sys.stderr)
+    if not report["used"]:
+        tqdm.write("calibration: not used; no physics priors", file=sys.stderr)
+    return desc, report
+
+
+def _say_fit(result: calibration.Fit) -> None:
     dx, dy, dz = result.cell_size
-    tqdm.write(f"calibration ({len(runs)} training runs, relative error {result.error:.2f}): cells "
-               f"{dx:.3g} x {dy:.3g} x {dz:.3g} m, total compressibility {result.compressibility:.3g} /Pa, "
-               f"lateral boundary {result.boundary} x {result.multiplier:g}", file=sys.stderr)
-    return apply_calibration(desc, result, len(runs))
+    heat = "" if result.rock_heat is None else (
+        f"; rock heat {result.rock_heat:.3g} J/(m^3 K), outside heat exchange {result.outside_heat_exchange}"
+        + ("" if result.injection_offset is None else
+           f", injection temperature offset {result.injection_offset:+.1f} K")
+        + f" (temperature error {result.temperature_error:.2f})")
+    tqdm.write(f"calibration ({len(result.run_errors)} training runs, pressure error {result.error:.2f}, "
+               f"{result.seconds:.0f} s): cells {dx:.3g} x {dy:.3g} x {dz:.3g} m, total compressibility "
+               f"{result.compressibility:.3g} /Pa, lateral boundary {result.boundary} x {result.multiplier:.3g}{heat}",
+               file=sys.stderr)
 
 
 def apply_calibration(desc: description.Description, result: calibration.Fit, n_runs: int) -> description.Description:
@@ -75,14 +116,23 @@ def apply_calibration(desc: description.Description, result: calibration.Fit, n_
     quantities, calibrated = dict(desc.quantities), dict(desc.calibrated)
     note = result.note(n_runs)
     fitted = {}
-    cells_declared = all(q in desc.quantities for q in description.CELL_SIZE_QUANTITIES)
+    declared = set(desc.quantities)
+    cells_declared = all(q in declared for q in description.CELL_SIZE_QUANTITIES)
     if not cells_declared:
         fitted.update(zip(description.CELL_SIZE_QUANTITIES, result.cell_size))
-    if not cells_declared or not calibration.COMPRESSIBILITIES & set(desc.quantities):
+    if not cells_declared or not calibration.COMPRESSIBILITIES & declared:
         fitted["TotalCompressibility"] = result.compressibility
     if desc.lateral_boundary is None:
         fitted["BoundaryMultiplier"] = result.multiplier
         calibrated["lateral_boundary"] = note
+    if result.rock_heat is not None and not any(way <= declared for way in HEAT_QUANTITIES):
+        fitted["RockHeatCapacityVolumetric"] = result.rock_heat
+    if result.injection_offset is not None and not {"InjectionTemperature", "InjectionTemperatureOffset"} & declared:
+        fitted["InjectionTemperatureOffset"] = result.injection_offset
+    heat = desc.outside_heat_exchange
+    if heat is None and result.outside_heat_exchange is not None:
+        heat = result.outside_heat_exchange
+        calibrated["outside_heat_exchange"] = note
     for name, value in fitted.items():
         quantities[name] = {"value": value, "unit": description.QUANTITIES[name][0]}
         calibrated[name] = note
@@ -90,4 +140,4 @@ def apply_calibration(desc: description.Description, result: calibration.Fit, n_
         for name in calibration.COMPRESSIBILITIES - {"TotalCompressibility"}:
             quantities.pop(name, None)
     return dataclasses.replace(desc, quantities=quantities, calibrated=calibrated,
-                               lateral_boundary=desc.lateral_boundary or result.boundary)
+                               lateral_boundary=desc.lateral_boundary or result.boundary, outside_heat_exchange=heat)

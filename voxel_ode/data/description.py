@@ -60,6 +60,9 @@ QUANTITIES = {
     "RockCompressibility": ("1/Pa", _PER_PA, "counted 0 when FluidCompressibility is given"),
     "FluidCompressibility": ("1/Pa", _PER_PA, "counted 0 when RockCompressibility is given"),
     "InjectionTemperature": ("K", _K, "from the field scalars: injected energy rate / water rate"),
+    # what the field scalars' enthalpy convention needs added (reference state, pressure work):
+    # fitted by prep where neither this nor InjectionTemperature is declared and it calibrates
+    "InjectionTemperatureOffset": ("K", {"K": (1.0, 0.0)}, "0: the scalars' enthalpy read as c_w (T - 273.15)"),
     "RockHeatCapacityVolumetric": ("J/(m^3 K)", _HEAT_VOL, "RockHeatCapacity x RockDensity, else generic 2.3e6"),
     "RockHeatCapacity": ("J/(kg K)", {"J/(kg K)": (1.0, 0.0), "kJ/(kg K)": (1e3, 0.0)}, "see above"),
     "RockDensity": ("kg/m^3", {"kg/m^3": (1.0, 0.0), "g/cm^3": (1e3, 0.0)}, "see above"),
@@ -67,6 +70,7 @@ QUANTITIES = {
     "BoundaryMultiplier": ("-", {"-": (1.0, 0.0)}, "required by fixed_pressure and pore_volume boundaries"),
 }
 CELL_SIZE_QUANTITIES = ("CellSizeX", "CellSizeY", "CellSizeZ")
+CALIBRATED_CHOICES = ("lateral_boundary", "outside_heat_exchange")  # calibrated entries that are not quantities
 
 
 @dataclass
@@ -138,7 +142,7 @@ def declared_compressibility(values: dict) -> float | None:
 def _calibrated(entries, source) -> dict:
     entries = entries or {}
     if not isinstance(entries, dict) or not all(
-            isinstance(v, str) and (k in QUANTITIES or k == "lateral_boundary") for k, v in entries.items()):
+            isinstance(v, str) and (k in QUANTITIES or k in CALIBRATED_CHOICES) for k, v in entries.items()):
         raise UserError(f"{source}: calibrated: expected {{quantity name: note}}, got {entries!r}")
     return dict(entries)
 
@@ -259,6 +263,8 @@ def resolve(desc: Description, params, perm_active, pressure0_active, first_pres
             notes[name] = "not declared: " + QUANTITIES[name][2]
     heat = desc.outside_heat_exchange
     notes["outside_heat_exchange"] = f"declared: {heat}" if heat is not None else "not declared: true"
+    if "outside_heat_exchange" in desc.calibrated:
+        notes["outside_heat_exchange"] = f"{desc.calibrated['outside_heat_exchange']}: {heat}"
     return Physics(PERMEABILITY_UNITS[unit], first, boundary, values, notes, heat is not False)
 
 
@@ -295,7 +301,7 @@ def infer_first_report(pressure0_active, first_pressure_active) -> str:
 _RANGES = {
     "CellSizeX": (1e-2, 1e5), "CellSizeY": (1e-2, 1e5), "CellSizeZ": (1e-2, 1e5),
     "TotalCompressibility": (0.0, 1e-6), "RockCompressibility": (0.0, 1e-6), "FluidCompressibility": (0.0, 1e-6),
-    "InjectionTemperature": (200.0, 700.0), "RockHeatCapacityVolumetric": (1e5, 1e7),
+    "InjectionTemperature": (200.0, 700.0), "InjectionTemperatureOffset": (-100.0, 100.0), "RockHeatCapacityVolumetric": (1e5, 1e7),
     "RockHeatCapacity": (100.0, 1e4), "RockDensity": (500.0, 6000.0), "RockThermalConductivity": (0.05, 20.0),
     "BoundaryMultiplier": (0.0, 1e9),
 }

@@ -90,14 +90,21 @@ def reservoir(statics: dict, physics: description.Physics, injection_gap) -> phy
         outside_heat_exchange=physics.outside_heat_exchange)
 
 
+def injection_temperature(physics: description.Physics, scalars) -> float | None:
+    """K: declared, else from the field scalars plus the declared or calibrated offset of their
+    enthalpy convention; None when nothing is injected."""
+    if "InjectionTemperature" in physics.values:
+        return physics.values["InjectionTemperature"]
+    t_inj = physics_priors.injection_temperature(scalars)
+    return None if t_inj is None else t_inj + physics.values.get("InjectionTemperatureOffset", 0.0)
+
+
 def derive_channels(statics: dict, scalars, physics: description.Physics, n_reports: int) -> tuple[dict, np.ndarray | None]:
     """The derived static grids (schema.DERIVED_STATIC_FIELDS) and the per-year priors
     (n_reports, N_PRIORS, Z, Y, X) float16, or None without the physics they need, of one run:
     static grids by name in SI units, field scalars (T, 5), its resolved description."""
     active = np.asarray(statics["IsActive"]) > 0.5
-    t_inj = physics.values.get("InjectionTemperature")
-    if t_inj is None:
-        t_inj = physics_priors.injection_temperature(scalars)
+    t_inj = injection_temperature(physics, scalars)
     gap = np.zeros(active.shape, np.float32)
     if t_inj is not None:
         gap[active] = t_inj - np.asarray(statics["Temperature0"])[active]

@@ -85,8 +85,9 @@ def _prep(input_root, out_root, patch_size=index.DEFAULT_PATCH, stride=index.DEF
         raise UserError(f"{input_root}: no raw files matching {schema.RAW_FILE_GLOB}")
     skipped = []
     candidates, n_timesteps = _same_layout(raw_files, n_timesteps, skip_bad, skipped)
+    calibration = None  # stats.json "calibration": None when nothing was calibrated
     if calibrate:  # the training split: every file after the first n_test, by name
-        desc = calibrate_description(desc, [str(p) for p in candidates[n_test:]], fill_value, progress)
+        desc, calibration = calibrate_description(desc, [str(p) for p in candidates[n_test:]], fill_value, progress)
 
     # what a killed prep left: an interrupted swap undone, its .partial-PID folder, temporary files
     files.restore_interrupted(out_root, schema.STATS_FILE, log=lambda msg: tqdm.write(msg, file=sys.stderr))
@@ -114,7 +115,8 @@ def _prep(input_root, out_root, patch_size=index.DEFAULT_PATCH, stride=index.DEF
         summary = stats.compute_stats([good[p] for p in splits["train"]], [rel[p] for p in splits["train"]],
                                       [rel[p] for p in splits["test"]], fill_value, patches)
         summary.update(skipped=skipped, duplicates=duplicates, description=desc.to_dict(),
-                       description_source=desc.source, physics={rel[p]: good[p]["physics"] for p in names})
+                       description_source=desc.source, physics={rel[p]: good[p]["physics"] for p in names},
+                       calibration=calibration)
         stats.write(partial, summary)
         files.swap_in(partial, out_root, OUTPUT_NAMES, schema.STATS_FILE)
     finally:

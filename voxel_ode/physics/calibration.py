@@ -1,50 +1,108 @@
-"""The priors' unknown constants fitted on a few training runs, for exports that do not declare them.
+"""The priors' unknown constants inferred from a few training runs, for exports that do not declare them.
 
 Without cell sizes or a lateral boundary (data/description.py) the priors cannot be computed from
 declared values, and ~25 runs do not teach a network field-wide pressure (docs/benchmarks.md,
-"open-darts development set"). The runs' own pressure changes can tell what is missing.
+"open-darts development set"). The runs' own pressure and temperature changes tell what is missing.
 
-The pressure march (priors.py) with water at its initial temperature is linear. With
-cells dx = dy = h, dz = a h and total compressibility c_t, its shape depends only on the aspect
-a, on c_t h^2 (how far a change diffuses in a year, in cells) and on the boundary; its size
-scales as 1 / h. So: for each candidate (a, c_t h^2, boundary) the best single gain against
-the true changes of the calibration runs at every report; the lowest relative error wins and
-h follows from its gain. Declared values are held fixed. A best error above
-``MAX_USEFUL_ERROR`` means the model explains too little: no priors then.
+Pressure. With the water at its initial temperature the pressure march (priors.py) is linear; with
+cells dx = dy = h (assumed: dy = dx), dz = a h and total compressibility c_t, divided by a h it is
+the march of L_x + L_y + L_z / a^2 + D S (+ the lateral sides) on unit cells, D = c_t h^2: its
+shape depends on a, D and the boundary only and its size gives h in closed form (one gain,
+variable projection). The boundary is one continuous family from closed to sides held at the
+initial pressure, in two branches (side cells with m x their pore volume; support s x the
+half-cell transmissibility), closed being the common end. Search: a scrambled Sobol sample of
+each branch's log-parameter box, then least_squares from its best point. The cold, denser, more
+viscous injected water changes the pressure too (on the open-darts development set the warm
+march at the true constants left 0.02-0.18 of the change, the coupled march 0.01-0.05, and a
+warm-only fit absorbed the difference into cells 10 % too small and c_t 80x too large): the fit
+is repeated on the true change minus the cold water's part (coupled minus warm march at the
+current constants) until the constants settle.
+
+Temperature (thermal_fit.py): rock heat capacity, an offset of the injection temperature read from
+the field scalars, and the outside heat exchange, on the temperature changes with the coupled march.
+
+Declared values are never refitted. ``Fit.used`` is False (no priors) on fewer than MIN_RUNS
+distinct runs, a joint error above MAX_ERROR or a fitted value on a bound of its search; the
+reasons are in ``Fit.warnings``, with the runs the fit explains too little and those that disagree
+(fitted alone, their constants differ) and ``Fit.report()`` is what prep stores in stats.json.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.optimize import least_squares
+from scipy.stats import qmc
 
 from voxel_ode.physics import priors as physics_priors
+from voxel_ode.physics import reduced, thermal_fit
 
-N_RUNS = 4  # calibration runs, spread over the training split (~0.35 s per run and candidate; 2 runs
-# gave held-out pressure priors of 0.05-0.22 depending on the pair, 4 runs 0.07-0.14)
-ASPECTS = (1.0, 0.3, 0.1, 0.03)  # dz / dx
-DIFFUSIVITIES = (1e-7, 1e-6, 1e-5, 1e-4)  # c_t h^2, m^2/Pa
-BOUNDARIES = (("closed", 0.0), ("pore_volume", 100.0), ("pore_volume", 1000.0), ("fixed_pressure", 0.1))
-REFERENCE_CELL = 10.0  # m: the horizontal size the fit starts from
-MAX_USEFUL_ERROR = 0.8
-# active cells of a calibration run: ~66 candidates need a direct solve each (a few s); larger
-# grids would need an iterative one per candidate (tens of minutes), and fitting on a coarsened
-# copy missed badly (open-darts runs, 2^3 blocks: pressure prior 0.6-0.9 instead of 0.05-0.10)
+N_RUNS = 4  # calibration runs, spread over the training split
+MIN_RUNS = 3  # distinct runs below which a fit is not used (2 runs: held-out errors 0.05-0.22 by pair)
+MAX_ERROR = 0.5  # joint relative error (pressure or temperature) above which the fit is not used
+RUN_EXPLAINS_TOO_LITTLE = 0.5  # a run's relative error above which it is named
+DISAGREE = 1.5  # a run whose error with the joint constants is this many times its own (and +0.05)
 MAX_CELLS = physics_priors.DIRECT_SOLVE_MAX_CELLS
 COMPRESSIBILITIES = {"TotalCompressibility", "RockCompressibility", "FluidCompressibility"}
+
+# Search ranges: physical ranges, not values any dataset uses (log10 where named LOG_).
+# dz/dx: reservoir grids are layered; from 1 mm layers in 1 m cells to columns 10x as tall as wide.
+LOG_ASPECT = (-3.0, 1.0)
+# lateral cell size: near-well models (0.5 m) to regional models (2 km cells).
+CELL_RANGE = (0.5, 2000.0)  # m
+# total compressibility as the march uses it (storage = pore volume x rho x c_t): water alone is
+# 4-5e-10 /Pa at reservoir conditions, so 1e-10 leaves margin below; 1e-7 is soft unconsolidated
+# sediment (pore compressibility ~1e-8 /Pa over porosity 0.1) without free gas.
+COMPRESSIBILITY_RANGE = (1e-10, 1e-7)  # 1/Pa
+LOG_SPREAD = tuple(np.log10([COMPRESSIBILITY_RANGE[0] * CELL_RANGE[0] ** 2,
+                              COMPRESSIBILITY_RANGE[1] * CELL_RANGE[1] ** 2]))
+# side cells' pore-volume multiplier: 1 = closed .. 1e5 = an aquifer so large that a side cell's
+# pressure moves < 1e-5 of an interior one's (held): beyond it the march no longer changes.
+LOG_PORE_VOLUME = (0.0, 5.0)
+# support to water at the initial pressure, x the half-cell transmissibility: 1e-4 = a connection
+# through ~5000 cells of rock (closed within decades) .. 1e4 = held at the initial pressure.
+LOG_SUPPORT = (-4.0, 4.0)
+BRANCHES = {"pore_volume": LOG_PORE_VOLUME, "fixed_pressure": LOG_SUPPORT}
+# weak prior on log10 c_t (per decade from the generic value, in units of a run's relative error):
+# decides only directions the runs leave flat (interior c_t next to large side storage)
+COMPRESSIBILITY_PRIOR = 3e-3
+N_SOBOL = 16  # points per boundary branch
+# cold-water corrections of the pressure fit, least_squares iterations on the runs themselves in each
+# (open-darts development runs 5, 13, 21, 29: 2 corrections x (6, 4) gave 50.6 x 4.88 m, c_t 4.57e-10,
+# x1002 in 156 s; 3 x 20 iterations 50.6 x 4.90 m, 4.60e-10, x972 in 431 s; true 50 x 5, 4.6e-10, x1000)
+OUTER = 2
+LOCAL_STEPS = (6, 4)
+BOUND_MARGIN = 0.02  # decades: a fitted value this close to a bound of its search sits on it
 
 
 @dataclass
 class Run:
-    """One calibration run: the priors' inputs (cell size and constants are placeholders) and
-    the true pressure change since t = 0 at its active cells, (n_reports, n_active) Pa."""
+    """One calibration run: the priors' inputs (cell size and constants are placeholders), the true
+    pressure change since t = 0 at its active cells (n_reports, n_active) Pa, and optionally the
+    temperature change (K) and the injection temperature (K; from the field scalars unless declared)."""
 
     reservoir: physics_priors.Reservoir
     true_change: np.ndarray
     cell_size: tuple | None = None  # declared (m)
+    temperature_change: np.ndarray | None = None
+    injection_temperature: float | None = None
+    name: str = ""
+
+
+@dataclass
+class Declared:
+    """What the description declares (None: fit it)."""
+
+    boundary: tuple | None = None  # (kind, multiplier)
+    compressibility: float | None = None
+    rock_heat: float | None = None
+    conductivity: float = physics_priors.GENERIC_ROCK_CONDUCTIVITY
+    outside_heat_exchange: bool | None = None
+    injection_temperature: bool = False  # declared per run (Run.injection_temperature is exact)
 
 
 @dataclass
@@ -53,65 +111,392 @@ class Fit:
     compressibility: float
     boundary: str
     multiplier: float
-    error: float  # mean relative error of the scaled warm march over every report
+    error: float  # mean relative pressure error over the runs (coupled march, every report)
+    rock_heat: float | None = None  # J/(m^3 K), fitted or declared
+    injection_offset: float | None = None  # K, fitted (None: declared injection temperatures)
+    outside_heat_exchange: bool | None = None
+    temperature_error: float | None = None
+    run_errors: dict = field(default_factory=dict)  # name -> {"pressure_error", "temperature_error"}
+    fitted: dict = field(default_factory=dict)  # quantity -> {"value", "spread_decades" or "spread_K"}
+    warnings: list = field(default_factory=list)
+    used: bool = True
+    seconds: float = 0.0
 
     def note(self, n_runs: int) -> str:
-        return f"calibrated on {n_runs} training runs (pressure change, relative error {self.error:.2f})"
+        heat = "" if self.temperature_error is None else f", temperature {self.temperature_error:.2f}"
+        return f"calibrated on {n_runs} training runs (relative error: pressure {self.error:.2f}{heat})"
+
+    def report(self) -> dict:
+        """stats.json's "calibration": plain JSON types only."""
+        return _plain({"runs": self.run_errors, "fitted": self.fitted, "warnings": list(self.warnings),
+                       "used": bool(self.used), "seconds": round(float(self.seconds), 1)})
 
 
-def _score(runs: list[Run], cell_size, compressibility, boundary, multiplier) -> tuple[float, float]:
-    """(mean relative error over the runs, each capped at 1; gain) of the warm march, one gain for all."""
-    pairs = []
-    for run in runs:
-        res = dataclasses.replace(run.reservoir, cell_size=run.cell_size or cell_size, boundary=boundary,
-                                  boundary_multiplier=multiplier, compressibility=compressibility)
-        pairs.append((physics_priors.warm_pressure_change(res, run.true_change.shape[0])[1:], run.true_change[1:]))
-    gain = sum(float((m * t).sum()) for m, t in pairs) / max(sum(float((m * m).sum()) for m, _ in pairs), 1e-300)
-    if not gain > 0:
-        return np.inf, 0.0
-    # capped at 1 (what no prior scores): a run that no candidate explains (on the development set
-    # one whose wells barely move the pressure) must not veto the fit of the others
-    errors = [min(np.linalg.norm(gain * m - t) / max(np.linalg.norm(t), 1e-30), 1.0) for m, t in pairs]
-    return float(np.mean(errors)), gain
+def _plain(value):
+    """JSON types: numbers as float (4 significant digits, non-finite -> None), bools kept."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (bool, np.bool_, str)) or value is None:
+        return value if not isinstance(value, np.bool_) else bool(value)
+    value = float(value)
+    return float(f"{value:.4g}") if np.isfinite(value) else None
 
 
-def fit(runs: list[Run], boundary: tuple | None = None, compressibility: float | None = None,
-        progress=None) -> Fit | None:
-    """The best candidate, or None when no run has a pressure change or none fits well enough.
-    ``boundary``: declared (kind, multiplier); ``compressibility``: declared c_t (1/Pa), used
-    only where the cell sizes are declared too (else c_t h^2 is fitted as one)."""
-    runs = [r for r in runs if np.any(r.true_change)]
-    if not runs:
-        return None
-    declared_cells = runs[0].cell_size  # the description declares them for all runs or none
-    aspects = (None,) if declared_cells else ASPECTS
-    boundaries = (boundary,) if boundary else BOUNDARIES
-    spreads = (None,) if declared_cells and compressibility else DIFFUSIVITIES
-    h2 = declared_cells[0] ** 2 if declared_cells else REFERENCE_CELL ** 2
+@dataclass
+class _Layout:
+    """Which pressure constants are free (log10, with bounds); the rest declared."""
 
-    def evaluate(aspect, bnd, spread):
-        cell = None if aspect is None else (REFERENCE_CELL, REFERENCE_CELL, aspect * REFERENCE_CELL)
-        ct = compressibility if spread is None else spread / h2
-        return _score(runs, cell, ct, *bnd) + (aspect, bnd, spread)
+    names: list
+    bounds: list
+    kind: str
+    declared: dict  # aspect, cell (h), compressibility, strength
 
+    def unpack(self, x) -> dict:
+        v = dict(self.declared)
+        v.update({n: 10.0 ** xi for n, xi in zip(self.names, x)})
+        if "spread" not in v and "cell" in v and "compressibility" in v:
+            v["spread"] = v["compressibility"] * v["cell"] ** 2
+        return v
+
+
+def _layout(kind: str, declared: dict) -> _Layout:
+    names, bounds = [], []
+    for name, rng in (("aspect", LOG_ASPECT), ("cell", tuple(np.log10(CELL_RANGE)))):
+        if name not in declared and (name == "aspect" or "compressibility" in declared):
+            names.append(name)
+            bounds.append(rng)
+    if "spread" not in declared and not ("compressibility" in declared):
+        names.append("spread")
+        bounds.append(LOG_SPREAD)
+    if kind in BRANCHES and "strength" not in declared:
+        names.append("strength")
+        bounds.append(BRANCHES[kind])
+    return _Layout(names, bounds, kind, declared)
+
+
+class _Objective:
+    """Residuals of the runs' targets (true change minus the cold water's part) against the scaled
+    warm march for a layout; the gain in closed form unless h is declared or fitted."""
+
+    def __init__(self, units, targets, layout: _Layout, prior=True):
+        self.units, self.layout, self.full = units, layout, targets
+        self.targets = [t[1:] for t in targets]
+        self.norms = [max(float(np.linalg.norm(t)), 1e-30) for t in self.targets]
+        self.prior, self.evaluations = prior, 0
+
+    def solve(self, x):
+        """(constants, gain, per-run scaled marches (n_reports - 1, n), per-run relative errors)."""
+        v = self.layout.unpack(x)
+        self.evaluations += 1
+        ms = [u.march(v["aspect"], v["spread"], self.layout.kind, v.get("strength", 0.0), t.shape[0] + 1)[1:]
+              for u, t in zip(self.units, self.targets)]
+        if "cell" in v:  # declared or fitted h: the size of the change is physics, not a free gain
+            gain = 1.0 / (v["aspect"] * v["cell"])
+        else:
+            gain = _robust_gain([float((m * m).sum()) / n ** 2 for m, n in zip(ms, self.norms)],
+                                [float((m * t).sum()) / n ** 2 for m, t, n in zip(ms, self.targets, self.norms)])
+        errors = [float(np.linalg.norm(gain * m - t)) / n for m, t, n in zip(ms, self.targets, self.norms)]
+        return v, gain, [gain * m for m in ms], errors
+
+    def evaluate(self, x):
+        """(residuals, constants, gain)."""
+        v, gain, ms, errors = self.solve(x)
+        parts = []
+        for m, t, n, e in zip(ms, self.targets, self.norms, errors):
+            # capped at 1 (what predicting no change scores): an unexplained run must not veto the others
+            parts.append(((m - t) / n / max(e, 1.0)).ravel() / np.sqrt(len(ms)))
+        return np.concatenate(parts + [_penalty(v, gain, self.prior)]), v, gain
+
+    def residuals(self, x):
+        return self.evaluate(x)[0]
+
+    def data_cost(self, x):
+        """The cost without the physical ranges' penalty and the prior."""
+        return float(np.sum(self.residuals(x)[:-3] ** 2))
+
+    def cost(self, x):
+        return float(np.sum(self.residuals(x) ** 2))
+
+
+def _robust_gain(mm, mt) -> float:
+    """The one gain g minimizing sum over runs of min(relative error^2, 1), relative error^2 =
+    mm g^2 - 2 mt g + 1 (each run's capped error, as in the residuals): the least-squares gain of
+    the best subset of runs, so that one run the march overpredicts cannot set it for all."""
+    mm, mt = np.asarray(mm), np.asarray(mt)
+    n = len(mm)
+    subsets = itertools.chain.from_iterable(itertools.combinations(range(n), k) for k in range(n, 0, -1)) \
+        if n <= 10 else [tuple(range(n))]
+    best, best_cost = 0.0, float(n)
+    for subset in subsets:
+        den, num = mm[list(subset)].sum(), mt[list(subset)].sum()
+        if den > 0 and num > 0:
+            g = num / den
+            cost = float(np.minimum(mm * g * g - 2 * mt * g + 1.0, 1.0).sum())
+            if cost < best_cost - 1e-12:
+                best, best_cost = g, cost
+    return float(best)
+
+
+def _implied(v: dict, gain: float) -> tuple[float, float]:
+    """(h, c_t) the constants and the gain imply."""
+    h = v["cell"] if "cell" in v else (1.0 / (gain * v["aspect"]) if gain > 0 else CELL_RANGE[1] * 1e3)
+    return h, v.get("compressibility", v["spread"] / h ** 2)
+
+
+def _penalty(v: dict, gain: float, prior: bool) -> np.ndarray:
+    """Residuals keeping the implied h and c_t in their physical ranges (0 inside, 1 per decade
+    outside: as much as a run predicted not at all), and the weak prior on an undeclared c_t."""
+    h, ct = _implied(v, gain)
+    prior = COMPRESSIBILITY_PRIOR * np.log10(max(ct, 1e-300) / physics_priors.GENERIC_COMPRESSIBILITY) if prior else 0.0
+    return np.array([_outside(h, CELL_RANGE), _outside(ct, COMPRESSIBILITY_RANGE), prior])
+
+
+def _outside(value, bounds):
+    lo, hi = np.log10(bounds)
+    x = np.log10(max(value, 1e-300))
+    return float(max(0.0, lo - x, x - hi))
+
+
+def _local(objective: _Objective, x0, max_nfev=40):
+    lo, hi = (np.array(b, float) for b in zip(*objective.layout.bounds))
+    sol = least_squares(objective.residuals, np.clip(x0, lo, hi), bounds=(lo, hi), method="trf", diff_step=1e-4,
+                        x_scale="jac", xtol=1e-4, ftol=1e-6, max_nfev=max_nfev)
+    return sol.x, 2.0 * sol.cost
+
+
+def _global(units, targets, declared: dict, kinds, seed=0):
+    """(objective, log-parameters, cost) of the best branch: Sobol points, then least_squares from
+    the best. Closed (the common end of both branches) wins where its fit to the data is within
+    1 % of the best: the simplest boundary."""
     results = []
-    for aspect, bnd, spread in itertools.product(aspects, boundaries, spreads):
-        results.append(evaluate(aspect, bnd, spread))
-        if progress:
-            progress()
-    best = min(results, key=lambda r: r[0])
-    if best[4] is not None:  # half a decade either side of the best spread
-        best = min([best] + [evaluate(best[2], best[3], best[4] * f) for f in (10 ** -0.5, 10 ** 0.5)],
-                   key=lambda r: r[0])
-    error, gain, aspect, (kind, multiplier), spread = best
-    if not error <= MAX_USEFUL_ERROR:
-        return None
-    if aspect is None:
-        cell = declared_cells
-        ct = compressibility if spread is None else spread / h2
-    else:
-        h = float(np.clip(REFERENCE_CELL / gain, 0.1, 1e4))  # the march's size scales as 1 / h
-        cell, ct = (h, h, aspect * h), spread / h ** 2
-    return Fit(tuple(float(v) for v in cell), float(np.clip(ct, 1e-12, 1e-6)), kind, float(multiplier), error)
+    for kind in kinds:
+        objective = _Objective(units, targets, _layout(kind, declared), "compressibility" not in declared)
+        if not objective.layout.names:
+            results.append((objective.cost(np.zeros(0)), objective, np.zeros(0)))
+            continue
+        lo, hi = (np.array(b, float) for b in zip(*objective.layout.bounds))
+        points = qmc.scale(qmc.Sobol(len(lo), scramble=True, seed=seed).random(N_SOBOL), lo, hi)
+        start = min(points, key=objective.cost)
+        x, cost = _local(objective, start)
+        results.append((cost, objective, x))
+    cost, objective, x = min(results, key=lambda r: r[0])
+    closed = [(o, xc, c) for c, o, xc in results if o.layout.kind == "closed"]
+    if closed and objective.layout.kind != "closed":
+        o, xc, c = closed[0]
+        if o.data_cost(xc) <= objective.data_cost(x) * 1.01 + 1e-10:  # the prior must not decide this
+            return o, xc, c
+    return objective, x, cost
 
 
+def _pressure_constants(objective: _Objective, x) -> thermal_fit.Pressure:
+    v, gain, _, _ = objective.solve(x)
+    h, ct = _implied(v, gain)
+    kind, strength = objective.layout.kind, float(v.get("strength", 0.0))
+    if kind == "pore_volume" and strength <= 1.0:
+        kind, strength = "closed", 0.0
+    return thermal_fit.Pressure((float(h), float(h), float(v["aspect"] * h)), float(ct), kind,
+                                strength if kind != "closed" else 0.0)
+
+
+# ---------------------------------------------------------------------------
+# The fit, how well it is pinned, what a user should be told
+# ---------------------------------------------------------------------------
+def _distinct(runs) -> list:
+    """Runs with different data (identical files count once)."""
+    out, seen = [], set()
+    for r in runs:
+        key = hash((r.true_change.tobytes(), np.asarray(r.reservoir.inj_rate).tobytes(),
+                    np.asarray(r.reservoir.perm_xyz[0]).tobytes()))
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
+def _logs(objective: _Objective, v, gain) -> dict:
+    """log10 of the quantities a description holds, from the constants and the gain."""
+    h, ct = _implied(v, gain)
+    out = {"CellSizeX": np.log10(h), "CellSizeZ": np.log10(v["aspect"] * h), "TotalCompressibility": np.log10(ct)}
+    if "strength" in objective.layout.names:
+        out["BoundaryMultiplier"] = np.log10(v["strength"])
+    return out
+
+
+def _pressure_spreads(objective: _Objective, x, cost) -> dict:
+    """+- decades of each fitted quantity that raise the joint error by 1 % (the others refitted,
+    Gauss-Newton about the optimum, the gain in closed form throughout): how well the runs tell it."""
+    if not len(x):
+        return {}
+    r0, v0, g0 = objective.evaluate(x)
+    f0 = _logs(objective, v0, g0)
+    J, F = np.empty((r0.size, len(x))), {k: np.empty(len(x)) for k in f0}
+    for i in range(len(x)):
+        step = np.zeros(len(x))
+        step[i] = 1e-3
+        r, v, g = objective.evaluate(x + step)
+        J[:, i] = (r - r0) / 1e-3
+        for k, val in _logs(objective, v, g).items():
+            F[k][i] = (val - f0[k]) / 1e-3
+    JtJ = J.T @ J
+    cov = np.linalg.pinv(JtJ + 1e-12 * max(np.trace(JtJ), 1e-30) * np.eye(len(x)))
+    rise = 0.02 * cost + 1e-8  # (error x 1.01)^2 - error^2, a floor for exact data
+    return {k: float(np.sqrt(max(rise * grad @ cov @ grad, 0.0))) for k, grad in F.items()}
+
+
+def _on_bounds(objective: _Objective, x, p: thermal_fit.Pressure) -> list:
+    out = []
+    for name, xi, (lo, hi) in zip(objective.layout.names, x, objective.layout.bounds):
+        if hi - xi < BOUND_MARGIN or (xi - lo < BOUND_MARGIN and name != "strength"):
+            out.append(f"{name} {10 ** xi:.3g} (search {10 ** lo:.3g} .. {10 ** hi:.3g}, at the "
+                       f"{'upper' if hi - xi < BOUND_MARGIN else 'lower'} bound)")
+    for name, value, (lo, hi) in (("CellSizeX", p.cell_size[0], CELL_RANGE),
+                                  ("TotalCompressibility", p.compressibility, COMPRESSIBILITY_RANGE)):
+        if ("cell" not in objective.layout.declared or name != "CellSizeX") and \
+                not lo * 10 ** BOUND_MARGIN < value < hi / 10 ** BOUND_MARGIN:
+            out.append(f"{name} {value:.3g} (physical range {lo:g} .. {hi:g})")
+    return out
+
+
+def _fitted(objective, x, cost, p: thermal_fit.Pressure, t: thermal_fit.Thermal | None, declared: Declared) -> dict:
+    spreads = _pressure_spreads(objective, x, cost)
+    out = {}
+    names = {"aspect": ("CellSizeX", "CellSizeY", "CellSizeZ"), "cell": ("CellSizeX", "CellSizeY", "CellSizeZ"),
+             "spread": ("TotalCompressibility",), "strength": ("BoundaryMultiplier",)}
+    values = dict(zip(("CellSizeX", "CellSizeY", "CellSizeZ"), p.cell_size),
+                  TotalCompressibility=p.compressibility, BoundaryMultiplier=p.multiplier)
+    for free in objective.layout.names:
+        for name in names[free]:
+            out[name] = {"value": values[name], "spread_decades": spreads.get(name, spreads.get("CellSizeX"))}
+    if declared.boundary is None:
+        out["lateral_boundary"] = {"value": p.boundary}
+    if t is not None and t.errors:
+        rise = 0.02 * t.error ** 2 + 1e-8
+        if declared.rock_heat is None and len(t.heat_curve) >= 3:
+            xs = np.array(sorted(t.heat_curve))
+            a = thermal_fit.quadratic(xs, [t.heat_curve[k] ** 2 for k in xs])[0]
+            out["RockHeatCapacityVolumetric"] = {"value": t.rock_heat,
+                                                 "spread_decades": float(np.sqrt(rise / a)) if a > 0 else float("inf")}
+        if not declared.injection_temperature:
+            spread = float(np.sqrt(rise / max(t.offset_curvature, 1e-300)))
+            out["InjectionTemperatureOffset"] = {"value": t.offset, "spread_K": spread}
+        if declared.outside_heat_exchange is None:
+            out["outside_heat_exchange"] = {"value": bool(t.outside)}
+    return out
+
+
+def _warnings(runs, blocks, objective, x, p: thermal_fit.Pressure, t: thermal_fit.Thermal | None, errors,
+              fitted) -> tuple[list, bool]:
+    """(lines for the user, whether the fit may be used)."""
+    out, usable = [], True
+    for kind, errs in (("pressure", errors), ("temperature", t.errors if t and t.errors else [])):
+        hot = [r for r, h in zip(runs, thermal_fit.thermal_runs(runs)) if h] if kind == "temperature" else runs
+        for run, e in zip(hot, errs):
+            if e > RUN_EXPLAINS_TOO_LITTLE:
+                out.append(f"run {run.name} explains too little: {kind} relative error {e:.2f}")
+        if errs and np.mean(np.minimum(errs, 1.0)) > MAX_ERROR:
+            out.append(f"joint {kind} error {np.mean(np.minimum(errs, 1.0)):.2f} above {MAX_ERROR}: not used")
+            usable = False
+    for line in _on_bounds(objective, x, p):
+        out.append(f"sits on a bound of its search: {line}: not used")
+        usable = False
+    if t is not None and t.errors:
+        margin = 10 ** BOUND_MARGIN
+        for name, value, (lo, hi), inside in (
+                ("RockHeatCapacityVolumetric", t.rock_heat, thermal_fit.HEAT_RANGE,
+                 thermal_fit.HEAT_RANGE[0] * margin < t.rock_heat < thermal_fit.HEAT_RANGE[1] / margin),
+                ("InjectionTemperatureOffset", t.offset, thermal_fit.OFFSET_RANGE,
+                 thermal_fit.OFFSET_RANGE[0] + 0.1 < t.offset < thermal_fit.OFFSET_RANGE[1] - 0.1)):
+            if name in fitted and not inside:
+                out.append(f"sits on a bound of its search: {name} {value:.4g} (search {lo:g} .. {hi:g}): not used")
+                usable = False
+        hot = [r for r, h in zip(runs, thermal_fit.thermal_runs(runs)) if h]
+        for run, own in zip(hot, t.own_offsets):
+            if np.isfinite(own) and abs(own - t.offset) > 5.0:
+                out.append(f"runs disagree: run {run.name}'s own injection-temperature offset {own:+.1f} K, "
+                           f"joint {t.offset:+.1f} K")
+    out += _disagreement(runs, blocks, objective, x)
+    for name, f in fitted.items():
+        if f.get("spread_decades", 0.0) > 1.0:
+            out.append(f"{name} not pinned by the runs (+-{f['spread_decades']:.1f} decades)")
+    return out, usable
+
+
+def _disagreement(runs, blocks, objective: _Objective, x) -> list:
+    """Runs fitted alone from the joint optimum (a few least_squares steps on their upscaled copies,
+    against the same targets, with their own gain): lines naming those the joint constants (and
+    gain) fit clearly worse than their own (error +0.05 and x DISAGREE), with their own constants."""
+    if not len(x):
+        return []
+    targets = [block.restrict(target) for block, target in zip(blocks, objective.full)]
+    joint_errors = _Objective(blocks, targets, objective.layout, objective.prior).solve(x)[3]
+    out = []
+    for run, block, target, joint in zip(runs, blocks, targets, joint_errors):
+        alone = _Objective([block], [target], objective.layout, objective.prior)
+        xr, _ = _local(alone, x, max_nfev=8)
+        own, mine = alone.solve(xr)[3][0], _pressure_constants(alone, xr)
+        if joint > own + 0.05 and joint > DISAGREE * own:
+            out.append(f"runs disagree: run {run.name}: pressure error {joint:.2f} with the joint constants, "
+                       f"{own:.2f} with its own (cells {mine.cell_size[0]:.3g} x {mine.cell_size[2]:.3g} m, "
+                       f"c_t {mine.compressibility:.2g} /Pa, {mine.boundary} x {mine.multiplier:.3g})")
+    return out
+
+
+def fit(runs: list[Run], declared: Declared | None = None, progress=None) -> Fit:
+    """The undeclared constants inferred from ``runs``; ``Fit.used`` says whether priors may use them."""
+    start_time = time.perf_counter()
+    declared = declared or Declared()
+    named = [dataclasses.replace(r, name=r.name or f"#{i}") for i, r in enumerate(runs)]
+    runs = [r for r in _distinct(named) if np.any(r.true_change)]
+    tick = progress or (lambda: None)
+    if not runs:
+        return Fit((1.0, 1.0, 1.0), 0.0, "closed", 0.0, np.inf, used=False,
+                   warnings=["no calibration run changes the pressure: not used"])
+    known = {}
+    if runs[0].cell_size:
+        dx, _, dz = runs[0].cell_size
+        known.update(aspect=dz / dx, cell=dx)
+    if declared.compressibility:
+        known["compressibility"] = declared.compressibility
+    if declared.boundary and declared.boundary[0] in BRANCHES:
+        known["strength"] = declared.boundary[1]
+    kinds = [declared.boundary[0]] if declared.boundary else [*BRANCHES, "closed"]
+    units = [reduced.UnitMarch(r.reservoir) for r in runs]
+    # the global search on upscaled copies (~10x cheaper), everything after on the runs themselves
+    blocks = [reduced.coarse(u, reduced.coarsening(max(u.n for u in units))) for u in units]
+    objective, x, cost = _global(blocks, [b.restrict(r.true_change) for b, r in zip(blocks, runs)], known, kinds)
+    tick()
+    p, thermal, hot, full = _pressure_constants(objective, x), None, any(thermal_fit.thermal_runs(runs)), objective
+    for outer in range(OUTER if hot else 1):
+        targets = [r.true_change for r in runs]
+        if hot:  # the cold water's part of the change at the constants so far, taken off the targets
+            thermal = thermal_fit.fit(runs, p, declared, thermal)
+            warm = _Objective(units, targets, objective.layout, objective.prior).solve(x)[2]
+            targets = [r.true_change - np.concatenate([np.zeros_like(c[:1]), c[1:] - w])
+                       for r, c, w in zip(runs, thermal.pressures, warm)]
+        full = _Objective(units, targets, objective.layout, objective.prior)
+        x, cost = _local(full, x, max_nfev=LOCAL_STEPS[outer]) if len(x) else (x, full.cost(x))
+        p = _pressure_constants(full, x)
+        tick()
+    objective = full
+    final = thermal_fit.coupled(runs, p, thermal or thermal_fit.Thermal(0.0, True, 0.0), declared, False)
+    errors = [float(np.linalg.norm(c[1:] - r.true_change[1:]) / max(np.linalg.norm(r.true_change[1:]), 1e-30))
+              for r, c in zip(runs, final.pressures)]
+    thermal = dataclasses.replace(thermal, errors=final.errors, error=final.error) if thermal else None
+    fitted = _fitted(objective, x, cost, p, thermal, declared)
+    warnings, usable = _warnings(runs, blocks, objective, x, p, thermal, errors, fitted)
+    if len(runs) < MIN_RUNS:
+        warnings.insert(0, f"fitted on {len(runs)} distinct runs (fewer than {MIN_RUNS}): not used")
+        usable = False
+    hot = [r.name for r, h in zip(runs, thermal_fit.thermal_runs(runs)) if h]
+    hot_errors = dict(zip(hot, thermal.errors if thermal else []))
+    per_run = {r.name: {"pressure_error": e, "temperature_error": hot_errors.get(r.name)} for r, e in zip(runs, errors)}
+    result = Fit(p.cell_size, p.compressibility, p.boundary, p.multiplier, float(np.mean(np.minimum(errors, 1.0))),
+                 run_errors=per_run, fitted=fitted, warnings=warnings, used=usable)
+    if thermal is not None:
+        result.rock_heat, result.outside_heat_exchange = thermal.rock_heat, thermal.outside
+        result.injection_offset = None if declared.injection_temperature else thermal.offset
+        result.temperature_error = thermal.error
+    result.seconds = time.perf_counter() - start_time
+    return result
