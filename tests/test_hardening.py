@@ -604,3 +604,46 @@ def test_a_checkpoint_that_inflates_is_refused_without_allocating(tmp_path):
     assert (tmp_path / "bomb.pt").stat().st_size < 1e6
     with pytest.raises(UserError, match=r"bomb.pt: checkpoint: cannot load"):
         checkpoint.load(tmp_path / "bomb.pt")
+
+
+DESCRIPTION_CONTRADICTIONS = {
+    # declared m2 on values of rock in mD: priors 1e15x off if taken as declared
+    "unit": (lambda d, a: (d.update(permeability_unit="m2"), [a.__setitem__(n, a[n] / 9.869233e-16)
+                                                              for n in ("PermX", "PermY", "PermZ")]),
+             "permeability_unit is declared m2, but the median active PermX is"),
+    # the first report declared as the end of year 1 while it is the initial state itself
+    "time_origin": (lambda d, a: d.update(first_report="year1"), "first_report is declared year1, but Output/Pressure[0]"),
+    # a declared compressibility of 0: the generic value was used while the notes said "declared"
+    "zero_compressibility": (lambda d, a: d["quantities"].update(TotalCompressibility=0.0),
+                             "the declared compressibility adds up to 0"),
+    "misspelled_unit": (lambda d, a: d["quantities"].update(CellSizeZ={"value": 30, "unti": "ft"}),
+                        "quantities.CellSizeZ: unknown key 'unti'"),
+    "quantities_list": (lambda d, a: d.update(quantities=[1, 2]), "quantities: expected an object"),
+    "huge_integer": (lambda d, a: d["quantities"].update(CellSizeX=10 ** 400), "quantities.CellSizeX: value must be a finite number"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DESCRIPTION_CONTRADICTIONS))
+def test_a_description_the_data_contradicts_is_refused_with_the_entry(tmp_path, capsys, case):
+    change, message = DESCRIPTION_CONTRADICTIONS[case]
+    desc = json.loads(json.dumps(DESCRIPTION))
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for i in range(3):
+        a = make_raw_arrays(**GRID, seed=i)
+        change(desc, a) if i == 0 else None
+        if case == "unit" and i > 0:
+            for n in ("PermX", "PermY", "PermZ"):
+                a[n] = a[n] / 9.869233e-16
+        write_raw_sim(raw / f"v2.4_{i + 1:04d}.h5", a)
+    (raw / "description.json").write_text(json.dumps(desc))
+    rc, lines = _one_line_cli(capsys, ["prep", "--input_root", str(raw), "--out_root", str(tmp_path / "out")])
+    assert rc == 1 and len(lines) == 1 and message in lines[0], lines
+
+
+def test_a_description_nested_too_deeply_is_one_line(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    write_raw_dir(raw, n=3, **GRID)
+    (raw / "description.json").write_text("[" * 100_000 + "]" * 100_000)
+    rc, lines = _one_line_cli(capsys, ["prep", "--input_root", str(raw), "--out_root", str(tmp_path / "out")])
+    assert rc == 1 and len(lines) == 1 and "nested too deeply" in lines[0]

@@ -105,6 +105,9 @@ class Description:
         unknown = set(d) - set(keys) - {"format", "notes", "calibrated"}
         if unknown:
             raise UserError(f"{source}: unknown keys {sorted(unknown)} (known: {', '.join(keys)})")
+        if not isinstance(d.get("quantities") or {}, dict):
+            raise UserError(f"{source}: quantities: expected an object {{name: value}}, got a "
+                            f"{type(d['quantities']).__name__}")
         heat = d.get("outside_heat_exchange")
         if heat is not None and not isinstance(heat, bool):
             raise UserError(f"{source}: outside_heat_exchange: {heat!r} is not true or false")
@@ -162,6 +165,9 @@ def _quantity_spec(name: str, spec, source: str) -> dict:
     if not isinstance(spec, dict) or ("value" in spec) == ("param" in spec):
         raise UserError(f"{source}: quantities.{name}: give a number, {{\"value\": v, \"unit\": u}} "
                         "or {\"param\": index, \"unit\": u}")
+    unknown = sorted(set(spec) - {"value", "param", "unit"})
+    if unknown:  # a misspelled "unit" would otherwise leave the value in the default unit
+        raise UserError(f"{source}: quantities.{name}: unknown key {unknown[0]!r} (known: value, param, unit)")
     unit = spec.get("unit", si_unit)
     if unit not in units:
         raise UserError(f"{source}: quantities.{name}: unit {unit!r} is not one of {', '.join(units)}")
@@ -172,8 +178,12 @@ def _quantity_spec(name: str, spec, source: str) -> dict:
             raise UserError(f"{source}: quantities.{name}: param must be an index 0..25, got {index!r}")
         return {"param": index, "unit": unit, "scale": scale, "offset": offset}
     value = spec["value"]
-    if not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise UserError(f"{source}: quantities.{name}: value must be a finite number, got {value!r}")
+    try:
+        finite = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
+    except OverflowError:  # an integer beyond any float
+        finite = False
+    if not finite:
+        raise UserError(f"{source}: quantities.{name}: value must be a finite number, got {str(value)[:40]}")
     return {"value": value * scale + offset, "unit": si_unit}
 
 
@@ -181,6 +191,8 @@ def load(path) -> Description:
     path = files.regular_file(path, "dataset description")
     try:
         d = json.loads(path.read_text())
+    except RecursionError:
+        raise UserError(f"{path}: dataset description: nested too deeply to be a description") from None
     except (OSError, ValueError) as err:
         raise UserError(f"{path}: dataset description: not readable JSON ({str(err).splitlines()[0]})") from None
     return Description.from_dict(d, str(path))
@@ -235,6 +247,7 @@ def resolve(desc: Description, params, perm_active, pressure0_active, first_pres
         notes[name] = "declared" + (f" (ParamsScalar[{spec['param']}], {spec['unit']})" if "param" in spec else "")
         if name in desc.calibrated:
             notes[name] = f"{desc.calibrated[name]}: {value:.4g} {QUANTITIES[name][0]}"
+    _check_against_data(desc, values, perm_active, pressure0_active, first_pressure_active, where)
     unit = desc.permeability_unit
     if unit is None:
         unit = infer_permeability_unit(perm_active)
@@ -266,6 +279,29 @@ def resolve(desc: Description, params, perm_active, pressure0_active, first_pres
     if "outside_heat_exchange" in desc.calibrated:
         notes["outside_heat_exchange"] = f"{desc.calibrated['outside_heat_exchange']}: {heat}"
     return Physics(PERMEABILITY_UNITS[unit], first, boundary, values, notes, heat is not False)
+
+
+def _check_against_data(desc: Description, values: dict, perm_active, pressure0_active, first_pressure_active,
+                        where: str) -> None:
+    """A declared entry the data contradicts is refused, naming the entry to fix: a permeability
+    unit off by the factor between m^2 and mD, a first report at the end of year 1 that is the
+    initial state itself (t = 0 would be there twice), a compressibility that adds up to 0."""
+    unit = desc.permeability_unit
+    median = float(np.median(perm_active)) if np.size(perm_active) else 0.0
+    plausible = 0.0 < median <= 1e7  # else no unit makes sense: the range check says so
+    if unit is not None and plausible and infer_permeability_unit(perm_active) != unit:
+        raise UserError(f"{where}: (description): permeability_unit is declared {unit}, but the median active "
+                        f"PermX is {median:.3g}, a value of rock in {infer_permeability_unit(perm_active)} "
+                        "(m^2: below 1e-9, mD: above 1e-4): fix permeability_unit in the dataset description")
+    if desc.first_report == "year1" and first_pressure_active is not None and np.size(pressure0_active) \
+            and infer_first_report(pressure0_active, first_pressure_active) == "initial":
+        raise UserError(f"{where}: (description): first_report is declared year1, but Output/Pressure[0] equals "
+                        "Input/Pressure0: the first report is the initial state (t = 0 would be there twice); "
+                        "declare first_report initial")
+    total = declared_compressibility(values)
+    if total is not None and total <= 0:
+        raise UserError(f"{where}: (description): the declared compressibility adds up to {total:g} /Pa; water "
+                        "alone is ~4.5e-10 /Pa: fix TotalCompressibility / RockCompressibility / FluidCompressibility")
 
 
 def declared_cell_size(desc: Description, params) -> tuple[float, float, float] | None:
