@@ -95,6 +95,8 @@ def injection_temperature(physics: description.Physics, scalars) -> float | None
     enthalpy convention; None when nothing is injected."""
     if "InjectionTemperature" in physics.values:
         return physics.values["InjectionTemperature"]
+    if scalars is None:  # a forecast's file: no field scalars to read it from
+        return None
     t_inj = physics_priors.injection_temperature(scalars)
     return None if t_inj is None else t_inj + physics.values.get("InjectionTemperatureOffset", 0.0)
 
@@ -206,7 +208,7 @@ def _physical_problems(statics: dict, mask, scalars, cell_size) -> list[str]:
     error, warnings = checks.grid_problems(statics, mask, cell_size)
     if error:
         raise raw.DatasetProblem(*error.split(": ", 1))
-    return warnings + checks.scalar_warnings(scalars)
+    return warnings + (checks.scalar_warnings(scalars) if scalars is not None else [])
 
 
 def validate_raw(path, fill_value=None, n_timesteps=None, desc=None) -> list[str]:
@@ -250,3 +252,33 @@ def process_sim(job: dict) -> tuple[str, list[str], dict | None]:
         desc=job["desc"],
     )
     return job["path"], problems, summary
+
+
+def prepare_forecast(path, desc: description.Description, n_reports: int, fill_value=None) -> dict:
+    """A raw file holding only Input/ (a run nobody simulated) -> the arrays a forecast starts from,
+    prepared as prep prepares a run with the same description: static channels (derived ones
+    included), ParamsScalar, the priors of ``n_reports`` years and the preparation record. The
+    injection temperature must be declared: a forecast has no field scalars to read it from."""
+    path = str(path)
+    with raw.open_raw(path) as f:
+        problems, grid, _ = raw.check_structure(f, n_reports, inputs_only=True)
+        if problems:
+            more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise UserError(f"{path}: {problems[0][0]}: {problems[0][1]}{more}")
+        try:
+            statics, params, _, _, mask, physics = raw.resolved_inputs(f, path, grid, fill_value, desc,
+                                                                       inputs_only=True)
+            _physical_problems(statics, mask, None, physics.cell_size)
+        except raw.DatasetProblem as err:
+            raise UserError(f"{path}: {err.dataset}: {err.what}") from None
+    if injection_temperature(physics, None) is None and (np.asarray(statics["InjRate"])[mask] > 0).any():
+        raise UserError(f"{path}: (description): InjectionTemperature: not declared, and a forecast has no field "
+                        "scalars to read it from: declare it in the dataset description (a value, or the "
+                        "ParamsScalar entry that holds it)")
+    statics["IsActive"] = mask.astype(np.float32)
+    static_stack, year_priors = _derived(statics, None, physics, n_reports)
+    record = prepped.preparation_record(desc.to_dict(), year_priors is not None)
+    if year_priors is None:  # zeros keep one layout, as in a packed file
+        year_priors = np.zeros((n_reports, schema.N_PRIORS) + tuple(grid), np.float16)
+    return {"static": static_stack, "params_scalar": params, "priors": year_priors, "first_report": "initial",
+            "source": path, "forecast": True, "preparation": record}

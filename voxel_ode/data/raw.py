@@ -88,11 +88,19 @@ def one_line(err: Exception) -> str:
     return " ".join(str(err).split())[:200]
 
 
-def check_structure(f: h5py.File, n_timesteps: int | None) -> tuple[list[tuple[str, str]], tuple | None, int | None]:
-    """Shape/dtype problems from metadata only: [(dataset, what)], grid (Z, Y, X), T."""
+def has_outputs(f: h5py.File) -> bool:
+    """Whether a raw file holds simulated outputs (else it is the input of a forecast)."""
+    return schema.OUTPUT_GROUP in f
+
+
+def check_structure(f: h5py.File, n_timesteps: int | None, inputs_only: bool = False
+                    ) -> tuple[list[tuple[str, str]], tuple | None, int | None]:
+    """Shape/dtype problems from metadata only: [(dataset, what)], grid (Z, Y, X), T.
+    ``inputs_only``: a forecast's file, Input/ only (``n_timesteps``: the reports to forecast)."""
     problems = []
     datasets = {}
-    for name in schema.RAW_STATIC_NAMES + (schema.PARAMS_SCALAR,) + schema.DYNAMIC_NAMES + schema.SCALAR_NAMES:
+    outputs = () if inputs_only else schema.DYNAMIC_NAMES + schema.SCALAR_NAMES
+    for name in schema.RAW_STATIC_NAMES + (schema.PARAMS_SCALAR,) + outputs:
         path = schema.raw_path(name)
         obj = f.get(path)
         if obj is None:
@@ -141,6 +149,7 @@ def check_structure(f: h5py.File, n_timesteps: int | None) -> tuple[list[tuple[s
         for name in schema.SCALAR_NAMES:
             if name in datasets and datasets[name].shape != (n_t,):
                 problems.append((schema.raw_path(name), f"shape {datasets[name].shape}, expected ({n_t},) to match T of Output/Pressure"))
+    n_t = n_timesteps if inputs_only else n_t
     if grid is not None and _size_problem(grid, n_t):
         problems.append((schema.raw_path("IsActive"), _size_problem(grid, n_t)))
     return problems, grid, n_t
@@ -160,10 +169,12 @@ def read_dataset(ds: h5py.Dataset, sel=()):
         raise DatasetProblem(ds.name.lstrip("/"), f"read error, file truncated or corrupt? ({one_line(err)})") from None
 
 
-def resolved_inputs(f, path, grid, fill_value, desc):
-    """read_inputs plus the run's resolved description (description.resolve), permeability in m^2."""
-    statics, params, scalars, raw_active, mask = read_inputs(f, grid, fill_value)
-    first_pressure = read_dataset(f[schema.raw_path("Pressure")], 0).astype(np.float32)
+def resolved_inputs(f, path, grid, fill_value, desc, inputs_only: bool = False):
+    """read_inputs plus the run's resolved description (description.resolve), permeability in m^2.
+    ``inputs_only``: a forecast's file, no field scalars and no reports (its start is t = 0)."""
+    statics, params, scalars, raw_active, mask = read_inputs(f, grid, fill_value, with_scalars=not inputs_only)
+    first_pressure = statics["Pressure0"] if inputs_only else \
+        read_dataset(f[schema.raw_path("Pressure")], 0).astype(np.float32)
     physics = description.resolve(desc or description.Description(), params, statics["PermX"][mask],
                                   statics["Pressure0"][mask], first_pressure[mask], path)
     for name in ("PermX", "PermY", "PermZ"):
@@ -211,9 +222,9 @@ def step_reader(dyn, grid, fill_value, raw_active, initial_state, warnings):
     return read_step
 
 
-def read_inputs(f, grid, fill_value):
-    """(static grids by name with fill / non-finite set to 0, ParamsScalar, field scalars (T, 5),
-    raw IsActive == 1, mask of active cells valid in every static) of a raw file."""
+def read_inputs(f, grid, fill_value, with_scalars: bool = True):
+    """(static grids by name with fill / non-finite set to 0, ParamsScalar, field scalars (T, 5) or
+    None without them, raw IsActive == 1, mask of active cells valid in every static) of a raw file."""
     statics, bad_static = {}, np.zeros(grid, bool)
     raw_active_values = read_dataset(f[schema.raw_path("IsActive")]).astype(np.float32)
     ok = (raw_active_values == 0) | (raw_active_values == 1)
@@ -233,6 +244,8 @@ def read_inputs(f, grid, fill_value):
     params = read_dataset(f[schema.raw_path(schema.PARAMS_SCALAR)]).astype(np.float32)
     if not np.isfinite(params).all():
         raise DatasetProblem(schema.raw_path(schema.PARAMS_SCALAR), "NaN/Inf values")
+    if not with_scalars:
+        return statics, params, None, raw_active, raw_active & ~bad_static
     scalars = np.stack([read_dataset(f[schema.raw_path(n)]).astype(np.float64) for n in schema.SCALAR_NAMES], axis=1)
     for i, name in enumerate(schema.SCALAR_NAMES):
         if not np.isfinite(scalars[:, i]).all():

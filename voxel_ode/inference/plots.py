@@ -111,6 +111,7 @@ def plot_error_curves(per_sim: dict, path) -> Path:
 
 def plot_slices(sim: dict, pred_grid: np.ndarray, path, step: int, cell=None, cell_size=None) -> Path:
     """Truth / prediction / error of P and T at ``step``: Z-X (through the injector's y) and X-Y (its z).
+    A forecast (no truth): the initial state / prediction / change since t = 0.
 
     ``cell_size``: (dx, dy, dz) in m puts the axes in metres (depth down from the grid's top);
     None leaves them in cell indices.
@@ -118,7 +119,10 @@ def plot_slices(sim: dict, pred_grid: np.ndarray, path, step: int, cell=None, ce
     static = sim["static"]
     active = static[schema.STATIC_NAMES.index("IsActive")] > 0.5
     z, y, x = cell if cell is not None else injector_cell(static)
-    truth = sim["outputs_grid"][step]
+    has_truth = "outputs_grid" in sim
+    truth = sim["outputs_grid"][step] if has_truth else pred_grid[0]
+    labels = ("truth", "prediction", "prediction - truth") if has_truth else \
+        ("initial state", "forecast", "forecast - initial state")
     pred = pred_grid[step]
     # fixed spacing instead of constrained layout: a third faster for these 12 panels + colorbars
     fig, axes = plt.subplots(4, 3, figsize=(13, 14), gridspec_kw=dict(hspace=0.35, wspace=0.45, top=0.95))
@@ -144,9 +148,9 @@ def plot_slices(sim: dict, pred_grid: np.ndarray, path, step: int, cell=None, ce
             vmin, vmax = (float(tr.min()), float(tr.max())) if tr.count() else (0.0, 1.0)
             lim = float(np.abs(err).max()) if err.count() else 1.0
             for c, (img, title, kw) in enumerate((
-                (tr, "truth", dict(vmin=vmin, vmax=vmax, cmap="viridis")),
-                (pr, "prediction", dict(vmin=vmin, vmax=vmax, cmap="viridis")),
-                (err, "prediction - truth", dict(vmin=-lim or -1, vmax=lim or 1, cmap="RdBu_r")),
+                (tr, labels[0], dict(vmin=vmin, vmax=vmax, cmap="viridis")),
+                (pr, labels[1], dict(vmin=vmin, vmax=vmax, cmap="viridis")),
+                (err, labels[2], dict(vmin=-lim or -1, vmax=lim or 1, cmap="RdBu_r")),
             )):
                 ax = axes[row, c]
                 im = ax.imshow(img, origin="upper", aspect="auto", interpolation="nearest", extent=extent, **kw)
@@ -212,3 +216,12 @@ def plot_simulation(out_dir, sim: dict, preds: dict, desc: description.Descripti
     return written
 
 
+def plot_forecast(out_dir, sim: dict, grid, scalar, desc: description.Description | None = None) -> list[Path]:
+    """The pictures of a forecast (a run with no truth): sections of the forecast against the initial
+    state at a few steps, and the forecast field scalars."""
+    out_dir = Path(out_dir)
+    cell_size = cell_size_of(sim, desc)
+    written = [plot_slices(sim, grid, out_dir / f"slices_step{t:02d}.png", t, cell_size=cell_size)
+               for t in default_steps(len(grid))]
+    written.append(plot_scalars(None, {"model": scalar}, out_dir / "scalars.png"))
+    return written

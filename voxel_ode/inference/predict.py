@@ -23,9 +23,16 @@ def predict_file(ckpt_path, source, save_path, stats_path=None, device="cpu", am
     """Roll out ``source`` with the model of ``ckpt_path``; write ``save_path``. Returns its path."""
     model, normalizer, stats, config = checkpoint.load_for_inference(ckpt_path, stats_path, device, arch_flags)
     chosen = precision.choose(amp, device)
-    sim = load_sim(source, fill_value=fill_value, desc=stats.description)  # as prep derived them
-    if sim.get("preparation") is not None:  # a prepped file: prepared by prep, maybe otherwise
+    # as prep derived them; a file with Input/ only: a forecast over as many years as the training runs
+    sim = load_sim(source, fill_value=fill_value, desc=stats.description, n_reports=int(stats["n_timesteps"]))
+    if sim.get("preparation") is not None:  # a prepped file or a forecast's start: prepared maybe otherwise
         checkpoint.check_data(stats, ckpt_path, sim["preparation"], source)
+    forecast = bool(sim.get("forecast"))
+    if forecast:
+        print(f"forecast: {source} has no outputs; starting from Input/Pressure0 and Input/Temperature0, "
+              f"{len(sim['priors']) - 1} years; field scalars at t = 0 estimated from the wells' rates and "
+              "liquid-water enthalpy c_w (T - 273.15) (a simulator with another enthalpy reference reports "
+              "other absolute energy rates)")
     print(f"receptive field: {model.receptive_field} cells (tile halo)" + (f", tiles {tuple(tile)}" if tile else ""))
     t0 = time.perf_counter()
     grid, scalar = rollout(model, normalizer, sim, device=device, tile=tile, precision=chosen, progress=progress)
@@ -44,15 +51,16 @@ def predict_file(ckpt_path, source, save_path, stats_path=None, device="cpu", am
         # report is the end of year 1 has its report r at frame r + 1)
         "times_years": json.dumps(list(range(len(grid)))),
         "first_report": str(sim.get("first_report", "initial")),
+        "forecast": json.dumps(forecast),  # true: a run nobody simulated, no truth in the file
     }
     write_predictions(save_path, grid, scalar, sim["static"][schema.STATIC_ACTIVE], attrs, truth=truth, xdmf=xdmf,
                       cell_size=plots.cell_size_of(sim, stats.description))
     print(f"wrote {save_path}")
     if plots_dir:
-        if "outputs_grid" not in sim:
-            print("note: --plots needs the source's outputs (truth); skipped")
+        if forecast:
+            plots.plot_forecast(plots_dir, sim, grid, scalar, stats.description)
         else:
             plots.plot_simulation(plots_dir, sim, {"model": (grid, scalar)}, stats.description,
                                   dynamic_std=stats["dynamic"]["std"])
-            print(f"wrote pictures to {plots_dir}")
+        print(f"wrote pictures to {plots_dir}")
     return Path(save_path)

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from voxel_ode import files, schema
-from voxel_ode.data import pack, prepped
+from voxel_ode.data import pack, prepped, raw
 from voxel_ode.data.description import Description
 from voxel_ode.inference.regions import PlannedForward, region_plan
 from voxel_ode.model import precision as precisions
@@ -39,14 +39,17 @@ def load_raw_sim(path, fill_value=None, desc: Description | None = None) -> dict
     return sim
 
 
-def load_sim(path, fill_value=None, desc: Description | None = None) -> dict:
-    """Prepped or raw v2.4 file, told apart by layout."""
+def load_sim(path, fill_value=None, desc: Description | None = None, n_reports: int = schema.N_TIMESTEPS) -> dict:
+    """Prepped or raw v2.4 file, told apart by layout; a raw file with Input/ only is a forecast's
+    start (pack.prepare_forecast), of ``n_reports`` reports from t = 0."""
     path = files.regular_file(path)
     try:
         with h5py.File(path, "r") as f:
-            is_raw = schema.INPUT_GROUP in f
+            is_raw, forecast = schema.INPUT_GROUP in f, schema.INPUT_GROUP in f and not raw.has_outputs(f)
     except OSError as err:
         raise UserError(f"{path}: -: cannot open as HDF5 ({err})") from None
+    if forecast:
+        return pack.prepare_forecast(path, desc or Description(), n_reports, fill_value)
     return load_raw_sim(path, fill_value, desc) if is_raw else prepped.load_prepped_sim(path)
 
 
@@ -155,8 +158,9 @@ class ModelStepper:
 
 def run_stepper(stepper, sim: dict, n_steps: int | None = None, progress=True, desc="rollout"):
     """Roll a stepper out from t = 0: returns (outputs_grid (T,2,Z,Y,X) f32, outputs_scalar (T,5) f64)."""
-    if n_steps is None:
-        n_steps = len(sim["outputs_grid"]) if "outputs_grid" in sim else schema.N_TIMESTEPS
+    if n_steps is None:  # as many as the truth has, else as the priors (a forecast's), else the schema's
+        n_steps = len(sim["outputs_grid"]) if "outputs_grid" in sim else \
+            len(sim["priors"]) if "priors" in sim else schema.N_TIMESTEPS
     active = sim["static"][schema.STATIC_ACTIVE] > 0.5
     state = initial_state(sim)
     grid = np.empty((n_steps,) + state.shape, np.float32)

@@ -1,0 +1,71 @@
+"""Forecasts of runs nobody simulated: a raw file with Input/ only rolls out from its initial state."""
+
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+from fixtures import DESCRIPTION, write_raw_dir
+from voxel_ode import schema
+from voxel_ode.cli import main
+from voxel_ode.data.prep import prep
+from voxel_ode.inference.predict import predict_file
+from voxel_ode.training.train import train
+from voxel_ode.utils import UserError
+
+GRID = dict(grid=(12, 10, 8), n_t=6)
+TINY = dict(base_channels=8, depth=1, receptive_field_radius=1, num_threads=1, quiet=True, max_steps=2,
+            sample_mode="full", batch_size=2, amp="none")
+
+
+def _inputs_only(src, dst):
+    shutil.copy(src, dst)
+    with h5py.File(dst, "a") as f:
+        del f[schema.OUTPUT_GROUP]
+    return dst
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    base = tmp_path_factory.mktemp("forecast")
+    declared = json.loads(json.dumps(DESCRIPTION))
+    declared["quantities"]["InjectionTemperature"] = {"value": 300.0, "unit": "K"}  # no field scalars in a forecast
+    write_raw_dir(base / "raw", n=4, description=declared, **GRID)
+    prep(base / "raw", base / "prepped", n_test=1, patch_size=(8, 8, 8), stride=(4, 4, 4), progress=False)
+    train(prepped_root=str(base / "prepped"), save_dir=str(base / "ck"), **TINY)
+    return base
+
+
+def test_an_inputs_only_file_rolls_out_like_the_simulated_one(trained, tmp_path, capsys):
+    raw = trained / "raw" / "v2.4_0001.h5"
+    forecast_in = _inputs_only(raw, tmp_path / "plan.h5")
+    ckpt = trained / "ck" / "last.pt"
+    predict_file(ckpt, raw, tmp_path / "sim.h5", device="cpu", amp="none", progress=False)
+    predict_file(ckpt, forecast_in, tmp_path / "forecast.h5", device="cpu", amp="none", progress=False,
+                 plots_dir=tmp_path / "plots")
+    assert "forecast: " in capsys.readouterr().out
+    with h5py.File(tmp_path / "sim.h5") as a, h5py.File(tmp_path / "forecast.h5") as b:
+        assert json.loads(b.attrs["forecast"]) is True and json.loads(a.attrs["forecast"]) is False
+        assert "truth" not in b
+        # the same start (Input/*0 = the first report here) and inputs: the same fields, every year
+        np.testing.assert_array_equal(a["predicted/outputs_grid"][()], b["predicted/outputs_grid"][()])
+        assert np.isfinite(b["predicted/outputs_scalar"][()]).all()
+    assert (tmp_path / "forecast.xdmf").exists() and list((tmp_path / "plots").glob("slices_step*.png"))
+    assert (tmp_path / "plots" / "scalars.png").exists()
+
+
+def test_a_forecast_without_a_declared_injection_temperature_is_one_line(tmp_path, capsys):
+    write_raw_dir(tmp_path / "raw", n=3, **GRID)  # the description declares no injection temperature
+    prep(tmp_path / "raw", tmp_path / "prepped", n_test=1, patch_size=(8, 8, 8), stride=(4, 4, 4), progress=False)
+    train(prepped_root=str(tmp_path / "prepped"), save_dir=str(tmp_path / "ck"), **TINY)
+    plan = _inputs_only(tmp_path / "raw" / "v2.4_0001.h5", tmp_path / "plan.h5")
+    capsys.readouterr()
+    rc = main(["rollout", "--raw_sim_path", str(plan), "--ckpt_path", str(tmp_path / "ck" / "last.pt"),
+               "--save_path", str(tmp_path / "p.h5"), "--no_progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1
+    assert "plan.h5: (description): InjectionTemperature: not declared, and a forecast has no field scalars" in err[0]
+    with pytest.raises(UserError, match="InjectionTemperature"):
+        predict_file(tmp_path / "ck" / "last.pt", plan, tmp_path / "p.h5", device="cpu", progress=False)
