@@ -35,8 +35,10 @@ def time_precision(args, precision: str, device, batch_cpu: dict, normalizer, tr
     torch.manual_seed(0)
     model = VoxelAutoRegressor(ModelConfig(base_channels=args.base_channels, depth=args.depth,
                                            receptive_field_radius=args.receptive_field_radius)).to(device)
-    amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    unroll = Unroll(model, normalizer, train_scalars, amp_dtype)
+    from voxel_ode.model.precision import resolve
+
+    chosen = resolve({"fp32": "none", "bf16": "bf16", "fp16": "fp16"}[precision], device)
+    unroll = Unroll(model, normalizer, train_scalars, chosen)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     batch = {k: v.to(device) for k, v in batch_cpu.items()}
@@ -82,14 +84,14 @@ def main():
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     args = ap.parse_args()
 
-    from voxel_ode.data.stats import load_stats
+    from voxel_ode.data.stats import Stats
     from voxel_ode.training.dataset import PatchDataset, collate
     from voxel_ode.model.features import Normalizer
     from voxel_ode.model.network import ModelConfig
 
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                           else "cpu")
-    stats = load_stats(args.prepped_root)
+    stats = Stats.load(args.prepped_root)
     normalizer = Normalizer(stats)
     ds = PatchDataset(args.prepped_root, "train", stats=stats, mode=args.sample_mode, seed=0,
                       rollout_steps=args.rollout_steps, context_factor=ModelConfig().context_factor)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from voxel_ode import schema
-from voxel_ode.training.dataset import STATIC_ACTIVE
+
 from voxel_ode.model.features import Normalizer
 from voxel_ode.model.network import ModelConfig, VoxelAutoRegressor, count_parameters
 
@@ -34,7 +34,7 @@ def normalization_table(root: Path) -> str:
     rows = []
     for rel, rms in zip(stats["train_sims"], stats["delta"]["per_sim_rms"]):
         with h5py.File(root / rel, "r") as f:
-            active = f[schema.PREPPED_STATIC][STATIC_ACTIVE] > 0.5
+            active = f[schema.PREPPED_STATIC][schema.STATIC_ACTIVE] > 0.5
             grid = f[schema.PREPPED_OUTPUTS_GRID][...].astype(np.float64)
         delta = np.diff(grid, axis=0)[:, :, active]  # (T-1, 2, n_active)
         row = [Path(rel).name, rms[0], rms[1]]

@@ -121,8 +121,10 @@ def run_one(cfg: dict) -> dict:
     else:
         sim = make_sim(tuple(cfg["grid"]), cfg["steps"], active_frac=cfg.get("active", 0.3))
     norm = Normalizer(fake_stats())
-    stepper = rollout.ModelStepper(model, norm, device=device, tile=cfg.get("tile"), amp_dtype=amp_dtype,
-                                   crop=cfg.get("crop", True))
+    from voxel_ode.model.precision import resolve
+
+    stepper = rollout.ModelStepper(model, norm, device=device, tile=cfg.get("tile"),
+                                   precision=resolve(cfg.get("amp") or "none", device), crop=cfg.get("crop", True))
     flops = count_conv_flops(model)
     times = []
     step = stepper.step

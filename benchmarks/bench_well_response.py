@@ -11,6 +11,7 @@ draw (no time stepping) with its own description's physics.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import resource
 import sys
@@ -45,8 +46,9 @@ def darts_runs(n: int) -> None:
         arrays, cpu, wall = timed(lambda: pack.prepare_arrays(path, desc=desc))
         active = arrays["static"][1] > 0.5
         statics = {n: arrays["static"][i] for i, n in enumerate(schema.STATIC_NAMES)}
-        # the description declares the unit and time origin: nothing is inferred from these arrays
-        physics = description.resolve(desc, arrays["params_scalar"], statics["PermX"][active],
+        # the packed arrays are in SI units (m^2) and start at t = 0, whatever the raw file declared
+        packed = dataclasses.replace(desc, permeability_unit="m2", first_report=None)
+        physics = description.resolve(packed, arrays["params_scalar"], statics["PermX"][active],
                                       statics["Pressure0"][active], arrays["outputs_grid"][1, 0][active], path.name)
         res = pack.reservoir(statics, physics, statics[schema.INJECTION_GAP])
         _, prior_cpu, _ = timed(lambda: physics_priors.priors(res, arrays["outputs_grid"].shape[0]))
