@@ -647,3 +647,27 @@ def test_a_description_nested_too_deeply_is_one_line(tmp_path, capsys):
     (raw / "description.json").write_text("[" * 100_000 + "]" * 100_000)
     rc, lines = _one_line_cli(capsys, ["prep", "--input_root", str(raw), "--out_root", str(tmp_path / "out")])
     assert rc == 1 and len(lines) == 1 and "nested too deeply" in lines[0]
+
+
+def test_prep_never_writes_through_a_symlink_that_leaves_its_folder(tmp_path):
+    """out_root/train pointing at another folder: the old prep deleted a file there. Now the link
+    itself is moved aside and removed; what it points at is left as it was."""
+    raw = tmp_path / "raw"
+    write_raw_dir(raw, n=3, **GRID)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "v2.4_0099.prepped.h5").write_text("someone else's file")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "train").symlink_to(elsewhere, target_is_directory=True)
+    dp.prep(raw, out, n_test=1, **SMALL)
+    assert (elsewhere / "v2.4_0099.prepped.h5").read_text() == "someone else's file"
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["v2.4_0099.prepped.h5"]
+    assert not (out / "train").is_symlink() and len(list((out / "train").glob("*.prepped.h5"))) == 2
+
+
+def test_rollout_checks_its_output_folder_before_the_work(trained, tmp_path, capsys):
+    prepped, ckpt = trained
+    (tmp_path / "a_file").write_text("")
+    rc, lines = _rollout(capsys, ckpt, _test_sim(prepped), tmp_path / "a_file")  # save_path: a_file/pred.h5
+    assert rc == 1 and len(lines) == 1 and "a_file: --save_path's folder: not a writable folder" in lines[0]

@@ -10,7 +10,7 @@ import json
 import time
 from pathlib import Path
 
-from voxel_ode import schema
+from voxel_ode import files, schema
 from voxel_ode.inference import plots
 from voxel_ode.inference.predictions import write_predictions
 from voxel_ode.inference.rollout import load_sim, rollout
@@ -21,6 +21,9 @@ def predict_file(ckpt_path, source, save_path, stats_path=None, device="cpu", am
                  plots_dir=None, xdmf=True, save_truth=False, fill_value=None, progress=True,
                  arch_flags=None) -> Path:
     """Roll out ``source`` with the model of ``ckpt_path``; write ``save_path``. Returns its path."""
+    files.writable_folder(Path(save_path).parent, "--save_path's folder")  # before the work, not after
+    if plots_dir:
+        files.writable_folder(plots_dir, "--plots")
     model, normalizer, stats, config = checkpoint.load_for_inference(ckpt_path, stats_path, device, arch_flags)
     chosen = precision.choose(amp, device)
     # as prep derived them; a file with Input/ only: a forecast over as many years as the training runs
