@@ -671,3 +671,50 @@ def test_rollout_checks_its_output_folder_before_the_work(trained, tmp_path, cap
     (tmp_path / "a_file").write_text("")
     rc, lines = _rollout(capsys, ckpt, _test_sim(prepped), tmp_path / "a_file")  # save_path: a_file/pred.h5
     assert rc == 1 and len(lines) == 1 and "a_file: --save_path's folder: not a writable folder" in lines[0]
+
+
+def test_killing_prep_leaves_no_worker_behind(tmp_path):
+    """kill -9 of the main prep with --workers 2: its workers end with it (they waited forever)."""
+    raw = tmp_path / "raw"
+    write_raw_dir(raw, n=8, grid=(24, 20, 16), n_t=12)
+    proc = subprocess.Popen([sys.executable, "-m", "voxel_ode.cli", "prep", "--input_root", str(raw), "--out_root",
+                             str(tmp_path / "out"), "--workers", "2", "--patch_size", "8", "8", "8"],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+    def children():
+        found = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        return [int(p) for p in found]
+
+    deadline = time.time() + 60
+    while not children() and time.time() < deadline:  # the pool's workers are up
+        time.sleep(0.2)
+    workers = children()
+    assert workers, "no worker started"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 20
+    alive = workers
+    while alive and time.time() < deadline:
+        alive = [p for p in workers if os.path.exists(f"/proc/{p}") and
+                 "zombie" not in open(f"/proc/{p}/status").read().lower()]
+        time.sleep(0.2)
+    assert not alive, f"workers {alive} outlived the killed prep"
+
+
+TRAIN_WITH_FILE_LIMIT = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_FSIZE, (200000, 200000))
+from voxel_ode.cli import main
+sys.exit(main(["train", "--prepped_root", sys.argv[1], "--save_dir", sys.argv[2], "--max_steps", "1",
+               "--base_channels", "8", "--depth", "1", "--quiet", "--num_threads", "1"]))
+"""
+
+
+def test_a_file_size_limit_stops_training_before_the_work(small_prepped, tmp_path):
+    done = subprocess.run([sys.executable, "-c", TRAIN_WITH_FILE_LIMIT, str(small_prepped), str(tmp_path / "ck")],
+                          capture_output=True, text=True)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr[-2000:]
+    assert "train writes files of about" in lines[0] and "(ulimit -f)" in lines[0]
+    assert "train:" not in done.stdout  # no training step ran
