@@ -189,3 +189,27 @@ def test_notes_say_which_constants_take_generic_values():
         desc = Description.from_dict({"lateral_boundary": "closed", "quantities": {**cells, **extra}})
         notes = resolve(desc, np.zeros(26), ones * 1e-13, ones, ones, "f").notes
         assert notes.get("RockHeatCapacityVolumetric", "").startswith("not declared") is generic, extra
+
+
+def test_declared_bottomhole_pressure_limits_reach_the_priors_in_pascal():
+    from voxel_ode.data import pack
+    from voxel_ode.data.description import Description, resolve
+
+    quantities = {"CellSizeX": 50, "CellSizeY": 50, "CellSizeZ": 5, "WellRadius": {"value": 0.5, "unit": "ft"},
+                  "ProducerMinBottomholePressure": {"value": 20, "unit": "bar"},
+                  "InjectorMaxBottomholePressure": {"value": 4000, "unit": "psi"}}
+    ones = np.ones(4)
+    physics = resolve(Description.from_dict({"lateral_boundary": "closed", "quantities": quantities}),
+                      np.zeros(26), ones * 1e-13, ones, ones, "f")
+    grid = (2, 2, 1)
+    statics = {n: np.ones(grid, np.float32) for n in ("IsActive", "PermX", "PermY", "PermZ", "Porosity",
+                                                       "Temperature0", "InjRate", "Pressure0")}
+    res = pack.reservoir(statics, physics, np.zeros(grid, np.float32))
+    assert res.producer_min_bhp == pytest.approx(20e5)
+    assert res.injector_max_bhp == pytest.approx(4000 * 6894.757)
+    assert res.well_radius == pytest.approx(0.1524)
+    assert res.pressure0 is statics["Pressure0"]
+    undeclared = resolve(Description.from_dict({"lateral_boundary": "closed", "quantities": {
+        k: quantities[k] for k in ("CellSizeX", "CellSizeY", "CellSizeZ")}}), np.zeros(26), ones * 1e-13, ones, ones, "f")
+    res = pack.reservoir(statics, undeclared, np.zeros(grid, np.float32))
+    assert res.producer_min_bhp is None and res.injector_max_bhp is None

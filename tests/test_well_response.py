@@ -201,3 +201,42 @@ def test_hot_water_into_cold_rock_keeps_the_march_stable():
     peak = np.abs(pressure).max(axis=(1, 2, 3))
     assert np.isfinite(peak).all() and peak[30] < 2.0 * peak[5]
     assert 0.0 <= theta.min() and theta.max() <= 1.0 and theta[30, 5, 4, 2] > 0.9
+
+
+def _with_pressure0(res, p0=200e5):
+    res.pressure0 = np.full(res.active.shape, p0, np.float32)
+    return res
+
+
+@pytest.mark.parametrize("sign", [-1, 1])
+def test_a_well_at_its_bottomhole_pressure_limit_delivers_only_what_holds_it(sign):
+    """A closed box with one well (a column of two perforations): unlimited, its pressure moves
+    without bound; with a declared limit the well's cells never pass it, the march follows the
+    unlimited one until the limit binds, then levels off; a limit never reached changes nothing."""
+    wells = ((2, 4, 4, sign * 0.01), (3, 4, 4, sign * 0.01))
+    free = pressure_change(_with_pressure0(reservoir(wells=wells)), 12)
+    limit_key = "producer_min_bhp" if sign < 0 else "injector_max_bhp"
+    limit = 200e5 + sign * 60e5
+    held = pressure_change(_with_pressure0(reservoir(wells=wells, **{limit_key: limit})), 12)
+    cells = held[:, 2:4, 4, 4] + 200e5
+    head = wr.water_density(400.0) * wr.GRAVITY * CELL[2]  # the wellbore's water column to the lower perforation
+    assert np.all(sign * (cells - (limit + np.array([0.0, head]))) <= 1.0)
+    assert sign * free[-1, 2, 4, 4] + 200e5 * sign > sign * limit + 50e5  # unlimited, it passes the limit far
+    binding = np.flatnonzero(np.abs(held - free).max(axis=(1, 2, 3)) > 1.0)
+    assert binding.size and binding[0] > 1  # the first years are the unlimited march
+    np.testing.assert_array_equal(held[:binding[0]], free[:binding[0]])
+    late = np.abs(held[-1] - held[-2]).mean()
+    assert late < 0.1 * np.abs(free[-1] - free[-2]).mean()  # levelled off
+    far = pressure_change(_with_pressure0(reservoir(wells=wells, **{limit_key: 200e5 + sign * 1e9})), 12)
+    np.testing.assert_array_equal(far, free)
+
+
+def test_well_limits_need_the_initial_pressure_and_change_nothing_undeclared():
+    wells = ((2, 4, 4, -3.0), (3, 2, 6, 1.0))
+    plain = wr.prior_fields(reservoir(wells=wells, gap=-40.0), 6)
+    no_p0 = wr.prior_fields(reservoir(wells=wells, gap=-40.0, producer_min_bhp=190e5), 6)  # no pressure0: no limits
+    with_p0 = wr.prior_fields(_with_pressure0(reservoir(wells=wells, gap=-40.0)), 6)  # no limits declared
+    for a, b in zip(plain, no_p0):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(plain, with_p0):
+        np.testing.assert_array_equal(a, b)

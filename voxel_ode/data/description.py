@@ -52,6 +52,7 @@ _K = {"K": (1.0, 0.0), "C": (1.0, 273.15), "degC": (1.0, 273.15)}
 _PER_PA = {"1/Pa": (1.0, 0.0), "1/bar": (1e-5, 0.0), "1/MPa": (1e-6, 0.0)}
 _HEAT_VOL = {"J/(m^3 K)": (1.0, 0.0), "kJ/(m^3 K)": (1e3, 0.0), "MJ/(m^3 K)": (1e6, 0.0)}
 _LENGTH = {"m": (1.0, 0.0), "ft": (0.3048, 0.0)}
+_PRESSURE = {"Pa": (1.0, 0.0), "kPa": (1e3, 0.0), "bar": (1e5, 0.0), "MPa": (1e6, 0.0), "psi": (6894.757, 0.0)}
 QUANTITIES = {
     "CellSizeX": ("m", _LENGTH, "fitted by prep on training runs (physics/calibration.py), else no physics priors"),
     "CellSizeY": ("m", _LENGTH, "fitted by prep on training runs (physics/calibration.py), else no physics priors"),
@@ -68,6 +69,10 @@ QUANTITIES = {
     "RockDensity": ("kg/m^3", {"kg/m^3": (1.0, 0.0), "g/cm^3": (1e3, 0.0)}, "see above"),
     "RockThermalConductivity": ("W/(m K)", {"W/(m K)": (1.0, 0.0)}, "a generic 2.5 W/(m K)"),
     "BoundaryMultiplier": ("-", {"-": (1.0, 0.0)}, "required by fixed_pressure and pore_volume boundaries"),
+    # at a well's shallowest perforation (physics/priors.py adds the wellbore's water column below it)
+    "ProducerMinBottomholePressure": ("Pa", _PRESSURE, "producers deliver their rates at any pressure"),
+    "InjectorMaxBottomholePressure": ("Pa", _PRESSURE, "injectors deliver their rates at any pressure"),
+    "WellRadius": ("m", _LENGTH, "a generic 0.1 m (used only with a bottomhole pressure limit)"),
 }
 CELL_SIZE_QUANTITIES = ("CellSizeX", "CellSizeY", "CellSizeZ")
 CALIBRATED_CHOICES = ("lateral_boundary", "outside_heat_exchange")  # calibrated entries that are not quantities
@@ -340,6 +345,7 @@ _RANGES = {
     "InjectionTemperature": (200.0, 700.0), "InjectionTemperatureOffset": (-100.0, 100.0), "RockHeatCapacityVolumetric": (1e5, 1e7),
     "RockHeatCapacity": (100.0, 1e4), "RockDensity": (500.0, 6000.0), "RockThermalConductivity": (0.05, 20.0),
     "BoundaryMultiplier": (0.0, 1e9),
+    "ProducerMinBottomholePressure": (0.0, 1e9), "InjectorMaxBottomholePressure": (0.0, 1e9), "WellRadius": (1e-3, 10.0),
 }
 
 

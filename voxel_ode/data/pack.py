@@ -87,7 +87,9 @@ def reservoir(statics: dict, physics: description.Physics, injection_gap) -> phy
         statics["Porosity"], statics["Temperature0"], statics["InjRate"], physics.cell_size,
         physics.lateral_boundary, v.get("BoundaryMultiplier", 0.0), compressibility, rock_heat,
         v.get("RockThermalConductivity", physics_priors.GENERIC_ROCK_CONDUCTIVITY), injection_gap,
-        outside_heat_exchange=physics.outside_heat_exchange)
+        outside_heat_exchange=physics.outside_heat_exchange, pressure0=statics["Pressure0"],
+        producer_min_bhp=v.get("ProducerMinBottomholePressure"), injector_max_bhp=v.get("InjectorMaxBottomholePressure"),
+        well_radius=v.get("WellRadius", physics_priors.GENERIC_WELL_RADIUS))
 
 
 def injection_temperature(physics: description.Physics, scalars) -> float | None:

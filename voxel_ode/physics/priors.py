@@ -23,6 +23,12 @@ give it the field-wide shapes instead; the network learns what they miss.
   year's cold-water pressure step with the share of the year before: the plume's excess weight
   and viscosity act on its own flow, so it sinks and spreads along the base as in a simulator
   (on the warm water's flow alone it stayed up: open-darts' base up to 12 K colder).
+* Wells' pressure limits, where declared: a producer's bottomhole pressure (at its shallowest
+  perforation, plus the wellbore's water column below it) stays above its minimum, an
+  injector's below its maximum; each year a well that would pass its limit delivers the share
+  of its rate that holds the limit (Peaceman inflow, pressure linear in each well's rate). In a
+  closed box the cold water's contraction alone drew the pressure hundreds of bar below what
+  open-darts' producers (min 20 bar) allowed.
 
 Cost: one sparse LU (the pressure matrix) and ~60 back-substitutions per run on small grids,
 AMG-preconditioned CG on large ones; per year a flow-ordered Gauss-Seidel sweep as the
@@ -31,6 +37,7 @@ preconditioner of ~4 BiCGSTAB iterations per heat step (docs/benchmarks.md, "Pre
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +57,8 @@ DIRECT_SOLVE_MAX_CELLS = 60_000
 GENERIC_COMPRESSIBILITY = 5e-10  # 1/Pa, rock + water
 GENERIC_ROCK_HEAT_PER_VOLUME = 2.3e6  # J/(m^3 K), grain density x specific heat of common rocks
 GENERIC_ROCK_CONDUCTIVITY = 2.5  # W/(m K)
+GENERIC_WELL_RADIUS = 0.1  # m, only where a well's pressure limit is declared
+WELL_LIMIT_PASSES = 3  # Gauss-Seidel passes over the limited wells (their responses overlap)
 WATER_HEAT_PER_VOLUME = 1000.0 * schema.WATER_HEAT_CAPACITY  # J/(m^3 K)
 MIN_POROSITY = 1e-4  # keeps every active cell's storage positive (isolated cells stay solvable)
 THERMAL_SUBSTEPS = 4  # backward-Euler steps per year of the heat transport (1 smears the front)
@@ -75,6 +84,10 @@ class Reservoir:
     rock_conductivity: float = GENERIC_ROCK_CONDUCTIVITY
     injection_gap: np.ndarray | None = None  # K, injected water's temperature minus temperature0
     outside_heat_exchange: bool = True  # conduction to the rock outside the active cells
+    pressure0: np.ndarray | None = None  # Pa, needed by the wells' pressure limits
+    producer_min_bhp: float | None = None  # Pa; None: producers hold their rates at any pressure
+    injector_max_bhp: float | None = None  # Pa; None: injectors hold their rates at any pressure
+    well_radius: float = GENERIC_WELL_RADIUS
 
 
 def _liquid_range(temperature):
@@ -145,10 +158,25 @@ def prior_fields(res: Reservoir, n_reports: int) -> tuple[np.ndarray, np.ndarray
     system = _pressure_system(faces, res, t0)
     gap = np.zeros(faces.n) if res.injection_gap is None else \
         np.nan_to_num(np.asarray(res.injection_gap, np.float64).ravel()[faces.cells])
-    theta = _thermal_march(faces, res, system, q, t0, gap, n_reports)
-    pressure = _pressure_march(faces, system, q, t0 + gap * theta, n_reports)
+    theta = _thermal_march(faces, res, system, t0, gap, n_reports)
+    pressure = _pressure_march(faces, system, t0 + gap * theta, n_reports)
     to_grids = lambda v: np.stack([faces.to_grid(row).astype(np.float64) for row in v])  # noqa: E731
     return to_grids(theta), to_grids(pressure)
+
+
+@dataclass
+class _Wells:
+    """The wells with a declared pressure limit (a column of same-sign rate cells each) and what
+    holding it takes; per well: local cells, limit (Pa, absolute, with the wellbore's water
+    column), drawdown at the target rate (Pa), sign (+1 injector), one year's response of the
+    pressure change to the target rate (n,)."""
+
+    cells: list
+    limit: list
+    drawdown: list
+    sign: list
+    response: list
+    pressure0: np.ndarray
 
 
 @dataclass
@@ -161,6 +189,8 @@ class _PressureSystem:
     pore_volume: np.ndarray
     storage: np.ndarray  # kg/Pa per year
     solve: object
+    q: np.ndarray  # kg/s per cell, the wells' target rates
+    wells: _Wells | None = None
 
 
 def _pressure_system(faces: _Faces, res: Reservoir, t0) -> _PressureSystem:
@@ -176,28 +206,78 @@ def _pressure_system(faces: _Faces, res: Reservoir, t0) -> _PressureSystem:
         support = max(res.boundary_multiplier, 0.0) * faces.side_trans * mob0  # the aquifer's water is at t0
     storage = pore_volume * rho0 * max(res.compressibility, 1e-12) / YEAR_SECONDS
     solve = _spd_solver(faces.laplacian(lam0) + sp.diags(storage + support))
-    return _PressureSystem(rho0, lam0, pore_volume, storage, solve)
+    q = np.asarray(res.inj_rate, np.float64).ravel()[faces.cells]
+    system = _PressureSystem(rho0, lam0, pore_volume, storage, solve, q)
+    system.wells = _limited_wells(faces, res, system, mob0)
+    return system
 
 
-def _pressure_march(faces: _Faces, system: _PressureSystem, q, temperature, n_reports) -> np.ndarray:
+def _limited_wells(faces: _Faces, res: Reservoir, system: _PressureSystem, mob0) -> _Wells | None:
+    if res.pressure0 is None or (res.producer_min_bhp is None and res.injector_max_bhp is None):
+        return None
+    q = system.q
+    z, y, x = np.unravel_index(faces.cells, faces.grid)
+    dx, dy, dz = (float(v) for v in res.cell_size)
+    kx, ky = (np.maximum(np.nan_to_num(np.asarray(res.perm_xyz[i], np.float64).ravel()[faces.cells]), 0.0) for i in (0, 1))
+    # Peaceman's equivalent radius and well index of an anisotropic cell
+    ratio = np.sqrt(ky / np.maximum(kx, 1e-300))
+    r0 = 0.28 * np.sqrt(ratio * dx**2 + dy**2 / np.maximum(ratio, 1e-300)) / (np.sqrt(ratio) + 1 / np.sqrt(np.maximum(ratio, 1e-300)))
+    index = 2 * np.pi * np.sqrt(kx * ky) * dz / np.log(np.maximum(r0 / res.well_radius, 1.01))
+    p0 = np.asarray(res.pressure0, np.float64).ravel()[faces.cells]
+    wells = _Wells([], [], [], [], [], p0)
+    for sign, bhp in ((1, res.injector_max_bhp), (-1, res.producer_min_bhp)):
+        if bhp is None:
+            continue
+        perforated = np.flatnonzero(q * sign > 0)
+        column = y[perforated] * faces.grid[2] + x[perforated]
+        for col in np.unique(column):
+            cells = perforated[column == col]
+            head = GRAVITY * system.rho0[cells] * (z[cells] - z[cells].min()) * dz
+            wells.cells.append(cells)
+            wells.limit.append(bhp + head)
+            wells.drawdown.append(np.abs(q[cells]) / np.maximum(index[cells] * mob0[cells], 1e-300))
+            wells.sign.append(sign)
+            rate = np.zeros(faces.n)
+            rate[cells] = q[cells]
+            wells.response.append(system.solve(rate, np.zeros(faces.n)))
+    return wells if wells.cells else None
+
+
+def _hold_limits(wells: _Wells, dp) -> tuple[np.ndarray, np.ndarray]:
+    """(dp, each limited well's share of its target rate) after a year's step at the target
+    rates: a well that would pass its limit delivers the share that holds it."""
+    dp = dp.copy()
+    share = np.ones(len(wells.cells))
+    for _ in range(WELL_LIMIT_PASSES):
+        for w, cells in enumerate(wells.cells):
+            r, d, sign = wells.response[w][cells], wells.drawdown[w], wells.sign[w]
+            other = wells.pressure0[cells] + dp[cells] - share[w] * r  # the cells' pressure without this well
+            # producer (sign -1): other + s r - s d >= limit; injector: other + s r + s d <= limit
+            new = float(np.clip(np.min(sign * (wells.limit[w] - other) / (d + sign * r)), 0.0, 1.0))
+            dp += (new - share[w]) * wells.response[w]
+            share[w] = new
+    return dp, share
+
+
+def _pressure_march(faces: _Faces, system: _PressureSystem, temperature, n_reports) -> np.ndarray:
     """(n_reports, n) pressure change since t = 0 at each year; ``temperature`` (n_reports, n) in K
     or None (water stays at t0: constant coefficients)."""
     out = np.zeros((n_reports, faces.n))
     rho = system.rho0
     for t in range(1, n_reports):
-        out[t], _, rho = _pressure_step(faces, system, q, out[t - 1], None if temperature is None else temperature[t], rho)
+        out[t], _, rho, _ = _pressure_step(faces, system, out[t - 1], None if temperature is None else temperature[t], rho)
     return out
 
 
-def _pressure_step(faces: _Faces, system: _PressureSystem, q, dp, temperature, rho_before, rtol=None):
+def _pressure_step(faces: _Faces, system: _PressureSystem, dp, temperature, rho_before, rtol=None):
     """One backward-Euler year from the pressure change ``dp``, the water at ``temperature`` (n,
     K; None: at t0) after ``rho_before`` (kg/m^3): (new dp, mass flux per face from a to b in
-    kg/s with the water's weight, the water's density)."""
+    kg/s with the water's weight, the water's density, the wells' delivered rates per cell)."""
     a, b = faces.a, faces.b
-    rhs = q + system.storage * dp
+    rhs = system.q + system.storage * dp
     if temperature is None:
-        dp = system.solve(rhs, dp, rtol)
-        return dp, system.lam0 * (dp[a] - dp[b]), system.rho0
+        dp, q = _limited(system, system.solve(rhs, dp, rtol))
+        return dp, system.lam0 * (dp[a] - dp[b]), system.rho0, q
     rho0 = system.rho0
     rho = water_density(temperature)
     mob = rho / water_viscosity(temperature)
@@ -209,8 +289,19 @@ def _pressure_step(faces: _Faces, system: _PressureSystem, q, dp, temperature, r
     weight = lam * excess
     rhs = (rhs + faces.divergence((system.lam0 - lam) * (dp[a] - dp[b]) + weight)
            - system.pore_volume * (rho - rho_before) / YEAR_SECONDS)
-    dp = system.solve(rhs, dp, rtol)
-    return dp, lam * (dp[a] - dp[b]) - weight, rho
+    dp, q = _limited(system, system.solve(rhs, dp, rtol))
+    return dp, lam * (dp[a] - dp[b]) - weight, rho, q
+
+
+def _limited(system: _PressureSystem, dp) -> tuple[np.ndarray, np.ndarray]:
+    """(dp, delivered rates per cell) with the wells' pressure limits held."""
+    if system.wells is None:
+        return dp, system.q
+    dp, share = _hold_limits(system.wells, dp)
+    q = system.q.copy()
+    for cells, s in zip(system.wells.cells, share):
+        q[cells] *= s
+    return dp, q
 
 
 @dataclass
@@ -235,16 +326,18 @@ def _heat(faces: _Faces, res: Reservoir, q) -> _Heat:
     return _Heat(capacity, np.maximum(q, 0.0) / 1000.0, conduction, rock_contact)
 
 
-def _thermal_march(faces: _Faces, res: Reservoir, system: _PressureSystem, q, t0, gap, n_reports) -> np.ndarray:
+def _thermal_march(faces: _Faces, res: Reservoir, system: _PressureSystem, t0, gap, n_reports) -> np.ndarray:
     """(n_reports, n) share of the injection gap: implicit upwind transport plus conduction,
     THERMAL_SUBSTEPS backward-Euler steps a year, on each year's flow of the cold-water pressure
     step at the share of the year before: the plume's weight and viscosity act on its own flow,
     so cold water sinks and spreads along the base."""
-    heat = _heat(faces, res, q)
+    heat = _heat(faces, res, system.q)
     out = np.zeros((n_reports, faces.n))
     theta, dp, rho = np.zeros(faces.n), np.zeros(faces.n), system.rho0
     for t in range(1, n_reports):
-        dp, flux, rho = _pressure_step(faces, system, q, dp, t0 + gap * theta if gap.any() else None, rho, FLOW_RTOL)
+        dp, flux, rho, q = _pressure_step(faces, system, dp, t0 + gap * theta if gap.any() else None, rho, FLOW_RTOL)
+        if system.wells is not None:  # an injector at its pressure limit injects less heat
+            heat = dataclasses.replace(heat, injection=np.maximum(q, 0.0) / 1000.0)
         solve = _transport_solver(_transport_matrix(faces, heat, flux / 1000.0), np.argsort(-dp, kind="stable"))
         for _ in range(THERMAL_SUBSTEPS):
             theta = np.clip(solve(heat.capacity / heat.dt * theta + heat.injection, theta), 0.0, 1.0)
@@ -343,4 +436,4 @@ def warm_pressure_change(res: Reservoir, n_reports: int) -> np.ndarray:
     if faces.n == 0 or not np.any(q) or n_reports < 2:
         return np.zeros((n_reports, faces.n))
     t0 = np.asarray(res.temperature0, np.float64).ravel()[faces.cells]
-    return _pressure_march(faces, _pressure_system(faces, res, t0), q, None, n_reports)
+    return _pressure_march(faces, _pressure_system(faces, res, t0), None, n_reports)

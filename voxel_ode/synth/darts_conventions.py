@@ -178,6 +178,9 @@ def description(conv: Conventions = Conventions()) -> desc.Description:
         "InjectionTemperature": {"param": conv.file_index(0), "unit": "K"},
         "RockHeatCapacityVolumetric": {"param": conv.file_index(3), "unit": "kJ/(m^3 K)"},
         "RockThermalConductivity": {"param": conv.file_index(4), "unit": "W/(m K)"},
+        # the injectors' limit (hydrostatic at the box bottom + 150 bar) differs per run: not a constant
+        "ProducerMinBottomholePressure": {"value": PROD_BHP_MIN, "unit": "bar"},
+        "WellRadius": WELL_DIAMETER / 2,
     }
     return desc.Description.from_dict({
         "permeability_unit": conv.permeability_unit, "first_report": conv.first_report,
