@@ -457,3 +457,26 @@ def test_scale_like_params_are_log_scaled_with_a_floor_for_zeros():
     np.testing.assert_allclose(got[:, 2], expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got[:, 1], (np.log10(values[:, 1]) - st["mean"][1]) / st["std"][1], rtol=1e-5, atol=1e-5)
     assert got[0, 2] < got[1:, 2].min()  # closed (0) sits below every supported run
+
+
+def test_training_ranges_span_the_training_runs_only(prepped, tmp_path):
+    """stats.json's training ranges hold the training split's extremes (the test run's are
+    not in them); a malformed range is refused when the stats are read."""
+    out, _, arrays = prepped
+    stats = Stats.load(out)
+    ranges = stats["training_ranges"]
+    totals = []
+    for i in (2, 3, 4):
+        m = raw_mask(arrays[i])
+        rate = arrays[i]["InjRate"][m].astype(np.float64)
+        totals.append(rate[rate > 0].sum())
+    assert ranges["injection rate (kg/s, total)"] == pytest.approx([min(totals), max(totals)], rel=1e-5)
+    params = np.stack([arrays[i]["ParamsScalar"] for i in (2, 3, 4)]).astype(np.float64)
+    assert ranges["ParamsScalar[7]"] == pytest.approx([params[:, 7].min(), params[:, 7].max()], rel=1e-6)
+    assert ranges["active cells"] == [float(min(raw_mask(arrays[i]).sum() for i in (2, 3, 4))),
+                                      float(max(raw_mask(arrays[i]).sum() for i in (2, 3, 4)))]
+    bad = json.loads((out / schema.STATS_FILE).read_text())
+    bad["training_ranges"]["active cells"] = [5.0, 1.0]
+    (tmp_path / schema.STATS_FILE).write_text(json.dumps(bad))
+    with pytest.raises(UserError, match="training_ranges/active cells: not"):
+        Stats.load(tmp_path / schema.STATS_FILE)

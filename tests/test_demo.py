@@ -32,6 +32,8 @@ def test_quick_demo_beats_persistence(tmp_path, capsys):
     # everything a user is told to look at is there
     ev = out / "eval"
     assert (ev / "metrics.json").exists() and (ev / "metrics_per_step.csv").exists()
+    # each test run's inputs judged against the training runs' ranges (a list of lines, maybe empty)
+    assert all(isinstance(v, list) for v in json.loads((ev / "metrics.json").read_text())["out_of_range"].values())
     assert list((ev / "predictions").glob("*.h5")) and list((ev / "predictions").glob("*.xdmf"))
     assert list((ev / "plots").rglob("*.png"))
     # the final model is evaluated, never one picked on the test split it reports on

@@ -69,3 +69,25 @@ def test_a_forecast_without_a_declared_injection_temperature_is_one_line(tmp_pat
     assert "plan.h5: (description): InjectionTemperature: not declared, and a forecast has no field scalars" in err[0]
     with pytest.raises(UserError, match="InjectionTemperature"):
         predict_file(tmp_path / "ck" / "last.pt", plan, tmp_path / "p.h5", device="cpu", progress=False)
+
+
+def test_a_forecast_names_each_input_outside_the_training_runs(trained, tmp_path, capsys):
+    """A training run's own inputs lie inside the ranges; tripled well rates and a ParamsScalar
+    entry far beyond any training run's are each named, in stdout and in predictions.h5."""
+    ckpt = trained / "ck" / "last.pt"
+    inside = _inputs_only(trained / "raw" / "v2.4_0002.h5", tmp_path / "inside.h5")
+    predict_file(ckpt, inside, tmp_path / "inside_pred.h5", device="cpu", amp="none", progress=False)
+    with h5py.File(tmp_path / "inside_pred.h5") as f:
+        assert json.loads(f.attrs["out_of_range"]) == []
+    outside = _inputs_only(trained / "raw" / "v2.4_0002.h5", tmp_path / "outside.h5")
+    with h5py.File(outside, "a") as f:
+        f["Input/InjRate"][...] = f["Input/InjRate"][()] * 3
+        f["Input/ParamsScalar"][5] = 1e6
+    capsys.readouterr()
+    predict_file(ckpt, outside, tmp_path / "outside_pred.h5", device="cpu", amp="none", progress=False)
+    printed = capsys.readouterr().out
+    with h5py.File(tmp_path / "outside_pred.h5") as f:
+        notes = json.loads(f.attrs["out_of_range"])
+    names = [n.split(" = ")[0] for n in notes]
+    assert names == ["injection rate (kg/s, total)", "production rate (kg/s, total)", "ParamsScalar[5]"]
+    assert all(f"warning: outside the training runs: {n}" in printed for n in notes)

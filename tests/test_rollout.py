@@ -366,6 +366,8 @@ def test_evaluate_table_on_tiny_fixtures(data, tmp_path, capsys):
     assert summary["persistence"]["rel. change error T"]["mean"] == pytest.approx(1.0)
     report = json.loads((out / "metrics.json").read_text())
     assert set(report["per_sim"]) == {"v2.4_0001"}
+    # these hand-made stats hold no training ranges (as from an earlier prep): said, not guessed
+    assert report["out_of_range"] == {"v2.4_0001": None} and "out-of-range check: not available" in printed
     p_err = report["per_sim"]["v2.4_0001"]["model"]["grid"]["Pressure"]["rel_change_err"]
     assert len(p_err) == N_T
     lines = (out / "metrics_per_step.csv").read_text().splitlines()

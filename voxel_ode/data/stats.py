@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from voxel_ode import schema
-from voxel_ode.data import description, prepped
+from voxel_ode.data import description, envelope, prepped
 from voxel_ode import files
 from voxel_ode.utils import UserError, signed_log1p
 
@@ -235,6 +235,7 @@ def compute_stats(train: list[dict], rel_train: list[str], rel_test: list[str], 
         "scalar_increments": _signed_log1p_stats(increments, schema.CUMULATIVE_SCALARS),
         "patches": patches,
         "priors": _all_or_none([s["priors"] for s in train], "physics priors"),
+        envelope.RANGES_KEY: envelope.ranges([s["inputs"] for s in train]),
     }
 
 
@@ -313,6 +314,12 @@ class Stats:
         warnings = report.get("warnings", []) if isinstance(report, dict) else []
         return [str(w) for w in warnings] if isinstance(warnings, list) else []
 
+    def outside_training(self, inputs: dict) -> list[str] | None:
+        """envelope.outside for a run's inputs (envelope.run_inputs) against the training runs'
+        ranges; None where prep recorded none (stats from an earlier version)."""
+        training = self.data.get(envelope.RANGES_KEY)
+        return None if training is None else envelope.outside(training, inputs, envelope.param_labels(self.description))
+
     @property
     def digest(self) -> str:
         """sha256 of the parts that change a model's result (RESULT_KEYS)."""
@@ -364,6 +371,8 @@ def validate_stats(stats, source) -> None:
     positive scales. Raises UserError "source: section/field: what"."""
     if not isinstance(stats, dict):
         raise UserError(f"{source}: stats: not a JSON object")
+    if envelope.RANGES_KEY in stats:
+        envelope.check_ranges(stats[envelope.RANGES_KEY], source)
     for section, names in _SECTIONS.items():
         sec = stats.get(section)
         where = f"{source}: {section}"

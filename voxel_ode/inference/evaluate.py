@@ -18,6 +18,7 @@ from voxel_ode.data.stats import Stats
 from voxel_ode import metrics as M
 from voxel_ode.inference import plots as plots_module
 from voxel_ode.inference.baselines import LinearStepper, PersistenceStepper, fit_linear_baseline, load_linear_baseline
+from voxel_ode.inference.predict import out_of_range_notes
 from voxel_ode.inference.predictions import write_predictions
 from voxel_ode.inference.rollout import ModelStepper, run_stepper
 from voxel_ode.model import checkpoint, precision
@@ -140,10 +141,11 @@ def evaluate(prepped_root, ckpt_path, out_dir, split="test", device="cpu", tile=
     print(f"receptive field: {model.receptive_field} cells; {len(paths)} {split} simulations")
     attrs = {"checkpoint": str(Path(ckpt_path).resolve()), "stats": "checkpoint", "model_config": json.dumps(config),
              "receptive_field": int(model.receptive_field), "device": device}
-    per_sim, timings = {}, []
+    per_sim, timings, out_of_range = {}, [], {}
     for path in tqdm(paths, desc=f"evaluate {split}", disable=not progress):
         sim = prepped.load_prepped_sim(path)
         name = path.name[: -len(schema.PREPPED_SUFFIX)]
+        out_of_range[name] = out_of_range_notes(stats, sim)
         preds, seconds_per_step = _roll_out_all(steppers, sim)
         timings.append(seconds_per_step)
         per_sim[name] = evaluate_sim(sim, preds, stats, tol_pressure, tol_temperature)
@@ -156,9 +158,15 @@ def evaluate(prepped_root, ckpt_path, out_dir, split="test", device="cpu", tile=
             plots_module.plot_simulation(out_dir / "plots" / name, sim, preds, stats.description, per_sim[name])
     summary = summarize(per_sim)
     print(format_table(summary, tol_pressure, tol_temperature))
+    if None in out_of_range.values():
+        print("out-of-range check: not available (stats.json from a prep before training ranges were recorded)")
+    for name, notes in out_of_range.items():
+        for note in notes or []:
+            print(f"{name}: outside the training runs: {note}")
     report = {
         "summary": summary,
         "per_sim": per_sim,
+        "out_of_range": out_of_range,  # per run: its inputs outside the training runs' ranges
         "config": {"checkpoint": str(ckpt_path), "split": split, "tile": list(tile) if tile else None,
                    "tol_pressure": tol_pressure, "tol_temperature": tol_temperature, "device": device,
                    "model_seconds_per_step": M.finite_mean(timings)},

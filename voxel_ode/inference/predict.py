@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from voxel_ode import files, schema
+from voxel_ode.data import envelope
 from voxel_ode.inference import plots
 from voxel_ode.inference.predictions import write_predictions
 from voxel_ode.inference.rollout import load_sim, rollout
@@ -36,6 +37,11 @@ def predict_file(ckpt_path, source, save_path, stats_path=None, device="cpu", am
               f"{len(sim['priors']) - 1} years; field scalars at t = 0 estimated from the wells' rates and "
               "liquid-water enthalpy c_w (T - 273.15) (a simulator with another enthalpy reference reports "
               "other absolute energy rates)")
+    out_of_range = out_of_range_notes(stats, sim)
+    if out_of_range is None:
+        print("out-of-range check: not available (stats.json from a prep before training ranges were recorded)")
+    for note in out_of_range or []:
+        print(f"warning: outside the training runs: {note}")
     print(f"receptive field: {model.receptive_field} cells (tile halo)" + (f", tiles {tuple(tile)}" if tile else ""))
     t0 = time.perf_counter()
     grid, scalar = rollout(model, normalizer, sim, device=device, tile=tile, precision=chosen, progress=progress)
@@ -55,6 +61,9 @@ def predict_file(ckpt_path, source, save_path, stats_path=None, device="cpu", am
         "times_years": json.dumps(list(range(len(grid)))),
         "first_report": str(sim.get("first_report", "initial")),
         "forecast": json.dumps(forecast),  # true: a run nobody simulated, no truth in the file
+        # inputs outside the training runs' ranges, and what prep's calibration found doubtful
+        "out_of_range": json.dumps(out_of_range or []),
+        "calibration_warnings": json.dumps(stats.calibration_warnings),
     }
     write_predictions(save_path, grid, scalar, sim["static"][schema.STATIC_ACTIVE], attrs, truth=truth, xdmf=xdmf,
                       cell_size=plots.cell_size_of(sim, stats.description))
@@ -67,3 +76,10 @@ def predict_file(ckpt_path, source, save_path, stats_path=None, device="cpu", am
                                   dynamic_std=stats["dynamic"]["std"])
         print(f"wrote pictures to {plots_dir}")
     return Path(save_path)
+
+
+def out_of_range_notes(stats, sim: dict) -> list[str] | None:
+    """One line per input of the run outside the training runs' ranges (data/envelope.py); None
+    where the stats hold no ranges."""
+    inputs = envelope.run_inputs(sim["static"], sim["params_scalar"], plots.cell_size_of(sim, stats.description))
+    return stats.outside_training(inputs)
