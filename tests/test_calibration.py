@@ -257,13 +257,23 @@ def test_declared_description_is_never_recalibrated(tmp_path, capsys, flag):
     assert "calibrated" not in stats["description"] and stats["calibration"] is None
 
 
-def test_grids_too_large_to_fit_are_said_and_left_without_priors(tmp_path, monkeypatch, capsys):
-    paths = [write_raw_sim(tmp_path / f"v2.4_{i:04d}.h5", foreign_arrays(seed=i)) for i in range(4)]
-    monkeypatch.setattr(calibration, "MAX_CELLS", 10)
-    desc, report = calibrate.calibrate_description(description.Description(), [str(p) for p in paths[1:]],
-                                                   progress=False)
+def test_grids_above_the_limit_are_fitted_on_blocks(tmp_path, monkeypatch, capsys):
+    """Above MAX_CELLS active cells a run is fitted on blocks (said, and in the report); blocks
+    that still leave too many cells are said and leave the dataset without priors."""
+    paths = [str(write_raw_sim(tmp_path / f"v2.4_{i:04d}.h5", foreign_arrays(seed=i))) for i in range(4)]
+    n_active = calibrate._calibration_run(paths[1], description.Description(), None)[0].true_change.shape[1]
+    monkeypatch.setattr(calibration, "MAX_CELLS", n_active // 3)
+    desc, report = calibrate.calibrate_description(description.Description(), paths[1:], progress=False)
+    blocks = report["blocks"]
+    assert np.prod(blocks) >= 2 and "calibration: fitting on blocks of" in capsys.readouterr().err
+    # the reported sizes are the cells', not the blocks' (this tiny grid's fit is not used, but said)
+    block_fit = calibration.fit([reduced.upscaled_run(calibrate._calibration_run(p, description.Description(), None)[0],
+                                                      blocks) for p in paths[1:]])
+    assert report["fitted"]["CellSizeZ"]["value"] == pytest.approx(block_fit.cell_size[2] / blocks[0], rel=1e-3)  # rounded
+    assert report["fitted"]["CellSizeX"]["value"] == pytest.approx(block_fit.cell_size[0] / blocks[2], rel=1e-3)
+    desc, report = calibrate.calibrate_description(description.Description(), paths[1:], progress=False, blocks=(1, 1, 1))
     assert not desc.calibrated and desc.lateral_boundary is None and report["used"] is False
-    assert "calibration: skipped, more than 10 active cells" in capsys.readouterr().err
+    assert f"calibration: skipped, more than {n_active // 3} active blocks" in capsys.readouterr().err
 
 
 def test_calibration_warnings_are_repeated_where_the_stats_are_used(small_prepped, tmp_path, capsys):
@@ -285,3 +295,52 @@ def test_calibration_warnings_are_repeated_where_the_stats_are_used(small_preppe
     assert "note: calibration: run v2.4_0002.h5 explained poorly (error 0.91)" in capsys.readouterr().out
     checkpoint.load_for_inference(tmp_path / "ck" / "last.pt")
     assert "note: calibration: run v2.4_0002.h5 explained poorly" in capsys.readouterr().out
+
+
+def _layered_runs(grid, cell, ct, kind, mult, seeds=(0, 1, 2), n_reports=6):
+    """Warm-march changes on layered rock (permeability and porosity by layer, 0.15 decades of
+    noise in each cell): the geology block upscaling is meant for."""
+    runs = []
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        nz, ny, nx = grid
+        inj = np.zeros(grid)
+        inj[:, 3 + seed % 3, 3], inj[:, ny - 4, nx - 4 - seed % 2] = 2.0, -1.5
+        k = 10 ** rng.uniform(-14, -12.5, (nz, 1, 1)) * 10 ** rng.normal(0, 0.15, grid)
+        res = physics_priors.Reservoir(np.ones(grid, bool), (k, k, k * 0.1),
+                                       rng.uniform(0.1, 0.25, (nz, 1, 1)) * np.ones(grid),
+                                       350.0 + 0.1 * np.arange(nz)[:, None, None] * np.ones(grid), inj, (1.0, 1.0, 1.0))
+        truth = dataclasses.replace(res, cell_size=cell, compressibility=ct, boundary=kind, boundary_multiplier=mult)
+        runs.append(calibration.Run(res, physics_priors.warm_pressure_change(truth, n_reports), name=f"run{seed}"))
+    return runs
+
+
+def test_upscaled_runs_keep_pore_volume_rates_and_declared_sizes():
+    run = _layered_runs((6, 8, 10), (40.0, 40.0, 8.0), 1e-9, "closed", 0.0, seeds=(0,))[0]
+    run = dataclasses.replace(run, cell_size=(40.0, 40.0, 8.0))
+    up = reduced.upscaled_run(run, (2, 2, 2))
+    assert up.reservoir.active.shape == (3, 4, 5) and up.cell_size == (80.0, 80.0, 16.0)
+    assert np.prod((2, 2, 2)) * up.reservoir.porosity.sum() == pytest.approx(run.reservoir.porosity.sum())
+    assert up.reservoir.inj_rate.sum() == pytest.approx(run.reservoir.inj_rate.sum())
+    assert np.abs(up.reservoir.inj_rate).sum() == pytest.approx(np.abs(run.reservoir.inj_rate).sum())
+    uniform = dataclasses.replace(run, true_change=np.full_like(run.true_change, 3.0))
+    np.testing.assert_allclose(reduced.upscaled_run(uniform, (2, 2, 2)).true_change, 3.0)
+    assert reduced.upscaled_run(run, (1, 1, 1)) is run
+
+
+def test_a_fit_on_blocks_gives_the_cells_constants():
+    """Fitted on 2 x 2 x 2 blocks and mapped back to cells (sizes / 2, the side cells' extra pore
+    volume as one side cell holds it), the constants reproduce the cells' own changes within
+    0.1; the block multiplier taken as the cells' would not."""
+    runs = _layered_runs((12, 16, 16), (40.0, 40.0, 8.0), 1e-9, "pore_volume", 300.0)
+    on_blocks = calibration.fit([reduced.upscaled_run(r, (2, 2, 2)) for r in runs])
+    fit = calibrate._per_cell(on_blocks, (2, 2, 2))
+    assert fit.boundary == "pore_volume" and fit.used
+    np.testing.assert_allclose(fit.cell_size, (40.0, 40.0, 8.0), rtol=0.4)
+    assert fit.fitted["CellSizeX"]["value"] == pytest.approx(on_blocks.cell_size[0] / 2)
+    for run in runs:
+        error = np.linalg.norm(_made_by_fit(run, fit) - run.true_change) / np.linalg.norm(run.true_change)
+        assert error < 0.1
+    unmapped = dataclasses.replace(fit, multiplier=on_blocks.multiplier)
+    assert max(np.linalg.norm(_made_by_fit(r, unmapped) - r.true_change) / np.linalg.norm(r.true_change)
+               for r in runs) > 0.15

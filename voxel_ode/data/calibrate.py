@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from voxel_ode import schema
 from voxel_ode.data import description, pack, raw
-from voxel_ode.physics import calibration
+from voxel_ode.physics import calibration, reduced
 from voxel_ode.physics import priors as physics_priors
 from voxel_ode.utils import UserError
 
@@ -63,11 +63,13 @@ def _not_used(why: str) -> dict:
     return {"runs": {}, "fitted": {}, "warnings": [why], "used": False}
 
 
-def calibrate_description(desc: description.Description, train_paths, fill_value=None,
-                          progress=True) -> tuple[description.Description, dict | None]:
+def calibrate_description(desc: description.Description, train_paths, fill_value=None, progress=True,
+                          blocks=None) -> tuple[description.Description, dict | None]:
     """(``desc`` with what the priors lack fitted on a few training runs, the report for stats.json's
     "calibration"). Runs when the cell sizes or the lateral boundary are not declared; the thermal
-    constants the description lacks are fitted with them. Report None: nothing to calibrate."""
+    constants the description lacks are fitted with them. Report None: nothing to calibrate.
+    ``blocks``: fit on blocks of (fz, fy, fx) cells (default: cell by cell up to MAX_CELLS active
+    cells, blocks that bring a run to about half of it above)."""
     cells = all(q in desc.quantities for q in description.CELL_SIZE_QUANTITIES)
     if (cells and desc.lateral_boundary) or not train_paths:
         return desc, None
@@ -76,18 +78,26 @@ def calibrate_description(desc: description.Description, train_paths, fill_value
     for path in picks:
         try:
             run, physics = _calibration_run(path, desc, fill_value)
-            runs.append(run)
         except (UserError, raw.DatasetProblem, OSError, KeyError, ValueError):
             continue  # the scan names what is wrong with it
+        if blocks is None:  # one block size for every run, with room for runs with more active cells
+            n = run.true_change.shape[1]
+            blocks = reduced.coarsening(int(1.25 * n), calibration.MAX_CELLS // 2) if n > calibration.MAX_CELLS \
+                else (1, 1, 1)
+        blocks = tuple(int(k) for k in blocks)
+        runs.append(reduced.upscaled_run(run, blocks))
     if not runs:
         report = _not_used("no readable calibration run: no physics priors")
     elif max(r.true_change.shape[1] for r in runs) > calibration.MAX_CELLS:
-        report = _not_used(f"skipped, more than {calibration.MAX_CELLS} active cells per run (too slow); declare the "
-                           "cell sizes and the lateral boundary (description.json) for physics priors")
+        report = _not_used(f"skipped, more than {calibration.MAX_CELLS} active blocks of {blocks} cells per run; "
+                           "declare the cell sizes and the lateral boundary (description.json) for physics priors")
     else:
+        if blocks != (1, 1, 1):
+            tqdm.write(f"calibration: fitting on blocks of {blocks[0]} x {blocks[1]} x {blocks[2]} cells (Z, Y, X)",
+                       file=sys.stderr)
         with tqdm(desc="calibrate", unit="stage", disable=not progress, leave=False) as bar:
-            result = calibration.fit(runs, _declared(desc, physics), progress=bar.update)
-        report = result.report()
+            result = _per_cell(calibration.fit(runs, _declared(desc, physics), progress=bar.update), blocks)
+        report = result.report() | {"blocks": list(blocks)}
         if result.used:
             desc = apply_calibration(desc, result, len(result.run_errors))
             _say_fit(result)
@@ -96,6 +106,27 @@ def calibrate_description(desc: description.Description, train_paths, fill_value
     if not report["used"]:
         tqdm.write("calibration: not used; no physics priors", file=sys.stderr)
     return desc, report
+
+
+def _per_cell(result: calibration.Fit, blocks) -> calibration.Fit:
+    """A fit on blocks of (fz, fy, fx) cells as the cells' constants: the sizes divided by the
+    block's; the lateral boundary's strength as the outermost cells hold it (a side block is
+    fx cells wide: its extra pore volume, or its support through a half block, is that of one
+    side cell); compressibility and the thermal constants are the same per cell as per block."""
+    lateral = blocks[2]  # calibration assumes dy = dx; coarsening keeps fy = fx
+    multiplier = result.multiplier
+    if result.boundary == "pore_volume":
+        multiplier = 1.0 + lateral * (multiplier - 1.0)
+    elif result.boundary == "fixed_pressure":
+        multiplier = multiplier / lateral
+    factor = dict(zip(description.CELL_SIZE_QUANTITIES, blocks[::-1])) | {"BoundaryMultiplier": None}
+    fitted = {}
+    for name, entry in result.fitted.items():
+        if name in factor:
+            entry = {**entry, "value": multiplier if factor[name] is None else entry["value"] / factor[name]}
+        fitted[name] = entry
+    return dataclasses.replace(result, cell_size=tuple(s / k for s, k in zip(result.cell_size, blocks[::-1])),
+                               multiplier=multiplier, fitted=fitted)
 
 
 def _say_fit(result: calibration.Fit) -> None:

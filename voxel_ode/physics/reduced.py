@@ -16,6 +16,8 @@ join neighbours. The true change of a block is its storage-weighted mean.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -138,3 +140,48 @@ def coarse(unit: UnitMarch, f) -> UnitMarch:
         out.lap.append(sp.coo_matrix((np.concatenate([c, c, -c, -c]), (np.concatenate([a, b, a, b]),
                                       np.concatenate([a, b, b, a]))), (out.n, out.n)).tocsc())
     return out
+
+
+def upscaled_run(run, f):
+    """A calibration run (calibration.Run) on blocks of ``f`` = (fz, fy, fx) cells, for grids too
+    large to fit cell by cell: each block one cell of the same constants, so a fit on it gives
+    block sizes (divide by ``f``) and the same compressibility, boundary and thermal constants.
+    Pore volume, rates and the true changes (pore-volume-weighted means) are the blocks'; the
+    permeabilities as ``coarse`` upscales mobility (X, Y: mean of the active cells; Z: mean over
+    the columns of their series value)."""
+    f = tuple(int(v) for v in f)
+    if f == (1, 1, 1):
+        return run
+    res = run.reservoir
+    grid, active = res.active.shape, np.asarray(res.active, bool)
+    block = lambda v: _blocks(np.where(active, np.asarray(v, np.float64), 0.0), grid, f)  # noqa: E731
+    count = block(np.ones(grid)).sum(axis=(3, 4, 5))
+    coarse_active = count > 0
+    porosity = np.clip(np.asarray(res.porosity, np.float64), physics_priors.MIN_POROSITY, 1.0)
+    pore = block(porosity)
+    perm = []
+    for axis in (2, 1, 0):  # PermX, PermY, PermZ
+        k = np.maximum(np.nan_to_num(np.asarray(res.perm_xyz[2 - axis], np.float64)), 0.0)
+        n_along, n_rows = f[axis], int(np.prod(f)) // f[axis]
+        perm.append(_block_conductance(block(k), f, axis) * n_along / n_rows)
+    mean = lambda v: np.where(coarse_active, block(v).sum(axis=(3, 4, 5)) / np.maximum(count, 1), 0.0)  # noqa: E731
+    coarse_res = dataclasses.replace(
+        res, active=coarse_active, perm_xyz=tuple(perm), porosity=pore.sum(axis=(3, 4, 5)) / np.prod(f),
+        temperature0=mean(res.temperature0), inj_rate=block(res.inj_rate).sum(axis=(3, 4, 5)), injection_gap=None,
+        pressure0=None if res.pressure0 is None else mean(res.pressure0))
+    weights = pore.sum(axis=(3, 4, 5))[coarse_active]
+
+    def restrict(change):  # (n_reports, n_active fine) -> (n_reports, n_active coarse)
+        if change is None:
+            return None
+        out = np.empty((change.shape[0], int(coarse_active.sum())))
+        fine_pore = np.where(active, porosity, 0.0)
+        for t, row in enumerate(change):
+            grid_row = np.zeros(grid)
+            grid_row[active] = row
+            out[t] = _blocks(grid_row * fine_pore, grid, f).sum(axis=(3, 4, 5))[coarse_active] / weights
+        return out
+
+    cell = None if run.cell_size is None else tuple(c * k for c, k in zip(run.cell_size, f[::-1]))
+    return dataclasses.replace(run, reservoir=coarse_res, true_change=restrict(run.true_change), cell_size=cell,
+                               temperature_change=restrict(run.temperature_change))
