@@ -14,7 +14,7 @@ from voxel_ode.model.precision import AMP_CHOICES, AMP_HELP
 PLAN_HELP = """\
 plan file, one scenario per row: a .csv with a header row or a .json list of objects. Columns:
 name (required, unique); rate_<well> (the well's total kg/s, + injection, - production);
-scale_rates (multiplies every rate); shut (wells, ';' between them);
+scale_rates (multiplies every rate); shut (wells, ';' between them: rate 0);
 add_well / move_well (name:x:y:z0:z1:rate, the rate split over the column's active cells
 z0..z1 by PermX; move_well may leave out the rate to keep it);
 param:<Quantity> (a quantity the checkpoint's description declares as a ParamsScalar entry,
@@ -44,8 +44,8 @@ def add_sweep_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plan", required=True, metavar="PLAN.csv|PLAN.json", help=PLAN_HELP)
     parser.add_argument("--out", required=True, metavar="FOLDER", help="folder for everything the sweep writes")
     parser.add_argument("--objective", default=DEFAULT_OBJECTIVE,
-                        help="table column to rank by, higher is better; '-name' (or --minimize): lower is "
-                             "better. e.g. energy_total, production_temperature_drop, breakthrough_year, "
+                        help="table column to rank by, higher is better; --objective=-NAME (or --minimize): "
+                             "lower is better. e.g. energy_total, production_temperature_drop, breakthrough_year, "
                              "dp_peak_P1")
     parser.add_argument("--minimize", action="store_true", help="rank by the objective's lowest value")
     parser.add_argument("--breakthrough_k", type=float, default=DEFAULT_BREAKTHROUGH_K,

@@ -6,7 +6,7 @@ A plan is a CSV file (a header row) or a JSON list of objects, one scenario per 
     rate_<well>     the well's total rate in kg/s, signed like InjRate (+ injection, - production);
                     its cells keep their share of it
     scale_rates     multiplies every well's rate (after the rate_ and well changes)
-    shut            wells to shut, separated by ``;`` (their InjRate and IsWell become 0)
+    shut            wells to shut, separated by ``;`` (their InjRate becomes 0; IsWell stays)
     add_well        ``name:x:y:z0:z1:rate`` (``;`` between several): a new well in column (x, y)
                     perforating its active cells z0..z1, the rate split over them by PermX
                     (as synth's open-darts runs split it: PermX x the uniform cell height)
@@ -336,16 +336,20 @@ def scenario_params(base: Base, sc: Scenario) -> np.ndarray:
 
 def scenario_grids(base: Base, sc: Scenario) -> tuple[np.ndarray, np.ndarray, list[Well]]:
     """(InjRate, IsWell, wells) of a scenario: the base's grids with every base well's cells
-    cleared and the scenario's wells written in; IsWell marks the cells that flow."""
+    cleared and the scenario's wells written in. IsWell marks every well's perforations, shut ones
+    included (a shut well is still drilled; a run without any IsWell cell is refused by prep's
+    checks); a moved well leaves its old cells."""
     inj = base.inj_rate.copy()
     is_well = base.is_well.copy()
     for well in base.wells:
         inj[well.zs, well.y, well.x] = 0.0
-        is_well[well.zs, well.y, well.x] = 0.0
+    for spec in sc.move:
+        old = next(w for w in base.wells if w.name == spec.name)
+        is_well[old.zs, old.y, old.x] = 0.0
     wells = scenario_wells(base, sc)
     for well in wells:
         inj[well.zs, well.y, well.x] = well.rates
-        is_well[well.zs, well.y, well.x] = (well.rates != 0).astype(np.float64)
+        is_well[well.zs, well.y, well.x] = 1.0
     return inj, is_well, wells
 
 

@@ -144,7 +144,7 @@ def _finish(out: Path, scenarios, column, minimize, breakthrough_k) -> list[dict
     everything = {"objective": column, "minimize": minimize, "breakthrough_k": breakthrough_k,
                   "scenarios": [row | {"series": results[row["name"]]} for row in rows]}
     files.write_json_atomic(out / "scenarios.json", everything)
-    table.plot_sweep(out / "sweep.png", rows, results, column)
+    table.plot_sweep(out / "sweep.png", rows, results, column, minimize)
     return rows
 
 

@@ -37,6 +37,19 @@ DEFAULT_BREAKTHROUGH_K = 1.0
 FIXED_COLUMNS = ("energy_total", "energy_last_year", "production_temperature_start", "production_temperature_end",
                  "production_temperature_drop", "breakthrough_year") + schema.SCALAR_NAMES
 N_LABELLED = 5  # scenarios named in the picture
+# the picture's units: energies in TJ, powers in MW, pressures in bar (schema's SI in the table)
+DISPLAY = {"J": ("TJ", 1e-12), "W": ("MW", 1e-6), "Pa": ("bar", 1e-5)}
+
+
+def column_unit(column: str) -> str:
+    if column.startswith("dp_"):
+        return "Pa"
+    if column.startswith("energy_"):
+        return "J"
+    if column.startswith("production_temperature"):
+        return "K"
+    units = {f.name: f.unit for f in schema.SCALAR_FIELDS}
+    return units.get(column, "-")
 
 
 def _finite(values) -> list:
@@ -121,7 +134,7 @@ def write_table(path, rows: list[dict]) -> None:
                 writer.writerow({c: ("" if row.get(c) is None else row.get(c)) for c in columns})
 
 
-def plot_sweep(path, rows: list[dict], results: dict, column: str) -> Path:
+def plot_sweep(path, rows: list[dict], results: dict, column: str, minimize: bool = False) -> Path:
     """Energy produced per year of every scenario (the best N_LABELLED named, the rest grey) and
     a bar of the objective per scenario, best at the top."""
     fig, (curves, bars) = plt.subplots(1, 2, figsize=(13, max(4.5, 0.25 * min(len(rows), 40) + 1.5)))
@@ -129,17 +142,22 @@ def plot_sweep(path, rows: list[dict], results: dict, column: str) -> Path:
     for row in reversed(rows):  # the best drawn last, on top
         energy = energy_per_year(results[row["name"]]) * 1e-12
         labelled = row["name"] in best
-        curves.plot(np.arange(1, len(energy) + 1), energy, color=None if labelled else "0.75",
+        curves.plot(np.arange(1, len(energy) + 1), energy, color=f"C{best.index(row['name'])}" if labelled else "0.75",
                     lw=2 if labelled else 1, label=f"{row['rank']}. {row['name']}" if labelled else None,
                     zorder=3 if labelled else 2)
+    handles, labels = curves.get_legend_handles_labels()
+    curves.legend(handles[::-1], labels[::-1], fontsize=8)  # best first
     curves.set(xlabel="year", ylabel="energy produced in the year (TJ)", title="energy produced per year")
-    curves.legend(fontsize=8)
+    curves.xaxis.get_major_locator().set_params(integer=True)
     shown = rows[:40]  # a bar per scenario, at most 40
-    values = [np.nan if r.get(column) is None else float(r[column]) for r in shown]
-    bars.barh(range(len(shown)), values, color=["C0" if r["name"] in best else "0.6" for r in shown])
+    unit, factor = DISPLAY.get(column_unit(column), (column_unit(column), 1.0))
+    values = [np.nan if r.get(column) is None else float(r[column]) * factor for r in shown]
+    bars.barh(range(len(shown)), values, color=[f"C{best.index(r['name'])}" if r["name"] in best else "0.6"
+                                                for r in shown])
     bars.set_yticks(range(len(shown)), [r["name"] for r in shown], fontsize=8)
     bars.invert_yaxis()
-    bars.set(title=f"{column} (ranked{', first 40' if len(rows) > 40 else ''})", xlabel=column)
+    order = "lower" if minimize else "higher"
+    bars.set(title=f"{column}, {order} is better{' (best 40)' if len(rows) > 40 else ''}", xlabel=f"{column} ({unit})")
     with files.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
