@@ -124,6 +124,15 @@ def test_scenario_changes_act(trained, swept):
     untouched = np.ones(base.grid, bool)
     untouched[i1.zs, i1.y, i1.x] = untouched[p1.zs, p1.y, p1.x] = False
     np.testing.assert_array_equal(inj[untouched], base.inj_rate[untouched])
+    moved = scenarios.parse_row({"name": "m", "move_well": "I1:3:4:0:11"}, 2)  # no rate: keeps its total
+    scenarios.check_scenario(moved, base, trained["desc"])
+    inj, is_well, wells = scenarios.scenario_grids(base, moved)
+    assert (inj[i1.zs, i1.y, i1.x] == 0).all() and (is_well[i1.zs, i1.y, i1.x] == 0).all()
+    new = next(w for w in wells if w.name == "I1")
+    assert (new.y, new.x) == (4, 3) and base.active[new.zs, 4, 3].all() and (is_well[new.zs, 4, 3] == 1).all()
+    assert inj[:, 4, 3].sum() == pytest.approx(i1.total)
+    share = base.permx[new.zs, 4, 3] / base.permx[new.zs, 4, 3].sum()  # split by PermX
+    np.testing.assert_allclose(inj[new.zs, 4, 3], i1.total * share)
 
 
 def test_bad_plan_rows_are_one_line_each_and_nothing_runs(trained, tmp_path, capsys):

@@ -159,7 +159,7 @@ def load_base(path, desc: Description) -> Base:
 def read_rows(path) -> list[dict]:
     """The plan's rows as {column: text or value}, empty cells left out."""
     path = files.regular_file(path, "--plan")
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8-sig")  # a spreadsheet's CSV may start with a byte-order mark
     if path.suffix.lower() == ".json":
         try:
             rows = json.loads(text)

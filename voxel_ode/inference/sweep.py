@@ -170,7 +170,9 @@ def run_sweep(ckpt_path, base_path, plan_path, out, objective=table.DEFAULT_OBJE
                    "plan": hashlib.sha256(json.dumps(plans.read_rows(plan_path), sort_keys=True).encode()).hexdigest()}
         check_record(out, {"checkpoint": str(ckpt_path), "base": str(base_path), "plan": str(plan_path),
                            "digests": digests})
-        todo = [sc for sc in scenarios if not (out / "scenarios" / f"{sc.name}.json").exists()]
+        # finished: its series stored (and its predictions, when asked for now)
+        todo = [sc for sc in scenarios if not (out / "scenarios" / f"{sc.name}.json").exists()
+                or (save_predictions and not (out / "predictions" / f"{sc.name}.h5").exists())]
         if len(todo) < len(scenarios):
             print(f"skipping {len(scenarios) - len(todo)} finished scenario(s) of {len(scenarios)} ({out / 'scenarios'})")
         if save_predictions:
