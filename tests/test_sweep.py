@@ -193,3 +193,10 @@ def test_another_plan_on_the_folder_is_refused(trained, swept, tmp_path, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and "holds a sweep of another plan" in err[0]
     assert not (out / "scenarios" / "other.json").exists()
+
+
+def test_workers_give_the_serial_numbers(trained, swept, tmp_path):
+    _, serial = swept
+    rows = sweep.run_sweep(trained["ckpt"], trained["base"], trained["plan"], tmp_path / "out", workers=2,
+                           amp="none", progress=False)
+    assert rows == serial

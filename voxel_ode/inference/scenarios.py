@@ -33,7 +33,7 @@ import h5py
 import numpy as np
 
 from voxel_ode import files, schema
-from voxel_ode.data import description, raw
+from voxel_ode.data import description, pack, raw
 from voxel_ode.data.description import Description
 from voxel_ode.utils import UserError
 
@@ -367,3 +367,9 @@ def write_scenario(base: Base, sc: Scenario, path) -> list[Well]:
                 ds = dst[schema.raw_path(name)]
                 ds[...] = np.asarray(values).reshape(ds.shape).astype(ds.dtype)
     return wells
+
+
+def forecast_start(path, desc: Description, n_reports: int) -> dict:
+    """A scenario file's forecast start, as ``voxel-ode rollout`` prepares an inputs-only file
+    (here, torch-free, so that a sweep's worker processes need not import torch)."""
+    return pack.prepare_forecast(path, desc, n_reports)

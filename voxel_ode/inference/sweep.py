@@ -22,13 +22,13 @@ import json
 import math
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import multiprocessing as mp
 from tqdm import tqdm
 
 from voxel_ode import files, schema
-from voxel_ode.data import pack
 from voxel_ode.data.prep import _die_with_parent
 from voxel_ode.inference import scenarios as plans
 from voxel_ode.inference import sweep_table as table
@@ -67,11 +67,6 @@ def check_record(out: Path, record: dict) -> None:
     files.write_json_atomic(path, record)
 
 
-def _prepare(path, desc, n_reports) -> dict:
-    """A scenario file's forecast start (top level: a worker process runs it)."""
-    return pack.prepare_forecast(path, desc, n_reports)
-
-
 def _starts(jobs, desc, n_reports, workers):
     """Yield (scenario, wells, input path, sim) in plan order. ``jobs``: (scenario, make) where
     make() writes the scenario's file and returns (path, wells). With workers > 1 the next
@@ -79,20 +74,26 @@ def _starts(jobs, desc, n_reports, workers):
     if workers <= 1:
         for sc, make in jobs:
             path, wells = make()
-            yield sc, wells, path, _prepare(path, desc, n_reports)
+            yield sc, wells, path, plans.forecast_start(path, desc, n_reports)
         return
     # spawn: the workers need no torch, and a fork of a process running torch threads may hang
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_die_with_parent) as pool:
         pending, todo = deque(), iter(jobs)
-        for sc, make in todo:
-            path, wells = make()
-            pending.append((sc, wells, path, pool.submit(_prepare, path, desc, n_reports)))
-            if len(pending) > workers:
+        try:
+            for sc, make in todo:
+                path, wells = make()
+                pending.append((sc, wells, path, pool.submit(plans.forecast_start, path, desc, n_reports)))
+                if len(pending) > workers:
+                    sc0, wells0, path0, fut = pending.popleft()
+                    yield sc0, wells0, path0, fut.result()
+            while pending:
                 sc0, wells0, path0, fut = pending.popleft()
                 yield sc0, wells0, path0, fut.result()
-        while pending:
-            sc0, wells0, path0, fut = pending.popleft()
-            yield sc0, wells0, path0, fut.result()
+        except BrokenProcessPool:
+            raise UserError("sweep: a worker process died while deriving priors (killed, or out of memory?); "
+                            "finished scenarios are kept: rerun to go on") from None
+        finally:  # stopped early (an error, Ctrl-C): the queued priors are not wanted any more
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 class Forecaster:
