@@ -201,7 +201,7 @@ def _scan_all(jobs, workers, progress, skip_bad, skipped) -> dict:
                 handle(*pack.process_sim(job))
                 bar.update()
             return good
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), initializer=_die_with_parent) as pool:
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), initializer=die_with_parent) as pool:
             futures = [pool.submit(pack.process_sim, job) for job in jobs]
             try:
                 for fut in as_completed(futures):
@@ -236,7 +236,7 @@ def _duplicates(splits: dict, good: dict) -> list[str]:
     return lines
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """A prep worker ends with the process that started it (Linux): a killed prep leaves no
     orphaned workers behind, waiting forever."""
     try:

@@ -18,6 +18,38 @@ from voxel_ode.inference.rollout import load_sim, rollout
 from voxel_ode.model import checkpoint, precision
 
 
+def prepared_source(source, stats, ckpt_path, fill_value=None) -> dict:
+    """``source``'s arrays as prep derived them for the checkpoint's data (its description); a file
+    with Input/ only: a forecast over as many years as the training runs. Checked against the
+    checkpoint's preparation."""
+    sim = load_sim(source, fill_value=fill_value, desc=stats.description, n_reports=int(stats["n_timesteps"]))
+    if sim.get("preparation") is not None:  # a prepped file or a forecast's start: prepared maybe otherwise
+        checkpoint.check_data(stats, ckpt_path, sim["preparation"], source)
+    return sim
+
+
+def prediction_attrs(ckpt_path, stats_path, source, config, model, tile, device, sim, n_frames, stats,
+                     out_of_range) -> dict:
+    """predictions.h5's root attributes: where the prediction comes from, what its frames are, and
+    what to trust less (inputs outside the training runs' ranges, prep's calibration doubts)."""
+    return {
+        "checkpoint": str(Path(ckpt_path).resolve()),
+        "stats": str(Path(stats_path).resolve()) if stats_path else "checkpoint",
+        "source": str(Path(source).resolve()),
+        "model_config": json.dumps(config),
+        "receptive_field": int(model.receptive_field),
+        "tile": json.dumps(list(tile) if tile else None),
+        "device": device,
+        # frame t = t years after the start; frame 0 is the initial state (a simulator whose first
+        # report is the end of year 1 has its report r at frame r + 1)
+        "times_years": json.dumps(list(range(n_frames))),
+        "first_report": str(sim.get("first_report", "initial")),
+        "forecast": json.dumps(bool(sim.get("forecast"))),  # true: a run nobody simulated, no truth in the file
+        "out_of_range": json.dumps(out_of_range or []),
+        "calibration_warnings": json.dumps(stats.calibration_warnings),
+    }
+
+
 def predict_file(ckpt_path, source, save_path, stats_path=None, device="cpu", amp="auto", tile=None,
                  plots_dir=None, xdmf=True, save_truth=False, fill_value=None, progress=True,
                  arch_flags=None) -> Path:
@@ -27,10 +59,7 @@ def predict_file(ckpt_path, source, save_path, stats_path=None, device="cpu", am
         files.writable_folder(plots_dir, "--plots")
     model, normalizer, stats, config = checkpoint.load_for_inference(ckpt_path, stats_path, device, arch_flags)
     chosen = precision.choose(amp, device)
-    # as prep derived them; a file with Input/ only: a forecast over as many years as the training runs
-    sim = load_sim(source, fill_value=fill_value, desc=stats.description, n_reports=int(stats["n_timesteps"]))
-    if sim.get("preparation") is not None:  # a prepped file or a forecast's start: prepared maybe otherwise
-        checkpoint.check_data(stats, ckpt_path, sim["preparation"], source)
+    sim = prepared_source(source, stats, ckpt_path, fill_value)
     forecast = bool(sim.get("forecast"))
     if forecast:
         print(f"forecast: {source} has no outputs; starting from Input/Pressure0 and Input/Temperature0, "
@@ -48,23 +77,8 @@ def predict_file(ckpt_path, source, save_path, stats_path=None, device="cpu", am
     dt = time.perf_counter() - t0
     print(f"{len(grid) - 1} steps on {grid.shape[2:]} in {dt:.1f} s ({dt / max(1, len(grid) - 1):.2f} s/step, {device})")
     truth = (sim["outputs_grid"], sim.get("outputs_scalar")) if save_truth and "outputs_grid" in sim else None
-    attrs = {
-        "checkpoint": str(Path(ckpt_path).resolve()),
-        "stats": str(Path(stats_path).resolve()) if stats_path else "checkpoint",
-        "source": str(Path(source).resolve()),
-        "model_config": json.dumps(config),
-        "receptive_field": int(model.receptive_field),
-        "tile": json.dumps(list(tile) if tile else None),
-        "device": device,
-        # frame t = t years after the start; frame 0 is the initial state (a simulator whose first
-        # report is the end of year 1 has its report r at frame r + 1)
-        "times_years": json.dumps(list(range(len(grid)))),
-        "first_report": str(sim.get("first_report", "initial")),
-        "forecast": json.dumps(forecast),  # true: a run nobody simulated, no truth in the file
-        # inputs outside the training runs' ranges, and what prep's calibration found doubtful
-        "out_of_range": json.dumps(out_of_range or []),
-        "calibration_warnings": json.dumps(stats.calibration_warnings),
-    }
+    attrs = prediction_attrs(ckpt_path, stats_path, source, config, model, tile, device, sim, len(grid), stats,
+                             out_of_range)
     write_predictions(save_path, grid, scalar, sim["static"][schema.STATIC_ACTIVE], attrs, truth=truth, xdmf=xdmf,
                       cell_size=plots.cell_size_of(sim, stats.description))
     print(f"wrote {save_path}")

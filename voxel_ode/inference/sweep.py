@@ -1,0 +1,195 @@
+"""``voxel-ode sweep``: forecasts of many variants of one run (a plan's scenarios) with one model,
+their numbers in a table, a ranking and a comparison picture.
+
+The plan (inference/scenarios.py) is checked whole against the base run and the checkpoint's
+description before any work. Each scenario is then an inputs-only raw file (the base's Input/
+with its changes) forecast like ``voxel-ode rollout`` forecasts one (pack.prepare_forecast,
+rollout.rollout), with the model loaded once. The out folder::
+
+    sweep.json              what the folder holds: digests of the checkpoint, base and plan
+    scenarios/<name>.json   one finished scenario's series (written atomically: a killed sweep
+                            resumes from them, a rerun skips them)
+    scenarios.csv / .json   the table, best first; the JSON with every per-year series
+    sweep.png               energy produced per year of every scenario, the objective per scenario
+    predictions/<name>.h5   with save_predictions (+ XDMF)
+    inputs/<name>.h5        a scenario's raw file while it runs (kept with keep_inputs)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+import multiprocessing as mp
+from tqdm import tqdm
+
+from voxel_ode import files, schema
+from voxel_ode.data.prep import die_with_parent
+from voxel_ode.inference import scenarios as plans
+from voxel_ode.inference import sweep_table as table
+from voxel_ode.inference.plots import cell_size_of
+from voxel_ode.inference.predict import out_of_range_notes, prediction_attrs
+from voxel_ode.inference.predictions import write_predictions
+from voxel_ode.inference.rollout import rollout
+from voxel_ode.model import checkpoint, precision
+from voxel_ode.utils import UserError
+
+RECORD = "sweep.json"
+
+
+def file_digest(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_record(out: Path, record: dict) -> None:
+    """The folder's sweep.json must name the same checkpoint, base and plan (else its finished
+    scenarios belong to another sweep); written when absent."""
+    path = out / RECORD
+    if path.exists():
+        try:
+            held = json.loads(path.read_text())
+        except ValueError:
+            raise UserError(f"{path}: unreadable; remove {out} or give another --out") from None
+        for key in ("checkpoint", "base", "plan"):
+            if held.get("digests", {}).get(key) != record["digests"][key]:
+                raise UserError(f"{out}: holds a sweep of another {key} ({held.get(key)}): give another --out "
+                                "or remove the folder to start over")
+        return
+    files.write_json_atomic(path, record)
+
+
+def _starts(jobs, desc, n_reports, workers):
+    """Yield (scenario, wells, input path, sim) in plan order. ``jobs``: (scenario, make) where
+    make() writes the scenario's file and returns (path, wells). With workers > 1 the next
+    scenarios' priors are derived in worker processes while the model rolls out this one."""
+    if workers <= 1:
+        for sc, make in jobs:
+            path, wells = make()
+            yield sc, wells, path, plans.forecast_start(path, desc, n_reports)
+        return
+    # spawn: the workers need no torch, and a fork of a process running torch threads may hang
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=die_with_parent) as pool:
+        pending, todo = deque(), iter(jobs)
+        try:
+            for sc, make in todo:
+                path, wells = make()
+                pending.append((sc, wells, path, pool.submit(plans.forecast_start, path, desc, n_reports)))
+                if len(pending) > workers:
+                    sc0, wells0, path0, fut = pending.popleft()
+                    yield sc0, wells0, path0, fut.result()
+            while pending:
+                sc0, wells0, path0, fut = pending.popleft()
+                yield sc0, wells0, path0, fut.result()
+        except BrokenProcessPool:
+            raise UserError("sweep: a worker process died while deriving priors (killed, or out of memory?); "
+                            "finished scenarios are kept: rerun to go on") from None
+        finally:  # stopped early (an error, Ctrl-C): the queued priors are not wanted any more
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+class Forecaster:
+    """The checkpoint's model, loaded once, applied to scenario after scenario."""
+
+    def __init__(self, ckpt_path, device="cpu", amp="auto"):
+        self.ckpt_path, self.device = ckpt_path, device
+        self.model, self.normalizer, self.stats, self.config = checkpoint.load_for_inference(ckpt_path, None, device)
+        self.precision = precision.choose(amp, device)
+        self.n_reports = int(self.stats["n_timesteps"])
+
+    def __call__(self, sim: dict, source):
+        checkpoint.check_data(self.stats, self.ckpt_path, sim["preparation"], source)
+        return rollout(self.model, self.normalizer, sim, device=self.device, precision=self.precision,
+                       progress=False)
+
+    def save(self, path, sim, grid, scalar, source) -> None:
+        attrs = prediction_attrs(self.ckpt_path, None, source, self.config, self.model, None, self.device, sim,
+                                 len(grid), self.stats, out_of_range_notes(self.stats, sim))
+        write_predictions(path, grid, scalar, sim["static"][schema.STATIC_ACTIVE], attrs,
+                          cell_size=cell_size_of(sim, self.stats.description))
+
+
+def _run_one(forecaster, out, sc, wells, path, sim, save_predictions, keep_inputs) -> None:
+    grid, scalar = forecaster(sim, path)
+    static = sim["static"]
+    result = {"name": sc.name, "row": sc.row, "changes": sc.changes,
+              "out_of_range": out_of_range_notes(forecaster.stats, sim) or [],
+              **table.series(grid, scalar, static[schema.STATIC_INJ_RATE], static[schema.STATIC_ACTIVE] > 0.5, wells)}
+    if save_predictions:
+        forecaster.save(out / "predictions" / f"{sc.name}.h5", sim, grid, scalar, path)
+    files.write_json_atomic(out / "scenarios" / f"{sc.name}.json", result)  # last: marks it finished
+    if not keep_inputs:
+        Path(path).unlink(missing_ok=True)
+
+
+def _check_objective(column: str, base, scenarios) -> None:
+    wells = {w.name for sc in scenarios for w in plans.scenario_wells(base, sc)}
+    known = set(table.FIXED_COLUMNS) | {f"dp_{k}_{w}" for w in wells for k in ("end", "peak")}
+    if column not in known:
+        raise UserError(f"--objective: {column!r} is not a column of the table (e.g. "
+                        f"{', '.join(table.FIXED_COLUMNS[:5])}, dp_end_<well>)")
+
+
+def _finish(out: Path, scenarios, column, minimize, breakthrough_k) -> list[dict]:
+    """The table, scenarios.json and the picture from every scenario's stored series."""
+    results = {sc.name: json.loads((out / "scenarios" / f"{sc.name}.json").read_text()) for sc in scenarios}
+    rows = table.rank([table.summary(r, breakthrough_k) for r in results.values()], column, minimize)
+    table.write_table(out / "scenarios.csv", rows)
+    everything = {"objective": column, "minimize": minimize, "breakthrough_k": breakthrough_k,
+                  "scenarios": [row | {"series": results[row["name"]]} for row in rows]}
+    files.write_json_atomic(out / "scenarios.json", everything)
+    table.plot_sweep(out / "sweep.png", rows, results, column, minimize)
+    return rows
+
+
+def run_sweep(ckpt_path, base_path, plan_path, out, objective=table.DEFAULT_OBJECTIVE, minimize=False,
+              save_predictions=False, device="cpu", amp="auto", workers=1,
+              breakthrough_k=table.DEFAULT_BREAKTHROUGH_K, keep_inputs=False, progress=True) -> list[dict]:
+    """Forecast every scenario of ``plan_path`` on ``base_path`` into ``out``; the ranked table rows.
+    Nothing is written outside ``out``."""
+    out = files.writable_folder(out, "--out")
+    column, minimize = table.parse_objective(objective, minimize)
+    if not math.isfinite(breakthrough_k) or breakthrough_k < 0:
+        raise UserError(f"--breakthrough_k: {breakthrough_k} is not a temperature drop >= 0 K")
+    with files.folder_lock(out, "sweep"):
+        for folder in (out, out / "scenarios", out / "inputs", out / "predictions"):
+            files.clean_leftovers(folder)
+        forecaster = Forecaster(ckpt_path, device, amp)
+        desc = forecaster.stats.description
+        base = plans.load_base(base_path, desc)
+        print("wells of the base: " + ("; ".join(w.describe() for w in base.wells) or "none"))
+        scenarios = plans.load_plan(plan_path, base, desc)  # every row checked before any work
+        _check_objective(column, base, scenarios)
+        digests = {"checkpoint": file_digest(ckpt_path), "base": file_digest(base.path),
+                   "plan": hashlib.sha256(json.dumps(plans.read_rows(plan_path), sort_keys=True).encode()).hexdigest()}
+        check_record(out, {"checkpoint": str(ckpt_path), "base": str(base_path), "plan": str(plan_path),
+                           "digests": digests})
+        # finished: its series stored (and its predictions, when asked for now)
+        todo = [sc for sc in scenarios if not (out / "scenarios" / f"{sc.name}.json").exists()
+                or (save_predictions and not (out / "predictions" / f"{sc.name}.h5").exists())]
+        if len(todo) < len(scenarios):
+            print(f"skipping {len(scenarios) - len(todo)} finished scenario(s) of {len(scenarios)} ({out / 'scenarios'})")
+        if save_predictions:
+            files.writable_folder(out / "predictions", "--out's predictions folder")
+
+        def maker(sc):
+            path = out / "inputs" / f"{sc.name}.h5"
+            return lambda: (path, plans.write_scenario(base, sc, path))
+
+        jobs = [(sc, maker(sc)) for sc in todo]
+        starts = _starts(jobs, desc, forecaster.n_reports, workers)
+        for sc, wells, path, sim in tqdm(starts, total=len(todo), desc="sweep", unit="scenario", disable=not progress):
+            _run_one(forecaster, out, sc, wells, path, sim, save_predictions, keep_inputs)
+        rows = _finish(out, scenarios, column, minimize, breakthrough_k)
+    best = rows[0]
+    print(f"best by {'-' if minimize else ''}{column}: {best['name']} ({best.get(column)}); "
+          f"wrote {out / 'scenarios.csv'}, {out / 'scenarios.json'}, {out / 'sweep.png'}")
+    return rows
