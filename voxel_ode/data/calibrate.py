@@ -82,8 +82,8 @@ def calibrate_description(desc: description.Description, train_paths, fill_value
             continue  # the scan names what is wrong with it
         if blocks is None:  # one block size for every run, with room for runs with more active cells
             n = run.true_change.shape[1]
-            blocks = reduced.coarsening(int(1.25 * n), calibration.MAX_CELLS // 2) if n > calibration.MAX_CELLS \
-                else (1, 1, 1)
+            blocks = (1, 1, 1) if n <= calibration.MAX_CELLS else \
+                reduced.blocks_for(run.reservoir.active, calibration.MAX_CELLS // 2)
         blocks = tuple(int(k) for k in blocks)
         runs.append(reduced.upscaled_run(run, blocks))
     if not runs:
@@ -91,6 +91,7 @@ def calibrate_description(desc: description.Description, train_paths, fill_value
     elif max(r.true_change.shape[1] for r in runs) > calibration.MAX_CELLS:
         report = _not_used(f"skipped, more than {calibration.MAX_CELLS} active blocks of {blocks} cells per run; "
                            "declare the cell sizes and the lateral boundary (description.json) for physics priors")
+        report["blocks"] = list(blocks)
     else:
         if blocks != (1, 1, 1):
             tqdm.write(f"calibration: fitting on blocks of {blocks[0]} x {blocks[1]} x {blocks[2]} cells (Z, Y, X)",
