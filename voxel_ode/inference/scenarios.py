@@ -31,8 +31,20 @@ import numpy as np
 from voxel_ode import files, schema
 from voxel_ode.data import description, pack, raw
 from voxel_ode.data.description import Description
-from voxel_ode.data.plan import (FIXED_COLUMNS, NAME_RE, PARAM_PREFIX, RATE_PREFIX, PlanError,  # noqa: F401
-                                 Scenario, Well, WellSpec, changed_wells, find_wells, parse_row, read_rows)
+from voxel_ode.data.plan import (  # noqa: F401
+    FIXED_COLUMNS,
+    NAME_RE,
+    PARAM_PREFIX,
+    RATE_PREFIX,
+    PlanError,
+    Scenario,
+    Well,
+    WellSpec,
+    changed_wells,
+    find_wells,
+    parse_row,
+    read_rows,
+)
 from voxel_ode.utils import UserError
 
 # (data/plan.py: the rows' parsing and the wells' naming and changes, shared with synth --engine darts --plan)
