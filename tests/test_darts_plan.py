@@ -6,6 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -116,3 +117,23 @@ def test_the_cli_sends_each_row_to_a_worker(monkeypatch, tmp_path):
     assert jobs[1]["row"] == {"name": "low", "scale_rates": "0.5", "shut": "P2"}
     assert jobs[1]["base"] == {"seed": 7, "index": index}
     assert cli.main(args[:4] + args[6:]) == 1  # --plan without a base
+
+
+DEV_RUN = Path(__file__).resolve().parents[2] / "shared" / "darts-dev" / "data" / "v2.4_0000.h5"
+
+
+@pytest.mark.skipif(not synth_darts.darts_available() or not DEV_RUN.exists(),
+                    reason="needs open-darts and ../shared/darts-dev")
+def test_a_darts_dev_run_resimulated_with_a_plan(tmp_path):
+    """One year of darts-dev run 0: unchanged, the file's energy; P2 shut and the rest x1.2, the
+    producers deliver what the row asks."""
+    (tmp_path / "plan.csv").write_text("name,scale_rates,shut\nbase,,\nshut,1.2,P2\n")
+    done = synth_darts.simulate_plan(tmp_path / "out", {"file": str(DEV_RUN)}, tmp_path / "plan.csv", n_steps=1,
+                                     progress=False)
+    wells = darts_plan.named_wells(darts_plan.run_from_file(DEV_RUN)[0])
+    p1 = next(w for w in wells if w.name == "P1")
+    with h5py.File(DEV_RUN) as dev, h5py.File(done["base"][0]) as base, h5py.File(done["shut"][0]) as shut:
+        assert base["Output/FieldEnergyProductionTotal"][0] == pytest.approx(
+            dev["Output/FieldEnergyProductionTotal"][0], rel=1e-4)
+        assert shut["Output/FieldWaterProductionRate"][0] == pytest.approx(-1.2 * p1.total, rel=1e-3)
+        assert json.loads(shut.attrs["scenario"]) == {"name": "shut", "scale_rates": "1.2", "shut": "P2"}
