@@ -97,16 +97,18 @@ def simulate(base: Path, plan: Path, out: Path, rows) -> dict:
     return timing
 
 
-def sweep(ckpt: Path, base: Path, plan: Path, out: Path) -> tuple[list, dict]:
+def sweep(ckpt: Path, base: Path, plan: Path, out: Path, workers: int = 1) -> tuple[list, dict]:
     import torch
 
     from voxel_ode.inference.sweep import run_sweep
 
     shutil.rmtree(out / "sweep", ignore_errors=True)
     wall, cpu = time.perf_counter(), time.process_time()
-    rows = run_sweep(ckpt, base, plan, out / "sweep", device="cpu", amp="auto", workers=1, progress=False)
-    timing = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu,
-              "torch_threads": torch.get_num_threads()}
+    rows = run_sweep(ckpt, base, plan, out / "sweep", device="cpu", amp="auto", workers=workers, progress=False)
+    # with workers > 1 the priors run in worker processes that the sweep does not wait for: their CPU
+    # time is not known here (None)
+    timing = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu if workers <= 1 else None,
+              "torch_threads": torch.get_num_threads(), "workers": workers}
     series = {r["name"]: json.loads((out / "sweep" / "scenarios" / f"{r['name']}.json").read_text()) for r in rows}
     phases = [s["seconds"] for s in series.values()]
     timing["phases_s"] = {k: float(sum(p[k] for p in phases)) for k in phases[0]}
@@ -159,6 +161,10 @@ def base_check(base: Path, out: Path) -> float:
         return float(b["Output/FieldEnergyProductionTotal"][-1] / a["Output/FieldEnergyProductionTotal"][-1] - 1.0)
 
 
+def cpu_text(seconds) -> str:
+    return "? s" if seconds is None else f"{seconds:.1f} s"
+
+
 def report(result: dict) -> str:
     c, s, w = result["comparison"], result["simulator"], result["sweep"]
     lines = ["| scenario | change | simulator energy (PJ) | sweep energy (PJ) | rel. diff | sweep rank |"
@@ -178,11 +184,14 @@ def report(result: dict) -> str:
               f"{c['n_within_5pct']}/{n} within 5 %",
               f"simulator: {s['wall_s']:.0f} s wall, {s['cpu_s']:.0f} s CPU for {n} -> {sim_rate:.0f} scenarios/h "
               f"(wall), {3600 * n / s['cpu_s']:.0f}/CPU-h",
-              f"sweep: {w['wall_s']:.1f} s wall, {w['cpu_s']:.1f} s CPU ({w['torch_threads']} torch thread) -> "
-              f"{sw_rate:.0f} scenarios/h (wall), {3600 * n / w['cpu_s']:.0f}/CPU-h; "
-              f"x{sw_rate / sim_rate:.1f} the simulator's (wall), x{s['cpu_s'] / w['cpu_s']:.1f} (CPU)",
+              f"sweep: {w['wall_s']:.1f} s wall, {cpu_text(w['cpu_s'])} CPU ({w['torch_threads']} torch thread, "
+              f"--workers {w.get('workers', 1)}) -> {sw_rate:.0f} scenarios/h (wall)"
+              + (f", {3600 * n / w['cpu_s']:.0f}/CPU-h" if w["cpu_s"] else "")
+              + f"; x{sw_rate / sim_rate:.1f} the simulator's (wall)"
+              + (f", x{s['cpu_s'] / w['cpu_s']:.1f} (CPU)" if w["cpu_s"] else ""),
               "sweep time split (s, all scenarios): " + ", ".join(f"{k} {v:.1f}" for k, v in w["phases_s"].items())
-              + f", other (model load, plan checks, table, picture) {w['other_s']:.1f}"]
+              + (f", other (model load, plan checks, table, picture) {w['other_s']:.1f}" if w.get("workers", 1) <= 1
+                 else " (priors overlap the model: summed over processes)")]
     return "\n".join(lines)
 
 
@@ -190,11 +199,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", required=True, help="checkpoint trained on darts-dev 0010..0029")
     ap.add_argument("--out", default="bench_out/sweepbench", help="working folder")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="the sweep's --workers (1: priors and model in one process, one core; 2: priors in "
+                         "worker processes meanwhile, both cores); result_workers<N>.json for N > 1")
     ap.add_argument("--report", action="store_true", help="only print the report of an earlier run")
     args = ap.parse_args(argv)
     out = Path(args.out)
+    result_path = out / ("result.json" if args.workers <= 1 else f"result_workers{args.workers}.json")
     if args.report:
-        print(report(json.loads((out / "result.json").read_text())))
+        print(report(json.loads(result_path.read_text())))
         return 0
     if os.environ.get("OMP_NUM_THREADS") != "1":
         print("note: OMP_NUM_THREADS is not 1: the sweep's torch may use several threads", file=sys.stderr)
@@ -209,11 +222,11 @@ def main(argv=None) -> int:
     rows = plans.read_rows(out / "plan.csv")
     print(f"base {base.name}, {len(rows)} scenarios ({out / 'plan.csv'})", flush=True)
     sim = simulate(base, out / "plan.csv", out, rows)
-    sweep_rows, sw = sweep(Path(args.ckpt), base, out / "plan.csv", out)
+    sweep_rows, sw = sweep(Path(args.ckpt), base, out / "plan.csv", out, args.workers)
     series = sw.pop("series")
     result = {"base": base.name, "ckpt": str(args.ckpt), "simulator": sim, "sweep": sw,
               "base_resim_rel": base_check(base, out), "comparison": compare(out, rows, sweep_rows, series)}
-    (out / "result.json").write_text(json.dumps(result, indent=1))
+    result_path.write_text(json.dumps(result, indent=1))
     print(report(result))
     return 0
 
