@@ -112,6 +112,8 @@ def sweep(ckpt: Path, base: Path, plan: Path, out: Path, workers: int = 1) -> tu
     series = {r["name"]: json.loads((out / "sweep" / "scenarios" / f"{r['name']}.json").read_text()) for r in rows}
     phases = [s["seconds"] for s in series.values()]
     timing["phases_s"] = {k: float(sum(p[k] for p in phases)) for k in phases[0]}
+    cpu = [s["cpu_seconds"] for s in series.values()]
+    timing["phases_cpu_s"] = {k: float(sum(p[k] for p in cpu)) for k in cpu[0]}
     timing["other_s"] = timing["wall_s"] - sum(timing["phases_s"].values())  # model load, plan checks, table, picture
     return rows, timing | {"series": series}
 
@@ -191,7 +193,8 @@ def report(result: dict) -> str:
               + (f", x{s['cpu_s'] / w['cpu_s']:.1f} (CPU)" if w["cpu_s"] else ""),
               "sweep time split (s, all scenarios): " + ", ".join(f"{k} {v:.1f}" for k, v in w["phases_s"].items())
               + (f", other (model load, plan checks, table, picture) {w['other_s']:.1f}" if w.get("workers", 1) <= 1
-                 else " (priors overlap the model: summed over processes)")]
+                 else " (priors overlap the model: summed over processes)"),
+              "sweep CPU split (s, all scenarios): " + ", ".join(f"{k} {v:.1f}" for k, v in w["phases_cpu_s"].items())]
     return "\n".join(lines)
 
 

@@ -7,7 +7,7 @@ with its changes) forecast like ``voxel-ode rollout`` forecasts one (pack.prepar
 rollout.rollout), with the model loaded once. The out folder::
 
     sweep.json              what the folder holds: digests of the checkpoint, base and plan
-    scenarios/<name>.json   one finished scenario's series and the seconds of its phases
+    scenarios/<name>.json   one finished scenario's series and the wall and CPU seconds of its phases
                             (written atomically: a killed sweep resumes from them, a rerun skips them)
     scenarios.csv / .json   the table, best first; the JSON with every per-year series
     sweep.png               energy produced per year of every scenario, the objective per scenario
@@ -68,23 +68,33 @@ def check_record(out: Path, record: dict) -> None:
     files.write_json_atomic(path, record)
 
 
-def timed_forecast_start(path, desc, n_reports) -> tuple[dict, float]:
-    """plans.forecast_start and its seconds (reading the scenario's Input/ and deriving its priors)."""
-    start = time.perf_counter()
+def _clock() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def _lap(start) -> tuple[float, float]:
+    """(wall, CPU) seconds since ``start`` (a _clock()); CPU: this process's, all its threads."""
+    wall, cpu = _clock()
+    return wall - start[0], cpu - start[1]
+
+
+def timed_forecast_start(path, desc, n_reports) -> tuple[dict, tuple]:
+    """plans.forecast_start and its (wall, CPU) seconds (reading the scenario's Input/, deriving its priors)."""
+    start = _clock()
     sim = plans.forecast_start(path, desc, n_reports)
-    return sim, time.perf_counter() - start
+    return sim, _lap(start)
 
 
 def _timed_make(make):
-    start = time.perf_counter()
+    start = _clock()
     path, wells = make()
-    return path, wells, time.perf_counter() - start
+    return path, wells, _lap(start)
 
 
 def _starts(jobs, desc, n_reports, workers):
     """Yield (scenario, wells, input path, sim, seconds) in plan order. ``jobs``: (scenario, make)
     where make() writes the scenario's file and returns (path, wells); seconds: {"inputs": writing
-    that file, "priors": reading it and deriving its priors}. With workers > 1 the next
+    that file, "priors": reading it and deriving its priors}, each (wall, CPU). With workers > 1 the next
     scenarios' priors are derived in worker processes while the model rolls out this one."""
     if workers <= 1:
         for sc, make in jobs:
@@ -137,13 +147,13 @@ class Forecaster:
 
 
 def _run_one(forecaster, out, sc, wells, path, sim, seconds, save_predictions, keep_inputs) -> None:
-    """Forecast one scenario and store its series, with the seconds of each phase: "inputs" and
-    "priors" (from _starts), "model" (the rollout) and "outputs" (its series and predictions;
-    the scenario's JSON itself not counted)."""
-    start = time.perf_counter()
+    """Forecast one scenario and store its series, with the wall and CPU seconds of each phase:
+    "inputs" and "priors" (from _starts), "model" (the rollout) and "outputs" (its series and
+    predictions; the scenario's JSON itself not counted)."""
+    start = _clock()
     grid, scalar = forecaster(sim, path)
-    seconds = dict(seconds, model=time.perf_counter() - start)
-    start = time.perf_counter()
+    seconds = dict(seconds, model=_lap(start))
+    start = _clock()
     static = sim["static"]
     result = {"name": sc.name, "row": sc.row, "changes": sc.changes,
               "out_of_range": out_of_range_notes(forecaster.stats, sim) or [],
@@ -152,7 +162,9 @@ def _run_one(forecaster, out, sc, wells, path, sim, seconds, save_predictions, k
         forecaster.save(out / "predictions" / f"{sc.name}.h5", sim, grid, scalar, path)
     if not keep_inputs:
         Path(path).unlink(missing_ok=True)
-    result["seconds"] = dict(seconds, outputs=time.perf_counter() - start)
+    seconds["outputs"] = _lap(start)
+    result["seconds"] = {phase: wall for phase, (wall, _) in seconds.items()}
+    result["cpu_seconds"] = {phase: cpu for phase, (_, cpu) in seconds.items()}
     files.write_json_atomic(out / "scenarios" / f"{sc.name}.json", result)  # last: marks it finished
 
 
