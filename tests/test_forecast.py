@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 from fixtures import DESCRIPTION, write_raw_dir
 from voxel_ode import schema
+from voxel_ode.data import description, pack
 from voxel_ode.cli import main
 from voxel_ode.data.prep import prep
 from voxel_ode.inference.predict import predict_file
@@ -91,3 +93,15 @@ def test_a_forecast_names_each_input_outside_the_training_runs(trained, tmp_path
     names = [n.split(" = ")[0] for n in notes]
     assert names == ["injection rate (kg/s, total)", "production rate (kg/s, total)", "ParamsScalar[5]"]
     assert all(f"warning: outside the training runs: {n}" in printed for n in notes)
+
+
+DARTS_DEV = Path(__file__).resolve().parents[2] / "shared" / "darts-dev" / "data" / "v2.4_0000.h5"
+
+
+@pytest.mark.skipif(not DARTS_DEV.exists(), reason="needs ../shared/darts-dev")
+def test_an_inputs_only_file_under_a_year1_description(tmp_path):
+    """A forecast's file has no reports: a declared first_report year1 (darts-dev's) is not
+    contradicted by it (Input/Pressure0 is not 'Output/Pressure[0]')."""
+    desc = description.load(Path(__file__).resolve().parents[1] / "benchmarks" / "descriptions" / "darts-dev.json")
+    start = pack.prepare_forecast(_inputs_only(DARTS_DEV, tmp_path / "in.h5"), desc, 3)
+    assert start["first_report"] == "initial" and start["priors"].shape[0] == 3

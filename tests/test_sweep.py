@@ -106,6 +106,8 @@ def test_a_sweep_gives_what_separate_forecasts_give(trained, swept, tmp_path):
     assert "dp_end_P2" in table[0] and (out / "sweep.png").stat().st_size > 0
     everything = json.loads((out / "scenarios.json").read_text())
     assert len(everything["scenarios"][0]["series"]["production_temperature"]) == 6
+    for key in ("seconds", "cpu_seconds"):  # where each scenario's time went
+        assert set(everything["scenarios"][0]["series"][key]) == {"inputs", "priors", "model", "outputs"}
     # what lies beyond the training runs is named per scenario: no rates at all; 320 K injected
     # (training runs 305-315 K); the base, a training run itself, has nothing to name
     beyond = {r["name"]: r["out_of_range"] for r in rows}

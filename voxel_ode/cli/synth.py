@@ -32,6 +32,22 @@ def add_synth_args(parser: argparse.ArgumentParser) -> None:
                              "--n_steps = simulated years, see --first_report; --substeps unused)")
     _add_darts_args(parser.add_argument_group(
         "conventions of --engine darts (default: the open-darts development set's; description.json declares them)"))
+    _add_plan_args(parser.add_argument_group(
+        "--engine darts on a sweep's plan: each scenario of --plan on one base run, simulated into OUT/<name>.h5"))
+
+
+def _add_plan_args(group) -> None:
+    group.add_argument("--plan", metavar="PLAN.csv|PLAN.json",
+                       help="a voxel-ode sweep plan (see voxel-ode sweep --help); rows may use rate_<well>, "
+                            "scale_rates and shut (a shut well is not opened); wells are named as the sweep names "
+                            "them (I1.., P1.. in C order of their first cell)")
+    group.add_argument("--base", metavar="RUN.h5",
+                       help="base run: a v2.4 file made by open-darts in these conventions (e.g. darts-dev's): its "
+                            "Input/ grids, ParamsScalar and wells (read off InjRate)")
+    group.add_argument("--base_seed", type=int, metavar="S",
+                       help="instead of --base: the run drawn as synth --engine darts --seed S draws run "
+                            "--base_index on --grid")
+    group.add_argument("--base_index", type=int, metavar="I", help="with --base_seed: the run's index (1 = v2.4_0001)")
 
 
 def _add_darts_args(group) -> None:
@@ -95,12 +111,34 @@ def _run_darts(args) -> int:
     if args.n_steps < 1 or args.workers < 1:
         raise UserError("--workers: must be >= 1, --n_steps >= 1 (yearly reports)")
     conventions = darts_conventions(args)
+    if args.plan or args.base or args.base_seed is not None or args.base_index is not None:
+        return _run_darts_plan(args, conventions)
     out = checked_out_dir(args.out, args.overwrite)
     start = time.perf_counter()
     paths = open_darts.generate_dataset(out, args.n, tuple(args.grid), args.seed, args.workers, n_steps=args.n_steps,
                                         conventions=conventions)
     print(f"wrote {len(paths)} open-darts simulations {tuple(args.grid)} x {args.n_steps} yearly reports to {out} "
           f"in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _run_darts_plan(args, conventions: Conventions) -> int:
+    """``synth --engine darts --plan``: one open-darts run per plan row on the base run."""
+    if not args.plan:
+        raise UserError("--base/--base_seed/--base_index: only with --plan")
+    if bool(args.base) == (args.base_seed is not None or args.base_index is not None):
+        raise UserError("--plan: give the base run as --base RUN.h5 or as --base_seed S --base_index I (one of them)")
+    if args.base:
+        base = {"file": args.base}
+    elif args.base_seed is None or args.base_index is None:
+        raise UserError("--base_seed and --base_index go together")
+    else:
+        base = {"seed": args.base_seed, "index": args.base_index}
+    start = time.perf_counter()
+    done = open_darts.simulate_plan(args.out, base, args.plan, n_steps=args.n_steps, grid=tuple(args.grid),
+                                    workers=args.workers, conventions=conventions, overwrite=args.overwrite)
+    print(f"wrote {len(done)} open-darts scenarios to {args.out} in {time.perf_counter() - start:.1f} s "
+          f"({', '.join(f'{name} {secs:.1f} s' for name, (_, secs) in done.items())})")
     return 0
 
 

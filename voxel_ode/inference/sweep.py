@@ -7,8 +7,8 @@ with its changes) forecast like ``voxel-ode rollout`` forecasts one (pack.prepar
 rollout.rollout), with the model loaded once. The out folder::
 
     sweep.json              what the folder holds: digests of the checkpoint, base and plan
-    scenarios/<name>.json   one finished scenario's series (written atomically: a killed sweep
-                            resumes from them, a rerun skips them)
+    scenarios/<name>.json   one finished scenario's series and the wall and CPU seconds of its phases
+                            (written atomically: a killed sweep resumes from them, a rerun skips them)
     scenarios.csv / .json   the table, best first; the JSON with every per-year series
     sweep.png               energy produced per year of every scenario, the objective per scenario
     predictions/<name>.h5   with save_predictions (+ XDMF)
@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -67,28 +68,56 @@ def check_record(out: Path, record: dict) -> None:
     files.write_json_atomic(path, record)
 
 
+def _clock() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def _lap(start) -> tuple[float, float]:
+    """(wall, CPU) seconds since ``start`` (a _clock()); CPU: this process's, all its threads."""
+    wall, cpu = _clock()
+    return wall - start[0], cpu - start[1]
+
+
+def timed_forecast_start(path, desc, n_reports) -> tuple[dict, tuple]:
+    """plans.forecast_start and its (wall, CPU) seconds (reading the scenario's Input/, deriving its priors)."""
+    start = _clock()
+    sim = plans.forecast_start(path, desc, n_reports)
+    return sim, _lap(start)
+
+
+def _timed_make(make):
+    start = _clock()
+    path, wells = make()
+    return path, wells, _lap(start)
+
+
 def _starts(jobs, desc, n_reports, workers):
-    """Yield (scenario, wells, input path, sim) in plan order. ``jobs``: (scenario, make) where
-    make() writes the scenario's file and returns (path, wells). With workers > 1 the next
+    """Yield (scenario, wells, input path, sim, seconds) in plan order. ``jobs``: (scenario, make)
+    where make() writes the scenario's file and returns (path, wells); seconds: {"inputs": writing
+    that file, "priors": reading it and deriving its priors}, each (wall, CPU). With workers > 1 the next
     scenarios' priors are derived in worker processes while the model rolls out this one."""
     if workers <= 1:
         for sc, make in jobs:
-            path, wells = make()
-            yield sc, wells, path, plans.forecast_start(path, desc, n_reports)
+            path, wells, t_in = _timed_make(make)
+            sim, t_priors = timed_forecast_start(path, desc, n_reports)
+            yield sc, wells, path, sim, {"inputs": t_in, "priors": t_priors}
         return
     # spawn: the workers need no torch, and a fork of a process running torch threads may hang
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=die_with_parent) as pool:
         pending, todo = deque(), iter(jobs)
+
+        def ready():
+            sc0, wells0, path0, t_in, fut = pending.popleft()
+            sim, t_priors = fut.result()
+            return sc0, wells0, path0, sim, {"inputs": t_in, "priors": t_priors}
         try:
             for sc, make in todo:
-                path, wells = make()
-                pending.append((sc, wells, path, pool.submit(plans.forecast_start, path, desc, n_reports)))
+                path, wells, t_in = _timed_make(make)
+                pending.append((sc, wells, path, t_in, pool.submit(timed_forecast_start, path, desc, n_reports)))
                 if len(pending) > workers:
-                    sc0, wells0, path0, fut = pending.popleft()
-                    yield sc0, wells0, path0, fut.result()
+                    yield ready()
             while pending:
-                sc0, wells0, path0, fut = pending.popleft()
-                yield sc0, wells0, path0, fut.result()
+                yield ready()
         except BrokenProcessPool:
             raise UserError("sweep: a worker process died while deriving priors (killed, or out of memory?); "
                             "finished scenarios are kept: rerun to go on") from None
@@ -117,17 +146,26 @@ class Forecaster:
                           cell_size=cell_size_of(sim, self.stats.description))
 
 
-def _run_one(forecaster, out, sc, wells, path, sim, save_predictions, keep_inputs) -> None:
+def _run_one(forecaster, out, sc, wells, path, sim, seconds, save_predictions, keep_inputs) -> None:
+    """Forecast one scenario and store its series, with the wall and CPU seconds of each phase:
+    "inputs" and "priors" (from _starts), "model" (the rollout) and "outputs" (its series and
+    predictions; the scenario's JSON itself not counted)."""
+    start = _clock()
     grid, scalar = forecaster(sim, path)
+    seconds = dict(seconds, model=_lap(start))
+    start = _clock()
     static = sim["static"]
     result = {"name": sc.name, "row": sc.row, "changes": sc.changes,
               "out_of_range": out_of_range_notes(forecaster.stats, sim) or [],
               **table.series(grid, scalar, static[schema.STATIC_INJ_RATE], static[schema.STATIC_ACTIVE] > 0.5, wells)}
     if save_predictions:
         forecaster.save(out / "predictions" / f"{sc.name}.h5", sim, grid, scalar, path)
-    files.write_json_atomic(out / "scenarios" / f"{sc.name}.json", result)  # last: marks it finished
     if not keep_inputs:
         Path(path).unlink(missing_ok=True)
+    seconds["outputs"] = _lap(start)
+    result["seconds"] = {phase: wall for phase, (wall, _) in seconds.items()}
+    result["cpu_seconds"] = {phase: cpu for phase, (_, cpu) in seconds.items()}
+    files.write_json_atomic(out / "scenarios" / f"{sc.name}.json", result)  # last: marks it finished
 
 
 def _check_objective(column: str, base, scenarios) -> None:
@@ -186,8 +224,9 @@ def run_sweep(ckpt_path, base_path, plan_path, out, objective=table.DEFAULT_OBJE
 
         jobs = [(sc, maker(sc)) for sc in todo]
         starts = _starts(jobs, desc, forecaster.n_reports, workers)
-        for sc, wells, path, sim in tqdm(starts, total=len(todo), desc="sweep", unit="scenario", disable=not progress):
-            _run_one(forecaster, out, sc, wells, path, sim, save_predictions, keep_inputs)
+        for sc, wells, path, sim, secs in tqdm(starts, total=len(todo), desc="sweep", unit="scenario",
+                                               disable=not progress):
+            _run_one(forecaster, out, sc, wells, path, sim, secs, save_predictions, keep_inputs)
         rows = _finish(out, scenarios, column, minimize, breakthrough_k)
     best = rows[0]
     print(f"best by {'-' if minimize else ''}{column}: {best['name']} ({best.get(column)}); "

@@ -47,10 +47,12 @@ from dartsflash.mixtures import IAPWS, CompData, DARTSFlash, EoS
 
 from voxel_ode import schema
 from voxel_ode.data import raw
+from voxel_ode.data.plan import parse_row
 from voxel_ode.synth.darts_conventions import (DYNAMIC_CHUNKS, INJ_BHP_OVER_HYDROSTATIC, OBL_STEPS, P_SURFACE,
                                                PROD_BHP_MIN, REPORT_DAYS, ROCK_COMPRESSIBILITY_PER_BAR,
                                                WATER_CONDUCTIVITY, WELL_DIAMETER, Conventions, file_arrays)
 from voxel_ode.synth.darts_draw import draw_run, hydrostatic_profile, params_vector, well_grids
+from voxel_ode.synth.darts_plan import apply_scenario, base_run
 
 GRAVITY = schema.GRAVITY
 SECONDS_PER_DAY = 86400.0
@@ -153,6 +155,8 @@ def _add_wells(model, grid, run, conv: Conventions):
     if conv.lateral_boundary == "pore_volume":
         _multiply_side_volumes(model, grid, conv.boundary_multiplier)
     for w in run["wells"]:
+        if w["rate"] == 0:  # shut (a plan's row): not opened; its cells stay IsWell in the file
+            continue
         model.reservoir.add_well(w["name"], well_diameter=WELL_DIAMETER)
         for kk in range(w["k0"], w["k1"] + 1):
             model.reservoir.add_perforation(w["name"], (w["i"] + 1, w["j"] + 1, kk + 1),
@@ -194,7 +198,14 @@ def simulate(grid, seed: int, index: int, n_steps: int, workdir, conv: Conventio
     """Run one draw with open-darts for ``n_steps`` years; return the simulator's arrays (the
     initial state and every year's end: darts_conventions.SIM_STATIC and the comment below it)."""
     grid = tuple(int(g) for g in grid)
-    run = draw_run(grid, seed, index, conv)
+    return simulate_run(grid, draw_run(grid, seed, index, conv), n_steps, workdir, conv, seed, index)
+
+
+def simulate_run(grid, run: dict, n_steps: int, workdir, conv: Conventions = Conventions(), seed: int = -1,
+                 index: int = -1) -> dict:
+    """Run a given run (``darts_draw.draw_run``'s dict, or ``darts_plan``'s base with a plan row's
+    wells) with open-darts for ``n_steps`` years; the simulator's arrays as ``simulate``'s."""
+    grid = tuple(int(g) for g in grid)
     model = _build_model(grid, run, workdir, conv)
     p0, t0, out_p, out_t = _run_reports(model, run, grid, n_steps)
     scalars, report_days = _field_scalars(model, run, n_steps)
@@ -281,15 +292,23 @@ def _field_scalars(model, run, n_steps):
 
 
 def worker_main(argv=None) -> int:
-    """Entry of a worker process: ``job`` JSON on argv (with "conventions": Conventions.to_dict());
-    writes one file, prints its path."""
+    """Entry of a worker process: ``job`` JSON on argv (with "conventions": Conventions.to_dict();
+    a plan's scenario: "base" and "row" instead of "seed" and "index"); writes one file, prints its path."""
     job = json.loads((argv or sys.argv)[1])
     start = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="darts-run-", dir=job.get("tmp")))
     try:
         conv = Conventions.from_dict(job["conventions"])
-        sim = simulate(job["grid"], job["seed"], job["index"], job["n_steps"], workdir, conv)
-        path = raw.write_simulation(job["path"], file_arrays(sim, conv), DYNAMIC_CHUNKS)
+        if "row" in job:  # a plan's scenario on a base run (synth.darts_plan)
+            run, grid = base_run(job["base"], job["grid"], conv)
+            run = apply_scenario(run, parse_row(job["row"], 1))
+            sim = simulate_run(grid, run, job["n_steps"], workdir, conv, run["seed"], run["index"])
+        else:
+            sim = simulate(job["grid"], job["seed"], job["index"], job["n_steps"], workdir, conv)
+        arrays = file_arrays(sim, conv)
+        if "row" in job:
+            arrays["_attrs"] |= {"scenario": json.dumps(job["row"]), "base": json.dumps(job["base"])}
+        path = raw.write_simulation(job["path"], arrays, DYNAMIC_CHUNKS)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"VOXEL_ODE_DONE {path} {time.perf_counter() - start:.2f}", flush=True)

@@ -25,7 +25,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from voxel_ode.data import description as desc
-from voxel_ode.data import raw
+from voxel_ode.data import plan, raw
+from voxel_ode.synth import darts_plan
 from voxel_ode.synth.darts_conventions import Conventions, check_grid, description
 from voxel_ode.utils import UserError
 
@@ -51,10 +52,15 @@ def require_darts() -> None:
 def run_one(path, grid, seed: int, index: int, n_steps: int, conventions: Conventions = Conventions()
             ) -> tuple[Path, float]:
     """Simulate one run in a fresh process; return (path, seconds). Raises UserError with the log tail."""
+    return _run_job(path, {"grid": list(grid), "seed": int(seed), "index": int(index), "n_steps": int(n_steps)},
+                    conventions, f"open-darts run {index} (seed {seed})")
+
+
+def _run_job(path, job: dict, conventions: Conventions, label: str) -> tuple[Path, float]:
+    """One worker process on ``job`` (darts_model.worker_main) writing ``path``; (path, seconds)."""
     require_darts()
     path = Path(path).resolve()  # the worker runs in a folder of its own: a relative path would point elsewhere
-    job = {"path": str(path), "grid": list(grid), "seed": int(seed), "index": int(index), "n_steps": int(n_steps),
-           "tmp": str(path.parent), "conventions": conventions.to_dict()}
+    job = dict(job, path=str(path), tmp=str(path.parent), conventions=conventions.to_dict())
     env = dict(os.environ, **{var: "1" for var in _THREAD_VARS})
     with tempfile.TemporaryDirectory(prefix=".darts-", dir=path.parent) as cwd:  # DARTS writes logs to the cwd
         proc = subprocess.run([sys.executable, "-c", _WORKER_CODE, json.dumps(job)], cwd=cwd, env=env,
@@ -62,7 +68,7 @@ def run_one(path, grid, seed: int, index: int, n_steps: int, conventions: Conven
     done = [line for line in proc.stdout.splitlines() if line.startswith("VOXEL_ODE_DONE ")]
     if proc.returncode != 0 or not done:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-        raise UserError(f"open-darts run {index} (seed {seed}) failed (exit {proc.returncode}):\n{tail}")
+        raise UserError(f"{label} failed (exit {proc.returncode}):\n{tail}")
     return path, float(done[-1].split()[-1])
 
 
@@ -86,3 +92,35 @@ def generate_dataset(out_dir, n: int, grid, seed: int = 0, workers: int = 1, n_s
     bar.close()
     desc.write(out_dir / desc.FILE_NAME, description(conventions))
     return paths
+
+
+def simulate_plan(out_dir, base: dict, plan_path, n_steps: int = 30, grid=None, workers: int = 1,
+                  progress: bool = True, conventions: Conventions = Conventions(), overwrite: bool = False
+                  ) -> dict:
+    """Simulate every scenario of a plan on a base run (synth.darts_plan: {"file": path} or
+    {"seed": s, "index": i} on ``grid``) into ``out_dir/<name>.h5``; {name: (path, seconds)}.
+    Every row is checked before any run (PlanError, one line per bad row)."""
+    require_darts()
+    run, grid = darts_plan.base_run(base, grid, conventions)
+    check_grid(grid, conventions)
+    scenarios = darts_plan.load_scenarios(plan_path, run)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    taken = [sc.name for sc in scenarios if (out_dir / f"{sc.name}.h5").exists()]
+    if taken and not overwrite:
+        raise UserError(f"{out_dir}: --out: already holds {taken[0]}.h5 (and {len(taken) - 1} more of the plan's); "
+                        "use --overwrite or an empty directory")
+    rows = {sc.name: dict(plan.read_rows(plan_path)[sc.row - 1]) for sc in scenarios}
+    base = {k: (str(Path(v).resolve()) if k == "file" else int(v)) for k, v in base.items()}
+    bar = tqdm(total=len(scenarios), desc="synth --plan (open-darts)", unit="sim", disable=not progress)
+    done = {}
+    with ThreadPoolExecutor(max(1, min(workers, len(scenarios)))) as pool:
+        futures = {sc.name: pool.submit(_run_job, out_dir / f"{sc.name}.h5",
+                                        {"grid": list(grid), "base": base, "row": rows[sc.name], "n_steps": int(n_steps)},
+                                        conventions, f"open-darts scenario {sc.name}") for sc in scenarios}
+        for name, fut in futures.items():
+            done[name] = fut.result()
+            bar.update(1)
+    bar.close()
+    desc.write(out_dir / desc.FILE_NAME, description(conventions))
+    return done
