@@ -148,7 +148,9 @@ def test_thermal_constants_are_recovered_from_prior_made_changes():
     assert set(fit.fitted) == {"RockHeatCapacityVolumetric", "InjectionTemperatureOffset", "outside_heat_exchange"}
 
 
-def test_a_heat_capacity_beyond_its_physical_range_is_not_used():
+def test_a_heat_capacity_beyond_its_physical_range_drops_the_thermal_constants_only():
+    """A thermal constant on a bound of its search is not used; the pressure constants are (a
+    failed thermal fit vetoed sound pressure constants on the development set)."""
     truth = {"cell_size": (40.0, 40.0, 8.0), "compressibility": 1e-9, "boundary": "closed", "boundary_multiplier": 0.0,
              "rock_heat_per_volume": 9e6, "outside_heat_exchange": False}
     runs = []
@@ -157,7 +159,12 @@ def test_a_heat_capacity_beyond_its_physical_range_is_not_used():
         runs.append(calibration.Run(res, dp, (40.0, 40.0, 8.0), dT, 320.0, f"run{seed}"))
     fit = calibration.fit(runs, calibration.Declared(boundary=("closed", 0.0), compressibility=1e-9,
                                                      outside_heat_exchange=False))
-    assert not fit.used and any("bound" in w and "RockHeatCapacityVolumetric" in w for w in fit.warnings), fit.warnings
+    assert any("bound" in w and "RockHeatCapacityVolumetric" in w for w in fit.warnings), fit.warnings
+    assert fit.used and fit.rock_heat is None and fit.injection_offset is None and fit.outside_heat_exchange is None
+    assert not set(calibration.THERMAL_FITTED) & set(fit.fitted) and fit.temperature_error is not None
+    assert all(e["temperature_error"] is not None for e in fit.run_errors.values())
+    desc = calibrate.apply_calibration(description.Description(), fit, 3)
+    assert "RockHeatCapacityVolumetric" not in desc.quantities and "InjectionTemperatureOffset" not in desc.quantities
 
 
 def test_apply_marks_what_was_fitted_and_survives_stats():
