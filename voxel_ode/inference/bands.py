@@ -160,12 +160,13 @@ def scalar_scale(pred: np.ndarray, t: np.ndarray, n_steps: int, power: float) ->
 # Calibration
 # ---------------------------------------------------------------------------
 def fit_grid(runs: list[dict], coverage: float) -> dict:
-    """{variable: {"weights", "quantiles" (T,), "width_over_rms"}} from runs of
-    {"terms": grid_terms, "error": |y - yhat| at active cells (T, 2, n)}."""
+    """{variable: {"weights", "quantiles" (T,), "width_over_rms", "searched": [[weights, width_over_rms],
+    ...]}} from runs of {"terms": grid_terms, "error": |y - yhat| at active cells (T, 2, n)};
+    width_over_rms: the calibration band's mean width over the RMS error, averaged over steps."""
     n_steps = runs[0]["error"].shape[0]
     out = {}
     for c, name in enumerate(schema.DYNAMIC_NAMES):
-        best = None
+        best, searched = None, []
         for weights in WEIGHT_GRID:
             quantiles, ratios = [0.0], []
             for t in range(1, n_steps):
@@ -177,9 +178,10 @@ def fit_grid(runs: list[dict], coverage: float) -> dict:
                 if rms > 0:
                     ratios.append(2 * q * float(np.mean(np.concatenate(sig))) / rms)
             score = float(np.mean(ratios)) if ratios else 0.0
+            searched.append([list(weights), score])  # what each choice would have cost, for the record
             if best is None or score < best["width_over_rms"]:
                 best = {"weights": list(weights), "quantiles": quantiles, "width_over_rms": score}
-        out[name] = best
+        out[name] = {**best, "searched": searched}
     return out
 
 
