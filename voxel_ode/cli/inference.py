@@ -107,6 +107,9 @@ def run_bands(args) -> int:
     for name, entry in (result["scalars"] or {}).items():
         print(f"bands: {name}: relative score x (t / T)^{entry['power']:g}, quantile {entry['quantile']:.3g}, "
               f"mean relative width {entry['relative_width']:.3g}")
+    for var, entry in result["held_out_coverage"].items():
+        print(f"bands: {var}: coverage of a left-out calibration run (the band from the others): "
+              f"{entry['last']:.3f} at the last step, {entry['mean']:.3f} over the steps")
     if result["scalars"] is None:
         print("bands: no scalar bands (the model predicts no field scalars)")
     print(f"wrote {result['path']}")

@@ -208,6 +208,41 @@ def fit_scalars(runs: list[dict], coverage: float) -> dict | None:
     return out
 
 
+def held_out_coverage(grid_runs: list[dict], scalar_runs: list[dict], fitted: dict, scalars: dict | None,
+                      coverage: float) -> dict:
+    """Leave one calibration run out: the chosen scales' quantiles from the other runs, the left-out
+    run's coverage; {variable or "scalars": {"last", "mean"} over steps t >= 1}, averaged over the
+    runs. The guarantee is for cells of runs exchangeable with the calibration runs; cells of one
+    run share its errors (a pressure error is field-wide), so with few runs a new run can fall
+    short, and this says by how much before any test run is looked at."""
+    n_steps, out = grid_runs[0]["error"].shape[0], {}
+    for c, name in enumerate(schema.DYNAMIC_NAMES):
+        weights, per_run = fitted[name]["weights"], []
+        for r, run in enumerate(grid_runs):
+            rest = [x for i, x in enumerate(grid_runs) if i != r]
+            cov = []
+            for t in range(1, n_steps):
+                q = conformal_quantile(np.concatenate([x["error"][t, c] / sigma(x["terms"], c, t, weights)
+                                                       for x in rest]), coverage)
+                cov.append(float(np.mean(run["error"][t, c] <= q * sigma(run["terms"], c, t, weights))))
+            per_run.append(cov)
+        out[name] = {"last": float(np.mean([p[-1] for p in per_run])), "mean": float(np.mean(per_run))}
+    if scalars is not None:
+        t = np.arange(1, n_steps, dtype=np.float64)
+        covered = []
+        for r, run in enumerate(scalar_runs):
+            rest = [x for i, x in enumerate(scalar_runs) if i != r]
+            for i, name in enumerate(schema.SCALAR_NAMES):
+                power = scalars[name]["power"]
+                scores = np.concatenate([np.abs(x["true"][1:, i] - x["pred"][1:, i])
+                                         / scalar_scale(x["pred"][1:, i], t, n_steps, power) for x in rest])
+                half = conformal_quantile(scores, coverage) * scalar_scale(run["pred"][1:, i], t, n_steps, power)
+                covered.append(np.abs(run["true"][1:, i] - run["pred"][1:, i]) <= half)
+        covered = np.asarray(covered, np.float64)
+        out["scalars"] = {"last": float(covered[:, -1].mean()), "mean": float(covered.mean())}
+    return out
+
+
 def calibrate(prepped_root, ckpt_path, out_path=None, coverage=DEFAULT_COVERAGE, device="cpu", amp="auto",
               tile=None, progress=True) -> dict:
     """Roll out the calibration runs, fit the bands, write them (default: next to the checkpoint)."""
@@ -239,6 +274,7 @@ def calibrate(prepped_root, ckpt_path, out_path=None, coverage=DEFAULT_COVERAGE,
              "checkpoint_sha256": checkpoint_digest(ckpt_path), "coverage": coverage,
              "calibration_runs": [p.name for p in paths], "n_steps": int(grid_runs[0]["error"].shape[0]),
              "grid": fit_grid(grid_runs, coverage), "scalars": fit_scalars(scalar_runs, coverage)}
+    bands["held_out_coverage"] = held_out_coverage(grid_runs, scalar_runs, bands["grid"], bands["scalars"], coverage)
     if len(paths) * max(1, bands["n_steps"] - 1) < 1 / (1 - coverage):
         print(f"warning: {len(paths)} calibration runs are too few for a {coverage:.0%} scalar band: none")
     write(out_path, bands)
