@@ -7,9 +7,11 @@ import h5py
 import numpy as np
 import pytest
 
-from fixtures import DESCRIPTION, write_raw_dir
+from fixtures import DESCRIPTION, write_raw_dir, write_raw_sim
 from voxel_ode import schema
 from voxel_ode.cli import main
+from voxel_ode.data import pack
+from voxel_ode.data.description import Description
 from voxel_ode.data.prep import prep
 from voxel_ode.inference.predict import predict_file
 from voxel_ode.training.train import train
@@ -91,3 +93,15 @@ def test_a_forecast_names_each_input_outside_the_training_runs(trained, tmp_path
     names = [n.split(" = ")[0] for n in notes]
     assert names == ["injection rate (kg/s, total)", "production rate (kg/s, total)", "ParamsScalar[5]"]
     assert all(f"warning: outside the training runs: {n}" in printed for n in notes)
+
+
+def test_a_forecast_accepts_a_description_that_declares_the_first_report_at_year_one(tmp_path):
+    """A forecast has no reports: Input/Pressure0 has nothing to be compared with (open-darts'
+    description declares year1, and its forecasts were refused as 'Output/Pressure[0] equals
+    Input/Pressure0')."""
+    declared = json.loads(json.dumps(DESCRIPTION))
+    declared["first_report"] = "year1"
+    declared["quantities"]["InjectionTemperature"] = {"value": 300.0, "unit": "K"}
+    plan = _inputs_only(write_raw_sim(tmp_path / "v2.4_0001.h5", **GRID), tmp_path / "plan.h5")
+    sim = pack.prepare_forecast(plan, Description.from_dict(declared, "test"), 4)
+    assert sim["forecast"] and len(sim["priors"]) == 4 and sim["first_report"] == "initial"

@@ -260,8 +260,9 @@ def resolve(desc: Description, params, perm_active, pressure0_active, first_pres
     else:
         notes["permeability_unit"] = f"declared: {unit}"
     first = desc.first_report
-    if first is None:
-        first = infer_first_report(pressure0_active, first_pressure_active)
+    if first is None:  # a forecast (no reports) starts at t = 0
+        first = "initial" if first_pressure_active is None else \
+            infer_first_report(pressure0_active, first_pressure_active)
         notes["first_report"] = f"inferred: {first} (Output/Pressure[0] {'equals' if first == 'initial' else 'differs from'} Input/Pressure0)"
     else:
         notes["first_report"] = f"declared: {first}"

@@ -173,10 +173,11 @@ def resolved_inputs(f, path, grid, fill_value, desc, inputs_only: bool = False):
     """read_inputs plus the run's resolved description (description.resolve), permeability in m^2.
     ``inputs_only``: a forecast's file, no field scalars and no reports (its start is t = 0)."""
     statics, params, scalars, raw_active, mask = read_inputs(f, grid, fill_value, with_scalars=not inputs_only)
-    first_pressure = statics["Pressure0"] if inputs_only else \
-        read_dataset(f[schema.raw_path("Pressure")], 0).astype(np.float32)
+    # a forecast has no first report to compare with Input/Pressure0 (a declared year1 stays valid)
+    first_pressure = None if inputs_only else \
+        read_dataset(f[schema.raw_path("Pressure")], 0).astype(np.float32)[mask]
     physics = description.resolve(desc or description.Description(), params, statics["PermX"][mask],
-                                  statics["Pressure0"][mask], first_pressure[mask], path)
+                                  statics["Pressure0"][mask], first_pressure, path)
     for name in ("PermX", "PermY", "PermZ"):
         statics[name] = statics[name] * np.float32(physics.permeability_factor)
     return statics, params, scalars, raw_active, mask, physics
