@@ -132,7 +132,8 @@ def _run_one(forecaster, out, sc, wells, path, sim, save_predictions, keep_input
               **table.series(grid, scalar, static[schema.STATIC_INJ_RATE], static[schema.STATIC_ACTIVE] > 0.5, wells)}
     band = forecaster.band(sim, grid, scalar)
     if band is not None and band["scalar_low"] is not None:  # the field scalars' band, (low, high) per year
-        result["field_scalars_band"] = {n: [_finite_list(band["scalar_low"][:, i]), _finite_list(band["scalar_high"][:, i])]
+        result["field_scalars_band"] = {n: [_finite_list(band["scalar_low"][:, i]),
+                                            _finite_list(band["scalar_high"][:, i])]
                                         for i, n in enumerate(schema.SCALAR_NAMES)}
         result["band_coverage"] = band["coverage"]
     if save_predictions:
