@@ -52,6 +52,8 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", nargs="+", default=None, metavar="DESCRIPTION:CONFIG",
                     help="only these pairs (e.g. full:default none:seed) instead of every pair")
     ap.add_argument("--n_test", type=int, default=5, help="test runs (the first by name; the rest train)")
+    ap.add_argument("--n_calibration", type=int, default=0,
+                    help="runs after the test runs kept aside to calibrate the uncertainty bands (voxel-ode bands)")
     ap.add_argument("--report", action="store_true", help="only print the tables of an earlier run")
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -61,7 +63,7 @@ def main(argv=None) -> int:
     if not args.report:
         for d in args.descriptions:
             prep_data(Path(args.data), out / f"prepped_{d}", DESCRIPTIONS[d], calibrate=d != "uncalibrated",
-                      n_test=args.n_test)
+                      n_test=args.n_test, n_calibration=args.n_calibration)
         train_all(out, runs, args.minutes, args.parallel, args.max_steps)
         for d, c in runs:
             evaluate_run(out, d, c)
@@ -70,12 +72,13 @@ def main(argv=None) -> int:
     return 0
 
 
-def prep_data(data: Path, prepped: Path, description, calibrate: bool = True, n_test: int = 5) -> None:
+def prep_data(data: Path, prepped: Path, description, calibrate: bool = True, n_test: int = 5,
+              n_calibration: int = 0) -> None:
     """prep (once); ``description``: a file, or None for what ``data`` holds (description.json or nothing)."""
     if (prepped / "stats.json").exists():
         return
     cmd = [sys.executable, "-m", "voxel_ode.cli", "prep", "--input_root", str(data), "--out_root", str(prepped),
-           "--n_test", str(n_test)] + (["--description", str(description)] if description else []) + \
+           "--n_test", str(n_test), "--n_calibration", str(n_calibration)] + (["--description", str(description)] if description else []) + \
         ([] if calibrate else ["--no_calibration"])
     t0 = time.time()
     subprocess.run(cmd, check=True, env=_one_thread())

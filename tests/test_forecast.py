@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from fixtures import DESCRIPTION, write_raw_dir
+from fixtures import DESCRIPTION, write_raw_dir, write_raw_sim
 from voxel_ode import schema
 from voxel_ode.data import description, pack
 from voxel_ode.cli import main
@@ -105,3 +105,13 @@ def test_an_inputs_only_file_under_a_year1_description(tmp_path):
     desc = description.load(Path(__file__).resolve().parents[1] / "benchmarks" / "descriptions" / "darts-dev.json")
     start = pack.prepare_forecast(_inputs_only(DARTS_DEV, tmp_path / "in.h5"), desc, 3)
     assert start["first_report"] == "initial" and start["priors"].shape[0] == 3
+
+
+def test_a_forecast_accepts_a_description_that_declares_the_first_report_at_year_one(tmp_path):
+    """The same without darts-dev: a fixture file under a declared year1 forecasts from t = 0."""
+    declared = json.loads(json.dumps(DESCRIPTION))
+    declared["first_report"] = "year1"
+    declared["quantities"]["InjectionTemperature"] = {"value": 300.0, "unit": "K"}
+    plan = _inputs_only(write_raw_sim(tmp_path / "v2.4_0001.h5", **GRID), tmp_path / "plan.h5")
+    sim = pack.prepare_forecast(plan, description.Description.from_dict(declared, "test"), 4)
+    assert sim["forecast"] and len(sim["priors"]) == 4 and sim["first_report"] == "initial"

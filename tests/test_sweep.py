@@ -12,7 +12,7 @@ from voxel_ode import schema
 from voxel_ode.cli import main
 from voxel_ode.data.description import Description
 from voxel_ode.data.prep import prep
-from voxel_ode.inference import scenarios, sweep
+from voxel_ode.inference import bands, scenarios, sweep
 from voxel_ode.inference.predict import predict_file
 from voxel_ode.training.train import train
 
@@ -209,3 +209,25 @@ def test_workers_give_the_serial_numbers(trained, swept, tmp_path):
     rows = sweep.run_sweep(trained["ckpt"], trained["base"], trained["plan"], tmp_path / "out", workers=2,
                            amp="none", progress=False)
     assert rows == serial
+
+
+def test_a_sweep_with_bands_gives_each_scenario_its_bands(trained, tmp_path):
+    """A bands file (hand-made here: a floor-only scale, 10 % scalar bands) puts the field scalars'
+    bands into each scenario's JSON and the grid bands into its predictions.h5."""
+    n_steps = GRID["n_t"]
+    grid_entry = {"weights": [0.0, 0.0, 1.0], "quantiles": [0.0] + [1.0] * (n_steps - 1)}
+    made = bands.write(tmp_path / "b.json", {
+        "format": bands.FORMAT, "checkpoint": "last.pt", "checkpoint_sha256": bands.checkpoint_digest(trained["ckpt"]),
+        "coverage": 0.9, "calibration_runs": [], "n_steps": n_steps,
+        "grid": {"Pressure": grid_entry, "Temperature": grid_entry},
+        "scalars": {n: {"power": 0.0, "quantile": 0.1} for n in schema.SCALAR_NAMES}})
+    out = tmp_path / "out"
+    sweep.run_sweep(trained["ckpt"], trained["base"], trained["plan"], out, save_predictions=True, amp="none",
+                    progress=False, bands_path=made)
+    first = sorted((out / "scenarios").glob("*.json"))[0]
+    result = json.loads(first.read_text())
+    low, high = result["field_scalars_band"]["FieldWaterInjectionRate"]
+    rate = result["field_scalars"]["FieldWaterInjectionRate"]
+    assert low[-1] == pytest.approx(0.9 * rate[-1]) and high[-1] == pytest.approx(1.1 * rate[-1])
+    with h5py.File(out / "predictions" / (first.stem + ".h5")) as f:
+        assert f["predicted/band_low"].shape == f["predicted/outputs_grid"].shape

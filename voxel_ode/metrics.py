@@ -24,6 +24,12 @@ scalar), ``rel_err`` = |pred - true| / |true| (same zero guard), and
 ``mse_norm`` after the stats.json transform (signed_log1p) and z-score.
 A prediction that is NaN (a baseline that does not predict scalars) counts as
 wrong for accuracies and gives NaN errors.
+
+Uncertainty bands (low, high) of the same shapes: ``coverage`` (fraction of active cells with
+low <= true <= high), ``width`` (mean of high - low over active cells) and ``rms_err`` per step,
+and ``spread_error_rank_corr``, Spearman's rank correlation between the band's width and the
+absolute error over active cells and steps t >= 1 (does a wider band mark a larger error?).
+Scalars: ``covered`` (0/1), ``width`` and ``abs_err`` per step.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.stats import rankdata
 
 from voxel_ode import schema
 from voxel_ode.utils import signed_log1p
@@ -120,6 +127,37 @@ def grid_metrics(
     return out
 
 
+
+
+def band_metrics(low, high, pred, true, active) -> dict:
+    """{variable: {"coverage", "width", "rms_err": (T,), "spread_error_rank_corr": float}} of a
+    rollout's bands; arrays (T, 2, Z, Y, X)."""
+    out = {}
+    for c, name in enumerate(schema.DYNAMIC_NAMES):
+        lo, hi = _active_values(low[:, c], active), _active_values(high[:, c], active)
+        p, t = _active_values(pred[:, c], active), _active_values(true[:, c], active)
+        err = np.abs(p - t)
+        out[name] = {"coverage": np.mean((lo <= t) & (t <= hi), axis=1), "width": np.mean(hi - lo, axis=1),
+                     "rms_err": np.sqrt(np.mean(err ** 2, axis=1)),
+                     "spread_error_rank_corr": rank_correlation((hi - lo)[1:], err[1:])}
+    return out
+
+
+def rank_correlation(a, b) -> float:
+    """Spearman's rank correlation of two equally shaped arrays (ties share their mean rank); NaN
+    when either is constant."""
+    a, b = np.ravel(a), np.ravel(b)
+    if a.size < 2 or np.all(a == a[0]) or np.all(b == b[0]):
+        return math.nan
+    return float(np.corrcoef(rankdata(a), rankdata(b))[0, 1])
+
+
+def scalar_band_metrics(low, high, pred, true) -> dict:
+    """{scalar: {"covered", "width", "abs_err": (T,)}} of the field scalars' bands; arrays (T, 5)."""
+    lo, hi, p, t = (np.asarray(x, np.float64) for x in (low, high, pred, true))
+    return {name: {"covered": ((lo[:, i] <= t[:, i]) & (t[:, i] <= hi[:, i])).astype(np.float64),
+                   "width": hi[:, i] - lo[:, i], "abs_err": np.abs(p[:, i] - t[:, i])}
+            for i, name in enumerate(schema.SCALAR_NAMES)}
 
 
 _TRANSFORMS = {"none": lambda x: x, "signed_log1p": signed_log1p, "log10": np.log10}

@@ -186,7 +186,8 @@ PREPPED_OUTPUTS_SCALAR = "outputs_scalar"  # (T, N_SCALARS) float64 (energy tota
 PREPPED_PRIORS = "priors"  # (T, N_PRIORS, Z, Y, X) float16: thermal prior shares in [0, 1], then the pressure prior
 STATS_FILE = "stats.json"
 INDEX_FILE = "index_{split}.jsonl"  # one patch per line
-SPLITS = ("train", "test")
+# calibration: held-out runs (prep --n_calibration) that only the uncertainty bands see
+SPLITS = ("train", "test", "calibration")
 
 # ---------------------------------------------------------------------------
 # Model channels

@@ -23,6 +23,8 @@ COMMANDS = {
     "train": ("voxel_ode.cli.train", "add_train_args", "run_train", "train VoxelAutoRegressor (one process or torchrun)"),
     "rollout": ("voxel_ode.cli.inference", "add_rollout_args", "run_rollout", "autoregressive prediction of one simulation"),
     "evaluate": ("voxel_ode.cli.inference", "add_evaluate_args", "run_evaluate", "rollouts + metrics + pictures over a split"),
+    "bands": ("voxel_ode.cli.inference", "add_bands_args", "run_bands",
+              "calibrate uncertainty bands on held-out runs (prep --n_calibration)"),
     "sweep": ("voxel_ode.cli.sweep", "add_sweep_args", "run_sweep_command",
               "forecasts of a plan's scenarios of one run, ranked in a table"),
     "demo": ("voxel_ode.cli.demo", "add_demo_args", "run", "synth -> prep -> train -> evaluate on this machine"),

@@ -13,12 +13,15 @@ from voxel_ode.data.prep import DEFAULT_N_TEST, prep
 # ---------------------------------------------------------------------------
 def add_prep_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input_root", required=True, help=f"folder with raw {schema.RAW_FILE_GLOB} files")
-    parser.add_argument("--out_root", required=True, help="output folder (train/, test/, stats.json, index_*.jsonl)")
+    parser.add_argument("--out_root", required=True, help="output folder (train/, test/, calibration/, stats.json, index_*.jsonl)")
     parser.add_argument("--patch_size", type=int, nargs=3, default=list(index.DEFAULT_PATCH), metavar=("Z", "Y", "X"),
                         help="cells of one training patch (the patch index lists their origins)")
     parser.add_argument("--stride", type=int, nargs=3, default=list(index.DEFAULT_STRIDE), metavar=("Z", "Y", "X"),
                         help="cells between the origins of neighbouring patches")
     parser.add_argument("--n_test", type=int, default=DEFAULT_N_TEST, help="first N runs by sorted name go to test")
+    parser.add_argument("--n_calibration", type=int, default=0,
+                        help="the N runs after the test runs go to calibration/: never trained on, they "
+                             "calibrate the uncertainty bands (voxel-ode bands)")
     parser.add_argument("--min_active_frac", type=float, default=index.DEFAULT_MIN_ACTIVE_FRAC,
                         help="skip patches with a smaller fraction of active cells (0 keeps all)")
     parser.add_argument("--fill_value", type=float, default=None,
@@ -42,7 +45,7 @@ def add_prep_args(parser: argparse.ArgumentParser) -> None:
 
 def run_prep(args) -> int:
     summary = prep(args.input_root, args.out_root, patch_size=args.patch_size, stride=args.stride,
-                   n_test=args.n_test, min_active_frac=args.min_active_frac, fill_value=args.fill_value,
+                   n_test=args.n_test, n_calibration=args.n_calibration, min_active_frac=args.min_active_frac, fill_value=args.fill_value,
                    skip_bad=args.skip_bad, workers=args.workers, n_timesteps=args.n_timesteps,
                    chunk_edge=args.chunk_edge, compression=args.compression, cell_size=args.cell_size,
                    description_path=args.description, calibrate=not args.no_calibration)
@@ -51,7 +54,8 @@ def run_prep(args) -> int:
           f"{'yes' if summary['priors'] else 'no (cell sizes or the lateral boundary neither declared nor calibrated)'}")
     for item, note in summary["physics"].items():  # the first run's; every run's are in stats.json
         print(f"prep:   {item}: {note}")
-    print(f"prep: {len(summary['train'])} train, {len(summary['test'])} test simulations, "
+    print(f"prep: {len(summary['train'])} train, {len(summary['test'])} test, "
+          f"{len(summary['calibration'])} calibration simulations, "
           f"{len(summary['skipped'])} skipped -> {summary['out_root']}")
     print(f"prep: {p['origins_per_sim']} patch origins per simulation and step "
           f"(patch {p['patch_size']}, stride {p['stride']})")

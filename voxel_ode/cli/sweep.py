@@ -53,6 +53,8 @@ def add_sweep_args(parser: argparse.ArgumentParser) -> None:
                              "much below year 0's")
     parser.add_argument("--save_predictions", action="store_true",
                         help="also write each scenario's predictions (OUT/predictions/<name>.h5 + XDMF)")
+    parser.add_argument("--bands", metavar="JSON", default=None,
+                        help="uncertainty bands (voxel-ode bands; default: CKPT's .bands.json when it exists)")
     parser.add_argument("--keep_inputs", action="store_true",
                         help="keep each scenario's raw inputs-only file (OUT/inputs/<name>.h5)")
     parser.add_argument("--workers", type=int, default=1,
@@ -67,7 +69,7 @@ def run_sweep_command(args) -> int:
         run_sweep(args.ckpt_path, args.base, args.plan, args.out, objective=args.objective, minimize=args.minimize,
                   save_predictions=args.save_predictions, device=precision.pick_device(args.device), amp=args.amp,
                   workers=max(1, args.workers), breakthrough_k=args.breakthrough_k, keep_inputs=args.keep_inputs,
-                  progress=not args.no_progress)
+                  progress=not args.no_progress, bands_path=args.bands)
     except PlanError as err:
         if len(err.lines) == 1:
             raise

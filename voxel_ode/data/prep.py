@@ -8,7 +8,9 @@ step at a time), packed into a temporary file under ``out_root/.partial-*`` and
 summarised into small partial statistics (pack.py, stats.py).
 
 Phase 2 (main process): the good simulations are split by sorted name (first
-``n_test`` -> test); ``train/``, ``test/``, the indices and ``stats.json`` are built in
+``n_test`` -> test, the next ``n_calibration`` -> calibration, the runs the uncertainty
+bands are calibrated on: no training, statistics or calibrated constants read them);
+``train/``, ``test/``, ``calibration/``, the indices and ``stats.json`` are built in
 ``.partial-*`` and swapped into ``out_root`` when complete (files.swap_in): a failure
 or a kill at any moment leaves the earlier finished output, or one that the next prep
 or reader of stats.json puts back (files.restore_interrupted).
@@ -68,10 +70,11 @@ def prep(input_root, out_root, **options) -> dict:
 
 
 def _prep(input_root, out_root, patch_size=index.DEFAULT_PATCH, stride=index.DEFAULT_STRIDE, n_test=DEFAULT_N_TEST,
-          min_active_frac=index.DEFAULT_MIN_ACTIVE_FRAC, fill_value=None, skip_bad=False, workers=1,
+          n_calibration=0, min_active_frac=index.DEFAULT_MIN_ACTIVE_FRAC, fill_value=None, skip_bad=False, workers=1,
           n_timesteps=None, chunk_edge=prepped.DEFAULT_CHUNK_EDGE, compression=None, progress=True, cell_size=None,
           description_path=None, calibrate=True) -> dict:
-    """prep(); ``calibrate``: fit the constants the priors need and the description lacks on training runs."""
+    """prep(); ``calibrate``: fit the constants the priors need and the description lacks on training runs;
+    ``n_calibration``: runs after the test runs kept aside for the bands (inference/bands.py)."""
     start = time.perf_counter()
     input_root, out_root = Path(input_root), Path(out_root)
     patch_size, stride = tuple(int(v) for v in patch_size), tuple(int(v) for v in stride)
@@ -79,6 +82,8 @@ def _prep(input_root, out_root, patch_size=index.DEFAULT_PATCH, stride=index.DEF
     cell_size = None if cell_size is None else tuple(float(v) for v in cell_size)
     _check_prep_args(input_root, out_root, patch_size, stride, n_test, min_active_frac, workers, chunk_edge,
                      compression, cell_size)
+    if n_calibration < 0:
+        raise UserError(f"prep: --n_calibration must be >= 0, got {n_calibration}")
     desc = description.with_cell_size(description.find(input_root, description_path), cell_size)
     raw_files = sorted(input_root.glob(schema.RAW_FILE_GLOB), key=lambda p: p.name)
     if not raw_files:
@@ -86,8 +91,9 @@ def _prep(input_root, out_root, patch_size=index.DEFAULT_PATCH, stride=index.DEF
     skipped = []
     candidates, n_timesteps = _same_layout(raw_files, n_timesteps, skip_bad, skipped)
     calibration = None  # stats.json "calibration": None when nothing was calibrated
-    if calibrate:  # the training split: every file after the first n_test, by name
-        desc, calibration = calibrate_description(desc, [str(p) for p in candidates[n_test:]], fill_value, progress)
+    if calibrate:  # the training split: every file after the first n_test + n_calibration, by name
+        desc, calibration = calibrate_description(desc, [str(p) for p in candidates[n_test + n_calibration:]],
+                                                  fill_value, progress)
 
     # what a killed prep left: an interrupted swap undone, its .partial-PID folder, temporary files
     files.restore_interrupted(out_root, schema.STATS_FILE, log=lambda msg: tqdm.write(msg, file=sys.stderr))
@@ -105,15 +111,13 @@ def _prep(input_root, out_root, patch_size=index.DEFAULT_PATCH, stride=index.DEF
         if not good:
             raise UserError(f"{input_root}: no valid simulations ({len(skipped)} skipped)")
         names = sorted(good, key=lambda p: Path(p).name)
-        n_test_eff = min(n_test, len(names))
-        if len(names) - n_test_eff < 1:
-            raise UserError(f"{input_root}: {len(names)} valid simulations leave none for training with --n_test {n_test}")
-        splits = {"test": names[:n_test_eff], "train": names[n_test_eff:]}
+        splits = _split(names, n_test, n_calibration, input_root)
         duplicates = _duplicates(splits, good)
         rel = _place_packed(partial, splits, out_paths)  # the new output is built aside, in partial
         patches = _write_indices(partial, splits, rel, good, patch_size, stride, min_active_frac)
         summary = stats.compute_stats([good[p] for p in splits["train"]], [rel[p] for p in splits["train"]],
-                                      [rel[p] for p in splits["test"]], fill_value, patches)
+                                      [rel[p] for p in splits["test"]], fill_value, patches,
+                                      [rel[p] for p in splits["calibration"]])
         summary.update(skipped=skipped, duplicates=duplicates, description=desc.to_dict(),
                        description_source=desc.source, physics={rel[p]: good[p]["physics"] for p in names},
                        calibration=calibration)
@@ -126,10 +130,21 @@ def _prep(input_root, out_root, patch_size=index.DEFAULT_PATCH, stride=index.DEF
     raw_bytes = sum(s["raw_bytes"] for s in good.values())
     return {
         "out_root": str(out_root), "train": [rel[p] for p in splits["train"]], "test": [rel[p] for p in splits["test"]],
-        "skipped": skipped, "patches": patches, "raw_bytes": raw_bytes, "seconds": seconds,
+        "calibration": [rel[p] for p in splits["calibration"]], "skipped": skipped, "patches": patches, "raw_bytes": raw_bytes, "seconds": seconds,
         "mb_per_s": raw_bytes / 1e6 / seconds if seconds > 0 else float("inf"),
         "description_source": desc.source, "priors": summary["priors"], "physics": good[names[0]]["physics"],
     }
+
+
+def _split(names: list, n_test: int, n_calibration: int, input_root) -> dict:
+    """{split: raw paths} by sorted name: the first n_test test, the next n_calibration calibration,
+    the rest train (at least one)."""
+    n_test = min(n_test, len(names))
+    n_cal = min(n_calibration, len(names) - n_test)
+    if len(names) - n_test - n_cal < 1:
+        raise UserError(f"{input_root}: {len(names)} valid simulations leave none for training with --n_test "
+                        f"{n_test} and --n_calibration {n_calibration}")
+    return {"test": names[:n_test], "calibration": names[n_test:n_test + n_cal], "train": names[n_test + n_cal:]}
 
 
 def _check_room(out_root: Path, candidates: list, n_timesteps) -> None:
@@ -221,14 +236,14 @@ def _duplicates(splits: dict, good: dict) -> list[str]:
     """Runs whose content (ParamsScalar, field scalars, every report of P and T) is the same, named
     in one line each: a test run copied into the training split would flatter every test score."""
     seen, lines = {}, []
-    for split in ("test", "train"):
+    for split in ("test", "calibration", "train"):
         for path in splits[split]:
             key = good[path]["content_sha256"]
             if key in seen:
                 other, other_split = seen[key]
                 lines.append(f"{path} ({split}) holds the same run as {other} ({other_split})"
                              + (": a test run among the training runs flatters every test score"
-                                if {split, other_split} == {"train", "test"} else ""))
+                                if "train" in {split, other_split} and {split, other_split} != {"train"} else ""))
             else:
                 seen[key] = (path, split)
     for line in lines:
@@ -248,7 +263,7 @@ def die_with_parent() -> None:
 
 
 def _place_packed(staged: Path, splits: dict, out_paths: dict) -> dict:
-    """Move the packed files into staged/{train,test}/; {raw path: relative packed path}."""
+    """Move the packed files into staged/{train,test,calibration}/; {raw path: relative packed path}."""
     rel = {}
     for split, paths in splits.items():
         (staged / split).mkdir(parents=True, exist_ok=True)
@@ -260,7 +275,7 @@ def _place_packed(staged: Path, splits: dict, out_paths: dict) -> dict:
 
 
 def _write_indices(out_root, splits, rel, good, patch_size, stride, min_active_frac) -> dict:
-    """Patch indices of both splits; the stats' "patches" section."""
+    """Patch indices of every split; the stats' "patches" section."""
     ref = good[splits["train"][0]]
     n_origins = len(ref["origins"])
     kept, total = {}, {}

@@ -187,8 +187,10 @@ def _signed_log1p_stats(values: np.ndarray, names: Sequence[str]) -> dict:
             "mean": [float(v) for v in x.mean(axis=0)], "std": [_safe_std(float(v)) for v in x.std(axis=0)]}
 
 
-def compute_stats(train: list[dict], rel_train: list[str], rel_test: list[str], fill_value, patches: dict) -> dict:
-    """Combine the per-simulation partial statistics of the training split into the stats.json dict."""
+def compute_stats(train: list[dict], rel_train: list[str], rel_test: list[str], fill_value, patches: dict,
+                  rel_calibration: Sequence[str] = ()) -> dict:
+    """Combine the per-simulation partial statistics of the training split into the stats.json dict
+    (``rel_calibration``, the bands' held-out runs, only listed: not part of the digest)."""
     grid, n_t = train[0]["grid"], train[0]["n_timesteps"]
     if sum(s["n_active"] for s in train) == 0:
         raise UserError("stats: training split has no active cells")
@@ -223,6 +225,7 @@ def compute_stats(train: list[dict], rel_train: list[str], rel_test: list[str], 
         "fill_value": fill_value,
         "train_sims": rel_train,
         "test_sims": rel_test,
+        "calibration_sims": list(rel_calibration),
         "static": static,
         "dynamic": {"names": list(schema.DYNAMIC_NAMES), "mean": [m.mean for m in state],
                     "std": [_safe_std(m.std) for m in state]},

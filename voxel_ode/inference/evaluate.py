@@ -16,6 +16,7 @@ from voxel_ode import files, schema
 from voxel_ode.data import prepped
 from voxel_ode.data.stats import Stats
 from voxel_ode import metrics as M
+from voxel_ode.inference import bands as bands_module
 from voxel_ode.inference import plots as plots_module
 from voxel_ode.inference.baselines import LinearStepper, PersistenceStepper, fit_linear_baseline, load_linear_baseline
 from voxel_ode.inference.predict import out_of_range_notes
@@ -99,6 +100,62 @@ def format_table(summary: dict, tol_pressure=schema.DEFAULT_PRESSURE_TOL_PA,
     return "\n".join(lines)
 
 
+def band_scores(calibrated: dict, sim: dict, grid, scalar) -> tuple[dict, dict]:
+    """(the model's bands of one run (bands.apply + "coverage"), their scores: {"grid":
+    metrics.band_metrics, "scalar": metrics.scalar_band_metrics or absent})."""
+    band = {**bands_module.apply(calibrated, sim, grid, scalar), "coverage": calibrated["coverage"]}
+    active = sim["static"][schema.STATIC_ACTIVE]
+    scores = {"grid": M.band_metrics(band["low"], band["high"], grid, sim["outputs_grid"], active)}
+    if band["scalar_low"] is not None and "outputs_scalar" in sim:
+        scores["scalar"] = M.scalar_band_metrics(band["scalar_low"], band["scalar_high"], scalar,
+                                                 sim["outputs_scalar"])
+    return band, scores
+
+
+def summarize_bands(per_sim: dict) -> dict:
+    """Over the runs, per variable (P, T, and the scalars together): the band's coverage, its mean
+    width over the RMS error (both pooled over runs per step), at the last step and the mean over
+    steps t >= 1; for P and T also the mean over runs of the spread-error rank correlation."""
+    def steps(values):
+        values = np.asarray(values, np.float64)
+        return {"last": M.finite_mean(values[-1:]), "mean": M.finite_mean(values[1:])}
+
+    out = {}
+    for var in schema.DYNAMIC_NAMES:
+        runs = [s["grid"][var] for s in per_sim.values()]
+        width = np.mean([r["width"] for r in runs], axis=0)
+        rms = np.sqrt(np.mean([np.square(r["rms_err"]) for r in runs], axis=0))
+        out[var] = {"coverage": steps(np.mean([r["coverage"] for r in runs], axis=0)),
+                    "width_over_rms": steps(width / np.where(rms > 0, rms, np.nan)),
+                    "spread_error_rank_corr": M.finite_mean([r["spread_error_rank_corr"] for r in runs])}
+    runs = [s["scalar"] for s in per_sim.values() if "scalar" in s]
+    if runs:
+        covered = np.mean([[r[n]["covered"] for n in schema.SCALAR_NAMES] for r in runs], axis=(0, 1))
+        ratios = []
+        for n in schema.SCALAR_NAMES:
+            rms = np.sqrt(np.mean([np.square(r[n]["abs_err"]) for r in runs], axis=0))
+            ratios.append(np.mean([r[n]["width"] for r in runs], axis=0) / np.where(rms > 0, rms, np.nan))
+        ratio = np.array([M.finite_mean(step) for step in np.asarray(ratios).T])  # over the scalars
+        out["scalars"] = {"coverage": steps(covered), "width_over_rms": steps(ratio)}
+    return out
+
+
+def format_bands_table(summary: dict, coverage: float) -> str:
+    """The bands' summary as a text table."""
+    head = f"{'band':<12}{'coverage last':>15}{'coverage mean':>15}{'width/RMS last':>16}{'width/RMS mean':>16}" \
+           f"{'rank corr':>11}"
+    lines = [head, "-" * len(head)]
+    fmt = lambda v, w: f"{v:>{w}.3f}" if v is not None and math.isfinite(v) else f"{'-':>{w}}"  # noqa: E731
+    for var, entry in summary.items():
+        lines.append(f"{var:<12}{fmt(entry['coverage']['last'], 15)}{fmt(entry['coverage']['mean'], 15)}"
+                     f"{fmt(entry['width_over_rms']['last'], 16)}{fmt(entry['width_over_rms']['mean'], 16)}"
+                     f"{fmt(entry.get('spread_error_rank_corr'), 11)}")
+    lines += [f"coverage: share of active cells (scalars: of runs x scalars) inside the {coverage:.0%} band; "
+              "width/RMS: the band's mean width over the RMS error of the prediction",
+              "rank corr: Spearman's correlation between band width and |error| over a run's cells and steps"]
+    return "\n".join(lines)
+
+
 def write_step_csv(path, per_sim: dict) -> None:
     """One row per (simulation, method, variable, step) with every metric."""
     with files.atomic_path(path) as tmp:
@@ -119,18 +176,21 @@ def write_step_csv(path, per_sim: dict) -> None:
 def evaluate(prepped_root, ckpt_path, out_dir, split="test", device="cpu", tile=None, amp="auto", plots=True,
              linear_baseline=False, tol_pressure=schema.DEFAULT_PRESSURE_TOL_PA,
              tol_temperature=schema.DEFAULT_TEMPERATURE_TOL_K, save_predictions=True, xdmf=True,
-             max_sims=None, progress=True) -> dict:
+             max_sims=None, progress=True, bands_path=None) -> dict:
     """Roll out every simulation of ``split`` with the model and baselines; returns the summary dict.
 
     Writes ``out_dir/metrics.json`` ({"summary", "per_sim", "config"}),
     ``metrics_per_step.csv``, ``predictions/<run>.h5`` (+ .xdmf) and, with
     ``plots``, ``plots/<run>/*.png`` and ``plots/error_curves.png``. ``linear_baseline``: also
-    fit (or reuse ``out_dir/linear_baseline.npz``) and score the linear per-voxel model.
+    fit (or reuse ``out_dir/linear_baseline.npz``) and score the linear per-voxel model. With a
+    bands file (``bands_path`` or the checkpoint's own), the model's bands are written and scored
+    (metrics.json "bands").
     """
     out_dir, prepped_root = files.writable_folder(out_dir, "--out"), Path(prepped_root)
     model, normalizer, stats, config = checkpoint.load_for_inference(ckpt_path, None, device)
     checkpoint.check_data(stats, ckpt_path, Stats.load(prepped_root).preparation, prepped_root / schema.STATS_FILE)
     chosen = precision.choose(amp, device)
+    calibrated = bands_module.find(ckpt_path, bands_path)
     paths = sorted((prepped_root / split).glob("*" + schema.PREPPED_SUFFIX))
     if not paths:
         raise UserError(f"{prepped_root}: {split}/: no *{schema.PREPPED_SUFFIX} files")
@@ -141,7 +201,7 @@ def evaluate(prepped_root, ckpt_path, out_dir, split="test", device="cpu", tile=
     print(f"receptive field: {model.receptive_field} cells; {len(paths)} {split} simulations")
     attrs = {"checkpoint": str(Path(ckpt_path).resolve()), "stats": "checkpoint", "model_config": json.dumps(config),
              "receptive_field": int(model.receptive_field), "device": device}
-    per_sim, timings, out_of_range = {}, [], {}
+    per_sim, timings, out_of_range, per_sim_bands, band = {}, [], {}, {}, None
     for path in tqdm(paths, desc=f"evaluate {split}", disable=not progress):
         sim = prepped.load_prepped_sim(path)
         name = path.name[: -len(schema.PREPPED_SUFFIX)]
@@ -149,15 +209,23 @@ def evaluate(prepped_root, ckpt_path, out_dir, split="test", device="cpu", tile=
         preds, seconds_per_step = _roll_out_all(steppers, sim)
         timings.append(seconds_per_step)
         per_sim[name] = evaluate_sim(sim, preds, stats, tol_pressure, tol_temperature)
+        if calibrated is not None:
+            band, per_sim_bands[name] = band_scores(calibrated, sim, *preds["model"])
         if save_predictions:
             write_predictions(out_dir / "predictions" / f"{name}.h5", *preds["model"],
                               sim["static"][schema.STATIC_ACTIVE], {**attrs, "source": str(path.resolve())},
                               truth=(sim["outputs_grid"], sim.get("outputs_scalar")), xdmf=xdmf,
-                              cell_size=plots_module.cell_size_of(sim, stats.description))
+                              cell_size=plots_module.cell_size_of(sim, stats.description), bands=band)
         if plots:
-            plots_module.plot_simulation(out_dir / "plots" / name, sim, preds, stats.description, per_sim[name])
+            plots_module.plot_simulation(out_dir / "plots" / name, sim, preds, stats.description, per_sim[name],
+                                         bands=band)
     summary = summarize(per_sim)
     print(format_table(summary, tol_pressure, tol_temperature))
+    bands_report = None
+    if calibrated is not None:
+        bands_report = {"summary": summarize_bands(per_sim_bands), "per_sim": per_sim_bands,
+                        "coverage": calibrated["coverage"], "calibration_runs": calibrated["calibration_runs"]}
+        print(format_bands_table(bands_report["summary"], calibrated["coverage"]))
     if None in out_of_range.values():
         print("out-of-range check: not available (stats.json from a prep before training ranges were recorded)")
     for name, notes in out_of_range.items():
@@ -167,6 +235,7 @@ def evaluate(prepped_root, ckpt_path, out_dir, split="test", device="cpu", tile=
         "summary": summary,
         "per_sim": per_sim,
         "out_of_range": out_of_range,  # per run: its inputs outside the training runs' ranges
+        "bands": bands_report,  # None without a bands file
         "config": {"checkpoint": str(ckpt_path), "split": split, "tile": list(tile) if tile else None,
                    "tol_pressure": tol_pressure, "tol_temperature": tol_temperature, "device": device,
                    "model_seconds_per_step": M.finite_mean(timings)},

@@ -162,8 +162,9 @@ def plot_slices(sim: dict, pred_grid: np.ndarray, path, step: int, cell=None, ce
     return _save(fig, path)
 
 
-def plot_scalars(true_scalar, preds: dict, path) -> Path:
-    """The 5 field scalars over time: truth (black) vs each method that predicts them."""
+def plot_scalars(true_scalar, preds: dict, path, bands=None) -> Path:
+    """The 5 field scalars over time: truth (black) vs each method that predicts them; ``bands``
+    (bands.apply's dict): the model's band shaded."""
     fig, axes = plt.subplots(1, schema.N_SCALARS, figsize=(4 * schema.N_SCALARS, 3.5), layout="constrained")
     for i, name in enumerate(schema.SCALAR_NAMES):
         ax = axes[i]
@@ -174,12 +175,45 @@ def plot_scalars(true_scalar, preds: dict, path) -> Path:
             s = np.asarray(scalar, np.float64)[:, i] * factor
             if np.isfinite(s[1:]).any():
                 ax.plot(s, "--", color=METHOD_STYLE.get(method), label=method)
+        if bands is not None and bands.get("scalar_low") is not None:
+            ax.fill_between(np.arange(len(bands["scalar_low"])), bands["scalar_low"][:, i] * factor,
+                            bands["scalar_high"][:, i] * factor, color=METHOD_STYLE.get("model"), alpha=0.2,
+                            label=f"model {bands['coverage']:.0%} band")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("step (years)")
         ax.set_ylabel(unit)
         _min_span(ax, MIN_SCALAR_SPAN)
         ax.grid(alpha=0.3)
     axes[0].legend()
+    return _save(fig, path)
+
+
+def plot_band_width(sim: dict, pred_grid: np.ndarray, bands: dict, path, step: int, cell=None,
+                    cell_size=None) -> Path:
+    """The band's width of P and T at ``step`` on the Z-X and X-Y sections through the injector,
+    next to the actual |error| where the run has a truth (same colour scale)."""
+    active = sim["static"][schema.STATIC_ACTIVE] > 0.5
+    z, y, _ = cell if cell is not None else injector_cell(sim["static"])
+    has_truth = "outputs_grid" in sim
+    sections = ((f"Z-X at y={y}", lambda a: a[:, y, :]), (f"X-Y at z={z}", lambda a: a[z, :, :]))
+    fig, axes = plt.subplots(2, 4 if has_truth else 2, figsize=(20 if has_truth else 10, 7), squeeze=False,
+                             layout="constrained")
+    for v, var in enumerate(schema.DYNAMIC_NAMES):
+        unit, factor = display_unit(var)
+        width = (bands["high"][step, v] - bands["low"][step, v]).astype(np.float64) * factor
+        panels = [("band width", width)]
+        if has_truth:
+            panels.append(("|prediction - truth|", np.abs(pred_grid[step, v].astype(np.float64)
+                                                          - sim["outputs_grid"][step, v]) * factor))
+        top = max(float(np.max(img[active])) if active.any() else 1.0 for _, img in panels) or 1.0
+        for s, (section, take) in enumerate(sections):
+            for k, (title, img) in enumerate(panels):
+                ax = axes[v, s * len(panels) + k]
+                im = ax.imshow(np.ma.array(take(img), mask=~take(active)), origin="upper", aspect="auto",
+                               interpolation="nearest", vmin=0, vmax=top, cmap="magma")
+                ax.set_title(f"{var} {title}, {section}", fontsize=9)
+                fig.colorbar(im, ax=ax, label=unit)
+    fig.suptitle(f"step {step}: width of the {bands['coverage']:.0%} band (cells; blank = inactive)")
     return _save(fig, path)
 
 
@@ -196,17 +230,21 @@ def _min_span(ax, fraction: float) -> None:
 
 
 def plot_simulation(out_dir, sim: dict, preds: dict, desc: description.Description | None = None, sim_metrics=None,
-                    steps=None, dynamic_std=None) -> list[Path]:
+                    steps=None, dynamic_std=None, bands=None) -> list[Path]:
     """All pictures of one simulation: slices of the model at a few steps, scalars, and error curves.
     ``sim_metrics``: the metrics of evaluate_sim, else computed here (normalized MSE with
-    ``dynamic_std``, the stats' std of (P, T), else 1)."""
+    ``dynamic_std``, the stats' std of (P, T), else 1); ``bands``: the model's (bands.apply), shown
+    on the scalars and as a slice of their width at the last step."""
     out_dir = Path(out_dir)
     grid = preds["model"][0]
     steps = default_steps(len(grid)) if steps is None else steps
     cell_size = cell_size_of(sim, desc)
     written = [plot_slices(sim, grid, out_dir / f"slices_step{t:02d}.png", t, cell_size=cell_size) for t in steps]
     written.append(plot_scalars(sim.get("outputs_scalar"), {m: p[1] for m, p in preds.items()},
-                                out_dir / "scalars.png"))
+                                out_dir / "scalars.png", bands))
+    if bands is not None:
+        written.append(plot_band_width(sim, grid, bands, out_dir / f"band_width_step{len(grid) - 1:02d}.png",
+                                       len(grid) - 1))
     if sim_metrics is None:
         std = [1.0] * schema.N_DYNAMIC if dynamic_std is None else dynamic_std
         sim_metrics = {m: {"grid": M.grid_metrics(g, sim["outputs_grid"],
@@ -216,12 +254,16 @@ def plot_simulation(out_dir, sim: dict, preds: dict, desc: description.Descripti
     return written
 
 
-def plot_forecast(out_dir, sim: dict, grid, scalar, desc: description.Description | None = None) -> list[Path]:
+def plot_forecast(out_dir, sim: dict, grid, scalar, desc: description.Description | None = None,
+                  bands=None) -> list[Path]:
     """The pictures of a forecast (a run with no truth): sections of the forecast against the initial
     state at a few steps, and the forecast field scalars."""
     out_dir = Path(out_dir)
     cell_size = cell_size_of(sim, desc)
     written = [plot_slices(sim, grid, out_dir / f"slices_step{t:02d}.png", t, cell_size=cell_size)
                for t in default_steps(len(grid))]
-    written.append(plot_scalars(None, {"model": scalar}, out_dir / "scalars.png"))
+    written.append(plot_scalars(None, {"model": scalar}, out_dir / "scalars.png", bands))
+    if bands is not None:
+        written.append(plot_band_width(sim, grid, bands, out_dir / f"band_width_step{len(grid) - 1:02d}.png",
+                                       len(grid) - 1))
     return written

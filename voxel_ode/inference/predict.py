@@ -12,6 +12,7 @@ from pathlib import Path
 
 from voxel_ode import files, schema
 from voxel_ode.data import envelope
+from voxel_ode.inference import bands as bands_module
 from voxel_ode.inference import plots
 from voxel_ode.inference.predictions import write_predictions
 from voxel_ode.inference.rollout import load_sim, rollout
@@ -52,13 +53,15 @@ def prediction_attrs(ckpt_path, stats_path, source, config, model, tile, device,
 
 def predict_file(ckpt_path, source, save_path, stats_path=None, device="cpu", amp="auto", tile=None,
                  plots_dir=None, xdmf=True, save_truth=False, fill_value=None, progress=True,
-                 arch_flags=None) -> Path:
-    """Roll out ``source`` with the model of ``ckpt_path``; write ``save_path``. Returns its path."""
+                 arch_flags=None, bands_path=None) -> Path:
+    """Roll out ``source`` with the model of ``ckpt_path``; write ``save_path``. Returns its path.
+    Uncertainty bands from ``bands_path``, else from the checkpoint's bands file where there is one."""
     files.writable_folder(Path(save_path).parent, "--save_path's folder")  # before the work, not after
     if plots_dir:
         files.writable_folder(plots_dir, "--plots")
     model, normalizer, stats, config = checkpoint.load_for_inference(ckpt_path, stats_path, device, arch_flags)
     chosen = precision.choose(amp, device)
+    calibrated = bands_module.find(ckpt_path, bands_path)
     sim = prepared_source(source, stats, ckpt_path, fill_value)
     forecast = bool(sim.get("forecast"))
     if forecast:
@@ -76,18 +79,20 @@ def predict_file(ckpt_path, source, save_path, stats_path=None, device="cpu", am
     grid, scalar = rollout(model, normalizer, sim, device=device, tile=tile, precision=chosen, progress=progress)
     dt = time.perf_counter() - t0
     print(f"{len(grid) - 1} steps on {grid.shape[2:]} in {dt:.1f} s ({dt / max(1, len(grid) - 1):.2f} s/step, {device})")
+    band = None if calibrated is None else \
+        {**bands_module.apply(calibrated, sim, grid, scalar), "coverage": calibrated["coverage"]}
     truth = (sim["outputs_grid"], sim.get("outputs_scalar")) if save_truth and "outputs_grid" in sim else None
     attrs = prediction_attrs(ckpt_path, stats_path, source, config, model, tile, device, sim, len(grid), stats,
                              out_of_range)
     write_predictions(save_path, grid, scalar, sim["static"][schema.STATIC_ACTIVE], attrs, truth=truth, xdmf=xdmf,
-                      cell_size=plots.cell_size_of(sim, stats.description))
-    print(f"wrote {save_path}")
+                      cell_size=plots.cell_size_of(sim, stats.description), bands=band)
+    print(f"wrote {save_path}" + (f" with {calibrated['coverage']:.0%} bands" if band else ""))
     if plots_dir:
         if forecast:
-            plots.plot_forecast(plots_dir, sim, grid, scalar, stats.description)
+            plots.plot_forecast(plots_dir, sim, grid, scalar, stats.description, bands=band)
         else:
             plots.plot_simulation(plots_dir, sim, {"model": (grid, scalar)}, stats.description,
-                                  dynamic_std=stats["dynamic"]["std"])
+                                  dynamic_std=stats["dynamic"]["std"], bands=band)
         print(f"wrote pictures to {plots_dir}")
     return Path(save_path)
 

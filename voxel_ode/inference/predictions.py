@@ -2,6 +2,10 @@
 
     predicted/outputs_grid   (T, 2, Z, Y, X) float32  Pa, K
     predicted/outputs_scalar (T, 5)          float64  schema.SCALAR_NAMES, physical units
+    predicted/band_low, band_high (T, 2, Z, Y, X) float32  uncertainty band (inference/bands.py),
+    predicted/band_width     (T, 2, Z, Y, X) float32  band_high - band_low (ParaView shows it)
+    predicted/scalar_band_low, scalar_band_high (T, 5) float64   only with a bands file; root
+                                                      attr band_coverage (e.g. 0.9)
     static/IsActive          (Z, Y, X)       uint8    the mask the rollout used
     truth/outputs_grid, truth/outputs_scalar          only with --save_truth and a source with outputs
     root attrs: checkpoint, stats, source, model_config (JSON), receptive_field, tile, device,
@@ -27,14 +31,17 @@ from voxel_ode import files, schema
 # predictions.h5 and XDMF
 # ---------------------------------------------------------------------------
 def write_predictions(save_path, pred_grid, pred_scalar, active, attrs: dict, truth=None, xdmf=True,
-                      cell_size=None):
+                      cell_size=None, bands=None):
     """Write predictions.h5 atomically (+ an XDMF next to it). ``truth``: (grid, scalar) or None;
-    ``cell_size``: (dx, dy, dz) in m for the XDMF and the "cell_size_m" attribute (None: unknown)."""
+    ``cell_size``: (dx, dy, dz) in m for the XDMF and the "cell_size_m" attribute (None: unknown);
+    ``bands``: bands.apply's dict plus "coverage", or None."""
     save_path = Path(save_path)
     with files.atomic_path(save_path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("predicted/outputs_grid", data=np.asarray(pred_grid, np.float32))
             f.create_dataset("predicted/outputs_scalar", data=np.asarray(pred_scalar, np.float64))
+            if bands is not None:
+                _write_bands(f, bands)
             f.create_dataset("static/IsActive", data=(np.asarray(active) > 0.5).astype(np.uint8))
             if truth is not None:
                 f.create_dataset("truth/outputs_grid", data=np.asarray(truth[0], np.float32))
@@ -50,6 +57,17 @@ def write_predictions(save_path, pred_grid, pred_scalar, active, attrs: dict, tr
     if xdmf:
         write_xdmf(save_path, save_path.with_suffix(".xdmf"), cell_size=cell_size)
     return save_path
+
+
+def _write_bands(f, bands: dict) -> None:
+    low, high = np.asarray(bands["low"], np.float32), np.asarray(bands["high"], np.float32)
+    f.create_dataset("predicted/band_low", data=low)
+    f.create_dataset("predicted/band_high", data=high)
+    f.create_dataset("predicted/band_width", data=high - low)
+    if bands.get("scalar_low") is not None:
+        f.create_dataset("predicted/scalar_band_low", data=np.asarray(bands["scalar_low"], np.float64))
+        f.create_dataset("predicted/scalar_band_high", data=np.asarray(bands["scalar_high"], np.float64))
+    f.attrs["band_coverage"] = float(bands["coverage"])
 
 
 # ---------------------------------------------------------------------------
@@ -71,7 +89,8 @@ def _hyperslab(parent, h5_name, dataset, full_shape, t, channel):
 
 
 def write_xdmf(h5_path, xdmf_path=None, cell_size=None) -> Path:
-    """XDMF next to predictions.h5: a time series of the predicted (and, if stored, true) P and T.
+    """XDMF next to predictions.h5: a time series of the predicted (and, if stored, true) P and T
+    (and, where the file has bands, their widths: PressureBandWidth, TemperatureBandWidth).
 
     Z Y X cells -> a 3DRectMesh of (Z+1, Y+1, X+1) nodes with Center="Cell"
     attributes, in metres: x and y grow with the index from 0, z is the elevation
@@ -85,6 +104,7 @@ def write_xdmf(h5_path, xdmf_path=None, cell_size=None) -> Path:
     xdmf_path = Path(xdmf_path) if xdmf_path else h5_path.with_suffix(".xdmf")
     with h5py.File(h5_path, "r") as f:
         series = [(g, f[f"{g}/outputs_grid"].shape) for g in ("predicted", "truth") if f"{g}/outputs_grid" in f]
+        has_band = "predicted/band_width" in f
         has_active = "static/IsActive" in f
         if cell_size is None and "cell_size_m" in f.attrs:
             try:
@@ -115,6 +135,9 @@ def write_xdmf(h5_path, xdmf_path=None, cell_size=None) -> Path:
             for c, var in enumerate(schema.DYNAMIC_NAMES):
                 attr = ET.SubElement(grid, "Attribute", Name=prefix + var, AttributeType="Scalar", Center="Cell")
                 _hyperslab(attr, h5_path.name, f"{group}/outputs_grid", gshape, t, c)
+        for c, var in enumerate(schema.DYNAMIC_NAMES if has_band else ()):
+            attr = ET.SubElement(grid, "Attribute", Name=var + "BandWidth", AttributeType="Scalar", Center="Cell")
+            _hyperslab(attr, h5_path.name, "predicted/band_width", shape, t, c)
         if has_active:
             attr = ET.SubElement(grid, "Attribute", Name="IsActive", AttributeType="Scalar", Center="Cell")
             _data_item(attr, f"{h5_path.name}:/static/IsActive", (nz, ny, nx), fmt="HDF",

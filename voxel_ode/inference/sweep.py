@@ -35,6 +35,7 @@ from voxel_ode.inference import scenarios as plans
 from voxel_ode.inference import sweep_table as table
 from voxel_ode.inference.plots import cell_size_of
 from voxel_ode.inference.predict import out_of_range_notes, prediction_attrs
+from voxel_ode.inference import bands as bands_module
 from voxel_ode.inference.predictions import write_predictions
 from voxel_ode.inference.rollout import rollout
 from voxel_ode.model import checkpoint, precision
@@ -128,8 +129,9 @@ def _starts(jobs, desc, n_reports, workers):
 class Forecaster:
     """The checkpoint's model, loaded once, applied to scenario after scenario."""
 
-    def __init__(self, ckpt_path, device="cpu", amp="auto"):
+    def __init__(self, ckpt_path, device="cpu", amp="auto", bands_path=None):
         self.ckpt_path, self.device = ckpt_path, device
+        self.bands = bands_module.find(ckpt_path, bands_path)  # None: no bands (one line said how)
         self.model, self.normalizer, self.stats, self.config = checkpoint.load_for_inference(ckpt_path, None, device)
         self.precision = precision.choose(amp, device)
         self.n_reports = int(self.stats["n_timesteps"])
@@ -139,11 +141,16 @@ class Forecaster:
         return rollout(self.model, self.normalizer, sim, device=self.device, precision=self.precision,
                        progress=False)
 
-    def save(self, path, sim, grid, scalar, source) -> None:
+    def band(self, sim: dict, grid, scalar) -> dict | None:
+        if self.bands is None:
+            return None
+        return {**bands_module.apply(self.bands, sim, grid, scalar), "coverage": self.bands["coverage"]}
+
+    def save(self, path, sim, grid, scalar, source, band=None) -> None:
         attrs = prediction_attrs(self.ckpt_path, None, source, self.config, self.model, None, self.device, sim,
                                  len(grid), self.stats, out_of_range_notes(self.stats, sim))
         write_predictions(path, grid, scalar, sim["static"][schema.STATIC_ACTIVE], attrs,
-                          cell_size=cell_size_of(sim, self.stats.description))
+                          cell_size=cell_size_of(sim, self.stats.description), bands=band)
 
 
 def _run_one(forecaster, out, sc, wells, path, sim, seconds, save_predictions, keep_inputs) -> None:
@@ -158,14 +165,24 @@ def _run_one(forecaster, out, sc, wells, path, sim, seconds, save_predictions, k
     result = {"name": sc.name, "row": sc.row, "changes": sc.changes,
               "out_of_range": out_of_range_notes(forecaster.stats, sim) or [],
               **table.series(grid, scalar, static[schema.STATIC_INJ_RATE], static[schema.STATIC_ACTIVE] > 0.5, wells)}
+    band = forecaster.band(sim, grid, scalar)
+    if band is not None and band["scalar_low"] is not None:  # the field scalars' band, (low, high) per year
+        result["field_scalars_band"] = {n: [_finite_list(band["scalar_low"][:, i]),
+                                            _finite_list(band["scalar_high"][:, i])]
+                                        for i, n in enumerate(schema.SCALAR_NAMES)}
+        result["band_coverage"] = band["coverage"]
     if save_predictions:
-        forecaster.save(out / "predictions" / f"{sc.name}.h5", sim, grid, scalar, path)
+        forecaster.save(out / "predictions" / f"{sc.name}.h5", sim, grid, scalar, path, band)
     if not keep_inputs:
         Path(path).unlink(missing_ok=True)
     seconds["outputs"] = _lap(start)
     result["seconds"] = {phase: wall for phase, (wall, _) in seconds.items()}
     result["cpu_seconds"] = {phase: cpu for phase, (_, cpu) in seconds.items()}
     files.write_json_atomic(out / "scenarios" / f"{sc.name}.json", result)  # last: marks it finished
+
+
+def _finite_list(values) -> list:
+    return [float(v) if math.isfinite(v) else None for v in values]
 
 
 def _check_objective(column: str, base, scenarios) -> None:
@@ -190,9 +207,11 @@ def _finish(out: Path, scenarios, column, minimize, breakthrough_k) -> list[dict
 
 def run_sweep(ckpt_path, base_path, plan_path, out, objective=table.DEFAULT_OBJECTIVE, minimize=False,
               save_predictions=False, device="cpu", amp="auto", workers=1,
-              breakthrough_k=table.DEFAULT_BREAKTHROUGH_K, keep_inputs=False, progress=True) -> list[dict]:
+              breakthrough_k=table.DEFAULT_BREAKTHROUGH_K, keep_inputs=False, progress=True,
+              bands_path=None) -> list[dict]:
     """Forecast every scenario of ``plan_path`` on ``base_path`` into ``out``; the ranked table rows.
-    Nothing is written outside ``out``."""
+    Nothing is written outside ``out``. With bands (``bands_path`` or the checkpoint's bands file),
+    each scenario's JSON holds its field scalars' bands and its predictions.h5 the grid bands."""
     out = files.writable_folder(out, "--out")
     column, minimize = table.parse_objective(objective, minimize)
     if not math.isfinite(breakthrough_k) or breakthrough_k < 0:
@@ -200,7 +219,7 @@ def run_sweep(ckpt_path, base_path, plan_path, out, objective=table.DEFAULT_OBJE
     with files.folder_lock(out, "sweep"):
         for folder in (out, out / "scenarios", out / "inputs", out / "predictions"):
             files.clean_leftovers(folder)
-        forecaster = Forecaster(ckpt_path, device, amp)
+        forecaster = Forecaster(ckpt_path, device, amp, bands_path)
         desc = forecaster.stats.description
         base = plans.load_base(base_path, desc)
         print("wells of the base: " + ("; ".join(w.describe() for w in base.wells) or "none"))

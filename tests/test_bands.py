@@ -1,0 +1,145 @@
+"""Uncertainty bands: the conformal quantile on a case with a known answer, the calibration split
+of prep, the bands file tied to its checkpoint, and bands in predictions.h5 and evaluate."""
+
+import json
+import math
+
+import h5py
+import numpy as np
+import pytest
+
+from fixtures import write_raw_dir
+from voxel_ode import metrics as M
+from voxel_ode.cli import main
+from voxel_ode.data.prep import prep
+from voxel_ode.inference import bands
+from voxel_ode.inference.evaluate import evaluate
+from voxel_ode.inference.predict import predict_file
+from voxel_ode.training.train import train
+from voxel_ode.utils import UserError
+
+GRID = dict(grid=(12, 10, 8), n_t=6)
+TINY = dict(base_channels=8, depth=1, receptive_field_radius=1, num_threads=1, quiet=True, max_steps=2,
+            sample_mode="full", batch_size=2, amp="none")
+
+
+def test_a_conformal_band_of_gaussian_residuals_covers_its_share_of_fresh_draws():
+    """Scores |e| of N(0, 1) residuals: the 90 % quantile is 1.645; a band of it covers 90 % of
+    fresh residuals (the next order statistic would not, nor the one before)."""
+    rng = np.random.default_rng(0)
+    scores = np.abs(rng.standard_normal(20_000))
+    q = bands.conformal_quantile(scores, 0.9)
+    assert q == pytest.approx(1.6449, abs=0.03)
+    fresh = np.abs(rng.standard_normal(200_000))
+    assert np.mean(fresh <= q) == pytest.approx(0.9, abs=0.005)
+    # the rank: ceil((n + 1) 0.9) of n = 9 scores 1..9 is the 9th, of n = 19 scores 1..19 the 18th
+    assert bands.conformal_quantile(np.arange(1, 10), 0.9) == 9
+    assert bands.conformal_quantile(np.arange(1, 20), 0.9) == 18
+    assert bands.conformal_quantile(np.arange(1, 9), 0.9) == math.inf  # 8 scores cannot promise 90 %
+
+
+def test_a_band_scaled_by_sigma_covers_heteroscedastic_residuals_cell_by_cell():
+    """Residuals N(0, s^2) with s known per cell: with the scale the band covers 90 % of the small-
+    and of the large-s cells alike; a band of one width over-covers the one and under-covers the other."""
+    rng = np.random.default_rng(1)
+    s = np.where(np.arange(40_000) % 2 == 0, 0.1, 10.0)
+    q = bands.conformal_quantile(np.abs(rng.standard_normal(s.size) * s) / s, 0.9)
+    fresh = np.abs(rng.standard_normal(s.size) * s)
+    for half in (s == 0.1, s == 10.0):
+        assert np.mean(fresh[half] <= q * s[half]) == pytest.approx(0.9, abs=0.01)
+    flat = bands.conformal_quantile(np.abs(rng.standard_normal(s.size) * s), 0.9)
+    assert np.mean(fresh[s == 0.1] <= flat) > 0.99 and np.mean(fresh[s == 10.0] <= flat) < 0.85
+
+
+def test_band_metrics_count_coverage_width_and_rank_correlation():
+    true = np.zeros((2, 2, 1, 1, 4))
+    pred = true.copy()
+    pred[1, :, 0, 0] = [0.0, 1.0, 2.0, 3.0]
+    half = np.zeros_like(pred)
+    half[1, :, 0, 0] = [0.5, 1.5, 1.0, 4.0]  # covers cells 0, 1, 3
+    out = M.band_metrics(pred - half, pred + half, pred, true, np.ones((1, 1, 4)))
+    assert out["Pressure"]["coverage"].tolist() == [1.0, 0.75]
+    assert out["Pressure"]["width"][1] == pytest.approx(7.0 / 2)
+    assert out["Pressure"]["rms_err"][1] == pytest.approx(math.sqrt(14 / 4))
+    assert out["Pressure"]["spread_error_rank_corr"] == pytest.approx(0.8)
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    base = tmp_path_factory.mktemp("bands")
+    write_raw_dir(base / "raw", n=6, **GRID)
+    summary = prep(base / "raw", base / "prepped", n_test=1, n_calibration=2, patch_size=(8, 8, 8),
+                   stride=(4, 4, 4), progress=False)
+    train(prepped_root=str(base / "prepped"), save_dir=str(base / "ck"), **TINY)
+    return base, summary
+
+
+def test_prep_puts_calibration_runs_aside_and_training_never_reads_them(calibrated):
+    base, summary = calibrated
+    assert summary["test"] == ["test/v2.4_0001.prepped.h5"]
+    assert summary["calibration"] == ["calibration/v2.4_0002.prepped.h5", "calibration/v2.4_0003.prepped.h5"]
+    assert len(summary["train"]) == 3
+    stats = json.loads((base / "prepped" / "stats.json").read_text())
+    assert stats["calibration_sims"] == summary["calibration"]
+    assert not any("calibration" in p for p in stats["train_sims"])
+    index = (base / "prepped" / "index_train.jsonl").read_text()
+    assert "calibration/" not in index and "v2.4_0002" not in index
+    with pytest.raises(UserError, match="leave none for training"):
+        prep(base / "raw", base / "other", n_test=3, n_calibration=3, progress=False)
+
+
+def test_bands_are_written_read_and_refused_for_another_checkpoint(calibrated, tmp_path, capsys):
+    base, _ = calibrated
+    ckpt = base / "ck" / "last.pt"
+    assert main(["bands", "--prepped_root", str(base / "prepped"), "--ckpt_path", str(ckpt),
+                 "--no_progress", "--device", "cpu"]) == 0
+    path = bands.default_path(ckpt)
+    written = json.loads(path.read_text())
+    assert written["calibration_runs"] == ["v2.4_0002.prepped.h5", "v2.4_0003.prepped.h5"]
+    assert len(written["grid"]["Pressure"]["quantiles"]) == GRID["n_t"]
+    assert bands.load(path, ckpt)["coverage"] == 0.9
+    other = tmp_path / "other.pt"
+    other.write_bytes(ckpt.read_bytes() + b"x")
+    capsys.readouterr()
+    assert main(["rollout", "--prepped_sim_path", str(base / "prepped" / "test" / "v2.4_0001.prepped.h5"),
+                 "--ckpt_path", str(other), "--bands", str(path), "--save_path", str(tmp_path / "p.h5"),
+                 "--no_progress", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bands calibrated for another checkpoint" in err[0]
+
+
+def test_predictions_and_evaluate_carry_the_bands(calibrated, tmp_path, capsys):
+    base, _ = calibrated
+    ckpt = base / "ck" / "last.pt"
+    if not bands.default_path(ckpt).exists():
+        bands.calibrate(base / "prepped", ckpt, progress=False)
+    source = base / "prepped" / "test" / "v2.4_0001.prepped.h5"
+    predict_file(ckpt, source, tmp_path / "p.h5", device="cpu", amp="none", progress=False,
+                 plots_dir=tmp_path / "plots")
+    with h5py.File(tmp_path / "p.h5") as f:
+        grid = f["predicted/outputs_grid"][()]
+        low, high = f["predicted/band_low"][()], f["predicted/band_high"][()]
+        assert low.shape == grid.shape and low.dtype == np.float32
+        assert np.all(low <= grid) and np.all(grid <= high) and np.all(low[0] == high[0])
+        assert f["predicted/scalar_band_low"].shape == f["predicted/outputs_scalar"].shape
+    assert "PressureBandWidth" in (tmp_path / "p.xdmf").read_text()
+    assert list((tmp_path / "plots").glob("band_width_step*.png"))
+    evaluate(base / "prepped", ckpt, tmp_path / "ev", device="cpu", plots=False, progress=False)
+    report = json.loads((tmp_path / "ev" / "metrics.json").read_text())["bands"]
+    assert set(report["summary"]) >= {"Pressure", "Temperature"}
+    assert 0.0 <= report["summary"]["Pressure"]["coverage"]["mean"] <= 1.0
+    assert "coverage last" in capsys.readouterr().out
+
+
+def test_without_a_bands_file_one_line_says_how_to_get_them(tmp_path, capsys):
+    write_raw_dir(tmp_path / "raw", n=3, **GRID)
+    prep(tmp_path / "raw", tmp_path / "prepped", n_test=1, patch_size=(8, 8, 8), stride=(4, 4, 4), progress=False)
+    train(prepped_root=str(tmp_path / "prepped"), save_dir=str(tmp_path / "ck"), **TINY)
+    capsys.readouterr()
+    predict_file(tmp_path / "ck" / "last.pt", tmp_path / "prepped" / "test" / "v2.4_0001.prepped.h5",
+                 tmp_path / "p.h5", device="cpu", amp="none", progress=False)
+    assert bands.HOW_TO in capsys.readouterr().out
+    with h5py.File(tmp_path / "p.h5") as f:
+        assert "predicted/band_low" not in f
+    with pytest.raises(UserError, match="calibration/: no runs"):
+        bands.calibrate(tmp_path / "prepped", tmp_path / "ck" / "last.pt", progress=False)

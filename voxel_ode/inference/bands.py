@@ -1,0 +1,314 @@
+"""Uncertainty bands: split conformal prediction on held-out calibration runs, and the bands file
+(``<checkpoint stem>.bands.json``, this module its only reader and writer).
+
+Method (``voxel-ode bands``). The model rolls out the ``calibration/`` runs (prep
+--n_calibration: never trained on, not in the statistics). For P and T, every active cell and
+step t gets a scale
+
+    sigma = w_change |yhat - y0| + w_prior |yhat - y_prior| + w_floor rms_t + eps
+
+with y0 the state at t = 0, y_prior the state the physics priors imply (P0 + the pressure prior's
+change; T0 + theta x the injection gap) and rms_t the run's RMS predicted change over active
+cells at t. The first term: cells that change more are less sure; the second: where the model
+departs from the physics it was built on (or the priors themselves are off, as on data unlike the
+training runs) the band widens; the floor keeps cells the model leaves still from getting a band
+of zero. The nonconformity score is |y - yhat| / sigma; per step, the band's half-width is sigma
+times the ceil((n + 1) c)-th smallest score of the n calibration cells (c = --coverage): for runs
+exchangeable with the calibration runs, a fresh cell at that step is covered with probability
+>= c. The weights come from a small grid, the one with the narrowest calibration bands (every
+choice covers c on the calibration runs by construction). Field scalars: one relative score per
+scalar, |y - yhat| / (|yhat| (t / (T - 1))^p), pooled over the steps (5 runs alone are too few per
+step), p from {0, 0.5, 1} as above.
+
+Cost: no extra rollout; a few array operations per step, next to a single model's rollout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from voxel_ode import files, schema
+from voxel_ode import metrics as M
+from voxel_ode.data import prepped
+from voxel_ode.data.stats import Stats
+from voxel_ode.inference.rollout import ModelStepper, run_stepper
+from voxel_ode.model import checkpoint, precision
+from voxel_ode.utils import UserError
+
+FORMAT = 1
+SUFFIX = ".bands.json"
+DEFAULT_COVERAGE = 0.9
+# the weights' grid (w_change, w_prior, w_floor); sigma's overall size does not matter (the
+# quantile rescales it), so w_change is 0 or 1
+WEIGHT_GRID = [w for w in itertools.product((0.0, 1.0), (0.0, 0.5, 1.0, 2.0, 4.0), (0.02, 0.1, 0.3, 1.0))
+               if not (w[0] == 0.0 and w[1] == 0.0 and w[2] != 1.0)]  # a floor alone: one choice is enough
+EPS = {"Pressure": 1.0, "Temperature": 1e-3}  # Pa, K: far below any error worth a band
+SCALAR_POWERS = (0.0, 0.5, 1.0)
+HOW_TO = ("no uncertainty bands: `voxel-ode bands --prepped_root P --ckpt_path C` makes them from the "
+          "calibration runs of `prep --n_calibration K`")
+
+
+# ---------------------------------------------------------------------------
+# The bands file
+# ---------------------------------------------------------------------------
+def default_path(ckpt_path) -> Path:
+    return Path(ckpt_path).with_suffix(SUFFIX)
+
+
+def checkpoint_digest(ckpt_path) -> str:
+    """sha256 of the checkpoint file: bands are calibrated for these weights only."""
+    h = hashlib.sha256()
+    with open(files.regular_file(ckpt_path, "--ckpt_path"), "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write(path, bands: dict) -> Path:
+    files.write_json_atomic(path, M.to_jsonable(bands))  # an infinite quantile (too few runs) -> null
+    return Path(path)
+
+
+def load(path, ckpt_path) -> dict:
+    """A bands file, checked to belong to ``ckpt_path``."""
+    path = Path(path)
+    try:
+        bands = json.loads(files.regular_file(path, "--bands").read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: cannot read as a bands file ({err})") from None
+    if not isinstance(bands, dict) or bands.get("format") != FORMAT or "grid" not in bands:
+        raise UserError(f"{path}: not a bands file of format {FORMAT} (make it again with voxel-ode bands)")
+    if bands.get("checkpoint_sha256") != checkpoint_digest(ckpt_path):
+        raise UserError(f"{path}: bands calibrated for another checkpoint ({bands.get('checkpoint')}), not "
+                        f"{ckpt_path}: run voxel-ode bands for this one")
+    return bands
+
+
+def find(ckpt_path, bands_path=None) -> dict | None:
+    """The bands for ``ckpt_path``: ``bands_path`` (must exist), else the default file next to the
+    checkpoint if there is one, else None (after one line saying how to get them)."""
+    if bands_path is not None:
+        return load(bands_path, ckpt_path)
+    path = default_path(ckpt_path)
+    if path.exists():
+        return load(path, ckpt_path)
+    print(HOW_TO)
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Scales and quantiles
+# ---------------------------------------------------------------------------
+def prior_state(sim: dict, n_steps: int) -> np.ndarray:
+    """(T, 2, Z, Y, X) float32: the state the physics priors imply (the initial state where prep
+    computed none): P0 + the pressure prior's change, T0 + theta x InjectionTemperatureGap."""
+    static = sim["static"]
+    p0, t0 = (static[schema.STATIC_NAMES.index(n)].astype(np.float32) for n in ("Pressure0", "Temperature0"))
+    gap = static[schema.STATIC_NAMES.index(schema.INJECTION_GAP)].astype(np.float32)
+    priors = sim.get("priors")
+    out = np.empty((n_steps, 2) + p0.shape, np.float32)
+    for t in range(n_steps):
+        theta = priors[t, schema.PRIOR_NAMES.index("ThermalPrior")].astype(np.float32) if priors is not None else 0
+        pp = priors[t, schema.PRIOR_NAMES.index("PressurePrior")].astype(np.float32) if priors is not None else 0
+        out[t, 0] = p0 + schema.PRESSURE_PRIOR_SCALE_PA * np.sinh(pp)
+        out[t, 1] = t0 + theta * gap
+    return out
+
+
+def grid_terms(sim: dict, grid: np.ndarray) -> dict:
+    """The parts of sigma at active cells: {"change", "prior": (T, 2, n_active), "rms": (T, 2)}."""
+    active = sim["static"][schema.STATIC_ACTIVE] > 0.5
+    pred = grid[:, :, active].astype(np.float32)
+    change = np.abs(pred - pred[:1])
+    prior = np.abs(pred - prior_state(sim, len(grid))[:, :, active])
+    rms = np.sqrt(np.mean(np.square(change, dtype=np.float64), axis=2)) if change.shape[2] else \
+        np.zeros(change.shape[:2])
+    return {"change": change, "prior": prior, "rms": rms.astype(np.float32)}
+
+
+def sigma(terms: dict, c: int, t: int, weights) -> np.ndarray:
+    """sigma at variable ``c``, step ``t`` of one run's terms; ``weights`` (w_change, w_prior, w_floor)."""
+    w_change, w_prior, w_floor = weights
+    return (w_change * terms["change"][t, c] + w_prior * terms["prior"][t, c] + w_floor * terms["rms"][t, c]
+            + EPS[schema.DYNAMIC_NAMES[c]])
+
+
+def conformal_quantile(scores: np.ndarray, coverage: float) -> float:
+    """The ceil((n + 1) coverage)-th smallest of n scores: a fresh exchangeable score is at most
+    this with probability >= coverage. inf when n is too small for that coverage."""
+    scores = np.asarray(scores, np.float64).ravel()
+    n = scores.size
+    rank = math.ceil((n + 1) * coverage)  # 1-based
+    if n == 0 or rank > n:
+        return math.inf
+    return float(np.partition(scores, rank - 1)[rank - 1])
+
+
+def scalar_scale(pred: np.ndarray, t: np.ndarray, n_steps: int, power: float) -> np.ndarray:
+    """|yhat| (t / (T - 1))^power for scalar predictions ``pred`` at steps ``t``."""
+    return np.abs(pred) * (t / max(n_steps - 1, 1)) ** power + 1e-30
+
+
+# ---------------------------------------------------------------------------
+# Calibration
+# ---------------------------------------------------------------------------
+def fit_grid(runs: list[dict], coverage: float) -> dict:
+    """{variable: {"weights", "quantiles" (T,), "width_over_rms", "searched": [[weights, width_over_rms],
+    ...]}} from runs of {"terms": grid_terms, "error": |y - yhat| at active cells (T, 2, n)};
+    width_over_rms: the calibration band's mean width over the RMS error, averaged over steps."""
+    n_steps = runs[0]["error"].shape[0]
+    out = {}
+    for c, name in enumerate(schema.DYNAMIC_NAMES):
+        best, searched = None, []
+        for weights in WEIGHT_GRID:
+            quantiles, ratios = [0.0], []
+            for t in range(1, n_steps):
+                sig = [sigma(r["terms"], c, t, weights) for r in runs]
+                err = [r["error"][t, c] for r in runs]
+                q = conformal_quantile(np.concatenate([e / s for e, s in zip(err, sig)]), coverage)
+                quantiles.append(q)
+                rms = math.sqrt(np.mean(np.square(np.concatenate(err), dtype=np.float64)))
+                if rms > 0:
+                    ratios.append(2 * q * float(np.mean(np.concatenate(sig))) / rms)
+            score = float(np.mean(ratios)) if ratios else 0.0
+            searched.append([list(weights), score])  # what each choice would have cost, for the record
+            if best is None or score < best["width_over_rms"]:
+                best = {"weights": list(weights), "quantiles": quantiles, "width_over_rms": score}
+        out[name] = {**best, "searched": searched}
+    return out
+
+
+def fit_scalars(runs: list[dict], coverage: float) -> dict | None:
+    """{scalar: {"power", "quantile", "relative_width"}} from runs of {"pred", "true"} (T, 5); None
+    when the model predicts no scalars."""
+    if any(np.isnan(r["pred"][1:]).all() for r in runs):
+        return None
+    n_steps = runs[0]["pred"].shape[0]
+    t = np.arange(1, n_steps, dtype=np.float64)
+    out = {}
+    for i, name in enumerate(schema.SCALAR_NAMES):
+        pred = np.concatenate([r["pred"][1:, i] for r in runs])
+        err = np.abs(np.concatenate([r["true"][1:, i] for r in runs]) - pred)
+        steps = np.tile(t, len(runs))
+        best = None
+        for power in SCALAR_POWERS:
+            scale = scalar_scale(pred, steps, n_steps, power)
+            q = conformal_quantile(err / scale, coverage)
+            width = float(np.mean(2 * q * scale / (np.abs(pred) + 1e-30)))
+            if best is None or width < best["relative_width"]:
+                best = {"power": power, "quantile": q, "relative_width": width}
+        out[name] = best
+    return out
+
+
+def held_out_coverage(grid_runs: list[dict], scalar_runs: list[dict], fitted: dict, scalars: dict | None,
+                      coverage: float) -> dict:
+    """Leave one calibration run out: the chosen scales' quantiles from the other runs, the left-out
+    run's coverage; {variable or "scalars": {"last", "mean"} over steps t >= 1}, averaged over the
+    runs. The guarantee is for cells of runs exchangeable with the calibration runs; cells of one
+    run share its errors (a pressure error is field-wide), so with few runs a new run can fall
+    short, and this says by how much before any test run is looked at."""
+    n_steps, out = grid_runs[0]["error"].shape[0], {}
+    for c, name in enumerate(schema.DYNAMIC_NAMES):
+        weights, per_run = fitted[name]["weights"], []
+        for r, run in enumerate(grid_runs):
+            rest = [x for i, x in enumerate(grid_runs) if i != r]
+            cov = []
+            for t in range(1, n_steps):
+                q = conformal_quantile(np.concatenate([x["error"][t, c] / sigma(x["terms"], c, t, weights)
+                                                       for x in rest]), coverage)
+                cov.append(float(np.mean(run["error"][t, c] <= q * sigma(run["terms"], c, t, weights))))
+            per_run.append(cov)
+        out[name] = {"last": float(np.mean([p[-1] for p in per_run])), "mean": float(np.mean(per_run))}
+    if scalars is not None:
+        t = np.arange(1, n_steps, dtype=np.float64)
+        covered = []
+        for r, run in enumerate(scalar_runs):
+            rest = [x for i, x in enumerate(scalar_runs) if i != r]
+            for i, name in enumerate(schema.SCALAR_NAMES):
+                power = scalars[name]["power"]
+                scores = np.concatenate([np.abs(x["true"][1:, i] - x["pred"][1:, i])
+                                         / scalar_scale(x["pred"][1:, i], t, n_steps, power) for x in rest])
+                half = conformal_quantile(scores, coverage) * scalar_scale(run["pred"][1:, i], t, n_steps, power)
+                covered.append(np.abs(run["true"][1:, i] - run["pred"][1:, i]) <= half)
+        covered = np.asarray(covered, np.float64)
+        out["scalars"] = {"last": float(covered[:, -1].mean()), "mean": float(covered.mean())}
+    return out
+
+
+def calibrate(prepped_root, ckpt_path, out_path=None, coverage=DEFAULT_COVERAGE, device="cpu", amp="auto",
+              tile=None, progress=True) -> dict:
+    """Roll out the calibration runs, fit the bands, write them (default: next to the checkpoint)."""
+    if not 0.0 < coverage < 1.0:
+        raise UserError(f"bands: --coverage must be in (0, 1), got {coverage}")
+    prepped_root = Path(prepped_root)
+    out_path = Path(out_path) if out_path else default_path(ckpt_path)
+    files.writable_folder(out_path.parent, "the bands file's folder")
+    model, normalizer, stats, _ = checkpoint.load_for_inference(ckpt_path, None, device)
+    checkpoint.check_data(stats, ckpt_path, Stats.load(prepped_root).preparation, prepped_root / schema.STATS_FILE)
+    paths = sorted((prepped_root / "calibration").glob("*" + schema.PREPPED_SUFFIX))
+    if not paths:
+        raise UserError(f"{prepped_root}: calibration/: no runs: prep with --n_calibration K (K runs the model "
+                        "never trains on) and train on that prep")
+    trained = set(stats.get("train_sims") or [])
+    if any(f"calibration/{p.name}" in trained or f"train/{p.name}" in trained for p in paths):
+        raise UserError(f"{prepped_root}: calibration runs among the checkpoint's training runs: bands "
+                        "calibrated on them would be too narrow")
+    stepper = ModelStepper(model, normalizer, device=device, tile=tile, precision=precision.choose(amp, device))
+    grid_runs, scalar_runs = [], []
+    for path in tqdm(paths, desc="bands: calibration rollouts", disable=not progress):
+        sim = prepped.load_prepped_sim(path)
+        grid, scalar = run_stepper(stepper, sim, progress=False)
+        active = sim["static"][schema.STATIC_ACTIVE] > 0.5
+        error = np.abs(sim["outputs_grid"][:, :, active].astype(np.float32) - grid[:, :, active])
+        grid_runs.append({"terms": grid_terms(sim, grid), "error": error})
+        scalar_runs.append({"pred": scalar, "true": np.asarray(sim["outputs_scalar"], np.float64)})
+    bands = {"format": FORMAT, "checkpoint": str(Path(ckpt_path).name),
+             "checkpoint_sha256": checkpoint_digest(ckpt_path), "coverage": coverage,
+             "calibration_runs": [p.name for p in paths], "n_steps": int(grid_runs[0]["error"].shape[0]),
+             "grid": fit_grid(grid_runs, coverage), "scalars": fit_scalars(scalar_runs, coverage)}
+    bands["held_out_coverage"] = held_out_coverage(grid_runs, scalar_runs, bands["grid"], bands["scalars"], coverage)
+    if len(paths) * max(1, bands["n_steps"] - 1) < 1 / (1 - coverage):
+        print(f"warning: {len(paths)} calibration runs are too few for a {coverage:.0%} scalar band: none")
+    write(out_path, bands)
+    return {**bands, "path": str(out_path)}
+
+
+# ---------------------------------------------------------------------------
+# Bands of a rollout
+# ---------------------------------------------------------------------------
+def apply(bands: dict, sim: dict, grid: np.ndarray, scalar: np.ndarray) -> dict:
+    """{"low", "high": (T, 2, Z, Y, X) float32, "scalar_low", "scalar_high": (T, 5) or None} of a
+    rollout; zero width at t = 0 and at inactive cells. Steps beyond the calibrated ones take the
+    last calibrated quantile."""
+    active = sim["static"][schema.STATIC_ACTIVE] > 0.5
+    terms = grid_terms(sim, grid)
+    low, high = grid.astype(np.float32).copy(), grid.astype(np.float32).copy()
+    n_steps = len(grid)
+    for c, name in enumerate(schema.DYNAMIC_NAMES):
+        entry = bands["grid"][name]
+        for t in range(1, n_steps):
+            q = entry["quantiles"][min(t, len(entry["quantiles"]) - 1)]
+            half = (q if q is not None else math.inf) * sigma(terms, c, t, entry["weights"])
+            low[t, c, active] -= half
+            high[t, c, active] += half
+    out = {"low": low, "high": high, "scalar_low": None, "scalar_high": None}
+    if bands.get("scalars") and not np.isnan(scalar[1:]).all():
+        t = np.arange(n_steps, dtype=np.float64)
+        s_low, s_high = scalar.astype(np.float64).copy(), scalar.astype(np.float64).copy()
+        for i, name in enumerate(schema.SCALAR_NAMES):
+            entry = bands["scalars"][name]
+            q = entry["quantile"] if entry["quantile"] is not None else math.inf
+            half = q * scalar_scale(scalar[:, i], t, bands["n_steps"], entry["power"])
+            half[0] = 0.0
+            s_low[:, i] -= half
+            s_high[:, i] += half
+        out.update(scalar_low=s_low, scalar_high=s_high)
+    return out
