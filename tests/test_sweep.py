@@ -222,8 +222,14 @@ def test_a_sweep_with_bands_gives_each_scenario_its_bands(trained, tmp_path):
         "grid": {"Pressure": grid_entry, "Temperature": grid_entry},
         "scalars": {n: {"power": 0.0, "quantile": 0.1} for n in schema.SCALAR_NAMES}})
     out = tmp_path / "out"
-    sweep.run_sweep(trained["ckpt"], trained["base"], trained["plan"], out, save_predictions=True, amp="none",
-                    progress=False, bands_path=made)
+    rows = sweep.run_sweep(trained["ckpt"], trained["base"], trained["plan"], out, save_predictions=True, amp="none",
+                           progress=False, bands_path=made)
+    for row in rows:  # the energy produced's band in the table: 10 % of the total each side here
+        total = json.loads((out / "scenarios" / f"{row['name']}.json").read_text())["field_scalars"]
+        start, end = total["FieldEnergyProductionTotal"][0], total["FieldEnergyProductionTotal"][-1]
+        assert row["energy_total_low"] == pytest.approx(0.9 * end - start, rel=1e-6)
+        assert row["energy_total_high"] == pytest.approx(1.1 * end - start, rel=1e-6)
+    assert "energy_total_low" in (out / "scenarios.csv").read_text().splitlines()[0]
     first = sorted((out / "scenarios").glob("*.json"))[0]
     result = json.loads(first.read_text())
     low, high = result["field_scalars_band"]["FieldWaterInjectionRate"]

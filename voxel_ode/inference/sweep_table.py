@@ -34,7 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 DEFAULT_OBJECTIVE = "energy_total"
 DEFAULT_BREAKTHROUGH_K = 1.0
-FIXED_COLUMNS = ("energy_total", "energy_last_year", "production_temperature_start", "production_temperature_end",
+FIXED_COLUMNS = ("energy_total", "energy_total_low", "energy_total_high", "energy_last_year", "production_temperature_start", "production_temperature_end",
                  "production_temperature_drop", "breakthrough_year") + schema.SCALAR_NAMES
 N_LABELLED = 5  # scenarios named in the picture
 # the picture's units: energies in TJ, powers in MW, pressures in bar (schema's SI in the table)
@@ -93,6 +93,9 @@ def summary(result: dict, breakthrough_k: float = DEFAULT_BREAKTHROUGH_K) -> dic
            "energy_last_year": energy_per_year(result)[-1] if len(total) > 1 else np.nan,
            "production_temperature_start": temp[0], "production_temperature_end": temp[-1],
            "production_temperature_drop": drop[-1], "breakthrough_year": int(late[0]) if len(late) else None}
+    band = (result.get("field_scalars_band") or {}).get("FieldEnergyProductionTotal")
+    if band is not None:  # the band of the energy produced (bands file), same start as energy_total
+        row["energy_total_low"], row["energy_total_high"] = _array(band[0])[-1] - total[0], _array(band[1])[-1] - total[0]
     for name in schema.SCALAR_NAMES:
         row[name] = _array(result["field_scalars"][name])[-1]
     for name, values in result["well_pressure_change"].items():
