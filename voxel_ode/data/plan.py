@@ -168,6 +168,26 @@ def parse_row(row: dict, number: int) -> Scenario:
     return sc
 
 
+def load_checked(path, check) -> list[Scenario]:
+    """Every row of the plan at ``path`` parsed and given to ``check`` (raises ValueError), names
+    unique; all bad rows at once (PlanError, one line per row naming it)."""
+    scenarios, problems, seen = [], [], set()
+    for number, row in enumerate(read_rows(path), 1):
+        try:
+            sc = parse_row(row, number)
+            check(sc)
+            if sc.name in seen:
+                raise ValueError("name: used by an earlier row")
+        except ValueError as err:
+            problems.append(f"{path}: row {number} ({str(row.get('name', '?'))[:40]!r}): {err}")
+            continue
+        seen.add(sc.name)
+        scenarios.append(sc)
+    if problems:
+        raise PlanError(problems)
+    return scenarios
+
+
 def changed_wells(wells: list[Well], sc: Scenario, perforate=None) -> list[Well]:
     """The scenario's wells (shut ones with zero rates), in the order move, add, rate_, shut, scale.
     ``perforate(spec, total)`` -> Well makes a moved or added well (needed only for those)."""

@@ -42,6 +42,7 @@ from voxel_ode.data.plan import (  # noqa: F401
     WellSpec,
     changed_wells,
     find_wells,
+    load_checked,
     parse_row,
     read_rows,
 )
@@ -137,23 +138,7 @@ def check_scenario(sc: Scenario, base: Base, desc: Description) -> None:
 
 def load_plan(path, base: Base, desc: Description) -> list[Scenario]:
     """Every row parsed and checked; all bad rows at once (PlanError, one line per row)."""
-    rows = read_rows(path)
-    scenarios, problems, seen = [], [], set()
-    for number, row in enumerate(rows, 1):
-        label = f"{path}: row {number} ({str(row.get('name', '?'))[:40]!r})"
-        try:
-            sc = parse_row(row, number)
-            check_scenario(sc, base, desc)
-            if sc.name in seen:
-                raise ValueError("name: used by an earlier row")
-        except ValueError as err:
-            problems.append(f"{label}: {err}")
-            continue
-        seen.add(sc.name)
-        scenarios.append(sc)
-    if problems:
-        raise PlanError(problems)
-    return scenarios
+    return load_checked(path, lambda sc: check_scenario(sc, base, desc))
 
 
 # ---------------------------------------------------------------------------

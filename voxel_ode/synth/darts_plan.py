@@ -106,20 +106,9 @@ def apply_scenario(run: dict, sc: plan.Scenario) -> dict:
 
 def load_scenarios(plan_path, run) -> list[plan.Scenario]:
     """Every row of the plan parsed and checked against ``run``; all bad rows at once (PlanError)."""
-    scenarios, problems, seen = [], [], set()
-    for number, row in enumerate(plan.read_rows(plan_path), 1):
-        try:
-            sc = plan.parse_row(row, number)
-            if not plan.NAME_RE.match(sc.name):
-                raise ValueError("name: missing or not made of letters, digits, '_', '-', '.'")
-            if sc.name in seen:
-                raise ValueError("name: used by an earlier row")
-            apply_scenario(run, sc)
-        except ValueError as err:
-            problems.append(f"{plan_path}: row {number} ({str(row.get('name', '?'))[:40]!r}): {err}")
-            continue
-        seen.add(sc.name)
-        scenarios.append(sc)
-    if problems:
-        raise plan.PlanError(problems)
-    return scenarios
+    def check(sc):
+        if not plan.NAME_RE.match(sc.name):
+            raise ValueError("name: missing or not made of letters, digits, '_', '-', '.'")
+        apply_scenario(run, sc)
+
+    return plan.load_checked(plan_path, check)
