@@ -37,7 +37,7 @@ def _sweep_base(run) -> scenarios.Base:
     inj = inj.astype(np.float32).astype(np.float64)
     return scenarios.Base(Path("base.h5"), GRID, inj, is_well.astype(np.float64), run["active"],
                           run["permx"].astype(np.float32).astype(np.float64), np.zeros(26),
-                          scenarios.find_wells(inj, run["active"]), {})
+                          plan.find_wells(inj, run["active"]), {})
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r["name"] for r in ROWS])

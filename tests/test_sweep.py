@@ -10,6 +10,7 @@ import pytest
 from fixtures import DESCRIPTION, write_raw_dir
 from voxel_ode import schema
 from voxel_ode.cli import main
+from voxel_ode.data.plan import parse_row
 from voxel_ode.data.description import Description
 from voxel_ode.data.prep import prep
 from voxel_ode.inference import bands, scenarios, sweep
@@ -124,7 +125,7 @@ def test_scenario_changes_act(trained, swept):
     base = scenarios.load_base(trained["base"], trained["desc"])
     assert [w.name for w in base.wells] == ["I1", "P1"]
     i1, p1 = base.wells
-    sc = scenarios.parse_row({"name": "s", "shut": "I1", "rate_P1": "-3"}, 1)
+    sc = parse_row({"name": "s", "shut": "I1", "rate_P1": "-3"}, 1)
     scenarios.check_scenario(sc, base, trained["desc"])
     inj, is_well, _ = scenarios.scenario_grids(base, sc)
     assert (inj[i1.zs, i1.y, i1.x] == 0).all() and (is_well[i1.zs, i1.y, i1.x] == 1).all()  # shut, still drilled
@@ -133,7 +134,7 @@ def test_scenario_changes_act(trained, swept):
     untouched = np.ones(base.grid, bool)
     untouched[i1.zs, i1.y, i1.x] = untouched[p1.zs, p1.y, p1.x] = False
     np.testing.assert_array_equal(inj[untouched], base.inj_rate[untouched])
-    moved = scenarios.parse_row({"name": "m", "move_well": "I1:3:4:0:11"}, 2)  # no rate: keeps its total
+    moved = parse_row({"name": "m", "move_well": "I1:3:4:0:11"}, 2)  # no rate: keeps its total
     scenarios.check_scenario(moved, base, trained["desc"])
     inj, is_well, wells = scenarios.scenario_grids(base, moved)
     assert (inj[i1.zs, i1.y, i1.x] == 0).all() and (is_well[i1.zs, i1.y, i1.x] == 0).all()

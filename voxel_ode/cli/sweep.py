@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from voxel_ode.inference.scenarios import PlanError
+from voxel_ode.data.plan import PlanError
 from voxel_ode.inference.sweep import run_sweep
 from voxel_ode.inference.sweep_table import DEFAULT_BREAKTHROUGH_K, DEFAULT_OBJECTIVE
 from voxel_ode.model import precision

@@ -18,6 +18,7 @@ from voxel_ode import schema
 from voxel_ode.utils import UserError
 
 RANGES_KEY = "training_ranges"
+NOT_RECORDED = "out-of-range check: not available (stats.json from a prep before training ranges were recorded)"
 
 
 def run_inputs(static, params, cell_size=None) -> dict[str, float]:

@@ -13,7 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from voxel_ode import files, schema
-from voxel_ode.data import prepped
+from voxel_ode.data import envelope, prepped
 from voxel_ode.data.stats import Stats
 from voxel_ode import metrics as M
 from voxel_ode.inference import bands as bands_module
@@ -227,7 +227,7 @@ def evaluate(prepped_root, ckpt_path, out_dir, split="test", device="cpu", tile=
                         "coverage": calibrated["coverage"], "calibration_runs": calibrated["calibration_runs"]}
         print(format_bands_table(bands_report["summary"], calibrated["coverage"]))
     if None in out_of_range.values():
-        print("out-of-range check: not available (stats.json from a prep before training ranges were recorded)")
+        print(envelope.NOT_RECORDED)
     for name, notes in out_of_range.items():
         for note in notes or []:
             print(f"{name}: outside the training runs: {note}")

@@ -71,7 +71,7 @@ def predict_file(ckpt_path, source, save_path, stats_path=None, device="cpu", am
               "other absolute energy rates)")
     out_of_range = out_of_range_notes(stats, sim)
     if out_of_range is None:
-        print("out-of-range check: not available (stats.json from a prep before training ranges were recorded)")
+        print(envelope.NOT_RECORDED)
     for note in out_of_range or []:
         print(f"warning: outside the training runs: {note}")
     print(f"receptive field: {model.receptive_field} cells (tile halo)" + (f", tiles {tuple(tile)}" if tile else ""))

@@ -31,20 +31,15 @@ import numpy as np
 from voxel_ode import files, schema
 from voxel_ode.data import description, pack, raw
 from voxel_ode.data.description import Description
-from voxel_ode.data.plan import (  # noqa: F401
-    FIXED_COLUMNS,
+from voxel_ode.data.plan import (
     NAME_RE,
     PARAM_PREFIX,
-    RATE_PREFIX,
-    PlanError,
     Scenario,
     Well,
     WellSpec,
     changed_wells,
     find_wells,
     load_checked,
-    parse_row,
-    read_rows,
 )
 from voxel_ode.utils import UserError
 

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from voxel_ode import files, schema
 from voxel_ode.data.prep import die_with_parent
+from voxel_ode.data import plan
 from voxel_ode.inference import scenarios as plans
 from voxel_ode.inference import sweep_table as table
 from voxel_ode.inference.plots import cell_size_of
@@ -226,7 +227,7 @@ def run_sweep(ckpt_path, base_path, plan_path, out, objective=table.DEFAULT_OBJE
         scenarios = plans.load_plan(plan_path, base, desc)  # every row checked before any work
         _check_objective(column, base, scenarios)
         digests = {"checkpoint": file_digest(ckpt_path), "base": file_digest(base.path),
-                   "plan": hashlib.sha256(json.dumps(plans.read_rows(plan_path), sort_keys=True).encode()).hexdigest()}
+                   "plan": hashlib.sha256(json.dumps(plan.read_rows(plan_path), sort_keys=True).encode()).hexdigest()}
         check_record(out, {"checkpoint": str(ckpt_path), "base": str(base_path), "plan": str(plan_path),
                            "digests": digests})
         # finished: its series stored (and its predictions, when asked for now)

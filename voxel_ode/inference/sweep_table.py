@@ -59,7 +59,7 @@ def _finite(values) -> list:
 
 def series(grid: np.ndarray, scalar: np.ndarray, inj_rate: np.ndarray, active: np.ndarray, wells) -> dict:
     """A forecast's per-year series: grid (T, 2, Z, Y, X), scalar (T, 5), the scenario's InjRate and
-    wells (scenarios.Well)."""
+    wells (data/plan.Well)."""
     producers = active & (inj_rate < 0)
     weight = -inj_rate[producers]
     temp = grid[:, 1][:, producers].astype(np.float64) @ weight / weight.sum() if weight.sum() > 0 \
