@@ -200,3 +200,25 @@ def test_scalar_panels_do_not_magnify_tiny_drifts(tmp_path, monkeypatch):
         shown = 31.4 * plots.display_unit(name)[1]
         assert lo < shown < hi and hi - lo >= plots.MIN_SCALAR_SPAN * shown * 0.999
         assert not ax.yaxis.get_major_formatter().get_useOffset()
+
+
+def test_a_forecast_picture_scales_to_the_forecast_too(tmp_path, monkeypatch):
+    """Without truth the middle panel is compared with the initial state: its colour scale spans
+    both, so a plume colder than any initial cell is not clipped to the scale's end."""
+    sim = prepped_arrays(seed=1)
+    forecast = {k: v for k, v in sim.items() if k not in ("outputs_grid", "outputs_scalar")}
+    pred = np.repeat(sim["outputs_grid"][:1], N_T, 0)
+    pred[2, 1] -= 50.0  # 50 K colder everywhere at step 2
+    scales = []
+    real_imshow = plots.plt.Axes.imshow
+
+    def spy(self, img, *a, **k):
+        scales.append((k.get("vmin"), k.get("vmax"), img))
+        return real_imshow(self, img, *a, **k)
+
+    monkeypatch.setattr(plots.plt.Axes, "imshow", spy)
+    plots.plot_slices(forecast, pred, tmp_path / "s.png", step=2)
+    vmin, vmax, shown = scales[7]  # temperature, Z-X section, the forecast
+    initial = scales[6][2]
+    assert vmin == pytest.approx(float(shown.min())) and vmax == pytest.approx(float(initial.max()))
+    assert vmin < float(initial.min()) - 40.0 and scales[6][:2] == (vmin, vmax)  # one scale for both panels

@@ -145,7 +145,9 @@ def plot_slices(sim: dict, pred_grid: np.ndarray, path, step: int, cell=None, ce
             pr = np.ma.array(take(pred[v]).astype(np.float64) * factor, mask=mask)
             err = pr - tr
             row = 2 * v + s
-            vmin, vmax = (float(tr.min()), float(tr.max())) if tr.count() else (0.0, 1.0)
+            # a forecast's scale spans the initial state and the forecast: the plume lies outside the first
+            scaled = tr if has_truth else np.ma.concatenate([tr.ravel(), pr.ravel()])
+            vmin, vmax = (float(scaled.min()), float(scaled.max())) if scaled.count() else (0.0, 1.0)
             lim = float(np.abs(err).max()) if err.count() else 1.0
             for c, (img, title, kw) in enumerate((
                 (tr, labels[0], dict(vmin=vmin, vmax=vmax, cmap="viridis")),

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from voxel_ode import files, schema
 from voxel_ode.data.prep import die_with_parent
-from voxel_ode.data import plan
+from voxel_ode.data import envelope, plan
 from voxel_ode.inference import scenarios as plans
 from voxel_ode.inference import sweep_table as table
 from voxel_ode.inference.plots import cell_size_of
@@ -222,6 +222,8 @@ def run_sweep(ckpt_path, base_path, plan_path, out, objective=table.DEFAULT_OBJE
             files.clean_leftovers(folder)
         forecaster = Forecaster(ckpt_path, device, amp, bands_path)
         desc = forecaster.stats.description
+        if forecaster.stats.get(envelope.RANGES_KEY) is None:  # the table's out_of_range column stays empty
+            print(envelope.NOT_RECORDED)
         base = plans.load_base(base_path, desc)
         print("wells of the base: " + ("; ".join(w.describe() for w in base.wells) or "none"))
         scenarios = plans.load_plan(plan_path, base, desc)  # every row checked before any work
