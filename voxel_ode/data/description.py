@@ -72,7 +72,7 @@ QUANTITIES = {
     # at a well's shallowest perforation (physics/priors.py adds the wellbore's water column below it)
     "ProducerMinBottomholePressure": ("Pa", _PRESSURE, "producers deliver their rates at any pressure"),
     "InjectorMaxBottomholePressure": ("Pa", _PRESSURE, "injectors deliver their rates at any pressure"),
-    "WellRadius": ("m", _LENGTH, "a generic 0.1 m (used only with a bottomhole pressure limit)"),
+    "WellRadius": ("m", _LENGTH, "a generic 0.108 m, an 8 1/2-inch hole (used only with a bottomhole pressure limit)"),
 }
 CELL_SIZE_QUANTITIES = ("CellSizeX", "CellSizeY", "CellSizeZ")
 CALIBRATED_CHOICES = ("lateral_boundary", "outside_heat_exchange")  # calibrated entries that are not quantities
