@@ -143,3 +143,44 @@ def test_without_a_bands_file_one_line_says_how_to_get_them(tmp_path, capsys):
         assert "predicted/band_low" not in f
     with pytest.raises(UserError, match="calibration/: no runs"):
         bands.calibrate(tmp_path / "prepped", tmp_path / "ck" / "last.pt", progress=False)
+
+
+def _toy_run(rng, scale, n=500):
+    """A run whose errors at step 1 are |N(0, scale^2)| in every cell (one scale per run), with a
+    scale sigma of 1 Pa (EPS) everywhere."""
+    err = np.zeros((2, 2, n), np.float32)
+    err[1] = np.abs(rng.standard_normal((2, n))) * scale
+    zero = np.zeros_like(err)
+    return {"error": err, "terms": {"change": zero, "prior": zero, "front": zero, "rms": np.zeros((2, 2), np.float32)}}
+
+
+@pytest.mark.parametrize("spread", [0.0, 1.0])
+def test_the_run_factor_sizes_the_band_for_a_new_run(spread):
+    """Cells of a run share its error scale: a quantile pooled over 8 runs' cells then under-covers
+    a new run (when the scale varies from run to run); the left-out-run factor brings a new run's
+    coverage back to 90 % on average, and stays ~1 where every run has the same scale."""
+    rng = np.random.default_rng(7)
+    pooled, with_factor, factors = [], [], []
+    for _ in range(80):
+        fit = bands._fit_weights([_toy_run(rng, np.exp(rng.normal(0, spread))) for _ in range(8)], 0,
+                                 (0.0, 0.0, 0.0, 1.0), 0.9)
+        half = fit["quantiles"][1] * bands.EPS["Pressure"]
+        fresh = [_toy_run(rng, np.exp(rng.normal(0, spread)))["error"][1, 0] for _ in range(50)]
+        pooled.append(np.mean([np.mean(e <= half) for e in fresh]))
+        with_factor.append(np.mean([np.mean(e <= fit["run_factor"] * half) for e in fresh]))
+        factors.append(fit["run_factor"])
+    assert np.mean(with_factor) == pytest.approx(0.9, abs=0.025)
+    if spread:
+        assert np.mean(pooled) < np.mean(with_factor) - 0.02 and np.mean(factors) > 1.1
+    else:
+        assert np.mean(factors) == pytest.approx(1.0, abs=0.01)
+
+
+def test_front_is_the_largest_jump_to_an_active_neighbour():
+    grid = np.zeros((1, 2, 1, 1, 5), np.float32)
+    grid[0, 1, 0, 0] = [0.0, 0.0, 10.0, 10.0, 50.0]  # two jumps: 10 between cells 1-2, 40 between 3-4
+    active = np.ones((1, 1, 5), bool)
+    assert bands.front(grid, active)[0, 1].tolist() == [0.0, 10.0, 10.0, 40.0, 40.0]
+    active[0, 0, 4] = False  # an inactive neighbour's jump does not count
+    assert bands.front(grid, active)[0, 1].tolist() == [0.0, 10.0, 10.0, 0.0]
+    assert not bands.front(grid, active)[0, 0].any()

@@ -216,7 +216,7 @@ def test_a_sweep_with_bands_gives_each_scenario_its_bands(trained, tmp_path):
     """A bands file (hand-made here: a floor-only scale, 10 % scalar bands) puts the field scalars'
     bands into each scenario's JSON and the grid bands into its predictions.h5."""
     n_steps = GRID["n_t"]
-    grid_entry = {"weights": [0.0, 0.0, 1.0], "quantiles": [0.0] + [1.0] * (n_steps - 1)}
+    grid_entry = {"weights": [0.0, 0.0, 0.0, 1.0], "quantiles": [0.0] + [1.0] * (n_steps - 1), "run_factor": 1.0}
     made = bands.write(tmp_path / "b.json", {
         "format": bands.FORMAT, "checkpoint": "last.pt", "checkpoint_sha256": bands.checkpoint_digest(trained["ckpt"]),
         "coverage": 0.9, "calibration_runs": [], "n_steps": n_steps,

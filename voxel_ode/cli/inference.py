@@ -102,13 +102,14 @@ def run_bands(args) -> int:
     print(f"bands: {len(result['calibration_runs'])} calibration runs, coverage {result['coverage']:.0%}")
     for var, entry in result["grid"].items():
         w = entry["weights"]
-        print(f"bands: {var}: sigma = {w[0]:g} |change| + {w[1]:g} |model - prior| + {w[2]:g} RMS change; "
-              f"calibration width / RMS error {entry['width_over_rms']:.2f}")
+        print(f"bands: {var}: sigma = {w[0]:g} |change| + {w[1]:g} |model - prior| + {w[2]:g} |front| + {w[3]:g} "
+              f"RMS change; factor for a new run {entry['run_factor']:.2f}; calibration width / RMS error "
+              f"{entry['width_over_rms']:.2f}")
     for name, entry in (result["scalars"] or {}).items():
         print(f"bands: {name}: relative score x (t / T)^{entry['power']:g}, quantile {entry['quantile']:.3g}, "
               f"mean relative width {entry['relative_width']:.3g}")
     for var, entry in result["held_out_coverage"].items():
-        print(f"bands: {var}: coverage of a left-out calibration run (the band from the others): "
+        print(f"bands: {var}: coverage of a left-out calibration run (its band and factor from the others): "
               f"{entry['last']:.3f} at the last step, {entry['mean']:.3f} over the steps")
     if result["scalars"] is None:
         print("bands: no scalar bands (the model predicts no field scalars)")

@@ -5,20 +5,25 @@ Method (``voxel-ode bands``). The model rolls out the ``calibration/`` runs (pre
 --n_calibration: never trained on, not in the statistics). For P and T, every active cell and
 step t gets a scale
 
-    sigma = w_change |yhat - y0| + w_prior |yhat - y_prior| + w_floor rms_t + eps
+    sigma = w_change |yhat - y0| + w_prior |yhat - y_prior| + w_front |grad yhat| + w_floor rms_t + eps
 
 with y0 the state at t = 0, y_prior the state the physics priors imply (P0 + the pressure prior's
-change; T0 + theta x the injection gap) and rms_t the run's RMS predicted change over active
-cells at t. The first term: cells that change more are less sure; the second: where the model
-departs from the physics it was built on (or the priors themselves are off, as on data unlike the
-training runs) the band widens; the floor keeps cells the model leaves still from getting a band
-of zero. The nonconformity score is |y - yhat| / sigma; per step, the band's half-width is sigma
-times the ceil((n + 1) c)-th smallest score of the n calibration cells (c = --coverage): for runs
-exchangeable with the calibration runs, a fresh cell at that step is covered with probability
->= c. The weights come from a small grid, the one with the narrowest calibration bands (every
-choice covers c on the calibration runs by construction). Field scalars: one relative score per
-scalar, |y - yhat| / (|yhat| (t / (T - 1))^p), pooled over the steps (5 runs alone are too few per
-step), p from {0, 0.5, 1} as above.
+change; T0 + theta x the injection gap), |grad yhat| the largest difference of the prediction to
+an active neighbour and rms_t the run's RMS predicted change over active cells at t. The first
+term: cells that change more are less sure; the second: where the model departs from the physics
+it was built on (or the priors themselves are off, as on data unlike the training runs) the band
+widens; the third: a front (the cold plume's edge, a well's cone) misplaced by a fraction of a
+cell errs by that fraction of the jump across it; the floor keeps cells the model leaves still
+from getting a band of zero. The nonconformity score is |y - yhat| / sigma.
+
+Cells of one run share its errors (a pressure error is nearly one offset of the whole field), so
+a quantile pooled over the calibration runs' cells promises a fresh cell of those runs, not of a
+new run. The band is therefore sized for a new run: per step, the pooled quantile q_t of the
+calibration cells' scores, times one factor k per variable, the one at which the calibration runs
+left out one at a time (each scored with the q_t of the others) hold the coverage c (--coverage)
+of their cells over the steps. The weights come from a small grid, the one with the narrowest
+bands after that factor. Field scalars: one relative score per scalar, |y - yhat| / (|yhat| (t /
+(T - 1))^p), pooled over the steps (5 runs alone are too few per step), p from {0, 0.5, 1} as above.
 
 Cost: no extra rollout; a few array operations per step, next to a single model's rollout.
 """
@@ -42,13 +47,15 @@ from voxel_ode.inference.rollout import ModelStepper, run_stepper
 from voxel_ode.model import checkpoint, precision
 from voxel_ode.utils import UserError
 
-FORMAT = 1
+FORMAT = 2  # 2: the front term and the factor for new runs
 SUFFIX = ".bands.json"
 DEFAULT_COVERAGE = 0.9
-# the weights' grid (w_change, w_prior, w_floor); sigma's overall size does not matter (the
+# the weights' grid (w_change, w_prior, w_front, w_floor); sigma's overall size does not matter (the
 # quantile rescales it), so w_change is 0 or 1
-WEIGHT_GRID = [w for w in itertools.product((0.0, 1.0), (0.0, 0.5, 1.0, 2.0, 4.0), (0.02, 0.1, 0.3, 1.0))
-               if not (w[0] == 0.0 and w[1] == 0.0 and w[2] != 1.0)]  # a floor alone: one choice is enough
+WEIGHT_GRID = [w for w in itertools.product((0.0, 1.0), (0.0, 0.5, 1.0, 2.0, 4.0), (0.0, 0.25, 1.0, 4.0),
+                                            (0.02, 0.1, 0.3, 1.0))
+               if not (w[:3] == (0.0, 0.0, 0.0) and w[3] != 1.0)]  # a floor alone: one choice is enough
+TERMS = ("change", "prior", "front")  # sigma's cell terms, in the weights' order (the floor last)
 EPS = {"Pressure": 1.0, "Temperature": 1e-3}  # Pa, K: far below any error worth a band
 SCALAR_POWERS = (0.0, 0.5, 1.0)
 HOW_TO = ("no uncertainty bands: `voxel-ode bands --prepped_root P --ckpt_path C` makes them from the "
@@ -122,22 +129,39 @@ def prior_state(sim: dict, n_steps: int) -> np.ndarray:
     return out
 
 
+def front(grid: np.ndarray, active: np.ndarray) -> np.ndarray:
+    """(T, 2, n_active): each active cell's largest |difference| to an active face neighbour."""
+    grid = grid.astype(np.float32)
+    out = np.zeros_like(grid)
+    for axis in range(3):
+        lo = tuple(slice(None, -1) if a == axis else slice(None) for a in range(3))
+        hi = tuple(slice(1, None) if a == axis else slice(None) for a in range(3))
+        jump = np.abs(grid[(..., *hi)] - grid[(..., *lo)]) * (active[lo] & active[hi])
+        np.maximum(out[(..., *lo)], jump, out=out[(..., *lo)])
+        np.maximum(out[(..., *hi)], jump, out=out[(..., *hi)])
+    return out[:, :, active]
+
+
 def grid_terms(sim: dict, grid: np.ndarray) -> dict:
-    """The parts of sigma at active cells: {"change", "prior": (T, 2, n_active), "rms": (T, 2)}."""
+    """The parts of sigma at active cells: {"change", "prior", "front": (T, 2, n_active), "rms": (T, 2)}."""
     active = sim["static"][schema.STATIC_ACTIVE] > 0.5
     pred = grid[:, :, active].astype(np.float32)
     change = np.abs(pred - pred[:1])
     prior = np.abs(pred - prior_state(sim, len(grid))[:, :, active])
     rms = np.sqrt(np.mean(np.square(change, dtype=np.float64), axis=2)) if change.shape[2] else \
         np.zeros(change.shape[:2])
-    return {"change": change, "prior": prior, "rms": rms.astype(np.float32)}
+    return {"change": change, "prior": prior, "front": front(grid, active), "rms": rms.astype(np.float32)}
 
 
 def sigma(terms: dict, c: int, t: int, weights) -> np.ndarray:
-    """sigma at variable ``c``, step ``t`` of one run's terms; ``weights`` (w_change, w_prior, w_floor)."""
-    w_change, w_prior, w_floor = weights
-    return (w_change * terms["change"][t, c] + w_prior * terms["prior"][t, c] + w_floor * terms["rms"][t, c]
-            + EPS[schema.DYNAMIC_NAMES[c]])
+    """sigma at variable ``c``, step ``t`` of one run's terms; ``weights`` (w_change, w_prior, w_front,
+    w_floor)."""
+    out = np.full(terms["change"].shape[2], weights[-1] * terms["rms"][t, c] + EPS[schema.DYNAMIC_NAMES[c]],
+                  np.float32)
+    for w, name in zip(weights, TERMS):
+        if w:
+            out = out + w * terms[name][t, c]
+    return out
 
 
 def conformal_quantile(scores: np.ndarray, coverage: float) -> float:
@@ -159,28 +183,61 @@ def scalar_scale(pred: np.ndarray, t: np.ndarray, n_steps: int, power: float) ->
 # ---------------------------------------------------------------------------
 # Calibration
 # ---------------------------------------------------------------------------
-def fit_grid(runs: list[dict], coverage: float) -> dict:
-    """{variable: {"weights", "quantiles" (T,), "width_over_rms", "searched": [[weights, width_over_rms],
-    ...]}} from runs of {"terms": grid_terms, "error": |y - yhat| at active cells (T, 2, n)};
-    width_over_rms: the calibration band's mean width over the RMS error, averaged over steps."""
+def _scores(runs: list[dict], c: int, t: int, weights) -> list[np.ndarray]:
+    return [r["error"][t, c] / sigma(r["terms"], c, t, weights) for r in runs]
+
+
+def _left_out_ratios(scores: list[np.ndarray], coverage: float) -> np.ndarray:
+    """Each run's scores over the quantile of the other runs' scores (one step): a left-out run's cell
+    is covered by the band k x that quantile where its ratio <= k."""
+    out = []
+    for r in range(len(scores)):
+        q = conformal_quantile(np.concatenate(scores[:r] + scores[r + 1:]), coverage)
+        out.append(np.zeros_like(scores[r]) if math.isinf(q) else
+                   np.divide(scores[r], q, out=np.where(scores[r] > 0, np.inf, 0.0), where=q > 0))
+    return np.concatenate(out)
+
+
+def run_factor(ratios: list[np.ndarray], coverage: float) -> float:
+    """k: the factor on the pooled quantiles at which the left-out runs hold ``coverage`` of their
+    cells over the steps (1 where fewer than 2 runs leave nothing to learn it from)."""
+    ratios = np.concatenate(ratios) if ratios else np.zeros(0)
+    if ratios.size == 0:
+        return 1.0
+    return float(np.quantile(ratios, coverage, method="higher"))
+
+
+def _fit_weights(runs: list[dict], c: int, weights, coverage: float) -> dict:
+    """One choice of weights: {"quantiles" (T,), "run_factor", "width_over_rms"}; width_over_rms:
+    the band's mean width (factor included) over the RMS error on the calibration runs, mean over steps."""
     n_steps = runs[0]["error"].shape[0]
+    quantiles, widths, ratios = [0.0], [], []
+    for t in range(1, n_steps):
+        scores = _scores(runs, c, t, weights)
+        quantiles.append(conformal_quantile(np.concatenate(scores), coverage))
+        if len(runs) > 1:
+            ratios.append(_left_out_ratios(scores, coverage))
+        err = np.concatenate([r["error"][t, c] for r in runs])
+        rms = math.sqrt(np.mean(np.square(err, dtype=np.float64)))
+        if rms > 0:
+            sig = np.concatenate([sigma(r["terms"], c, t, weights) for r in runs])
+            widths.append(2 * quantiles[-1] * float(np.mean(sig)) / rms)
+    k = run_factor(ratios, coverage)
+    return {"quantiles": quantiles, "run_factor": k, "width_over_rms": k * float(np.mean(widths)) if widths else 0.0}
+
+
+def fit_grid(runs: list[dict], coverage: float) -> dict:
+    """{variable: {"weights", "quantiles" (T,), "run_factor", "width_over_rms", "searched": [[weights,
+    width_over_rms], ...]}} from runs of {"terms": grid_terms, "error": |y - yhat| at active cells (T, 2, n)}.
+    The band at step t is run_factor x quantiles[t] x sigma."""
     out = {}
     for c, name in enumerate(schema.DYNAMIC_NAMES):
         best, searched = None, []
         for weights in WEIGHT_GRID:
-            quantiles, ratios = [0.0], []
-            for t in range(1, n_steps):
-                sig = [sigma(r["terms"], c, t, weights) for r in runs]
-                err = [r["error"][t, c] for r in runs]
-                q = conformal_quantile(np.concatenate([e / s for e, s in zip(err, sig)]), coverage)
-                quantiles.append(q)
-                rms = math.sqrt(np.mean(np.square(np.concatenate(err), dtype=np.float64)))
-                if rms > 0:
-                    ratios.append(2 * q * float(np.mean(np.concatenate(sig))) / rms)
-            score = float(np.mean(ratios)) if ratios else 0.0
-            searched.append([list(weights), score])  # what each choice would have cost, for the record
-            if best is None or score < best["width_over_rms"]:
-                best = {"weights": list(weights), "quantiles": quantiles, "width_over_rms": score}
+            fit = _fit_weights(runs, c, weights, coverage)
+            searched.append([list(weights), fit["width_over_rms"]])  # what each choice would have cost
+            if best is None or fit["width_over_rms"] < best["width_over_rms"]:
+                best = {"weights": list(weights), **fit}
         out[name] = {**best, "searched": searched}
     return out
 
@@ -210,22 +267,17 @@ def fit_scalars(runs: list[dict], coverage: float) -> dict | None:
 
 def held_out_coverage(grid_runs: list[dict], scalar_runs: list[dict], fitted: dict, scalars: dict | None,
                       coverage: float) -> dict:
-    """Leave one calibration run out: the chosen scales' quantiles from the other runs, the left-out
-    run's coverage; {variable or "scalars": {"last", "mean"} over steps t >= 1}, averaged over the
-    runs. The guarantee is for cells of runs exchangeable with the calibration runs; cells of one
-    run share its errors (a pressure error is field-wide), so with few runs a new run can fall
-    short, and this says by how much before any test run is looked at."""
+    """Leave one calibration run out: the chosen scales' quantiles and factor from the other runs alone,
+    the left-out run's coverage; {variable or "scalars": {"last", "mean"} over steps t >= 1}, averaged
+    over the runs. Said before any test run is looked at: how well the band holds on a new run."""
     n_steps, out = grid_runs[0]["error"].shape[0], {}
     for c, name in enumerate(schema.DYNAMIC_NAMES):
         weights, per_run = fitted[name]["weights"], []
         for r, run in enumerate(grid_runs):
             rest = [x for i, x in enumerate(grid_runs) if i != r]
-            cov = []
-            for t in range(1, n_steps):
-                q = conformal_quantile(np.concatenate([x["error"][t, c] / sigma(x["terms"], c, t, weights)
-                                                       for x in rest]), coverage)
-                cov.append(float(np.mean(run["error"][t, c] <= q * sigma(run["terms"], c, t, weights))))
-            per_run.append(cov)
+            fit = _fit_weights(rest, c, weights, coverage)
+            per_run.append([float(np.mean(run["error"][t, c] <= fit["run_factor"] * fit["quantiles"][t]
+                                          * sigma(run["terms"], c, t, weights))) for t in range(1, n_steps)])
         out[name] = {"last": float(np.mean([p[-1] for p in per_run])), "mean": float(np.mean(per_run))}
     if scalars is not None:
         t = np.arange(1, n_steps, dtype=np.float64)
@@ -296,7 +348,7 @@ def apply(bands: dict, sim: dict, grid: np.ndarray, scalar: np.ndarray) -> dict:
         entry = bands["grid"][name]
         for t in range(1, n_steps):
             q = entry["quantiles"][min(t, len(entry["quantiles"]) - 1)]
-            half = (q if q is not None else math.inf) * sigma(terms, c, t, entry["weights"])
+            half = (q if q is not None else math.inf) * entry["run_factor"] * sigma(terms, c, t, entry["weights"])
             low[t, c, active] -= half
             high[t, c, active] += half
     out = {"low": low, "high": high, "scalar_low": None, "scalar_high": None}
