@@ -329,3 +329,36 @@ def test_channel_norm_in_bf16_inference_matches_the_float_path_and_training_keep
     y = torch.nn.functional.layer_norm(x.double().movedim(1, -1), (8,), w, norm.bias.double(), norm.eps)
     (y.to(torch.bfloat16).double() ** 2).sum().backward()
     torch.testing.assert_close(norm.weight.grad.double(), w.grad, rtol=1e-3, atol=1e-3)
+
+
+def test_inference_folds_film_into_the_norm_with_the_same_result():
+    """One field at inference takes ResBlock's fused path (FiLM folded into the norm's weights);
+    with gradients on, the plain path: the two agree in float32; a batch of two fields (two
+    conditionings) takes the plain path and gives each field its own result."""
+    from voxel_ode.model import network
+
+    model = make(seed=3)
+    with torch.no_grad():  # norms start as the identity: make them count
+        for name, p in model.named_parameters():
+            if "blocks" in name and "norms" in name:
+                p.normal_(0, 0.5)
+    x, params, active = inputs((7, 6, 9), batch=2, seed=4)
+    calls = []
+    plain = network.ResBlock._infer
+
+    def counted(self, *args):
+        calls.append(1)
+        return plain(self, *args)
+
+    network.ResBlock._infer = counted
+    try:
+        with torch.no_grad():
+            fused = model(x[:1], params[:1], active[:1])[0]
+            batch = model(x, params, active)[0]
+        assert len(calls) == model.config.depth  # once per block, for the single field only
+    finally:
+        network.ResBlock._infer = plain
+    reference = model(x[:1], params[:1], active[:1])[0].detach()  # gradients on: the plain path
+    assert fused.abs().max() > 0
+    torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(batch[:1], reference, rtol=1e-5, atol=1e-5)

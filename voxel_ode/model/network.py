@@ -163,14 +163,17 @@ class ChannelLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
         self.eps = eps
 
-    def forward(self, x):
+    def forward(self, x, weight=None, bias=None):
+        """``weight``, ``bias``: in place of the learnt ones (a FiLM folded in, at inference)."""
+        weight = self.weight if weight is None else weight
+        bias = self.bias if bias is None else bias
         # movedim on a channels_last_3d tensor is a free, contiguous view
         if x.dtype == torch.bfloat16 and x.device.type == "cpu" and not torch.is_grad_enabled():
             # inference: the CPU kernel's bf16-in, bf16-out form (fp32 statistics) is ~3x faster than
             # a float copy; not in training, where it sums the weight gradients in bf16 (7 % off)
             with torch.autocast("cpu", enabled=False):
-                return F.layer_norm(x.movedim(1, -1), x.shape[1:2], self.weight, self.bias, self.eps).movedim(-1, 1)
-        y = F.layer_norm(x.float().movedim(1, -1), x.shape[1:2], self.weight.float(), self.bias.float(), self.eps)
+                return F.layer_norm(x.movedim(1, -1), x.shape[1:2], weight, bias, self.eps).movedim(-1, 1)
+        y = F.layer_norm(x.float().movedim(1, -1), x.shape[1:2], weight.float(), bias.float(), self.eps)
         return y.movedim(-1, 1).to(x.dtype)
 
 
@@ -212,9 +215,23 @@ class ResBlock(nn.Module):
         self.films = nn.ModuleList(FiLM(cond_dim, channels) for _ in range(n_convs))
 
     def forward(self, h, cond, mask):
+        if not torch.is_grad_enabled() and cond.shape[0] == 1 and isinstance(self.norms[0], ChannelLayerNorm):
+            return self._infer(h, cond, mask)
         y = h
         for conv, norm, film in zip(self.convs, self.norms, self.films):
             y = F.silu(film(norm(conv(y)), cond))
+            if mask is not None:
+                y = y * mask
+        return h + y
+
+    def _infer(self, h, cond, mask):
+        """The same for one field at inference, in fewer passes over the grid: the FiLM's scale and
+        shift folded into the norm's weight and bias, SiLU in place (bf16 rollouts ~15 % faster on a
+        CPU, where these passes cost as much as the convolutions)."""
+        y = h
+        for conv, norm, film in zip(self.convs, self.norms, self.films):
+            scale, shift = film.linear(cond).float()[0].chunk(2)
+            y = F.silu(norm(conv(y), norm.weight * (1 + scale), norm.bias * (1 + scale) + shift), inplace=True)
             if mask is not None:
                 y = y * mask
         return h + y
