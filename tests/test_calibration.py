@@ -29,7 +29,8 @@ def _reservoir(seed, grid=GRID):
     inj[:, 2 + seed % 3, 2], inj[:, ny - 3, nx - 3 - seed % 2] = 2.0, -1.5  # net injection: the boundary matters
     return physics_priors.Reservoir(
         np.ones(grid, bool), tuple(10 ** rng.uniform(-14, -12.5, grid) for _ in range(3)),
-        rng.uniform(0.05, 0.3, grid), 350.0 + 0.1 * z, inj, (1.0, 1.0, 1.0))
+        rng.uniform(0.05, 0.3, grid), 350.0 + 0.1 * z, inj, (1.0, 1.0, 1.0),
+        wellbore=False)  # as warm_pressure_change makes the changes: each cell at its InjRate
 
 
 def _warm_runs(cell_size, compressibility, boundary, multiplier, seeds=(0, 1, 2), n_reports=6):
@@ -53,6 +54,19 @@ def test_unit_cell_march_is_the_priors_march():
     a, h = 0.2, 30.0
     mine = reduced.UnitMarch(run.reservoir).march(a, 1e-9 * h ** 2, "fixed_pressure", 0.3, 6) / (a * h)
     np.testing.assert_allclose(mine, run.true_change, rtol=1e-9, atol=1e-9 * np.abs(mine).max())
+
+
+def test_unit_cell_march_splits_a_wells_rate_as_the_priors_wellbore_does():
+    """With wellbores (the priors' default) the unit-cell march takes Peaceman's log as a generic
+    constant: it stays within a few per cent of the priors' warm march, whose log is exact."""
+    res = dataclasses.replace(_reservoir(0), wellbore=True)
+    truth = dataclasses.replace(res, cell_size=(30.0, 30.0, 6.0), compressibility=1e-9, boundary="fixed_pressure",
+                                boundary_multiplier=0.3)
+    priors_march = physics_priors.warm_pressure_change(truth, 6)
+    mine = reduced.UnitMarch(res).march(0.2, 1e-9 * 30.0 ** 2, "fixed_pressure", 0.3, 6) / (0.2 * 30.0)
+    as_given = physics_priors.warm_pressure_change(dataclasses.replace(truth, wellbore=False), 6)
+    err = np.linalg.norm(mine - priors_march) / np.linalg.norm(priors_march)
+    assert err < 0.03 < np.linalg.norm(as_given - priors_march) / np.linalg.norm(priors_march)
 
 
 @pytest.mark.parametrize("cell, ct, kind, mult", [
@@ -203,7 +217,9 @@ def _march_made_files(folder, n, truth):
         shape = arrays["IsActive"].shape
         arrays["IsActive"] = np.ones(shape, np.float32)
         inj = np.zeros(shape, np.float32)
-        inj[:, 2 + i % 2, 2], inj[:, shape[1] - 3, shape[2] - 3 - i % 3] = 2.0 / shape[0], -1.5 / shape[0]
+        for (y, x), total in (((2 + i % 2, 2), 2.0), ((shape[1] - 3, shape[2] - 3 - i % 3), -1.5)):
+            kh = arrays["PermX"][:, y, x].astype(np.float64)  # split as a simulator's well would, warm
+            inj[:, y, x] = total * kh / kh.sum()
         arrays["InjRate"], arrays["IsWell"] = inj, (inj != 0).astype(np.float32)
         arrays["FieldWaterInjectionRate"] = np.full(arrays["FieldWaterInjectionRate"].shape, 2.0)
         arrays["FieldEnergyInjectionRate"] = 2.0 * 2.3e5 * (1.0 + 0.002 * i) + 0.0 * arrays["FieldWaterInjectionRate"]

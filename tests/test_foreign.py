@@ -172,7 +172,10 @@ def test_description_errors_are_one_line(tmp_path, capsys):
                          ('{"quantities": {"Colour": 1}}', "unknown quantity"),
                          ('{"quantities": {"CellSizeX": {"param": 40}}}', "index 0..25"),
                          ('{"lateral_boundary": "pore_volume"}', "BoundaryMultiplier"),
-                         ('{"outside_heat_exchange": "no"}', "not true or false")):
+                         ('{"outside_heat_exchange": "no"}', "not true or false"),
+                         ('{"well_inflow": "pumped"}', "wellbore"),
+                         ('{"well_inflow": "as_given", "quantities": {"ProducerMinBottomholePressure": 20}}',
+                          "no bottomhole pressure")):
         (tmp_path / "raw" / "description.json").write_text(text)
         rc, out = run_cli(["prep", "--input_root", tmp_path / "raw", "--out_root", tmp_path / "p"], capsys)
         assert rc == 1 and expect in out.err

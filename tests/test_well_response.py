@@ -204,7 +204,9 @@ def test_hot_water_into_cold_rock_keeps_the_march_stable():
 
 
 def _with_pressure0(res, p0=200e5):
-    res.pressure0 = np.full(res.active.shape, p0, np.float32)
+    """Hydrostatic initial pressure, ``p0`` in the top layer."""
+    depth = np.arange(res.active.shape[0])[:, None, None] * CELL[2]
+    res.pressure0 = np.broadcast_to(p0 + wr.water_density(400.0) * wr.GRAVITY * depth, res.active.shape).astype(np.float64)
     return res
 
 
@@ -218,7 +220,8 @@ def test_a_well_at_its_bottomhole_pressure_limit_delivers_only_what_holds_it(sig
     limit_key = "producer_min_bhp" if sign < 0 else "injector_max_bhp"
     limit = 200e5 + sign * 60e5
     held = pressure_change(_with_pressure0(reservoir(wells=wells, **{limit_key: limit})), 12)
-    cells = held[:, 2:4, 4, 4] + 200e5
+    res = _with_pressure0(reservoir())
+    cells = held[:, 2:4, 4, 4] + res.pressure0[2:4, 4, 4]
     head = wr.water_density(400.0) * wr.GRAVITY * CELL[2]  # the wellbore's water column to the lower perforation
     assert np.all(sign * (cells - (limit + np.array([0.0, head]))) <= 1.0)
     assert sign * free[-1, 2, 4, 4] + 200e5 * sign > sign * limit + 50e5  # unlimited, it passes the limit far
@@ -240,3 +243,31 @@ def test_well_limits_need_the_initial_pressure_and_change_nothing_undeclared():
         np.testing.assert_array_equal(a, b)
     for a, b in zip(plain, with_p0):
         np.testing.assert_array_equal(a, b)
+
+
+def _delivered(res):
+    """Each active cell's delivered rate (kg/s) in the first year's warm-water step."""
+    faces = wr._Faces(res.active, res.perm_xyz, res.cell_size)
+    t0 = np.asarray(res.temperature0, np.float64).ravel()[faces.cells]
+    system = wr._pressure_system(faces, res, t0)
+    _, q = wr._solve_with_wells(faces, system, np.zeros(faces.n), np.zeros(faces.n))
+    return faces.to_grid(q)
+
+
+def test_a_cold_wellbore_drives_its_water_into_the_deep_perforations():
+    """An injector perforating 8 layers of a uniform box, InjRate split evenly: the well delivers
+    the sum of its InjRate; with water at the reservoir's temperature in the wellbore the split
+    stays near even; cold water's weight in the wellbore sends most of it to the deep layers and
+    the shallow ones take less than InjRate says (their plume is smaller); as_given keeps InjRate."""
+    wells = tuple((z, 4, 2, 0.25) for z in range(1, 9)) + ((4, 4, 6, -2.0),)
+    box = dict(grid=(10, 8, 9), wells=wells, cell_size=(50.0, 40.0, 25.0))  # a 200 m perforated column
+    warm = _delivered(reservoir(gap=0.0, **box))[1:9, 4, 2]
+    cold_res = reservoir(gap=-80.0, **box)
+    cold = _delivered(cold_res)[1:9, 4, 2]
+    assert warm.sum() == pytest.approx(2.0, rel=1e-9) and cold.sum() == pytest.approx(2.0, rel=1e-9)
+    assert np.abs(warm / 0.25 - 1).max() < 0.2
+    assert cold[-1] > 1.5 * cold[0] and np.all(np.diff(cold) > 0)
+    given = _delivered(reservoir(gap=-80.0, wellbore=False, **box))
+    np.testing.assert_array_equal(given[1:9, 4, 2], np.full(8, 0.25))
+    theta, _ = wr.prior_fields(cold_res, 4)
+    assert theta[3, 8, 4, 3] > theta[3, 1, 4, 3]  # next to the well: the deep layer's plume is ahead

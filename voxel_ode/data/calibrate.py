@@ -40,7 +40,7 @@ def _calibration_run(path, desc: description.Description, fill_value):
             changes.append(change)
     perm = tuple(statics[n].astype(np.float64) for n in ("PermX", "PermY", "PermZ"))
     res = physics_priors.Reservoir(mask, perm, statics["Porosity"], statics["Temperature0"], statics["InjRate"],
-                                   (1.0, 1.0, 1.0))
+                                   (1.0, 1.0, 1.0), wellbore=physics.wellbore)
     return calibration.Run(res, changes[0], physics.cell_size, changes[1], pack.injection_temperature(physics, scalars),
                            Path(path).name), physics
 

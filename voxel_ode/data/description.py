@@ -12,6 +12,7 @@ first report and, where known, a few physical constants. Nothing is read from
       "first_report": "year1",              # "initial" (Output[0] is t = 0) or "year1"; inferred if absent
       "lateral_boundary": "pore_volume",    # "closed", "fixed_pressure" or "pore_volume" (see BOUNDARY_KINDS)
       "outside_heat_exchange": false,       # conduction to the rock outside the active cells (default true)
+      "well_inflow": "wellbore",            # "wellbore" (default) or "as_given" (see WELL_INFLOWS)
       "quantities": {                       # each: a number (in the unit below), {"value": v, "unit": u}
         "CellSizeX": 50, "CellSizeY": 50, "CellSizeZ": {"value": 5, "unit": "m"},   # or {"param": i, "unit": u}
         "InjectionTemperature": {"param": 0, "unit": "K"},
@@ -46,6 +47,13 @@ FIRST_REPORTS = ("initial", "year1")
 #   pore_volume     the side cells' pore volume is BoundaryMultiplier times their own (a large
 #                   storage, as open-darts' aquifer cells).
 BOUNDARY_KINDS = ("closed", "fixed_pressure", "pore_volume")
+# How a well's rate reaches its cells:
+#   wellbore  a well (a column of same-sign InjRate cells) delivers the sum of its InjRate through
+#             its wellbore, split over the cells by their pressures, permeability and the wellbore's
+#             water column, as a simulator's well model does (InjRate's own split is not used);
+#   as_given  each cell takes exactly its InjRate (per-cell mass sources; no wellbore, so no
+#             bottomhole pressure limits). voxel-ode synth's own engine.
+WELL_INFLOWS = ("wellbore", "as_given")
 
 # name -> (SI unit, {unit: (scale, offset)} to SI, what happens without it)
 _K = {"K": (1.0, 0.0), "C": (1.0, 273.15), "degC": (1.0, 273.15)}
@@ -72,7 +80,7 @@ QUANTITIES = {
     # at a well's shallowest perforation (physics/priors.py adds the wellbore's water column below it)
     "ProducerMinBottomholePressure": ("Pa", _PRESSURE, "producers deliver their rates at any pressure"),
     "InjectorMaxBottomholePressure": ("Pa", _PRESSURE, "injectors deliver their rates at any pressure"),
-    "WellRadius": ("m", _LENGTH, "a generic 0.108 m, an 8 1/2-inch hole (used only with a bottomhole pressure limit)"),
+    "WellRadius": ("m", _LENGTH, "a generic 0.108 m, an 8 1/2-inch hole (the wells' inflow, well_inflow wellbore)"),
 }
 CELL_SIZE_QUANTITIES = ("CellSizeX", "CellSizeY", "CellSizeZ")
 CALIBRATED_CHOICES = ("lateral_boundary", "outside_heat_exchange")  # calibrated entries that are not quantities
@@ -93,6 +101,7 @@ class Description:
     outside_heat_exchange: bool | None = None
     # entries prep fitted on the training split (physics/calibration.py) -> how; not declared by anyone
     calibrated: dict = field(default_factory=dict)
+    well_inflow: str | None = None  # WELL_INFLOWS; None = not declared = wellbore
 
     def to_dict(self) -> dict:
         quantities = {name: {k: v for k, v in spec.items() if k in ("param", "value", "unit")}
@@ -100,13 +109,16 @@ class Description:
         out = {"permeability_unit": self.permeability_unit, "first_report": self.first_report,
                "lateral_boundary": self.lateral_boundary, "outside_heat_exchange": self.outside_heat_exchange,
                "quantities": quantities}
+        if self.well_inflow is not None:  # absent from records made before it existed: digests unchanged
+            out["well_inflow"] = self.well_inflow
         return out | ({"calibrated": dict(self.calibrated)} if self.calibrated else {})
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "(dict)") -> "Description":
         if not isinstance(d, dict):
             raise UserError(f"{source}: a dataset description must be a JSON object")
-        keys = ("permeability_unit", "first_report", "lateral_boundary", "outside_heat_exchange", "quantities")
+        keys = ("permeability_unit", "first_report", "lateral_boundary", "outside_heat_exchange", "well_inflow",
+                "quantities")
         unknown = set(d) - set(keys) - {"format", "notes", "calibrated"}
         if unknown:
             raise UserError(f"{source}: unknown keys {sorted(unknown)} (known: {', '.join(keys)})")
@@ -118,10 +130,15 @@ class Description:
             raise UserError(f"{source}: outside_heat_exchange: {heat!r} is not true or false")
         desc = cls(d.get("permeability_unit"), d.get("first_report"), d.get("lateral_boundary"),
                    {k: _quantity_spec(k, v, source) for k, v in (d.get("quantities") or {}).items()}, source, heat,
-                   _calibrated(d.get("calibrated"), source))
+                   _calibrated(d.get("calibrated"), source), d.get("well_inflow"))
         _check_choice(source, "permeability_unit", desc.permeability_unit, tuple(PERMEABILITY_UNITS))
         _check_choice(source, "first_report", desc.first_report, FIRST_REPORTS)
         _check_choice(source, "lateral_boundary", desc.lateral_boundary, BOUNDARY_KINDS)
+        _check_choice(source, "well_inflow", desc.well_inflow, WELL_INFLOWS)
+        limits = {"ProducerMinBottomholePressure", "InjectorMaxBottomholePressure"} & set(desc.quantities)
+        if desc.well_inflow == "as_given" and limits:
+            raise UserError(f"{source}: well_inflow 'as_given' has no wellbore, so no bottomhole pressure: "
+                            f"remove {', '.join(sorted(limits))} or declare well_inflow 'wellbore'")
         if desc.lateral_boundary in ("fixed_pressure", "pore_volume") and "BoundaryMultiplier" not in desc.quantities:
             raise UserError(f"{source}: lateral_boundary {desc.lateral_boundary!r} needs quantities.BoundaryMultiplier")
         return desc
@@ -230,6 +247,7 @@ class Physics:
     values: dict  # quantity name -> SI value (declared ones only)
     notes: dict  # item -> "declared" / "inferred: why" / "unknown: consequence"
     outside_heat_exchange: bool = True
+    wellbore: bool = True  # well_inflow "wellbore"
 
     @property
     def cell_size(self) -> tuple[float, float, float] | None:
@@ -285,7 +303,9 @@ def resolve(desc: Description, params, perm_active, pressure0_active, first_pres
     notes["outside_heat_exchange"] = f"declared: {heat}" if heat is not None else "not declared: true"
     if "outside_heat_exchange" in desc.calibrated:
         notes["outside_heat_exchange"] = f"{desc.calibrated['outside_heat_exchange']}: {heat}"
-    return Physics(PERMEABILITY_UNITS[unit], first, boundary, values, notes, heat is not False)
+    notes["well_inflow"] = f"declared: {desc.well_inflow}" if desc.well_inflow else "not declared: wellbore"
+    return Physics(PERMEABILITY_UNITS[unit], first, boundary, values, notes, heat is not False,
+                   desc.well_inflow != "as_given")
 
 
 def _check_against_data(desc: Description, values: dict, perm_active, pressure0_active, first_pressure_active,

@@ -89,7 +89,7 @@ def reservoir(statics: dict, physics: description.Physics, injection_gap) -> phy
         v.get("RockThermalConductivity", physics_priors.GENERIC_ROCK_CONDUCTIVITY), injection_gap,
         outside_heat_exchange=physics.outside_heat_exchange, pressure0=statics["Pressure0"],
         producer_min_bhp=v.get("ProducerMinBottomholePressure"), injector_max_bhp=v.get("InjectorMaxBottomholePressure"),
-        well_radius=v.get("WellRadius", physics_priors.GENERIC_WELL_RADIUS))
+        well_radius=v.get("WellRadius", physics_priors.GENERIC_WELL_RADIUS), wellbore=physics.wellbore)
 
 
 def injection_temperature(physics: description.Physics, scalars) -> float | None:

@@ -23,14 +23,18 @@ give it the field-wide shapes instead; the network learns what they miss.
   year's cold-water pressure step with the share of the year before: the plume's excess weight
   and viscosity act on its own flow, so it sinks and spreads along the base as in a simulator
   (on the warm water's flow alone it stayed up: open-darts' base up to 12 K colder).
-* Wells' pressure limits, where declared: a producer's bottomhole pressure (at its shallowest
-  perforation, plus the wellbore's water column below it) stays above its minimum, an
-  injector's below its maximum; each year a well that would pass its limit delivers the share
-  of its rate that holds the limit (Peaceman inflow, pressure linear in each well's rate). In a
-  closed box the cold water's contraction alone drew the pressure hundreds of bar below what
-  open-darts' producers (min 20 bar) allowed.
+* Wells (description.WELL_INFLOWS): by default each well, a column of same-sign ``InjRate``
+  cells, delivers the sum of its InjRate through a wellbore: a cell takes J_i (P + head_i - dp_i)
+  (Peaceman's index times the entering water's mobility; P the wellbore's pressure at the top
+  perforation; head_i the wellbore's water column over the reservoir's), so an injector's cold,
+  dense column drives its water into the deep perforations and the shallow ones may take little
+  or none, as in a simulator's well model (on open-darts runs with 0.6-0.8 km columns, InjRate's
+  own split kept the shallow cells' plume that the simulator never made). A declared bottomhole
+  pressure limit (producer's minimum, injector's maximum, at the top perforation) switches a
+  well from its rate to its limit while the rate would pass it. ``as_given``: each cell takes its
+  InjRate (per-cell sources, no wellbore).
 
-Cost: one sparse LU (the pressure matrix) and ~60 back-substitutions per run on small grids,
+Cost: one sparse LU (the pressure matrix) and ~60 back-substitutions (plus one per well) per run on small grids,
 AMG-preconditioned CG on large ones; per year a flow-ordered Gauss-Seidel sweep as the
 preconditioner of ~4 BiCGSTAB iterations per heat step (docs/benchmarks.md, "Prep cost").
 """
@@ -57,8 +61,7 @@ DIRECT_SOLVE_MAX_CELLS = 60_000
 GENERIC_COMPRESSIBILITY = 5e-10  # 1/Pa, rock + water
 GENERIC_ROCK_HEAT_PER_VOLUME = 2.3e6  # J/(m^3 K), grain density x specific heat of common rocks
 GENERIC_ROCK_CONDUCTIVITY = 2.5  # W/(m K)
-GENERIC_WELL_RADIUS = 0.108  # m: an 8 1/2-inch hole, the commonest; only where a pressure limit is declared
-WELL_LIMIT_PASSES = 3  # Gauss-Seidel passes over the limited wells (their responses overlap)
+GENERIC_WELL_RADIUS = 0.108  # m: an 8 1/2-inch hole, the commonest
 WATER_HEAT_PER_VOLUME = 1000.0 * schema.WATER_HEAT_CAPACITY  # J/(m^3 K)
 MIN_POROSITY = 1e-4  # keeps every active cell's storage positive (isolated cells stay solvable)
 THERMAL_SUBSTEPS = 4  # backward-Euler steps per year of the heat transport (1 smears the front)
@@ -88,6 +91,7 @@ class Reservoir:
     producer_min_bhp: float | None = None  # Pa; None: producers hold their rates at any pressure
     injector_max_bhp: float | None = None  # Pa; None: injectors hold their rates at any pressure
     well_radius: float = GENERIC_WELL_RADIUS
+    wellbore: bool = True  # False: each cell takes its inj_rate (description.WELL_INFLOWS "as_given")
 
 
 def _liquid_range(temperature):
@@ -166,31 +170,37 @@ def prior_fields(res: Reservoir, n_reports: int) -> tuple[np.ndarray, np.ndarray
 
 @dataclass
 class _Wells:
-    """The wells with a declared pressure limit (a column of same-sign rate cells each) and what
-    holding it takes; per well: local cells, limit (Pa, absolute, with the wellbore's water
-    column), drawdown at the target rate (Pa), sign (+1 injector), one year's response of the
-    pressure change to the target rate (n,)."""
+    """The wells, each a column of same-sign ``InjRate`` cells joined by its wellbore. A cell's
+    inflow is J_i (P + head_i - dp_i): P the wellbore's pressure change at its top perforation
+    (over the initial pressure there), head_i the wellbore's water column from there to the cell
+    over the reservoir's initial one (an injector's wellbore holds the injected water: cold water's
+    weight drives it into the deep perforations), J_i Peaceman's well index times the entering
+    water's mobility. A well delivers its target rate (the sum of its cells' InjRate; how InjRate
+    splits it is not used: a simulator's well splits it by the pressures) unless that passes its
+    declared pressure limit; then it holds the limit."""
 
-    cells: list
-    limit: list
-    drawdown: list
-    sign: list
-    response: list
-    pressure0: np.ndarray
+    cells: list  # local cell indices per well
+    index: list  # J per cell, kg/(Pa s)
+    head: list  # Pa per cell
+    target: np.ndarray  # kg/s per well, + injection
+    limit: np.ndarray  # Pa, P's limit (nan: none)
+    response: np.ndarray  # (n, K): the pressure change per Pa of each well's P
+    coupling: np.ndarray  # (K, K): sum over well v's cells of J x response of well w
+    head_source: np.ndarray  # (n,): sum of J x head, kg/s
 
 
 @dataclass
 class _PressureSystem:
-    """The constant-coefficient pressure matrix of a run (water at its initial temperature) and
-    its factorization, shared by both marches."""
+    """The constant-coefficient pressure matrix of a run (water at its initial temperature, the
+    wells' indices on its diagonal) and its factorization, shared by both marches."""
 
     rho0: np.ndarray
     lam0: np.ndarray  # face mobility x transmissibility, kg/(Pa s)
     pore_volume: np.ndarray
     storage: np.ndarray  # kg/Pa per year
     solve: object
-    q: np.ndarray  # kg/s per cell, the wells' target rates
-    wells: _Wells | None = None
+    wells: _Wells
+    sources: np.ndarray  # kg/s per cell taken as given (well_inflow "as_given"; else 0)
 
 
 def _pressure_system(faces: _Faces, res: Reservoir, t0) -> _PressureSystem:
@@ -205,58 +215,128 @@ def _pressure_system(faces: _Faces, res: Reservoir, t0) -> _PressureSystem:
     elif res.boundary == "fixed_pressure":
         support = max(res.boundary_multiplier, 0.0) * faces.side_trans * mob0  # the aquifer's water is at t0
     storage = pore_volume * rho0 * max(res.compressibility, 1e-12) / YEAR_SECONDS
-    solve = _spd_solver(faces.laplacian(lam0) + sp.diags(storage + support))
-    q = np.asarray(res.inj_rate, np.float64).ravel()[faces.cells]
-    system = _PressureSystem(rho0, lam0, pore_volume, storage, solve, q)
-    system.wells = _limited_wells(faces, res, system, mob0)
-    return system
+    columns = _well_columns(faces, res, t0, rho0, mob0) if res.wellbore else []
+    sources = np.zeros(faces.n) if res.wellbore else np.asarray(res.inj_rate, np.float64).ravel()[faces.cells]
+    joined = np.zeros(faces.n)
+    for cells, index, _, _, _ in columns:
+        joined[cells] += index
+    solve = _spd_solver(faces.laplacian(lam0) + sp.diags(storage + support + joined))
+    return _PressureSystem(rho0, lam0, pore_volume, storage, solve, join_wells(faces, columns, solve), sources)
 
 
-def _limited_wells(faces: _Faces, res: Reservoir, system: _PressureSystem, mob0) -> _Wells | None:
-    if res.pressure0 is None or (res.producer_min_bhp is None and res.injector_max_bhp is None):
-        return None
-    q = system.q
-    z, y, x = np.unravel_index(faces.cells, faces.grid)
+def _well_index(faces: _Faces, res: Reservoir) -> np.ndarray:
+    """Peaceman's well index (m^3) of a vertical well through each active cell (anisotropic cell)."""
     dx, dy, dz = (float(v) for v in res.cell_size)
     kx, ky = (np.maximum(np.nan_to_num(np.asarray(res.perm_xyz[i], np.float64).ravel()[faces.cells]), 0.0) for i in (0, 1))
-    # Peaceman's equivalent radius and well index of an anisotropic cell
     ratio = np.sqrt(ky / np.maximum(kx, 1e-300))
     r0 = 0.28 * np.sqrt(ratio * dx**2 + dy**2 / np.maximum(ratio, 1e-300)) / (np.sqrt(ratio) + 1 / np.sqrt(np.maximum(ratio, 1e-300)))
-    index = 2 * np.pi * np.sqrt(kx * ky) * dz / np.log(np.maximum(r0 / res.well_radius, 1.01))
-    p0 = np.asarray(res.pressure0, np.float64).ravel()[faces.cells]
-    wells = _Wells([], [], [], [], [], p0)
-    for sign, bhp in ((1, res.injector_max_bhp), (-1, res.producer_min_bhp)):
-        if bhp is None:
-            continue
+    return 2 * np.pi * np.sqrt(kx * ky) * dz / np.log(np.maximum(r0 / res.well_radius, 1.01))
+
+
+def well_cells(faces: ActiveFaces, q) -> list:
+    """[(sign, local cells top first)] per well: a (y, x) column's active cells of one rate sign."""
+    z, y, x = np.unravel_index(faces.cells, faces.grid)
+    out = []
+    for sign in (1, -1):
         perforated = np.flatnonzero(q * sign > 0)
         column = y[perforated] * faces.grid[2] + x[perforated]
         for col in np.unique(column):
             cells = perforated[column == col]
-            head = GRAVITY * system.rho0[cells] * (z[cells] - z[cells].min()) * dz
-            wells.cells.append(cells)
-            wells.limit.append(bhp + head)
-            wells.drawdown.append(np.abs(q[cells]) / np.maximum(index[cells] * mob0[cells], 1e-300))
-            wells.sign.append(sign)
-            rate = np.zeros(faces.n)
-            rate[cells] = q[cells]
-            wells.response.append(system.solve(rate, np.zeros(faces.n)))
-    return wells if wells.cells else None
+            out.append((sign, cells[np.argsort(z[cells], kind="stable")]))
+    return out
 
 
-def _hold_limits(wells: _Wells, dp) -> tuple[np.ndarray, np.ndarray]:
-    """(dp, each limited well's share of its target rate) after a year's step at the target
-    rates: a well that would pass its limit delivers the share that holds it."""
-    dp = dp.copy()
-    share = np.ones(len(wells.cells))
-    for _ in range(WELL_LIMIT_PASSES):
-        for w, cells in enumerate(wells.cells):
-            r, d, sign = wells.response[w][cells], wells.drawdown[w], wells.sign[w]
-            other = wells.pressure0[cells] + dp[cells] - share[w] * r  # the cells' pressure without this well
-            # producer (sign -1): other + s r - s d >= limit; injector: other + s r + s d <= limit
-            new = float(np.clip(np.min(sign * (wells.limit[w] - other) / (d + sign * r)), 0.0, 1.0))
-            dp += (new - share[w]) * wells.response[w]
-            share[w] = new
-    return dp, share
+def well_inflow_index(index, q) -> np.ndarray:
+    """A well's J per cell, kept solvable: where no perforation has permeability, InjRate's split."""
+    index = np.maximum(index, 0.0)
+    if not np.any(index > 0):
+        index = np.abs(q) / max(float(np.abs(q).sum()), 1e-300) * 1e-6
+    return np.maximum(index, 1e-9 * float(index.max()))
+
+
+def _well_columns(faces: _Faces, res: Reservoir, t0, rho0, mob0) -> list:
+    """[(cells, J, head, target rate, limit)] per well."""
+    q = np.asarray(res.inj_rate, np.float64).ravel()[faces.cells]
+    z = np.unravel_index(faces.cells, faces.grid)[0]
+    dz = float(res.cell_size[2])
+    wi = _well_index(faces, res)
+    gap = None if res.injection_gap is None else np.nan_to_num(np.asarray(res.injection_gap, np.float64).ravel()[faces.cells])
+    p0 = None if res.pressure0 is None else np.asarray(res.pressure0, np.float64).ravel()[faces.cells]
+    columns = []
+    for sign, cells in well_cells(faces, q):
+        bhp = res.injector_max_bhp if sign > 0 else res.producer_min_bhp
+        if sign > 0 and gap is not None:  # the injected water fills the wellbore
+            t_well = float(np.mean(t0[cells] + gap[cells]))
+            rho_well, mob = float(water_density(t_well)), np.full(len(cells), water_density(t_well) / water_viscosity(t_well))
+        else:  # a producer's wellbore holds the reservoir's water: no head over it
+            rho_well, mob = None, mob0[cells]
+        head = np.zeros(len(cells))
+        if rho_well is not None:
+            step = GRAVITY * dz * np.diff(z[cells]) * (rho_well - 0.5 * (rho0[cells][1:] + rho0[cells][:-1]))
+            head[1:] = np.cumsum(step)
+        index = well_inflow_index(wi[cells] * mob, q[cells])
+        limit = np.nan
+        if bhp is not None and p0 is not None:
+            limit = bhp - p0[cells[0]]  # the wellbore's column below the top is in head
+        columns.append((cells, index, head, float(q[cells].sum()), limit))
+    return columns
+
+
+def join_wells(faces: ActiveFaces, columns: list, solve) -> _Wells:
+    """The wells of ``columns`` [(cells, J, head, target, limit)] on a matrix with their J on its
+    diagonal, factorized as ``solve``."""
+    k = len(columns)
+    response = np.zeros((faces.n, k))
+    head_source = np.zeros(faces.n)
+    for w, (cells, index, head, _, _) in enumerate(columns):
+        unit = np.zeros(faces.n)
+        unit[cells] = index
+        response[:, w] = solve(unit, np.zeros(faces.n))
+        head_source[cells] += index * head
+    coupling = np.array([[float(np.dot(c[1], response[c[0], w])) for w in range(k)] for c in columns]).reshape(k, k)
+    return _Wells([c[0] for c in columns], [c[1] for c in columns], [c[2] for c in columns],
+                  np.array([c[3] for c in columns]), np.array([c[4] for c in columns], np.float64), response,
+                  coupling, head_source)
+
+
+def well_pressures(wells: _Wells, base) -> np.ndarray:
+    """Each well's P for a step whose pressure change without the wells' P is ``base``: the target
+    rates where they hold the limits, else the limit (a well switches while any changes)."""
+    k = len(wells.cells)
+    jsum = np.array([float(i.sum()) for i in wells.index])
+    m = np.diag(jsum) - wells.coupling
+    free = wells.target - np.array([float(np.dot(i, h - base[c])) for c, i, h in zip(wells.cells, wells.index, wells.head)])
+    sign = np.sign(wells.target)
+    at_limit = np.zeros(k, bool)
+    pressures = np.zeros(k)
+    for _ in range(k + 2):
+        pressures = np.where(at_limit, wells.limit, 0.0)
+        rate = ~at_limit
+        if rate.any():
+            rhs = free[rate] - m[np.ix_(rate, at_limit)] @ pressures[at_limit]
+            pressures[rate] = np.linalg.solve(m[np.ix_(rate, rate)], rhs)
+        delivered = m @ pressures - free + wells.target
+        new = np.where(at_limit, sign * delivered < sign * wells.target,  # a limited well that could deliver more stays
+                       np.nan_to_num(sign * (pressures - wells.limit), nan=-1.0) > 0)
+        if np.array_equal(new, at_limit):
+            break
+        at_limit = new
+    return pressures
+
+
+def _solve_with_wells(faces: _Faces, system: _PressureSystem, rhs, x0, rtol=None) -> tuple[np.ndarray, np.ndarray]:
+    """(dp, the wells' delivered rate per cell, kg/s) of a step whose right-hand side without the
+    wells is ``rhs``."""
+    wells = system.wells
+    base = system.solve(rhs + system.sources + wells.head_source, x0, rtol)
+    if not wells.cells:
+        return base, system.sources
+    pressures = well_pressures(wells, base)
+    dp = base + wells.response @ pressures
+    q = np.zeros(faces.n)
+    for cells, index, head, p in zip(wells.cells, wells.index, wells.head, pressures):
+        q[cells] = index * (p + head - dp[cells])
+    return dp, q
 
 
 def _pressure_march(faces: _Faces, system: _PressureSystem, temperature, n_reports) -> np.ndarray:
@@ -274,9 +354,9 @@ def _pressure_step(faces: _Faces, system: _PressureSystem, dp, temperature, rho_
     K; None: at t0) after ``rho_before`` (kg/m^3): (new dp, mass flux per face from a to b in
     kg/s with the water's weight, the water's density, the wells' delivered rates per cell)."""
     a, b = faces.a, faces.b
-    rhs = system.q + system.storage * dp
+    rhs = system.storage * dp
     if temperature is None:
-        dp, q = _limited(system, system.solve(rhs, dp, rtol))
+        dp, q = _solve_with_wells(faces, system, rhs, dp, rtol)
         return dp, system.lam0 * (dp[a] - dp[b]), system.rho0, q
     rho0 = system.rho0
     rho = water_density(temperature)
@@ -289,19 +369,8 @@ def _pressure_step(faces: _Faces, system: _PressureSystem, dp, temperature, rho_
     weight = lam * excess
     rhs = (rhs + faces.divergence((system.lam0 - lam) * (dp[a] - dp[b]) + weight)
            - system.pore_volume * (rho - rho_before) / YEAR_SECONDS)
-    dp, q = _limited(system, system.solve(rhs, dp, rtol))
+    dp, q = _solve_with_wells(faces, system, rhs, dp, rtol)
     return dp, lam * (dp[a] - dp[b]) - weight, rho, q
-
-
-def _limited(system: _PressureSystem, dp) -> tuple[np.ndarray, np.ndarray]:
-    """(dp, delivered rates per cell) with the wells' pressure limits held."""
-    if system.wells is None:
-        return dp, system.q
-    dp, share = _hold_limits(system.wells, dp)
-    q = system.q.copy()
-    for cells, s in zip(system.wells.cells, share):
-        q[cells] *= s
-    return dp, q
 
 
 @dataclass
@@ -331,13 +400,12 @@ def _thermal_march(faces: _Faces, res: Reservoir, system: _PressureSystem, t0, g
     THERMAL_SUBSTEPS backward-Euler steps a year, on each year's flow of the cold-water pressure
     step at the share of the year before: the plume's weight and viscosity act on its own flow,
     so cold water sinks and spreads along the base."""
-    heat = _heat(faces, res, system.q)
+    heat = _heat(faces, res, np.zeros(faces.n))
     out = np.zeros((n_reports, faces.n))
     theta, dp, rho = np.zeros(faces.n), np.zeros(faces.n), system.rho0
     for t in range(1, n_reports):
         dp, flux, rho, q = _pressure_step(faces, system, dp, t0 + gap * theta if gap.any() else None, rho, FLOW_RTOL)
-        if system.wells is not None:  # an injector at its pressure limit injects less heat
-            heat = dataclasses.replace(heat, injection=np.maximum(q, 0.0) / 1000.0)
+        heat = dataclasses.replace(heat, injection=np.maximum(q, 0.0) / 1000.0)  # what each cell took in
         solve = _transport_solver(_transport_matrix(faces, heat, flux / 1000.0), np.argsort(-dp, kind="stable"))
         for _ in range(THERMAL_SUBSTEPS):
             theta = np.clip(solve(heat.capacity / heat.dt * theta + heat.injection, theta), 0.0, 1.0)
@@ -436,4 +504,5 @@ def warm_pressure_change(res: Reservoir, n_reports: int) -> np.ndarray:
     if faces.n == 0 or not np.any(q) or n_reports < 2:
         return np.zeros((n_reports, faces.n))
     t0 = np.asarray(res.temperature0, np.float64).ravel()[faces.cells]
-    return _pressure_march(faces, _pressure_system(faces, res, t0), None, n_reports)
+    warm = dataclasses.replace(res, injection_gap=None)  # warm water in the wellbores too
+    return _pressure_march(faces, _pressure_system(faces, warm, t0), None, n_reports)

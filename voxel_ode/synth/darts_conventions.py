@@ -186,6 +186,7 @@ def description(conv: Conventions = Conventions()) -> desc.Description:
         "permeability_unit": conv.permeability_unit, "first_report": conv.first_report,
         "lateral_boundary": conv.lateral_boundary,
         "outside_heat_exchange": False,  # inactive cells are removed: no heat flows through them
+        "well_inflow": "wellbore",  # open-darts' well model splits each well's rate
         "quantities": quantities}, "voxel-ode synth --engine darts")
 
 

@@ -183,6 +183,7 @@ def _param(name: str) -> dict:
 # What voxel-ode synth's files mean (voxel_ode/description.py), written next to them.
 DESCRIPTION = description.Description.from_dict({
     "permeability_unit": "m2", "first_report": "initial", "lateral_boundary": "fixed_pressure",
+    "well_inflow": "as_given",  # the engine's wells are per-cell mass sources
     "quantities": {name: _param(name) for name in (
         "CellSizeX", "CellSizeY", "CellSizeZ", "RockCompressibility", "FluidCompressibility", "InjectionTemperature",
         "RockHeatCapacity", "RockDensity", "RockThermalConductivity")}
