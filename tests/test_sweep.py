@@ -13,7 +13,7 @@ from voxel_ode.cli import main
 from voxel_ode.data.plan import parse_row
 from voxel_ode.data.description import Description
 from voxel_ode.data.prep import prep
-from voxel_ode.inference import bands, scenarios, sweep
+from voxel_ode.inference import bands, scenarios, sweep, sweep_table
 from voxel_ode.inference.predict import predict_file
 from voxel_ode.training.train import train
 
@@ -231,6 +231,9 @@ def test_a_sweep_with_bands_gives_each_scenario_its_bands(trained, tmp_path):
         assert row["energy_total_low"] == pytest.approx(0.9 * end - start, rel=1e-6)
         assert row["energy_total_high"] == pytest.approx(1.1 * end - start, rel=1e-6)
     assert "energy_total_low" in (out / "scenarios.csv").read_text().splitlines()[0]
+    band = sweep_table.objective_band(rows, "energy_total")  # the picture's error bars
+    np.testing.assert_allclose(band[0], [r["energy_total"] - r["energy_total_low"] for r in rows])
+    assert (band > 0).all() and sweep_table.objective_band(rows, "energy_last_year") is None
     first = sorted((out / "scenarios").glob("*.json"))[0]
     result = json.loads(first.read_text())
     low, high = result["field_scalars_band"]["FieldWaterInjectionRate"]

@@ -138,9 +138,19 @@ def write_table(path, rows: list[dict]) -> None:
                 writer.writerow({c: ("" if row.get(c) is None else row.get(c)) for c in columns})
 
 
+def objective_band(rows: list[dict], column: str):
+    """(2, n) distances from each row's ``column`` down and up to its band's ends (matplotlib's
+    xerr), or None where the column has no band (only energy_total has one, with bands)."""
+    low, high = f"{column}_low", f"{column}_high"
+    if not rows or any(r.get(low) is None or r.get(high) is None or r.get(column) is None for r in rows):
+        return None
+    value = np.array([float(r[column]) for r in rows])
+    return np.stack([value - np.array([float(r[low]) for r in rows]), np.array([float(r[high]) for r in rows]) - value])
+
+
 def plot_sweep(path, rows: list[dict], results: dict, column: str, minimize: bool = False) -> Path:
     """Energy produced per year of every scenario (the best N_LABELLED named, the rest grey) and
-    a bar of the objective per scenario, best at the top."""
+    a bar of the objective per scenario, best at the top, with its band where it has one."""
     fig, (curves, bars) = plt.subplots(1, 2, figsize=(13, max(4.5, 0.25 * min(len(rows), 40) + 1.5)))
     best = [r["name"] for r in rows[:N_LABELLED]]
     for row in reversed(rows):  # the best drawn last, on top
@@ -156,12 +166,17 @@ def plot_sweep(path, rows: list[dict], results: dict, column: str, minimize: boo
     shown = rows[:40]  # a bar per scenario, at most 40
     unit, factor = DISPLAY.get(column_unit(column), (column_unit(column), 1.0))
     values = [np.nan if r.get(column) is None else float(r[column]) * factor for r in shown]
+    band = objective_band(shown, column)
     bars.barh(range(len(shown)), values, color=[f"C{best.index(r['name'])}" if r["name"] in best else "0.6"
-                                                for r in shown])
+                                                for r in shown], xerr=None if band is None else band * factor,
+              error_kw={"ecolor": "0.2", "capsize": 2, "lw": 1})
     bars.set_yticks(range(len(shown)), [r["name"] for r in shown], fontsize=8)
     bars.invert_yaxis()
     order = "lower" if minimize else "higher"
-    bars.set(title=f"{column}, {order} is better{' (best 40)' if len(rows) > 40 else ''}", xlabel=f"{column} ({unit})")
+    coverage = next((r["band_coverage"] for r in results.values() if r.get("band_coverage")), None)
+    banded = "" if band is None else f", {coverage:.0%} band" if coverage else ", band"
+    bars.set(title=f"{column}, {order} is better{' (best 40)' if len(rows) > 40 else ''}{banded}",
+             xlabel=f"{column} ({unit})")
     with files.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
