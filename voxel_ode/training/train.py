@@ -75,7 +75,7 @@ def start_from(args: TrainConfig, stats: Stats):
 
 def needs_temperature_residual(stats: Stats) -> bool:
     """Whether the temperature head needs a residual beside the thermal prior: where prep computed
-    no priors, or computed them with calibrated constants (fitted on four runs: a guess for the rest)."""
+    no priors, or computed them with calibrated constants (fitted on six runs: a guess for the rest)."""
     return not stats.priors or bool(stats.description.calibrated)
 
 
