@@ -397,12 +397,15 @@ def test_a_checkpoint_meets_only_data_prepared_like_its_training_data(trained, t
                                        str(ckpt), "--out", str(tmp_path / "ev"), "--no_progress"])
     assert rc == 1 and len(lines) == 1
     assert "no_priors/stats.json: description/" in lines[0] or "no_priors/stats.json: priors" in lines[0]
+    assert not (tmp_path / "ev").exists()  # refused before any folder was made
     assert "prepared differently from the data" in lines[0] and str(ckpt) in lines[0]
     other = dict(DESCRIPTION, quantities={**DESCRIPTION["quantities"], "CellSizeX": 250.0})
     (bare / "description.json").write_text(json.dumps(other))
     dp.prep(bare, tmp_path / "other_cells", n_test=1, **SMALL)
-    rc, lines = _rollout(capsys, ckpt, _test_sim(tmp_path / "other_cells"), tmp_path)
+    rc, lines = _rollout(capsys, ckpt, _test_sim(tmp_path / "other_cells"), tmp_path / "new" / "deep",
+                         "--plots", str(tmp_path / "pics"))
     assert rc == 1 and len(lines) == 1
+    assert not (tmp_path / "new").exists() and not (tmp_path / "pics").exists()  # a refusal leaves no folders
     assert "v2.4_0001.prepped.h5: description/quantities/CellSizeX/" in lines[0]  # declared 250 m, not ParamsScalar[19]
     assert "prepared differently from the data" in lines[0] and "(data vs checkpoint)" in lines[0]
     # the raw file itself: prepared in memory as the checkpoint's data was
@@ -718,3 +721,13 @@ def test_a_file_size_limit_stops_training_before_the_work(small_prepped, tmp_pat
     assert done.returncode == 1 and len(lines) == 1, done.stderr[-2000:]
     assert "train writes files of about" in lines[0] and "(ulimit -f)" in lines[0]
     assert "train:" not in done.stdout  # no training step ran
+
+
+def test_creatable_folder_checks_without_making_anything(tmp_path):
+    from voxel_ode import files
+
+    assert files.creatable_folder(tmp_path / "a" / "b", "--out") == tmp_path / "a" / "b"
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "f").write_text("")
+    with pytest.raises(UserError, match="is not a writable folder"):
+        files.creatable_folder(tmp_path / "f" / "b", "--out")

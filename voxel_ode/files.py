@@ -88,6 +88,20 @@ def writable_folder(folder, what: str) -> Path:
     return folder
 
 
+def creatable_folder(folder, what: str) -> Path:
+    """``folder`` checked now, without creating it: it is a writable folder, or its nearest existing
+    parent is one (so a refusal later leaves no empty folders behind); writable_folder makes it."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing == folder:
+        return writable_folder(folder, what)
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{folder}: {what}: cannot be made ({existing} is not a writable folder)")
+    return folder
+
+
 def check_room(folder, total_bytes: float, largest_file_bytes: float, what: str) -> None:
     """Refuse before writing when ``folder``'s disk lacks the room or a file would pass the process's
     file-size limit (ulimit -f): HDF5 fails badly mid-write (crashes seen), a check first is one line."""

@@ -186,7 +186,7 @@ def evaluate(prepped_root, ckpt_path, out_dir, split="test", device="cpu", tile=
     bands file (``bands_path`` or the checkpoint's own), the model's bands are written and scored
     (metrics.json "bands").
     """
-    out_dir, prepped_root = files.writable_folder(out_dir, "--out"), Path(prepped_root)
+    out_dir, prepped_root = files.creatable_folder(out_dir, "--out"), Path(prepped_root)
     model, normalizer, stats, config = checkpoint.load_for_inference(ckpt_path, None, device)
     checkpoint.check_data(stats, ckpt_path, Stats.load(prepped_root).preparation, prepped_root / schema.STATS_FILE)
     chosen = precision.choose(amp, device)
@@ -195,6 +195,7 @@ def evaluate(prepped_root, ckpt_path, out_dir, split="test", device="cpu", tile=
     if not paths:
         raise UserError(f"{prepped_root}: {split}/: no *{schema.PREPPED_SUFFIX} files")
     paths = paths[:max_sims] if max_sims else paths
+    files.writable_folder(out_dir, "--out")  # made only now: a refusal above leaves nothing behind
     steppers = [ModelStepper(model, normalizer, device=device, tile=tile, precision=chosen), PersistenceStepper()]
     if linear_baseline:
         steppers.append(_linear_stepper(out_dir / "linear_baseline.npz", prepped_root, stats, normalizer, progress))

@@ -56,9 +56,9 @@ def predict_file(ckpt_path, source, save_path, stats_path=None, device="cpu", am
                  arch_flags=None, bands_path=None) -> Path:
     """Roll out ``source`` with the model of ``ckpt_path``; write ``save_path``. Returns its path.
     Uncertainty bands from ``bands_path``, else from the checkpoint's bands file where there is one."""
-    files.writable_folder(Path(save_path).parent, "--save_path's folder")  # before the work, not after
+    files.creatable_folder(Path(save_path).parent, "--save_path's folder")  # before the work, not after
     if plots_dir:
-        files.writable_folder(plots_dir, "--plots")
+        files.creatable_folder(plots_dir, "--plots")
     model, normalizer, stats, config = checkpoint.load_for_inference(ckpt_path, stats_path, device, arch_flags)
     chosen = precision.choose(amp, device)
     calibrated = bands_module.find(ckpt_path, bands_path)
@@ -84,10 +84,12 @@ def predict_file(ckpt_path, source, save_path, stats_path=None, device="cpu", am
     truth = (sim["outputs_grid"], sim.get("outputs_scalar")) if save_truth and "outputs_grid" in sim else None
     attrs = prediction_attrs(ckpt_path, stats_path, source, config, model, tile, device, sim, len(grid), stats,
                              out_of_range)
+    files.writable_folder(Path(save_path).parent, "--save_path's folder")
     write_predictions(save_path, grid, scalar, sim["static"][schema.STATIC_ACTIVE], attrs, truth=truth, xdmf=xdmf,
                       cell_size=plots.cell_size_of(sim, stats.description), bands=band)
     print(f"wrote {save_path}" + (f" with {calibrated['coverage']:.0%} bands" if band else ""))
     if plots_dir:
+        files.writable_folder(plots_dir, "--plots")
         if forecast:
             plots.plot_forecast(plots_dir, sim, grid, scalar, stats.description, bands=band)
         else:
