@@ -185,7 +185,7 @@ class _Wells:
     target: np.ndarray  # kg/s per well, + injection
     limit: np.ndarray  # Pa, P's limit (nan: none)
     response: np.ndarray  # (n, K): the pressure change per Pa of each well's P
-    coupling: np.ndarray  # (K, K): sum over well v's cells of J x response of well w
+    balance: np.ndarray  # (K, K): well v's inflow per Pa of each P (sum of J less J x response)
     head_source: np.ndarray  # (n,): sum of J x head, kg/s
 
 
@@ -217,10 +217,7 @@ def _pressure_system(faces: _Faces, res: Reservoir, t0) -> _PressureSystem:
     storage = pore_volume * rho0 * max(res.compressibility, 1e-12) / YEAR_SECONDS
     columns = _well_columns(faces, res, t0, rho0, mob0) if res.wellbore else []
     sources = np.zeros(faces.n) if res.wellbore else np.asarray(res.inj_rate, np.float64).ravel()[faces.cells]
-    joined = np.zeros(faces.n)
-    for cells, index, _, _, _ in columns:
-        joined[cells] += index
-    solve = _spd_solver(faces.laplacian(lam0) + sp.diags(storage + support + joined))
+    solve = _spd_solver(faces.laplacian(lam0) + sp.diags(storage + support + wells_diagonal(faces.n, columns)))
     return _PressureSystem(rho0, lam0, pore_volume, storage, solve, join_wells(faces, columns, solve), sources)
 
 
@@ -282,6 +279,15 @@ def _well_columns(faces: _Faces, res: Reservoir, t0, rho0, mob0) -> list:
     return columns
 
 
+def wells_diagonal(n: int, columns: list) -> np.ndarray:
+    """(n,) the wells' J of ``columns`` [(cells, J, ...)] per cell: what the pressure matrix's
+    diagonal gains from them."""
+    out = np.zeros(n)
+    for cells, index, *_ in columns:
+        out[cells] += index
+    return out
+
+
 def join_wells(faces: ActiveFaces, columns: list, solve) -> _Wells:
     """The wells of ``columns`` [(cells, J, head, target, limit)] on a matrix with their J on its
     diagonal, factorized as ``solve``."""
@@ -294,17 +300,16 @@ def join_wells(faces: ActiveFaces, columns: list, solve) -> _Wells:
         response[:, w] = solve(unit, np.zeros(faces.n))
         head_source[cells] += index * head
     coupling = np.array([[float(np.dot(c[1], response[c[0], w])) for w in range(k)] for c in columns]).reshape(k, k)
+    balance = np.diag([float(c[1].sum()) for c in columns]).reshape(k, k) - coupling
     return _Wells([c[0] for c in columns], [c[1] for c in columns], [c[2] for c in columns],
                   np.array([c[3] for c in columns]), np.array([c[4] for c in columns], np.float64), response,
-                  coupling, head_source)
+                  balance, head_source)
 
 
 def well_pressures(wells: _Wells, base) -> np.ndarray:
     """Each well's P for a step whose pressure change without the wells' P is ``base``: the target
     rates where they hold the limits, else the limit (a well switches while any changes)."""
-    k = len(wells.cells)
-    jsum = np.array([float(i.sum()) for i in wells.index])
-    m = np.diag(jsum) - wells.coupling
+    k, m = len(wells.cells), wells.balance
     free = wells.target - np.array([float(np.dot(i, h - base[c])) for c, i, h in zip(wells.cells, wells.index, wells.head)])
     sign = np.sign(wells.target)
     at_limit = np.zeros(k, bool)

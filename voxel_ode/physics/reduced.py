@@ -58,6 +58,14 @@ class UnitMarch:
         self.mobility = [ki * mob0 for ki in k]  # per cell along x, y, z
         self.wellbore = res.wellbore
         self.index = np.where(self.q != 0, 2 * np.pi * np.sqrt(k[0] * k[1]) * mob0 / WELL_LOG, 0.0)
+        self.columns = self._well_columns()
+
+    def _well_columns(self) -> list:
+        """The wells as priors.join_wells takes them (warm: no head; no limits); none as_given."""
+        if not self.wellbore:
+            return []
+        return [(cells, physics_priors.well_inflow_index(self.index[cells], self.q[cells]), np.zeros(len(cells)),
+                 float(self.q[cells].sum()), np.nan) for _, cells in physics_priors.well_cells(self.faces, self.q)]
 
     def march(self, aspect, spread, kind, strength, n_reports):
         """(n_reports, n) pressure change x a h for the shape constants."""
@@ -67,13 +75,9 @@ class UnitMarch:
             storage = storage + spread * (max(strength, 1.0) - 1.0) * self.side_storage
         elif kind == "fixed_pressure":
             support = strength * self.support
-        columns = [(cells, physics_priors.well_inflow_index(self.index[cells], self.q[cells]), np.zeros(len(cells)),
-                    float(self.q[cells].sum()), np.nan)
-                   for _, cells in physics_priors.well_cells(self.faces, self.q)] if self.wellbore else []
-        joined = np.zeros(self.n)
-        for cells, index, _, _, _ in columns:
-            joined[cells] += index
-        A = self.lap[0] + self.lap[1] + self.lap[2] / aspect ** 2 + sp.diags(storage + support + joined)
+        columns = self.columns
+        A = (self.lap[0] + self.lap[1] + self.lap[2] / aspect ** 2
+             + sp.diags(storage + support + physics_priors.wells_diagonal(self.n, columns)))
         solve = physics_priors._spd_solver(A.tocsc())
         wells = physics_priors.join_wells(self.faces, columns, solve)
         sources = np.zeros(self.n) if self.wellbore else self.q
@@ -170,6 +174,7 @@ def coarse(unit: UnitMarch, f) -> UnitMarch:
     out.storage, out.side_storage, out.q, out.support, out.index = (
         out._sum(v) for v in (unit.storage, unit.side_storage, unit.q, unit.support, unit.index))
     out.wellbore = unit.wellbore
+    out.columns = out._well_columns()
     out.lap = []
     for i, axis in enumerate((2, 1, 0)):  # x, y, z
         g = _block_conductance(_blocks(fine.to_grid(unit.mobility[i]), grid, f), f, axis).ravel()[faces.cells]
