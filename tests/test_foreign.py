@@ -7,6 +7,7 @@ never a traceback; what was inferred is said, and nothing is read from ParamsSca
 from __future__ import annotations
 
 import json
+import re
 
 import h5py
 import numpy as np
@@ -216,3 +217,36 @@ def test_declared_bottomhole_pressure_limits_reach_the_priors_in_pascal():
         k: quantities[k] for k in ("CellSizeX", "CellSizeY", "CellSizeZ")}}), np.zeros(26), ones * 1e-13, ones, ones, "f")
     res = pack.reservoir(statics, undeclared, np.zeros(grid, np.float32))
     assert res.producer_min_bhp is None and res.injector_max_bhp is None
+
+
+def test_bottomhole_limits_over_the_initial_pressure_resolve_per_run():
+    """A limit given over an initial pressure: "well" over each cell's own (a grid, so each well
+    reads its shallowest perforation's), "base" over the deepest active layer's mean; the entry
+    round-trips through to_dict; a missing or unknown reference is one line naming the entry."""
+    from voxel_ode.data import pack
+    from voxel_ode.data.description import Description, resolve
+    from voxel_ode.utils import UserError
+
+    grid = (3, 2, 2)
+    statics = {n: np.ones(grid, np.float32) for n in ("IsActive", "PermX", "PermY", "PermZ", "Porosity",
+                                                       "Temperature0", "InjRate")}
+    statics["IsActive"][2, 1, 1] = 0.0
+    statics["Pressure0"] = (100e5 + 1e5 * np.arange(3)[:, None, None] + np.zeros(grid)).astype(np.float32)
+    statics["Pressure0"][2, 1, 1] = 900e5  # inactive: not the base's pressure
+    quantities = {"CellSizeX": 50, "CellSizeY": 50, "CellSizeZ": 5,
+                  "InjectorMaxBottomholePressure": {"over_initial": 150, "unit": "bar", "at": "base"},
+                  "ProducerMinBottomholePressure": {"over_initial": -2, "unit": "MPa", "at": "well"}}
+    desc = Description.from_dict({"lateral_boundary": "closed", "quantities": quantities})
+    assert Description.from_dict(desc.to_dict()).quantities == desc.quantities
+    ones = np.ones(4)
+    physics = resolve(desc, np.zeros(26), ones * 1e-13, ones, ones, "f")
+    assert "150 bar over the initial pressure at the base" in physics.notes["InjectorMaxBottomholePressure"]
+    res = pack.reservoir(statics, physics, np.zeros(grid, np.float32))
+    assert res.injector_max_bhp == pytest.approx(102e5 + 150e5)
+    np.testing.assert_allclose(res.producer_min_bhp, statics["Pressure0"].astype(np.float64) - 20e5)
+    for spec, fragment in (({"over_initial": 150, "unit": "bar"}, "at None is not one of well, base"),
+                           ({"over_initial": 150, "unit": "bar", "at": "top"}, "at 'top' is not one of"),
+                           ({"over_initial": "x", "at": "well"}, "over_initial must be a finite pressure"),
+                           ({"over_initial": 1, "at": "well", "value": 3}, "unknown key 'value'")):
+        with pytest.raises(UserError, match="quantities.InjectorMaxBottomholePressure: " + re.escape(fragment)):
+            Description.from_dict({"quantities": {"InjectorMaxBottomholePressure": spec}})

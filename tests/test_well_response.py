@@ -232,6 +232,11 @@ def test_a_well_at_its_bottomhole_pressure_limit_delivers_only_what_holds_it(sig
     assert late < 0.1 * np.abs(free[-1] - free[-2]).mean()  # levelled off
     far = pressure_change(_with_pressure0(reservoir(wells=wells, **{limit_key: 200e5 + sign * 1e9})), 12)
     np.testing.assert_array_equal(far, free)
+    # the same limit as a grid over the initial pressure (description "over_initial" at "well"):
+    # the well reads it at its shallowest perforation
+    over = res.pressure0 + (limit - res.pressure0[2, 4, 4])
+    over[3, 4, 4] += 30e5  # the deeper perforation's value is not the well's limit
+    np.testing.assert_array_equal(pressure_change(_with_pressure0(reservoir(wells=wells, **{limit_key: over})), 12), held)
 
 
 def test_well_limits_need_the_initial_pressure_and_change_nothing_undeclared():

@@ -83,6 +83,12 @@ QUANTITIES = {
     "WellRadius": ("m", _LENGTH, "a generic 0.108 m, an 8 1/2-inch hole (the wells' inflow, well_inflow wellbore)"),
 }
 CELL_SIZE_QUANTITIES = ("CellSizeX", "CellSizeY", "CellSizeZ")
+BOTTOMHOLE_LIMITS = ("ProducerMinBottomholePressure", "InjectorMaxBottomholePressure")
+# A limit declared {"over_initial": v, "unit": u, "at": ...} is v above (below, if negative) an initial
+# pressure of the run: "well" the well's own at its shallowest perforation, "base" the reservoir
+# base's (its deepest active layer's mean): simulators often set limits so, and one number then
+# holds for every run whatever its depth.
+LIMIT_REFERENCES = ("well", "base")
 CALIBRATED_CHOICES = ("lateral_boundary", "outside_heat_exchange")  # calibrated entries that are not quantities
 
 
@@ -104,7 +110,7 @@ class Description:
     well_inflow: str | None = None  # WELL_INFLOWS; None = not declared = wellbore
 
     def to_dict(self) -> dict:
-        quantities = {name: {k: v for k, v in spec.items() if k in ("param", "value", "unit")}
+        quantities = {name: {k: v for k, v in spec.items() if k in ("param", "value", "over_initial", "at", "unit")}
                       for name, spec in self.quantities.items()}
         out = {"permeability_unit": self.permeability_unit, "first_report": self.first_report,
                "lateral_boundary": self.lateral_boundary, "outside_heat_exchange": self.outside_heat_exchange,
@@ -135,7 +141,7 @@ class Description:
         _check_choice(source, "first_report", desc.first_report, FIRST_REPORTS)
         _check_choice(source, "lateral_boundary", desc.lateral_boundary, BOUNDARY_KINDS)
         _check_choice(source, "well_inflow", desc.well_inflow, WELL_INFLOWS)
-        limits = {"ProducerMinBottomholePressure", "InjectorMaxBottomholePressure"} & set(desc.quantities)
+        limits = set(BOTTOMHOLE_LIMITS) & set(desc.quantities)
         if desc.well_inflow == "as_given" and limits:
             raise UserError(f"{source}: well_inflow 'as_given' has no wellbore, so no bottomhole pressure: "
                             f"remove {', '.join(sorted(limits))} or declare well_inflow 'wellbore'")
@@ -184,9 +190,13 @@ def _quantity_spec(name: str, spec, source: str) -> dict:
     si_unit, units, _ = QUANTITIES[name]
     if isinstance(spec, (int, float)) and not isinstance(spec, bool):
         spec = {"value": spec, "unit": si_unit}
+    if isinstance(spec, dict) and "over_initial" in spec and name in BOTTOMHOLE_LIMITS:
+        return _limit_over_initial(name, spec, source)
     if not isinstance(spec, dict) or ("value" in spec) == ("param" in spec):
         raise UserError(f"{source}: quantities.{name}: give a number, {{\"value\": v, \"unit\": u}} "
-                        "or {\"param\": index, \"unit\": u}")
+                        "or {\"param\": index, \"unit\": u}"
+                        + (" or {\"over_initial\": v, \"unit\": u, \"at\": \"well\" or \"base\"}"
+                           if name in BOTTOMHOLE_LIMITS else ""))
     unknown = sorted(set(spec) - {"value", "param", "unit"})
     if unknown:  # a misspelled "unit" would otherwise leave the value in the default unit
         raise UserError(f"{source}: quantities.{name}: unknown key {unknown[0]!r} (known: value, param, unit)")
@@ -207,6 +217,41 @@ def _quantity_spec(name: str, spec, source: str) -> dict:
     if not finite:
         raise UserError(f"{source}: quantities.{name}: value must be a finite number, got {str(value)[:40]}")
     return {"value": value * scale + offset, "unit": si_unit}
+
+
+def _limit_over_initial(name: str, spec: dict, source: str) -> dict:
+    """{"over_initial": v, "unit": u, "at": reference} -> {"over_initial": Pa, "at": reference, "unit": "Pa"}."""
+    unknown = sorted(set(spec) - {"over_initial", "unit", "at"})
+    if unknown:
+        raise UserError(f"{source}: quantities.{name}: unknown key {unknown[0]!r} (known: over_initial, unit, at)")
+    unit = spec.get("unit", "Pa")
+    if unit not in _PRESSURE:
+        raise UserError(f"{source}: quantities.{name}: unit {unit!r} is not one of {', '.join(_PRESSURE)}")
+    at = spec.get("at")
+    if at not in LIMIT_REFERENCES:
+        raise UserError(f"{source}: quantities.{name}: at {at!r} is not one of {', '.join(LIMIT_REFERENCES)} "
+                        "(the initial pressure over which the limit is given: the well's own, or the reservoir base's)")
+    value = spec["over_initial"]
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
+            and abs(value * _PRESSURE[unit][0]) <= 1e9):
+        raise UserError(f"{source}: quantities.{name}: over_initial must be a finite pressure, got {str(value)[:40]}")
+    return {"over_initial": value * _PRESSURE[unit][0], "at": at, "unit": "Pa"}
+
+
+def bottomhole_limit(physics: "Physics", name: str, pressure0, active):
+    """A resolved limit (Pa) as the priors take it: None (not declared), a number, or a grid where
+    it is over each well's own initial pressure (physics/priors.Reservoir.producer_min_bhp)."""
+    value, at = physics.values.get(name), physics.limits_at.get(name)
+    if value is None or at is None:
+        return value
+    if at == "well":
+        return np.asarray(pressure0, np.float64) + value
+    act = np.asarray(active, bool)  # "base"
+    layers = np.flatnonzero(act.any(axis=(1, 2)))
+    if not layers.size:
+        return None
+    deepest = int(layers.max())  # Z grows with depth (schema)
+    return float(np.mean(np.asarray(pressure0, np.float64)[deepest][act[deepest]])) + value
 
 
 def load(path) -> Description:
@@ -248,6 +293,7 @@ class Physics:
     notes: dict  # item -> "declared" / "inferred: why" / "unknown: consequence"
     outside_heat_exchange: bool = True
     wellbore: bool = True  # well_inflow "wellbore"
+    limits_at: dict = field(default_factory=dict)  # bottomhole limit -> LIMIT_REFERENCES, if over_initial
 
     @property
     def cell_size(self) -> tuple[float, float, float] | None:
@@ -264,6 +310,10 @@ def resolve(desc: Description, params, perm_active, pressure0_active, first_pres
     physically impossible declared values."""
     notes, values = {}, {}
     for name, spec in desc.quantities.items():
+        if "over_initial" in spec:
+            values[name] = spec["over_initial"]
+            notes[name] = f"declared: {spec['over_initial'] / 1e5:+.4g} bar over the initial pressure at the {spec['at']}"
+            continue
         value = spec["value"] if "value" in spec else float(params[spec["param"]]) * spec["scale"] + spec["offset"]
         _check_range(name, value, where, spec)
         values[name] = value
@@ -305,7 +355,8 @@ def resolve(desc: Description, params, perm_active, pressure0_active, first_pres
         notes["outside_heat_exchange"] = f"{desc.calibrated['outside_heat_exchange']}: {heat}"
     notes["well_inflow"] = f"declared: {desc.well_inflow}" if desc.well_inflow else "not declared: wellbore"
     return Physics(PERMEABILITY_UNITS[unit], first, boundary, values, notes, heat is not False,
-                   desc.well_inflow != "as_given")
+                   desc.well_inflow != "as_given",
+                   {name: spec["at"] for name, spec in desc.quantities.items() if "over_initial" in spec})
 
 
 def _check_against_data(desc: Description, values: dict, perm_active, pressure0_active, first_pressure_active,

@@ -75,6 +75,7 @@ def reservoir(statics: dict, physics: description.Physics, injection_gap) -> phy
     if physics.cell_size is None or physics.lateral_boundary is None:
         return None
     v = physics.values
+    active = np.asarray(statics["IsActive"]) > 0.5
     compressibility = description.declared_compressibility(v) or physics_priors.GENERIC_COMPRESSIBILITY
     if "RockHeatCapacityVolumetric" in v:
         rock_heat = v["RockHeatCapacityVolumetric"]
@@ -83,12 +84,13 @@ def reservoir(statics: dict, physics: description.Physics, injection_gap) -> phy
     else:
         rock_heat = physics_priors.GENERIC_ROCK_HEAT_PER_VOLUME
     return physics_priors.Reservoir(
-        np.asarray(statics["IsActive"]) > 0.5, tuple(statics[n] for n in ("PermX", "PermY", "PermZ")),
+        active, tuple(statics[n] for n in ("PermX", "PermY", "PermZ")),
         statics["Porosity"], statics["Temperature0"], statics["InjRate"], physics.cell_size,
         physics.lateral_boundary, v.get("BoundaryMultiplier", 0.0), compressibility, rock_heat,
         v.get("RockThermalConductivity", physics_priors.GENERIC_ROCK_CONDUCTIVITY), injection_gap,
         outside_heat_exchange=physics.outside_heat_exchange, pressure0=statics["Pressure0"],
-        producer_min_bhp=v.get("ProducerMinBottomholePressure"), injector_max_bhp=v.get("InjectorMaxBottomholePressure"),
+        producer_min_bhp=description.bottomhole_limit(physics, "ProducerMinBottomholePressure", statics["Pressure0"], active),
+        injector_max_bhp=description.bottomhole_limit(physics, "InjectorMaxBottomholePressure", statics["Pressure0"], active),
         well_radius=v.get("WellRadius", physics_priors.GENERIC_WELL_RADIUS), wellbore=physics.wellbore)
 
 

@@ -88,8 +88,10 @@ class Reservoir:
     injection_gap: np.ndarray | None = None  # K, injected water's temperature minus temperature0
     outside_heat_exchange: bool = True  # conduction to the rock outside the active cells
     pressure0: np.ndarray | None = None  # Pa, needed by the wells' pressure limits
-    producer_min_bhp: float | None = None  # Pa; None: producers hold their rates at any pressure
-    injector_max_bhp: float | None = None  # Pa; None: injectors hold their rates at any pressure
+    # Pa at a well's shallowest perforation, one number or a grid (read at that cell); None: the
+    # wells hold their rates at any pressure
+    producer_min_bhp: float | np.ndarray | None = None
+    injector_max_bhp: float | np.ndarray | None = None
     well_radius: float = GENERIC_WELL_RADIUS
     wellbore: bool = True  # False: each cell takes its inj_rate (description.WELL_INFLOWS "as_given")
 
@@ -274,7 +276,9 @@ def _well_columns(faces: _Faces, res: Reservoir, t0, rho0, mob0) -> list:
         index = well_inflow_index(wi[cells] * mob, q[cells])
         limit = np.nan
         if bhp is not None and p0 is not None:
-            limit = bhp - p0[cells[0]]  # the wellbore's column below the top is in head
+            top = faces.cells[cells[0]]
+            bhp_top = float(bhp) if np.ndim(bhp) == 0 else float(np.asarray(bhp).ravel()[top])
+            limit = bhp_top - p0[cells[0]]  # the wellbore's column below the top is in head
         columns.append((cells, index, head, float(q[cells].sum()), limit))
     return columns
 

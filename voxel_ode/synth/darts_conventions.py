@@ -178,7 +178,9 @@ def description(conv: Conventions = Conventions()) -> desc.Description:
         "InjectionTemperature": {"param": conv.file_index(0), "unit": "K"},
         "RockHeatCapacityVolumetric": {"param": conv.file_index(3), "unit": "kJ/(m^3 K)"},
         "RockThermalConductivity": {"param": conv.file_index(4), "unit": "W/(m K)"},
-        # the injectors' limit (hydrostatic at the box bottom + 150 bar) differs per run: not a constant
+        # the injectors' limit is fresh-water hydrostatic at the box bottom + 150 bar: one number over
+        # the base's initial pressure (that is hot water's hydrostatic, a few bar lower)
+        "InjectorMaxBottomholePressure": {"over_initial": INJ_BHP_OVER_HYDROSTATIC, "unit": "bar", "at": "base"},
         "ProducerMinBottomholePressure": {"value": PROD_BHP_MIN, "unit": "bar"},
         "WellRadius": WELL_DIAMETER / 2,
     }
