@@ -276,3 +276,25 @@ def test_a_cold_wellbore_drives_its_water_into_the_deep_perforations():
     np.testing.assert_array_equal(given[1:9, 4, 2], np.full(8, 0.25))
     theta, _ = wr.prior_fields(cold_res, 4)
     assert theta[3, 8, 4, 3] > theta[3, 1, 4, 3]  # next to the well: the deep layer's plume is ahead
+
+
+def test_scenarios_that_change_only_rates_reuse_the_pressure_factorization(monkeypatch):
+    """A sweep's scenarios on one geology: the second run with other rates factorizes nothing and
+    gives bitwise what a fresh factorization gives; other geology (porosity) factorizes again."""
+    calls = []
+    factor = wr._factor
+    monkeypatch.setattr(wr, "_factor", lambda A: calls.append(A.shape) or factor(A))
+    wr._LAST_FACTOR.clear()
+    base = reservoir(wells=((2, 4, 4, 2.0), (3, 2, 6, -2.0)), gap=-30.0)
+    wr.prior_fields(base, 5)
+    assert len(calls) == 1
+    scaled = reservoir(wells=((2, 4, 4, 3.0), (3, 2, 6, -3.0)), gap=-30.0)
+    reused = wr.prior_fields(scaled, 5)
+    assert len(calls) == 1
+    wr._LAST_FACTOR.clear()
+    fresh = wr.prior_fields(scaled, 5)
+    assert len(calls) == 2
+    for a, b in zip(reused, fresh):
+        np.testing.assert_array_equal(a, b)
+    wr.prior_fields(reservoir(wells=((2, 4, 4, 3.0), (3, 2, 6, -3.0)), gap=-30.0, porosity=np.full(GRID, 0.1)), 5)
+    assert len(calls) == 3 and len(wr._LAST_FACTOR) == 1
