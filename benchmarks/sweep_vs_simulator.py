@@ -97,18 +97,19 @@ def simulate(base: Path, plan: Path, out: Path, rows) -> dict:
     return timing
 
 
-def sweep(ckpt: Path, base: Path, plan: Path, out: Path, workers: int = 1) -> tuple[list, dict]:
+def sweep(ckpt: Path, base: Path, plan: Path, out: Path, workers: int = 1, compile_model="auto") -> tuple[list, dict]:
     import torch
 
     from voxel_ode.inference.sweep import run_sweep
 
     shutil.rmtree(out / "sweep", ignore_errors=True)
     wall, cpu = time.perf_counter(), time.process_time()
-    rows = run_sweep(ckpt, base, plan, out / "sweep", device="cpu", amp="auto", workers=workers, progress=False)
+    rows = run_sweep(ckpt, base, plan, out / "sweep", device="cpu", amp="auto", workers=workers, progress=False,
+                     compile_model=compile_model)
     # with workers > 1 the priors run in worker processes that the sweep does not wait for: their CPU
     # time is not known here (None)
     timing = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu if workers <= 1 else None,
-              "torch_threads": torch.get_num_threads(), "workers": workers}
+              "torch_threads": torch.get_num_threads(), "workers": workers, "compile": compile_model}
     series = {r["name"]: json.loads((out / "sweep" / "scenarios" / f"{r['name']}.json").read_text()) for r in rows}
     phases = [s["seconds"] for s in series.values()]
     timing["phases_s"] = {k: float(sum(p[k] for p in phases)) for k in phases[0]}
@@ -187,7 +188,7 @@ def report(result: dict) -> str:
               f"simulator: {s['wall_s']:.0f} s wall, {s['cpu_s']:.0f} s CPU for {n} -> {sim_rate:.0f} scenarios/h "
               f"(wall), {3600 * n / s['cpu_s']:.0f}/CPU-h",
               f"sweep: {w['wall_s']:.1f} s wall, {cpu_text(w['cpu_s'])} CPU ({w['torch_threads']} torch thread, "
-              f"--workers {w.get('workers', 1)}) -> {sw_rate:.0f} scenarios/h (wall)"
+              f"--workers {w.get('workers', 1)}, --compile {w.get('compile', 'auto')}) -> {sw_rate:.0f} scenarios/h (wall)"
               + (f", {3600 * n / w['cpu_s']:.0f}/CPU-h" if w["cpu_s"] else "")
               + f"; x{sw_rate / sim_rate:.1f} the simulator's (wall)"
               + (f", x{s['cpu_s'] / w['cpu_s']:.1f} (CPU)" if w["cpu_s"] else ""),
@@ -205,10 +206,13 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=1,
                     help="the sweep's --workers (1: priors and model in one process, one core; 2: priors in "
                          "worker processes meanwhile, both cores); result_workers<N>.json for N > 1")
+    ap.add_argument("--compile", choices=("auto", "yes", "no"), default="auto",
+                    help="the sweep's --compile; result_compile_<choice>.json when not auto")
     ap.add_argument("--report", action="store_true", help="only print the report of an earlier run")
     args = ap.parse_args(argv)
     out = Path(args.out)
-    result_path = out / ("result.json" if args.workers <= 1 else f"result_workers{args.workers}.json")
+    result_path = out / ("result" + ("" if args.workers <= 1 else f"_workers{args.workers}")
+                         + ("" if args.compile == "auto" else f"_compile_{args.compile}") + ".json")
     if args.report:
         print(report(json.loads(result_path.read_text())))
         return 0
@@ -225,7 +229,7 @@ def main(argv=None) -> int:
     rows = plans.read_rows(out / "plan.csv")
     print(f"base {base.name}, {len(rows)} scenarios ({out / 'plan.csv'})", flush=True)
     sim = simulate(base, out / "plan.csv", out, rows)
-    sweep_rows, sw = sweep(Path(args.ckpt), base, out / "plan.csv", out, args.workers)
+    sweep_rows, sw = sweep(Path(args.ckpt), base, out / "plan.csv", out, args.workers, args.compile)
     series = sw.pop("series")
     result = {"base": base.name, "ckpt": str(args.ckpt), "simulator": sim, "sweep": sw,
               "base_resim_rel": base_check(base, out), "comparison": compare(out, rows, sweep_rows, series)}

@@ -241,3 +241,38 @@ def test_a_sweep_with_bands_gives_each_scenario_its_bands(trained, tmp_path):
     assert low[-1] == pytest.approx(0.9 * rate[-1]) and high[-1] == pytest.approx(1.1 * rate[-1])
     with h5py.File(out / "predictions" / (first.stem + ".h5")) as f:
         assert f["predicted/band_low"].shape == f["predicted/outputs_grid"].shape
+
+
+def test_a_compiled_sweep_gives_the_eager_numbers(trained, swept, tmp_path, capsys):
+    _, serial = swept
+    rows = sweep.run_sweep(trained["ckpt"], trained["base"], trained["plan"], tmp_path / "out", amp="none",
+                           progress=False, compile_model="yes")
+    assert "compiling the model" in capsys.readouterr().out
+    assert [r["name"] for r in rows] == [r["name"] for r in serial]
+    for got, want in zip(rows, serial):
+        assert got["energy_total"] == pytest.approx(want["energy_total"], rel=1e-4)
+
+
+def test_a_failed_compile_goes_on_without_it(trained, swept, tmp_path, capsys, monkeypatch):
+    """Where torch.compile cannot build (no C compiler, say) the first rollout fails: one line says
+    so and the sweep forecasts with the plain model, the same numbers as without compiling."""
+    import torch
+
+    class Broken(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.inner = model
+            self.receptive_field, self.config = model.receptive_field, model.config
+
+        def forward(self, *args, **kwargs):
+            raise RuntimeError("no working C compiler\nmore")
+
+    monkeypatch.setattr(torch, "compile", lambda model: Broken(model))
+    _, serial = swept
+    rows = sweep.run_sweep(trained["ckpt"], trained["base"], trained["plan"], tmp_path / "out", amp="none",
+                           progress=False, compile_model="yes")
+    said = [line for line in capsys.readouterr().out.splitlines() if "torch.compile failed" in line]
+    assert said == ["torch.compile failed (RuntimeError: no working C compiler); going on without it"]
+    assert rows == serial
+    with pytest.raises(Exception, match="--compile: 'maybe' is not one of auto, yes, no"):
+        sweep.run_sweep(trained["ckpt"], trained["base"], trained["plan"], tmp_path / "o2", compile_model="maybe")

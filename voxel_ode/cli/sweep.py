@@ -59,6 +59,9 @@ def add_sweep_args(parser: argparse.ArgumentParser) -> None:
                         help="keep each scenario's raw inputs-only file (OUT/inputs/<name>.h5)")
     parser.add_argument("--workers", type=int, default=1,
                         help="processes deriving the next scenarios' physics priors while the model runs")
+    parser.add_argument("--compile", choices=("auto", "yes", "no"), default="auto",
+                        help="torch.compile the model once for the sweep (~15 s, then ~1.6x faster per "
+                             "scenario on a CPU); auto: when 20 or more scenarios are to run")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda if available")
     parser.add_argument("--amp", choices=AMP_CHOICES, default="auto", help=AMP_HELP)
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
@@ -69,7 +72,7 @@ def run_sweep_command(args) -> int:
         run_sweep(args.ckpt_path, args.base, args.plan, args.out, objective=args.objective, minimize=args.minimize,
                   save_predictions=args.save_predictions, device=precision.pick_device(args.device), amp=args.amp,
                   workers=max(1, args.workers), breakthrough_k=args.breakthrough_k, keep_inputs=args.keep_inputs,
-                  progress=not args.no_progress, bands_path=args.bands)
+                  progress=not args.no_progress, bands_path=args.bands, compile_model=args.compile)
     except PlanError as err:
         if len(err.lines) == 1:
             raise

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import time
 from collections import deque
@@ -27,6 +28,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import multiprocessing as mp
+import torch
 from tqdm import tqdm
 
 from voxel_ode import files, schema
@@ -43,6 +45,11 @@ from voxel_ode.model import checkpoint, precision
 from voxel_ode.utils import UserError
 
 RECORD = "sweep.json"
+COMPILE_CHOICES = ("auto", "yes", "no")
+# torch.compile: ~15 s wall (8 CPU s) once, then the darts-dev grid's rollout 2.56 -> 1.57 CPU s
+# (bf16, one thread, Xeon; docs/benchmarks.md "Sweep vs simulator"): it pays from ~10 scenarios on
+# one geology (the scenarios share the grid and active cells, so it compiles once); auto from this many
+COMPILE_MIN_SCENARIOS = 20
 
 
 def file_digest(path) -> str:
@@ -136,9 +143,25 @@ class Forecaster:
         self.model, self.normalizer, self.stats, self.config = checkpoint.load_for_inference(ckpt_path, None, device)
         self.precision = precision.choose(amp, device)
         self.n_reports = int(self.stats["n_timesteps"])
+        self.compiled = None  # torch.compile'd model until its first rollout worked
+
+    def compile(self) -> None:
+        """Run the model through torch.compile (its first rollout compiles it)."""
+        logging.getLogger("torch._dynamo").setLevel(logging.ERROR)  # graph-break advice is not the user's
+        self.compiled = torch.compile(self.model)
 
     def __call__(self, sim: dict, source):
         checkpoint.check_data(self.stats, self.ckpt_path, sim["preparation"], source)
+        if self.compiled is not None:
+            try:
+                return rollout(self.compiled, self.normalizer, sim, device=self.device, precision=self.precision,
+                               progress=False)
+            except UserError:
+                raise
+            except Exception as err:  # no C compiler, an unsupported op: the eager model forecasts the same
+                first = (str(err).splitlines() or [""])[0][:160]
+                print(f"torch.compile failed ({type(err).__name__}: {first}); going on without it")
+                self.compiled = None
         return rollout(self.model, self.normalizer, sim, device=self.device, precision=self.precision,
                        progress=False)
 
@@ -209,10 +232,13 @@ def _finish(out: Path, scenarios, column, minimize, breakthrough_k) -> list[dict
 def run_sweep(ckpt_path, base_path, plan_path, out, objective=table.DEFAULT_OBJECTIVE, minimize=False,
               save_predictions=False, device="cpu", amp="auto", workers=1,
               breakthrough_k=table.DEFAULT_BREAKTHROUGH_K, keep_inputs=False, progress=True,
-              bands_path=None) -> list[dict]:
+              bands_path=None, compile_model="auto") -> list[dict]:
     """Forecast every scenario of ``plan_path`` on ``base_path`` into ``out``; the ranked table rows.
     Nothing is written outside ``out``. With bands (``bands_path`` or the checkpoint's bands file),
-    each scenario's JSON holds its field scalars' bands and its predictions.h5 the grid bands."""
+    each scenario's JSON holds its field scalars' bands and its predictions.h5 the grid bands.
+    ``compile_model``: COMPILE_CHOICES; auto compiles for COMPILE_MIN_SCENARIOS or more to run."""
+    if compile_model not in COMPILE_CHOICES:
+        raise UserError(f"--compile: {compile_model!r} is not one of {', '.join(COMPILE_CHOICES)}")
     out = files.writable_folder(out, "--out")
     column, minimize = table.parse_objective(objective, minimize)
     if not math.isfinite(breakthrough_k) or breakthrough_k < 0:
@@ -244,6 +270,9 @@ def run_sweep(ckpt_path, base_path, plan_path, out, objective=table.DEFAULT_OBJE
             path = out / "inputs" / f"{sc.name}.h5"
             return lambda: (path, plans.write_scenario(base, sc, path))
 
+        if compile_model == "yes" or (compile_model == "auto" and len(todo) >= COMPILE_MIN_SCENARIOS):
+            print(f"compiling the model (torch.compile, once for {len(todo)} scenario(s); --compile no to skip)")
+            forecaster.compile()
         jobs = [(sc, maker(sc)) for sc in todo]
         starts = _starts(jobs, desc, forecaster.n_reports, workers)
         for sc, wells, path, sim, secs in tqdm(starts, total=len(todo), desc="sweep", unit="scenario",
