@@ -367,3 +367,29 @@ def test_a_fit_on_blocks_gives_the_cells_constants():
     unmapped = dataclasses.replace(fit, multiplier=on_blocks.multiplier)
     assert max(np.linalg.norm(_made_by_fit(r, unmapped) - r.true_change) / np.linalg.norm(r.true_change)
                for r in runs) > 0.15
+
+
+def test_runs_whose_wells_fell_short_of_their_rates_are_not_calibrated_on(tmp_path):
+    """A run whose field delivered less than InjRate asks (a well held at a bottomhole limit) is not
+    a calibration run where enough others held their rates; rates in another unit than InjRate's
+    (every run alike) exclude nothing; too few runs that held: all are used."""
+    from fixtures import make_raw_arrays
+
+    def runs(factors, unit=1.0):
+        paths = []
+        for i, factor in enumerate(factors):
+            a = make_raw_arrays(seed=i)
+            target = float(a["InjRate"][a["InjRate"] > 0].sum())
+            a["FieldWaterInjectionRate"] = np.full(a["FieldWaterInjectionRate"].shape, unit * target)
+            a["FieldWaterProductionRate"] = -np.full(a["FieldWaterProductionRate"].shape, unit * target)
+            a["FieldWaterProductionRate"][3:] *= factor  # held back from year 3 on
+            paths.append(str(write_raw_sim(tmp_path / f"u{unit}" / f"v2.4_{len(factors)}{i:03d}.h5", a)))
+        return paths
+
+    paths = runs([1.0, 0.97, 1.0, 1.0, 0.9995, 1.0])
+    assert calibrate.delivered_share(paths[1]) == pytest.approx(0.97)
+    picks, short = calibrate._picks(paths)
+    assert short == [paths[1]] and picks == [p for p in paths if p != paths[1]]
+    assert calibrate._picks(runs([1.0] * 4, unit=3.6)) == (runs([1.0] * 4, unit=3.6), [])
+    few = runs([1.0, 0.9, 0.9, 1.0])
+    assert calibrate._picks(few) == (few, [])

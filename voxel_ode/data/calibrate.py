@@ -21,6 +21,10 @@ from voxel_ode.physics import priors as physics_priors
 from voxel_ode.utils import UserError
 
 HEAT_QUANTITIES = ({"RockHeatCapacityVolumetric"}, {"RockHeatCapacity", "RockDensity"})
+# A run whose field delivered this much less than its wells' rates (InjRate) in some year, next to
+# the best-delivering training run, had a well held at a bottomhole limit: its pressure is capped by
+# a limit the calibration does not know, so it is not a calibration run where enough others are.
+SHORTFALL = 1e-3
 
 
 def _calibration_run(path, desc: description.Description, fill_value):
@@ -43,6 +47,42 @@ def _calibration_run(path, desc: description.Description, fill_value):
                                    (1.0, 1.0, 1.0), wellbore=physics.wellbore)
     return calibration.Run(res, changes[0], physics.cell_size, changes[1], pack.injection_temperature(physics, scalars),
                            Path(path).name), physics
+
+
+def delivered_share(path) -> float | None:
+    """The smallest share, over the years and over injection and production, of the wells' rates
+    (InjRate) that the field delivered (its water rates); None where the file cannot tell."""
+    try:
+        with h5py.File(path, "r") as f:
+            rate = raw.read_dataset(f[schema.raw_path("InjRate")]).astype(np.float64)
+            rate = np.where(np.isfinite(rate) & (np.abs(rate) < 1e9), rate, 0.0)
+            delivered = [np.abs(raw.read_dataset(f[schema.raw_path(n)]).astype(np.float64))
+                         for n in ("FieldWaterInjectionRate", "FieldWaterProductionRate")]
+    except (OSError, KeyError, raw.DatasetProblem):
+        return None
+    shares = [d / target for d, target in zip(delivered, (rate[rate > 0].sum(), -rate[rate < 0].sum()))
+              if target > 0 and np.isfinite(d).all()]
+    return float(min(s.min() for s in shares)) if shares else None
+
+
+def held_their_rates(train_paths) -> list:
+    """The training runs whose field delivered its wells' rates every year (SHORTFALL), next to the
+    best-delivering run (a file's rates in another unit than InjRate's shift every run alike)."""
+    shares = {p: delivered_share(p) for p in train_paths}
+    known = [v for v in shares.values() if v is not None and v > 0]
+    if not known:
+        return list(train_paths)
+    best = max(known)
+    return [p for p, v in shares.items() if v is None or v >= best * (1 - SHORTFALL)]
+
+
+def _picks(train_paths) -> tuple[list, list]:
+    """(calibration runs spread over the training runs that held their rates, where at least
+    calibration.MIN_RUNS did, else over all; the runs left out for falling short)."""
+    held = held_their_rates(train_paths)
+    pool = held if len(held) >= calibration.MIN_RUNS else list(train_paths)
+    picks = sorted({pool[int(i)] for i in np.linspace(0, len(pool) - 1, calibration.N_RUNS).round()})
+    return picks, [p for p in train_paths if p not in pool]
 
 
 def _declared(desc: description.Description, physics: description.Physics) -> calibration.Declared:
@@ -73,7 +113,7 @@ def calibrate_description(desc: description.Description, train_paths, fill_value
     cells = all(q in desc.quantities for q in description.CELL_SIZE_QUANTITIES)
     if (cells and desc.lateral_boundary) or not train_paths:
         return desc, None
-    picks = sorted({train_paths[int(i)] for i in np.linspace(0, len(train_paths) - 1, calibration.N_RUNS).round()})
+    picks, short = _picks(train_paths)
     runs, physics = [], None
     for path in picks:
         try:
@@ -102,6 +142,10 @@ def calibrate_description(desc: description.Description, train_paths, fill_value
         if result.used:
             desc = apply_calibration(desc, result, len(result.run_errors))
             _say_fit(result)
+    if short:
+        report["warnings"].insert(0, f"{len(short)} training run(s) delivered less than their wells' rates (a "
+                                     f"bottomhole limit held them), not calibrated on: "
+                                     + ", ".join(Path(p).name for p in short[:8]) + (" ..." if len(short) > 8 else ""))
     for line in report["warnings"]:
         tqdm.write(f"calibration: {line}", file=sys.stderr)
     if not report["used"]:
