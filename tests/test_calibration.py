@@ -379,9 +379,10 @@ def test_runs_whose_wells_fell_short_of_their_rates_are_not_calibrated_on(tmp_pa
         paths = []
         for i, factor in enumerate(factors):
             a = make_raw_arrays(seed=i)
-            target = float(a["InjRate"][a["InjRate"] > 0].sum())
-            a["FieldWaterInjectionRate"] = np.full(a["FieldWaterInjectionRate"].shape, unit * target)
-            a["FieldWaterProductionRate"] = -np.full(a["FieldWaterProductionRate"].shape, unit * target)
+            inj = np.where(a["IsActive"] > 0.5, a["InjRate"], 0.0)  # inactive cells take nothing
+            a["InjRate"] = np.where(a["IsActive"] > 0.5, a["InjRate"], 99.0).astype(np.float32)
+            a["FieldWaterInjectionRate"] = np.full(a["FieldWaterInjectionRate"].shape, unit * inj[inj > 0].sum())
+            a["FieldWaterProductionRate"] = np.full(a["FieldWaterProductionRate"].shape, unit * inj[inj < 0].sum())
             a["FieldWaterProductionRate"][3:] *= factor  # held back from year 3 on
             paths.append(str(write_raw_sim(tmp_path / f"u{unit}" / f"v2.4_{len(factors)}{i:03d}.h5", a)))
         return paths

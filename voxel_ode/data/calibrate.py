@@ -49,13 +49,17 @@ def _calibration_run(path, desc: description.Description, fill_value):
                            Path(path).name), physics
 
 
-def delivered_share(path) -> float | None:
+def delivered_share(path, fill_value=None) -> float | None:
     """The smallest share, over the years and over injection and production, of the wells' rates
-    (InjRate) that the field delivered (its water rates); None where the file cannot tell."""
+    (InjRate at active cells) that the field delivered (its water rates); None where the file
+    cannot tell."""
     try:
         with h5py.File(path, "r") as f:
             rate = raw.read_dataset(f[schema.raw_path("InjRate")]).astype(np.float64)
-            rate = np.where(np.isfinite(rate) & (np.abs(rate) < 1e9), rate, 0.0)
+            keep = (raw.read_dataset(f[schema.raw_path("IsActive")]) > 0.5) & np.isfinite(rate) & (np.abs(rate) < 1e9)
+            if fill_value is not None:
+                keep &= rate != fill_value
+            rate = np.where(keep, rate, 0.0)
             delivered = [np.abs(raw.read_dataset(f[schema.raw_path(n)]).astype(np.float64))
                          for n in ("FieldWaterInjectionRate", "FieldWaterProductionRate")]
     except (OSError, KeyError, raw.DatasetProblem):
@@ -65,10 +69,10 @@ def delivered_share(path) -> float | None:
     return float(min(s.min() for s in shares)) if shares else None
 
 
-def held_their_rates(train_paths) -> list:
+def held_their_rates(train_paths, fill_value=None) -> list:
     """The training runs whose field delivered its wells' rates every year (SHORTFALL), next to the
     best-delivering run (a file's rates in another unit than InjRate's shift every run alike)."""
-    shares = {p: delivered_share(p) for p in train_paths}
+    shares = {p: delivered_share(p, fill_value) for p in train_paths}
     known = [v for v in shares.values() if v is not None and v > 0]
     if not known:
         return list(train_paths)
@@ -76,10 +80,10 @@ def held_their_rates(train_paths) -> list:
     return [p for p, v in shares.items() if v is None or v >= best * (1 - SHORTFALL)]
 
 
-def _picks(train_paths) -> tuple[list, list]:
+def _picks(train_paths, fill_value=None) -> tuple[list, list]:
     """(calibration runs spread over the training runs that held their rates, where at least
     calibration.MIN_RUNS did, else over all; the runs left out for falling short)."""
-    held = held_their_rates(train_paths)
+    held = held_their_rates(train_paths, fill_value)
     pool = held if len(held) >= calibration.MIN_RUNS else list(train_paths)
     picks = sorted({pool[int(i)] for i in np.linspace(0, len(pool) - 1, calibration.N_RUNS).round()})
     return picks, [p for p in train_paths if p not in pool]
@@ -113,7 +117,7 @@ def calibrate_description(desc: description.Description, train_paths, fill_value
     cells = all(q in desc.quantities for q in description.CELL_SIZE_QUANTITIES)
     if (cells and desc.lateral_boundary) or not train_paths:
         return desc, None
-    picks, short = _picks(train_paths)
+    picks, short = _picks(train_paths, fill_value)
     runs, physics = [], None
     for path in picks:
         try:

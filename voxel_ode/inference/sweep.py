@@ -143,7 +143,7 @@ class Forecaster:
         self.model, self.normalizer, self.stats, self.config = checkpoint.load_for_inference(ckpt_path, None, device)
         self.precision = precision.choose(amp, device)
         self.n_reports = int(self.stats["n_timesteps"])
-        self.compiled = None  # torch.compile'd model until its first rollout worked
+        self.compiled = None  # the torch.compile'd model (None: the plain one only)
 
     def compile(self) -> None:
         """Run the model through torch.compile (its first rollout compiles it)."""
