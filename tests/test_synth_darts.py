@@ -274,6 +274,8 @@ def test_draw_follows_the_conventions():
     (["--cell_size", "50", "0", "5"], "--cell_size: need 3 number(s)"),
     (["--injection_rate", "60", "5"], "--injection_rate: low 60 > high 5"),
     (["--cell_size", "50", "50", "100"], "the box is 4800 m high"),
+    (["--injector_limit", "0"], "--injector_limit: need 1 number(s) in [1, 10000]"),
+    (["--producer_limit", "nan"], "--producer_limit: need 1 number(s) in [1, 10000]"),
 ])
 def test_bad_convention_flags_are_one_line(monkeypatch, tmp_path, capsys, flags, message):
     monkeypatch.setattr(synth_darts, "darts_available", lambda: True)
@@ -301,6 +303,21 @@ def test_flags_make_the_conventions():
     order = list(range(25, -1, -1))
     args = parser.parse_args(["--out", "x", "--engine", "darts", "--params_order"] + [str(i) for i in order])
     assert darts_conventions(args).params_order == tuple(order)
+    args = parser.parse_args(["--out", "x", "--engine", "darts", "--injector_limit", "60", "--producer_limit", "35"])
+    conv = darts_conventions(args)
+    assert (conv.injector_limit, conv.producer_limit) == (60.0, 35.0)
+    assert Conventions.from_dict(conv.to_dict()) == conv
+
+
+def test_the_wells_limits_are_declared_and_recorded():
+    """The description declares the injectors' limit over the base's initial pressure and the
+    producers' minimum as given; the files' fixed settings record both."""
+    conv = Conventions(injector_limit=60.0, producer_limit=35.0)
+    q = darts_description(conv).quantities
+    assert q["InjectorMaxBottomholePressure"] == {"over_initial": 60e5, "at": "base", "unit": "Pa"}
+    assert q["ProducerMinBottomholePressure"]["value"] == pytest.approx(35e5)
+    fixed = json.loads(file_arrays(fake_sim(), conv)["_attrs"]["fixed_settings"])
+    assert (fixed["inj_bhp_max_over_init"], fixed["prod_bhp_min"]) == (60.0, 35.0)
 
 
 @pytest.fixture(scope="module")

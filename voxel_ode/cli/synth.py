@@ -13,7 +13,7 @@ from voxel_ode.utils import UserError
 
 # --engine darts only: the conventions a dataset is made and written in (darts_conventions.Conventions)
 DARTS_FLAGS = ("cell_size", "injection_rate", "lateral_boundary", "boundary_multiplier", "perm_unit",
-               "first_report", "params_order")
+               "first_report", "params_order", "injector_limit", "producer_limit")
 
 
 def add_synth_args(parser: argparse.ArgumentParser) -> None:
@@ -69,6 +69,11 @@ def _add_darts_args(group) -> None:
     group.add_argument("--first_report", choices=("year1", "initial"),
                        help="what Output[0] is: year1 = the end of year 1 (--n_steps reports); initial = the "
                             "initial state, equal to Input/Pressure0 (--n_steps + 1 reports) (default: year1)")
+    group.add_argument("--injector_limit", type=float, metavar="BAR",
+                       help="the injectors' maximum bottomhole pressure, in bar over fresh-water hydrostatic "
+                            f"at the box bottom (default: {dev.injector_limit:g})")
+    group.add_argument("--producer_limit", type=float, metavar="BAR",
+                       help=f"the producers' minimum bottomhole pressure in bar (default: {dev.producer_limit:g})")
     group.add_argument("--params_order", nargs="+", metavar="I",
                        help=f"order of the {N_PARAMS} ParamsScalar entries: ParamsScalar[i] of a file = dev-set entry "
                             f"I_i; {N_PARAMS} integers (a permutation of 0..{N_PARAMS - 1}) or 'random' (drawn from "
@@ -155,7 +160,9 @@ def darts_conventions(args) -> Conventions:
         boundary_multiplier=dev.boundary_multiplier if args.boundary_multiplier is None else args.boundary_multiplier,
         permeability_unit=args.perm_unit or dev.permeability_unit,
         first_report=args.first_report or dev.first_report,
-        params_order=_params_order(args.params_order, args.seed) if args.params_order else dev.params_order)
+        params_order=_params_order(args.params_order, args.seed) if args.params_order else dev.params_order,
+        injector_limit=dev.injector_limit if args.injector_limit is None else args.injector_limit,
+        producer_limit=dev.producer_limit if args.producer_limit is None else args.producer_limit)
 
 
 def _params_order(values, seed) -> tuple:

@@ -64,7 +64,9 @@ class Conventions:
     darts_draw). permeability_unit: of Input/PermX/Y/Z,
     "mD" or "m2". first_report: "year1" (Output[0] = end of year 1, n reports) or "initial"
     (Output[0] = the initial state, n + 1 reports). params_order: ParamsScalar[i] of a file holds
-    entry params_order[i] of PARAM_NAMES (a permutation of 0..25).
+    entry params_order[i] of PARAM_NAMES (a permutation of 0..25). injector_limit: the injectors'
+    maximum bottomhole pressure, bar over fresh-water hydrostatic at the box bottom; producer_limit:
+    the producers' minimum, bar.
     """
 
     cell_size: tuple = (50.0, 50.0, 5.0)
@@ -74,6 +76,8 @@ class Conventions:
     permeability_unit: str = "mD"
     first_report: str = "year1"
     params_order: tuple = tuple(range(N_PARAMS))
+    injector_limit: float = INJ_BHP_OVER_HYDROSTATIC  # bar over fresh-water hydrostatic at the box bottom
+    producer_limit: float = PROD_BHP_MIN  # bar, the producers' minimum bottomhole pressure
 
     def __post_init__(self):
         set_ = object.__setattr__  # frozen: normalise once, here
@@ -91,6 +95,9 @@ class Conventions:
         if not all(isinstance(i, (int, np.integer)) for i in order) or sorted(order) != list(range(N_PARAMS)):
             raise UserError(f"--params_order: need a permutation of 0..{N_PARAMS - 1}, got {list(order)}")
         set_(self, "params_order", tuple(int(i) for i in order))
+        set_(self, "injector_limit", _numbers("--injector_limit", (self.injector_limit,), 1, 1.0, 1e4,
+                                              "bar over fresh-water hydrostatic at the box bottom")[0])
+        set_(self, "producer_limit", _numbers("--producer_limit", (self.producer_limit,), 1, 1.0, 1e4, "bar")[0])
 
     @property
     def cell_size_zyx(self) -> tuple:
@@ -178,10 +185,10 @@ def description(conv: Conventions = Conventions()) -> desc.Description:
         "InjectionTemperature": {"param": conv.file_index(0), "unit": "K"},
         "RockHeatCapacityVolumetric": {"param": conv.file_index(3), "unit": "kJ/(m^3 K)"},
         "RockThermalConductivity": {"param": conv.file_index(4), "unit": "W/(m K)"},
-        # the injectors' limit is fresh-water hydrostatic at the box bottom + 150 bar: one number over
-        # the base's initial pressure (that is hot water's hydrostatic, a few bar lower)
-        "InjectorMaxBottomholePressure": {"over_initial": INJ_BHP_OVER_HYDROSTATIC, "unit": "bar", "at": "base"},
-        "ProducerMinBottomholePressure": {"value": PROD_BHP_MIN, "unit": "bar"},
+        # the injectors' limit is fresh-water hydrostatic at the box bottom + injector_limit: one number
+        # over the base's initial pressure (that is hot water's hydrostatic, within ~1 bar)
+        "InjectorMaxBottomholePressure": {"over_initial": conv.injector_limit, "unit": "bar", "at": "base"},
+        "ProducerMinBottomholePressure": {"value": conv.producer_limit, "unit": "bar"},
         "WellRadius": WELL_DIAMETER / 2,
     }
     return desc.Description.from_dict({
@@ -198,7 +205,7 @@ def file_attrs(sim: dict, conv: Conventions, report_days) -> dict:
     multiplier = conv.boundary_multiplier if conv.lateral_boundary == "pore_volume" else 1.0
     fixed = {"DX": dx, "DY": dy, "DZ": dz, "well_diameter": WELL_DIAMETER, "aquifer_volume_mult": multiplier,
              "rock_compressibility": ROCK_COMPRESSIBILITY_PER_BAR, "water_conductivity": WATER_CONDUCTIVITY,
-             "inj_bhp_max_over_init": INJ_BHP_OVER_HYDROSTATIC, "prod_bhp_min": PROD_BHP_MIN,
+             "inj_bhp_max_over_init": conv.injector_limit, "prod_bhp_min": conv.producer_limit,
              "p_surface": P_SURFACE, "obl_p_step": OBL_STEPS[0], "obl_t_step": OBL_STEPS[1]}
     return {
         "fixed_settings": json.dumps(fixed),

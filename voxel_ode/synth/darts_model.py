@@ -48,8 +48,8 @@ from dartsflash.mixtures import IAPWS, CompData, DARTSFlash, EoS
 from voxel_ode import schema
 from voxel_ode.data import raw
 from voxel_ode.data.plan import parse_row
-from voxel_ode.synth.darts_conventions import (DYNAMIC_CHUNKS, INJ_BHP_OVER_HYDROSTATIC, OBL_STEPS, P_SURFACE,
-                                               PROD_BHP_MIN, REPORT_DAYS, ROCK_COMPRESSIBILITY_PER_BAR,
+from voxel_ode.synth.darts_conventions import (DYNAMIC_CHUNKS, OBL_STEPS, P_SURFACE,
+                                               REPORT_DAYS, ROCK_COMPRESSIBILITY_PER_BAR,
                                                WATER_CONDUCTIVITY, WELL_DIAMETER, Conventions, file_arrays)
 from voxel_ode.synth.darts_draw import draw_run, hydrostatic_profile, params_vector, well_grids
 from voxel_ode.synth.darts_plan import apply_scenario, base_run
@@ -77,7 +77,7 @@ def _build_model(grid, run, workdir, conv: Conventions):
             self.p_profile = hydrostatic_profile(run["depth"], t_prof,
                                                  lambda pb, tk: self.liquid_density.evaluate(pb, tk, [1.0]), p_top)
             bottom = p["top_depth"] + nz * dz
-            self.inj_bhp = P_SURFACE + 1000.0 * GRAVITY * bottom * 1e-5 + INJ_BHP_OVER_HYDROSTATIC
+            self.inj_bhp = P_SURFACE + 1000.0 * GRAVITY * bottom * 1e-5 + conv.injector_limit
             self.ts_control.dt_first = 0.01
             self.ts_control.dt_mult = 4.0
             self.ts_control.dt_max = 60.0
@@ -93,7 +93,7 @@ def _build_model(grid, run, workdir, conv: Conventions):
                 input_depth=run["depth"].copy())
 
         def set_well_controls(self):
-            _set_well_controls(self, run)
+            _set_well_controls(self, run, conv)
 
         def set_solver(self):
             p_max = self.inj_bhp + 100.0
@@ -177,7 +177,7 @@ def _multiply_side_volumes(model, grid, multiplier):
         raise RuntimeError("open-darts did not take the side cells' multiplied volumes")
 
 
-def _set_well_controls(model, run):
+def _set_well_controls(model, run, conv: Conventions):
     """Mass-rate control: injectors at T_inj under a max BHP, producers above a min BHP."""
     p = run["params"]
     spec = {w["name"]: w for w in run["wells"]}
@@ -191,7 +191,7 @@ def _set_well_controls(model, run):
                                             inj_composition=[], inj_temp=p["t_inj"])
         else:
             model.physics.set_well_controls(well.control, well_control_iface.MASS_RATE, False, target)
-            model.physics.set_well_controls(well.constraint, well_control_iface.BHP, False, PROD_BHP_MIN)
+            model.physics.set_well_controls(well.constraint, well_control_iface.BHP, False, conv.producer_limit)
 
 
 def simulate(grid, seed: int, index: int, n_steps: int, workdir, conv: Conventions = Conventions()) -> dict:
