@@ -15,7 +15,7 @@ from test_foreign import foreign_arrays, run_cli
 from voxel_ode import schema
 from voxel_ode.data import calibrate, description, pack
 from voxel_ode.data.stats import Stats
-from voxel_ode.physics import calibration, reduced
+from voxel_ode.physics import calibration, reduced, thermal_fit
 from voxel_ode.physics import priors as physics_priors
 
 GRID = (8, 10, 12)
@@ -394,3 +394,76 @@ def test_runs_whose_wells_fell_short_of_their_rates_are_not_calibrated_on(tmp_pa
     assert calibrate._picks(runs([1.0] * 4, unit=3.6)) == (runs([1.0] * 4, unit=3.6), [])
     few = runs([1.0, 0.9, 0.9, 1.0])
     assert calibrate._picks(few) == (few, [])
+
+
+def test_contraction_march_scales_with_the_width_squared():
+    """The unit-cell march's contraction part x h^2 plus its rates' part / (a h) is the priors' march
+    driven by the same temperatures: one layer (no weight), rates too small for the cold water's
+    viscosity to matter, side cells with 50x their pore volume (their water contracts too)."""
+    grid = (1, 10, 12)
+    res = _reservoir(0, grid)
+    res = dataclasses.replace(res, inj_rate=np.asarray(res.inj_rate) * 1e-6)
+    rng = np.random.default_rng(3)
+    n = 6
+    cooling = -np.cumsum(rng.uniform(0.0, 4.0, (n, res.active.sum())), axis=0)
+    cooling[0] = 0.0
+    h, dz, ct = 40.0, 8.0, 1e-9
+    truth = dataclasses.replace(res, cell_size=(h, h, dz), compressibility=ct, boundary="pore_volume",
+                                boundary_multiplier=50.0)
+    driven = physics_priors.driven_pressure_change(truth, np.asarray(res.temperature0)[res.active] + cooling, n)
+    unit = reduced.UnitMarch(res)
+    a = dz / h
+    rates, contraction = unit.marches(a, ct * h * h, "pore_volume", 50.0, n, unit.contraction(cooling))
+    model = rates / (a * h) + h * h * contraction
+    assert np.abs(h * h * contraction).max() > 100 * np.abs(rates / (a * h)).max()  # the contraction's march
+    np.testing.assert_allclose(model, driven, rtol=0, atol=1e-3 * np.abs(driven).max())
+
+
+def _balanced_reservoir(seed, grid=GRID):
+    res = _reservoir(seed, grid)
+    q = np.asarray(res.inj_rate, np.float64)
+    return dataclasses.replace(res, inj_rate=np.where(q < 0, -q[q > 0].sum() / (q < 0).sum(), q))
+
+
+def test_a_closed_box_whose_change_is_its_water_contracting_is_recovered():
+    """Balanced mass rates into a closed box of water 40 K colder than the rock: the pressure falls
+    as the cooled water shrinks, which the warm march (what calibration fitted alone before) does
+    not explain at all; fitted with the runs' own temperatures, the constants come back (the width by
+    the temperature changes at the declared rock heat capacity: with the water's temperatures given,
+    the pressure leaves it open, and undeclared, the heat capacity trades off against it)."""
+    truth = dict(cell_size=(40.0, 40.0, 8.0), compressibility=6e-10, boundary="closed", boundary_multiplier=0.0,
+                 rock_heat_per_volume=physics_priors.GENERIC_ROCK_HEAT_PER_VOLUME, outside_heat_exchange=False)
+    runs = []
+    for seed in (0, 1, 2):
+        res = _balanced_reservoir(seed)
+        made = dataclasses.replace(res, injection_gap=310.0 - np.asarray(res.temperature0), **truth)
+        theta, pressure = physics_priors.prior_fields(made, 8)
+        runs.append(calibration.Run(res, pressure[:, res.active], None, (theta * made.injection_gap)[:, res.active],
+                                    310.0, f"run{seed}"))
+        warm = physics_priors.warm_pressure_change(made, 8)
+        assert np.linalg.norm(warm - runs[-1].true_change) > 0.8 * np.linalg.norm(runs[-1].true_change)
+    fit = calibration.fit(runs, calibration.Declared(rock_heat=physics_priors.GENERIC_ROCK_HEAT_PER_VOLUME))
+    assert fit.used and fit.error < 0.1 and fit.temperature_error < 0.05, fit.warnings
+    np.testing.assert_allclose(fit.cell_size, (40.0, 40.0, 8.0), rtol=0.1)
+    np.testing.assert_allclose(fit.compressibility, 6e-10, rtol=0.1)
+    assert fit.boundary == "closed" or fit.multiplier < 3.0
+
+
+def test_the_temperature_changes_choose_the_width_the_pressure_leaves_open():
+    """One layer at rates into closed sides: the pressure barely tells the cells' width (the lateral
+    transmissibility k dz does not depend on it); the plume's reach in cells does. From twice the
+    true width, ``thermal_fit.width`` walks back to it at the generic rock heat capacity."""
+    grid = (1, 10, 12)
+    truth = dict(cell_size=(40.0, 40.0, 8.0), compressibility=1e-9, boundary="closed", boundary_multiplier=0.0,
+                 rock_heat_per_volume=physics_priors.GENERIC_ROCK_HEAT_PER_VOLUME, outside_heat_exchange=False)
+    runs = []
+    for seed in (0, 1):
+        res = _balanced_reservoir(seed, grid)
+        made = dataclasses.replace(res, injection_gap=320.0 - np.asarray(res.temperature0), **truth)
+        theta, pressure = physics_priors.prior_fields(made, 8)
+        runs.append(calibration.Run(res, pressure[:, res.active], None, (theta * made.injection_gap)[:, res.active],
+                                    320.0, f"run{seed}"))
+    wide = thermal_fit.Pressure((80.0, 80.0, 8.0), 1e-9, "closed", 0.0)
+    found, thermal, spread = thermal_fit.width(runs, wide, calibration.Declared(), False, calibration.CELL_RANGE)
+    np.testing.assert_allclose(found.cell_size, (40.0, 40.0, 8.0), rtol=0.05)
+    assert thermal.error < 0.05 and 0 < spread < 0.2

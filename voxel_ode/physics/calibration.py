@@ -11,12 +11,22 @@ shape depends on a, D and the boundary only and its size gives h in closed form 
 variable projection). The boundary is one continuous family from closed to sides held at the
 initial pressure, in two branches (side cells with m x their pore volume; support s x the
 half-cell transmissibility), closed being the common end. Search: a scrambled Sobol sample of
-each branch's log-parameter box, then least_squares from its best point. The cold, denser, more
-viscous injected water changes the pressure too (on the open-darts development set the warm
-march at the true constants left 0.02-0.18 of the change, the coupled march 0.01-0.05, and a
-warm-only fit absorbed the difference into cells 10 % too small and c_t 80x too large): the fit
-is repeated on the true change minus the cold water's part (coupled minus warm march at the
-current constants) until the constants settle.
+each branch's log-parameter box, then least_squares from its best point.
+
+The cold injected water changes the pressure too, and a training run's temperature history is
+known: where it cools, the water contracts (a source of its own in the march, which scales as h^2
+on unit cells, so the gain is found by a 1-D search instead of in closed form), and its
+viscosity and weight change the flow. On the open-darts development set the warm march at the
+true constants left 0.02-0.18 of the change and a warm-only fit absorbed the rest into cells
+10 % too small and c_t 80x too large; in a closed box at balanced mass rates the contraction is
+nearly all of the change (a drawn closed set: the warm march at the true constants explained
+0-1 % of it, the march driven by the runs' true temperatures 97-99 %). So the search fits the warm
+march plus the contraction of the runs' own cooling (on upscaled copies), and the local fit is the
+priors' own pressure march driven by the runs' true temperatures, on the runs themselves, with the
+width free (correcting the search's model by the driven march at fixed constants, as before, walked
+away from the truth on a drawn set at 47-86 kg/s, where the cold water's viscosity is much of the
+change). Where the pressure leaves the width open, the temperature changes choose it
+(``_width_by_temperature``).
 
 Temperature (thermal_fit.py): rock heat capacity, an offset of the injection temperature read from
 the field scalars, and the outside heat exchange, on the temperature changes with the coupled march.
@@ -33,7 +43,6 @@ reasons are in ``Fit.warnings``, with the runs the fit explains too little and t
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import time
 from dataclasses import dataclass, field
 
@@ -75,11 +84,9 @@ BRANCHES = {"pore_volume": LOG_PORE_VOLUME, "fixed_pressure": LOG_SUPPORT}
 # decides only directions the runs leave flat (interior c_t next to large side storage)
 COMPRESSIBILITY_PRIOR = 3e-3
 N_SOBOL = 16  # points per boundary branch
-# cold-water corrections of the pressure fit, least_squares iterations on the runs themselves in each
-# (open-darts development runs 5, 13, 21, 29: 2 corrections x (6, 4) gave 50.6 x 4.88 m, c_t 4.57e-10,
-# x1002 in 156 s; 3 x 20 iterations 50.6 x 4.90 m, 4.60e-10, x972 in 431 s; true 50 x 5, 4.6e-10, x1000)
-OUTER = 2
-LOCAL_STEPS = (6, 4)
+LOCAL_STEPS = 6  # least_squares iterations on the runs themselves from the search's optimum (warm runs)
+DRIVEN_STEPS = 20  # the same on the march driven by the runs' temperatures
+DISAGREE_DRIVEN_STEPS = 4  # a run fitted alone on that march (each step costs a march per constant)
 BOUND_MARGIN = 0.02  # decades: a fitted value this close to a bound of its search sits on it
 
 
@@ -165,10 +172,11 @@ class _Layout:
         return v
 
 
-def _layout(kind: str, declared: dict) -> _Layout:
+def _layout(kind: str, declared: dict, width=False) -> _Layout:
+    """``width``: the cells' width free (else the gain gives it unless c_t is declared)."""
     names, bounds = [], []
     for name, rng in (("aspect", LOG_ASPECT), ("cell", tuple(np.log10(CELL_RANGE)))):
-        if name not in declared and (name == "aspect" or "compressibility" in declared):
+        if name not in declared and (name == "aspect" or width or "compressibility" in declared):
             names.append(name)
             bounds.append(rng)
     if "spread" not in declared and not ("compressibility" in declared):
@@ -181,11 +189,13 @@ def _layout(kind: str, declared: dict) -> _Layout:
 
 
 class _Objective:
-    """Residuals of the runs' targets (true change minus the cold water's part) against the scaled
-    warm march for a layout; the gain in closed form unless h is declared or fitted."""
+    """Residuals of the runs' targets (true change minus what the model leaves out) against the scaled
+    warm march plus the contraction of each run's cooling (``contractions``: UnitMarch.contraction
+    per run, None for none) for a layout; the gain found unless h is declared or fitted."""
 
-    def __init__(self, units, targets, layout: _Layout, prior=True):
+    def __init__(self, units, targets, layout: _Layout, prior=True, contractions=None):
         self.units, self.layout, self.full = units, layout, targets
+        self.contractions = contractions or [None] * len(units)
         self.targets = [t[1:] for t in targets]
         self.norms = [max(float(np.linalg.norm(t)), 1e-30) for t in self.targets]
         self.prior, self.evaluations = prior, 0
@@ -194,15 +204,20 @@ class _Objective:
         """(constants, gain, per-run scaled marches (n_reports - 1, n), per-run relative errors)."""
         v = self.layout.unpack(x)
         self.evaluations += 1
-        ms = [u.march(v["aspect"], v["spread"], self.layout.kind, v.get("strength", 0.0), t.shape[0] + 1)[1:]
-              for u, t in zip(self.units, self.targets)]
+        pairs = [u.marches(v["aspect"], v["spread"], self.layout.kind, v.get("strength", 0.0), t.shape[0] + 1, c)
+                 for u, t, c in zip(self.units, self.targets, self.contractions)]
+        ms = [m[1:] for m, _ in pairs]
+        cs = [np.zeros_like(m) if c is None else c[1:] for m, (_, c) in zip(ms, pairs)]
         if "cell" in v:  # declared or fitted h: the size of the change is physics, not a free gain
             gain = 1.0 / (v["aspect"] * v["cell"])
-        else:
-            gain = _robust_gain([float((m * m).sum()) / n ** 2 for m, n in zip(ms, self.norms)],
+        elif all(c is None for _, c in pairs):
+            gain = reduced.robust_gain([float((m * m).sum()) / n ** 2 for m, n in zip(ms, self.norms)],
                                 [float((m * t).sum()) / n ** 2 for m, t, n in zip(ms, self.targets, self.norms)])
-        errors = [float(np.linalg.norm(gain * m - t)) / n for m, t, n in zip(ms, self.targets, self.norms)]
-        return v, gain, [gain * m for m in ms], errors
+        else:
+            gain = reduced.robust_gain_cooling(ms, cs, self.targets, self.norms, v["aspect"], CELL_RANGE)
+        models = [gain * m + c / (gain * v["aspect"]) ** 2 for m, c in zip(ms, cs)]
+        errors = [float(np.linalg.norm(m - t)) / n for m, t, n in zip(models, self.targets, self.norms)]
+        return v, gain, models, errors
 
     def evaluate(self, x):
         """(residuals, constants, gain)."""
@@ -222,25 +237,6 @@ class _Objective:
 
     def cost(self, x):
         return float(np.sum(self.residuals(x) ** 2))
-
-
-def _robust_gain(mm, mt) -> float:
-    """The one gain g minimizing sum over runs of min(relative error^2, 1), relative error^2 =
-    mm g^2 - 2 mt g + 1 (each run's capped error, as in the residuals): the least-squares gain of
-    the best subset of runs, so that one run the march overpredicts cannot set it for all."""
-    mm, mt = np.asarray(mm), np.asarray(mt)
-    n = len(mm)
-    subsets = itertools.chain.from_iterable(itertools.combinations(range(n), k) for k in range(n, 0, -1)) \
-        if n <= 10 else [tuple(range(n))]
-    best, best_cost = 0.0, float(n)
-    for subset in subsets:
-        den, num = mm[list(subset)].sum(), mt[list(subset)].sum()
-        if den > 0 and num > 0:
-            g = num / den
-            cost = float(np.minimum(mm * g * g - 2 * mt * g + 1.0, 1.0).sum())
-            if cost < best_cost - 1e-12:
-                best, best_cost = g, cost
-    return float(best)
 
 
 def _implied(v: dict, gain: float) -> tuple[float, float]:
@@ -270,13 +266,14 @@ def _local(objective: _Objective, x0, max_nfev=40):
     return sol.x, 2.0 * sol.cost
 
 
-def _global(units, targets, declared: dict, kinds, seed=0):
+def _global(units, targets, declared: dict, kinds, contractions, seed=0):
     """(objective, log-parameters, cost) of the best branch: Sobol points, then least_squares from
     the best. Closed (the common end of both branches) wins where its fit to the data is within
     1 % of the best: the simplest boundary."""
     results = []
     for kind in kinds:
-        objective = _Objective(units, targets, _layout(kind, declared), "compressibility" not in declared)
+        objective = _Objective(units, targets, _layout(kind, declared), "compressibility" not in declared,
+                               contractions)
         if not objective.layout.names:
             results.append((objective.cost(np.zeros(0)), objective, np.zeros(0)))
             continue
@@ -363,8 +360,7 @@ def _on_bounds(objective: _Objective, x, p: thermal_fit.Pressure) -> list:
     return out
 
 
-def _fitted(objective, x, cost, p: thermal_fit.Pressure, t: thermal_fit.Thermal | None, declared: Declared) -> dict:
-    spreads = _pressure_spreads(objective, x, cost)
+def _fitted(objective, spreads, p: thermal_fit.Pressure, t: thermal_fit.Thermal | None, declared: Declared) -> dict:
     out = {}
     names = {"aspect": ("CellSizeX", "CellSizeY", "CellSizeZ"), "cell": ("CellSizeX", "CellSizeY", "CellSizeZ"),
              "spread": ("TotalCompressibility",), "strength": ("BoundaryMultiplier",)}
@@ -391,7 +387,7 @@ def _fitted(objective, x, cost, p: thermal_fit.Pressure, t: thermal_fit.Thermal 
 
 
 def _warnings(runs, blocks, objective, x, p: thermal_fit.Pressure, t: thermal_fit.Thermal | None, errors,
-              fitted) -> tuple[list, bool, bool]:
+              fitted, block_contractions) -> tuple[list, bool, bool]:
     """(lines for the user, whether the fit may be used, whether its thermal constants may)."""
     out, usable, thermal_usable = [], True, True
     for kind, errs in (("pressure", errors), ("temperature", t.errors if t and t.errors else [])):
@@ -426,25 +422,33 @@ def _warnings(runs, blocks, objective, x, p: thermal_fit.Pressure, t: thermal_fi
             if np.isfinite(own) and abs(own - t.offset) > 5.0:
                 out.append(f"runs disagree: run {run.name}'s own injection-temperature offset {own:+.1f} K, "
                            f"joint {t.offset:+.1f} K")
-    out += _disagreement(runs, blocks, objective, x)
+    out += _disagreement(runs, blocks, objective, x, block_contractions)
     for name, f in fitted.items():
         if f.get("spread_decades", 0.0) > 1.0:
             out.append(f"{name} not pinned by the runs (+-{f['spread_decades']:.1f} decades)")
     return out, usable, thermal_usable
 
 
-def _disagreement(runs, blocks, objective: _Objective, x) -> list:
-    """Runs fitted alone from the joint optimum (a few least_squares steps on their upscaled copies,
-    against the same targets, with their own gain): lines naming those the joint constants (and
-    gain) fit clearly worse than their own (error +0.05 and x DISAGREE), with their own constants."""
+def _disagreement(runs, blocks, objective: _Objective, x, contractions) -> list:
+    """Runs fitted alone from the joint optimum (a few least_squares steps with the fit's own model:
+    the march driven by the run's temperatures on the run itself, else the unit march on its
+    upscaled copy with its own gain): lines naming those the joint constants fit clearly worse than
+    their own (error +0.05 and x DISAGREE), with their own constants."""
     if not len(x):
         return []
-    targets = [block.restrict(target) for block, target in zip(blocks, objective.full)]
-    joint_errors = _Objective(blocks, targets, objective.layout, objective.prior).solve(x)[3]
+    if isinstance(objective, _DrivenObjective):
+        joint_errors = objective.solve(x)[3]
+        alones = [_DrivenObjective([run], objective.layout, objective.declared, objective.prior) for run in runs]
+        steps = DISAGREE_DRIVEN_STEPS
+    else:
+        targets = [block.restrict(target) for block, target in zip(blocks, objective.full)]
+        joint_errors = _Objective(blocks, targets, objective.layout, objective.prior, contractions).solve(x)[3]
+        alones = [_Objective([block], [target], objective.layout, objective.prior, [contraction])
+                  for block, target, contraction in zip(blocks, targets, contractions)]
+        steps = 8
     out = []
-    for run, block, target, joint in zip(runs, blocks, targets, joint_errors):
-        alone = _Objective([block], [target], objective.layout, objective.prior)
-        xr, _ = _local(alone, x, max_nfev=8)
+    for run, alone, joint in zip(runs, alones, joint_errors):
+        xr, _ = _local(alone, x, max_nfev=steps)
         own, mine = alone.solve(xr)[3][0], _pressure_constants(alone, xr)
         if joint > own + 0.05 and joint > DISAGREE * own:
             out.append(f"runs disagree: run {run.name}: pressure error {joint:.2f} with the joint constants, "
@@ -453,27 +457,80 @@ def _disagreement(runs, blocks, objective: _Objective, x) -> list:
     return out
 
 
-def _fit_pressure(runs, units, objective: _Objective, x, declared: Declared, hot: bool, fixed=None):
-    """The pressure constants by least squares from ``x`` on the true changes less the cold water's
-    part (coupled minus warm march), the thermal constants refitted each round, or ``fixed``:
-    (x, cost, pressure constants, thermal constants, objective, per-run coupled pressure errors)."""
-    p, thermal, full, cost = _pressure_constants(objective, x), fixed, objective, None
-    for outer in range(OUTER if hot else 1):
-        targets = [r.true_change for r in runs]
-        if hot:  # the cold water's part of the change at the constants so far, taken off the targets
-            thermal = thermal_fit.fit(runs, p, declared, thermal) if fixed is None else \
-                thermal_fit.coupled(runs, p, fixed, declared, False)
-            warm = _Objective(units, targets, objective.layout, objective.prior).solve(x)[2]
-            targets = [r.true_change - np.concatenate([np.zeros_like(c[:1]), c[1:] - w])
-                       for r, c, w in zip(runs, thermal.pressures, warm)]
-        full = _Objective(units, targets, objective.layout, objective.prior)
-        x, cost = _local(full, x, max_nfev=LOCAL_STEPS[outer]) if len(x) else (x, full.cost(x))
-        p = _pressure_constants(full, x)
+class _DrivenObjective(_Objective):
+    """Residuals of the runs' true changes against the priors' pressure march driven by the runs' own
+    temperatures (``_driven``) at the constants of a layout with the width free: no gain in closed
+    form (the cold water's viscosity and weight do not scale with it)."""
+
+    def __init__(self, runs, layout: _Layout, declared: Declared, prior=True):
+        super().__init__([], [r.true_change for r in runs], layout, prior)
+        self.runs, self.declared = runs, declared
+
+    def solve(self, x):
+        v = self.layout.unpack(x)
+        self.evaluations += 1
+        h, a = v["cell"], v["aspect"]
+        p = thermal_fit.Pressure((h, h, a * h), v.get("compressibility", v["spread"] / h ** 2), self.layout.kind,
+                                 v.get("strength", 0.0))
+        models = [d[1:] for d in thermal_fit.driven_pressures(self.runs, p, self.declared)]
+        errors = [float(np.linalg.norm(m - t)) / n for m, t, n in zip(models, self.targets, self.norms)]
+        return v, 1.0 / (a * h), models, errors
+
+
+def _fit_pressure(runs, units, cooled: bool, objective: _Objective, x, declared: Declared):
+    """The pressure constants by least squares from the search's optimum ``x``: on the unit march
+    (its model) where no run cools, else on the march driven by the runs' own temperatures, the
+    cells' width free from the search's: (x, cost, pressure constants, objective)."""
+    if not cooled:
+        full = _Objective(units, [r.true_change for r in runs], objective.layout, objective.prior)
+        x, cost = _local(full, x, max_nfev=LOCAL_STEPS) if len(x) else (x, full.cost(x))
+        return x, cost, _pressure_constants(full, x), full
+    v, gain, _, _ = objective.solve(x)
+    start = {**v, "cell": _implied(v, gain)[0]}
+    full = _DrivenObjective(runs, _layout(objective.layout.kind, objective.layout.declared, width=True), declared,
+                            objective.prior)
+    x = np.log10([start[name] for name in full.layout.names])
+    x, cost = _local(full, x, max_nfev=DRIVEN_STEPS) if len(x) else (x, full.cost(x))
+    return x, cost, _pressure_constants(full, x), full
+
+
+def _fit_thermal(runs, p: thermal_fit.Pressure, declared: Declared, hot: bool):
+    """(thermal constants or None, per-run pressure errors of the coupled march: the priors' own)."""
+    thermal = None
+    if hot:  # a coarse search, then the parabola about its best
+        thermal = thermal_fit.fit(runs, p, declared, thermal_fit.fit(runs, p, declared, None))
     final = thermal_fit.coupled(runs, p, thermal or thermal_fit.Thermal(0.0, True, 0.0), declared, False)
-    errors = [float(np.linalg.norm(c[1:] - r.true_change[1:]) / max(np.linalg.norm(r.true_change[1:]), 1e-30))
-              for r, c in zip(runs, final.pressures)]
     thermal = dataclasses.replace(thermal, errors=final.errors, error=final.error) if thermal else None
-    return x, cost, p, thermal, full, errors
+    return thermal, _pressure_errors(runs, final.pressures)
+
+
+def _pressure_errors(runs, pressures) -> list:
+    return [float(np.linalg.norm(c[1:] - r.true_change[1:]) / max(np.linalg.norm(r.true_change[1:]), 1e-30))
+            for r, c in zip(runs, pressures)]
+
+
+def _width_by_temperature(runs, p, thermal, errors, declared: Declared, spreads, cells_declared):
+    """(p, thermal, errors, note): the width the temperature changes choose (thermal_fit.width) at
+    the declared rock heat capacity, or at the generic one where the pressure leaves the width open
+    (+- more than a decade) or the heat capacity fitted with it sits on a bound of its range (the two
+    trade off: the plume's reach goes with width^2 x heat capacity); kept if it fits the temperature
+    better and the pressure no worse (+0.02). note: [a line for the user, its spread] or []."""
+    if thermal is None or cells_declared:
+        return p, thermal, errors, []
+    lo, hi = thermal_fit.HEAT_RANGE
+    on_bound = not lo * 10 ** BOUND_MARGIN < thermal.rock_heat < hi / 10 ** BOUND_MARGIN
+    if declared.rock_heat is None and not on_bound and spreads.get("CellSizeX", 0.0) <= 1.0:
+        return p, thermal, errors, []
+    wide, new_thermal, spread = thermal_fit.width(runs, p, declared, thermal.outside, CELL_RANGE)
+    new_errors = _pressure_errors(runs, new_thermal.pressures)
+    old, new = float(np.mean(np.minimum(errors, 1.0))), float(np.mean(np.minimum(new_errors, 1.0)))
+    if new_thermal.error >= thermal.error or new > old + 0.02:
+        return p, thermal, errors, []
+    line = (f"cells' width {wide.cell_size[0]:.3g} m chosen by the temperature changes at the "
+            f"{'declared' if declared.rock_heat is not None else 'generic'} rock heat capacity "
+            f"{new_thermal.rock_heat:.3g} J/(m^3 K) (pressure alone: {p.cell_size[0]:.3g} m; temperature error "
+            f"{thermal.error:.2f} -> {new_thermal.error:.2f}, pressure {old:.2f} -> {new:.2f})")
+    return wide, new_thermal, new_errors, [line, spread]
 
 
 def fit(runs: list[Run], declared: Declared | None = None, progress=None) -> Fit:
@@ -498,13 +555,23 @@ def fit(runs: list[Run], declared: Declared | None = None, progress=None) -> Fit
     units = [reduced.UnitMarch(r.reservoir) for r in runs]
     # the global search on upscaled copies (~10x cheaper), everything after on the runs themselves
     blocks = [reduced.coarse(u, reduced.coarsening(max(u.n for u in units))) for u in units]
-    objective, x, cost = _global(blocks, [b.restrict(r.true_change) for b, r in zip(blocks, runs)], known, kinds)
+    contractions = [u.contraction(r.temperature_change) for u, r in zip(units, runs)]
+    block_contractions = [b.contraction(r.temperature_change) for b, r in zip(blocks, runs)]
+    objective, x, cost = _global(blocks, [b.restrict(r.true_change) for b, r in zip(blocks, runs)], known, kinds,
+                                 block_contractions)
     tick()
-    hot = any(thermal_fit.thermal_runs(runs))
-    x, cost, p, thermal, objective, errors = _fit_pressure(runs, units, objective, x, declared, hot)
+    x, cost, p, objective = _fit_pressure(runs, units, any(c is not None for c in contractions), objective, x,
+                                          declared)
+    spreads = _pressure_spreads(objective, x, cost)
+    thermal, errors = _fit_thermal(runs, p, declared, any(thermal_fit.thermal_runs(runs)))
     tick()
-    fitted = _fitted(objective, x, cost, p, thermal, declared)
-    warnings, usable, thermal_usable = _warnings(runs, blocks, objective, x, p, thermal, errors, fitted)
+    p, thermal, errors, note = _width_by_temperature(runs, p, thermal, errors, declared, spreads, "cell" in known)
+    if note:
+        spreads = spreads | {"CellSizeX": note[1]}
+    fitted = _fitted(objective, spreads, p, thermal, declared)
+    warnings, usable, thermal_usable = _warnings(runs, blocks, objective, x, p, thermal, errors, fitted,
+                                                 block_contractions)
+    warnings += note[:1]
     temperature_error = thermal.error if thermal else None
     hot_names = [r.name for r, h in zip(runs, thermal_fit.thermal_runs(runs)) if h]
     hot_errors = dict(zip(hot_names, thermal.errors if thermal else []))

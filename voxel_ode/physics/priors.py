@@ -535,3 +535,15 @@ def warm_pressure_change(res: Reservoir, n_reports: int) -> np.ndarray:
     t0 = np.asarray(res.temperature0, np.float64).ravel()[faces.cells]
     warm = dataclasses.replace(res, injection_gap=None)  # warm water in the wellbores too
     return _pressure_march(faces, _pressure_system(faces, warm, t0), None, n_reports)
+
+
+def driven_pressure_change(res: Reservoir, temperature, n_reports: int) -> np.ndarray:
+    """(n_reports, n_active) pressure change since t = 0 (Pa) with the water at the given
+    temperatures (n_reports, n_active) K: the pressure march of a run whose temperature history is
+    known (calibration.py fits the pressure constants on its training runs' own)."""
+    faces = _Faces(res.active, res.perm_xyz, res.cell_size)
+    q = np.asarray(res.inj_rate, np.float64).ravel()[faces.cells]
+    if faces.n == 0 or not np.any(q) or n_reports < 2:
+        return np.zeros((n_reports, faces.n))
+    t0 = np.asarray(res.temperature0, np.float64).ravel()[faces.cells]
+    return _pressure_march(faces, _pressure_system(faces, res, t0), np.asarray(temperature, np.float64), n_reports)

@@ -1,17 +1,23 @@
-"""The warm pressure march on unit cells (what calibration.py searches over) and its upscaled copies.
+"""The pressure march on unit cells (what calibration.py searches over) and its upscaled copies.
 
 With cells dx = dy = h, dz = a h, total compressibility c_t and water at its initial temperature,
 the pressure march of priors.py divided by a h is the march of
 
     L_x + L_y + L_z / a^2 + D S (+ the lateral sides)
 
-on unit cells, D = c_t h^2: ``UnitMarch.march`` gives the change x a h. An upscaled copy (blocks
-of fz x fy x fx cells, in the fine cells' units, so the same constants apply unchanged) makes the
-global part of the search ~10x cheaper: storage, side storage, side conductances and rates are
-sums over a block; across Z a block's conductance is the mean over its columns of their series
-(harmonic) conductance (flow goes round inactive cells), across X and Y the block's mean mobility
-x area / length (layers are the heterogeneity that matters vertically); two half blocks in series
-join neighbours. The true change of a block is its storage-weighted mean.
+on unit cells, D = c_t h^2: ``UnitMarch.march`` gives the change x a h. A run whose temperature
+history is known (a training run) also contracts where its water cools: that source,
+-V phi d(rho)/dt, divided by a h is h^2 x (-phi d(rho)/dt) on unit cells, so ``UnitMarch.marches``
+gives that part x 1 / h^2 (a closed box's change is mostly this part: balanced mass rates into
+a box of shrinking water).
+
+An upscaled copy (blocks of fz x fy x fx cells, in the fine cells' units, so the same constants
+apply unchanged) makes the global part of the search ~10x cheaper: storage, side storage, side
+conductances, rates and the contraction are sums over a block; across Z a block's conductance is
+the mean over its columns of their series (harmonic) conductance (flow goes round inactive
+cells), across X and Y the block's mean mobility x area / length (layers are the heterogeneity
+that matters vertically); two half blocks in series join neighbours. The true change of a block
+is its storage-weighted mean.
 
 Wells (priors.py's well_inflow "wellbore", warm): each well's rate is split by a wellbore as in
 the priors, with J = 2 pi sqrt(kx ky) mob / WELL_LOG on unit cells (J scales with a h like the
@@ -22,9 +28,11 @@ known inside the march: the split barely depends on J's size.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.optimize import minimize_scalar
 
 from voxel_ode.physics import priors as physics_priors
 from voxel_ode.physics.faces import ActiveFaces
@@ -49,6 +57,7 @@ class UnitMarch:
         self.faces, self.n, self.factor = faces, faces.n, (1, 1, 1)
         self.lap = [faces.laplacian(np.where(faces.face_axis == ax, lam, 0.0)) for ax in (2, 1, 0)]  # x, y, z
         phi = np.clip(np.asarray(res.porosity, np.float64).ravel()[faces.cells], physics_priors.MIN_POROSITY, 1.0)
+        self.t0, self.porosity = t0, phi
         self.storage = phi * rho0 / physics_priors.YEAR_SECONDS
         self.side_storage = np.where(faces.on_side, self.storage, 0.0)
         self.support = faces.side_trans * mob0  # unit cells, dx = dy: the same for x and y sides
@@ -69,6 +78,11 @@ class UnitMarch:
 
     def march(self, aspect, spread, kind, strength, n_reports):
         """(n_reports, n) pressure change x a h for the shape constants."""
+        return self.marches(aspect, spread, kind, strength, n_reports)[0]
+
+    def marches(self, aspect, spread, kind, strength, n_reports, contraction=None):
+        """(the rates' pressure change x a h, the contraction's x 1 / h^2 or None), each
+        (n_reports, n), for the shape constants; ``contraction``: ``self.contraction(...)``."""
         storage = spread * self.storage
         support = np.zeros(self.n)
         if kind == "pore_volume":
@@ -80,13 +94,37 @@ class UnitMarch:
              + sp.diags(storage + support + physics_priors.wells_diagonal(self.n, columns)))
         solve = physics_priors._spd_solver(A.tocsc())
         wells = physics_priors.join_wells(self.faces, columns, solve)
-        sources = np.zeros(self.n) if self.wellbore else self.q
-        out = np.zeros((n_reports, self.n))
-        for t in range(1, n_reports):
-            out[t] = solve(sources + storage * out[t - 1], out[t - 1])
-            if columns:
+        rates = self._march(solve, storage, wells if columns else None,
+                            np.broadcast_to(np.zeros(self.n) if self.wellbore else self.q, (n_reports, self.n)))
+        if contraction is None:
+            return rates, None
+        sources, side = contraction
+        if kind == "pore_volume":  # the side cells' extra water contracts too
+            sources = sources + (max(strength, 1.0) - 1.0) * side
+        still = dataclasses.replace(wells, target=np.zeros(len(columns)))  # the wells' rates are the other march's
+        return rates, self._march(solve, storage, still if columns else None, sources[:n_reports])
+
+    def _march(self, solve, storage, wells, sources):
+        out = np.zeros(sources.shape)
+        for t in range(1, len(sources)):
+            out[t] = solve(sources[t] + storage * out[t - 1], out[t - 1])
+            if wells is not None:
                 out[t] += wells.response @ physics_priors.well_pressures(wells, out[t])
         return out
+
+    def contraction(self, temperature_change):
+        """(sources, their side cells' share), each (n_reports, n): the contraction -phi d(rho)/dt
+        (per unit volume and year) of the water as it goes from its initial temperature through
+        ``temperature_change`` (n_reports, n_fine) K; None where it does not change."""
+        if temperature_change is None or not np.any(temperature_change):
+            return None
+        if self.factor != (1, 1, 1):
+            sources, side = self.fine.contraction(temperature_change)
+            return np.stack([self._sum(row) for row in sources]), np.stack([self._sum(row) for row in side])
+        rho = physics_priors.water_density(self.t0 + np.asarray(temperature_change, np.float64))
+        sources = np.zeros_like(rho)
+        sources[1:] = -self.porosity * np.diff(rho, axis=0) / physics_priors.YEAR_SECONDS
+        return sources, np.where(self.faces.on_side, sources, 0.0)
 
     def restrict(self, change):
         """A fine change (n_reports, n_fine) on this copy's cells: storage-weighted block means."""
@@ -95,6 +133,49 @@ class UnitMarch:
         fine = self.fine
         weights = np.where(self.storage > 0, self.storage, 1.0)
         return np.stack([self._sum(fine.storage * row) for row in change]) / weights
+
+
+def robust_gain(mm, mt) -> float:
+    """The one gain g minimizing sum over runs of min(relative error^2, 1), relative error^2 =
+    mm g^2 - 2 mt g + 1 (each run's capped error, as in the residuals): the least-squares gain of
+    the best subset of runs, so that one run the march overpredicts cannot set it for all."""
+    mm, mt = np.asarray(mm), np.asarray(mt)
+    n = len(mm)
+    subsets = itertools.chain.from_iterable(itertools.combinations(range(n), k) for k in range(n, 0, -1)) \
+        if n <= 10 else [tuple(range(n))]
+    best, best_cost = 0.0, float(n)
+    for subset in subsets:
+        den, num = mm[list(subset)].sum(), mt[list(subset)].sum()
+        if den > 0 and num > 0:
+            g = num / den
+            cost = float(np.minimum(mm * g * g - 2 * mt * g + 1.0, 1.0).sum())
+            if cost < best_cost - 1e-12:
+                best, best_cost = g, cost
+    return float(best)
+
+
+def robust_gain_cooling(ms, cs, ts, norms, aspect, cell_range) -> float:
+    """The gain g = 1 / (a h) minimizing the sum over runs of min(relative error^2, 1) of the model
+    g m + c / (g a)^2 (the rates' and the contraction's marches ``ms``, ``cs`` against the targets
+    ``ts``): a log-spaced scan over the widths ``cell_range`` (m) and a decade either side, then a
+    bounded 1-D search about its best point."""
+    dot = lambda u, w, n: float((u * w).sum()) / n ** 2  # noqa: E731
+    terms = np.array([[dot(m, m, n), dot(c, c, n), dot(t, t, n), dot(m, c, n), dot(m, t, n), dot(c, t, n)]
+                      for m, c, t, n in zip(ms, cs, ts, norms)]).T
+    mm, cc, tt, mc, mt, ct = terms
+
+    def cost(log_g):
+        g = 10.0 ** log_g
+        k = 1.0 / (g * aspect) ** 2
+        e2 = g * g * mm + k * k * cc + tt + 2 * g * k * mc - 2 * g * mt - 2 * k * ct
+        return float(np.minimum(e2, 1.0).sum())
+
+    lo, hi = -np.log10(aspect * cell_range[1]) - 1.0, -np.log10(aspect * cell_range[0]) + 1.0
+    grid = np.linspace(lo, hi, 241)
+    i = int(np.argmin([cost(x) for x in grid]))
+    best = minimize_scalar(cost, bounds=(grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]), method="bounded",
+                           options={"xatol": 1e-6})
+    return float(10.0 ** (best.x if best.fun <= cost(grid[i]) else grid[i]))
 
 
 SEARCH_ORDER = (0, 0, 1, 0, 1, 0, 1, 0, 1, 1)  # axes to halve in turn: 0 = Z, 1 = Y and X

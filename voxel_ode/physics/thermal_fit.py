@@ -1,7 +1,8 @@
 """The thermal half of calibration (calibration.py): rock heat capacity, the injection temperature's
 offset and the outside heat exchange fitted on the training runs' temperature changes with the
-coupled march (priors.prior_fields) at given pressure constants; the same march's pressure change
-gives calibration the cold water's part of the pressure.
+coupled march (priors.prior_fields) at given pressure constants, the cells' width where the
+pressure leaves it open (``width``), and the pressure march driven by a run's own temperatures
+(``driven_pressures``: what calibration fits the pressure constants on).
 
 The thermal prior's share theta of the injection gap times the gap is the modelled temperature
 change. The gap's injection temperature comes from the field scalars with an enthalpy convention
@@ -61,6 +62,24 @@ def reservoir(run, p: Pressure, t: Thermal | None, declared) -> physics_priors.R
     gap = np.where(res.active, run.injection_temperature + t.offset - np.asarray(res.temperature0, np.float64), 0.0)
     return dataclasses.replace(res, rock_heat_per_volume=t.rock_heat, outside_heat_exchange=t.outside,
                                injection_gap=gap)
+
+
+def driven_pressures(runs, p: Pressure, declared) -> list:
+    """Each run's pressure change (n_reports, n) at the constants ``p`` with its water at its own
+    (true) temperatures, the injectors' wellbores holding the injected water where it is known
+    (the water at its initial temperature where the run has no temperature history)."""
+    out = []
+    for run in runs:
+        hot = run.injection_temperature is not None and run.temperature_change is not None
+        res = reservoir(run, p, Thermal(physics_priors.GENERIC_ROCK_HEAT_PER_VOLUME, False, 0.0) if hot else None,
+                        declared)
+        n_reports = run.true_change.shape[0]
+        if run.temperature_change is None:
+            out.append(physics_priors.warm_pressure_change(res, n_reports))
+            continue
+        temperature = np.asarray(res.temperature0, np.float64)[res.active] + run.temperature_change
+        out.append(physics_priors.driven_pressure_change(res, temperature, n_reports))
+    return out
 
 
 def thermal_runs(runs):
@@ -159,3 +178,51 @@ def quadratic(xs, ys):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", np.exceptions.RankWarning)
         return np.polyfit(np.asarray(xs, float), np.asarray(ys, float), 2)
+
+
+# Where the pressure changes leave the cells' width open, the temperature changes tell it: on thin
+# layers the lateral transmissibility (k x dz) does not depend on the width, and storage and the
+# cold water's contraction both scale with its square, so the pressure barely moves along
+# ``along_valley``; the plume's reach in cells goes with width^2 x heat capacity instead.
+WIDTH_SPAN = 0.6  # decades either side of the pressure fit's width
+
+
+def along_valley(p: Pressure, factor: float) -> Pressure:
+    """``p`` with cells ``factor`` x as wide, as thick as before, and the same lateral support (side
+    cells' extra pore volume kept; a support's half-cell transmissibility does not depend on it)."""
+    h, _, dz = p.cell_size
+    multiplier = 1.0 + (p.multiplier - 1.0) / factor ** 2 if p.boundary == "pore_volume" else p.multiplier
+    return Pressure((h * factor, h * factor, dz), p.compressibility, p.boundary, multiplier)
+
+
+def width(runs, p: Pressure, declared, outside: bool, cell_range) -> tuple[Pressure, Thermal, float]:
+    """(the constants along ``along_valley`` whose coupled march fits the temperature changes best at
+    the declared rock heat capacity or else the generic one, that fit, +- decades of width that
+    raise its error by 1 %): five points across WIDTH_SPAN, then a parabola about the best."""
+    heat = declared.rock_heat if declared.rock_heat is not None else physics_priors.GENERIC_ROCK_HEAT_PER_VOLUME
+    fixed = dataclasses.replace(declared, rock_heat=heat, outside_heat_exchange=outside)
+    h = p.cell_size[0]
+    lo = max(-WIDTH_SPAN, np.log10(cell_range[0] / h))
+    hi = min(WIDTH_SPAN, np.log10(cell_range[1] / h))
+    fits = {}
+
+    def at(x):
+        x = float(np.clip(x, lo, hi))
+        if x not in fits:
+            fits[x] = fit(runs, along_valley(p, 10.0 ** x), fixed, None)
+        return x
+
+    for x in np.linspace(lo, hi, 5):
+        at(x)
+    for _ in range(2):
+        xs = np.array(sorted(fits))
+        best = min(fits, key=lambda k: fits[k].error)
+        near = xs[np.argsort(np.abs(xs - best))[:3]]
+        a, b, _ = quadratic(near, [fits[k].error for k in near])
+        at(-b / (2 * a) if a > 0 else best)
+    best = min(fits, key=lambda k: fits[k].error)
+    xs = np.array(sorted(fits))
+    near = xs[np.argsort(np.abs(xs - best))[:3]]
+    a = quadratic(near, [fits[k].error ** 2 for k in near])[0]
+    spread = float(np.sqrt((0.02 * fits[best].error ** 2 + 1e-8) / a)) if a > 0 else float("inf")
+    return along_valley(p, 10.0 ** best), fits[best], spread
