@@ -102,6 +102,9 @@ class Run:
     temperature_change: np.ndarray | None = None
     injection_temperature: float | None = None
     name: str = ""
+    # on blocks (reduced.upscaled_run): the lateral side cells' own temperature change in each block:
+    # where side cells hold an aquifer's pore volume, theirs is the water that contracts
+    side_temperature_change: np.ndarray | None = None
 
 
 @dataclass
@@ -555,8 +558,8 @@ def fit(runs: list[Run], declared: Declared | None = None, progress=None) -> Fit
     units = [reduced.UnitMarch(r.reservoir) for r in runs]
     # the global search on upscaled copies (~10x cheaper), everything after on the runs themselves
     blocks = [reduced.coarse(u, reduced.coarsening(max(u.n for u in units))) for u in units]
-    contractions = [u.contraction(r.temperature_change) for u, r in zip(units, runs)]
-    block_contractions = [b.contraction(r.temperature_change) for b, r in zip(blocks, runs)]
+    contractions = [u.contraction(r.temperature_change, r.side_temperature_change) for u, r in zip(units, runs)]
+    block_contractions = [b.contraction(r.temperature_change, r.side_temperature_change) for b, r in zip(blocks, runs)]
     objective, x, cost = _global(blocks, [b.restrict(r.true_change) for b, r in zip(blocks, runs)], known, kinds,
                                  block_contractions)
     tick()

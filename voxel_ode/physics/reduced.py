@@ -112,19 +112,25 @@ class UnitMarch:
                 out[t] += wells.response @ physics_priors.well_pressures(wells, out[t])
         return out
 
-    def contraction(self, temperature_change):
+    def contraction(self, temperature_change, side_change=None):
         """(sources, their side cells' share), each (n_reports, n): the contraction -phi d(rho)/dt
         (per unit volume and year) of the water as it goes from its initial temperature through
-        ``temperature_change`` (n_reports, n_fine) K; None where it does not change."""
+        ``temperature_change`` (n_reports, n_fine) K, the side cells' share through ``side_change``
+        where given (calibration.Run.side_temperature_change); None where it does not change."""
         if temperature_change is None or not np.any(temperature_change):
             return None
         if self.factor != (1, 1, 1):
-            sources, side = self.fine.contraction(temperature_change)
+            sources, side = self.fine.contraction(temperature_change, side_change)
             return np.stack([self._sum(row) for row in sources]), np.stack([self._sum(row) for row in side])
+        sources = self._contraction(temperature_change)
+        side = sources if side_change is None else self._contraction(side_change)
+        return sources, np.where(self.faces.on_side, side, 0.0)
+
+    def _contraction(self, temperature_change):
         rho = physics_priors.water_density(self.t0 + np.asarray(temperature_change, np.float64))
         sources = np.zeros_like(rho)
         sources[1:] = -self.porosity * np.diff(rho, axis=0) / physics_priors.YEAR_SECONDS
-        return sources, np.where(self.faces.on_side, sources, 0.0)
+        return sources
 
     def restrict(self, change):
         """A fine change (n_reports, n_fine) on this copy's cells: storage-weighted block means."""
@@ -295,19 +301,25 @@ def upscaled_run(run, f):
         res, active=coarse_active, perm_xyz=tuple(perm), porosity=pore.sum(axis=(3, 4, 5)) / np.prod(f),
         temperature0=mean(res.temperature0), inj_rate=block(res.inj_rate).sum(axis=(3, 4, 5)), injection_gap=None,
         pressure0=None if res.pressure0 is None else mean(res.pressure0))
-    weights = pore.sum(axis=(3, 4, 5))[coarse_active]
 
-    def restrict(change):  # (n_reports, n_active fine) -> (n_reports, n_active coarse)
+    def restrict(change, weight=np.where(active, porosity, 0.0)):  # (n_reports, n_active) -> blocks'
         if change is None:
             return None
+        total = _blocks(weight, grid, f).sum(axis=(3, 4, 5))[coarse_active]
         out = np.empty((change.shape[0], int(coarse_active.sum())))
-        fine_pore = np.where(active, porosity, 0.0)
         for t, row in enumerate(change):
             grid_row = np.zeros(grid)
             grid_row[active] = row
-            out[t] = _blocks(grid_row * fine_pore, grid, f).sum(axis=(3, 4, 5))[coarse_active] / weights
+            out[t] = _blocks(grid_row * weight, grid, f).sum(axis=(3, 4, 5))[coarse_active] / np.maximum(total, 1e-300)
         return out
 
     cell = None if run.cell_size is None else tuple(c * k for c, k in zip(run.cell_size, f[::-1]))
+    side = None
+    if run.temperature_change is not None and f[1:] != (1, 1):  # a side block's aquifer is its side cells'
+        _, y, x = np.indices(grid)
+        on_side = active & ((x == 0) | (x == grid[2] - 1) | (y == 0) | (y == grid[1] - 1))
+        mean = restrict(run.temperature_change)
+        own = restrict(run.temperature_change, np.where(on_side, porosity, 0.0))
+        side = np.where(_blocks(on_side, grid, f).any(axis=(3, 4, 5))[coarse_active], own, mean)
     return dataclasses.replace(run, reservoir=coarse_res, true_change=restrict(run.true_change), cell_size=cell,
-                               temperature_change=restrict(run.temperature_change))
+                               temperature_change=restrict(run.temperature_change), side_temperature_change=side)

@@ -77,7 +77,13 @@ def driven_pressures(runs, p: Pressure, declared) -> list:
         if run.temperature_change is None:
             out.append(physics_priors.warm_pressure_change(res, n_reports))
             continue
-        temperature = np.asarray(res.temperature0, np.float64)[res.active] + run.temperature_change
+        change = run.temperature_change
+        if run.side_temperature_change is not None and p.boundary == "pore_volume":
+            _, y, x = np.nonzero(res.active)
+            grid = res.active.shape
+            on_side = (x == 0) | (x == grid[2] - 1) | (y == 0) | (y == grid[1] - 1)
+            change = np.where(on_side, run.side_temperature_change, change)
+        temperature = np.asarray(res.temperature0, np.float64)[res.active] + change
         out.append(physics_priors.driven_pressure_change(res, temperature, n_reports))
     return out
 
