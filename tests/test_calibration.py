@@ -13,7 +13,7 @@ import pytest
 from fixtures import write_raw_sim
 from test_foreign import foreign_arrays, run_cli
 from voxel_ode import schema
-from voxel_ode.data import calibrate, description, pack
+from voxel_ode.data import calibrate, description, limits, pack
 from voxel_ode.data.stats import Stats
 from voxel_ode.physics import calibration, reduced, thermal_fit
 from voxel_ode.physics import priors as physics_priors
@@ -491,3 +491,46 @@ def test_side_blocks_contract_with_their_side_cells_water():
 
     # 0.33 (what upscaling these random layers costs) against 6.8
     assert error(blocks) < 0.5 < 2.0 < error(dataclasses.replace(blocks, side_temperature_change=None))
+
+
+def test_a_producers_limit_the_runs_fell_short_at_is_recovered(tmp_path):
+    """Runs at four depths, their field rates made by the priors' own wells with the producers
+    held at one minimum bottomhole pressure (in another unit than InjRate's): the shallow runs fell
+    short, the deep ones held; the limit comes back as a pressure (not one over each well's initial
+    pressure, which differs between the runs), and injectors, which held, get none."""
+    from fixtures import DESCRIPTION, make_raw_arrays
+
+    (tmp_path / "d.json").write_text(json.dumps(DESCRIPTION))
+    desc = description.load(tmp_path / "d.json")
+    paths, runs = [], []
+    for i in range(4):
+        a = make_raw_arrays(seed=i)
+        a["InjRate"] *= np.float32(0.01)  # a few bar a year in this small closed box:
+        a["InjRate"][:, 1, 1] = np.float32(0.005)  # more produced than injected, so the pressure falls
+        for name in ("Pressure0", "Pressure"):
+            a[name] = a[name] + np.float32(2e6 * i)
+        paths.append(write_raw_sim(tmp_path / f"v2.4_{i:04d}.h5", a))
+        runs.append(limits._load(paths[-1], desc, None, np.ones((6, 2)), np.ones(2)))
+    name = "ProducerMinBottomholePressure"
+    lowest = []
+    for run in runs:
+        res = pack.reservoir(run.statics, run.physics, run.gap)
+        pressure = physics_priors.prior_fields(res, run.n_reports)[1]
+        producer = np.nonzero((np.asarray(run.statics["InjRate"]) < 0) & np.asarray(res.active))
+        top = tuple(c[np.argmin(producer[0])] for c in producer)
+        lowest.append(float(run.statics["Pressure0"][top] + pressure[:, top[0], top[1], top[2]].min()))
+    truth = 0.5 * (lowest[0] + lowest[1])  # below the shallowest run's lowest pressure, above the deeper ones'
+    for path, run in zip(paths, runs):
+        shares = limits._shares_at(run, name, "absolute", truth)
+        q = np.where(np.asarray(run.statics["IsActive"]) > 0.5, np.asarray(run.statics["InjRate"], np.float64), 0.0)
+        with h5py.File(path, "r+") as f:
+            for column, scalar in enumerate(("FieldWaterInjectionRate", "FieldWaterProductionRate")):
+                target = q[q > 0].sum() if column == 0 else -q[q < 0].sum()
+                f[schema.raw_path(scalar)][...] = 3.6 * target * np.concatenate([[1.0], shares[:, column]])
+    shares = {str(p): calibrate.delivered_shares(p) for p in paths}
+    assert shares[str(paths[0])][:, 1].min() < 3.6 * 0.99 and shares[str(paths[3])][:, 1].min() > 3.6 * 0.999
+    fitted, report, lines = limits.calibrate_limits(desc, [str(p) for p in paths], shares, progress=False)
+    assert set(report) == {name} and report[name]["form"] == "absolute", report
+    np.testing.assert_allclose(report[name]["value"], truth, rtol=0.01)
+    assert report[name]["share_error"] < 0.01 and fitted.quantities[name]["value"] == report[name]["value"]
+    assert name in fitted.calibrated and name not in desc.quantities and len(lines) == 1

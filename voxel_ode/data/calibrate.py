@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from voxel_ode import schema
-from voxel_ode.data import description, pack, raw
+from voxel_ode.data import description, limits, pack, raw
 from voxel_ode.physics import calibration, reduced
 from voxel_ode.physics import priors as physics_priors
 from voxel_ode.utils import UserError
@@ -53,6 +53,14 @@ def delivered_share(path, fill_value=None) -> float | None:
     """The smallest share, over the years and over injection and production, of the wells' rates
     (InjRate at active cells) that the field delivered (its water rates); None where the file
     cannot tell."""
+    shares = delivered_shares(path, fill_value)
+    return None if shares is None else float(np.nanmin(shares))
+
+
+def delivered_shares(path, fill_value=None) -> np.ndarray | None:
+    """(reports, 2) the share of the wells' injection and production rates (InjRate at active
+    cells, in its own unit) the field delivered each report (its water rates; NaN where the wells
+    have no such rate); None where the file cannot tell."""
     try:
         with h5py.File(path, "r") as f:
             rate = raw.read_dataset(f[schema.raw_path("InjRate")]).astype(np.float64)
@@ -64,9 +72,9 @@ def delivered_share(path, fill_value=None) -> float | None:
                          for n in ("FieldWaterInjectionRate", "FieldWaterProductionRate")]
     except (OSError, KeyError, raw.DatasetProblem):
         return None
-    shares = [d / target for d, target in zip(delivered, (rate[rate > 0].sum(), -rate[rate < 0].sum()))
-              if target > 0 and np.isfinite(d).all()]
-    return float(min(s.min() for s in shares)) if shares else None
+    shares = np.stack([d / target if target > 0 and np.isfinite(d).all() else np.full(len(d), np.nan)
+                       for d, target in zip(delivered, (rate[rate > 0].sum(), -rate[rate < 0].sum()))], axis=1)
+    return None if np.isnan(shares).all() else shares
 
 
 def held_their_rates(train_paths, fill_value=None) -> list:
@@ -110,13 +118,29 @@ def _not_used(why: str) -> dict:
 def calibrate_description(desc: description.Description, train_paths, fill_value=None, progress=True,
                           blocks=None) -> tuple[description.Description, dict | None]:
     """(``desc`` with what the priors lack fitted on a few training runs, the report for stats.json's
-    "calibration"). Runs when the cell sizes or the lateral boundary are not declared; the thermal
-    constants the description lacks are fitted with them. Report None: nothing to calibrate.
-    ``blocks``: fit on blocks of (fz, fy, fx) cells (default: cell by cell up to MAX_CELLS active
-    cells, blocks that bring a run to about half of it above)."""
-    cells = all(q in desc.quantities for q in description.CELL_SIZE_QUANTITIES)
-    if (cells and desc.lateral_boundary) or not train_paths:
+    "calibration"). The constants run when the cell sizes or the lateral boundary are not declared;
+    the thermal constants the description lacks are fitted with them; then, where the priors have
+    what they need and training runs fell short of their rates, the bottomhole limits it lacks
+    (data/limits.py; the report's "limits"). Report None: nothing to calibrate. ``blocks``: fit on
+    blocks of (fz, fy, fx) cells (default: cell by cell up to MAX_CELLS active cells, blocks that
+    bring a run to about half of it above)."""
+    if not train_paths:
         return desc, None
+    cells = all(q in desc.quantities for q in description.CELL_SIZE_QUANTITIES)
+    report = None
+    if not (cells and desc.lateral_boundary):
+        desc, report = _calibrate_constants(desc, train_paths, fill_value, progress, blocks)
+    if all(q in desc.quantities for q in description.CELL_SIZE_QUANTITIES) and desc.lateral_boundary:
+        shares = {p: delivered_shares(p, fill_value) for p in train_paths}
+        desc, fitted, lines = limits.calibrate_limits(desc, train_paths, shares, fill_value, progress)
+        if fitted:
+            report = report or {"runs": {}, "fitted": {}, "warnings": [], "used": True}
+            report["limits"] = fitted
+            report["warnings"] += [line for line in lines if "poorly" in line]
+    return desc, report
+
+
+def _calibrate_constants(desc, train_paths, fill_value, progress, blocks) -> tuple[description.Description, dict]:
     picks, short = _picks(train_paths, fill_value)
     runs, physics = [], None
     for path in picks:

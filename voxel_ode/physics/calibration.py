@@ -192,9 +192,9 @@ def _layout(kind: str, declared: dict, width=False) -> _Layout:
 
 
 class _Objective:
-    """Residuals of the runs' targets (true change minus what the model leaves out) against the scaled
-    warm march plus the contraction of each run's cooling (``contractions``: UnitMarch.contraction
-    per run, None for none) for a layout; the gain found unless h is declared or fitted."""
+    """Residuals of the runs' true changes against the scaled warm march plus the contraction of each
+    run's cooling (``contractions``: UnitMarch.contraction per run, None for none) for a layout;
+    the gain found unless h is declared or fitted."""
 
     def __init__(self, units, targets, layout: _Layout, prior=True, contractions=None):
         self.units, self.layout, self.full = units, layout, targets
@@ -215,7 +215,7 @@ class _Objective:
             gain = 1.0 / (v["aspect"] * v["cell"])
         elif all(c is None for _, c in pairs):
             gain = reduced.robust_gain([float((m * m).sum()) / n ** 2 for m, n in zip(ms, self.norms)],
-                                [float((m * t).sum()) / n ** 2 for m, t, n in zip(ms, self.targets, self.norms)])
+                                       [float((m * t).sum()) / n ** 2 for m, t, n in zip(ms, self.targets, self.norms)])
         else:
             gain = reduced.robust_gain_cooling(ms, cs, self.targets, self.norms, v["aspect"], CELL_RANGE)
         models = [gain * m + c / (gain * v["aspect"]) ** 2 for m, c in zip(ms, cs)]

@@ -405,17 +405,22 @@ def _heat(faces: _Faces, res: Reservoir, q) -> _Heat:
     return _Heat(capacity, np.maximum(q, 0.0) / 1000.0, conduction, rock_contact)
 
 
-def _thermal_march(faces: _Faces, res: Reservoir, system: _PressureSystem, t0, gap, n_reports) -> np.ndarray:
+def _thermal_march(faces: _Faces, res: Reservoir, system: _PressureSystem, t0, gap, n_reports,
+                   rates: list | None = None) -> np.ndarray:
     """(n_reports, n) share of the injection gap: implicit upwind transport plus conduction,
     THERMAL_SUBSTEPS backward-Euler steps a year, on each year's flow of the cold-water pressure
     step at the share of the year before: the plume's weight and viscosity act on its own flow,
-    so cold water sinks and spreads along the base."""
+    so cold water sinks and spreads along the base. ``rates``: gets each year's (injected,
+    produced) kg/s as the wells delivered them."""
     heat = _heat(faces, res, np.zeros(faces.n))
     out = np.zeros((n_reports, faces.n))
     theta, dp, rho = np.zeros(faces.n), np.zeros(faces.n), system.rho0
     for t in range(1, n_reports):
         dp, flux, rho, q = _pressure_step(faces, system, dp, t0 + gap * theta if gap.any() else None, rho, FLOW_RTOL)
         heat = dataclasses.replace(heat, injection=np.maximum(q, 0.0) / 1000.0)  # what each cell took in
+        if rates is not None:  # per well (a cold injector's shallow cells may give water back)
+            wells = [float(q[cells].sum()) for cells in system.wells.cells] or list(q)
+            rates.append((sum(w for w in wells if w > 0), -sum(w for w in wells if w < 0)))
         solve = _transport_solver(_transport_matrix(faces, heat, flux / 1000.0), np.argsort(-dp, kind="stable"))
         for _ in range(THERMAL_SUBSTEPS):
             theta = np.clip(solve(heat.capacity / heat.dt * theta + heat.injection, theta), 0.0, 1.0)
@@ -523,6 +528,21 @@ def injection_temperature(scalars) -> float | None:
     if not injecting.any():
         return None
     return float(water.temperature_from_enthalpy(np.median(energy[injecting] / rate[injecting])))
+
+
+def delivered_rates(res: Reservoir, n_reports: int) -> np.ndarray:
+    """(n_reports - 1, 2) the field's injected and produced mass rates (kg/s) in years 1, 2, ... as
+    the priors' wells deliver them (a well held at its bottomhole limit delivers less than its rate)."""
+    faces = _Faces(res.active, res.perm_xyz, res.cell_size)
+    q = np.asarray(res.inj_rate, np.float64).ravel()[faces.cells]
+    if faces.n == 0 or not np.any(q) or n_reports < 2:
+        return np.zeros((max(n_reports - 1, 0), 2))
+    t0 = np.asarray(res.temperature0, np.float64).ravel()[faces.cells]
+    gap = np.zeros(faces.n) if res.injection_gap is None else \
+        np.nan_to_num(np.asarray(res.injection_gap, np.float64).ravel()[faces.cells])
+    rates = []
+    _thermal_march(faces, res, _pressure_system(faces, res, t0), t0, gap, n_reports, rates)
+    return np.array(rates)
 
 
 def warm_pressure_change(res: Reservoir, n_reports: int) -> np.ndarray:
