@@ -529,8 +529,11 @@ def test_a_producers_limit_the_runs_fell_short_at_is_recovered(tmp_path):
                 f[schema.raw_path(scalar)][...] = 3.6 * target * np.concatenate([[1.0], shares[:, column]])
     shares = {str(p): calibrate.delivered_shares(p) for p in paths}
     assert shares[str(paths[0])][:, 1].min() < 3.6 * 0.99 and shares[str(paths[3])][:, 1].min() > 3.6 * 0.999
-    fitted, report, lines = limits.calibrate_limits(desc, [str(p) for p in paths], shares, progress=False)
+    fitted, report, warnings = limits.calibrate_limits(desc, [str(p) for p in paths], shares, progress=False)
     assert set(report) == {name} and report[name]["form"] == "absolute", report
     np.testing.assert_allclose(report[name]["value"], truth, rtol=0.01)
     assert report[name]["share_error"] < 0.01 and fitted.quantities[name]["value"] == report[name]["value"]
-    assert name in fitted.calibrated and name not in desc.quantities and len(lines) == 1
+    assert name in fitted.calibrated and name not in desc.quantities and not warnings
+    # prep's calibration (the constants declared here) runs it and reports it for stats.json
+    through, whole = calibrate.calibrate_description(desc, [str(p) for p in paths], progress=False)
+    assert whole["limits"] == report and whole["used"] and through.quantities[name] == fitted.quantities[name]

@@ -132,11 +132,13 @@ def calibrate_description(desc: description.Description, train_paths, fill_value
         desc, report = _calibrate_constants(desc, train_paths, fill_value, progress, blocks)
     if all(q in desc.quantities for q in description.CELL_SIZE_QUANTITIES) and desc.lateral_boundary:
         shares = {p: delivered_shares(p, fill_value) for p in train_paths}
-        desc, fitted, lines = limits.calibrate_limits(desc, train_paths, shares, fill_value, progress)
+        desc, fitted, warnings = limits.calibrate_limits(desc, train_paths, shares, fill_value, progress)
         if fitted:
             report = report or {"runs": {}, "fitted": {}, "warnings": [], "used": True}
             report["limits"] = fitted
-            report["warnings"] += [line for line in lines if "poorly" in line]
+            report["warnings"] += warnings
+        for line in warnings:
+            tqdm.write(f"calibration: {line}", file=sys.stderr)
     return desc, report
 
 

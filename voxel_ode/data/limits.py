@@ -121,12 +121,12 @@ def _fit(runs, name, tick) -> tuple[str, float, float]:
 def calibrate_limits(desc: description.Description, train_paths, shares: dict, fill_value=None,
                      progress=True) -> tuple[description.Description, dict, list]:
     """(``desc`` with the limits it lacks fitted, each marked as calibrated; {limit: report entry};
-    lines for the user). ``shares``: calibrate.delivered_shares per training path (None where the
+    warnings: a limit that fits the runs held at it poorly). What was fitted is printed. ``shares``: calibrate.delivered_shares per training path (None where the
     file cannot tell). Nothing is fitted for a kind of well that held its rates in every run."""
     known = {p: s for p, s in shares.items() if s is not None and p in train_paths}
     if not known:
         return desc, {}, []
-    report, lines = {}, []
+    report, warnings = {}, []
     # the kind of well more runs fell short with first: the other's limit is fitted with it in place
     # (a closed box's producers at their limit drive the pressure up to the injectors')
     for name, best, short in sorted(_short_runs(known), key=lambda k: -len(k[2])):
@@ -151,13 +151,12 @@ def calibrate_limits(desc: description.Description, train_paths, shares: dict, f
                         "runs_that_held": [r.name for r in runs[n_short:]]}
         said = f"{pressure / 1e5:.4g} bar" if form == "absolute" else \
             f"{KINDS[name][1] * pressure / 1e5:+.4g} bar over each well's initial pressure"
-        lines.append(f"{words} bottomhole pressure {said}, fitted on {', '.join(r.name for r in runs[:n_short])} "
-                     f"held at it and {len(runs) - n_short} that held their rates (delivered share rms error {error:.3f})")
+        tqdm.write(f"calibration: {words} bottomhole pressure {said}, fitted on "
+                   f"{', '.join(r.name for r in runs[:n_short])} held at it and {len(runs) - n_short} that held their "
+                   f"rates (delivered share rms error {error:.3f})", file=sys.stderr)
         if error > POOR_FIT:
-            lines.append(f"the {words} bottomhole pressure fits the runs held at it poorly (rms error {error:.2f})")
-    for line in lines:
-        tqdm.write(f"calibration: {line}", file=sys.stderr)
-    return desc, report, lines
+            warnings.append(f"the {words} bottomhole pressure fits the runs held at it poorly (rms error {error:.2f})")
+    return desc, report, warnings
 
 
 def _spread(paths, n) -> list:
