@@ -133,10 +133,11 @@ def calibrate_description(desc: description.Description, train_paths, fill_value
     if all(q in desc.quantities for q in description.CELL_SIZE_QUANTITIES) and desc.lateral_boundary:
         shares = {p: delivered_shares(p, fill_value) for p in train_paths}
         desc, fitted, warnings = limits.calibrate_limits(desc, train_paths, shares, fill_value, progress)
-        if fitted:
+        if fitted or warnings:
             report = report or {"runs": {}, "fitted": {}, "warnings": [], "used": True}
-            report["limits"] = fitted
             report["warnings"] += warnings
+        if fitted:
+            report["limits"] = fitted
         for line in warnings:
             tqdm.write(f"calibration: {line}", file=sys.stderr)
     return desc, report

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from voxel_ode import schema
 from voxel_ode.data import description, pack, raw
 from voxel_ode.physics import priors as physics_priors
+from voxel_ode.utils import UserError
 
 # Pa: a limit 1 bar .. 1000 bar away from the well's initial pressure, or a pressure of 1 .. 1000 bar
 LIMIT_RANGE = (1e5, 1e8)
@@ -36,6 +37,7 @@ N_RUNS = 3  # runs that fell short marched per evaluation
 N_HELD = 2  # and runs that held their rates (at another depth, a limit's form shows: they must not reach it)
 SHORTFALL = 1e-3  # as data/calibrate.py: a share this much below the best run's is a shortfall
 POOR_FIT = 0.1  # rms error of the delivered share above which the fit is said to be poor
+EXPLAINS = 0.25  # a limit is used where it leaves at most this share of the misfit without one
 KINDS = {"InjectorMaxBottomholePressure": (0, 1.0, "injectors' maximum"),
          "ProducerMinBottomholePressure": (1, -1.0, "producers' minimum")}  # column, sign over initial, words
 
@@ -50,10 +52,14 @@ class _Run:
     shares: np.ndarray  # (years, 2) the field's delivered share of the wells' rates, over the best run's
 
 
-def _load(path, desc: description.Description, fill_value, shares, best) -> _Run:
-    with h5py.File(path, "r") as f:
-        grid = f[schema.raw_path("IsActive")].shape
-        statics, _, scalars, _, _, physics = raw.resolved_inputs(f, path, grid, fill_value, desc)
+def _load(path, desc: description.Description, fill_value, shares, best) -> _Run | None:
+    """None for a file prep's scan rejects (it names what is wrong with it)."""
+    try:
+        with h5py.File(path, "r") as f:
+            grid = f[schema.raw_path("IsActive")].shape
+            statics, _, scalars, _, _, physics = raw.resolved_inputs(f, path, grid, fill_value, desc)
+    except (UserError, raw.DatasetProblem, OSError, KeyError, ValueError):
+        return None
     n_reports = len(scalars) + int(physics.first_report == "year1")
     active = np.asarray(statics["IsActive"]) > 0.5
     gap = np.zeros(active.shape, np.float32)
@@ -63,16 +69,16 @@ def _load(path, desc: description.Description, fill_value, shares, best) -> _Run
     return _Run(Path(path).name, statics, physics, gap, n_reports, shares / best)
 
 
-def _shares_at(run: _Run, name: str, form: str, pressure: float) -> np.ndarray:
+def _shares_at(run: _Run, name: str, form: str | None, pressure: float) -> np.ndarray:
     """(years, 2) the delivered shares of the priors' wells with the limit ``name`` at ``pressure``
-    (Pa: the limit itself, or its distance from each well's initial pressure)."""
+    (Pa: the limit itself, or its distance from each well's initial pressure; form None: none)."""
     _, sign, _ = KINDS[name]
     values, at = dict(run.physics.values), dict(run.physics.limits_at)
-    values[name] = pressure if form == "absolute" else sign * pressure
     if form == "absolute":
+        values[name] = pressure
         at.pop(name, None)
-    else:
-        at[name] = "well"
+    elif form is not None:
+        values[name], at[name] = sign * pressure, "well"
     res = pack.reservoir(run.statics, dataclasses.replace(run.physics, values=values, limits_at=at), run.gap)
     rates = physics_priors.delivered_rates(res, run.n_reports)
     q = np.where(np.asarray(run.statics["IsActive"]) > 0.5, np.asarray(run.statics["InjRate"], np.float64), 0.0)
@@ -121,8 +127,9 @@ def _fit(runs, name, tick) -> tuple[str, float, float]:
 def calibrate_limits(desc: description.Description, train_paths, shares: dict, fill_value=None,
                      progress=True) -> tuple[description.Description, dict, list]:
     """(``desc`` with the limits it lacks fitted, each marked as calibrated; {limit: report entry};
-    warnings: a limit that fits the runs held at it poorly). What was fitted is printed. ``shares``: calibrate.delivered_shares per training path (None where the
-    file cannot tell). Nothing is fitted for a kind of well that held its rates in every run."""
+    warnings: a limit that fits the runs held at it poorly, a shortfall no limit explains). What
+    was fitted is printed. ``shares``: calibrate.delivered_shares per training path (None where
+    the file cannot tell). Nothing is fitted for a kind of well that held its rates in every run."""
     known = {p: s for p, s in shares.items() if s is not None and p in train_paths}
     if not known:
         return desc, {}, []
@@ -133,13 +140,23 @@ def calibrate_limits(desc: description.Description, train_paths, shares: dict, f
         if name in desc.quantities:
             continue
         column, _, words = KINDS[name]
-        held = [p for p in known if p not in short]
-        picks = _spread(short, N_RUNS) + _spread(held, N_HELD)
         scale = np.array([best if c == column else 1.0 for c in (0, 1)])
-        runs = [_load(p, desc, fill_value, known[p], scale) for p in picks]
-        n_short = min(N_RUNS, len(short))
+        load = lambda paths, n: [r for r in (_load(p, desc, fill_value, known[p], scale)  # noqa: E731
+                                             for p in _spread(paths, n)) if r is not None]
+        runs = load(short, N_RUNS)
+        n_short = len(runs)
+        if not runs:
+            continue
+        runs += load([p for p in known if p not in short], N_HELD)
         with tqdm(desc=f"limit: {words}", unit="march", disable=not progress, leave=False) as bar:
             form, pressure, error = _fit(runs, name, bar.update)
+        n_years = sum(int(np.isfinite(r.shares[:, column]).sum()) for r in runs)
+        without = float(np.sqrt(_misfit(runs, name, None, 0.0) / max(n_years, 1)))
+        if error ** 2 > EXPLAINS * without ** 2:  # e.g. field rates that mean something else than InjRate's
+            warnings.append(f"{len(short)} training run(s) fell short of their wells' rates, but no {words} bottomhole "
+                            f"pressure explains it (delivered share rms error {error:.3f}, {without:.3f} without "
+                            "one): none used")
+            continue
         spec = {"value": pressure, "unit": "Pa"} if form == "absolute" else \
             {"over_initial": KINDS[name][1] * pressure, "at": "well", "unit": "Pa"}
         note = f"calibrated on {n_short} training runs held at it (delivered share rms error {error:.3f})"
