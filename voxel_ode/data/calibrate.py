@@ -21,10 +21,10 @@ from voxel_ode.physics import priors as physics_priors
 from voxel_ode.utils import UserError
 
 HEAT_QUANTITIES = ({"RockHeatCapacityVolumetric"}, {"RockHeatCapacity", "RockDensity"})
-# A run whose field delivered this much less than its wells' rates (InjRate) in some year, next to
-# the best-delivering training run, had a well held at a bottomhole limit: its pressure is capped by
-# a limit the calibration does not know, so it is not a calibration run where enough others are.
-SHORTFALL = 1e-3
+# A run that fell short of its rates (limits.SHORTFALL) had a well held at a bottomhole limit: its
+# pressure is capped by a limit the constants' fit does not model, so it is not a calibration run
+# where enough others are.
+SHORTFALL = limits.SHORTFALL
 
 
 def _calibration_run(path, desc: description.Description, fill_value):

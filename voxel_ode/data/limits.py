@@ -3,14 +3,15 @@ delivered less than its wells' rates (InjRate) had wells held at a limit, and th
 (without it, a closed box's producers at their limit were predicted 1.2-2.7x the change).
 
 For each kind of well that fell short (injectors: a maximum pressure, producers: a minimum), a few
-such runs and a few that held their rates are marched by the priors (data/pack.py's reservoir, with the description's constants,
-declared or calibrated) at candidate limits, and the limit whose delivered shares of the rates,
-year by year, match the runs' own (their field water rates over InjRate, over those of the
-best-delivering training run: a unit factor on the rates shifts every run alike) is kept. Two
-forms, as a description may declare them: the pressure itself, or a pressure over each well's
-own initial pressure (runs at other depths then share one number); the one that fits better is
-kept. Each evaluation is a coupled march per run: the search is a scan of SCAN points per form
-across LIMIT_RANGE and a bounded 1-D refinement.
+such runs and a few that held their rates are marched by the priors (data/pack.py's reservoir,
+with the description's constants, declared or calibrated) at candidate limits, and the limit
+whose delivered shares of the rates, year by year, match the runs' own (their field water rates
+over InjRate, over those of the best-delivering training run: a unit factor on the rates shifts
+every run alike) is kept. Two forms, as a description may declare them: the pressure itself, or a
+pressure over each well's own initial pressure (runs at other depths then share one number); the
+one that fits better is kept, and only where it explains the shortfall (EXPLAINS). Each
+evaluation is a coupled march per run: the search is a scan of SCAN points per form across
+LIMIT_RANGE and a bounded 1-D refinement.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ LIMIT_RANGE = (1e5, 1e8)
 SCAN = 13  # points per form across LIMIT_RANGE (log-spaced: every quarter decade)
 N_RUNS = 3  # runs that fell short marched per evaluation
 N_HELD = 2  # and runs that held their rates (at another depth, a limit's form shows: they must not reach it)
-SHORTFALL = 1e-3  # as data/calibrate.py: a share this much below the best run's is a shortfall
+# A run whose field delivered this much less than its wells' rates (InjRate) in some year, next to
+# the best-delivering training run, had a well held at a bottomhole limit (data/calibrate.py too)
+SHORTFALL = 1e-3
 POOR_FIT = 0.1  # rms error of the delivered share above which the fit is said to be poor
 EXPLAINS = 0.25  # a limit is used where it leaves at most this share of the misfit without one
 KINDS = {"InjectorMaxBottomholePressure": (0, 1.0, "injectors' maximum"),
