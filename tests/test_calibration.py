@@ -493,7 +493,7 @@ def test_side_blocks_contract_with_their_side_cells_water():
     assert error(blocks) < 0.5 < 2.0 < error(dataclasses.replace(blocks, side_temperature_change=None))
 
 
-def test_a_producers_limit_the_runs_fell_short_at_is_recovered(tmp_path):
+def test_a_producers_limit_the_runs_fell_short_at_is_recovered(tmp_path, monkeypatch):
     """Runs at four depths, their field rates made by the priors' own wells with the producers
     held at one minimum bottomhole pressure (in another unit than InjRate's): the shallow runs fell
     short, the deep ones held; the limit comes back as a pressure (not one over each well's initial
@@ -534,6 +534,11 @@ def test_a_producers_limit_the_runs_fell_short_at_is_recovered(tmp_path):
     np.testing.assert_allclose(report[name]["value"], truth, rtol=0.01)
     assert report[name]["share_error"] < 0.01 and fitted.quantities[name]["value"] == report[name]["value"]
     assert name in fitted.calibrated and name not in desc.quantities and not warnings
-    # prep's calibration (the constants declared here) runs it and reports it for stats.json
-    through, whole = calibrate.calibrate_description(desc, [str(p) for p in paths], progress=False)
+    # prep's calibration runs it after a used fit of the constants (here: the declared ones) and reports it
+    bare = dataclasses.replace(desc, lateral_boundary=None)
+    monkeypatch.setattr(calibrate, "_calibrate_constants", lambda d, *a: (
+        desc, {"runs": {}, "fitted": {}, "warnings": [], "used": True}))
+    through, whole = calibrate.calibrate_description(bare, [str(p) for p in paths], progress=False)
     assert whole["limits"] == report and whole["used"] and through.quantities[name] == fitted.quantities[name]
+    # a description that declares cells and boundary is not calibrated, its limits neither
+    assert calibrate.calibrate_description(desc, [str(p) for p in paths], progress=False) == (desc, None)

@@ -118,24 +118,21 @@ def _not_used(why: str) -> dict:
 def calibrate_description(desc: description.Description, train_paths, fill_value=None, progress=True,
                           blocks=None) -> tuple[description.Description, dict | None]:
     """(``desc`` with what the priors lack fitted on a few training runs, the report for stats.json's
-    "calibration"). The constants run when the cell sizes or the lateral boundary are not declared;
-    the thermal constants the description lacks are fitted with them; then, where the priors have
-    what they need and training runs fell short of their rates, the bottomhole limits it lacks
-    (data/limits.py; the report's "limits"). Report None: nothing to calibrate. ``blocks``: fit on
+    "calibration"). Runs when the cell sizes or the lateral boundary are not declared; the thermal
+    constants the description lacks are fitted with them, then, where the fit is used and training
+    runs fell short of their rates, the bottomhole limits it lacks (data/limits.py; the report's
+    "limits"; a description that declares cells and boundary declares its limits too, or has
+    none). Report None: nothing to calibrate. ``blocks``: fit on
     blocks of (fz, fy, fx) cells (default: cell by cell up to MAX_CELLS active cells, blocks that
     bring a run to about half of it above)."""
-    if not train_paths:
-        return desc, None
     cells = all(q in desc.quantities for q in description.CELL_SIZE_QUANTITIES)
-    report = None
-    if not (cells and desc.lateral_boundary):
-        desc, report = _calibrate_constants(desc, train_paths, fill_value, progress, blocks)
-    if all(q in desc.quantities for q in description.CELL_SIZE_QUANTITIES) and desc.lateral_boundary:
+    if (cells and desc.lateral_boundary) or not train_paths:
+        return desc, None
+    desc, report = _calibrate_constants(desc, train_paths, fill_value, progress, blocks)
+    if report["used"]:
         shares = {p: delivered_shares(p, fill_value) for p in train_paths}
         desc, fitted, warnings = limits.calibrate_limits(desc, train_paths, shares, fill_value, progress)
-        if fitted or warnings:
-            report = report or {"runs": {}, "fitted": {}, "warnings": [], "used": True}
-            report["warnings"] += warnings
+        report["warnings"] += warnings
         if fitted:
             report["limits"] = fitted
         for line in warnings:
