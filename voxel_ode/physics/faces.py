@@ -9,6 +9,13 @@ from __future__ import annotations
 import numpy as np
 
 
+def lateral_side(grid) -> np.ndarray:
+    """(Z, Y, X) bool: the cells on the box's lateral sides (first or last along Y or X), where a
+    dataset's lateral boundary (closed, side storage, support) acts."""
+    _, y, x = np.indices(grid)
+    return (x == 0) | (x == grid[2] - 1) | (y == 0) | (y == grid[1] - 1)
+
+
 def _halves(axis):
     """Index tuples of all cells but the last (lo) and all but the first (hi) along ``axis``."""
     lo, hi = [slice(None)] * 3, [slice(None)] * 3

@@ -52,7 +52,7 @@ import scipy.sparse.linalg as spla
 
 from voxel_ode import schema
 from voxel_ode.physics import water
-from voxel_ode.physics.faces import ActiveFaces
+from voxel_ode.physics.faces import ActiveFaces, lateral_side
 from voxel_ode.utils import UserError
 
 YEAR_SECONDS = schema.STEP_SECONDS
@@ -128,8 +128,7 @@ class _Faces(ActiveFaces):
             for side in (-1, 1):
                 c = self.boundary_cells(axis, side, box_only=True)
                 np.add.at(self.side_trans, c, area * k[axis][c] / (0.5 * spacing))
-        z, y, x = np.unravel_index(self.cells, self.grid)
-        self.on_side = (x == 0) | (x == self.grid[2] - 1) | (y == 0) | (y == self.grid[1] - 1)
+        self.on_side = lateral_side(self.grid).ravel()[self.cells]
         # depth of cell a minus depth of cell b per face (Z is depth, a is the shallower cell)
         self.depth_step = np.where(self.face_axis == 0, -self.axes[0][0], 0.0)
 

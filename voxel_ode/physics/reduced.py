@@ -35,7 +35,7 @@ import scipy.sparse as sp
 from scipy.optimize import minimize_scalar
 
 from voxel_ode.physics import priors as physics_priors
-from voxel_ode.physics.faces import ActiveFaces
+from voxel_ode.physics.faces import ActiveFaces, lateral_side
 
 TARGET_CELLS = 3000  # active cells per run of the upscaled copies
 WELL_LOG = 4.5  # log(r0 / r_w): 2.9-5.9 for cells 10-200 m wide and an 8 1/2-inch hole
@@ -316,8 +316,7 @@ def upscaled_run(run, f):
     cell = None if run.cell_size is None else tuple(c * k for c, k in zip(run.cell_size, f[::-1]))
     side = None
     if run.temperature_change is not None and f[1:] != (1, 1):  # a side block's aquifer is its side cells'
-        _, y, x = np.indices(grid)
-        on_side = active & ((x == 0) | (x == grid[2] - 1) | (y == 0) | (y == grid[1] - 1))
+        on_side = active & lateral_side(grid)
         mean = restrict(run.temperature_change)
         own = restrict(run.temperature_change, np.where(on_side, porosity, 0.0))
         side = np.where(_blocks(on_side, grid, f).any(axis=(3, 4, 5))[coarse_active], own, mean)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from voxel_ode.physics import priors as physics_priors
+from voxel_ode.physics.faces import lateral_side
 
 # rock (grain) volumetric heat capacity: grain densities 2000-3300 kg/m^3 x specific heats
 # 700-1100 J/(kg K) give 1.4e6-3.6e6; margins either side.
@@ -79,9 +80,7 @@ def driven_pressures(runs, p: Pressure, declared) -> list:
             continue
         change = run.temperature_change
         if run.side_temperature_change is not None and p.boundary == "pore_volume":
-            _, y, x = np.nonzero(res.active)
-            grid = res.active.shape
-            on_side = (x == 0) | (x == grid[2] - 1) | (y == 0) | (y == grid[1] - 1)
+            on_side = lateral_side(res.active.shape)[np.asarray(res.active, bool)]
             change = np.where(on_side, run.side_temperature_change, change)
         temperature = np.asarray(res.temperature0, np.float64)[res.active] + change
         out.append(physics_priors.driven_pressure_change(res, temperature, n_reports))
