@@ -515,13 +515,14 @@ def test_a_producers_limit_the_runs_fell_short_at_is_recovered(tmp_path, monkeyp
     lowest = []
     for run in runs:
         res = pack.reservoir(run.statics, run.physics, run.gap)
-        pressure = physics_priors.prior_fields(res, run.n_reports)[1]
+        pressure = np.zeros((run.n_reports,) + res.active.shape)
+        pressure[:, res.active] = physics_priors.driven_pressure_change(res, run.temperature, run.n_reports)
         producer = np.nonzero((np.asarray(run.statics["InjRate"]) < 0) & np.asarray(res.active))
         top = tuple(c[np.argmin(producer[0])] for c in producer)
         lowest.append(float(run.statics["Pressure0"][top] + pressure[:, top[0], top[1], top[2]].min()))
     truth = 0.5 * (lowest[0] + lowest[1])  # below the shallowest run's lowest pressure, above the deeper ones'
     for path, run in zip(paths, runs):
-        shares = limits._shares_at(run, name, "absolute", truth)
+        shares = limits._shares_at(run, {name: ("absolute", truth)})
         q = np.where(np.asarray(run.statics["IsActive"]) > 0.5, np.asarray(run.statics["InjRate"], np.float64), 0.0)
         with h5py.File(path, "r+") as f:
             for column, scalar in enumerate(("FieldWaterInjectionRate", "FieldWaterProductionRate")):
@@ -542,3 +543,47 @@ def test_a_producers_limit_the_runs_fell_short_at_is_recovered(tmp_path, monkeyp
     assert whole["limits"] == report and whole["used"] and through.quantities[name] == fitted.quantities[name]
     # a description that declares cells and boundary is not calibrated, its limits neither
     assert calibrate.calibrate_description(desc, [str(p) for p in paths], progress=False) == (desc, None)
+
+
+def test_both_kinds_of_well_held_are_fitted_together(tmp_path):
+    """Deep runs' injectors held at a maximum early, shallow runs' producers at a minimum late (a
+    pressure each): both limits come back within 1 %, each from the runs held at it."""
+    from fixtures import DESCRIPTION, make_raw_arrays
+
+    (tmp_path / "d.json").write_text(json.dumps(DESCRIPTION))
+    desc = description.load(tmp_path / "d.json")
+    paths, runs, highest, lowest = [], [], [], []
+    for i in range(4):
+        a = make_raw_arrays(seed=i)
+        a["InjRate"] *= np.float32(0.01)
+        a["InjRate"][:, 1, 1] = np.float32(0.005)
+        for name in ("Pressure0", "Pressure"):
+            a[name] = a[name] + np.float32(2e6 * i)
+        paths.append(write_raw_sim(tmp_path / f"v2.4_{i:04d}.h5", a))
+        runs.append(limits._load(paths[-1], desc, None, np.ones((6, 2)), np.ones(2)))
+        res = pack.reservoir(runs[-1].statics, runs[-1].physics, runs[-1].gap)
+        bhp, _, kinds = physics_priors.held_well_pressures(res, runs[-1].temperature, 6, np.ones((5, 2)))
+        highest.append(bhp[:, kinds > 0].max())
+        lowest.append(bhp[:, kinds < 0].min())
+    truth = {"InjectorMaxBottomholePressure": ("absolute", 0.5 * (highest[2] + highest[3])),
+             "ProducerMinBottomholePressure": ("absolute", 0.5 * (lowest[0] + lowest[1]))}
+    for path, run in zip(paths, runs):
+        _write_field_rates(path, run, limits._shares_at(run, truth))
+    shares = {str(p): calibrate.delivered_shares(p) for p in paths}
+    assert shares[str(paths[3])][:, 0].min() < 0.99 and shares[str(paths[0])][:, 1].min() < 0.99
+    _, report, warnings = limits.calibrate_limits(desc, [str(p) for p in paths], shares, progress=False)
+    assert set(report) == set(truth) and not warnings, (report, warnings)
+    for name, (form, value) in truth.items():
+        assert report[name]["form"] == form
+        np.testing.assert_allclose(report[name]["value"], value, rtol=0.01)
+    assert report["InjectorMaxBottomholePressure"]["runs"] == [paths[3].name]
+    assert report["ProducerMinBottomholePressure"]["runs"] == [paths[0].name]
+
+
+def _write_field_rates(path, run, shares):
+    """The file's field water rates: its wells' rates (InjRate) x ``shares`` (years, 2)."""
+    q = np.where(np.asarray(run.statics["IsActive"]) > 0.5, np.asarray(run.statics["InjRate"], np.float64), 0.0)
+    with h5py.File(path, "r+") as f:
+        for column, scalar in enumerate(("FieldWaterInjectionRate", "FieldWaterProductionRate")):
+            target = q[q > 0].sum() if column == 0 else -q[q < 0].sum()
+            f[schema.raw_path(scalar)][...] = target * np.concatenate([[1.0], shares[:, column]])

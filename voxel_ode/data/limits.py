@@ -2,21 +2,24 @@
 delivered less than its wells' rates (InjRate) had wells held at a limit, and the priors need it
 (without it, a closed box's producers at their limit were predicted 1.2-2.7x the change).
 
-For each kind of well that fell short (injectors: a maximum pressure, producers: a minimum), a few
-such runs and a few that held their rates are marched by the priors (data/pack.py's reservoir,
-with the description's constants, declared or calibrated) at candidate limits, and the limit
-whose delivered shares of the rates, year by year, match the runs' own (their field water rates
-over InjRate, over those of the best-delivering training run: a unit factor on the rates shifts
-every run alike) is kept. Two forms, as a description may declare them: the pressure itself, or a
-pressure over each well's own initial pressure (runs at other depths then share one number); the
-one that fits better is kept, and only where it moves the shares towards the runs' (EXPLAINS). Each
-evaluation is a coupled march per run: the search is a scan of SCAN points per form across
-LIMIT_RANGE and a bounded 1-D refinement.
+The runs' delivered shares of the rates (their field water rates over InjRate, over those of the
+best-delivering training run: a unit factor on the rates shifts every run alike) say when wells
+were held, not at what pressure; the pressure comes from the priors' own wells: a few runs that
+fell short are marched (data/pack.py's reservoir with the description's constants, declared or
+calibrated; the pressure driven by each run's recorded temperatures) at the rates they delivered,
+and the held wells' bottomhole pressures in those years are the first guess, in each form a
+description may declare (the pressure itself, or one over each well's or the reservoir base's
+initial pressure). The forms that fit the shares best with the priors' wells held at the guesses
+are kept and each limit is refined near its guess, both kinds in turns where both fell short (in
+a closed box, injectors held at their maximum leave the producers to draw the pressure down to
+theirs); runs that held their rates are marched too (they must not reach a limit). A limit is
+kept only where it moves the shares towards the runs' (EXPLAINS).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +36,9 @@ from voxel_ode.utils import UserError
 
 # Pa: a limit 1 bar .. 1000 bar away from the well's initial pressure, or a pressure of 1 .. 1000 bar
 LIMIT_RANGE = (1e5, 1e8)
-SCAN = 13  # points per form across LIMIT_RANGE (log-spaced: every quarter decade)
-N_RUNS = 3  # runs that fell short marched per evaluation
+N_RUNS = 3  # runs that fell short marched per evaluation, per kind of well
 N_HELD = 2  # and runs that held their rates (at another depth, a limit's form shows: they must not reach it)
+MAX_CELLS = physics_priors.DIRECT_SOLVE_MAX_CELLS  # active cells per run the fit marches (~300 marches each)
 # A run whose field delivered this much less than its wells' rates (InjRate) in some year, next to
 # the best-delivering training run, had a well held at a bottomhole limit (data/calibrate.py too)
 SHORTFALL = 1e-3
@@ -46,6 +49,10 @@ POOR_FIT = 0.1  # rms error of the delivered share above which the fit is said t
 # misfit and took the priors alone from P 0.689 to 0.052 (holding a well's pressure matters more
 # to the field's pressure than to its rates)
 EXPLAINS = 0.99
+ROUNDS = 2  # searches per limit, in turns with the other kind's
+NEAR = 0.5  # decades around a limit's first guess searched
+FORMS = ("absolute",) + description.LIMIT_REFERENCES  # the limit itself, or over the initial pressure there
+_AT = {"well": "at each well", "base": "at the reservoir's base"}
 KINDS = {"InjectorMaxBottomholePressure": (0, 1.0, "injectors' maximum"),
          "ProducerMinBottomholePressure": (1, -1.0, "producers' minimum")}  # column, sign over initial, words
 
@@ -55,7 +62,8 @@ class _Run:
     name: str
     statics: dict
     physics: description.Physics
-    gap: np.ndarray
+    gap: np.ndarray  # the injected water's temperature over the initial (its wellbores' weight)
+    temperature: np.ndarray  # (n_reports, n_active) K, the run's own at every report from t = 0
     n_reports: int
     shares: np.ndarray  # (years, 2) the field's delivered share of the wells' rates, over the best run's
 
@@ -66,70 +74,111 @@ def _load(path, desc: description.Description, fill_value, shares, best) -> _Run
         with h5py.File(path, "r") as f:
             grid = f[schema.raw_path("IsActive")].shape
             statics, _, scalars, _, _, physics = raw.resolved_inputs(f, path, grid, fill_value, desc)
+            active = np.asarray(statics["IsActive"]) > 0.5
+            t0 = np.asarray(statics["Temperature0"], np.float64)[active]
+            temperature = raw.read_dataset(f[schema.raw_path("Temperature")]).astype(np.float64)[:, active]
     except (UserError, raw.DatasetProblem, OSError, KeyError, ValueError):
         return None
-    n_reports = len(scalars) + int(physics.first_report == "year1")
-    active = np.asarray(statics["IsActive"]) > 0.5
+    temperature = np.where(np.isfinite(temperature) & (np.abs(temperature - t0) < 1e3), temperature, t0)  # fill values
+    if physics.first_report == "year1":
+        temperature = np.concatenate([t0[None], temperature])
+    temperature[0] = t0
     gap = np.zeros(active.shape, np.float32)
     t_inj = pack.injection_temperature(physics, scalars)
     if t_inj is not None:
-        gap[active] = t_inj - np.asarray(statics["Temperature0"])[active]
-    return _Run(Path(path).name, statics, physics, gap, n_reports, shares / best)
+        gap[active] = t_inj - t0
+    return _Run(Path(path).name, statics, physics, gap, temperature, len(temperature), shares / best)
 
 
-def _shares_at(run: _Run, name: str, form: str | None, pressure: float) -> np.ndarray:
-    """(years, 2) the delivered shares of the priors' wells with the limit ``name`` at ``pressure``
-    (Pa: the limit itself, or its distance from each well's initial pressure; form None: none)."""
-    _, sign, _ = KINDS[name]
+def _shares_at(run: _Run, limits: dict) -> np.ndarray:
+    """(years, 2) the delivered shares of the priors' wells with ``limits`` {name: (form, Pa)}: the
+    limit itself ("absolute") or its distance from an initial pressure (description.LIMIT_REFERENCES:
+    each well's own, or the reservoir base's)."""
     values, at = dict(run.physics.values), dict(run.physics.limits_at)
-    if form == "absolute":
-        values[name] = pressure
-        at.pop(name, None)
-    elif form is not None:
-        values[name], at[name] = sign * pressure, "well"
+    for name, (form, pressure) in limits.items():
+        if form == "absolute":
+            values[name] = pressure
+            at.pop(name, None)
+        else:
+            values[name], at[name] = KINDS[name][1] * pressure, form
     res = pack.reservoir(run.statics, dataclasses.replace(run.physics, values=values, limits_at=at), run.gap)
-    rates = physics_priors.delivered_rates(res, run.n_reports)
+    rates = physics_priors.delivered_rates(res, run.n_reports, run.temperature)
     q = np.where(np.asarray(run.statics["IsActive"]) > 0.5, np.asarray(run.statics["InjRate"], np.float64), 0.0)
     targets = np.array([q[q > 0].sum(), -q[q < 0].sum()])
     return rates / np.where(targets > 0, targets, np.nan)
 
 
-def _misfit(runs, name, form, log_pressure) -> float:
-    column = KINDS[name][0]
-    total = 0.0
+def _errors(runs, limits: dict) -> np.ndarray:
+    """(2,) summed squared error of the injected and produced shares over the runs' years."""
+    total = np.zeros(2)
     for run in runs:
-        prior = _shares_at(run, name, form, 10.0 ** log_pressure)[:, column]
-        true = run.shares[-len(prior):, column]
-        keep = np.isfinite(true) & np.isfinite(prior)
-        total += float(np.sum((prior[keep] - true[keep]) ** 2))
+        prior = _shares_at(run, limits)
+        true = run.shares[-len(prior):]
+        total += np.nansum((prior - true) ** 2, axis=0)
     return total
 
 
-def _fit(runs, name, tick) -> tuple[str, float, float]:
-    """(form, pressure in Pa, rms error of the delivered shares) of the best fit over both forms: a
-    scan, then a bounded 1-D search in each interval next to its best point or, where the misfit is
-    flat (limits no run reaches), next to the edges of that plateau."""
-    best = None
-    n_years = sum(int(np.isfinite(r.shares[:, KINDS[name][0]]).sum()) for r in runs)
-    grid = np.linspace(*np.log10(LIMIT_RANGE), SCAN)
-    for form in ("absolute", "over_initial"):
-        costs = []
-        for x in grid:
-            costs.append(_misfit(runs, name, form, x))
-            tick()
-        low = min(costs)
-        ties = [j for j, c in enumerate(costs) if c <= low * (1 + 1e-6) + 1e-12]
-        found = (grid[ties[0]], low)
-        for a, b in sorted({(min(j, k), max(j, k)) for j in ties for k in (j - 1, j + 1)
-                            if 0 <= k < SCAN and k not in ties}):
-            refined = minimize_scalar(lambda x: _misfit(runs, name, form, x), bounds=(grid[a], grid[b]),
-                                      method="bounded", options={"xatol": 0.01})
-            tick()
-            if refined.fun < found[1]:
-                found = (refined.x, refined.fun)
-        if best is None or found[1] < best[2]:
-            best = (form, float(10.0 ** found[0]), float(found[1]))
-    return best[0], best[1], float(np.sqrt(best[2] / max(n_years, 1)))
+def _guesses(run: _Run, name) -> dict:
+    """{form: (years,) the run's held wells' bottomhole pressures in that form} in the years its
+    field fell short with ``name``'s kind of well: its wells marched at the rates it delivered
+    (without limits), the most extreme of that kind each year (the held one sits at its limit)."""
+    column, sign, _ = KINDS[name]
+    n = run.n_reports - 1
+    res = pack.reservoir(run.statics, run.physics, run.gap)
+    bhp, p0, kinds = physics_priors.held_well_pressures(res, run.temperature, run.n_reports, run.shares[-n:])
+    years = run.shares[-n:, column] < 1 - SHORTFALL
+    wells = kinds == sign
+    if not years.any() or not wells.any():
+        return {}
+    physics = dataclasses.replace(run.physics, values={name: 0.0}, limits_at={name: "base"})
+    base = description.bottomhole_limit(physics, name, run.statics["Pressure0"], run.statics["IsActive"] > 0.5)
+    over = sign * (bhp[np.ix_(years, wells)] - p0[wells])  # > 0: past its initial pressure, the limit's way
+    extreme = sign * (bhp[np.ix_(years, wells)] - base)
+    return {"absolute": base + sign * extreme.max(axis=1), "well": over.max(axis=1), "base": extreme.max(axis=1)}
+
+
+def _fit(runs, names, short, tick) -> dict:
+    """{name: (form, Pa)} for the kinds of well ``names`` that fell short and need a limit: each
+    form's first guess (the median of _guesses over the runs held at it), the combination of forms
+    that fits the shares best, then in turns each limit searched within NEAR decades of its guess
+    with the others in place (the shares are a weak signal of a limit's value: a wide search
+    finds other minima, one kind at a time far from the truth where both were held)."""
+    guesses = {}
+    for name in names:
+        values = {}
+        for run in runs:
+            if run.name in short[name]:
+                for form, v in _guesses(run, name).items():
+                    values.setdefault(form, []).append(v)
+        guesses[name] = {form: float(np.clip(np.median(np.concatenate(v)), *LIMIT_RANGE)) for form, v in values.items()}
+    names = [n for n in names if guesses[n]]
+
+    def cost(limits):
+        tick()
+        return float(_errors(runs, limits).sum())
+
+    combos = [dict(zip(names, forms)) for forms in itertools.product(*(list(guesses[n]) for n in names))]
+    limits = min(({n: (f, guesses[n][f]) for n, f in combo.items()} for combo in combos), key=cost, default={})
+    for turn in range(ROUNDS * len(limits)):
+        name = list(limits)[turn % len(limits)]
+        form, centre = limits[name][0], np.log10(guesses[name][limits[name][0]])
+        found = minimize_scalar(lambda x: cost(limits | {name: (form, 10.0 ** x)}), method="bounded",
+                                bounds=(max(centre - NEAR, np.log10(LIMIT_RANGE[0])), min(centre + NEAR, np.log10(LIMIT_RANGE[1]))),
+                                options={"xatol": 0.01})
+        if found.fun < cost(limits):  # a limit reached only late sits in a notch the search may step over
+            limits[name] = (form, float(10.0 ** found.x))
+    return _needed(runs, limits)
+
+
+def _needed(runs, limits: dict) -> dict:
+    """``limits`` less any the shares do not need: one whose removal leaves the misfit within
+    1 / EXPLAINS of it."""
+    total = _errors(runs, limits).sum()
+    for name in limits:
+        rest = {k: v for k, v in limits.items() if k != name}
+        if total > EXPLAINS * _errors(runs, rest).sum():
+            return _needed(runs, rest) if rest else {}
+    return limits
 
 
 def calibrate_limits(desc: description.Description, train_paths, shares: dict, fill_value=None,
@@ -139,48 +188,54 @@ def calibrate_limits(desc: description.Description, train_paths, shares: dict, f
     was fitted is printed. ``shares``: calibrate.delivered_shares per training path (None where
     the file cannot tell). Nothing is fitted for a kind of well that held its rates in every run."""
     known = {p: s for p, s in shares.items() if s is not None and p in train_paths}
-    if not known:
+    short = {name: paths for name, paths in _short_runs(known).items() if name not in desc.quantities}
+    if not short:
         return desc, {}, []
+    scale = np.array([_best(known, c) for c in (0, 1)])
+    picks = sorted({p for paths in short.values() for p in _spread(paths, N_RUNS)})
+    held = _spread([p for p in known if not any(p in paths for paths in short.values())], N_HELD)
+    runs = [r for r in (_load(p, desc, fill_value, known[p], scale) for p in picks + held) if r is not None]
+    if max((r.temperature.shape[1] for r in runs), default=0) > MAX_CELLS:
+        return desc, {}, [f"training runs fell short of their wells' rates, but their grids exceed the {MAX_CELLS} "
+                          "active cells the bottomhole limits are fitted on: declare them (description.json)"]
+    names = [n for n in KINDS if n in short and any(r.name in {Path(p).name for p in short[n]} for r in runs)]
+    if not names:
+        return desc, {}, []
+    with tqdm(desc="limits", unit="march", disable=not progress, leave=False) as bar:
+        fitted = _fit(runs, names, {n: {Path(p).name for p in short[n]} for n in names}, bar.update)
+    return _apply(desc, runs, short, names, fitted)
+
+
+def _apply(desc, runs, short, names, fitted) -> tuple[description.Description, dict, list]:
+    """The description, report and warnings of the fitted limits, each said in one line."""
+    years = np.sum([np.isfinite(r.shares[-(r.n_reports - 1):]).sum(axis=0) for r in runs], axis=0)
+    error = np.sqrt(_errors(runs, fitted) / np.maximum(years, 1))
+    without = np.sqrt(_errors(runs, {}) / np.maximum(years, 1))
     report, warnings = {}, []
-    # the kind of well more runs fell short with first: the other's limit is fitted with it in place
-    # (a closed box's producers at their limit drive the pressure up to the injectors')
-    for name, best, short in sorted(_short_runs(known), key=lambda k: -len(k[2])):
-        if name in desc.quantities:
+    for name in names:
+        column, sign, words = KINDS[name]
+        held_at = [r.name for r in runs if r.name in {Path(p).name for p in short[name]}]
+        if name not in fitted:
+            warnings.append(f"{len(short[name])} training run(s) fell short of their wells' rates, but no {words} "
+                            f"bottomhole pressure explains it (delivered share rms error {error[column]:.3f}, "
+                            f"{without[column]:.3f} without one): none used")
             continue
-        column, _, words = KINDS[name]
-        scale = np.array([best if c == column else 1.0 for c in (0, 1)])
-        load = lambda paths, n: [r for r in (_load(p, desc, fill_value, known[p], scale)  # noqa: E731
-                                             for p in _spread(paths, n)) if r is not None]
-        runs = load(short, N_RUNS)
-        n_short = len(runs)
-        if not runs:
-            continue
-        runs += load([p for p in known if p not in short], N_HELD)
-        with tqdm(desc=f"limit: {words}", unit="march", disable=not progress, leave=False) as bar:
-            form, pressure, error = _fit(runs, name, bar.update)
-        n_years = sum(int(np.isfinite(r.shares[:, column]).sum()) for r in runs)
-        without = float(np.sqrt(_misfit(runs, name, None, 0.0) / max(n_years, 1)))
-        if error ** 2 > EXPLAINS * without ** 2:
-            warnings.append(f"{len(short)} training run(s) fell short of their wells' rates, but no {words} bottomhole "
-                            f"pressure explains it (delivered share rms error {error:.3f}, {without:.3f} without "
-                            "one): none used")
-            continue
+        form, pressure = fitted[name]
         spec = {"value": pressure, "unit": "Pa"} if form == "absolute" else \
-            {"over_initial": KINDS[name][1] * pressure, "at": "well", "unit": "Pa"}
-        note = f"calibrated on {n_short} training runs held at it (delivered share rms error {error:.3f})"
+            {"over_initial": sign * pressure, "at": form, "unit": "Pa"}
+        note = f"calibrated on {len(held_at)} training runs held at it (delivered share rms error {error[column]:.3f})"
         desc = dataclasses.replace(desc, quantities=desc.quantities | {name: spec},
                                    calibrated=desc.calibrated | {name: note})
         report[name] = {"value": float(spec.get("value", spec.get("over_initial"))),
-                        "form": "absolute" if form == "absolute" else "over the initial pressure at each well",
-                        "share_error": float(error), "runs": [r.name for r in runs[:n_short]],
-                        "runs_that_held": [r.name for r in runs[n_short:]]}
+                        "form": "absolute" if form == "absolute" else f"over the initial pressure {_AT[form]}",
+                        "share_error": float(error[column]), "runs": held_at,
+                        "runs_that_held": [r.name for r in runs if r.name not in held_at]}
         said = f"{pressure / 1e5:.4g} bar" if form == "absolute" else \
-            f"{KINDS[name][1] * pressure / 1e5:+.4g} bar over each well's initial pressure"
-        tqdm.write(f"calibration: {words} bottomhole pressure {said}, fitted on "
-                   f"{', '.join(r.name for r in runs[:n_short])} held at it and {len(runs) - n_short} that held their "
-                   f"rates (delivered share rms error {error:.3f})", file=sys.stderr)
-        if error > POOR_FIT:
-            warnings.append(f"the {words} bottomhole pressure fits the runs held at it poorly (rms error {error:.2f})")
+            f"{sign * pressure / 1e5:+.4g} bar over the initial pressure {_AT[form]}"
+        tqdm.write(f"calibration: {words} bottomhole pressure {said}, fitted on {', '.join(held_at)} held at it and "
+                   f"{len(runs) - len(held_at)} other(s) (delivered share rms error {error[column]:.3f})", file=sys.stderr)
+        if error[column] > POOR_FIT:
+            warnings.append(f"the {words} bottomhole pressure fits the runs held at it poorly (rms error {error[column]:.2f})")
     return desc, report, warnings
 
 
@@ -188,17 +243,20 @@ def _spread(paths, n) -> list:
     return [] if not paths else sorted({paths[int(i)] for i in np.linspace(0, len(paths) - 1, min(n, len(paths))).round()})
 
 
-def _short_runs(shares: dict) -> list:
-    """[(limit, the best run's smallest delivered share, the runs that fell short of it)] per kind of
-    well some training run fell short with."""
-    out = []
+def _best(shares: dict, column) -> float:
+    """The best-delivering run's smallest share of ``column``'s rates (1 where none is known)."""
+    lows = [np.nanmin(s[:, column]) for s in shares.values() if np.isfinite(s[:, column]).any()]
+    return float(max(lows)) if lows and max(lows) > 0 else 1.0
+
+
+def _short_runs(shares: dict) -> dict:
+    """{limit: the runs that fell short of the best run's smallest share} per kind of well some
+    training run fell short with."""
+    out = {}
     for name, (column, _, _) in KINDS.items():
-        lows = np.array([np.nanmin(s[:, column]) if np.isfinite(s[:, column]).any() else np.nan
-                         for s in shares.values()])
-        if not np.isfinite(lows).any() or np.nanmax(lows) <= 0:
-            continue
-        best = float(np.nanmax(lows))
-        short = [p for p, low in zip(shares, lows) if np.isfinite(low) and low < best * (1 - SHORTFALL)]
+        best = _best(shares, column)
+        short = [p for p, s in shares.items() if np.isfinite(s[:, column]).any()
+                 and np.nanmin(s[:, column]) < best * (1 - SHORTFALL)]
         if short:
-            out.append((name, best, short))
+            out[name] = short
     return out

@@ -34,9 +34,9 @@ give it the field-wide shapes instead; the network learns what they miss.
   well from its rate to its limit while the rate would pass it. ``as_given``: each cell takes its
   InjRate (per-cell sources, no wellbore).
 
-Cost: one sparse LU (the pressure matrix) and ~60 back-substitutions (plus one per well) per run on small grids,
-AMG-preconditioned CG on large ones; per year a flow-ordered Gauss-Seidel sweep as the
-preconditioner of ~4 BiCGSTAB iterations per heat step (docs/benchmarks.md, "Prep cost").
+Cost: one sparse LU (the pressure matrix) and ~60 back-substitutions (plus one per well) per run on small
+grids, AMG-preconditioned CG on large ones; per year a flow-ordered Gauss-Seidel sweep preconditions
+~4 BiCGSTAB iterations per heat step (docs/benchmarks.md, "Prep cost").
 """
 
 from __future__ import annotations
@@ -348,14 +348,24 @@ def _solve_with_wells(faces: _Faces, system: _PressureSystem, rhs, x0, rtol=None
     return dp, q
 
 
-def _pressure_march(faces: _Faces, system: _PressureSystem, temperature, n_reports) -> np.ndarray:
+def _pressure_march(faces: _Faces, system: _PressureSystem, temperature, n_reports,
+                    rates: list | None = None) -> np.ndarray:
     """(n_reports, n) pressure change since t = 0 at each year; ``temperature`` (n_reports, n) in K
-    or None (water stays at t0: constant coefficients)."""
+    or None (water stays at t0: constant coefficients). ``rates``: as _thermal_march's."""
     out = np.zeros((n_reports, faces.n))
     rho = system.rho0
     for t in range(1, n_reports):
-        out[t], _, rho, _ = _pressure_step(faces, system, out[t - 1], None if temperature is None else temperature[t], rho)
+        out[t], _, rho, q = _pressure_step(faces, system, out[t - 1], None if temperature is None else temperature[t], rho)
+        if rates is not None:
+            rates.append(_field_rates(system, q))
     return out
+
+
+def _field_rates(system: _PressureSystem, q) -> tuple[float, float]:
+    """(injected, produced) kg/s of the wells' delivered rates per cell ``q``, summed per well (a
+    cold injector's shallow cells may give water back)."""
+    wells = [float(q[cells].sum()) for cells in system.wells.cells] or list(q)
+    return sum(w for w in wells if w > 0), -sum(w for w in wells if w < 0)
 
 
 def _pressure_step(faces: _Faces, system: _PressureSystem, dp, temperature, rho_before, rtol=None):
@@ -417,9 +427,8 @@ def _thermal_march(faces: _Faces, res: Reservoir, system: _PressureSystem, t0, g
     for t in range(1, n_reports):
         dp, flux, rho, q = _pressure_step(faces, system, dp, t0 + gap * theta if gap.any() else None, rho, FLOW_RTOL)
         heat = dataclasses.replace(heat, injection=np.maximum(q, 0.0) / 1000.0)  # what each cell took in
-        if rates is not None:  # per well (a cold injector's shallow cells may give water back)
-            wells = [float(q[cells].sum()) for cells in system.wells.cells] or list(q)
-            rates.append((sum(w for w in wells if w > 0), -sum(w for w in wells if w < 0)))
+        if rates is not None:
+            rates.append(_field_rates(system, q))
         solve = _transport_solver(_transport_matrix(faces, heat, flux / 1000.0), np.argsort(-dp, kind="stable"))
         for _ in range(THERMAL_SUBSTEPS):
             theta = np.clip(solve(heat.capacity / heat.dt * theta + heat.injection, theta), 0.0, 1.0)
@@ -529,9 +538,11 @@ def injection_temperature(scalars) -> float | None:
     return float(water.temperature_from_enthalpy(np.median(energy[injecting] / rate[injecting])))
 
 
-def delivered_rates(res: Reservoir, n_reports: int) -> np.ndarray:
+def delivered_rates(res: Reservoir, n_reports: int, temperature=None) -> np.ndarray:
     """(n_reports - 1, 2) the field's injected and produced mass rates (kg/s) in years 1, 2, ... as
-    the priors' wells deliver them (a well held at its bottomhole limit delivers less than its rate)."""
+    the priors' wells deliver them (a well held at its bottomhole limit delivers less than its rate).
+    ``temperature`` (n_reports, n_active) K: the pressure march driven by it (a run whose
+    temperature history is known: data/limits.py fits on its training runs' own), else coupled."""
     faces = _Faces(res.active, res.perm_xyz, res.cell_size)
     q = np.asarray(res.inj_rate, np.float64).ravel()[faces.cells]
     if faces.n == 0 or not np.any(q) or n_reports < 2:
@@ -539,9 +550,30 @@ def delivered_rates(res: Reservoir, n_reports: int) -> np.ndarray:
     t0 = np.asarray(res.temperature0, np.float64).ravel()[faces.cells]
     gap = np.zeros(faces.n) if res.injection_gap is None else \
         np.nan_to_num(np.asarray(res.injection_gap, np.float64).ravel()[faces.cells])
-    rates = []
-    _thermal_march(faces, res, _pressure_system(faces, res, t0), t0, gap, n_reports, rates)
+    rates, system = [], _pressure_system(faces, res, t0)
+    if temperature is not None:
+        _pressure_march(faces, system, np.asarray(temperature, np.float64), n_reports, rates)
+    else:
+        _thermal_march(faces, res, system, t0, gap, n_reports, rates)
     return np.array(rates)
+
+
+def held_well_pressures(res: Reservoir, temperature, n_reports: int, shares) -> tuple[np.ndarray, ...]:
+    """((years, K) each well's bottomhole pressure, Pa at its top perforation, at its rate times the
+    year's ``shares`` (years, 2) of injection and production, no limits, the water at ``temperature``
+    (n_reports, n_active) K; (K,) initial pressure there; (K,) +1 injector, -1 producer) (data/limits.py)."""
+    faces = _Faces(res.active, res.perm_xyz, res.cell_size)
+    t0 = np.asarray(res.temperature0, np.float64).ravel()[faces.cells]
+    system = _pressure_system(faces, dataclasses.replace(res, producer_min_bhp=None, injector_max_bhp=None), t0)
+    wells, p0 = system.wells, np.asarray(res.pressure0, np.float64).ravel()[faces.cells]
+    tops = [cells[0] for cells in wells.cells]
+    out, dp, rho = np.zeros((max(n_reports - 1, 0), len(tops))), np.zeros(faces.n), system.rho0
+    for t in range(1, n_reports):
+        share = np.where(wells.target > 0, shares[t - 1, 0], shares[t - 1, 1])
+        system.wells = dataclasses.replace(wells, target=wells.target * np.nan_to_num(share, nan=1.0))
+        dp, _, rho, q = _pressure_step(faces, system, dp, np.asarray(temperature[t], np.float64), rho)
+        out[t - 1] = [p0[c] + dp[c] + q[c] / index[0] for c, index in zip(tops, wells.index)]  # q = J (P - dp) at the top
+    return out, p0[tops], np.sign(wells.target)
 
 
 def warm_pressure_change(res: Reservoir, n_reports: int) -> np.ndarray:
