@@ -246,12 +246,18 @@ def bottomhole_limit(physics: "Physics", name: str, pressure0, active):
         return value
     if at == "well":
         return np.asarray(pressure0, np.float64) + value
-    act = np.asarray(active, bool)  # "base"
+    base = base_pressure(pressure0, active)
+    return None if base is None else base + value
+
+
+def base_pressure(pressure0, active) -> float | None:
+    """Pa, the mean initial pressure of the deepest active layer (a limit "at": "base" is over it)."""
+    act = np.asarray(active, bool)
     layers = np.flatnonzero(act.any(axis=(1, 2)))
     if not layers.size:
         return None
     deepest = int(layers.max())  # Z grows with depth (schema)
-    return float(np.mean(np.asarray(pressure0, np.float64)[deepest][act[deepest]])) + value
+    return float(np.mean(np.asarray(pressure0, np.float64)[deepest][act[deepest]]))
 
 
 def load(path) -> Description:

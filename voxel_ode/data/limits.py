@@ -38,7 +38,7 @@ from voxel_ode.utils import UserError
 LIMIT_RANGE = (1e5, 1e8)
 N_RUNS = 3  # runs that fell short marched per evaluation, per kind of well
 N_HELD = 2  # and runs that held their rates (at another depth, a limit's form shows: they must not reach it)
-MAX_CELLS = physics_priors.DIRECT_SOLVE_MAX_CELLS  # active cells per run the fit marches (~300 marches each)
+MAX_CELLS = physics_priors.DIRECT_SOLVE_MAX_CELLS  # active cells per run the fit marches (~30 marches each)
 # A run whose field delivered this much less than its wells' rates (InjRate) in some year, next to
 # the best-delivering training run, had a well held at a bottomhole limit (data/calibrate.py too)
 SHORTFALL = 1e-3
@@ -130,8 +130,7 @@ def _guesses(run: _Run, name) -> dict:
     wells = kinds == sign
     if not years.any() or not wells.any():
         return {}
-    physics = dataclasses.replace(run.physics, values={name: 0.0}, limits_at={name: "base"})
-    base = description.bottomhole_limit(physics, name, run.statics["Pressure0"], run.statics["IsActive"] > 0.5)
+    base = description.base_pressure(run.statics["Pressure0"], np.asarray(run.statics["IsActive"]) > 0.5)
     over = sign * (bhp[np.ix_(years, wells)] - p0[wells])  # > 0: past its initial pressure, the limit's way
     extreme = sign * (bhp[np.ix_(years, wells)] - base)
     return {"absolute": base + sign * extreme.max(axis=1), "well": over.max(axis=1), "base": extreme.max(axis=1)}
