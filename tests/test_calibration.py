@@ -522,12 +522,7 @@ def test_a_producers_limit_the_runs_fell_short_at_is_recovered(tmp_path, monkeyp
         lowest.append(float(run.statics["Pressure0"][top] + pressure[:, top[0], top[1], top[2]].min()))
     truth = 0.5 * (lowest[0] + lowest[1])  # below the shallowest run's lowest pressure, above the deeper ones'
     for path, run in zip(paths, runs):
-        shares = limits._shares_at(run, {name: ("absolute", truth)})
-        q = np.where(np.asarray(run.statics["IsActive"]) > 0.5, np.asarray(run.statics["InjRate"], np.float64), 0.0)
-        with h5py.File(path, "r+") as f:
-            for column, scalar in enumerate(("FieldWaterInjectionRate", "FieldWaterProductionRate")):
-                target = q[q > 0].sum() if column == 0 else -q[q < 0].sum()
-                f[schema.raw_path(scalar)][...] = 3.6 * target * np.concatenate([[1.0], shares[:, column]])
+        _write_outputs(path, run, {name: ("absolute", truth)}, unit=3.6)
     shares = {str(p): calibrate.delivered_shares(p) for p in paths}
     assert shares[str(paths[0])][:, 1].min() < 3.6 * 0.99 and shares[str(paths[3])][:, 1].min() > 3.6 * 0.999
     fitted, report, warnings = limits.calibrate_limits(desc, [str(p) for p in paths], shares, progress=False)
@@ -568,7 +563,7 @@ def test_both_kinds_of_well_held_are_fitted_together(tmp_path):
     truth = {"InjectorMaxBottomholePressure": ("absolute", 0.5 * (highest[2] + highest[3])),
              "ProducerMinBottomholePressure": ("absolute", 0.5 * (lowest[0] + lowest[1]))}
     for path, run in zip(paths, runs):
-        _write_field_rates(path, run, limits._shares_at(run, truth))
+        _write_outputs(path, run, truth)
     shares = {str(p): calibrate.delivered_shares(p) for p in paths}
     assert shares[str(paths[3])][:, 0].min() < 0.99 and shares[str(paths[0])][:, 1].min() < 0.99
     _, report, warnings = limits.calibrate_limits(desc, [str(p) for p in paths], shares, progress=False)
@@ -580,10 +575,16 @@ def test_both_kinds_of_well_held_are_fitted_together(tmp_path):
     assert report["ProducerMinBottomholePressure"]["runs"] == [paths[0].name]
 
 
-def _write_field_rates(path, run, shares):
-    """The file's field water rates: its wells' rates (InjRate) x ``shares`` (years, 2)."""
+def _write_outputs(path, run, truth, unit=1.0):
+    """The file's field water rates (its wells' rates, InjRate, x the priors' delivered shares, in
+    ``unit``) and pressures as the priors' wells make them with the limits ``truth``."""
+    shares, change = limits._marched(run, truth)
     q = np.where(np.asarray(run.statics["IsActive"]) > 0.5, np.asarray(run.statics["InjRate"], np.float64), 0.0)
     with h5py.File(path, "r+") as f:
         for column, scalar in enumerate(("FieldWaterInjectionRate", "FieldWaterProductionRate")):
             target = q[q > 0].sum() if column == 0 else -q[q < 0].sum()
-            f[schema.raw_path(scalar)][...] = target * np.concatenate([[1.0], shares[:, column]])
+            f[schema.raw_path(scalar)][...] = unit * target * np.concatenate([[1.0], shares[:, column]])
+        pressure = f[schema.raw_path("Pressure")][...]
+        pressure[:, np.asarray(run.statics["IsActive"]) > 0.5] = np.asarray(run.statics["Pressure0"])[
+            np.asarray(run.statics["IsActive"]) > 0.5] + change
+        f[schema.raw_path("Pressure")][...] = pressure

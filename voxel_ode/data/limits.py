@@ -9,11 +9,12 @@ fell short are marched (data/pack.py's reservoir with the description's constant
 calibrated; the pressure driven by each run's recorded temperatures) at the rates they delivered,
 and the held wells' bottomhole pressures in those years are the first guess, in each form a
 description may declare (the pressure itself, or one over each well's or the reservoir base's
-initial pressure). The forms that fit the shares best with the priors' wells held at the guesses
-are kept and each limit is refined near its guess, both kinds in turns where both fell short (in
-a closed box, injectors held at their maximum leave the producers to draw the pressure down to
-theirs); runs that held their rates are marched too (they must not reach a limit). A limit is
-kept only where it moves the shares towards the runs' (EXPLAINS).
+initial pressure). The forms that fit best with the priors' wells held at the guesses are
+refined near them, both kinds in turns where both fell short (in a closed box, injectors held at
+their maximum leave the producers to draw the pressure down to theirs), on the delivered shares
+and the runs' recorded pressure changes together (a held well's pressure is the field's); runs
+that held their rates are marched too (they must not reach a limit). A limit is kept only where
+it moves the priors' shares and pressures towards the runs' (EXPLAINS).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ POOR_FIT = 0.1  # rms error of the delivered share above which the fit is said t
 EXPLAINS = 0.99
 ROUNDS = 2  # searches per limit, in turns with the other kind's
 NEAR = 0.5  # decades around a limit's first guess searched
+REFINED = 2  # combinations of forms refined, the best at their first guesses (the guesses are rough)
 FORMS = ("absolute",) + description.LIMIT_REFERENCES  # the limit itself, or over the initial pressure there
 _AT = {"well": "at each well", "base": "at the reservoir's base"}
 KINDS = {"InjectorMaxBottomholePressure": (0, 1.0, "injectors' maximum"),
@@ -64,6 +66,7 @@ class _Run:
     physics: description.Physics
     gap: np.ndarray  # the injected water's temperature over the initial (its wellbores' weight)
     temperature: np.ndarray  # (n_reports, n_active) K, the run's own at every report from t = 0
+    pressure_change: np.ndarray  # (n_reports, n_active) Pa since t = 0, the run's own
     n_reports: int
     shares: np.ndarray  # (years, 2) the field's delivered share of the wells' rates, over the best run's
 
@@ -76,24 +79,28 @@ def _load(path, desc: description.Description, fill_value, shares, best) -> _Run
             statics, _, scalars, _, _, physics = raw.resolved_inputs(f, path, grid, fill_value, desc)
             active = np.asarray(statics["IsActive"]) > 0.5
             t0 = np.asarray(statics["Temperature0"], np.float64)[active]
-            temperature = raw.read_dataset(f[schema.raw_path("Temperature")]).astype(np.float64)[:, active]
+            recorded = [raw.read_dataset(f[schema.raw_path(n)]).astype(np.float64)[:, active] - np.asarray(
+                statics[n + "0"], np.float64)[active] for n in ("Temperature", "Pressure")]
     except (UserError, raw.DatasetProblem, OSError, KeyError, ValueError):
         return None
-    temperature = np.where(np.isfinite(temperature) & (np.abs(temperature - t0) < 1e3), temperature, t0)  # fill values
-    if physics.first_report == "year1":
-        temperature = np.concatenate([t0[None], temperature])
-    temperature[0] = t0
+    changes = []
+    for change in recorded:
+        change = np.where(np.isfinite(change) & (np.abs(change) < 1e9), change, 0.0)  # fill values
+        change = np.concatenate([np.zeros_like(change[:1]), change]) if physics.first_report == "year1" else change
+        change[0] = 0.0
+        changes.append(change)
+    temperature = t0 + changes[0]
     gap = np.zeros(active.shape, np.float32)
     t_inj = pack.injection_temperature(physics, scalars)
     if t_inj is not None:
         gap[active] = t_inj - t0
-    return _Run(Path(path).name, statics, physics, gap, temperature, len(temperature), shares / best)
+    return _Run(Path(path).name, statics, physics, gap, temperature, changes[1], len(temperature), shares / best)
 
 
-def _shares_at(run: _Run, limits: dict) -> np.ndarray:
-    """(years, 2) the delivered shares of the priors' wells with ``limits`` {name: (form, Pa)}: the
-    limit itself ("absolute") or its distance from an initial pressure (description.LIMIT_REFERENCES:
-    each well's own, or the reservoir base's)."""
+def _marched(run: _Run, limits: dict) -> tuple[np.ndarray, np.ndarray]:
+    """((years, 2) the delivered shares of the priors' wells, (n_reports, n_active) their pressure
+    change) with ``limits`` {name: (form, Pa)}: the limit itself ("absolute") or its distance from
+    an initial pressure (description.LIMIT_REFERENCES: each well's own, or the reservoir base's)."""
     values, at = dict(run.physics.values), dict(run.physics.limits_at)
     for name, (form, pressure) in limits.items():
         if form == "absolute":
@@ -102,19 +109,24 @@ def _shares_at(run: _Run, limits: dict) -> np.ndarray:
         else:
             values[name], at[name] = KINDS[name][1] * pressure, form
     res = pack.reservoir(run.statics, dataclasses.replace(run.physics, values=values, limits_at=at), run.gap)
-    rates = physics_priors.delivered_rates(res, run.n_reports, run.temperature)
+    rates = []
+    change = physics_priors.driven_pressure_change(res, run.temperature, run.n_reports, rates)
+    rates = np.array(rates) if rates else np.zeros((run.n_reports - 1, 2))
     q = np.where(np.asarray(run.statics["IsActive"]) > 0.5, np.asarray(run.statics["InjRate"], np.float64), 0.0)
     targets = np.array([q[q > 0].sum(), -q[q < 0].sum()])
-    return rates / np.where(targets > 0, targets, np.nan)
+    return rates / np.where(targets > 0, targets, np.nan), change
 
 
 def _errors(runs, limits: dict) -> np.ndarray:
-    """(2,) summed squared error of the injected and produced shares over the runs' years."""
-    total = np.zeros(2)
+    """(3,) over the runs: the mean squared error of the injected and of the produced shares over
+    each run's years, and the squared relative error of its pressure change (the shares say when a
+    well was held, the pressure at what limit: a held well's pressure is the field's)."""
+    total = np.zeros(3)
     for run in runs:
-        prior = _shares_at(run, limits)
-        true = run.shares[-len(prior):]
-        total += np.nansum((prior - true) ** 2, axis=0)
+        shares, change = _marched(run, limits)
+        true = run.shares[-len(shares):]
+        total[:2] += np.nan_to_num(np.nanmean((shares - true) ** 2, axis=0))
+        total[2] += float(np.sum((change - run.pressure_change) ** 2) / max(np.sum(run.pressure_change ** 2), 1e-30))
     return total
 
 
@@ -138,10 +150,10 @@ def _guesses(run: _Run, name) -> dict:
 
 def _fit(runs, names, short, tick) -> dict:
     """{name: (form, Pa)} for the kinds of well ``names`` that fell short and need a limit: each
-    form's first guess (the median of _guesses over the runs held at it), the combination of forms
-    that fits the shares best, then in turns each limit searched within NEAR decades of its guess
-    with the others in place (the shares are a weak signal of a limit's value: a wide search
-    finds other minima, one kind at a time far from the truth where both were held)."""
+    form's first guess (the median of _guesses over the runs held at it); the REFINED combinations
+    of forms that fit best at their guesses, each refined (_refine); the best kept. The misfit is
+    the delivered shares' and the pressure change's (_errors): the shares alone are a weak signal
+    of a limit's value (a wide search on them found limits 1.5x the truth or in the wrong form)."""
     guesses = {}
     for name in names:
         values = {}
@@ -156,8 +168,20 @@ def _fit(runs, names, short, tick) -> dict:
         tick()
         return float(_errors(runs, limits).sum())
 
-    combos = [dict(zip(names, forms)) for forms in itertools.product(*(list(guesses[n]) for n in names))]
-    limits = min(({n: (f, guesses[n][f]) for n, f in combo.items()} for combo in combos), key=cost, default={})
+    combos = [{n: (f, guesses[n][f]) for n, f in zip(names, forms)}
+              for forms in itertools.product(*(list(guesses[n]) for n in names))]
+    best = None
+    for limits in sorted(combos, key=cost)[:REFINED]:
+        limits = _refine(limits, guesses, cost)
+        misfit = cost(limits)
+        if best is None or misfit < best[1]:
+            best = (limits, misfit)
+    return _needed(runs, best[0] if best else {})
+
+
+def _refine(limits: dict, guesses: dict, cost) -> dict:
+    """``limits`` each searched within NEAR decades of its guess in its form, in turns."""
+    limits = dict(limits)
     for turn in range(ROUNDS * len(limits)):
         name = list(limits)[turn % len(limits)]
         form, centre = limits[name][0], np.log10(guesses[name][limits[name][0]])
@@ -166,7 +190,7 @@ def _fit(runs, names, short, tick) -> dict:
                                 options={"xatol": 0.01})
         if found.fun < cost(limits):  # a limit reached only late sits in a notch the search may step over
             limits[name] = (form, float(10.0 ** found.x))
-    return _needed(runs, limits)
+    return limits
 
 
 def _needed(runs, limits: dict) -> dict:
@@ -207,9 +231,8 @@ def calibrate_limits(desc: description.Description, train_paths, shares: dict, f
 
 def _apply(desc, runs, short, names, fitted) -> tuple[description.Description, dict, list]:
     """The description, report and warnings of the fitted limits, each said in one line."""
-    years = np.sum([np.isfinite(r.shares[-(r.n_reports - 1):]).sum(axis=0) for r in runs], axis=0)
-    error = np.sqrt(_errors(runs, fitted) / np.maximum(years, 1))
-    without = np.sqrt(_errors(runs, {}) / np.maximum(years, 1))
+    error = np.sqrt(_errors(runs, fitted) / len(runs))
+    without = np.sqrt(_errors(runs, {}) / len(runs))
     report, warnings = {}, []
     for name in names:
         column, sign, words = KINDS[name]
@@ -227,12 +250,13 @@ def _apply(desc, runs, short, names, fitted) -> tuple[description.Description, d
                                    calibrated=desc.calibrated | {name: note})
         report[name] = {"value": float(spec.get("value", spec.get("over_initial"))),
                         "form": "absolute" if form == "absolute" else f"over the initial pressure {_AT[form]}",
-                        "share_error": float(error[column]), "runs": held_at,
+                        "share_error": float(error[column]), "pressure_error": float(error[2]), "runs": held_at,
                         "runs_that_held": [r.name for r in runs if r.name not in held_at]}
         said = f"{pressure / 1e5:.4g} bar" if form == "absolute" else \
             f"{sign * pressure / 1e5:+.4g} bar over the initial pressure {_AT[form]}"
         tqdm.write(f"calibration: {words} bottomhole pressure {said}, fitted on {', '.join(held_at)} held at it and "
-                   f"{len(runs) - len(held_at)} other(s) (delivered share rms error {error[column]:.3f})", file=sys.stderr)
+                   f"{len(runs) - len(held_at)} other(s) (delivered share rms error {error[column]:.3f}, pressure "
+                   f"{error[2]:.2f})", file=sys.stderr)
         if error[column] > POOR_FIT:
             warnings.append(f"the {words} bottomhole pressure fits the runs held at it poorly (rms error {error[column]:.2f})")
     return desc, report, warnings

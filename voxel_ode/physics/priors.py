@@ -538,11 +538,9 @@ def injection_temperature(scalars) -> float | None:
     return float(water.temperature_from_enthalpy(np.median(energy[injecting] / rate[injecting])))
 
 
-def delivered_rates(res: Reservoir, n_reports: int, temperature=None) -> np.ndarray:
+def delivered_rates(res: Reservoir, n_reports: int) -> np.ndarray:
     """(n_reports - 1, 2) the field's injected and produced mass rates (kg/s) in years 1, 2, ... as
-    the priors' wells deliver them (a well held at its bottomhole limit delivers less than its rate).
-    ``temperature`` (n_reports, n_active) K: the pressure march driven by it (a run whose
-    temperature history is known: data/limits.py fits on its training runs' own), else coupled."""
+    the priors' wells deliver them (a well held at its bottomhole limit delivers less than its rate)."""
     faces = _Faces(res.active, res.perm_xyz, res.cell_size)
     q = np.asarray(res.inj_rate, np.float64).ravel()[faces.cells]
     if faces.n == 0 or not np.any(q) or n_reports < 2:
@@ -550,11 +548,8 @@ def delivered_rates(res: Reservoir, n_reports: int, temperature=None) -> np.ndar
     t0 = np.asarray(res.temperature0, np.float64).ravel()[faces.cells]
     gap = np.zeros(faces.n) if res.injection_gap is None else \
         np.nan_to_num(np.asarray(res.injection_gap, np.float64).ravel()[faces.cells])
-    rates, system = [], _pressure_system(faces, res, t0)
-    if temperature is not None:
-        _pressure_march(faces, system, np.asarray(temperature, np.float64), n_reports, rates)
-    else:
-        _thermal_march(faces, res, system, t0, gap, n_reports, rates)
+    rates = []
+    _thermal_march(faces, res, _pressure_system(faces, res, t0), t0, gap, n_reports, rates)
     return np.array(rates)
 
 
@@ -588,13 +583,15 @@ def warm_pressure_change(res: Reservoir, n_reports: int) -> np.ndarray:
     return _pressure_march(faces, _pressure_system(faces, warm, t0), None, n_reports)
 
 
-def driven_pressure_change(res: Reservoir, temperature, n_reports: int) -> np.ndarray:
+def driven_pressure_change(res: Reservoir, temperature, n_reports: int, rates: list | None = None) -> np.ndarray:
     """(n_reports, n_active) pressure change since t = 0 (Pa) with the water at the given
     temperatures (n_reports, n_active) K: the pressure march of a run whose temperature history is
-    known (calibration.py fits the pressure constants on its training runs' own)."""
+    known (calibration.py fits the pressure constants on its training runs' own, data/limits.py the
+    wells' limits). ``rates``: gets each year's delivered (injected, produced) kg/s."""
     faces = _Faces(res.active, res.perm_xyz, res.cell_size)
     q = np.asarray(res.inj_rate, np.float64).ravel()[faces.cells]
     if faces.n == 0 or not np.any(q) or n_reports < 2:
         return np.zeros((n_reports, faces.n))
     t0 = np.asarray(res.temperature0, np.float64).ravel()[faces.cells]
-    return _pressure_march(faces, _pressure_system(faces, res, t0), np.asarray(temperature, np.float64), n_reports)
+    return _pressure_march(faces, _pressure_system(faces, res, t0), np.asarray(temperature, np.float64), n_reports,
+                           rates)
