@@ -52,7 +52,6 @@ POOR_FIT = 0.1  # rms error of the delivered share above which the fit is said t
 EXPLAINS = 0.99
 ROUNDS = 2  # searches per limit, in turns with the other kind's
 NEAR = 0.5  # decades around a limit's first guess searched
-REFINED = 2  # combinations of forms refined, the best at their first guesses (the guesses are rough)
 FORMS = ("absolute",) + description.LIMIT_REFERENCES  # the limit itself, or over the initial pressure there
 _AT = {"well": "at each well", "base": "at the reservoir's base"}
 KINDS = {"InjectorMaxBottomholePressure": (0, 1.0, "injectors' maximum"),
@@ -150,8 +149,8 @@ def _guesses(run: _Run, name) -> dict:
 
 def _fit(runs, names, short, tick) -> dict:
     """{name: (form, Pa)} for the kinds of well ``names`` that fell short and need a limit: each
-    form's first guess (the median of _guesses over the runs held at it); the REFINED combinations
-    of forms that fit best at their guesses, each refined (_refine); the best kept. The misfit is
+    form's first guess (the median of _guesses over the runs held at it); every combination of
+    forms refined (_refine); the best kept. The misfit is
     the delivered shares' and the pressure change's (_errors): the shares alone are a weak signal
     of a limit's value (a wide search on them found limits 1.5x the truth or in the wrong form)."""
     guesses = {}
@@ -171,7 +170,7 @@ def _fit(runs, names, short, tick) -> dict:
     combos = [{n: (f, guesses[n][f]) for n, f in zip(names, forms)}
               for forms in itertools.product(*(list(guesses[n]) for n in names))]
     best = None
-    for limits in sorted(combos, key=cost)[:REFINED]:
+    for limits in combos:  # each refined: at the rough guesses the truth's forms fitted third on set3
         limits = _refine(limits, guesses, cost)
         misfit = cost(limits)
         if best is None or misfit < best[1]:
