@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from voxel_ode import schema
-from voxel_ode.physics import water
 from voxel_ode.physics import priors as wr
+from voxel_ode.physics import water
+from voxel_ode.physics.wells import solve_with_wells
 
 GRID = (6, 8, 9)
 CELL = (50.0, 40.0, 5.0)
@@ -255,7 +256,7 @@ def _delivered(res):
     faces = wr._Faces(res.active, res.perm_xyz, res.cell_size)
     t0 = np.asarray(res.temperature0, np.float64).ravel()[faces.cells]
     system = wr._pressure_system(faces, res, t0)
-    _, q = wr._solve_with_wells(faces, system, np.zeros(faces.n), np.zeros(faces.n))
+    _, q = solve_with_wells(system.wells, system.solve, system.sources, np.zeros(faces.n), np.zeros(faces.n))
     return faces.to_grid(q)
 
 

@@ -53,6 +53,14 @@ import scipy.sparse.linalg as spla
 from voxel_ode import schema
 from voxel_ode.physics import water
 from voxel_ode.physics.faces import ActiveFaces, lateral_side
+from voxel_ode.physics.wells import (
+    Wells,
+    join_wells,
+    solve_with_wells,
+    well_cells,
+    well_inflow_index,
+    wells_diagonal,
+)
 from voxel_ode.utils import UserError
 
 YEAR_SECONDS = schema.STEP_SECONDS
@@ -171,27 +179,6 @@ def prior_fields(res: Reservoir, n_reports: int) -> tuple[np.ndarray, np.ndarray
 
 
 @dataclass
-class _Wells:
-    """The wells, each a column of same-sign ``InjRate`` cells joined by its wellbore. A cell's
-    inflow is J_i (P + head_i - dp_i): P the wellbore's pressure change at its top perforation
-    (over the initial pressure there), head_i the wellbore's water column from there to the cell
-    over the reservoir's initial one (an injector's wellbore holds the injected water: cold water's
-    weight drives it into the deep perforations), J_i Peaceman's well index times the entering
-    water's mobility. A well delivers its target rate (the sum of its cells' InjRate; how InjRate
-    splits it is not used: a simulator's well splits it by the pressures) unless that passes its
-    declared pressure limit; then it holds the limit."""
-
-    cells: list  # local cell indices per well
-    index: list  # J per cell, kg/(Pa s)
-    head: list  # Pa per cell
-    target: np.ndarray  # kg/s per well, + injection
-    limit: np.ndarray  # Pa, P's limit (nan: none)
-    response: np.ndarray  # (n, K): the pressure change per Pa of each well's P
-    balance: np.ndarray  # (K, K): well v's inflow per Pa of each P (sum of J less J x response)
-    head_source: np.ndarray  # (n,): sum of J x head, kg/s
-
-
-@dataclass
 class _PressureSystem:
     """The constant-coefficient pressure matrix of a run (water at its initial temperature, the
     wells' indices on its diagonal) and its factorization, shared by both marches."""
@@ -201,7 +188,7 @@ class _PressureSystem:
     pore_volume: np.ndarray
     storage: np.ndarray  # kg/Pa per year
     solve: object
-    wells: _Wells
+    wells: Wells
     sources: np.ndarray  # kg/s per cell taken as given (well_inflow "as_given"; else 0)
 
 
@@ -230,27 +217,6 @@ def _well_index(faces: _Faces, res: Reservoir) -> np.ndarray:
     ratio = np.sqrt(ky / np.maximum(kx, 1e-300))
     r0 = 0.28 * np.sqrt(ratio * dx**2 + dy**2 / np.maximum(ratio, 1e-300)) / (np.sqrt(ratio) + 1 / np.sqrt(np.maximum(ratio, 1e-300)))
     return 2 * np.pi * np.sqrt(kx * ky) * dz / np.log(np.maximum(r0 / res.well_radius, 1.01))
-
-
-def well_cells(faces: ActiveFaces, q) -> list:
-    """[(sign, local cells top first)] per well: a (y, x) column's active cells of one rate sign."""
-    z, y, x = np.unravel_index(faces.cells, faces.grid)
-    out = []
-    for sign in (1, -1):
-        perforated = np.flatnonzero(q * sign > 0)
-        column = y[perforated] * faces.grid[2] + x[perforated]
-        for col in np.unique(column):
-            cells = perforated[column == col]
-            out.append((sign, cells[np.argsort(z[cells], kind="stable")]))
-    return out
-
-
-def well_inflow_index(index, q) -> np.ndarray:
-    """A well's J per cell, kept solvable: where no perforation has permeability, InjRate's split."""
-    index = np.maximum(index, 0.0)
-    if not np.any(index > 0):
-        index = np.abs(q) / max(float(np.abs(q).sum()), 1e-300) * 1e-6
-    return np.maximum(index, 1e-9 * float(index.max()))
 
 
 def _well_columns(faces: _Faces, res: Reservoir, t0, rho0, mob0) -> list:
@@ -283,71 +249,6 @@ def _well_columns(faces: _Faces, res: Reservoir, t0, rho0, mob0) -> list:
     return columns
 
 
-def wells_diagonal(n: int, columns: list) -> np.ndarray:
-    """(n,) the wells' J of ``columns`` [(cells, J, ...)] per cell: what the pressure matrix's
-    diagonal gains from them."""
-    out = np.zeros(n)
-    for cells, index, *_ in columns:
-        out[cells] += index
-    return out
-
-
-def join_wells(faces: ActiveFaces, columns: list, solve) -> _Wells:
-    """The wells of ``columns`` [(cells, J, head, target, limit)] on a matrix with their J on its
-    diagonal, factorized as ``solve``."""
-    k = len(columns)
-    response = np.zeros((faces.n, k))
-    head_source = np.zeros(faces.n)
-    for w, (cells, index, head, _, _) in enumerate(columns):
-        unit = np.zeros(faces.n)
-        unit[cells] = index
-        response[:, w] = solve(unit, np.zeros(faces.n))
-        head_source[cells] += index * head
-    coupling = np.array([[float(np.dot(c[1], response[c[0], w])) for w in range(k)] for c in columns]).reshape(k, k)
-    balance = np.diag([float(c[1].sum()) for c in columns]).reshape(k, k) - coupling
-    return _Wells([c[0] for c in columns], [c[1] for c in columns], [c[2] for c in columns],
-                  np.array([c[3] for c in columns]), np.array([c[4] for c in columns], np.float64), response,
-                  balance, head_source)
-
-
-def well_pressures(wells: _Wells, base) -> np.ndarray:
-    """Each well's P for a step whose pressure change without the wells' P is ``base``: the target
-    rates where they hold the limits, else the limit (a well switches while any changes)."""
-    k, m = len(wells.cells), wells.balance
-    free = wells.target - np.array([float(np.dot(i, h - base[c])) for c, i, h in zip(wells.cells, wells.index, wells.head)])
-    sign = np.sign(wells.target)
-    at_limit = np.zeros(k, bool)
-    pressures = np.zeros(k)
-    for _ in range(k + 2):
-        pressures = np.where(at_limit, wells.limit, 0.0)
-        rate = ~at_limit
-        if rate.any():
-            rhs = free[rate] - m[np.ix_(rate, at_limit)] @ pressures[at_limit]
-            pressures[rate] = np.linalg.solve(m[np.ix_(rate, rate)], rhs)
-        delivered = m @ pressures - free + wells.target
-        new = np.where(at_limit, sign * delivered < sign * wells.target,  # a limited well that could deliver more stays
-                       np.nan_to_num(sign * (pressures - wells.limit), nan=-1.0) > 0)
-        if np.array_equal(new, at_limit):
-            break
-        at_limit = new
-    return pressures
-
-
-def _solve_with_wells(faces: _Faces, system: _PressureSystem, rhs, x0, rtol=None) -> tuple[np.ndarray, np.ndarray]:
-    """(dp, the wells' delivered rate per cell, kg/s) of a step whose right-hand side without the
-    wells is ``rhs``."""
-    wells = system.wells
-    base = system.solve(rhs + system.sources + wells.head_source, x0, rtol)
-    if not wells.cells:
-        return base, system.sources
-    pressures = well_pressures(wells, base)
-    dp = base + wells.response @ pressures
-    q = np.zeros(faces.n)
-    for cells, index, head, p in zip(wells.cells, wells.index, wells.head, pressures):
-        q[cells] = index * (p + head - dp[cells])
-    return dp, q
-
-
 def _pressure_march(faces: _Faces, system: _PressureSystem, temperature, n_reports,
                     rates: list | None = None) -> np.ndarray:
     """(n_reports, n) pressure change since t = 0 at each year; ``temperature`` (n_reports, n) in K
@@ -375,7 +276,7 @@ def _pressure_step(faces: _Faces, system: _PressureSystem, dp, temperature, rho_
     a, b = faces.a, faces.b
     rhs = system.storage * dp
     if temperature is None:
-        dp, q = _solve_with_wells(faces, system, rhs, dp, rtol)
+        dp, q = solve_with_wells(system.wells, system.solve, system.sources, rhs, dp, rtol)
         return dp, system.lam0 * (dp[a] - dp[b]), system.rho0, q
     rho0 = system.rho0
     rho = water_density(temperature)
@@ -388,7 +289,7 @@ def _pressure_step(faces: _Faces, system: _PressureSystem, dp, temperature, rho_
     weight = lam * excess
     rhs = (rhs + faces.divergence((system.lam0 - lam) * (dp[a] - dp[b]) + weight)
            - system.pore_volume * (rho - rho_before) / YEAR_SECONDS)
-    dp, q = _solve_with_wells(faces, system, rhs, dp, rtol)
+    dp, q = solve_with_wells(system.wells, system.solve, system.sources, rhs, dp, rtol)
     return dp, lam * (dp[a] - dp[b]) - weight, rho, q
 
 

@@ -35,6 +35,7 @@ import scipy.sparse as sp
 from scipy.optimize import minimize_scalar
 
 from voxel_ode.physics import priors as physics_priors
+from voxel_ode.physics import wells as well_model
 from voxel_ode.physics.faces import ActiveFaces, lateral_side
 
 TARGET_CELLS = 3000  # active cells per run of the upscaled copies
@@ -70,11 +71,11 @@ class UnitMarch:
         self.columns = self._well_columns()
 
     def _well_columns(self) -> list:
-        """The wells as priors.join_wells takes them (warm: no head; no limits); none as_given."""
+        """The wells as wells.join_wells takes them (warm: no head; no limits); none as_given."""
         if not self.wellbore:
             return []
-        return [(cells, physics_priors.well_inflow_index(self.index[cells], self.q[cells]), np.zeros(len(cells)),
-                 float(self.q[cells].sum()), np.nan) for _, cells in physics_priors.well_cells(self.faces, self.q)]
+        return [(cells, well_model.well_inflow_index(self.index[cells], self.q[cells]), np.zeros(len(cells)),
+                 float(self.q[cells].sum()), np.nan) for _, cells in well_model.well_cells(self.faces, self.q)]
 
     def march(self, aspect, spread, kind, strength, n_reports):
         """(n_reports, n) pressure change x a h for the shape constants."""
@@ -91,9 +92,9 @@ class UnitMarch:
             support = strength * self.support
         columns = self.columns
         A = (self.lap[0] + self.lap[1] + self.lap[2] / aspect ** 2
-             + sp.diags(storage + support + physics_priors.wells_diagonal(self.n, columns)))
+             + sp.diags(storage + support + well_model.wells_diagonal(self.n, columns)))
         solve = physics_priors._spd_solver(A.tocsc())
-        wells = physics_priors.join_wells(self.faces, columns, solve)
+        wells = well_model.join_wells(self.faces, columns, solve)
         rates = self._march(solve, storage, wells if columns else None,
                             np.broadcast_to(np.zeros(self.n) if self.wellbore else self.q, (n_reports, self.n)))
         if contraction is None:
@@ -109,7 +110,7 @@ class UnitMarch:
         for t in range(1, len(sources)):
             out[t] = solve(sources[t] + storage * out[t - 1], out[t - 1])
             if wells is not None:
-                out[t] += wells.response @ physics_priors.well_pressures(wells, out[t])
+                out[t] += wells.response @ well_model.well_pressures(wells, out[t])
         return out
 
     def contraction(self, temperature_change, side_change=None):
