@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from voxel_ode import schema
 from voxel_ode.physics import priors as wr
 from voxel_ode.physics import water
-from voxel_ode.physics.wells import solve_with_wells
+from voxel_ode.physics.wells import join_wells, solve_with_wells, wells_diagonal
 
 GRID = (6, 8, 9)
 CELL = (50.0, 40.0, 5.0)
@@ -299,3 +300,33 @@ def test_scenarios_that_change_only_rates_reuse_the_pressure_factorization(monke
         np.testing.assert_array_equal(a, b)
     wr.prior_fields(reservoir(wells=((2, 4, 4, 3.0), (3, 2, 6, -3.0)), gap=-30.0, porosity=np.full(GRID, 0.1)), 5)
     assert len(calls) == 3 and len(wr._LAST_FACTOR) == 1
+
+
+def test_a_held_producer_takes_in_its_cells_water_as_it_cools():
+    """A closed box whose producer is held at its limit, its cells' water half as mobile as at the
+    factorization (cold water reached it): the corrected solve on the warm factorization gives the
+    pressures and rates of a matrix factorized with the cold J; the warm J alone leaves the box's
+    pressure far lower (the producer draws as much water through half the drawdown: set3's
+    closed box, whose held producer cooled 13-31 K, ran away from open-darts' pressure so)."""
+    wells = ((2, 4, 2, 3.0), (2, 4, 6, -1.5), (3, 4, 6, -1.5))
+    res = _with_pressure0(reservoir(wells=wells, producer_min_bhp=198e5))
+    faces = wr._Faces(res.active, res.perm_xyz, res.cell_size)
+    t0 = np.asarray(res.temperature0, np.float64).ravel()[faces.cells]
+    system = wr._pressure_system(faces, res, t0)
+    producer = [w for w, target in enumerate(system.wells.target) if target < 0][0]
+    now = [index * (0.5 if w == producer else 1.0) for w, index in enumerate(system.wells.index)]
+    columns = list(zip(system.wells.cells, now, system.wells.head, system.wells.target, system.wells.limit))
+    cold_solve = wr._spd_solver(faces.laplacian(system.lam0) + sp.diags(system.storage + wells_diagonal(faces.n, columns)))
+    cold = join_wells(faces, columns, cold_solve)
+    zero = np.zeros(faces.n)
+    dp_ref, dp, dp_warm, q = zero, zero, zero, None
+    for _ in range(8):  # yearly steps, each correction starting from the year before's rates
+        dp_ref, q_ref = solve_with_wells(cold, cold_solve, zero, system.storage * dp_ref, dp_ref)
+        dp, q = solve_with_wells(system.wells, system.solve, zero, system.storage * dp, dp, index_now=now, q_before=q)
+        dp_warm, _ = solve_with_wells(system.wells, system.solve, zero, system.storage * dp_warm, dp_warm)
+    cells = system.wells.cells[producer]
+    held = system.wells.limit[producer]
+    assert np.all(dp_ref[cells] > held)  # held: its cells sit above its bottomhole pressure
+    np.testing.assert_allclose(dp, dp_ref, atol=0.02 * np.ptp(dp_ref))
+    np.testing.assert_allclose(q, q_ref, atol=0.02 * np.abs(q_ref).max())
+    assert np.mean(dp_ref[cells] - dp_warm[cells]) > 0.3 * np.mean(dp_ref[cells] - held)

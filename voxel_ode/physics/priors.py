@@ -121,6 +121,11 @@ def water_viscosity(temperature):
     return water.viscosity(_liquid_range(temperature))
 
 
+def _mobility(temperature):
+    """kg/(m^3 Pa s): the water's density over its viscosity."""
+    return water_density(temperature) / water_viscosity(temperature)
+
+
 class _Faces(ActiveFaces):
     """Active cells, their face pairs and geometric transmissibilities (TPFA, harmonic, m^3), with
     what the priors add: the lateral sides of the box and each face's depth step."""
@@ -184,6 +189,7 @@ class _PressureSystem:
     wells' indices on its diagonal) and its factorization, shared by both marches."""
 
     rho0: np.ndarray
+    mob0: np.ndarray  # the water's density over viscosity per cell at t0, 1/(m^2 s)
     lam0: np.ndarray  # face mobility x transmissibility, kg/(Pa s)
     pore_volume: np.ndarray
     storage: np.ndarray  # kg/Pa per year
@@ -195,7 +201,7 @@ class _PressureSystem:
 def _pressure_system(faces: _Faces, res: Reservoir, t0) -> _PressureSystem:
     a, b = faces.a, faces.b
     rho0 = water_density(t0)
-    mob0 = rho0 / water_viscosity(t0)
+    mob0 = _mobility(t0)
     lam0 = faces.trans * 0.5 * (mob0[a] + mob0[b])
     pore_volume = faces.volume * np.clip(np.asarray(res.porosity, np.float64).ravel()[faces.cells], MIN_POROSITY, 1.0)
     support = np.zeros(faces.n)
@@ -207,7 +213,7 @@ def _pressure_system(faces: _Faces, res: Reservoir, t0) -> _PressureSystem:
     columns = _well_columns(faces, res, t0, rho0, mob0) if res.wellbore else []
     sources = np.zeros(faces.n) if res.wellbore else np.asarray(res.inj_rate, np.float64).ravel()[faces.cells]
     solve = _spd_solver(faces.laplacian(lam0) + sp.diags(storage + support + wells_diagonal(faces.n, columns)))
-    return _PressureSystem(rho0, lam0, pore_volume, storage, solve, join_wells(faces, columns, solve), sources)
+    return _PressureSystem(rho0, mob0, lam0, pore_volume, storage, solve, join_wells(faces, columns, solve), sources)
 
 
 def _well_index(faces: _Faces, res: Reservoir) -> np.ndarray:
@@ -254,9 +260,10 @@ def _pressure_march(faces: _Faces, system: _PressureSystem, temperature, n_repor
     """(n_reports, n) pressure change since t = 0 at each year; ``temperature`` (n_reports, n) in K
     or None (water stays at t0: constant coefficients). ``rates``: as _thermal_march's."""
     out = np.zeros((n_reports, faces.n))
-    rho = system.rho0
+    rho, q = system.rho0, None
     for t in range(1, n_reports):
-        out[t], _, rho, q = _pressure_step(faces, system, out[t - 1], None if temperature is None else temperature[t], rho)
+        out[t], _, rho, q = _pressure_step(faces, system, out[t - 1], None if temperature is None else temperature[t], rho,
+                                           q_before=q)
         if rates is not None:
             rates.append(_field_rates(system, q))
     return out
@@ -269,10 +276,11 @@ def _field_rates(system: _PressureSystem, q) -> tuple[float, float]:
     return sum(w for w in wells if w > 0), -sum(w for w in wells if w < 0)
 
 
-def _pressure_step(faces: _Faces, system: _PressureSystem, dp, temperature, rho_before, rtol=None):
+def _pressure_step(faces: _Faces, system: _PressureSystem, dp, temperature, rho_before, rtol=None, q_before=None):
     """One backward-Euler year from the pressure change ``dp``, the water at ``temperature`` (n,
     K; None: at t0) after ``rho_before`` (kg/m^3): (new dp, mass flux per face from a to b in
-    kg/s with the water's weight, the water's density, the wells' delivered rates per cell)."""
+    kg/s with the water's weight, the water's density, the wells' delivered rates per cell);
+    ``q_before``: the step before's delivered rates (the wells' correction starts from them)."""
     a, b = faces.a, faces.b
     rhs = system.storage * dp
     if temperature is None:
@@ -280,7 +288,7 @@ def _pressure_step(faces: _Faces, system: _PressureSystem, dp, temperature, rho_
         return dp, system.lam0 * (dp[a] - dp[b]), system.rho0, q
     rho0 = system.rho0
     rho = water_density(temperature)
-    mob = rho / water_viscosity(temperature)
+    mob = _mobility(temperature)
     excess = GRAVITY * 0.5 * (rho[a] + rho[b] - rho0[a] - rho0[b]) * faces.depth_step  # Pa, the weight over t0's
     lam = faces.trans * np.where(dp[a] - dp[b] > excess, mob[a], mob[b])  # upwind mobility, as simulators take it
     # the water's other mobility, lagged a step: A0 x = b + (A0 - A) x_prev converges for A < 2 A0
@@ -289,8 +297,19 @@ def _pressure_step(faces: _Faces, system: _PressureSystem, dp, temperature, rho_
     weight = lam * excess
     rhs = (rhs + faces.divergence((system.lam0 - lam) * (dp[a] - dp[b]) + weight)
            - system.pore_volume * (rho - rho_before) / YEAR_SECONDS)
-    dp, q = solve_with_wells(system.wells, system.solve, system.sources, rhs, dp, rtol)
+    dp, q = solve_with_wells(system.wells, system.solve, system.sources, rhs, dp, rtol, _index_now(system, mob), q_before)
     return dp, lam * (dp[a] - dp[b]) - weight, rho, q
+
+
+def _index_now(system: _PressureSystem, mob) -> list | None:
+    """Each well's J per cell with the water at mobility ``mob``: a producer's cells' own (cold
+    water reaching it cuts its inflow: open-darts' held producers delivered 1.3x less per bar than
+    at the warm water's), an injector's the wellbore's; None where no producer's changed."""
+    wells = system.wells
+    ratios = [mob[c] / system.mob0[c] if t < 0 else np.ones(len(c)) for c, t in zip(wells.cells, wells.target)]
+    if all(np.allclose(r, 1.0, rtol=1e-3, atol=0.0) for r in ratios):
+        return None
+    return [index * r for index, r in zip(wells.index, ratios)]
 
 
 @dataclass
@@ -324,9 +343,9 @@ def _thermal_march(faces: _Faces, res: Reservoir, system: _PressureSystem, t0, g
     produced) kg/s as the wells delivered them."""
     heat = _heat(faces, res, np.zeros(faces.n))
     out = np.zeros((n_reports, faces.n))
-    theta, dp, rho = np.zeros(faces.n), np.zeros(faces.n), system.rho0
+    theta, dp, rho, q = np.zeros(faces.n), np.zeros(faces.n), system.rho0, None
     for t in range(1, n_reports):
-        dp, flux, rho, q = _pressure_step(faces, system, dp, t0 + gap * theta if gap.any() else None, rho, FLOW_RTOL)
+        dp, flux, rho, q = _pressure_step(faces, system, dp, t0 + gap * theta if gap.any() else None, rho, FLOW_RTOL, q)
         heat = dataclasses.replace(heat, injection=np.maximum(q, 0.0) / 1000.0)  # what each cell took in
         if rates is not None:
             rates.append(_field_rates(system, q))
@@ -463,12 +482,15 @@ def held_well_pressures(res: Reservoir, temperature, n_reports: int, shares) -> 
     system = _pressure_system(faces, dataclasses.replace(res, producer_min_bhp=None, injector_max_bhp=None), t0)
     wells, p0 = system.wells, np.asarray(res.pressure0, np.float64).ravel()[faces.cells]
     tops = [cells[0] for cells in wells.cells]
-    out, dp, rho = np.zeros((max(n_reports - 1, 0), len(tops))), np.zeros(faces.n), system.rho0
+    out, dp, rho, q = np.zeros((max(n_reports - 1, 0), len(tops))), np.zeros(faces.n), system.rho0, None
     for t in range(1, n_reports):
         share = np.where(wells.target > 0, shares[t - 1, 0], shares[t - 1, 1])
         system.wells = dataclasses.replace(wells, target=wells.target * np.nan_to_num(share, nan=1.0))
-        dp, _, rho, q = _pressure_step(faces, system, dp, np.asarray(temperature[t], np.float64), rho)
-        out[t - 1] = [p0[c] + dp[c] + q[c] / index[0] for c, index in zip(tops, wells.index)]  # q = J (P - dp) at the top
+        water_t = np.asarray(temperature[t], np.float64)
+        dp, _, rho, q = _pressure_step(faces, system, dp, water_t, rho, q_before=q)
+        index = [j[0] * (_mobility(water_t[c]) / system.mob0[c] if target < 0 else 1.0)  # a producer's water's
+                 for c, j, target in zip(tops, wells.index, wells.target)]
+        out[t - 1] = [p0[c] + dp[c] + q[c] / j for c, j in zip(tops, index)]  # q = J (P - dp) at the top
     return out, p0[tops], np.sign(wells.target)
 
 
