@@ -14,6 +14,7 @@ calibrates).
     python benchmarks/conventions.py make --python /path/to/venv-with-open-darts/bin/python --workers 2
     python benchmarks/conventions.py run --max_steps 594 --minutes 60
     python benchmarks/conventions.py report
+    python benchmarks/conventions.py run --sets 5 --only 3 4 --into bench_out/conv8   # new code, beside the old
 
 Everything goes under ``--out`` (default bench_out/conventions/set<k>/).
 """
@@ -90,10 +91,15 @@ def make(out: Path, sets: list[dict], python: str, workers: int, runs: int) -> N
 
 
 def run(out: Path, sets: list[dict], minutes: float, max_steps: int, parallel: int, n_test: int,
-        descriptions=("full", "none")) -> None:
+        descriptions=("full", "none"), only=None, into: Path | None = None) -> None:
+    """The protocol on the sets ``only`` (all by default), their runs read from ``out``, results
+    written under ``into`` (default ``out``: a re-run of new code beside the old results)."""
     for k, _ in enumerate(sets):
-        folder = out / f"set{k}"
-        raws = {"full": folder / "raw", "none": folder / "raw_bare"}
+        if only is not None and k not in only:
+            continue
+        folder = (into or out) / f"set{k}"
+        folder.mkdir(parents=True, exist_ok=True)
+        raws = {"full": out / f"set{k}" / "raw", "none": out / f"set{k}" / "raw_bare"}
         for d in descriptions:
             darts_dev.prep_data(raws[d], folder / f"prepped_{d}", None, n_test=n_test)
         runs = [(d, "default") for d in descriptions]
@@ -118,20 +124,25 @@ def main(argv=None) -> int:
     ap.add_argument("--parallel", type=int, default=1, help="trainings at a time (run)")
     ap.add_argument("--descriptions", nargs="+", default=["full", "none"], choices=["full", "none"],
                     help="with the set's description, without it, or both (run)")
+    ap.add_argument("--only", type=int, nargs="+", help="these sets only, by number (run, report)")
+    ap.add_argument("--into", help="results folder (run, report; default --out, where the runs are)")
     args = ap.parse_args(argv)
+    into = Path(args.into) if args.into else None
     out, sets = Path(args.out), draw_sets(args.seed, args.sets)
     if args.step == "draw":
         print(json.dumps(sets, indent=1))
     elif args.step == "make":
         make(out, sets, args.python, args.workers, args.runs)
     elif args.step == "run":
-        run(out, sets, args.minutes, args.max_steps, args.parallel, args.n_test, args.descriptions)
+        run(out, sets, args.minutes, args.max_steps, args.parallel, args.n_test, args.descriptions, args.only, into)
     else:
         for k, s in enumerate(sets):
+            if args.only is not None and k not in args.only:
+                continue
             print(f"\n#### set{k}: {json.dumps(s)}")
             for d in ("full", "none"):
-                if (out / f"set{k}" / f"eval_{d}_default" / "metrics.json").exists():
-                    print(darts_dev.report(out / f"set{k}", d, "default"))
+                if ((into or out) / f"set{k}" / f"eval_{d}_default" / "metrics.json").exists():
+                    print(darts_dev.report((into or out) / f"set{k}", d, "default"))
     return 0
 
 
