@@ -57,7 +57,10 @@ N_RUNS = 6  # calibration runs, spread over the training split (4 on darts-dev: 
 MIN_RUNS = 3  # distinct runs below which a fit is not used (2 runs: held-out errors 0.05-0.22 by pair)
 MAX_ERROR = 0.5  # joint relative error (pressure or temperature) above which the fit is not used
 RUN_EXPLAINS_TOO_LITTLE = 0.5  # a run's relative error above which it is named
-DISAGREE = 1.5  # a run whose error with the joint constants is this many times its own (and +0.05)
+DISAGREE = 1.5  # a run whose error with the joint constants is this many times its own
+# and this much above it: the priors' own error with the true constants is 0.01-0.08 per run on
+# the drawn sets (docs/benchmarks.md), so a run at 0.06 joint, 0.00 alone is not told (was 0.05)
+DISAGREE_MARGIN = 0.1
 MAX_CELLS = physics_priors.DIRECT_SOLVE_MAX_CELLS
 COMPRESSIBILITIES = {"TotalCompressibility", "RockCompressibility", "FluidCompressibility"}
 THERMAL_FITTED = ("RockHeatCapacityVolumetric", "InjectionTemperatureOffset", "outside_heat_exchange")
@@ -436,7 +439,7 @@ def _disagreement(runs, blocks, objective: _Objective, x, contractions) -> list:
     """Runs fitted alone from the joint optimum (a few least_squares steps with the fit's own model:
     the march driven by the run's temperatures on the run itself, else the unit march on its
     upscaled copy with its own gain): lines naming those the joint constants fit clearly worse than
-    their own (error +0.05 and x DISAGREE), with their own constants."""
+    their own (error + DISAGREE_MARGIN and x DISAGREE), with their own constants."""
     if not len(x):
         return []
     if isinstance(objective, _DrivenObjective):
@@ -453,7 +456,7 @@ def _disagreement(runs, blocks, objective: _Objective, x, contractions) -> list:
     for run, alone, joint in zip(runs, alones, joint_errors):
         xr, _ = _local(alone, x, max_nfev=steps)
         own, mine = alone.solve(xr)[3][0], _pressure_constants(alone, xr)
-        if joint > own + 0.05 and joint > DISAGREE * own:
+        if joint > own + DISAGREE_MARGIN and joint > DISAGREE * own:
             out.append(f"runs disagree: run {run.name}: pressure error {joint:.2f} with the joint constants, "
                        f"{own:.2f} with its own (cells {mine.cell_size[0]:.3g} x {mine.cell_size[2]:.3g} m, "
                        f"c_t {mine.compressibility:.2g} /Pa, {mine.boundary} x {mine.multiplier:.3g})")
