@@ -6,6 +6,7 @@ never a traceback; what was inferred is said, and nothing is read from ParamsSca
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -240,7 +241,10 @@ def test_bottomhole_limits_over_the_initial_pressure_resolve_per_run():
     assert Description.from_dict(desc.to_dict()).quantities == desc.quantities
     ones = np.ones(4)
     physics = resolve(desc, np.zeros(26), ones * 1e-13, ones, ones, "f")
-    assert "150 bar over the initial pressure at the base" in physics.notes["InjectorMaxBottomholePressure"]
+    assert physics.notes["InjectorMaxBottomholePressure"].startswith("declared: +150 bar over the initial pressure at the base")
+    fitted = dataclasses.replace(desc, calibrated={"ProducerMinBottomholePressure": "calibrated on 2 training runs"})
+    assert resolve(fitted, np.zeros(26), ones * 1e-13, ones, ones, "f").notes["ProducerMinBottomholePressure"] == (
+        "calibrated on 2 training runs: -20 bar over the initial pressure at the well")  # not "declared"
     res = pack.reservoir(statics, physics, np.zeros(grid, np.float32))
     assert res.injector_max_bhp == pytest.approx(102e5 + 150e5)
     np.testing.assert_allclose(res.producer_min_bhp, statics["Pressure0"].astype(np.float64) - 20e5)

@@ -318,7 +318,8 @@ def resolve(desc: Description, params, perm_active, pressure0_active, first_pres
     for name, spec in desc.quantities.items():
         if "over_initial" in spec:
             values[name] = spec["over_initial"]
-            notes[name] = f"declared: {spec['over_initial'] / 1e5:+.4g} bar over the initial pressure at the {spec['at']}"
+            how = desc.calibrated.get(name, "declared")
+            notes[name] = f"{how}: {spec['over_initial'] / 1e5:+.4g} bar over the initial pressure at the {spec['at']}"
             continue
         value = spec["value"] if "value" in spec else float(params[spec["param"]]) * spec["scale"] + spec["offset"]
         _check_range(name, value, where, spec)
