@@ -162,6 +162,26 @@ def test_thermal_constants_are_recovered_from_prior_made_changes():
     assert set(fit.fitted) == {"RockHeatCapacityVolumetric", "InjectionTemperatureOffset", "outside_heat_exchange"}
 
 
+def test_a_width_chosen_by_the_temperature_keeps_the_storage_the_pressure_needs():
+    """A closed box, its rock heat capacity declared 1.5x the truth: the temperature changes move
+    the cells' width away from the pressure's (the plume's reach goes with width^2 x heat); the
+    other pressure constants are refitted there, so the box's storage (c_t x cell volume) stays the
+    truth's and the pressure error stays small (at the pressure fit's c_t the width move was
+    refused: the pressure got worse)."""
+    truth = dict(cell_size=(60.0, 60.0, 4.0), compressibility=5e-10, boundary="closed", boundary_multiplier=0.0,
+                 rock_heat_per_volume=2.3e6, outside_heat_exchange=False)
+    runs = []
+    for seed in (0, 1, 2):
+        res, dp, dT = _prior_made(seed, truth, 320.0, n_reports=10)
+        runs.append(calibration.Run(res, dp, None, dT, 320.0, f"run{seed}"))
+    fit = calibration.fit(runs, calibration.Declared(rock_heat=3.5e6, outside_heat_exchange=False))
+    assert fit.used and fit.cell_size[0] < 0.95 * 60.0, fit.warnings
+    assert any(w.startswith("cells' width") for w in fit.warnings)
+    storage = fit.compressibility * np.prod(fit.cell_size)
+    assert storage == pytest.approx(5e-10 * 60.0 * 60.0 * 4.0, rel=0.02)
+    assert fit.error < 0.01
+
+
 def test_a_heat_capacity_beyond_its_physical_range_drops_the_thermal_constants_only():
     """A thermal constant on a bound of its search is not used; the pressure constants are (a
     failed thermal fit vetoed sound pressure constants on the development set)."""

@@ -1,7 +1,6 @@
-"""Small shared helpers: user-facing errors, atomic writes, the signed log."""
+"""Small shared helpers: user-facing errors, the signed log, plain JSON values."""
 
 from __future__ import annotations
-
 
 import numpy as np
 
@@ -17,3 +16,15 @@ def signed_log1p(x):
     return np.sign(x) * np.log1p(np.abs(x))
 
 
+
+
+def plain_json(value):
+    """JSON types: numbers as float (4 significant digits, non-finite -> None), bools kept."""
+    if isinstance(value, dict):
+        return {str(k): plain_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_json(v) for v in value]
+    if isinstance(value, (bool, np.bool_, str)) or value is None:
+        return value if not isinstance(value, np.bool_) else bool(value)
+    value = float(value)
+    return float(f"{value:.4g}") if np.isfinite(value) else None

@@ -14,19 +14,13 @@ half-cell transmissibility), closed being the common end. Search: a scrambled So
 each branch's log-parameter box, then least_squares from its best point.
 
 The cold injected water changes the pressure too, and a training run's temperature history is
-known: where it cools, the water contracts (a source of its own in the march, which scales as h^2
-on unit cells, so the gain is found by a 1-D search instead of in closed form), and its
-viscosity and weight change the flow. On the open-darts development set the warm march at the
-true constants left 0.02-0.18 of the change and a warm-only fit absorbed the rest into cells
-10 % too small and c_t 80x too large; in a closed box at balanced mass rates the contraction is
-nearly all of the change (a drawn closed set: the warm march at the true constants explained
-0-1 % of it, the march driven by the runs' true temperatures 97-99 %). So the search fits the warm
-march plus the contraction of the runs' own cooling (on upscaled copies), and the local fit is the
-priors' own pressure march driven by the runs' true temperatures, on the runs themselves, with the
-width free (correcting the search's model by the driven march at fixed constants, as before, walked
-away from the truth on a drawn set at 47-86 kg/s, where the cold water's viscosity is much of the
-change). Where the pressure leaves the width open, the temperature changes choose it
-(``_width_by_temperature``).
+known: where it cools, the water contracts (a source of its own in the march, scaling as h^2 on
+unit cells: the gain by a 1-D search), and its viscosity and weight change the flow (in a closed
+box at balanced mass rates the contraction is nearly all of the change). So the search fits the
+warm march plus the contraction of the runs' own cooling (on upscaled copies), and the local fit
+is the priors' own pressure march driven by the runs' true temperatures, on the runs themselves,
+with the width free. Where the pressure leaves the width open, the temperature changes choose it
+and the other pressure constants are refitted there (``_width_by_temperature``).
 
 Temperature (thermal_fit.py): rock heat capacity, an offset of the injection temperature read from
 the field scalars, and the outside heat exchange, on the temperature changes with the coupled march.
@@ -52,24 +46,21 @@ from scipy.stats import qmc
 
 from voxel_ode.physics import priors as physics_priors
 from voxel_ode.physics import reduced, thermal_fit
+from voxel_ode.utils import plain_json
 
 N_RUNS = 6  # calibration runs, spread over the training split (4 on darts-dev: 35.5 m cells, pressure error 0.43; 6: 50.6 m, 0.10)
 MIN_RUNS = 3  # distinct runs below which a fit is not used (2 runs: held-out errors 0.05-0.22 by pair)
 MAX_ERROR = 0.5  # joint relative error (pressure or temperature) above which the fit is not used
 RUN_EXPLAINS_TOO_LITTLE = 0.5  # a run's relative error above which it is named
 DISAGREE = 1.5  # a run whose error with the joint constants is this many times its own
-# and this much above it: the priors' own error with the true constants is 0.01-0.08 per run on
-# the drawn sets (docs/benchmarks.md), so a run at 0.06 joint, 0.00 alone is not told (was 0.05)
-DISAGREE_MARGIN = 0.1
+DISAGREE_MARGIN = 0.1  # and this much above it (the priors' own error at the true constants: 0.01-0.08)
 MAX_CELLS = physics_priors.DIRECT_SOLVE_MAX_CELLS
 COMPRESSIBILITIES = {"TotalCompressibility", "RockCompressibility", "FluidCompressibility"}
 THERMAL_FITTED = ("RockHeatCapacityVolumetric", "InjectionTemperatureOffset", "outside_heat_exchange")
 
 # Search ranges: physical ranges, not values any dataset uses (log10 where named LOG_).
-# dz/dx: reservoir grids are layered; from 1 mm layers in 1 m cells to columns 10x as tall as wide.
-LOG_ASPECT = (-3.0, 1.0)
-# lateral cell size: near-well models (0.5 m) to regional models (2 km cells).
-CELL_RANGE = (0.5, 2000.0)  # m
+LOG_ASPECT = (-3.0, 1.0)  # dz/dx, layered grids: 1 mm layers in 1 m cells .. columns 10x as tall as wide
+CELL_RANGE = (0.5, 2000.0)  # m, lateral: near-well models (0.5 m) .. regional models (2 km cells)
 # total compressibility as the march uses it (storage = pore volume x rho x c_t): water alone is
 # 4-5e-10 /Pa at reservoir conditions, so 1e-10 leaves margin below; 1e-7 is soft unconsolidated
 # sediment (pore compressibility ~1e-8 /Pa over porosity 0.1) without free gas.
@@ -83,9 +74,8 @@ LOG_PORE_VOLUME = (0.0, 5.0)
 # through ~5000 cells of rock (closed within decades) .. 1e4 = held at the initial pressure.
 LOG_SUPPORT = (-4.0, 4.0)
 BRANCHES = {"pore_volume": LOG_PORE_VOLUME, "fixed_pressure": LOG_SUPPORT}
-# weak prior on log10 c_t (per decade from the generic value, in units of a run's relative error):
-# decides only directions the runs leave flat (interior c_t next to large side storage)
-COMPRESSIBILITY_PRIOR = 3e-3
+# weak prior on log10 c_t (per decade from the generic value, in a run's relative error): decides
+COMPRESSIBILITY_PRIOR = 3e-3  # only directions the runs leave flat (interior c_t next to side storage)
 N_SOBOL = 16  # points per boundary branch
 LOCAL_STEPS = 6  # least_squares iterations on the runs themselves from the search's optimum (warm runs)
 DRIVEN_STEPS = 20  # the same on the march driven by the runs' temperatures
@@ -145,20 +135,8 @@ class Fit:
 
     def report(self) -> dict:
         """stats.json's "calibration": plain JSON types only."""
-        return _plain({"runs": self.run_errors, "fitted": self.fitted, "warnings": list(self.warnings),
+        return plain_json({"runs": self.run_errors, "fitted": self.fitted, "warnings": list(self.warnings),
                        "used": bool(self.used), "seconds": round(float(self.seconds), 1)})
-
-
-def _plain(value):
-    """JSON types: numbers as float (4 significant digits, non-finite -> None), bools kept."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (bool, np.bool_, str)) or value is None:
-        return value if not isinstance(value, np.bool_) else bool(value)
-    value = float(value)
-    return float(f"{value:.4g}") if np.isfinite(value) else None
 
 
 @dataclass
@@ -515,12 +493,12 @@ def _pressure_errors(runs, pressures) -> list:
             for r, c in zip(runs, pressures)]
 
 
-def _width_by_temperature(runs, p, thermal, errors, declared: Declared, spreads, cells_declared):
+def _width_by_temperature(runs, p, thermal, errors, declared: Declared, spreads, cells_declared, objective):
     """(p, thermal, errors, note): the width the temperature changes choose (thermal_fit.width) at
     the declared rock heat capacity, or at the generic one where the pressure leaves the width open
-    (+- more than a decade) or the heat capacity fitted with it sits on a bound of its range (the two
-    trade off: the plume's reach goes with width^2 x heat capacity); kept if it fits the temperature
-    better and the pressure no worse (+0.02). note: [a line for the user, its spread] or []."""
+    (+- a decade) or the heat capacity fitted with it sits on a bound (the plume's reach goes with
+    width^2 x heat), the rest refitted there (_at_width); kept if it fits the temperature better and
+    the pressure no worse (+0.02). note: [a line for the user, its spread] or []."""
     if thermal is None or cells_declared:
         return p, thermal, errors, []
     lo, hi = thermal_fit.HEAT_RANGE
@@ -528,6 +506,7 @@ def _width_by_temperature(runs, p, thermal, errors, declared: Declared, spreads,
     if declared.rock_heat is None and not on_bound and spreads.get("CellSizeX", 0.0) <= 1.0:
         return p, thermal, errors, []
     wide, new_thermal, spread = thermal_fit.width(runs, p, declared, thermal.outside, CELL_RANGE)
+    wide, new_thermal = _at_width(runs, wide, new_thermal, declared, objective)
     new_errors = _pressure_errors(runs, new_thermal.pressures)
     old, new = float(np.mean(np.minimum(errors, 1.0))), float(np.mean(np.minimum(new_errors, 1.0)))
     if new_thermal.error >= thermal.error or new > old + 0.02:
@@ -537,6 +516,25 @@ def _width_by_temperature(runs, p, thermal, errors, declared: Declared, spreads,
             f"{new_thermal.rock_heat:.3g} J/(m^3 K) (pressure alone: {p.cell_size[0]:.3g} m; temperature error "
             f"{thermal.error:.2f} -> {new_thermal.error:.2f}, pressure {old:.2f} -> {new:.2f})")
     return wide, new_thermal, new_errors, [line, spread]
+
+
+def _at_width(runs, p: thermal_fit.Pressure, thermal: thermal_fit.Thermal, declared: Declared, objective):
+    """(pressure constants, thermal fit): aspect, storage and boundary refitted at ``p``'s width on
+    the driven march, then the thermal fit at them, where that fits the pressure better (a closed
+    box's pressure follows its storage, c_t x width^2, which thermal_fit.width's move at a fixed c_t
+    changed: on drawn set3 the runs' pressure error went 0.17 -> 0.07)."""
+    if not isinstance(objective, _DrivenObjective):
+        return p, thermal
+    h, _, dz = p.cell_size
+    layout = _layout(objective.layout.kind, {**objective.layout.declared, "cell": h})
+    at = _DrivenObjective(runs, layout, declared, objective.prior)
+    start = {"aspect": dz / h, "spread": p.compressibility * h ** 2, "strength": max(p.multiplier, 1e-300)}
+    x, _ = _local(at, np.log10([start[n] for n in layout.names]), DRIVEN_STEPS)  # clipped to the bounds there
+    refit = _pressure_constants(at, x)
+    fixed = dataclasses.replace(declared, rock_heat=thermal.rock_heat, outside_heat_exchange=thermal.outside)
+    new_thermal = thermal_fit.fit(runs, refit, fixed, None)
+    error = lambda t: np.mean(np.minimum(_pressure_errors(runs, t.pressures), 1.0))  # noqa: E731
+    return (refit, new_thermal) if error(new_thermal) < error(thermal) else (p, thermal)
 
 
 def fit(runs: list[Run], declared: Declared | None = None, progress=None) -> Fit:
@@ -571,7 +569,8 @@ def fit(runs: list[Run], declared: Declared | None = None, progress=None) -> Fit
     spreads = _pressure_spreads(objective, x, cost)
     thermal, errors = _fit_thermal(runs, p, declared, any(thermal_fit.thermal_runs(runs)))
     tick()
-    p, thermal, errors, note = _width_by_temperature(runs, p, thermal, errors, declared, spreads, "cell" in known)
+    p, thermal, errors, note = _width_by_temperature(runs, p, thermal, errors, declared, spreads, "cell" in known,
+                                                     objective)
     if note:
         spreads = spreads | {"CellSizeX": note[1]}
     fitted = _fitted(objective, spreads, p, thermal, declared)
