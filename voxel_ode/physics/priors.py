@@ -189,7 +189,7 @@ class _PressureSystem:
     wells' indices on its diagonal) and its factorization, shared by both marches."""
 
     rho0: np.ndarray
-    mob0: np.ndarray  # the water's density over viscosity per cell at t0, 1/(m^2 s)
+    mob0: np.ndarray  # the water's density over viscosity per cell at t0, kg/(m^3 Pa s)
     lam0: np.ndarray  # face mobility x transmissibility, kg/(Pa s)
     pore_volume: np.ndarray
     storage: np.ndarray  # kg/Pa per year
