@@ -488,9 +488,8 @@ def held_well_pressures(res: Reservoir, temperature, n_reports: int, shares) -> 
         system.wells = dataclasses.replace(wells, target=wells.target * np.nan_to_num(share, nan=1.0))
         water_t = np.asarray(temperature[t], np.float64)
         dp, _, rho, q = _pressure_step(faces, system, dp, water_t, rho, q_before=q)
-        index = [j[0] * (_mobility(water_t[c]) / system.mob0[c] if target < 0 else 1.0)  # a producer's water's
-                 for c, j, target in zip(tops, wells.index, wells.target)]
-        out[t - 1] = [p0[c] + dp[c] + q[c] / j for c, j in zip(tops, index)]  # q = J (P - dp) at the top
+        index = _index_now(system, _mobility(water_t)) or wells.index
+        out[t - 1] = [p0[c] + dp[c] + q[c] / j[0] for c, j in zip(tops, index)]  # q = J (P - dp) at the top
     return out, p0[tops], np.sign(wells.target)
 
 

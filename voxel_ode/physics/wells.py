@@ -126,20 +126,19 @@ def solve_with_wells(wells: Wells, solve, sources, rhs, x0, rtol=None, index_now
     if index_now is None or not wells.cells:
         return _solve(wells, solve, sources, rhs, x0, rtol)[:2]
     if q_before is None:
-        dp, _, pressures = _solve(wells, solve, sources, rhs, x0, rtol)
-        drawdown = [p + head - dp[cells] for cells, head, p in zip(wells.cells, wells.head, pressures)]
+        dp, q, _ = _solve(wells, solve, sources, rhs, x0, rtol)
+        index_before = wells.index
     else:
-        drawdown = [q_before[cells] / now for cells, now in zip(wells.cells, index_now)]
-        dp = x0
+        dp, q, index_before = x0, q_before, index_now
     for _ in range(CORRECTIONS):
         extra = np.zeros(len(rhs))
-        for cells, index, now, d in zip(wells.cells, wells.index, index_now, drawdown):
-            extra[cells] = (now - index) * d
+        for cells, index, now, before in zip(wells.cells, wells.index, index_now, index_before):
+            extra[cells] = (now - index) * q[cells] / before  # the drawdown, from the rates it gave
         gained = np.array([float(extra[cells].sum()) for cells in wells.cells])
-        dp, q, pressures = _solve(dataclasses.replace(wells, target=wells.target - gained), solve, sources + extra,
-                                  rhs, dp, rtol)
-        drawdown = [p + head - dp[cells] for cells, head, p in zip(wells.cells, wells.head, pressures)]
-    return dp, q + extra
+        dp, q, _ = _solve(dataclasses.replace(wells, target=wells.target - gained), solve, sources + extra, rhs, dp,
+                          rtol)
+        q, index_before = q + extra, index_now
+    return dp, q
 
 
 def _solve(wells: Wells, solve, sources, rhs, x0, rtol) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
