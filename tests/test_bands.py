@@ -162,8 +162,8 @@ def test_the_run_factor_sizes_the_band_for_a_new_run(spread):
     rng = np.random.default_rng(7)
     pooled, with_factor, factors = [], [], []
     for _ in range(80):
-        fit = bands._fit_weights([_toy_run(rng, np.exp(rng.normal(0, spread))) for _ in range(8)], 0,
-                                 (0.0, 0.0, 0.0, 1.0), 0.9)
+        fit = bands.fit_variable([_toy_run(rng, np.exp(rng.normal(0, spread))) for _ in range(8)], 0, 0.9,
+                                 choices=[(0.0, 0.0, 0.0, 1.0)])
         half = fit["quantiles"][1] * bands.EPS["Pressure"]
         fresh = [_toy_run(rng, np.exp(rng.normal(0, spread)))["error"][1, 0] for _ in range(50)]
         pooled.append(np.mean([np.mean(e <= half) for e in fresh]))
@@ -184,3 +184,36 @@ def test_front_is_the_largest_jump_to_an_active_neighbour():
     active[0, 0, 4] = False  # an inactive neighbour's jump does not count
     assert bands.front(grid, active)[0, 1].tolist() == [0.0, 10.0, 10.0, 0.0]
     assert not bands.front(grid, active)[0, 0].any()
+
+
+def _run_with(error, change, prior):
+    """One step's run (T = 2) whose P error and change / prior terms are the given cell arrays."""
+    n = len(error)
+
+    def grid(x):
+        return np.stack([np.zeros((2, n)), np.stack([x, x])]).astype(np.float32)
+
+    return {"error": grid(error), "terms": {"change": grid(change), "prior": grid(prior),
+                                            "front": np.zeros((2, 2, n), np.float32),
+                                            "rms": np.zeros((2, 2), np.float32)}}
+
+
+def test_a_left_out_run_is_scored_at_the_weights_chosen_without_it():
+    """The factor must pay for the choice of weights: runs 1 and 2 make their errors follow the
+    change term, run 0 (many more cells) the prior term, so all three together choose the prior and
+    the two without run 0 the change. Run 0's ratios are its scores at the change's weights over the
+    quantile of runs 1 and 2; at the weights chosen on all three they would be others."""
+    rng = np.random.default_rng(3)
+    a, b, c, noise_a, noise_b, noise_c = (np.abs(rng.standard_normal(k)) + 0.1 for k in (2000, 100, 100) * 2)
+    runs = [_run_with(a, noise_a, a), _run_with(b, b, noise_b), _run_with(c, c, noise_c)]
+    by_change, by_prior = (1.0, 0.0, 0.0, 0.02), (0.0, 1.0, 0.0, 0.02)
+    choices = [by_change, by_prior]
+    assert bands.choose_weights(runs, 0, 0.9, choices) == by_prior
+    assert bands.choose_weights(runs[1:], 0, 0.9, choices) == by_change
+    ratios = bands.left_out_ratios(runs, 0, 0.9, choices)
+    q = bands.conformal_quantile(np.concatenate([x["error"][1, 0] / bands.sigma(x["terms"], 0, 1, by_change)
+                                                 for x in runs[1:]]), 0.9)
+    expected = runs[0]["error"][1, 0] / bands.sigma(runs[0]["terms"], 0, 1, by_change) / q
+    np.testing.assert_allclose(ratios[0][0], expected, rtol=1e-6)
+    fit = bands.fit_variable(runs, 0, 0.9, choices)
+    assert fit["weights"] == list(by_prior) and fit["run_factor"] > 1.5  # run 0 is far off at the change's weights
