@@ -217,3 +217,17 @@ def test_a_left_out_run_is_scored_at_the_weights_chosen_without_it():
     np.testing.assert_allclose(ratios[0][0], expected, rtol=1e-6)
     fit = bands.fit_variable(runs, 0, 0.9, choices)
     assert fit["weights"] == list(by_prior) and fit["run_factor"] > 1.5  # run 0 is far off at the change's weights
+
+
+def test_weights_chosen_on_a_subset_of_a_large_run_still_find_the_scale_its_errors_follow(monkeypatch):
+    """Runs larger than CHOICE_CELLS: the choice looks at a subset of their cells and still picks
+    the term the errors follow (here the prior's) over the change's."""
+    monkeypatch.setattr(bands, "CHOICE_CELLS", 500)
+    rng = np.random.default_rng(5)
+    runs = []
+    for _ in range(3):
+        prior, change = np.abs(rng.standard_normal(5000)) + 0.1, np.abs(rng.standard_normal(5000)) + 0.1
+        runs.append(_run_with(prior * np.abs(rng.normal(1, 0.1, 5000)), change, prior))
+    thinned = bands._thinned(runs[0], 500)
+    assert thinned["error"].shape[2] == 500 and thinned["terms"]["prior"].shape[2] == 500
+    assert bands.choose_weights(runs, 0, 0.9, [(1.0, 0.0, 0.0, 0.02), (0.0, 1.0, 0.0, 0.02)]) == (0.0, 1.0, 0.0, 0.02)

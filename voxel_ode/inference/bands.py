@@ -60,6 +60,10 @@ WEIGHT_GRID = [w for w in itertools.product((0.0, 1.0), (0.0, 0.5, 1.0, 2.0, 4.0
 TERMS = ("change", "prior", "front")  # sigma's cell terms, in the weights' order (the floor last)
 EPS = {"Pressure": 1.0, "Temperature": 1e-3}  # Pa, K: far below any error worth a band
 SCALAR_POWERS = (0.0, 0.5, 1.0)
+# cells per run the weights' choice looks at (a fixed random subset of larger runs): the choice
+# compares mean widths, which a few thousand cells already tell apart, and on the seed's grid
+# (~10^6 active cells per run) all of them would take hours; quantiles and factor use every cell
+CHOICE_CELLS = 5_000
 HOW_TO = ("no uncertainty bands: `voxel-ode bands --prepped_root P --ckpt_path C` makes them from the "
           "calibration runs of `prep --n_calibration K`")
 
@@ -203,8 +207,20 @@ def _pooled(runs: list[dict], c: int, weights, coverage: float) -> tuple[list[fl
     return quantiles, float(np.mean(widths)) if widths else 0.0
 
 
+def _thinned(run: dict, cells: int) -> dict:
+    """``run`` at a fixed random subset of ``cells`` of its cells (itself when it has no more)."""
+    n = run["error"].shape[2]
+    if n <= cells:
+        return run
+    keep = np.sort(np.random.default_rng(n).choice(n, cells, replace=False))
+    return {"error": run["error"][:, :, keep], "terms": {**{k: v[:, :, keep] for k, v in run["terms"].items()
+                                                             if k in TERMS}, "rms": run["terms"]["rms"]}}
+
+
 def choose_weights(runs: list[dict], c: int, coverage: float, choices=None) -> tuple:
-    """The weights (from ``choices``, default WEIGHT_GRID) whose pooled band on ``runs`` is narrowest."""
+    """The weights (from ``choices``, default WEIGHT_GRID) whose pooled band on ``runs`` (at most
+    CHOICE_CELLS cells of each) is narrowest."""
+    runs = [_thinned(r, CHOICE_CELLS) for r in runs]
     return min(WEIGHT_GRID if choices is None else choices, key=lambda w: _pooled(runs, c, w, coverage)[1])
 
 
