@@ -10,6 +10,7 @@ import pytest
 
 from fixtures import write_raw_dir
 from voxel_ode import metrics as M
+from voxel_ode import schema
 from voxel_ode.cli import main
 from voxel_ode.data.prep import prep
 from voxel_ode.inference import bands
@@ -231,3 +232,27 @@ def test_weights_chosen_on_a_subset_of_a_large_run_still_find_the_scale_its_erro
     thinned = bands._thinned(runs[0], 500)
     assert thinned["error"].shape[2] == 500 and thinned["terms"]["prior"].shape[2] == 500
     assert bands.choose_weights(runs, 0, 0.9, [(1.0, 0.0, 0.0, 0.02), (0.0, 1.0, 0.0, 0.02)]) == (0.0, 1.0, 0.0, 0.02)
+
+
+def test_a_new_runs_scalar_offset_gets_a_band_sized_for_runs_not_steps():
+    """A run's scalars err by one relative offset over all its steps, drawn anew per run: the
+    quantile pooled over the steps of 6 runs covers 90 % of those runs' steps but fewer of a new
+    run's; with the left-out-run factor a new run's steps are covered ~90 % on average."""
+    rng = np.random.default_rng(11)
+
+    def run():
+        pred = np.ones((12, 5)) * 100.0
+        true = pred * (1 + rng.normal(0, 0.01, 5) + rng.normal(0, 0.001, (12, 5)))
+        return {"pred": pred, "true": true}
+
+    with_factor, pooled = [], []
+    for _ in range(60):
+        fit = bands.fit_scalars([run() for _ in range(6)], 0.9)
+        name = schema.SCALAR_NAMES[0]
+        half = fit[name]["quantile"] * bands.scalar_scale(np.array([100.0]), np.arange(1, 12), 12, fit[name]["power"])
+        fresh = [run() for _ in range(20)]
+        errors = np.array([np.abs(r["true"][1:, 0] - r["pred"][1:, 0]) for r in fresh])
+        pooled.append(np.mean(errors <= half))
+        with_factor.append(np.mean(errors <= fit[name]["run_factor"] * half))
+    assert np.mean(with_factor) == pytest.approx(0.9, abs=0.03)
+    assert np.mean(pooled) < np.mean(with_factor) - 0.05

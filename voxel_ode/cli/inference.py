@@ -107,7 +107,7 @@ def run_bands(args) -> int:
               f"{entry['width_over_rms']:.2f}")
     for name, entry in (result["scalars"] or {}).items():
         print(f"bands: {name}: relative score x (t / T)^{entry['power']:g}, quantile {entry['quantile']:.3g}, "
-              f"mean relative width {entry['relative_width']:.3g}")
+              f"factor for a new run {entry['run_factor']:.2f}, mean relative width {entry['relative_width']:.3g}")
     for var, entry in result["held_out_coverage"].items():
         print(f"bands: {var}: coverage of a left-out calibration run (its band and factor from the others): "
               f"{entry['last']:.3f} at the last step, {entry['mean']:.3f} over the steps")

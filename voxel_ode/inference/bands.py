@@ -274,49 +274,62 @@ def fit_grid(runs: list[dict], coverage: float) -> dict:
     return {name: fit_variable(runs, c, coverage) for c, name in enumerate(schema.DYNAMIC_NAMES)}
 
 
-def fit_scalars(runs: list[dict], coverage: float) -> dict | None:
-    """{scalar: {"power", "quantile", "relative_width"}} from runs of {"pred", "true"} (T, 5); None
-    when the model predicts no scalars."""
-    if any(np.isnan(r["pred"][1:]).all() for r in runs):
-        return None
+def _scalar_scores(runs: list[dict], i: int, power: float) -> list[np.ndarray]:
+    """Per run, (T - 1,): scalar ``i``'s relative scores at steps t >= 1."""
     n_steps = runs[0]["pred"].shape[0]
     t = np.arange(1, n_steps, dtype=np.float64)
+    return [np.abs(r["true"][1:, i] - r["pred"][1:, i]) / scalar_scale(r["pred"][1:, i], t, n_steps, power)
+            for r in runs]
+
+
+def _scalar_choice(runs: list[dict], i: int, coverage: float) -> dict:
+    """{"power", "quantile", "relative_width"} of scalar ``i`` on ``runs``: the power whose pooled
+    band is narrowest relative to the prediction."""
+    n_steps = runs[0]["pred"].shape[0]
+    t = np.tile(np.arange(1, n_steps, dtype=np.float64), len(runs))
+    pred = np.concatenate([r["pred"][1:, i] for r in runs])
+    best = None
+    for power in SCALAR_POWERS:
+        q = conformal_quantile(np.concatenate(_scalar_scores(runs, i, power)), coverage)
+        width = float(np.mean(2 * q * scalar_scale(pred, t, n_steps, power) / (np.abs(pred) + 1e-30)))
+        if best is None or width < best["relative_width"]:
+            best = {"power": power, "quantile": q, "relative_width": width}
+    return best
+
+
+def fit_scalars(runs: list[dict], coverage: float) -> dict | None:
+    """{scalar: {"power", "quantile", "run_factor", "relative_width", "held_out": (T - 1,) per-step
+    coverage of a left-out run}} from runs of {"pred", "true"} (T, 5); None when the model predicts
+    no scalars. As the grid's: a run's scalars err by one offset over its steps, so the band gets
+    the factor at which runs left out one at a time (power and quantile chosen without them) hold
+    ``coverage`` of their steps."""
+    if any(np.isnan(r["pred"][1:]).all() for r in runs):
+        return None
     out = {}
     for i, name in enumerate(schema.SCALAR_NAMES):
-        pred = np.concatenate([r["pred"][1:, i] for r in runs])
-        err = np.abs(np.concatenate([r["true"][1:, i] for r in runs]) - pred)
-        steps = np.tile(t, len(runs))
-        best = None
-        for power in SCALAR_POWERS:
-            scale = scalar_scale(pred, steps, n_steps, power)
-            q = conformal_quantile(err / scale, coverage)
-            width = float(np.mean(2 * q * scale / (np.abs(pred) + 1e-30)))
-            if best is None or width < best["relative_width"]:
-                best = {"power": power, "quantile": q, "relative_width": width}
-        out[name] = best
+        ratios = []
+        for r in range(len(runs) if len(runs) > 1 else 0):
+            rest = _scalar_choice(runs[:r] + runs[r + 1:], i, coverage)
+            score, q = _scalar_scores([runs[r]], i, rest["power"])[0], rest["quantile"]
+            ratios.append(np.zeros_like(score) if math.isinf(q) else
+                          np.divide(score, q, out=np.where(score > 0, np.inf, 0.0), where=q > 0))
+        k = run_factor(ratios, coverage)
+        held_out = [x <= run_factor(ratios[:r] + ratios[r + 1:], coverage) for r, x in enumerate(ratios)]
+        best = _scalar_choice(runs, i, coverage)
+        out[name] = {**best, "run_factor": k, "relative_width": k * best["relative_width"],
+                     "held_out": np.mean(held_out, axis=0).tolist() if held_out else None}
     return out
 
 
-def held_out_coverage(scalar_runs: list[dict], fitted: dict, scalars: dict | None, coverage: float) -> dict:
+def held_out_coverage(fitted: dict, scalars: dict | None) -> dict:
     """Leave one calibration run out: {variable or "scalars": {"last", "mean"} over steps t >= 1} of
-    the left-out run's coverage, averaged over the runs (P and T: fit_variable's; the scalars: their
-    quantile from the other runs). Said before any test run is looked at: how well the band holds
-    on a new run."""
+    the left-out run's coverage, averaged over the runs (and the scalars), as fit_variable and
+    fit_scalars learnt it. Said before any test run is looked at: how well the band holds on a
+    new run."""
     out = {name: fitted[name]["held_out"] for name in schema.DYNAMIC_NAMES}
-    n_steps = scalar_runs[0]["pred"].shape[0]
-    if scalars is not None:
-        t = np.arange(1, n_steps, dtype=np.float64)
-        covered = []
-        for r, run in enumerate(scalar_runs):
-            rest = [x for i, x in enumerate(scalar_runs) if i != r]
-            for i, name in enumerate(schema.SCALAR_NAMES):
-                power = scalars[name]["power"]
-                scores = np.concatenate([np.abs(x["true"][1:, i] - x["pred"][1:, i])
-                                         / scalar_scale(x["pred"][1:, i], t, n_steps, power) for x in rest])
-                half = conformal_quantile(scores, coverage) * scalar_scale(run["pred"][1:, i], t, n_steps, power)
-                covered.append(np.abs(run["true"][1:, i] - run["pred"][1:, i]) <= half)
-        covered = np.asarray(covered, np.float64)
-        out["scalars"] = {"last": float(covered[:, -1].mean()), "mean": float(covered.mean())}
+    per_step = [e["held_out"] for e in (scalars or {}).values() if e["held_out"] is not None]
+    if per_step:
+        out["scalars"] = {"last": float(np.mean([s[-1] for s in per_step])), "mean": float(np.mean(per_step))}
     return out
 
 
@@ -334,7 +347,7 @@ def fit(grid_runs: list[dict], scalar_runs: list[dict], coverage: float) -> dict
     (``apply`` takes it with "coverage" added)."""
     out = {"n_steps": int(grid_runs[0]["error"].shape[0]), "grid": fit_grid(grid_runs, coverage),
            "scalars": fit_scalars(scalar_runs, coverage)}
-    out["held_out_coverage"] = held_out_coverage(scalar_runs, out["grid"], out["scalars"], coverage)
+    out["held_out_coverage"] = held_out_coverage(out["grid"], out["scalars"])
     return out
 
 
@@ -397,7 +410,7 @@ def apply(bands: dict, sim: dict, grid: np.ndarray, scalar: np.ndarray) -> dict:
         for i, name in enumerate(schema.SCALAR_NAMES):
             entry = bands["scalars"][name]
             q = entry["quantile"] if entry["quantile"] is not None else math.inf
-            half = q * scalar_scale(scalar[:, i], t, bands["n_steps"], entry["power"])
+            half = q * entry.get("run_factor", 1.0) * scalar_scale(scalar[:, i], t, bands["n_steps"], entry["power"])
             half[0] = 0.0
             s_low[:, i] -= half
             s_high[:, i] += half
