@@ -189,10 +189,6 @@ def scalar_scale(pred: np.ndarray, t: np.ndarray, n_steps: int, power: float) ->
 # ---------------------------------------------------------------------------
 # Calibration
 # ---------------------------------------------------------------------------
-def _scores(runs: list[dict], c: int, t: int, weights) -> list[np.ndarray]:
-    return [r["error"][t, c] / sigma(r["terms"], c, t, weights) for r in runs]
-
-
 def _pooled(runs: list[dict], c: int, weights, coverage: float) -> tuple[list[float], float]:
     """One choice of weights on ``runs``: the pooled quantiles q_t of the cells' scores (q_0 = 0) and
     the band they give, without a run factor: its mean width over the RMS error, mean over steps."""
