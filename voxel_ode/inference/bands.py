@@ -232,9 +232,7 @@ def left_out_ratios(runs: list[dict], c: int, coverage: float, choices=None) -> 
         quantiles, _ = _pooled(rest, c, weights, coverage)
         ratios = []
         for t in range(1, len(quantiles)):
-            score, q = run["error"][t, c] / sigma(run["terms"], c, t, weights), quantiles[t]
-            ratios.append(np.zeros_like(score) if math.isinf(q) else
-                          np.divide(score, q, out=np.where(score > 0, np.inf, 0.0), where=q > 0))
+            ratios.append(_ratio(run["error"][t, c] / sigma(run["terms"], c, t, weights), quantiles[t]))
         out.append(np.stack(ratios))
     return out
 
@@ -248,6 +246,19 @@ def run_factor(ratios: list[np.ndarray], coverage: float) -> float:
     return float(np.quantile(ratios, coverage, method="higher"))
 
 
+def _ratio(score: np.ndarray, q: float) -> np.ndarray:
+    """A left-out run's scores over the others' quantile ``q`` (0 where q is infinite: too few scores
+    to promise anything; inf where a positive score meets q = 0)."""
+    if math.isinf(q):
+        return np.zeros_like(score)
+    return np.divide(score, q, out=np.where(score > 0, np.inf, 0.0), where=q > 0)
+
+
+def _left_out_covered(ratios: list[np.ndarray], coverage: float) -> list[np.ndarray]:
+    """Per run: which of its ratios the factor learnt from the other runs' ratios covers."""
+    return [x <= run_factor(ratios[:r] + ratios[r + 1:], coverage) for r, x in enumerate(ratios)]
+
+
 def fit_variable(runs: list[dict], c: int, coverage: float, choices=None) -> dict:
     """{"weights", "quantiles" (T,), "run_factor", "width_over_rms", "held_out": {"last", "mean"}} of
     variable ``c``: the weights chosen and the quantiles pooled on all the runs, the factor learnt
@@ -257,7 +268,7 @@ def fit_variable(runs: list[dict], c: int, coverage: float, choices=None) -> dic
     quantiles, width = _pooled(runs, c, weights, coverage)
     ratios = left_out_ratios(runs, c, coverage, choices) if len(runs) > 1 else []
     k = run_factor(ratios, coverage)
-    covered = [np.mean(x <= run_factor(ratios[:r] + ratios[r + 1:], coverage), axis=1) for r, x in enumerate(ratios)]
+    covered = [np.mean(x, axis=1) for x in _left_out_covered(ratios, coverage)]
     held_out = {"last": float(np.mean([x[-1] for x in covered])), "mean": float(np.mean(covered))} if covered \
         else {"last": math.nan, "mean": math.nan}
     return {"weights": list(weights), "quantiles": quantiles, "run_factor": k, "width_over_rms": k * width,
@@ -306,11 +317,9 @@ def fit_scalars(runs: list[dict], coverage: float) -> dict | None:
         ratios = []
         for r in range(len(runs) if len(runs) > 1 else 0):
             rest = _scalar_choice(runs[:r] + runs[r + 1:], i, coverage)
-            score, q = _scalar_scores([runs[r]], i, rest["power"])[0], rest["quantile"]
-            ratios.append(np.zeros_like(score) if math.isinf(q) else
-                          np.divide(score, q, out=np.where(score > 0, np.inf, 0.0), where=q > 0))
+            ratios.append(_ratio(_scalar_scores([runs[r]], i, rest["power"])[0], rest["quantile"]))
         k = run_factor(ratios, coverage)
-        held_out = [x <= run_factor(ratios[:r] + ratios[r + 1:], coverage) for r, x in enumerate(ratios)]
+        held_out = _left_out_covered(ratios, coverage)
         best = _scalar_choice(runs, i, coverage)
         out[name] = {**best, "run_factor": k, "relative_width": k * best["relative_width"],
                      "held_out": np.mean(held_out, axis=0).tolist() if held_out else None}
