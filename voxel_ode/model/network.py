@@ -313,8 +313,8 @@ def crop_upsample(coarse: torch.Tensor, origin: torch.Tensor, size, factor: int)
                           mode="replicate")
         fine = F.interpolate(block, scale_factor=factor, mode="trilinear", align_corners=False)
         s = [o[a] - lo[a] * factor for a in range(3)]
-        out.append(fine[0, :, s[0]:s[0] + size[0], s[1]:s[1] + size[1], s[2]:s[2] + size[2]])
-    return torch.stack(out)
+        out.append(fine[:, :, s[0]:s[0] + size[0], s[1]:s[1] + size[1], s[2]:s[2] + size[2]])
+    return out[0] if len(out) == 1 else torch.cat(out)  # one sample: a view, in the block's memory format
 
 
 def coarsen(x, active, factor: int = 4):
@@ -409,7 +409,9 @@ class VoxelAutoRegressor(nn.Module):
             origin = origin.reshape(-1, 3).expand(batch, 3)  # one origin may serve the whole batch
             # masked (normalized) trilinear upsampling: inactive coarse cells, including any
             # padding, never leak into their neighbours, so padding changes nothing
-            up = crop_upsample(torch.cat([coarse, coarse_mask], 1), origin, x.shape[-3:], cfg.context_factor)
+            # channels-last before the upsampling: torch's trilinear kernel is ~7x faster on it (CPU)
+            up = crop_upsample(self._format(torch.cat([coarse, coarse_mask], 1)), origin, x.shape[-3:],
+                               cfg.context_factor)
             weight = up[:, -1:]
             ctx_fine = up[:, :-1] / weight.clamp_min(1e-6) * (weight > 1e-6)
             ctx_fine = self._format(ctx_fine)
