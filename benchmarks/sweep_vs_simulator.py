@@ -97,7 +97,8 @@ def simulate(base: Path, plan: Path, out: Path, rows) -> dict:
     return timing
 
 
-def sweep(ckpt: Path, base: Path, plan: Path, out: Path, workers: int = 1, compile_model="auto") -> tuple[list, dict]:
+def sweep(ckpt: Path, base: Path, plan: Path, out: Path, workers: int = 1, compile_model="auto",
+          stats_path=None) -> tuple[list, dict]:
     import torch
 
     from voxel_ode.inference.sweep import run_sweep
@@ -105,7 +106,7 @@ def sweep(ckpt: Path, base: Path, plan: Path, out: Path, workers: int = 1, compi
     shutil.rmtree(out / "sweep", ignore_errors=True)
     wall, cpu = time.perf_counter(), time.process_time()
     rows = run_sweep(ckpt, base, plan, out / "sweep", device="cpu", amp="auto", workers=workers, progress=False,
-                     compile_model=compile_model)
+                     compile_model=compile_model, stats_path=stats_path)
     # with workers > 1 the priors run in worker processes that the sweep does not wait for: their CPU
     # time is not known here (None)
     timing = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu if workers <= 1 else None,
@@ -208,6 +209,7 @@ def main(argv=None) -> int:
                          "worker processes meanwhile, both cores); result_workers<N>.json for N > 1")
     ap.add_argument("--compile", choices=("auto", "yes", "no"), default="auto",
                     help="the sweep's --compile; result_compile_<choice>.json when not auto")
+    ap.add_argument("--stats_path", help="the sweep's --stats_path (a prep's stats.json agreeing with the checkpoint's)")
     ap.add_argument("--report", action="store_true", help="only print the report of an earlier run")
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -229,9 +231,9 @@ def main(argv=None) -> int:
     rows = plans.read_rows(out / "plan.csv")
     print(f"base {base.name}, {len(rows)} scenarios ({out / 'plan.csv'})", flush=True)
     sim = simulate(base, out / "plan.csv", out, rows)
-    sweep_rows, sw = sweep(Path(args.ckpt), base, out / "plan.csv", out, args.workers, args.compile)
+    sweep_rows, sw = sweep(Path(args.ckpt), base, out / "plan.csv", out, args.workers, args.compile, args.stats_path)
     series = sw.pop("series")
-    result = {"base": base.name, "ckpt": str(args.ckpt), "simulator": sim, "sweep": sw,
+    result = {"base": base.name, "ckpt": str(args.ckpt), "stats_path": args.stats_path, "simulator": sim, "sweep": sw,
               "base_resim_rel": base_check(base, out), "comparison": compare(out, rows, sweep_rows, series)}
     result_path.write_text(json.dumps(result, indent=1))
     print(report(result))

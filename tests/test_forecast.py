@@ -115,3 +115,67 @@ def test_a_forecast_accepts_a_description_that_declares_the_first_report_at_year
     plan = _inputs_only(write_raw_sim(tmp_path / "v2.4_0001.h5", **GRID), tmp_path / "plan.h5")
     sim = pack.prepare_forecast(plan, description.Description.from_dict(declared, "test"), 4)
     assert sim["forecast"] and len(sim["priors"]) == 4 and sim["first_report"] == "initial"
+
+
+def _enthalpy_mw(temperature):
+    """A convention unlike synth's: MJ/kg (energy rates in MW), zero 20 kJ/kg below 0 C, c = 4180."""
+    return (4180.0 * (np.asarray(temperature, np.float64) - 273.15) + 2.0e4) * 1e-6
+
+
+def _rewrite_energy_rates(path, t_inj):
+    """The file's field rates made consistent with its wells and _enthalpy_mw."""
+    with h5py.File(path, "a") as f:
+        active = f["Input/IsActive"][()] > 0.5
+        rate = np.where(active, f["Input/InjRate"][()], 0.0).astype(np.float64)
+        t0 = f["Input/Temperature0"][()].astype(np.float64)
+        inj, prod = np.maximum(rate, 0.0), np.maximum(-rate, 0.0)
+        n_t = len(f[schema.raw_path("FieldEnergyProductionRate")])
+        values = {"FieldWaterInjectionRate": inj.sum(), "FieldWaterProductionRate": prod.sum(),
+                  "FieldEnergyInjectionRate": inj.sum() * _enthalpy_mw(t_inj),
+                  "FieldEnergyProductionRate": float((prod * _enthalpy_mw(t0)).sum())}
+        for name, value in values.items():
+            f[schema.raw_path(name)][...] = np.full(n_t, value)
+        f[schema.raw_path("FieldEnergyProductionTotal")][...] = values["FieldEnergyProductionRate"] * 3.15e7 * np.arange(n_t)
+        return np.array([f[schema.raw_path(n)][0] for n in schema.SCALAR_NAMES])
+
+
+def test_a_forecast_starts_its_energy_rates_in_the_training_data_s_enthalpy_convention(tmp_path):
+    """Energy rates in MW with another zero: prep fits the convention on the training runs'
+    first reports, and a forecast's t = 0 energy rates match what the simulator reported; synth's
+    c_w (T - 273.15) in W would have been a million times too large."""
+    from voxel_ode.data import start_scalars
+
+    declared = json.loads(json.dumps(DESCRIPTION))
+    declared["quantities"]["InjectionTemperature"] = {"value": 300.0, "unit": "K"}
+    paths = write_raw_dir(tmp_path / "raw", n=5, description=declared, **GRID)
+    reports = [_rewrite_energy_rates(p, 300.0) for p in paths]
+    prep(tmp_path / "raw", tmp_path / "prepped", n_test=1, patch_size=(8, 8, 8), stride=(4, 4, 4), progress=False)
+    fitted = json.loads((tmp_path / "prepped" / "stats.json").read_text())[start_scalars.KEY]
+    assert fitted["runs"] == 4 and fitted["left_out_relative_error"] < 1e-4
+    train(prepped_root=str(tmp_path / "prepped"), save_dir=str(tmp_path / "ck"), **TINY)
+    test_run = json.loads((tmp_path / "prepped" / "stats.json").read_text())["test_sims"][0]
+    index = [p.stem for p in paths].index(Path(test_run).name.split(".prepped")[0])
+    plan = _inputs_only(paths[index], tmp_path / "plan.h5")
+    predict_file(tmp_path / "ck" / "last.pt", plan, tmp_path / "p.h5", device="cpu", amp="none", progress=False)
+    with h5py.File(tmp_path / "p.h5") as f:
+        start = f["predicted/outputs_scalar"][0]
+    np.testing.assert_allclose(start, reports[index], rtol=1e-4)
+    unfitted = start_scalars.estimate(pack.prepare_forecast(plan, description.Description.from_dict(declared, "t"), 2)["static"])
+    energy = schema.SCALAR_NAMES.index("FieldEnergyProductionRate")
+    assert unfitted[energy] > 1e5 * reports[index][energy]
+
+
+def test_the_enthalpy_form_is_chosen_by_the_runs_it_did_not_see():
+    """A pressure term in the data's enthalpy (IAPWS-like): the form with it predicts left-out
+    runs best and is chosen; with too few runs for its coefficients, only simpler forms are tried."""
+    from voxel_ode.data import start_scalars
+
+    rng = np.random.default_rng(0)
+    h = lambda t, p: 4150.0 * (t - 273.16) + 1.0e-3 * p  # noqa: E731
+    runs = [[[t, p, h(t, p)] for t, p in ((rng.uniform(300, 330), rng.uniform(1e7, 3e7)),
+                                          (rng.uniform(340, 400), rng.uniform(1e7, 3e7)))] for _ in range(8)]
+    fitted = start_scalars.fit(runs)
+    assert fitted["form"] == "affine_temperature_pressure" and fitted["left_out_relative_error"] < 1e-9
+    assert abs(start_scalars.enthalpy(fitted, 350.0, 2e7) - h(350.0, 2e7)) < 1e-6 * h(350.0, 2e7)
+    assert start_scalars.fit(runs[:3])["form"] != "affine_temperature_pressure"
+    assert start_scalars.fit([[], []]) is None

@@ -53,6 +53,7 @@ def add_sweep_args(parser: argparse.ArgumentParser) -> None:
                              "much below year 0's")
     parser.add_argument("--save_predictions", action="store_true",
                         help="also write each scenario's predictions (OUT/predictions/<name>.h5 + XDMF)")
+    parser.add_argument("--stats_path", help="stats.json (default: the stats stored in the checkpoint; must agree)")
     parser.add_argument("--bands", metavar="JSON", default=None,
                         help="uncertainty bands (voxel-ode bands; default: CKPT's .bands.json when it exists)")
     parser.add_argument("--keep_inputs", action="store_true",
@@ -72,7 +73,8 @@ def run_sweep_command(args) -> int:
         run_sweep(args.ckpt_path, args.base, args.plan, args.out, objective=args.objective, minimize=args.minimize,
                   save_predictions=args.save_predictions, device=precision.pick_device(args.device), amp=args.amp,
                   workers=max(1, args.workers), breakthrough_k=args.breakthrough_k, keep_inputs=args.keep_inputs,
-                  progress=not args.no_progress, bands_path=args.bands, compile_model=args.compile)
+                  progress=not args.no_progress, bands_path=args.bands, compile_model=args.compile,
+                  stats_path=args.stats_path)
     except PlanError as err:
         if len(err.lines) == 1:
             raise

@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 
 from voxel_ode import schema
-from voxel_ode.data import checks, description, envelope, index, prepped, raw, stats
+from voxel_ode.data import checks, description, envelope, index, prepped, raw, start_scalars, stats
 from voxel_ode import files
 from voxel_ode.physics import priors as physics_priors
 from voxel_ode.utils import UserError
@@ -153,6 +153,7 @@ def _scan_values(f, path, grid, n_t, fill_value, out_path, patch, stride, chunk_
         del statics
         static_raw, static_log = stats.static_moments(static_stack, mask)
         inputs = envelope.run_inputs(static_stack, params, physics.cell_size)
+        start = start_scalars.run_samples(static_stack, scalars[0])  # the t = 0 report's enthalpies
         if out is not None:
             prepped.write_packed(out, path, static_stack, year_priors, params, scalars, physics, fill_value, ce, opts,
                                  (desc or description.Description()).to_dict())
@@ -168,6 +169,7 @@ def _scan_values(f, path, grid, n_t, fill_value, out_path, patch, stride, chunk_
         "origins": origins, "active_fracs": fracs, "raw_bytes": os.path.getsize(path),
         "physics": physics.notes, "first_report": physics.first_report, "priors": year_priors is not None,
         "warnings": [f"{path}: {w}" for w in warnings], "content_sha256": content.hexdigest(), "inputs": inputs,
+        "start": start,
         **dynamic.result(),
     }
 

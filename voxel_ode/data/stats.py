@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from voxel_ode import schema
-from voxel_ode.data import description, envelope, prepped
+from voxel_ode.data import description, envelope, prepped, start_scalars
 from voxel_ode import files
 from voxel_ode.utils import UserError, signed_log1p
 
@@ -239,6 +239,7 @@ def compute_stats(train: list[dict], rel_train: list[str], rel_test: list[str], 
         "patches": patches,
         "priors": _all_or_none([s["priors"] for s in train], "physics priors"),
         envelope.RANGES_KEY: envelope.ranges([s["inputs"] for s in train]),
+        start_scalars.KEY: start_scalars.fit([s["start"] for s in train]),
     }
 
 
@@ -376,6 +377,7 @@ def validate_stats(stats, source) -> None:
         raise UserError(f"{source}: stats: not a JSON object")
     if envelope.RANGES_KEY in stats:
         envelope.check_ranges(stats[envelope.RANGES_KEY], source)
+    start_scalars.check(stats.get(start_scalars.KEY), source)
     for section, names in _SECTIONS.items():
         sec = stats.get(section)
         where = f"{source}: {section}"

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from voxel_ode import files, schema
-from voxel_ode.data import envelope
+from voxel_ode.data import envelope, start_scalars
 from voxel_ode.inference import bands as bands_module
 from voxel_ode.inference import plots
 from voxel_ode.inference.predictions import write_predictions
@@ -66,9 +66,7 @@ def predict_file(ckpt_path, source, save_path, stats_path=None, device="cpu", am
     forecast = bool(sim.get("forecast"))
     if forecast:
         print(f"forecast: {source} has no outputs; starting from Input/Pressure0 and Input/Temperature0, "
-              f"{len(sim['priors']) - 1} years; field scalars at t = 0 estimated from the wells' rates and "
-              "liquid-water enthalpy c_w (T - 273.15) (a simulator with another enthalpy reference reports "
-              "other absolute energy rates)")
+              f"{len(sim['priors']) - 1} years; {start_scalars.describe(stats.get(start_scalars.KEY))}")
     out_of_range = out_of_range_notes(stats, sim)
     if out_of_range is None:
         print(envelope.NOT_RECORDED)

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from voxel_ode import files, schema
-from voxel_ode.data import pack, prepped, raw
+from voxel_ode.data import pack, prepped, raw, start_scalars
 from voxel_ode.data.description import Description
 from voxel_ode.inference.regions import PlannedForward, region_plan
 from voxel_ode.model import precision as precisions
@@ -68,32 +68,13 @@ def initial_state(sim: dict) -> np.ndarray:
     return sim["static"][list(schema.INITIAL_STATE_STATIC)].astype(np.float32)
 
 
-def initial_scalars(sim: dict) -> np.ndarray:
-    """(5,) field scalars at t = 0: outputs_scalar[0], else an estimate from the inputs.
-
-    The model predicts each scalar relative to its previous value, so a rollout needs a
-    start. Without the t = 0 report: water rates = sums of InjRate (+ injection,
-    - production), energy rates = those rates x liquid-water enthalpy c_w (T - 273.15)
-    at Temperature0 (producers) and at Temperature0 + InjectionTemperatureGap (injectors),
-    total = 0. Exact for `voxel-ode synth` runs; for
-    a simulator with other enthalpies give the t = 0 report instead.
-    """
+def initial_scalars(sim: dict, start_enthalpy: dict | None = None) -> np.ndarray:
+    """(5,) field scalars at t = 0: outputs_scalar[0], else an estimate from the inputs
+    (start_scalars.estimate: prescribed rates, the enthalpy prep fitted on the training runs'
+    reports, ``start_enthalpy`` from stats.json; None: c_w (T - 273.15) in W)."""
     if "outputs_scalar" in sim and np.all(np.isfinite(sim["outputs_scalar"][0])):
         return np.asarray(sim["outputs_scalar"][0], np.float64).copy()
-    static = sim["static"]
-    active = static[schema.STATIC_ACTIVE] > 0.5
-    rate = np.where(active, static[schema.STATIC_INJ_RATE], 0.0).astype(np.float64)
-    t0 = static[schema.STATIC_NAMES.index("Temperature0")].astype(np.float64)
-    gap = static[schema.STATIC_NAMES.index(schema.INJECTION_GAP)].astype(np.float64)
-    injectors = active & (rate > 0)
-    t_inj = float(np.mean((t0 + gap)[injectors])) if injectors.any() else schema.ENTHALPY_ZERO_T
-    enthalpy = lambda temp: schema.WATER_HEAT_CAPACITY * (temp - schema.ENTHALPY_ZERO_T)  # noqa: E731
-    inj, prod = np.maximum(rate, 0.0), np.maximum(-rate, 0.0)
-    values = {"FieldEnergyInjectionRate": inj.sum() * enthalpy(t_inj),
-              "FieldEnergyProductionRate": float(np.sum(prod * enthalpy(t0))),
-              "FieldEnergyProductionTotal": 0.0,
-              "FieldWaterInjectionRate": inj.sum(), "FieldWaterProductionRate": prod.sum()}
-    return np.asarray([values[n] for n in schema.SCALAR_NAMES], np.float64)
+    return start_scalars.estimate(sim["static"], start_enthalpy)
 
 
 class ModelStepper:
@@ -106,6 +87,7 @@ class ModelStepper:
                  crop=True):
         self.model = model.eval()
         self.normalizer = normalizer
+        self.start_enthalpy = normalizer.stats.get(start_scalars.KEY)  # a forecast's t = 0 energy rates
         self.device = torch.device(device)
         if tile is not None and (len(tile) != 3 or min(int(v) for v in tile) < 1):
             raise UserError(f"--tile: needs three sizes of at least 1 cell (Z Y X), got {list(tile)}")
@@ -166,7 +148,8 @@ def run_stepper(stepper, sim: dict, n_steps: int | None = None, progress=True, d
     grid = np.empty((n_steps,) + state.shape, np.float32)
     scalar = np.full((n_steps, schema.N_SCALARS), np.nan)
     grid[0] = state
-    scalar[0] = initial_scalars(sim)  # the t = 0 report, or an estimate from the inputs
+    # the t = 0 report, or an estimate from the inputs in the training data's enthalpy convention
+    scalar[0] = initial_scalars(sim, getattr(stepper, "start_enthalpy", None))
     stepper.start(sim)
     prev = scalar[0].copy()
     for t in tqdm(range(1, n_steps), desc=desc, disable=not progress, leave=False):

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from voxel_ode import files, schema
 from voxel_ode.data.prep import die_with_parent
-from voxel_ode.data import envelope, plan
+from voxel_ode.data import envelope, plan, start_scalars
 from voxel_ode.inference import scenarios as plans
 from voxel_ode.inference import sweep_table as table
 from voxel_ode.inference.plots import cell_size_of
@@ -137,10 +137,11 @@ def _starts(jobs, desc, n_reports, workers):
 class Forecaster:
     """The checkpoint's model, loaded once, applied to scenario after scenario."""
 
-    def __init__(self, ckpt_path, device="cpu", amp="auto", bands_path=None):
+    def __init__(self, ckpt_path, device="cpu", amp="auto", bands_path=None, stats_path=None):
         self.ckpt_path, self.device = ckpt_path, device
         self.bands = bands_module.find(ckpt_path, bands_path)  # None: no bands (one line said how)
-        self.model, self.normalizer, self.stats, self.config = checkpoint.load_for_inference(ckpt_path, None, device)
+        self.model, self.normalizer, self.stats, self.config = checkpoint.load_for_inference(ckpt_path, stats_path,
+                                                                                              device)
         self.precision = precision.choose(amp, device)
         self.n_reports = int(self.stats["n_timesteps"])
         self.compiled = None  # the torch.compile'd model (None: the plain one only)
@@ -232,11 +233,12 @@ def _finish(out: Path, scenarios, column, minimize, breakthrough_k) -> list[dict
 def run_sweep(ckpt_path, base_path, plan_path, out, objective=table.DEFAULT_OBJECTIVE, minimize=False,
               save_predictions=False, device="cpu", amp="auto", workers=1,
               breakthrough_k=table.DEFAULT_BREAKTHROUGH_K, keep_inputs=False, progress=True,
-              bands_path=None, compile_model="auto") -> list[dict]:
+              bands_path=None, compile_model="auto", stats_path=None) -> list[dict]:
     """Forecast every scenario of ``plan_path`` on ``base_path`` into ``out``; the ranked table rows.
     Nothing is written outside ``out``. With bands (``bands_path`` or the checkpoint's bands file),
     each scenario's JSON holds its field scalars' bands and its predictions.h5 the grid bands.
-    ``compile_model``: COMPILE_CHOICES; auto compiles for COMPILE_MIN_SCENARIOS or more to run."""
+    ``compile_model``: COMPILE_CHOICES; auto compiles for COMPILE_MIN_SCENARIOS or more to run.
+    ``stats_path``: a stats.json in place of the checkpoint's own (it must agree with them)."""
     if compile_model not in COMPILE_CHOICES:
         raise UserError(f"--compile: {compile_model!r} is not one of {', '.join(COMPILE_CHOICES)}")
     out = files.writable_folder(out, "--out")
@@ -246,7 +248,8 @@ def run_sweep(ckpt_path, base_path, plan_path, out, objective=table.DEFAULT_OBJE
     with files.folder_lock(out, "sweep"):
         for folder in (out, out / "scenarios", out / "inputs", out / "predictions"):
             files.clean_leftovers(folder)
-        forecaster = Forecaster(ckpt_path, device, amp, bands_path)
+        forecaster = Forecaster(ckpt_path, device, amp, bands_path, stats_path)
+        print(start_scalars.describe(forecaster.stats.get(start_scalars.KEY)))
         desc = forecaster.stats.description
         if forecaster.stats.get(envelope.RANGES_KEY) is None:  # the table's out_of_range column stays empty
             print(envelope.NOT_RECORDED)
