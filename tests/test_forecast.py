@@ -174,8 +174,32 @@ def test_the_enthalpy_form_is_chosen_by_the_runs_it_did_not_see():
     h = lambda t, p: 4150.0 * (t - 273.16) + 1.0e-3 * p  # noqa: E731
     runs = [[[t, p, h(t, p)] for t, p in ((rng.uniform(300, 330), rng.uniform(1e7, 3e7)),
                                           (rng.uniform(340, 400), rng.uniform(1e7, 3e7)))] for _ in range(8)]
-    fitted = start_scalars.fit(runs)
+    fitted = start_scalars.fit([{"enthalpy": r, "water": []} for r in runs])
     assert fitted["form"] == "affine_temperature_pressure" and fitted["left_out_relative_error"] < 1e-9
     assert abs(start_scalars.enthalpy(fitted, 350.0, 2e7) - h(350.0, 2e7)) < 1e-6 * h(350.0, 2e7)
-    assert start_scalars.fit(runs[:3])["form"] != "affine_temperature_pressure"
-    assert start_scalars.fit([[], []]) is None
+    assert start_scalars.fit([{"enthalpy": r, "water": []} for r in runs[:3]])["form"] != "affine_temperature_pressure"
+    assert start_scalars.fit([{"enthalpy": [], "water": []}] * 2) is None
+
+
+def test_a_forecast_starts_from_the_delivered_rates_where_the_training_reports_follow_them():
+    """Training runs whose first reports hold what a well held at its limit delivered (less than
+    its rate, as the priors' wells deliver it): the fit takes the delivered rates and a forecast's
+    t = 0 water and energy rates follow them; runs that reported their prescribed rates keep those."""
+    from voxel_ode.data import start_scalars
+
+    static = np.zeros((schema.N_STATIC, 2, 2, 2), np.float32)
+    channel = lambda name: static[schema.STATIC_NAMES.index(name)]  # noqa: E731
+    channel("IsActive")[...] = 1.0
+    channel("InjRate")[0, 0, 0], channel("InjRate")[1, 1, 1] = 10.0, -10.0
+    channel("Temperature0")[...], channel("Pressure0")[...] = 350.0, 2e7
+    channel(schema.INJECTION_GAP)[0, 0, 0] = -40.0
+    h = lambda t: 4200.0 * (t - 273.15)  # noqa: E731
+    limited = [(10.0 * f, 10.0 * g) for f, g in ((0.6, 0.62), (0.8, 0.79), (0.7, 0.72), (1.0, 1.0))]
+    row = lambda inj, prod: [inj * h(310.0), prod * h(350.0), 0.0, inj, prod]  # noqa: E731
+    held = start_scalars.fit([start_scalars.run_samples(static, row(*d), d) for d in limited])
+    assert held["water_rates"] == "delivered"
+    start = start_scalars.estimate(static, held, delivered=(6.5, 6.6))
+    np.testing.assert_allclose(start, row(6.5, 6.6), rtol=1e-6)
+    kept = start_scalars.fit([start_scalars.run_samples(static, row(10.0, 10.0), d) for d in limited])
+    assert kept["water_rates"] == "prescribed"
+    np.testing.assert_allclose(start_scalars.estimate(static, kept, delivered=(6.5, 6.6)), row(10.0, 10.0), rtol=1e-6)

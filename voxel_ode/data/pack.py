@@ -105,10 +105,12 @@ def injection_temperature(physics: description.Physics, scalars) -> float | None
     return None if t_inj is None else t_inj + physics.values.get("InjectionTemperatureOffset", 0.0)
 
 
-def derive_channels(statics: dict, scalars, physics: description.Physics, n_reports: int) -> tuple[dict, np.ndarray | None]:
+def derive_channels(statics: dict, scalars, physics: description.Physics, n_reports: int,
+                    rates: list | None = None) -> tuple[dict, np.ndarray | None]:
     """The derived static grids (schema.DERIVED_STATIC_FIELDS) and the per-year priors
     (n_reports, N_PRIORS, Z, Y, X) float16, or None without the physics they need, of one run:
-    static grids by name in SI units, field scalars (T, 5), its resolved description."""
+    static grids by name in SI units, field scalars (T, 5), its resolved description. ``rates``:
+    gets the priors' wells' delivered (injected, produced) kg/s per year (physics_priors.priors)."""
     active = np.asarray(statics["IsActive"]) > 0.5
     t_inj = injection_temperature(physics, scalars)
     gap = np.zeros(active.shape, np.float32)
@@ -116,7 +118,7 @@ def derive_channels(statics: dict, scalars, physics: description.Physics, n_repo
         gap[active] = t_inj - np.asarray(statics["Temperature0"])[active]
     derived = {"FaultBoundary": fault_boundary(statics["FaultId"]), schema.INJECTION_GAP: gap}
     res = reservoir(statics, physics, gap)
-    return derived, (None if res is None else physics_priors.priors(res, n_reports))
+    return derived, (None if res is None else physics_priors.priors(res, n_reports, rates))
 
 
 def _scan_values(f, path, grid, n_t, fill_value, out_path, patch, stride, chunk_edge, compression,
@@ -149,11 +151,12 @@ def _scan_values(f, path, grid, n_t, fill_value, out_path, patch, stride, chunk_
             raise raw.DatasetProblem(schema.raw_path("IsActive"), "no active cell left once the dynamic grids' fill values "
                                                         "are masked")
         statics["IsActive"] = mask.astype(np.float32)
-        static_stack, year_priors = _derived(statics, scalars, physics, n_out)
+        rates = []  # the priors' wells' delivered rates per year
+        static_stack, year_priors = _derived(statics, scalars, physics, n_out, rates)
         del statics
         static_raw, static_log = stats.static_moments(static_stack, mask)
         inputs = envelope.run_inputs(static_stack, params, physics.cell_size)
-        start = start_scalars.run_samples(static_stack, scalars[0])  # the t = 0 report's enthalpies
+        start = start_scalars.run_samples(static_stack, scalars[0], rates[0] if rates else None)
         if out is not None:
             prepped.write_packed(out, path, static_stack, year_priors, params, scalars, physics, fill_value, ce, opts,
                                  (desc or description.Description()).to_dict())
@@ -174,10 +177,10 @@ def _scan_values(f, path, grid, n_t, fill_value, out_path, patch, stride, chunk_
     }
 
 
-def _derived(statics, scalars, physics, n_out):
+def _derived(statics, scalars, physics, n_out, rates=None):
     """(static stack (N_STATIC, Z, Y, X), priors or None) with the derived channels of one run."""
     try:
-        derived, year_priors = derive_channels(statics, scalars, physics, n_out)
+        derived, year_priors = derive_channels(statics, scalars, physics, n_out, rates)
     except UserError:
         raise
     except Exception as err:  # a numerical failure must name the file, never be a traceback
@@ -283,9 +286,11 @@ def prepare_forecast(path, desc: description.Description, n_reports: int, fill_v
                         "scalars to read it from: declare it in the dataset description (a value, or the "
                         "ParamsScalar entry that holds it)")
     statics["IsActive"] = mask.astype(np.float32)
-    static_stack, year_priors = _derived(statics, None, physics, n_reports)
+    rates = []  # what the priors' wells deliver: a well held at its bottomhole limit gives less than its rate
+    static_stack, year_priors = _derived(statics, None, physics, n_reports, rates)
     record = prepped.preparation_record(desc.to_dict(), year_priors is not None)
     if year_priors is None:  # zeros keep one layout, as in a packed file
         year_priors = np.zeros((n_reports, schema.N_PRIORS) + tuple(grid), np.float16)
     return {"static": static_stack, "params_scalar": params, "priors": year_priors, "first_report": "initial",
-            "source": path, "forecast": True, "preparation": record}
+            "source": path, "forecast": True, "preparation": record,
+            "delivered_rates": np.array(rates) if rates else None}

@@ -2,13 +2,19 @@
 convention.
 
 The model predicts each field scalar relative to its value the step before, so a forecast needs
-a start. Its water rates are the wells' prescribed rates (``InjRate``); its energy rates are those
-rates times the water's enthalpy, and the enthalpy's convention is the simulator's (absolute
-IAPWS-95 with the pressure's work in it, c_w (T - 273.15), another reference temperature, W or
-MW). So prep fits it on the training runs' t = 0 reports (``fit``: h = a + b T, + c p, or a
-scale on c_w (T - 273.15), the form chosen by leave-one-run-out error) and stores it in
-stats.json (KEY); ``estimate`` uses it. Without a fit (stats from an earlier prep, or no run
-with a report to fit on) the energy rates take c_w (T - 273.15) in W, exact for `voxel-ode synth`.
+a start: water rates, and energy rates = those rates times the water's enthalpy. Both follow the
+simulator's conventions, so prep learns them from the training runs' t = 0 reports (``fit``,
+stored in stats.json under KEY) and ``estimate`` applies them:
+
+* the water rates: the wells' prescribed rates (``InjRate``), or what the priors' wells
+  delivered in year 1 (a well held at a bottomhole limit gives less; a first report at the end of
+  year 1 says what it delivered then), whichever matches the training runs' reports better;
+* the enthalpy (absolute IAPWS-95 with the pressure's work in it, c_w (T - 273.15), another zero,
+  W or MW): h = a + b T (+ c p), or a scale on c_w (T - 273.15), the form that predicts a
+  left-out run's best.
+
+Without a fit (stats from an earlier prep, or no run with a report to fit on) a forecast takes
+the prescribed rates and c_w (T - 273.15) in W, exact for `voxel-ode synth`.
 """
 
 from __future__ import annotations
@@ -48,22 +54,26 @@ def well_water(static) -> dict:
     return out
 
 
-def run_samples(static, scalars0) -> list[list[float]]:
-    """[[T, p, enthalpy]] of one training run from its inputs and its t = 0 report's rates: the
-    injected water's where the injection temperature is known (a nonzero gap), the produced water's."""
+def run_samples(static, scalars0, delivered=None) -> dict:
+    """One training run's evidence from its inputs and its t = 0 report: "enthalpy": [[T, p, h]]
+    of the injected water (where the injection temperature is known: a nonzero gap) and of the
+    produced; "water": [[reported, prescribed, delivered]] kg/s per kind (``delivered``: the
+    priors' wells' year-1 (injected, produced) rates; None: not known, the prescribed)."""
     water = well_water(static)
     row = np.asarray(scalars0, np.float64)
     gap = np.asarray(static)[schema.STATIC_NAMES.index(schema.INJECTION_GAP)]
-    samples = []
-    for kind, energy, mass in (("injected", "FieldEnergyInjectionRate", "FieldWaterInjectionRate"),
-                               ("produced", "FieldEnergyProductionRate", "FieldWaterProductionRate")):
-        if kind not in water or (kind == "injected" and not np.any(gap != 0)):
+    samples, rates = [], []
+    for i, (kind, energy, mass) in enumerate((("injected", "FieldEnergyInjectionRate", "FieldWaterInjectionRate"),
+                                              ("produced", "FieldEnergyProductionRate", "FieldWaterProductionRate"))):
+        if kind not in water:
             continue
         e, m = row[schema.SCALAR_NAMES.index(energy)], row[schema.SCALAR_NAMES.index(mass)]
-        if math.isfinite(e) and math.isfinite(m) and m > 0:
-            _, t, p = water[kind]
-            samples.append([t, p, float(e / m)])
-    return samples
+        if not (math.isfinite(e) and math.isfinite(m) and m > 0):
+            continue
+        rates.append([float(m), water[kind][0], water[kind][0] if delivered is None else float(delivered[i])])
+        if kind == "produced" or np.any(gap != 0):
+            samples.append([water[kind][1], water[kind][2], float(e / m)])
+    return {"enthalpy": samples, "water": rates}
 
 
 def _solve(form, samples) -> np.ndarray | None:
@@ -74,7 +84,23 @@ def _solve(form, samples) -> np.ndarray | None:
     return coef / scale if rank == x.shape[1] else None
 
 
-def fit(per_run: list[list[list[float]]]) -> dict | None:
+def fit(per_run: list[dict]) -> dict | None:
+    """The water rates' source and the enthalpy's form and coefficients that best predict the
+    training runs' t = 0 reports (``run_samples`` of each); None without samples."""
+    record = _fit_enthalpy([r["enthalpy"] for r in per_run])
+    rates = np.array([w for r in per_run for w in r["water"]], np.float64).reshape(-1, 3)
+    if record is None or not len(rates):
+        return record
+    errors = {source: float(np.sqrt(np.mean(np.square(rates[:, i] / rates[:, 0] - 1.0))))
+              for i, source in ((1, "prescribed"), (2, "delivered"))}
+    # the delivered only where they are clearly closer (where no well is held they equal the prescribed)
+    better = errors["delivered"] < 0.9 * errors["prescribed"] - 1e-6
+    record["water_rates"] = "delivered" if better else "prescribed"
+    record["water_rate_relative_error"] = errors
+    return record
+
+
+def _fit_enthalpy(per_run: list[list[list[float]]]) -> dict | None:
     """The enthalpy form and coefficients that predict a left-out training run's t = 0 energy
     rates best (relative RMS over its samples), refitted on every run; None without samples. A
     form is tried where at least two more runs than it has coefficients give samples."""
@@ -108,15 +134,18 @@ def enthalpy(record: dict | None, temperature: float, pressure: float) -> float:
     return float(np.dot(FORMS[record["form"]](temperature, pressure), record["coefficients"]))
 
 
-def estimate(static, record: dict | None = None) -> np.ndarray:
+def estimate(static, record: dict | None = None, delivered=None) -> np.ndarray:
     """(5,) field scalars at t = 0 (schema.SCALAR_NAMES) from a run's packed static channels:
-    prescribed water rates, energy rates by ``record`` (stats.json's KEY; None: NO_FIT), total 0."""
+    water rates and energy rates by ``record`` (stats.json's KEY; None: NO_FIT), total 0.
+    ``delivered``: the priors' wells' year-1 (injected, produced) kg/s, if the record chose them."""
     water = well_water(static)
-    injected, produced = water.get("injected", [0.0, 0.0, 0.0]), water.get("produced", [0.0, 0.0, 0.0])
-    values = {"FieldEnergyInjectionRate": injected[0] * enthalpy(record, *injected[1:]) if injected[0] else 0.0,
-              "FieldEnergyProductionRate": produced[0] * enthalpy(record, *produced[1:]) if produced[0] else 0.0,
-              "FieldEnergyProductionTotal": 0.0,
-              "FieldWaterInjectionRate": injected[0], "FieldWaterProductionRate": produced[0]}
+    use_delivered = delivered is not None and (record or {}).get("water_rates") == "delivered"
+    values = {"FieldEnergyProductionTotal": 0.0}
+    for i, (kind, energy, mass) in enumerate((("injected", "FieldEnergyInjectionRate", "FieldWaterInjectionRate"),
+                                              ("produced", "FieldEnergyProductionRate", "FieldWaterProductionRate"))):
+        prescribed, t, p = water.get(kind, [0.0, 0.0, 0.0])
+        values[mass] = float(delivered[i]) if use_delivered and prescribed else prescribed
+        values[energy] = values[mass] * enthalpy(record, t, p) if values[mass] else 0.0
     return np.asarray([values[n] for n in schema.SCALAR_NAMES], np.float64)
 
 
@@ -129,8 +158,11 @@ def check(record, source) -> None:
         coef = record["coefficients"]
         ok = len(coef) == len(FORMS[record["form"]](0.0, 0.0)) and all(
             isinstance(c, (int, float)) and math.isfinite(c) for c in coef)
+    if record.get("water_rates", "prescribed") not in ("prescribed", "delivered"):
+        ok = False
     if not ok:
-        raise UserError(f"{source}: {KEY}: not a known form with its finite coefficients")
+        raise UserError(f"{source}: {KEY}: not a known form with its finite coefficients and water rates "
+                        "'prescribed' or 'delivered'")
 
 
 def describe(record: dict | None) -> str:
@@ -138,6 +170,8 @@ def describe(record: dict | None) -> str:
     if record is None:
         return ("field scalars at t = 0 estimated from the wells' rates and liquid-water enthalpy c_w (T - 273.15) "
                 "in W (these stats hold no enthalpy fitted on training runs: re-run prep to fit the data's own)")
-    return (f"field scalars at t = 0 estimated from the wells' rates and the enthalpy fitted on {record.get('runs')} "
+    rates = {"prescribed": "the wells' prescribed rates", "delivered": "the rates the priors' wells delivered in "
+             "year 1"}[record.get("water_rates", "prescribed")]
+    return (f"field scalars at t = 0 estimated from {rates} and the enthalpy fitted on {record.get('runs')} "
             f"training runs' first reports ({record['form']}, left-out error "
             f"{100 * record.get('left_out_relative_error', float('nan')):.2g} %)")

@@ -70,11 +70,12 @@ def initial_state(sim: dict) -> np.ndarray:
 
 def initial_scalars(sim: dict, start_enthalpy: dict | None = None) -> np.ndarray:
     """(5,) field scalars at t = 0: outputs_scalar[0], else an estimate from the inputs
-    (start_scalars.estimate: prescribed rates, the enthalpy prep fitted on the training runs'
-    reports, ``start_enthalpy`` from stats.json; None: c_w (T - 273.15) in W)."""
+    (start_scalars.estimate by ``start_enthalpy``, what prep fitted on the training runs' reports;
+    None: the prescribed rates and c_w (T - 273.15) in W)."""
     if "outputs_scalar" in sim and np.all(np.isfinite(sim["outputs_scalar"][0])):
         return np.asarray(sim["outputs_scalar"][0], np.float64).copy()
-    return start_scalars.estimate(sim["static"], start_enthalpy)
+    delivered = sim.get("delivered_rates")
+    return start_scalars.estimate(sim["static"], start_enthalpy, None if delivered is None else delivered[0])
 
 
 class ModelStepper:

@@ -155,10 +155,11 @@ class _Faces(ActiveFaces):
                               (np.concatenate([a, b, a, b]), np.concatenate([a, b, b, a]))), (n, n)).tocsc()
 
 
-def priors(res: Reservoir, n_reports: int) -> np.ndarray:
+def priors(res: Reservoir, n_reports: int, rates: list | None = None) -> np.ndarray:
     """(n_reports, schema.N_PRIORS, Z, Y, X) float16 at t = 0, 1, ... years: the thermal prior's
-    share of the injection gap, then the pressure prior as asinh(change / PRESSURE_PRIOR_SCALE_PA)."""
-    theta, pressure = prior_fields(res, n_reports)
+    share of the injection gap, then the pressure prior as asinh(change / PRESSURE_PRIOR_SCALE_PA).
+    ``rates``: gets each year's (injected, produced) kg/s as the priors' wells delivered them."""
+    theta, pressure = prior_fields(res, n_reports, rates)
     out = np.zeros((n_reports, schema.N_PRIORS) + tuple(res.active.shape), np.float16)
     out[:, schema.PRIOR_NAMES.index(schema.THERMAL_PRIOR_NAMES[0])] = theta
     out[:, schema.PRIOR_NAMES.index(schema.PRESSURE_PRIOR_NAMES[0])] = np.arcsinh(
@@ -166,8 +167,9 @@ def priors(res: Reservoir, n_reports: int) -> np.ndarray:
     return out
 
 
-def prior_fields(res: Reservoir, n_reports: int) -> tuple[np.ndarray, np.ndarray]:
-    """(theta, pressure change in Pa), each (n_reports, Z, Y, X) float64, 0 outside the active cells."""
+def prior_fields(res: Reservoir, n_reports: int, rates: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(theta, pressure change in Pa), each (n_reports, Z, Y, X) float64, 0 outside the active cells;
+    ``rates``: as priors'."""
     shape = (n_reports,) + tuple(res.active.shape)
     faces = _Faces(res.active, res.perm_xyz, res.cell_size)
     q = np.asarray(res.inj_rate, np.float64).ravel()[faces.cells]
@@ -177,7 +179,7 @@ def prior_fields(res: Reservoir, n_reports: int) -> tuple[np.ndarray, np.ndarray
     system = _pressure_system(faces, res, t0)
     gap = np.zeros(faces.n) if res.injection_gap is None else \
         np.nan_to_num(np.asarray(res.injection_gap, np.float64).ravel()[faces.cells])
-    theta = _thermal_march(faces, res, system, t0, gap, n_reports)
+    theta = _thermal_march(faces, res, system, t0, gap, n_reports, rates)
     pressure = _pressure_march(faces, system, t0 + gap * theta, n_reports)
     to_grids = lambda v: np.stack([faces.to_grid(row).astype(np.float64) for row in v])  # noqa: E731
     return to_grids(theta), to_grids(pressure)
@@ -439,8 +441,11 @@ def _transport_solver(A, flow_order):
     n = A.shape[0]
     rank = np.empty(n, np.int64)
     rank[flow_order] = np.arange(n)
-    ordered = A.tocsr()[flow_order][:, flow_order]
-    lower = spla.splu(sp.tril(ordered).tocsc(), permc_spec="NATURAL", diag_pivot_thresh=0.0)
+    entries = A.tocoo()  # A's lower triangle in flow order, built from its entries (no sparse fancy indexing)
+    row, col = rank[entries.row], rank[entries.col]
+    keep = row >= col
+    ordered_lower = sp.csc_matrix((entries.data[keep], (row[keep], col[keep])), (n, n))
+    lower = spla.splu(ordered_lower, permc_spec="NATURAL", diag_pivot_thresh=0.0)
     M = spla.LinearOperator((n, n), lambda r: lower.solve(np.asarray(r).ravel()[flow_order])[rank])
     return _iterative(spla.bicgstab, A, M, TRANSPORT_RTOL, 200,
                       f"thermal prior: heat-transport solve did not converge ({n} cells)")
