@@ -214,7 +214,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     out = Path(args.out)
     result_path = out / ("result" + ("" if args.workers <= 1 else f"_workers{args.workers}")
-                         + ("" if args.compile == "auto" else f"_compile_{args.compile}") + ".json")
+                         + ("" if args.compile == "auto" else f"_compile_{args.compile}")
+                         + ("" if args.stats_path is None else "_stats") + ".json")
     if args.report:
         print(report(json.loads(result_path.read_text())))
         return 0

@@ -203,3 +203,14 @@ def test_a_forecast_starts_from_the_delivered_rates_where_the_training_reports_f
     kept = start_scalars.fit([start_scalars.run_samples(static, row(10.0, 10.0), d) for d in limited])
     assert kept["water_rates"] == "prescribed"
     np.testing.assert_allclose(start_scalars.estimate(static, kept, delivered=(6.5, 6.6)), row(10.0, 10.0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("entry", ["no", {"form": "cubic", "coefficients": [1.0]},
+                                   {"form": "affine_temperature", "coefficients": [1.0]},
+                                   {"form": "scaled_linear", "coefficients": [1.0], "water_rates": "guessed"}])
+def test_a_broken_start_enthalpy_entry_is_one_line(entry):
+    from voxel_ode.data import start_scalars
+
+    with pytest.raises(UserError, match="stats.json: start_enthalpy: not a known form"):
+        start_scalars.check(entry, "stats.json")
+    start_scalars.check({"form": "affine_temperature", "coefficients": [1.0, 4200.0]}, "stats.json")

@@ -61,7 +61,7 @@ def add_sweep_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1,
                         help="processes deriving the next scenarios' physics priors while the model runs")
     parser.add_argument("--compile", choices=("auto", "yes", "no"), default="auto",
-                        help="torch.compile the model once for the sweep (~15 s, then ~1.6x faster per "
+                        help="torch.compile the model once for the sweep (5-25 s, then ~1.5x faster per "
                              "scenario on a CPU); auto: when 20 or more scenarios are to run")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda if available")
     parser.add_argument("--amp", choices=AMP_CHOICES, default="auto", help=AMP_HELP)

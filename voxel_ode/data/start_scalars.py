@@ -34,6 +34,9 @@ FORMS = {
     "affine_temperature_pressure": lambda t, p: [1.0, t - schema.ENTHALPY_ZERO_T, p * 1e-6],
 }
 NO_FIT = {"form": "scaled_linear", "coefficients": [1.0]}  # c_w (T - 273.15), J/kg: synth's own
+# (well_water's kind, its energy rate, its water rate), in the order of a delivered (injected, produced) pair
+KINDS = (("injected", "FieldEnergyInjectionRate", "FieldWaterInjectionRate"),
+         ("produced", "FieldEnergyProductionRate", "FieldWaterProductionRate"))
 
 
 def well_water(static) -> dict:
@@ -63,8 +66,7 @@ def run_samples(static, scalars0, delivered=None) -> dict:
     row = np.asarray(scalars0, np.float64)
     gap = np.asarray(static)[schema.STATIC_NAMES.index(schema.INJECTION_GAP)]
     samples, rates = [], []
-    for i, (kind, energy, mass) in enumerate((("injected", "FieldEnergyInjectionRate", "FieldWaterInjectionRate"),
-                                              ("produced", "FieldEnergyProductionRate", "FieldWaterProductionRate"))):
+    for i, (kind, energy, mass) in enumerate(KINDS):
         if kind not in water:
             continue
         e, m = row[schema.SCALAR_NAMES.index(energy)], row[schema.SCALAR_NAMES.index(mass)]
@@ -141,8 +143,7 @@ def estimate(static, record: dict | None = None, delivered=None) -> np.ndarray:
     water = well_water(static)
     use_delivered = delivered is not None and (record or {}).get("water_rates") == "delivered"
     values = {"FieldEnergyProductionTotal": 0.0}
-    for i, (kind, energy, mass) in enumerate((("injected", "FieldEnergyInjectionRate", "FieldWaterInjectionRate"),
-                                              ("produced", "FieldEnergyProductionRate", "FieldWaterProductionRate"))):
+    for i, (kind, energy, mass) in enumerate(KINDS):
         prescribed, t, p = water.get(kind, [0.0, 0.0, 0.0])
         values[mass] = float(delivered[i]) if use_delivered and prescribed else prescribed
         values[energy] = values[mass] * enthalpy(record, t, p) if values[mass] else 0.0
@@ -158,8 +159,7 @@ def check(record, source) -> None:
         coef = record["coefficients"]
         ok = len(coef) == len(FORMS[record["form"]](0.0, 0.0)) and all(
             isinstance(c, (int, float)) and math.isfinite(c) for c in coef)
-    if record.get("water_rates", "prescribed") not in ("prescribed", "delivered"):
-        ok = False
+    ok = ok and record.get("water_rates", "prescribed") in ("prescribed", "delivered")
     if not ok:
         raise UserError(f"{source}: {KEY}: not a known form with its finite coefficients and water rates "
                         "'prescribed' or 'delivered'")

@@ -46,8 +46,8 @@ from voxel_ode.utils import UserError
 
 RECORD = "sweep.json"
 COMPILE_CHOICES = ("auto", "yes", "no")
-# torch.compile: ~15 s wall (8 CPU s) once, then the darts-dev grid's rollout 2.56 -> 1.57 CPU s
-# (bf16, one thread, Xeon; docs/benchmarks.md "Sweep vs simulator"): it pays from ~10 scenarios on
+# torch.compile: 5-25 s wall once (less with a warm compile cache), then the darts-dev grid's rollout 1.9 -> 1.3 CPU s
+# (bf16, one thread, Xeon; docs/benchmarks.md "Sweep vs simulator"): it pays after 10-40 scenarios on
 # one geology (the scenarios share the grid and active cells, so it compiles once); auto from this many
 COMPILE_MIN_SCENARIOS = 20
 
