@@ -110,8 +110,8 @@ def _fit_enthalpy(per_run: list[list[list[float]]]) -> dict | None:
     if not runs:
         return None
     best = None
-    for form in FORMS:
-        n_coef = len(FORMS[form](0.0, 0.0))
+    for form, features in FORMS.items():
+        n_coef = len(features(0.0, 0.0))
         if len(runs) < n_coef + 2 and form != "scaled_linear":
             continue
         errors = []
@@ -120,7 +120,7 @@ def _fit_enthalpy(per_run: list[list[list[float]]]) -> dict | None:
             coef = _solve(form, others) if len(runs) > 1 else _solve(form, runs[0])
             if coef is None:
                 break
-            errors += [(np.dot(FORMS[form](t, p), coef) - h) / max(abs(h), 1e-30) for t, p, h in runs[i]]
+            errors += [(np.dot(features(t, p), coef) - h) / max(abs(h), 1e-30) for t, p, h in runs[i]]
         else:
             error = float(np.sqrt(np.mean(np.square(errors))))
             coef = _solve(form, [s for r in runs for s in r])
