@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ckpt", action="append", default=[], metavar="NAME=CKPT[@STATS]",
                     help="also forecast the set's test runs with this checkpoint (STATS: a stats.json agreeing with it)")
     args = ap.parse_args(argv)
-    print("| set | water rates (training error prescribed / delivered) | enthalpy form (left-out error) | "
+    print("| set | water rates (training error prescribed / delivered / none) | enthalpy form (left-out error) | "
           "relative error, mean (max) over test runs: " + ", ".join(COLUMNS) + " | without the fit |")
     print("|---|---|---|---|---|")
     ckpts = dict(c.split("=", 1) for c in args.ckpt)
@@ -111,8 +111,9 @@ def main(argv=None) -> int:
         r = result["record"]
         cells = lambda e: ", ".join(f"{m:.3f} ({x:.3f})" for m, x in zip(e.mean(0), e.max(0)))
         water = r.get("water_rate_relative_error", {})
-        print(f"| {name} | {r.get('water_rates', 'prescribed')} ({water.get('prescribed', float('nan')):.3f} / "
-              f"{water.get('delivered', float('nan')):.3f}) | {r['form']} ({r['left_out_relative_error']:.4f}) | "
+        print(f"| {name} | {r.get('water_rates', 'prescribed')} ("
+              + " / ".join(f"{water.get(k, float('nan')):.3f}" for k in ("prescribed", "delivered", "none"))
+              + f") | {r['form']} ({r.get('left_out_relative_error', float('nan')):.4f}) | "
               f"{cells(result['fit'])} | {cells(result['no fit'])} |", flush=True)
     if forecasts:
         print("\n| set | forecast from the inputs alone | energy produced by the last report, rel. error mean "

@@ -203,6 +203,10 @@ def test_a_forecast_starts_from_the_delivered_rates_where_the_training_reports_f
     kept = start_scalars.fit([start_scalars.run_samples(static, row(10.0, 10.0), d) for d in limited])
     assert kept["water_rates"] == "prescribed"
     np.testing.assert_allclose(start_scalars.estimate(static, kept, delivered=(6.5, 6.6)), row(10.0, 10.0), rtol=1e-6)
+    # a simulator that reports its initial state before the wells open: a forecast starts the same way
+    closed = start_scalars.fit([start_scalars.run_samples(static, row(0.0, 0.0), d) for d in limited])
+    assert closed["water_rates"] == "none"
+    np.testing.assert_array_equal(start_scalars.estimate(static, closed, delivered=(6.5, 6.6)), np.zeros(5))
 
 
 @pytest.mark.parametrize("entry", ["no", {"form": "cubic", "coefficients": [1.0]},

@@ -8,7 +8,8 @@ stored in stats.json under KEY) and ``estimate`` applies them:
 
 * the water rates: the wells' prescribed rates (``InjRate``), or what the priors' wells
   delivered in year 1 (a well held at a bottomhole limit gives less; a first report at the end of
-  year 1 says what it delivered then), whichever matches the training runs' reports better;
+  year 1 says what it delivered then), or none (a simulator that reports its initial state before
+  the wells open), whichever matches the training runs' reports best;
 * the enthalpy (absolute IAPWS-95 with the pressure's work in it, c_w (T - 273.15), another zero,
   W or MW): h = a + b T (+ c p), or a scale on c_w (T - 273.15), the form that predicts a
   left-out run's best.
@@ -60,8 +61,9 @@ def well_water(static) -> dict:
 def run_samples(static, scalars0, delivered=None) -> dict:
     """One training run's evidence from its inputs and its t = 0 report: "enthalpy": [[T, p, h]]
     of the injected water (where the injection temperature is known: a nonzero gap) and of the
-    produced; "water": [[reported, prescribed, delivered]] kg/s per kind (``delivered``: the
-    priors' wells' year-1 (injected, produced) rates; None: not known, the prescribed)."""
+    produced, where the report has water flowing; "water": [[reported, prescribed, delivered]] kg/s
+    per kind (``delivered``: the priors' wells' year-1 (injected, produced) rates; None: not known,
+    the prescribed)."""
     water = well_water(static)
     row = np.asarray(scalars0, np.float64)
     gap = np.asarray(static)[schema.STATIC_NAMES.index(schema.INJECTION_GAP)]
@@ -70,10 +72,10 @@ def run_samples(static, scalars0, delivered=None) -> dict:
         if kind not in water:
             continue
         e, m = row[schema.SCALAR_NAMES.index(energy)], row[schema.SCALAR_NAMES.index(mass)]
-        if not (math.isfinite(e) and math.isfinite(m) and m > 0):
+        if not (math.isfinite(e) and math.isfinite(m) and m >= 0):
             continue
         rates.append([float(m), water[kind][0], water[kind][0] if delivered is None else float(delivered[i])])
-        if kind == "produced" or np.any(gap != 0):
+        if m > 0 and (kind == "produced" or np.any(gap != 0)):
             samples.append([water[kind][1], water[kind][2], float(e / m)])
     return {"enthalpy": samples, "water": rates}
 
@@ -88,16 +90,18 @@ def _solve(form, samples) -> np.ndarray | None:
 
 def fit(per_run: list[dict]) -> dict | None:
     """The water rates' source and the enthalpy's form and coefficients that best predict the
-    training runs' t = 0 reports (``run_samples`` of each); None without samples."""
-    record = _fit_enthalpy([r["enthalpy"] for r in per_run])
+    training runs' t = 0 reports (``run_samples`` of each); None without any report to learn from."""
     rates = np.array([w for r in per_run for w in r["water"]], np.float64).reshape(-1, 3)
-    if record is None or not len(rates):
+    record = _fit_enthalpy([r["enthalpy"] for r in per_run])
+    if not len(rates):
         return record
-    errors = {source: float(np.sqrt(np.mean(np.square(rates[:, i] / rates[:, 0] - 1.0))))
-              for i, source in ((1, "prescribed"), (2, "delivered"))}
-    # the delivered only where they are clearly closer (where no well is held they equal the prescribed)
-    better = errors["delivered"] < 0.9 * errors["prescribed"] - 1e-6
-    record["water_rates"] = "delivered" if better else "prescribed"
+    record = record or dict(NO_FIT, runs=0)  # reports without water flowing: nothing to fit an enthalpy on
+    estimates = {"prescribed": rates[:, 1], "delivered": rates[:, 2], "none": np.zeros(len(rates))}
+    # |estimate - report| over the larger of the two: bounded, and defined where the report is 0
+    errors = {source: float(np.sqrt(np.mean(np.square((est - rates[:, 0]) / np.maximum(
+        np.maximum(np.abs(est), np.abs(rates[:, 0])), 1e-30))))) for source, est in estimates.items()}
+    # another source only where it is clearly closer (where no well is held, delivered = prescribed)
+    record["water_rates"] = min(errors, key=lambda k: (errors[k] if k == "prescribed" else 0.9 * errors[k] + 1e-6))
     record["water_rate_relative_error"] = errors
     return record
 
@@ -141,11 +145,12 @@ def estimate(static, record: dict | None = None, delivered=None) -> np.ndarray:
     water rates and energy rates by ``record`` (stats.json's KEY; None: NO_FIT), total 0.
     ``delivered``: the priors' wells' year-1 (injected, produced) kg/s, if the record chose them."""
     water = well_water(static)
-    use_delivered = delivered is not None and (record or {}).get("water_rates") == "delivered"
+    source = (record or {}).get("water_rates", "prescribed")
     values = {"FieldEnergyProductionTotal": 0.0}
     for i, (kind, energy, mass) in enumerate(KINDS):
         prescribed, t, p = water.get(kind, [0.0, 0.0, 0.0])
-        values[mass] = float(delivered[i]) if use_delivered and prescribed else prescribed
+        values[mass] = 0.0 if source == "none" else \
+            float(delivered[i]) if source == "delivered" and delivered is not None and prescribed else prescribed
         values[energy] = values[mass] * enthalpy(record, t, p) if values[mass] else 0.0
     return np.asarray([values[n] for n in schema.SCALAR_NAMES], np.float64)
 
@@ -159,10 +164,10 @@ def check(record, source) -> None:
         coef = record["coefficients"]
         ok = len(coef) == len(FORMS[record["form"]](0.0, 0.0)) and all(
             isinstance(c, (int, float)) and math.isfinite(c) for c in coef)
-    ok = ok and record.get("water_rates", "prescribed") in ("prescribed", "delivered")
+    ok = ok and record.get("water_rates", "prescribed") in ("prescribed", "delivered", "none")
     if not ok:
         raise UserError(f"{source}: {KEY}: not a known form with its finite coefficients and water rates "
-                        "'prescribed' or 'delivered'")
+                        "'prescribed', 'delivered' or 'none'")
 
 
 def describe(record: dict | None) -> str:
@@ -171,7 +176,7 @@ def describe(record: dict | None) -> str:
         return ("field scalars at t = 0 estimated from the wells' rates and liquid-water enthalpy c_w (T - 273.15) "
                 "in W (these stats hold no enthalpy fitted on training runs: re-run prep to fit the data's own)")
     rates = {"prescribed": "the wells' prescribed rates", "delivered": "the rates the priors' wells delivered in "
-             "year 1"}[record.get("water_rates", "prescribed")]
+             "year 1", "none": "no flow (as the training runs' first reports)"}[record.get("water_rates", "prescribed")]
     return (f"field scalars at t = 0 estimated from {rates} and the enthalpy fitted on {record.get('runs')} "
             f"training runs' first reports ({record['form']}, left-out error "
             f"{100 * record.get('left_out_relative_error', float('nan')):.2g} %)")
