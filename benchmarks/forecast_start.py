@@ -78,8 +78,8 @@ def score_set(raw: Path, desc_path: Path, n_test: int, ckpt=None) -> dict:
         for path in test:
             truth = pack.prepare_arrays(str(path), desc=desc)["outputs_scalar"]
             sim = inputs_only(path, desc, Path(scratch), len(truth))
-            delivered = None if sim["delivered_rates"] is None else sim["delivered_rates"][0]
-            fitted, plain = start_scalars.estimate(sim["static"], record, delivered), start_scalars.estimate(sim["static"])
+            fitted = start_scalars.estimate(sim["static"], record, sim["delivered_rates"])
+            plain = start_scalars.estimate(sim["static"])
             errors["fit"].append(np.abs(fitted[index] / truth[0][index] - 1.0))
             errors["no fit"].append(np.abs(plain[index] / truth[0][index] - 1.0))
             if model:

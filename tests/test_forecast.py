@@ -196,17 +196,45 @@ def test_a_forecast_starts_from_the_delivered_rates_where_the_training_reports_f
     h = lambda t: 4200.0 * (t - 273.15)  # noqa: E731
     limited = [(10.0 * f, 10.0 * g) for f, g in ((0.6, 0.62), (0.8, 0.79), (0.7, 0.72), (1.0, 1.0))]
     row = lambda inj, prod: [inj * h(310.0), prod * h(350.0), 0.0, inj, prod]  # noqa: E731
-    held = start_scalars.fit([start_scalars.run_samples(static, row(*d), d) for d in limited])
+    per_report = lambda d: np.array([[10.0, 10.0], d])  # noqa: E731  (row 0: the prescribed rates)
+    held = start_scalars.fit([start_scalars.run_samples(static, [row(*d)], per_report(d)) for d in limited])
     assert held["water_rates"] == "delivered"
-    start = start_scalars.estimate(static, held, delivered=(6.5, 6.6))
+    start = start_scalars.estimate(static, held, delivered=per_report((6.5, 6.6)))
     np.testing.assert_allclose(start, row(6.5, 6.6), rtol=1e-6)
-    kept = start_scalars.fit([start_scalars.run_samples(static, row(10.0, 10.0), d) for d in limited])
+    kept = start_scalars.fit([start_scalars.run_samples(static, [row(10.0, 10.0)], per_report(d)) for d in limited])
     assert kept["water_rates"] == "prescribed"
-    np.testing.assert_allclose(start_scalars.estimate(static, kept, delivered=(6.5, 6.6)), row(10.0, 10.0), rtol=1e-6)
+    np.testing.assert_allclose(start_scalars.estimate(static, kept, delivered=per_report((6.5, 6.6))), row(10.0, 10.0),
+                               rtol=1e-6)
     # a simulator that reports its initial state before the wells open: a forecast starts the same way
-    closed = start_scalars.fit([start_scalars.run_samples(static, row(0.0, 0.0), d) for d in limited])
+    closed = start_scalars.fit([start_scalars.run_samples(static, [row(0.0, 0.0)], per_report(d)) for d in limited])
     assert closed["water_rates"] == "none"
-    np.testing.assert_array_equal(start_scalars.estimate(static, closed, delivered=(6.5, 6.6)), np.zeros(5))
+    np.testing.assert_array_equal(start_scalars.estimate(static, closed, delivered=per_report((6.5, 6.6))), np.zeros(5))
+
+
+def test_water_rates_follow_the_priors_wells_where_the_training_reports_do():
+    """Runs whose wells are held at a limit: their reported water rates fall year after year as
+    the priors' wells' delivered rates do; the fit then takes those rates after the start, and a
+    step's water rates become them, its energy rates and energy produced scaled alike. Where the
+    reports hold the prescribed rates the model's own rates stay."""
+    from voxel_ode.data import start_scalars
+
+    static = np.zeros((schema.N_STATIC, 2, 2, 2), np.float32)
+    channel = lambda name: static[schema.STATIC_NAMES.index(name)]  # noqa: E731
+    channel("IsActive")[...] = 1.0
+    channel("InjRate")[0, 0, 0], channel("InjRate")[1, 1, 1] = 10.0, -10.0
+    channel("Temperature0")[...], channel("Pressure0")[...] = 350.0, 2e7
+    years = np.arange(6)
+    falling = np.stack([10.0 * 0.8 ** years, 10.0 * 0.85 ** years], 1)  # (T, 2) injected, produced
+    reports = lambda water: np.column_stack([water[:, 0] * 1e5, water[:, 1] * 3e5, 0 * years, water])  # noqa: E731
+    held = start_scalars.fit([start_scalars.run_samples(static, reports(falling * f), falling * f) for f in (1.0, 0.9)])
+    assert held["rates_after_start"] == "delivered"
+    kept = start_scalars.fit([start_scalars.run_samples(static, reports(np.full((6, 2), 10.0)), falling)] * 2)
+    assert kept["rates_after_start"] == "model"
+
+    previous = np.array([1e6, 3e6, 5e13, 10.0, 10.0])
+    predicted = np.array([1e6, 3e6, 5e13 + 9e13, 10.0, 10.0])  # the model kept its rates
+    step = start_scalars.follow_delivered(predicted, previous, (8.0, 5.0))
+    np.testing.assert_allclose(step, [0.8e6, 1.5e6, 5e13 + 4.5e13, 8.0, 5.0])
 
 
 @pytest.mark.parametrize("entry", ["no", {"form": "cubic", "coefficients": [1.0]},

@@ -183,6 +183,9 @@ PREPPED_STATIC = "static"  # (N_STATIC, Z, Y, X) float32, inactive cells = 0
 PREPPED_PARAMS = "params_scalar"  # (N_PARAMS,) float32
 PREPPED_OUTPUTS_GRID = "outputs_grid"  # (T, N_DYNAMIC, Z, Y, X) float32, physical units
 PREPPED_OUTPUTS_SCALAR = "outputs_scalar"  # (T, N_SCALARS) float64 (energy totals reach ~1e17 J), physical units
+# (T, 2) float64 kg/s: the field's (injected, produced) water as the priors' wells deliver it at each
+# report (row 0: the prescribed rates); absent without priors (data/start_scalars.py reads it)
+PREPPED_DELIVERED_RATES = "priors_delivered_rates"
 PREPPED_PRIORS = "priors"  # (T, N_PRIORS, Z, Y, X) float16: thermal prior shares in [0, 1], then the pressure prior
 STATS_FILE = "stats.json"
 INDEX_FILE = "index_{split}.jsonl"  # one patch per line

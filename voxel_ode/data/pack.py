@@ -156,10 +156,11 @@ def _scan_values(f, path, grid, n_t, fill_value, out_path, patch, stride, chunk_
         del statics
         static_raw, static_log = stats.static_moments(static_stack, mask)
         inputs = envelope.run_inputs(static_stack, params, physics.cell_size)
-        start = start_scalars.run_samples(static_stack, scalars[0], rates[0] if rates else None)
+        delivered = start_scalars.delivered_per_report(static_stack, rates)
+        start = start_scalars.run_samples(static_stack, scalars, delivered)
         if out is not None:
             prepped.write_packed(out, path, static_stack, year_priors, params, scalars, physics, fill_value, ce, opts,
-                                 (desc or description.Description()).to_dict())
+                                 (desc or description.Description()).to_dict(), delivered)
     finally:
         if own_file:
             out.close()
@@ -248,7 +249,8 @@ def prepare_arrays(path, fill_value=None, n_timesteps=None, desc=None) -> dict:
         return {key: mem[name][()] for key, name in (
             ("static", schema.PREPPED_STATIC), ("params_scalar", schema.PREPPED_PARAMS),
             ("outputs_grid", schema.PREPPED_OUTPUTS_GRID), ("outputs_scalar", schema.PREPPED_OUTPUTS_SCALAR),
-            ("priors", schema.PREPPED_PRIORS))} | {"first_report": mem.attrs["first_report"]}
+            ("priors", schema.PREPPED_PRIORS))} | {"first_report": mem.attrs["first_report"]} | (
+            {"delivered_rates": mem[schema.PREPPED_DELIVERED_RATES][()]} if schema.PREPPED_DELIVERED_RATES in mem else {})
 
 
 # ---------------------------------------------------------------------------
@@ -293,4 +295,4 @@ def prepare_forecast(path, desc: description.Description, n_reports: int, fill_v
         year_priors = np.zeros((n_reports, schema.N_PRIORS) + tuple(grid), np.float16)
     return {"static": static_stack, "params_scalar": params, "priors": year_priors, "first_report": "initial",
             "source": path, "forecast": True, "preparation": record,
-            "delivered_rates": np.array(rates) if rates else None}
+            "delivered_rates": start_scalars.delivered_per_report(static_stack, rates)}

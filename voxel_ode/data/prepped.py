@@ -60,9 +60,9 @@ def read_preparation(f: h5py.File, path) -> dict:
 
 
 def write_packed(out, path, static_stack, year_priors, params, scalars, physics, fill_value, ce, opts,
-                 description: dict):
+                 description: dict, delivered_rates=None):
     """The packed file's datasets and attributes besides the outputs grid (written while streaming);
-    ``description``: the dataset description prep used, as a dict."""
+    ``description``: the dataset description prep used, as a dict; ``delivered_rates``: (T, 2) or None."""
     out.attrs["preparation"] = json.dumps(preparation_record(description, year_priors is not None), sort_keys=True)
     if year_priors is None:  # stats.json says so ("priors": false); zeros keep one layout
         year_priors = np.zeros((len(scalars), schema.N_PRIORS) + static_stack.shape[1:], np.float16)
@@ -70,6 +70,8 @@ def write_packed(out, path, static_stack, year_priors, params, scalars, physics,
     out.create_dataset(schema.PREPPED_PRIORS, data=year_priors, chunks=(1, schema.N_PRIORS, *ce), **opts)
     out.create_dataset(schema.PREPPED_PARAMS, data=params)
     out.create_dataset(schema.PREPPED_OUTPUTS_SCALAR, data=scalars)
+    if delivered_rates is not None:
+        out.create_dataset(schema.PREPPED_DELIVERED_RATES, data=np.asarray(delivered_rates, np.float64))
     out.attrs["source"] = os.path.abspath(path)
     out.attrs["run_name"] = Path(path).name[: -len(".h5")] if path.endswith(".h5") else Path(path).name
     out.attrs["first_report"] = physics.first_report
@@ -138,6 +140,8 @@ def load_prepped_sim(path) -> dict:
             sim["priors"] = f[schema.PREPPED_PRIORS][()]  # float16: 416 MB on the full grid
             if schema.PREPPED_OUTPUTS_SCALAR in f:
                 sim["outputs_scalar"] = f[schema.PREPPED_OUTPUTS_SCALAR][()].astype(np.float64)
+            if schema.PREPPED_DELIVERED_RATES in f:  # prepped before it was written: the model's own rates
+                sim["delivered_rates"] = f[schema.PREPPED_DELIVERED_RATES][()].astype(np.float64)
     except OSError as err:
         raise UserError(f"{path}: -: cannot open as HDF5 ({err})") from None
     if sim["static"].shape[0] != schema.N_STATIC:

@@ -58,26 +58,49 @@ def well_water(static) -> dict:
     return out
 
 
-def run_samples(static, scalars0, delivered=None) -> dict:
-    """One training run's evidence from its inputs and its t = 0 report: "enthalpy": [[T, p, h]]
-    of the injected water (where the injection temperature is known: a nonzero gap) and of the
-    produced, where the report has water flowing; "water": [[reported, prescribed, delivered]] kg/s
-    per kind (``delivered``: the priors' wells' year-1 (injected, produced) rates; None: not known,
-    the prescribed)."""
+def delivered_per_report(static, rates) -> np.ndarray | None:
+    """(T, 2) kg/s (injected, produced) per report: row 0 the prescribed rates, then the priors'
+    wells' delivered rates of years 1, 2, ... (``rates``, physics.priors); None without them."""
+    if not rates:
+        return None
     water = well_water(static)
-    row = np.asarray(scalars0, np.float64)
+    first = [water.get(kind, [0.0])[0] for kind, _, _ in KINDS]
+    return np.vstack([first, np.asarray(rates, np.float64)])
+
+
+def _closeness(estimate, report) -> np.ndarray:
+    """|estimate - report| over the larger of the two: bounded, and defined where a report is 0."""
+    return np.abs(estimate - report) / np.maximum(np.maximum(np.abs(estimate), np.abs(report)), 1e-30)
+
+
+def run_samples(static, scalars, delivered=None) -> dict:
+    """One training run's evidence from its inputs, its reports ``scalars`` (T, 5) and the priors'
+    delivered rates (delivered_per_report; None: not known, the prescribed): "enthalpy": [[T, p, h]]
+    of the injected water (where the injection temperature is known: a nonzero gap) and of the
+    produced at t = 0, where the report has water flowing; "water": [[reported, prescribed,
+    delivered in year 1]] kg/s per kind at t = 0; "later": {"delivered"|"prescribed": [sum of
+    squared _closeness, count]} of the water rates of every later report."""
+    water = well_water(static)
+    scalars = np.atleast_2d(np.asarray(scalars, np.float64))
+    row = scalars[0]
     gap = np.asarray(static)[schema.STATIC_NAMES.index(schema.INJECTION_GAP)]
-    samples, rates = [], []
+    samples, rates, later = [], [], {"delivered": [0.0, 0], "prescribed": [0.0, 0]}
     for i, (kind, energy, mass) in enumerate(KINDS):
         if kind not in water:
             continue
+        prescribed = water[kind][0]
         e, m = row[schema.SCALAR_NAMES.index(energy)], row[schema.SCALAR_NAMES.index(mass)]
-        if not (math.isfinite(e) and math.isfinite(m) and m >= 0):
-            continue
-        rates.append([float(m), water[kind][0], water[kind][0] if delivered is None else float(delivered[i])])
-        if m > 0 and (kind == "produced" or np.any(gap != 0)):
-            samples.append([water[kind][1], water[kind][2], float(e / m)])
-    return {"enthalpy": samples, "water": rates}
+        if math.isfinite(e) and math.isfinite(m) and m >= 0:
+            rates.append([float(m), prescribed, prescribed if delivered is None else float(delivered[1][i])])
+            if m > 0 and (kind == "produced" or np.any(gap != 0)):
+                samples.append([water[kind][1], water[kind][2], float(e / m)])
+        if delivered is not None and len(scalars) > 1:
+            reported = scalars[1:, schema.SCALAR_NAMES.index(mass)]
+            ok = np.isfinite(reported)
+            for source, est in (("delivered", np.asarray(delivered)[1:len(scalars), i]), ("prescribed", prescribed)):
+                close = _closeness(np.broadcast_to(est, reported.shape)[ok], reported[ok])
+                later[source] = [later[source][0] + float(np.sum(close ** 2)), later[source][1] + int(ok.sum())]
+    return {"enthalpy": samples, "water": rates, "later": later}
 
 
 def _solve(form, samples) -> np.ndarray | None:
@@ -88,22 +111,49 @@ def _solve(form, samples) -> np.ndarray | None:
     return coef / scale if rank == x.shape[1] else None
 
 
+def _rms(pair) -> float:
+    return math.sqrt(pair[0] / pair[1]) if pair[1] else 0.0
+
+
 def fit(per_run: list[dict]) -> dict | None:
-    """The water rates' source and the enthalpy's form and coefficients that best predict the
-    training runs' t = 0 reports (``run_samples`` of each); None without any report to learn from."""
+    """The water rates' source at t = 0 and after it, and the enthalpy's form and coefficients,
+    that best predict the training runs' reports (``run_samples`` of each); None without any
+    report to learn from. Another source than the prescribed (at t = 0) or the model's own (after
+    it) is taken only where it is clearly closer."""
     rates = np.array([w for r in per_run for w in r["water"]], np.float64).reshape(-1, 3)
     record = _fit_enthalpy([r["enthalpy"] for r in per_run])
     if not len(rates):
         return record
     record = record or dict(NO_FIT, runs=0)  # reports without water flowing: nothing to fit an enthalpy on
     estimates = {"prescribed": rates[:, 1], "delivered": rates[:, 2], "none": np.zeros(len(rates))}
-    # |estimate - report| over the larger of the two: bounded, and defined where the report is 0
-    errors = {source: float(np.sqrt(np.mean(np.square((est - rates[:, 0]) / np.maximum(
-        np.maximum(np.abs(est), np.abs(rates[:, 0])), 1e-30))))) for source, est in estimates.items()}
-    # another source only where it is clearly closer (where no well is held, delivered = prescribed)
+    errors = {source: float(np.sqrt(np.mean(_closeness(est, rates[:, 0]) ** 2))) for source, est in estimates.items()}
+    # where no well is held, delivered = prescribed: another source only where it is clearly closer
     record["water_rates"] = min(errors, key=lambda k: (errors[k] if k == "prescribed" else 0.9 * errors[k] + 1e-6))
     record["water_rate_relative_error"] = errors
+    later = {source: [sum(r.get("later", {}).get(source, [0.0, 0])[j] for r in per_run) for j in (0, 1)]
+             for source in ("delivered", "prescribed")}
+    later_errors = {source: _rms(pair) for source, pair in later.items()}
+    # the priors' delivered rates replace the model's own only where the training runs' reports
+    # follow them clearly better than they follow the prescribed rates (wells held at a limit)
+    follows = later["delivered"][1] > 0 and later_errors["delivered"] < 0.5 * later_errors["prescribed"] - 1e-6
+    record["rates_after_start"] = "delivered" if follows else "model"
+    record["later_water_rate_relative_error"] = later_errors
     return record
+
+
+def follow_delivered(predicted, previous, delivered_now) -> np.ndarray:
+    """(5,) field scalars of a step whose water rates are the priors' delivered ones
+    (``delivered_now``: (injected, produced) kg/s): each energy rate, and the energy produced in
+    the step, scaled with its water rate (the model's enthalpy per kg kept)."""
+    out = np.array(predicted, np.float64)
+    total = schema.SCALAR_NAMES.index("FieldEnergyProductionTotal")
+    for i, (_, energy, mass) in enumerate(KINDS):
+        e, m = schema.SCALAR_NAMES.index(energy), schema.SCALAR_NAMES.index(mass)
+        ratio = delivered_now[i] / out[m] if out[m] > 0 else 1.0
+        out[m], out[e] = float(delivered_now[i]), out[e] * ratio
+        if mass == "FieldWaterProductionRate":
+            out[total] = previous[total] + (out[total] - previous[total]) * ratio
+    return out
 
 
 def _fit_enthalpy(per_run: list[list[list[float]]]) -> dict | None:
@@ -143,14 +193,14 @@ def enthalpy(record: dict | None, temperature: float, pressure: float) -> float:
 def estimate(static, record: dict | None = None, delivered=None) -> np.ndarray:
     """(5,) field scalars at t = 0 (schema.SCALAR_NAMES) from a run's packed static channels:
     water rates and energy rates by ``record`` (stats.json's KEY; None: NO_FIT), total 0.
-    ``delivered``: the priors' wells' year-1 (injected, produced) kg/s, if the record chose them."""
+    ``delivered``: delivered_per_report's (T, 2), whose year 1 a record that chose it takes."""
     water = well_water(static)
     source = (record or {}).get("water_rates", "prescribed")
     values = {"FieldEnergyProductionTotal": 0.0}
     for i, (kind, energy, mass) in enumerate(KINDS):
         prescribed, t, p = water.get(kind, [0.0, 0.0, 0.0])
         values[mass] = 0.0 if source == "none" else \
-            float(delivered[i]) if source == "delivered" and delivered is not None and prescribed else prescribed
+            float(delivered[1][i]) if source == "delivered" and delivered is not None and prescribed else prescribed
         values[energy] = values[mass] * enthalpy(record, t, p) if values[mass] else 0.0
     return np.asarray([values[n] for n in schema.SCALAR_NAMES], np.float64)
 
@@ -164,10 +214,11 @@ def check(record, source) -> None:
         coef = record["coefficients"]
         ok = len(coef) == len(FORMS[record["form"]](0.0, 0.0)) and all(
             isinstance(c, (int, float)) and math.isfinite(c) for c in coef)
-    ok = ok and record.get("water_rates", "prescribed") in ("prescribed", "delivered", "none")
+    ok = ok and record.get("water_rates", "prescribed") in ("prescribed", "delivered", "none") and \
+        record.get("rates_after_start", "model") in ("model", "delivered")
     if not ok:
-        raise UserError(f"{source}: {KEY}: not a known form with its finite coefficients and water rates "
-                        "'prescribed', 'delivered' or 'none'")
+        raise UserError(f"{source}: {KEY}: not a known form with its finite coefficients, water rates "
+                        "'prescribed', 'delivered' or 'none' and rates after the start 'model' or 'delivered'")
 
 
 def describe(record: dict | None) -> str:

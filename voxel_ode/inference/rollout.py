@@ -74,8 +74,7 @@ def initial_scalars(sim: dict, start_enthalpy: dict | None = None) -> np.ndarray
     None: the prescribed rates and c_w (T - 273.15) in W)."""
     if "outputs_scalar" in sim and np.all(np.isfinite(sim["outputs_scalar"][0])):
         return np.asarray(sim["outputs_scalar"][0], np.float64).copy()
-    delivered = sim.get("delivered_rates")
-    return start_scalars.estimate(sim["static"], start_enthalpy, None if delivered is None else delivered[0])
+    return start_scalars.estimate(sim["static"], start_enthalpy, sim.get("delivered_rates"))
 
 
 class ModelStepper:
@@ -115,6 +114,10 @@ class ModelStepper:
         self.static_norm = torch.as_tensor(self.normalizer.normalize_static(self.static), dtype=torch.float32)
         self.producers = producer_cells(self.static)
         self.priors = priors_of(sim)
+        # where the training runs' reports follow the priors' delivered water rates (wells held at a
+        # limit), the field's water rates are those, not the model's (data/start_scalars.py)
+        follows = (self.start_enthalpy or {}).get("rates_after_start") == "delivered"
+        self.delivered = sim.get("delivered_rates") if follows else None
         self.plan = region_plan(self.active_np, self.model, self.receptive_field, self.tile, self.crop,
                                 self.tiled_scalars_ok)
         self.predict = PlannedForward(self.model, self.device, self.precision, self.context_factor, self.plan,
@@ -136,6 +139,8 @@ class ModelStepper:
             ratio = production_enthalpy_ratio(self.producers, state[1], state[1] + delta[1])
             scalars = self.normalizer.denormalize_scalars(scalars_norm[0].cpu().numpy(), prev_scalars, ratio)
             scalars = np.asarray(scalars, np.float64)
+            if self.delivered is not None and t + 1 < len(self.delivered):
+                scalars = start_scalars.follow_delivered(scalars, prev_scalars, self.delivered[t + 1])
         return delta, scalars
 
 
