@@ -37,8 +37,8 @@ VARIABLES = ("Pressure", "Temperature", "scalars")
 TARGET = (0.85, 0.95)
 
 
-def roll_out(prepped_root: Path, ckpt_path, folder: str, amp: str) -> list[dict]:
-    model, normalizer, stats, _ = checkpoint.load_for_inference(ckpt_path, None, "cpu")
+def roll_out(prepped_root: Path, ckpt_path, folder: str, amp: str, stats_path=None) -> list[dict]:
+    model, normalizer, stats, _ = checkpoint.load_for_inference(ckpt_path, stats_path, "cpu")
     trained = {Path(p).name for p in stats.get("train_sims") or []}
     paths = sorted((prepped_root / folder).glob("*" + schema.PREPPED_SUFFIX))
     if any(p.name in trained for p in paths):
@@ -111,8 +111,9 @@ def main(argv=None) -> int:
     ap.add_argument("--coverage", type=float, default=bands.DEFAULT_COVERAGE)
     ap.add_argument("--amp", default="auto")
     ap.add_argument("--out", help="JSON of every split's figures")
+    ap.add_argument("--stats_path", help="a stats.json agreeing with the checkpoint's (e.g. the prepped root's, re-run)")
     args = ap.parse_args(argv)
-    runs = roll_out(Path(args.prepped_root), args.ckpt_path, args.folder, args.amp)
+    runs = roll_out(Path(args.prepped_root), args.ckpt_path, args.folder, args.amp, args.stats_path)
     if len(runs) <= args.n_calibration:
         raise SystemExit(f"{len(runs)} runs: need more than --n_calibration {args.n_calibration}")
     results = [score_split(runs, split, args.coverage)

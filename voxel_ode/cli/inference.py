@@ -67,6 +67,8 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no_predictions", action="store_true", help="do not write predictions/*.h5")
     parser.add_argument("--xdmf", action=argparse.BooleanOptionalAction, default=True,
                         help="write an XDMF next to each predictions file for ParaView")
+    parser.add_argument("--stats_path", help="stats.json (default: the stats stored in the checkpoint; must agree; "
+                        "e.g. a prep re-run for what a newer voxel-ode records)")
     parser.add_argument("--max_sims", type=int, default=None,
                         help="evaluate only the first N simulations of the split (default: all)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
@@ -77,7 +79,8 @@ def run_evaluate(args) -> int:
              tile=args.tile, amp=args.amp, plots=args.plots, linear_baseline=args.linear_baseline,
              tol_pressure=args.tol_pressure,
              tol_temperature=args.tol_temperature, save_predictions=not args.no_predictions, xdmf=args.xdmf,
-             max_sims=args.max_sims, progress=not args.no_progress, bands_path=args.bands)
+             max_sims=args.max_sims, progress=not args.no_progress, bands_path=args.bands,
+             stats_path=args.stats_path)
     print(f"wrote {Path(args.out) / 'metrics.json'}")
     return 0
 
@@ -88,6 +91,8 @@ def add_bands_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--coverage", type=float, default=bands.DEFAULT_COVERAGE,
                         help="share of the truth each band is to hold (0.9: a 5-95%% band)")
     parser.add_argument("--out", default=None, help=f"bands file to write (default: CKPT with {bands.SUFFIX})")
+    parser.add_argument("--stats_path", help="stats.json (default: the stats stored in the checkpoint; must agree; "
+                        "e.g. a prep re-run for what a newer voxel-ode records)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda if available")
     parser.add_argument("--amp", choices=AMP_CHOICES, default="auto", help=AMP_HELP)
     parser.add_argument("--tile", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
@@ -98,7 +103,7 @@ def add_bands_args(parser: argparse.ArgumentParser) -> None:
 def run_bands(args) -> int:
     result = bands.calibrate(args.prepped_root, args.ckpt_path, args.out, coverage=args.coverage,
                              device=precision.pick_device(args.device), amp=args.amp, tile=args.tile,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, stats_path=args.stats_path)
     print(f"bands: {len(result['calibration_runs'])} calibration runs, coverage {result['coverage']:.0%}")
     for var, entry in result["grid"].items():
         w = entry["weights"]

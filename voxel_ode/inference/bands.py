@@ -357,14 +357,15 @@ def fit(grid_runs: list[dict], scalar_runs: list[dict], coverage: float) -> dict
 
 
 def calibrate(prepped_root, ckpt_path, out_path=None, coverage=DEFAULT_COVERAGE, device="cpu", amp="auto",
-              tile=None, progress=True) -> dict:
-    """Roll out the calibration runs, fit the bands, write them (default: next to the checkpoint)."""
+              tile=None, progress=True, stats_path=None) -> dict:
+    """Roll out the calibration runs, fit the bands, write them (default: next to the checkpoint);
+    ``stats_path``: a stats.json in place of the checkpoint's (they must agree)."""
     if not 0.0 < coverage < 1.0:
         raise UserError(f"bands: --coverage must be in (0, 1), got {coverage}")
     prepped_root = Path(prepped_root)
     out_path = Path(out_path) if out_path else default_path(ckpt_path)
     files.writable_folder(out_path.parent, "the bands file's folder")
-    model, normalizer, stats, _ = checkpoint.load_for_inference(ckpt_path, None, device)
+    model, normalizer, stats, _ = checkpoint.load_for_inference(ckpt_path, stats_path, device)
     checkpoint.check_data(stats, ckpt_path, Stats.load(prepped_root).preparation, prepped_root / schema.STATS_FILE)
     paths = sorted((prepped_root / "calibration").glob("*" + schema.PREPPED_SUFFIX))
     if not paths:

@@ -176,7 +176,7 @@ def write_step_csv(path, per_sim: dict) -> None:
 def evaluate(prepped_root, ckpt_path, out_dir, split="test", device="cpu", tile=None, amp="auto", plots=True,
              linear_baseline=False, tol_pressure=schema.DEFAULT_PRESSURE_TOL_PA,
              tol_temperature=schema.DEFAULT_TEMPERATURE_TOL_K, save_predictions=True, xdmf=True,
-             max_sims=None, progress=True, bands_path=None) -> dict:
+             max_sims=None, progress=True, bands_path=None, stats_path=None) -> dict:
     """Roll out every simulation of ``split`` with the model and baselines; returns the summary dict.
 
     Writes ``out_dir/metrics.json`` ({"summary", "per_sim", "config"}),
@@ -184,10 +184,10 @@ def evaluate(prepped_root, ckpt_path, out_dir, split="test", device="cpu", tile=
     ``plots``, ``plots/<run>/*.png`` and ``plots/error_curves.png``. ``linear_baseline``: also
     fit (or reuse ``out_dir/linear_baseline.npz``) and score the linear per-voxel model. With a
     bands file (``bands_path`` or the checkpoint's own), the model's bands are written and scored
-    (metrics.json "bands").
+    (metrics.json "bands"). ``stats_path``: a stats.json in place of the checkpoint's (they must agree).
     """
     out_dir, prepped_root = files.creatable_folder(out_dir, "--out"), Path(prepped_root)
-    model, normalizer, stats, config = checkpoint.load_for_inference(ckpt_path, None, device)
+    model, normalizer, stats, config = checkpoint.load_for_inference(ckpt_path, stats_path, device)
     checkpoint.check_data(stats, ckpt_path, Stats.load(prepped_root).preparation, prepped_root / schema.STATS_FILE)
     chosen = precision.choose(amp, device)
     calibrated = bands_module.find(ckpt_path, bands_path)
