@@ -731,3 +731,22 @@ def test_creatable_folder_checks_without_making_anything(tmp_path):
     (tmp_path / "f").write_text("")
     with pytest.raises(UserError, match="is not a writable folder"):
         files.creatable_folder(tmp_path / "f" / "b", "--out")
+
+
+def test_evaluate_and_bands_check_a_given_stats_json_like_rollout(trained, tmp_path, capsys):
+    """--stats_path on evaluate and bands: stats that disagree with the checkpoint's are one line
+    before any rollout; the prepped root's own are taken."""
+    prepped, ckpt = trained
+    stats = json.loads((prepped / schema.STATS_FILE).read_text())
+    stats["dynamic"]["mean"][0] += 1.0
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(stats))
+    for command in (["evaluate", "--out", str(tmp_path / "ev"), "--no_predictions"],
+                    ["bands", "--out", str(tmp_path / "b.json")]):
+        rc, lines = _one_line_cli(capsys, [*command, "--prepped_root", str(prepped), "--ckpt_path", str(ckpt),
+                                           "--stats_path", str(other), "--no_progress"])
+        assert rc == 1 and len(lines) == 1 and "values differ from the stats the checkpoint was trained with" in lines[0]
+    rc, _ = _one_line_cli(capsys, ["evaluate", "--prepped_root", str(prepped), "--ckpt_path", str(ckpt), "--out",
+                                   str(tmp_path / "ev"), "--no_predictions", "--no_progress", "--max_sims", "1",
+                                   "--stats_path", str(prepped / schema.STATS_FILE)])
+    assert rc == 0 and (tmp_path / "ev" / "metrics.json").exists()
