@@ -246,3 +246,16 @@ def test_a_broken_start_enthalpy_entry_is_one_line(entry):
     with pytest.raises(UserError, match="stats.json: start_enthalpy: not a known form"):
         start_scalars.check(entry, "stats.json")
     start_scalars.check({"form": "affine_temperature", "coefficients": [1.0, 4200.0]}, "stats.json")
+
+
+def test_the_forecast_start_is_said_in_one_line():
+    from voxel_ode.data import start_scalars
+
+    assert "no enthalpy fitted" in start_scalars.describe(None)
+    fitted = {"form": "affine_temperature", "coefficients": [0.0, 4200.0], "runs": 4, "left_out_relative_error": 0.01,
+              "water_rates": "delivered", "rates_after_start": "delivered"}
+    line = start_scalars.describe(fitted)
+    assert "\n" not in line and "delivered in year 1" in line and "after it: the priors' delivered ones" in line
+    assert "after it" not in start_scalars.describe(dict(fitted, rates_after_start="model"))
+    assert "delivered rates" in start_scalars.after_start_note(fitted)
+    assert start_scalars.after_start_note(dict(fitted, rates_after_start="model")) is None

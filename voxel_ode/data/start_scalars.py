@@ -228,6 +228,16 @@ def describe(record: dict | None) -> str:
                 "in W (these stats hold no enthalpy fitted on training runs: re-run prep to fit the data's own)")
     rates = {"prescribed": "the wells' prescribed rates", "delivered": "the rates the priors' wells delivered in "
              "year 1", "none": "no flow (as the training runs' first reports)"}[record.get("water_rates", "prescribed")]
+    later = ("; the field's water rates after it: the priors' delivered ones, energy rates scaled alike "
+             "(the training runs' wells were held at limits)" if record.get("rates_after_start") == "delivered" else "")
     return (f"field scalars at t = 0 estimated from {rates} and the enthalpy fitted on {record.get('runs')} "
             f"training runs' first reports ({record['form']}, left-out error "
-            f"{100 * record.get('left_out_relative_error', float('nan')):.2g} %)")
+            f"{100 * record.get('left_out_relative_error', float('nan')):.2g} %){later}")
+
+
+def after_start_note(record: dict | None) -> str | None:
+    """One line for any rollout whose field water rates after t = 0 are the priors' delivered ones."""
+    if (record or {}).get("rates_after_start") != "delivered":
+        return None
+    return ("note: field scalars: the water rates after t = 0 are the physics priors' delivered rates and the energy "
+            "rates are scaled with them (the training runs' reports follow them: wells held at limits)")
