@@ -87,7 +87,7 @@ class ModelStepper:
                  crop=True):
         self.model = model.eval()
         self.normalizer = normalizer
-        self.start_enthalpy = normalizer.stats.get(start_scalars.KEY)  # a forecast's t = 0 energy rates
+        self.start_enthalpy = normalizer.stats.get(start_scalars.KEY)  # how the field scalars start and go on
         self.device = torch.device(device)
         if tile is not None and (len(tile) != 3 or min(int(v) for v in tile) < 1):
             raise UserError(f"--tile: needs three sizes of at least 1 cell (Z Y X), got {list(tile)}")
