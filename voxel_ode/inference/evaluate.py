@@ -189,8 +189,8 @@ def evaluate(prepped_root, ckpt_path, out_dir, split="test", device="cpu", tile=
     out_dir, prepped_root = files.creatable_folder(out_dir, "--out"), Path(prepped_root)
     model, normalizer, stats, config = checkpoint.load_for_inference(ckpt_path, stats_path, device)
     checkpoint.check_data(stats, ckpt_path, Stats.load(prepped_root).preparation, prepped_root / schema.STATS_FILE)
-    if start_scalars.after_start_note(stats.get(start_scalars.KEY)):
-        print(start_scalars.after_start_note(stats.get(start_scalars.KEY)))
+    if note := start_scalars.after_start_note(stats.get(start_scalars.KEY)):
+        print(note)
     chosen = precision.choose(amp, device)
     calibrated = bands_module.find(ckpt_path, bands_path)
     paths = sorted((prepped_root / split).glob("*" + schema.PREPPED_SUFFIX))

@@ -67,8 +67,8 @@ def predict_file(ckpt_path, source, save_path, stats_path=None, device="cpu", am
     if forecast:
         print(f"forecast: {source} has no outputs; starting from Input/Pressure0 and Input/Temperature0, "
               f"{len(sim['priors']) - 1} years; {start_scalars.describe(stats.get(start_scalars.KEY))}")
-    elif start_scalars.after_start_note(stats.get(start_scalars.KEY)):
-        print(start_scalars.after_start_note(stats.get(start_scalars.KEY)))
+    elif note := start_scalars.after_start_note(stats.get(start_scalars.KEY)):
+        print(note)
     out_of_range = out_of_range_notes(stats, sim)
     if out_of_range is None:
         print(envelope.NOT_RECORDED)
