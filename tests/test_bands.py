@@ -14,6 +14,7 @@ from voxel_ode import schema
 from voxel_ode.cli import main
 from voxel_ode.data.prep import prep
 from voxel_ode.inference import bands
+from voxel_ode.inference import evaluate as evaluate_module
 from voxel_ode.inference.evaluate import evaluate
 from voxel_ode.inference.predict import predict_file
 from voxel_ode.training.train import train
@@ -63,6 +64,24 @@ def test_band_metrics_count_coverage_width_and_rank_correlation():
     assert out["Pressure"]["width"][1] == pytest.approx(7.0 / 2)
     assert out["Pressure"]["rms_err"][1] == pytest.approx(math.sqrt(14 / 4))
     assert out["Pressure"]["spread_error_rank_corr"] == pytest.approx(0.8)
+
+
+def test_scalars_forecast_exactly_are_left_out_of_width_over_rms():
+    grid = {v: {"coverage": np.ones(3), "width": np.ones(3), "rms_err": np.ones(3), "spread_error_rank_corr": 0.5}
+            for v in schema.DYNAMIC_NAMES}
+    true = np.array([[10.0, 20.0, 30.0, 40.0, 50.0]] * 3)
+    per_sim = {}
+    for k, err in enumerate((0.1, 0.7)):
+        pred = true + err
+        pred[:, 0] = true[:, 0] * (1 + 1e-9)  # a held well's water rate, taken from the priors
+        half = np.full_like(true, 0.5)
+        per_sim[f"run{k}"] = {"grid": grid, "scalar": M.scalar_band_metrics(pred - half, pred + half, pred, true)}
+    out = evaluate_module.summarize_bands(per_sim)["scalars"]
+    rms = math.sqrt((0.1 ** 2 + 0.7 ** 2) / 2)
+    assert out["width_over_rms"]["last"] == pytest.approx(1.0 / rms)  # the other four; the first would be ~1e8
+    assert out["exact"] == [schema.SCALAR_NAMES[0]]
+    assert out["coverage"]["last"] == pytest.approx((5 + 1) / 10)  # run1's 0.7 errors are outside the half width 0.5
+    assert "forecast exactly" in evaluate_module.format_bands_table({"scalars": out}, 0.9)
 
 
 @pytest.fixture(scope="module")

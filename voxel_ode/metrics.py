@@ -153,10 +153,10 @@ def rank_correlation(a, b) -> float:
 
 
 def scalar_band_metrics(low, high, pred, true) -> dict:
-    """{scalar: {"covered", "width", "abs_err": (T,)}} of the field scalars' bands; arrays (T, 5)."""
+    """{scalar: {"covered", "width", "abs_err", "abs_true": (T,)}} of the field scalars' bands; arrays (T, 5)."""
     lo, hi, p, t = (np.asarray(x, np.float64) for x in (low, high, pred, true))
     return {name: {"covered": ((lo[:, i] <= t[:, i]) & (t[:, i] <= hi[:, i])).astype(np.float64),
-                   "width": hi[:, i] - lo[:, i], "abs_err": np.abs(p[:, i] - t[:, i])}
+                   "width": hi[:, i] - lo[:, i], "abs_err": np.abs(p[:, i] - t[:, i]), "abs_true": np.abs(t[:, i])}
             for i, name in enumerate(schema.SCALAR_NAMES)}
 
 

@@ -41,6 +41,8 @@ def evaluate_sim(sim: dict, preds: dict, stats: Stats, tol_pressure, tol_tempera
     return out
 
 
+# a scalar's RMS error below this share of its size: forecast exactly (float rounding), left out of width/RMS
+EXACT_SCALAR = 1e-6
 # rows of the summary table: (label, group, variable or None = mean over scalars, metric)
 TABLE_ROWS = (
     ("rel. change error P", "grid", "Pressure", "rel_change_err"),
@@ -114,8 +116,9 @@ def band_scores(calibrated: dict, sim: dict, grid, scalar) -> tuple[dict, dict]:
 
 def summarize_bands(per_sim: dict) -> dict:
     """Over the runs, per variable (P, T, and the scalars together): the band's coverage, its mean
-    width over the RMS error (both pooled over runs per step), at the last step and the mean over
-    steps t >= 1; for P and T also the mean over runs of the spread-error rank correlation."""
+    width over the RMS error (both pooled over runs per step; scalars: averaged over the scalars
+    not forecast exactly, those named in "exact"), at the last step and the mean over steps
+    t >= 1; for P and T also the mean over runs of the spread-error rank correlation."""
     def steps(values):
         values = np.asarray(values, np.float64)
         return {"last": M.finite_mean(values[-1:]), "mean": M.finite_mean(values[1:])}
@@ -131,12 +134,19 @@ def summarize_bands(per_sim: dict) -> dict:
     runs = [s["scalar"] for s in per_sim.values() if "scalar" in s]
     if runs:
         covered = np.mean([[r[n]["covered"] for n in schema.SCALAR_NAMES] for r in runs], axis=(0, 1))
-        ratios = []
+        ratios, exact = [], []
         for n in schema.SCALAR_NAMES:
             rms = np.sqrt(np.mean([np.square(r[n]["abs_err"]) for r in runs], axis=0))
-            ratios.append(np.mean([r[n]["width"] for r in runs], axis=0) / np.where(rms > 0, rms, np.nan))
+            # a scalar the rollout gets exactly (water rates a run held, taken from the priors) has
+            # no error to size a band against: its ratio would be width / float rounding
+            size = np.sqrt(np.mean([np.square(r[n].get("abs_true", np.inf)) for r in runs], axis=0))
+            is_exact = rms <= EXACT_SCALAR * size
+            ratios.append(np.where(is_exact, np.nan, np.mean([r[n]["width"] for r in runs], axis=0)
+                                   / np.where(rms > 0, rms, np.nan)))
+            if np.all(is_exact[1:]):
+                exact.append(n)
         ratio = np.array([M.finite_mean(step) for step in np.asarray(ratios).T])  # over the scalars
-        out["scalars"] = {"coverage": steps(covered), "width_over_rms": steps(ratio)}
+        out["scalars"] = {"coverage": steps(covered), "width_over_rms": steps(ratio), "exact": exact}
     return out
 
 
@@ -153,6 +163,9 @@ def format_bands_table(summary: dict, coverage: float) -> str:
     lines += [f"coverage: share of active cells (scalars: of runs x scalars) inside the {coverage:.0%} band; "
               "width/RMS: the band's mean width over the RMS error of the prediction",
               "rank corr: Spearman's correlation between band width and |error| over a run's cells and steps"]
+    exact = summary.get("scalars", {}).get("exact")
+    if exact:
+        lines.append(f"scalars' width/RMS leaves out those forecast exactly (no error to size against): {', '.join(exact)}")
     return "\n".join(lines)
 
 
