@@ -120,6 +120,7 @@ def main(argv=None) -> int:
                for split in tqdm(draw_splits(len(runs), args.n_calibration, args.splits, args.seed), desc="splits")]
     print(report(results))
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(plain_json(results), indent=1))
     return 0
 
