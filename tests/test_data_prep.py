@@ -118,7 +118,14 @@ def test_prepped_arrays_equal_raw(prepped):
             priors = priors[()]
             assert np.all(priors[0] == 0) and np.all(priors[:, :, ~mask] == 0)
             prior = priors[:, schema.PRIOR_NAMES.index("ThermalPrior")]
-            assert prior[-1].max() > 0.1 and prior.min() >= 0 and prior.max() <= 1
+            assert prior[-1].max() > 0.1
+            # the prior temperature (the injected water's share plus the initial field's drift) makes no
+            # new extremes: it stays between the injected water's and the initial field's
+            t0 = static[schema.STATIC_NAMES.index("Temperature0")][mask].astype(np.float64)
+            injected = (t0 + gap[mask]).min()
+            temperature = t0 + prior[:, mask].astype(np.float64) * gap[mask]
+            slack = 2e-3 * np.abs(gap[mask]).max()  # float16's rounding of the share
+            assert temperature.min() >= min(injected, t0.min()) - slack and temperature.max() <= t0.max() + slack
             # the pressure prior (its physics: tests/test_well_response.py) moves from year 1 on
             pressure_prior = priors[:, schema.PRIOR_NAMES.index("PressurePrior")].astype(np.float64)
             assert np.isfinite(pressure_prior).all() and np.abs(pressure_prior[1][mask]).max() > 0

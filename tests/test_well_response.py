@@ -142,6 +142,31 @@ def test_without_outside_heat_exchange_the_plume_keeps_its_cold():
     assert np.all(theta_none[5][active] >= theta_rock[5][active] - 1e-9)
 
 
+@pytest.mark.parametrize("outside", [False, True])
+def test_the_initial_gradient_relaxes_in_an_insulated_box_and_holds_where_the_rock_outside_carries_it(outside):
+    """Cells no injected water reaches drift as the initial temperature itself moves: in a box that
+    exchanges no heat with the outside, conduction evens out its geothermal gradient (the top warms,
+    the base cools, the heat stays); where the rock outside carries the gradient's flux, a linear
+    gradient is steady and nothing drifts."""
+    grid = (12, 4, 4)
+    t0 = (340.0 + 3.0 * np.arange(grid[0], dtype=np.float32))[:, None, None] * np.ones(grid, np.float32)
+    res = reservoir(grid=grid, wells=((11, 0, 0, 1e-6), (11, 3, 3, -1e-6)), gap=-60.0,
+                    outside_heat_exchange=outside)
+    res.temperature0 = t0
+    theta, _ = wr.prior_fields(res, 11)
+    change = theta * res.injection_gap  # K: the prior's temperature change
+    layers = change[10].mean(axis=(1, 2))
+    if outside:
+        assert np.abs(change).max() < 1e-3
+        return
+    assert layers[0] > 0.3 and layers[-1] < -0.3  # the top warms, the base cools (by year 10)
+    # a linear gradient relaxes symmetrically (the contraction's slight flow moves it by ~0.1 %)
+    np.testing.assert_allclose(layers, -layers[::-1], rtol=0.0, atol=0.005 * layers[0])
+    assert abs(layers[grid[0] // 2]) < 0.1 * layers[0]  # the middle moves least
+    assert abs(change[10].sum()) < 5e-3 * np.abs(change[10]).sum()  # uniform heat capacity: no heat made or lost
+    assert np.all(np.diff(layers) < 0)  # monotonic from the top's warming to the base's cooling
+
+
 @pytest.mark.parametrize("boundary", ["closed", "pore_volume"])
 def test_iterative_solvers_of_large_grids_agree_with_the_direct_ones(monkeypatch, boundary):
     """AMG-CG (pressure) and flow-ordered BiCGSTAB (heat), used above DIRECT_SOLVE_MAX_CELLS."""

@@ -80,8 +80,10 @@ INJECTION_GAP = "InjectionTemperatureGap"
 # The per-year physics priors (physics/priors.py), stored in prepped files as /priors
 # (T, N_PRIORS, Z, Y, X) float16 when the dataset's description gives what they need
 # (cell sizes, lateral boundary), zeros otherwise (stats.json "priors": false):
-#   ThermalPrior: the share in [0, 1] of the injection temperature gap a linear heat-transport
-#     model gives each cell after t years;
+#   ThermalPrior: the temperature change a linear heat-transport model gives each cell after t
+#     years, as a share of the injection temperature gap: the injected water's share in [0, 1]
+#     plus the drift of the initial temperature itself (its gradient moved by the flow and by
+#     conduction), a few thousandths of the gap;
 #   PressurePrior: the pressure change since t = 0 a linear single-phase model gives, stored as
 #     asinh(change / PRESSURE_PRIOR_SCALE_PA) so float16 holds it.
 THERMAL_PRIOR_NAMES = ("ThermalPrior",)
@@ -186,7 +188,7 @@ PREPPED_OUTPUTS_SCALAR = "outputs_scalar"  # (T, N_SCALARS) float64 (energy tota
 # (T, 2) float64 kg/s: the field's (injected, produced) water as the priors' wells deliver it at each
 # report (row 0: the prescribed rates); absent without priors (data/start_scalars.py reads it)
 PREPPED_DELIVERED_RATES = "priors_delivered_rates"
-PREPPED_PRIORS = "priors"  # (T, N_PRIORS, Z, Y, X) float16: thermal prior shares in [0, 1], then the pressure prior
+PREPPED_PRIORS = "priors"  # (T, N_PRIORS, Z, Y, X) float16: the thermal prior's shares, then the pressure prior
 STATS_FILE = "stats.json"
 INDEX_FILE = "index_{split}.jsonl"  # one patch per line
 # calibration: held-out runs (prep --n_calibration) that only the uncertainty bands see
@@ -206,7 +208,7 @@ SPLITS = ("train", "test", "calibration")
 CHANGE_VARIABLES = ("Pressure",)
 CHANGE_NAMES = tuple(v + "Change" for v in CHANGE_VARIABLES)
 CHANGE_OF_DYNAMIC = tuple(DYNAMIC_NAMES.index(v) for v in CHANGE_VARIABLES)  # their index in the state
-# Then the priors at t and at t + 1 (the thermal prior's shares in [0, 1], the pressure prior
+# Then the priors at t and at t + 1 (the thermal prior's shares of the gap, the pressure prior
 # rescaled like PressureChange by features.Normalizer): data, not predictions; the model's
 # temperature step starts from the thermal prior's step (model.front_step), its pressure step
 # from the pressure prior at t + 1 (VoxelAutoRegressor.prior_steps).

@@ -19,7 +19,9 @@ give it the field-wide shapes instead; the network learns what they miss.
   water at the initial pressure, or side cells with multiplier x their pore volume.
 * Thermal prior: the share theta in [0, 1] of the injection gap each cell has taken on after
   t years, by implicit upwind transport, slowed by the rock's heat capacity, with conduction
-  between cells and to the rock around the active region (held at theta = 0). The flow is each
+  between cells and to the rock around the active region (held at theta = 0); plus, marched
+  with the same matrices, the drift of the initial temperature itself where no injected water
+  replaced it (the flow carrying its gradient, conduction evening it out), as a share of the gap. The flow is each
   year's cold-water pressure step with the share of the year before: the plume's excess weight
   and viscosity act on its own flow, so it sinks and spreads along the base as in a simulator
   (on the warm water's flow alone it stayed up: open-darts' base up to 12 K colder).
@@ -76,6 +78,7 @@ MIN_POROSITY = 1e-4  # keeps every active cell's storage positive (isolated cell
 THERMAL_SUBSTEPS = 4  # backward-Euler steps per year of the heat transport (1 smears the front)
 TRANSPORT_RTOL = 1e-6  # theta is stored as float16
 FLOW_RTOL = 1e-4  # iterative pressure solves of the heat's flow (the pressure prior's: 1e-6)
+MIN_DRIFT_GAP = 1.0  # K: an injection gap below this carries no background drift in its share
 MAX_MOBILITY_GAIN = 1.9  # the pressure step's largest face mobility over the warm water's
 
 
@@ -157,7 +160,8 @@ class _Faces(ActiveFaces):
 
 def priors(res: Reservoir, n_reports: int, rates: list | None = None) -> np.ndarray:
     """(n_reports, schema.N_PRIORS, Z, Y, X) float16 at t = 0, 1, ... years: the thermal prior's
-    share of the injection gap, then the pressure prior as asinh(change / PRESSURE_PRIOR_SCALE_PA).
+    temperature change as a share of the injection gap, then the pressure prior as
+    asinh(change / PRESSURE_PRIOR_SCALE_PA).
     ``rates``: gets each year's (injected, produced) kg/s as the priors' wells delivered them."""
     theta, pressure = prior_fields(res, n_reports, rates)
     out = np.zeros((n_reports, schema.N_PRIORS) + tuple(res.active.shape), np.float16)
@@ -338,24 +342,50 @@ def _heat(faces: _Faces, res: Reservoir, q) -> _Heat:
 
 def _thermal_march(faces: _Faces, res: Reservoir, system: _PressureSystem, t0, gap, n_reports,
                    rates: list | None = None) -> np.ndarray:
-    """(n_reports, n) share of the injection gap: implicit upwind transport plus conduction,
-    THERMAL_SUBSTEPS backward-Euler steps a year, on each year's flow of the cold-water pressure
-    step at the share of the year before: the plume's weight and viscosity act on its own flow,
-    so cold water sinks and spreads along the base. ``rates``: gets each year's (injected,
-    produced) kg/s as the wells delivered them."""
+    """(n_reports, n) the temperature change as a share of the injection gap: implicit upwind
+    transport plus conduction, THERMAL_SUBSTEPS backward-Euler steps a year, on each year's flow of
+    the cold-water pressure step at the share of the year before: the plume's weight and viscosity
+    act on its own flow, so cold water sinks and spreads along the base. Where the gap is known,
+    the share includes the background drift (``_background_source``) in the cells the injected
+    water has not replaced. ``rates``: gets each year's (injected, produced) kg/s as the wells
+    delivered them."""
     heat = _heat(faces, res, np.zeros(faces.n))
     out = np.zeros((n_reports, faces.n))
-    theta, dp, rho, q = np.zeros(faces.n), np.zeros(faces.n), system.rho0, None
+    theta, drift, dp, rho, q = np.zeros(faces.n), np.zeros(faces.n), np.zeros(faces.n), system.rho0, None
+    with_drift = np.abs(gap) >= MIN_DRIFT_GAP  # elsewhere a share of the gap cannot carry it
     for t in range(1, n_reports):
-        dp, flux, rho, q = _pressure_step(faces, system, dp, t0 + gap * theta if gap.any() else None, rho, FLOW_RTOL, q)
+        temperature = t0 + gap * theta + drift * (1.0 - theta) if gap.any() else None
+        dp, flux, rho, q = _pressure_step(faces, system, dp, temperature, rho, FLOW_RTOL, q)
         heat = dataclasses.replace(heat, injection=np.maximum(q, 0.0) / 1000.0)  # what each cell took in
         if rates is not None:
             rates.append(_field_rates(system, q))
-        solve = _transport_solver(_transport_matrix(faces, heat, flux / 1000.0), np.argsort(-dp, kind="stable"))
+        matrix = _transport_matrix(faces, heat, flux / 1000.0)
+        solve = _transport_solver(matrix, np.argsort(-dp, kind="stable"))
+        background = _background_source(faces, heat, flux / 1000.0, t0) if with_drift.any() else None
         for _ in range(THERMAL_SUBSTEPS):
             theta = np.clip(solve(heat.capacity / heat.dt * theta + heat.injection, theta), 0.0, 1.0)
+            if background is not None:
+                drift = solve(heat.capacity / heat.dt * drift + background, drift)
         out[t] = theta
+        if background is not None:
+            out[t] += np.where(with_drift, drift * (1.0 - theta) / np.where(with_drift, gap, 1.0), 0.0)
     return out
+
+
+def _background_source(faces: _Faces, heat: _Heat, flux, t0) -> np.ndarray:
+    """The heat source (K m^3/s, in water's heat capacity) that moves the initial temperature
+    itself: the year's flow (m^3/s per face, a to b) carrying it, as ``_transport_matrix`` carries
+    the share (warm water rising to a producer), and conduction evening out its gradient where
+    nothing outside the active cells holds it (with the outside rock's exchange, a boundary cell's
+    conduction is taken as the steady geothermal flux through it). Marched like the share, it is
+    the drift of the cells no injected water reaches (open-darts' insulated box: top +0.3 K, base
+    -0.5 K by year 30, which the share alone left as error)."""
+    n, a, b = faces.n, faces.a, faces.b
+    upstream, downstream = np.where(flux > 0, a, b), np.where(flux > 0, b, a)
+    advection = np.bincount(downstream, np.abs(flux) * (t0[downstream] - t0[upstream]), n)
+    step = heat.conduction * (t0[a] - t0[b])
+    conduction = np.bincount(a, step, n) - np.bincount(b, step, n)
+    return -advection - np.where(heat.rock_contact > 0, 0.0, conduction)
 
 
 def _transport_matrix(faces: _Faces, heat: _Heat, flux) -> sp.csr_matrix:
