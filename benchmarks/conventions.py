@@ -71,9 +71,12 @@ def synth_flags(s: dict) -> list[str]:
     return flags
 
 
-def make(out: Path, sets: list[dict], python: str, workers: int, runs: int) -> None:
-    """The runs of every set (kept where finished) and a copy of each set without its description."""
+def make(out: Path, sets: list[dict], python: str, workers: int, runs: int, only=None) -> None:
+    """The runs of every set (or of the sets ``only``; kept where finished) and a copy of each set
+    without its description."""
     for k, s in enumerate(sets):
+        if only is not None and k not in only:
+            continue
         folder = out / f"set{k}"
         raw = folder / "raw"
         if not (raw / "description.json").exists() or len(list(raw.glob("v2.4_*.h5"))) < runs:
@@ -124,7 +127,7 @@ def main(argv=None) -> int:
     ap.add_argument("--parallel", type=int, default=1, help="trainings at a time (run)")
     ap.add_argument("--descriptions", nargs="+", default=["full", "none"], choices=["full", "none"],
                     help="with the set's description, without it, or both (run)")
-    ap.add_argument("--only", type=int, nargs="+", help="these sets only, by number (run, report)")
+    ap.add_argument("--only", type=int, nargs="+", help="these sets only, by number (make, run, report)")
     ap.add_argument("--into", help="results folder (run, report; default --out, where the runs are)")
     args = ap.parse_args(argv)
     into = Path(args.into) if args.into else None
@@ -132,7 +135,7 @@ def main(argv=None) -> int:
     if args.step == "draw":
         print(json.dumps(sets, indent=1))
     elif args.step == "make":
-        make(out, sets, args.python, args.workers, args.runs)
+        make(out, sets, args.python, args.workers, args.runs, args.only)
     elif args.step == "run":
         run(out, sets, args.minutes, args.max_steps, args.parallel, args.n_test, args.descriptions, args.only, into)
     else:
