@@ -253,6 +253,27 @@ def test_weights_chosen_on_a_subset_of_a_large_run_still_find_the_scale_its_erro
     assert bands.choose_weights(runs, 0, 0.9, [(1.0, 0.0, 0.0, 0.02), (0.0, 1.0, 0.0, 0.02)]) == (0.0, 1.0, 0.0, 0.02)
 
 
+def test_a_scalar_band_is_no_wider_than_the_largest_calibration_error():
+    """Four calibration runs get a scalar exactly (water rates of runs that held theirs), one errs
+    by up to 5 %: the factor learnt with that run left out would be ~1e6 against the others' float
+    rounding; the band stays within twice the largest relative error seen, and covers it."""
+    rng = np.random.default_rng(5)
+    runs = []
+    for k in range(5):
+        pred = np.full((31, 5), 40.0)
+        true = pred * (1 + rng.normal(0, 1e-9, pred.shape))
+        if k == 4:  # the one run held at a limit: its delivered rate falls behind the forecast
+            true[:, 3] = pred[:, 3] * (1 - np.linspace(0.0, 0.05, 31))
+        runs.append({"pred": pred, "true": true})
+    fit = bands.fit_scalars(runs, 0.9)[schema.SCALAR_NAMES[3]]
+    t = np.arange(1, 31)
+    half = fit["run_factor"] * fit["quantile"] * bands.scalar_scale(runs[4]["pred"][1:, 3], t, 31, fit["power"])
+    errors = np.abs(runs[4]["true"][1:, 3] - runs[4]["pred"][1:, 3])
+    assert np.all(errors <= half * (1 + 1e-9))  # the held run's steps are covered
+    assert half.max() <= bands.SCALAR_WIDTH_CAP * 0.05 * 40.0 * (1 + 1e-9)  # not ~1e4x the rate
+    assert fit["relative_width"] < 0.4
+
+
 def test_a_new_runs_scalar_offset_gets_a_band_sized_for_runs_not_steps():
     """A run's scalars err by one relative offset over all its steps, drawn anew per run: the
     quantile pooled over the steps of 6 runs covers 90 % of those runs' steps but fewer of a new

@@ -60,6 +60,9 @@ WEIGHT_GRID = [w for w in itertools.product((0.0, 1.0), (0.0, 0.5, 1.0, 2.0, 4.0
 TERMS = ("change", "prior", "front")  # sigma's cell terms, in the weights' order (the floor last)
 EPS = {"Pressure": 1.0, "Temperature": 1e-3}  # Pa, K: far below any error worth a band
 SCALAR_POWERS = (0.0, 0.5, 1.0)
+# a scalar's band is at most this many times the largest error the calibration runs made (a new run
+# may err more than any of a few; far more only where the factor learnt against exact runs explodes)
+SCALAR_WIDTH_CAP = 2.0
 # cells per run the weights' choice looks at (a fixed random subset of larger runs): the choice
 # compares mean widths, which a few thousand cells already tell apart, and on the seed's grid
 # (~10^6 active cells per run) all of them would take hours; quantiles and factor use every cell
@@ -321,6 +324,12 @@ def fit_scalars(runs: list[dict], coverage: float) -> dict | None:
         k = run_factor(ratios, coverage)
         held_out = _left_out_covered(ratios, coverage)
         best = _scalar_choice(runs, i, coverage)
+        # at most SCALAR_WIDTH_CAP x the largest score of the calibration runs: where one run carries
+        # all the error (the only one held at a limit, the others' water rates exact), the others'
+        # quantile is float rounding and the factor learnt against it ran to ~1e6 (a band 1e4x the rate)
+        largest = max(float(np.max(s, initial=0.0)) for s in _scalar_scores(runs, i, best["power"]))
+        if math.isfinite(best["quantile"]) and best["quantile"] > 0:
+            k = min(k, max(SCALAR_WIDTH_CAP * largest / best["quantile"], 1.0))
         out[name] = {**best, "run_factor": k, "relative_width": k * best["relative_width"],
                      "held_out": np.mean(held_out, axis=0).tolist() if held_out else None}
     return out
