@@ -165,7 +165,8 @@ def format_bands_table(summary: dict, coverage: float) -> str:
               "rank corr: Spearman's correlation between band width and |error| over a run's cells and steps"]
     exact = summary.get("scalars", {}).get("exact")
     if exact:
-        lines.append(f"scalars' width/RMS leaves out those forecast exactly (no error to size against): {', '.join(exact)}")
+        lines.append("scalars' width/RMS leaves out those forecast exactly (no error to size against): "
+                     + ", ".join(exact))
     return "\n".join(lines)
 
 

@@ -21,10 +21,11 @@ give it the field-wide shapes instead; the network learns what they miss.
   t years, by implicit upwind transport, slowed by the rock's heat capacity, with conduction
   between cells and to the rock around the active region (held at theta = 0); plus, marched
   with the same matrices, the drift of the initial temperature itself where no injected water
-  replaced it (the flow carrying its gradient, conduction evening it out), as a share of the gap. The flow is each
-  year's cold-water pressure step with the share of the year before: the plume's excess weight
-  and viscosity act on its own flow, so it sinks and spreads along the base as in a simulator
-  (on the warm water's flow alone it stayed up: open-darts' base up to 12 K colder).
+  replaced it (the flow carrying its gradient, conduction evening it out), as a share of the
+  gap. The flow is each year's cold-water pressure step with the share of the year before: the
+  plume's excess weight and viscosity act on its own flow, so it sinks and spreads along the
+  base as in a simulator (on the warm water's flow alone it stayed up: open-darts' base up to
+  12 K colder).
 * Wells (description.WELL_INFLOWS): by default each well, a column of same-sign ``InjRate``
   cells, delivers the sum of its InjRate through a wellbore: a cell takes J_i (P + head_i - dp_i)
   (Peaceman's index times the entering water's mobility; P the wellbore's pressure at the top
