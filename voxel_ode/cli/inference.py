@@ -16,7 +16,7 @@ def add_rollout_args(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--prepped_sim_path", help="simulation to roll out (prepped; a raw v2.4 file is detected too)")
     src.add_argument("--raw_sim_path", help="a raw v2.4 file, normalized with the checkpoint's stats")
-    parser.add_argument("--stats_path", help="stats.json (default: the stats stored in the checkpoint; must agree)")
+    parser.add_argument("--stats_path", help=checkpoint.STATS_PATH_HELP)
     parser.add_argument("--ckpt_path", required=True, help="trained model (a .pt written by train)")
     parser.add_argument("--save_path", default="./predictions.h5",
                         help="predictions file to write (an .xdmf for ParaView goes next to it)")
@@ -67,8 +67,7 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no_predictions", action="store_true", help="do not write predictions/*.h5")
     parser.add_argument("--xdmf", action=argparse.BooleanOptionalAction, default=True,
                         help="write an XDMF next to each predictions file for ParaView")
-    parser.add_argument("--stats_path", help="stats.json (default: the stats stored in the checkpoint; must agree; "
-                        "e.g. a prep re-run for what a newer voxel-ode records)")
+    parser.add_argument("--stats_path", help=checkpoint.STATS_PATH_HELP)
     parser.add_argument("--max_sims", type=int, default=None,
                         help="evaluate only the first N simulations of the split (default: all)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
@@ -91,8 +90,7 @@ def add_bands_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--coverage", type=float, default=bands.DEFAULT_COVERAGE,
                         help="share of the truth each band is to hold (0.9: a 5-95%% band)")
     parser.add_argument("--out", default=None, help=f"bands file to write (default: CKPT with {bands.SUFFIX})")
-    parser.add_argument("--stats_path", help="stats.json (default: the stats stored in the checkpoint; must agree; "
-                        "e.g. a prep re-run for what a newer voxel-ode records)")
+    parser.add_argument("--stats_path", help=checkpoint.STATS_PATH_HELP)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda if available")
     parser.add_argument("--amp", choices=AMP_CHOICES, default="auto", help=AMP_HELP)
     parser.add_argument("--tile", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,

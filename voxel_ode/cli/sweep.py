@@ -8,7 +8,7 @@ import sys
 from voxel_ode.data.plan import PlanError
 from voxel_ode.inference.sweep import run_sweep
 from voxel_ode.inference.sweep_table import DEFAULT_BREAKTHROUGH_K, DEFAULT_OBJECTIVE
-from voxel_ode.model import precision
+from voxel_ode.model import checkpoint, precision
 from voxel_ode.model.precision import AMP_CHOICES, AMP_HELP
 
 PLAN_HELP = """\
@@ -53,7 +53,7 @@ def add_sweep_args(parser: argparse.ArgumentParser) -> None:
                              "much below year 0's")
     parser.add_argument("--save_predictions", action="store_true",
                         help="also write each scenario's predictions (OUT/predictions/<name>.h5 + XDMF)")
-    parser.add_argument("--stats_path", help="stats.json (default: the stats stored in the checkpoint; must agree)")
+    parser.add_argument("--stats_path", help=checkpoint.STATS_PATH_HELP)
     parser.add_argument("--bands", metavar="JSON", default=None,
                         help="uncertainty bands (voxel-ode bands; default: CKPT's .bands.json when it exists)")
     parser.add_argument("--keep_inputs", action="store_true",

@@ -139,7 +139,7 @@ def summarize_bands(per_sim: dict) -> dict:
             rms = np.sqrt(np.mean([np.square(r[n]["abs_err"]) for r in runs], axis=0))
             # a scalar the rollout gets exactly (water rates a run held, taken from the priors) has
             # no error to size a band against: its ratio would be width / float rounding
-            size = np.sqrt(np.mean([np.square(r[n].get("abs_true", np.inf)) for r in runs], axis=0))
+            size = np.sqrt(np.mean([np.square(r[n]["abs_true"]) for r in runs], axis=0))
             is_exact = rms <= EXACT_SCALAR * size
             ratios.append(np.where(is_exact, np.nan, np.mean([r[n]["width"] for r in runs], axis=0)
                                    / np.where(rms > 0, rms, np.nan)))

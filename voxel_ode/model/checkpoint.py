@@ -22,6 +22,10 @@ from voxel_ode.model.features import Normalizer
 from voxel_ode.model.network import ModelConfig, VoxelAutoRegressor
 from voxel_ode.utils import UserError
 
+# --stats_path of the inference commands (load_for_inference checks that it agrees)
+STATS_PATH_HELP = ("stats.json (default: the stats stored in the checkpoint; must agree; e.g. a prep re-run "
+                   "for what a newer voxel-ode records)")
+
 RESUME_KEYS = ("model", "model_config", "optimizer", "scheduler", "step")
 # the seed's architecture flags of `rollout`: accepted, checked against the checkpoint
 ARCH_FLAGS = ("receptive_field_radius", "base_channels", "depth")
